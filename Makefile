@@ -1,0 +1,40 @@
+# hglv2 — two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+HGLV2 := $(VENV)/bin/hglv2
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench hierarchy clean
+
+install: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml changes. torch/torchvision come pinned.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(VENV)/bin/ruff check hglv2 tests benchmarks pipelines
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check hglv2 tests benchmarks pipelines
+	$(VENV)/bin/ruff format --check hglv2 tests benchmarks pipelines
+
+demo: install
+	$(HGLV2) evaluate --example
+
+bench: install
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The semi-automatic hierarchy pipeline (file targets in pipelines/hierarchy.mk).
+hierarchy: install
+	@if [ -f pipelines/hierarchy.mk ]; then \
+	  $(MAKE) --no-print-directory -f pipelines/hierarchy.mk PY=$(abspath $(PY)) all; \
+	else echo "hierarchy pipeline: not built yet"; fi
+
+clean:
+	rm -rf out runs .pytest_cache .ruff_cache

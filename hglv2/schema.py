@@ -1,0 +1,69 @@
+"""Column names shared by the export (hglv2.splits), the hierarchy pipeline and the synthetic data.
+
+Split Parquet files (``train``, ``train_full``, ``index``, ``query``; also written by
+``hglv2.synthetic``) have one row per image with these columns:
+
+=========================  ========  =====================================================
+column                     type      meaning
+=========================  ========  =====================================================
+id                         string    image id (16 lowercase hex characters in GLDv2)
+landmark_id                int64     GLDv2 landmark id (-1 for query images without one)
+path                       string    image path relative to the image root, ``a/b/c/<id>.jpg``
+category                   string    Commons category URL of the landmark (nullable)
+supercategory              string    most specific Wikidata class label (nullable)
+hierarchical_label         string    cluster name (level 1, nullable)
+natural_or_human_made      string    top level name (level 2, nullable)
+level0, level1, level2     int64     integer label per level; -1 where the level is unknown
+hierarchy_complete         bool      every level known
+usage                      string    query split only: Public / Private (GLDv2 solution)
+=========================  ========  =====================================================
+
+Integer ids of the coarse levels are dense (0..K-1) in the sorted order of their names, so the same
+hierarchy table always gives the same integers. ``level0`` is the landmark id itself.
+"""
+
+from __future__ import annotations
+
+SPLIT_COLUMNS = (
+    "id",
+    "landmark_id",
+    "path",
+    "category",
+    "supercategory",
+    "hierarchical_label",
+    "natural_or_human_made",
+    "level0",
+    "level1",
+    "level2",
+    "hierarchy_complete",
+)
+LEVEL_COLUMNS = ("level0", "level1", "level2")
+LEVEL_NAME_COLUMNS = ("landmark_id", "hierarchical_label", "natural_or_human_made")
+
+# The hierarchy table (hglv2.hierarchy.labels): one row per landmark.
+HIERARCHY_COLUMNS = (
+    "landmark_id",
+    "category",
+    "qid",
+    "supercategory",
+    "supercategory_qid",
+    "hierarchical_label",
+    "natural_or_human_made",
+    "provenance",
+    "revision",
+)
+PROVENANCES = ("rule", "decision", "override", "published")
+
+# Columns of the published GLDv2 *_label_to_hierarchical.csv files.
+PUBLISHED_HIERARCHY_COLUMNS = (
+    "landmark_id",
+    "category",
+    "supercategory",
+    "hierarchical_label",
+    "natural_or_human_made",
+)
+
+
+def image_relpath(image_id: str, ext: str = ".jpg") -> str:
+    """GLDv2 folder layout: ``abcdef0123456789`` -> ``a/b/c/abcdef0123456789.jpg``."""
+    return f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}{ext}"
