@@ -7,9 +7,9 @@ import pytest
 
 import hglv2
 from hglv2.cli import main
+from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, sha256_file, write_json, write_parquet
 from hglv2.hierarchy.labels import import_published, load_hierarchy_table
-from hglv2.errors import InputError
 from hglv2.schema import HIERARCHY_COLUMNS, image_relpath
 
 
