@@ -1,5 +1,6 @@
 # hglv2 — two commands on a fresh machine: `make demo` and `make test`.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 HGLV2 := $(VENV)/bin/hglv2
@@ -13,16 +14,16 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	touch $(STAMP)
 
 test: install
-	$(VENV)/bin/ruff check hglv2 tests benchmarks pipelines
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check hglv2 tests benchmarks pipelines
-	$(VENV)/bin/ruff format --check hglv2 tests benchmarks pipelines
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: install
 	$(HGLV2) evaluate --example
