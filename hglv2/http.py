@@ -139,9 +139,10 @@ def request_with_retries(
     stream: bool = False,
     allowed_bases: Iterable[str] | None = None,
     retry_after_cap: float = 600.0,
+    accept_statuses: Iterable[int] = (),
     on_retry: Callable[[int, str, float], None] | None = None,
 ) -> requests.Response:
-    """Send ``method url`` with retries; return the successful (status < 400) response.
+    """Send ``method url`` with retries; return the response (status < 400 or accepted).
 
     Args:
         session: from :func:`make_session`.
@@ -154,6 +155,8 @@ def request_with_retries(
             reads it and must close the response (a ``Range`` resume is the caller's business).
         allowed_bases: if given, refuse (InputError) a URL outside these base URLs.
         retry_after_cap: the longest ``Retry-After`` honoured, in seconds.
+        accept_statuses: error statuses returned to the caller instead of raised (e.g. 416 for a
+            ``Range`` past the end of the file).
         on_retry: called as ``on_retry(attempt, reason, delay)`` before each wait (for logging).
 
     Raises:
@@ -165,6 +168,7 @@ def request_with_retries(
     if allowed_bases is not None:
         check_url(url, allowed_bases)
     retry_statuses = frozenset(retry_statuses)
+    accept = frozenset(accept_statuses)
     last = "no try made"
     for attempt in range(1, max_tries + 1):
         retry_after: float | None = None
@@ -179,7 +183,7 @@ def request_with_retries(
                 last = f"HTTP {resp.status_code}"
                 retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
                 resp.close()
-            elif resp.status_code >= 400:
+            elif resp.status_code >= 400 and resp.status_code not in accept:
                 status = resp.status_code
                 resp.close()
                 raise NetworkError(f"{method} {url}: HTTP {status} {resp.reason or ''}".rstrip())

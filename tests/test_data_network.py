@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -10,6 +11,8 @@ import requests
 
 from hglv2 import __version__
 from hglv2.errors import InputError, NetworkError
+from hglv2.fileio import sha256_file
+from hglv2.gldv2 import LOCK_NAME, download, read_lock
 from hglv2.http import (
     backoff_delay,
     check_url,
@@ -182,3 +185,96 @@ def test_allowed_bases_refuses_before_sending():
         with pytest.raises(InputError):
             request_with_retries(make_session("t@example.org"), "GET", srv.url + "/f", **kw)
         assert srv.log == []
+
+
+# ------------------------------------------------------------------------------ gldv2.download
+
+
+TRAIN = b"id,url,landmark_id\n" + b"".join(
+    f"{k:016x},http://x/{k}.jpg,{k % 7}\n".encode() for k in range(4000)
+)
+TEST = b"id\n" + b"".join(f"{k:016x}\n".encode() for k in range(100))
+SOL = b"id,images,Usage\n0000000000000001,None,Public\n"
+
+
+def _server_files():
+    return {"/gl/metadata/train.csv": TRAIN, "/gl/metadata/test.csv": TEST,
+            "/gl/ground_truth/retrieval_solution_v2.1.csv": SOL}
+
+
+def _dl(srv, dest, names=("train.csv", "test.csv", "retrieval_solution_v2.1.csv"), **kw):
+    sleeps: list[float] = []
+    kw.setdefault("max_tries", 6)
+    recs = download(list(names), dest, base_url=srv.url + "/gl", contact="tests@example.org",
+                    sleep=sleeps.append, progress=False, chunk_size=4096, timeout=5, **kw)
+    return recs, sleeps
+
+
+def test_download_survives_drops_and_503_then_verifies(tmp_path):
+    plan = {"/gl/metadata/train.csv": ["503", "drop", "drop", "503", "drop"],
+            "/gl/ground_truth/retrieval_solution_v2.1.csv": ["429"]}
+    with FlakyServer(_server_files(), plan) as srv:
+        recs, sleeps = _dl(srv, tmp_path)
+        assert [r.status for r in recs] == ["downloaded"] * 3
+        assert (tmp_path / "train.csv").read_bytes() == TRAIN
+        assert (tmp_path / "test.csv").read_bytes() == TEST
+        assert (tmp_path / "retrieval_solution_v2.1.csv").read_bytes() == SOL
+        # resumed with Range after each cut (the 503 in between is retried with the same range)
+        ranges = [r for p, r, _ in srv.log if p == "/gl/metadata/train.csv"]
+        assert ranges[:2] == [None, None] and len(ranges) == 6
+        starts = [int(r.split("=")[1].rstrip("-")) for r in ranges[2:]]
+        assert starts == sorted(starts) and starts[0] > 0 and starts[1] == starts[2]
+        assert 7.0 in sleeps  # the Retry-After of the 429
+        lock = read_lock(tmp_path / LOCK_NAME)
+        assert lock["train.csv"] == {"size": len(TRAIN), "sha256": sha256_file(tmp_path / "train.csv")}
+        assert not list(tmp_path.glob(".*part*"))
+        n_requests = len(srv.log)
+        # second run: everything verified from disk, nothing fetched
+        recs, _ = _dl(srv, tmp_path)
+        assert [r.status for r in recs] == ["verified"] * 3 and len(srv.log) == n_requests
+        # a corrupted local copy is fetched again and checked against the lock
+        (tmp_path / "test.csv").write_bytes(TEST[:-5] + b"zzzz\n")
+        recs, _ = _dl(srv, tmp_path, names=["test.csv"])
+        assert recs[0].status == "downloaded" and (tmp_path / "test.csv").read_bytes() == TEST
+        # the server copy changed: refused, lock untouched
+        srv.files["/gl/metadata/test.csv"] = TEST + b"0000000000000fff\n"
+        (tmp_path / "test.csv").unlink()
+        with pytest.raises(NetworkError, match="does not match the lock"):
+            _dl(srv, tmp_path, names=["test.csv"])
+        assert not (tmp_path / "test.csv").exists()
+        assert read_lock(tmp_path / LOCK_NAME)["test.csv"]["size"] == len(TEST)
+
+
+def test_download_resumes_a_previous_partial_file(tmp_path):
+    with FlakyServer(_server_files()) as srv:
+        part = tmp_path / ".train.csv.part"
+        part.write_bytes(TRAIN[:1000])
+        url = srv.url + "/gl/metadata/train.csv"
+        (tmp_path / ".train.csv.part.json").write_text(json.dumps({"etag": None, "url": url}))
+        _dl(srv, tmp_path, names=["train.csv"])
+        assert srv.log[0][1] == "bytes=1000-"
+        assert (tmp_path / "train.csv").read_bytes() == TRAIN
+
+
+def test_download_gives_up_after_max_tries(tmp_path):
+    with FlakyServer(_server_files(), {"/gl/metadata/test.csv": ["drop"] * 50}) as srv:
+        with pytest.raises(NetworkError):
+            _dl(srv, tmp_path, names=["test.csv"], max_tries=3)
+    assert not (tmp_path / "test.csv").exists()
+
+
+def test_offline_mode(tmp_path):
+    with pytest.raises(InputError, match="not on disk"):
+        download(["test.csv"], tmp_path, offline=True, progress=False)
+    (tmp_path / "test.csv").write_bytes(TEST)
+    recs = download(["test.csv"], tmp_path, offline=True, progress=False)
+    assert recs[0].status == "unverified" and not (tmp_path / LOCK_NAME).exists()
+    with FlakyServer(_server_files()) as srv:
+        recs, _ = _dl(srv, tmp_path, names=["test.csv"])  # on disk, no lock entry: recorded
+        assert recs[0].status == "recorded" and srv.log == []
+    assert download(["test.csv"], tmp_path, offline=True, progress=False)[0].status == "verified"
+    (tmp_path / "test.csv").write_bytes(TEST + b"x")
+    with pytest.raises(InputError, match="does not match"):
+        download(["test.csv"], tmp_path, offline=True, progress=False)
+    with pytest.raises(InputError, match="not a GLDv2 metadata file"):
+        download(["../../etc/passwd"], tmp_path, offline=True, progress=False)
