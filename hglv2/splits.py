@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from hglv2 import __version__
 from hglv2.errors import InputError
@@ -115,10 +116,12 @@ def combine_hierarchies(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame
 
 
 def table_hash(df: pd.DataFrame) -> str:
-    """sha256 of the table's canonical CSV (columns in order, ``\\n`` line ends, empty for null)."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, lineterminator="\n", na_rep="")
-    return hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()
+    """sha256 of the table's canonical CSV (pyarrow writer: header, quoting only where needed,
+    ``\\n`` line ends, empty for null), columns and rows in their order."""
+    buf = io.BytesIO()
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(quoting_style="needed"))
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def _dense_ids(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -275,14 +278,12 @@ def coverage(table: pa.Table) -> dict[str, Any]:
     lids = table["landmark_id"].to_numpy()
     complete = table["hierarchy_complete"].to_numpy()
     known = lids >= 0
-    all_lm = np.unique(lids[known])
-    incomplete_lm = np.unique(lids[known & ~complete])
     return {
         "rows": n,
         "rows_hierarchy_complete": int(complete.sum()),
         "coverage": {k: round(v, 6) for k, v in cov.items()},
-        "landmarks": int(len(all_lm)),
-        "landmarks_hierarchy_incomplete": int(len(incomplete_lm)),
+        "landmarks": len(pd.unique(lids[known])),
+        "landmarks_hierarchy_incomplete": len(pd.unique(lids[known & ~complete])),
         "rows_without_landmark": int((~known).sum()),
     }
 
