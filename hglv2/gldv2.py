@@ -194,7 +194,7 @@ def download(
     base_url: str = DEFAULT_BASE_URL,
     offline: bool = False,
     lock_path: str | os.PathLike[str] | None = None,
-    contact: str = "unknown",
+    contact: str = "anonymous",
     session: requests.Session | None = None,
     timeout: float = 60.0,
     max_tries: int = 8,
