@@ -16,13 +16,13 @@ labels are the (B, L) matrix the hierarchical losses and metrics take.
 The samplers yield lists of row indices (use them as ``batch_sampler=`` of a ``DataLoader``):
 
 - :class:`MPerClassBatchSampler`: ``batch_size / m`` distinct classes per batch, ``m`` images
-  each. Every image is used about once per epoch; a class with fewer than ``m`` images is topped
-  up by repeating its images (never dropped).
+  each. Every image is used at least once per epoch (the last group of a class is topped up from
+  that class); a class with fewer than ``m`` images repeats its images (never dropped).
 - :class:`HierarchicalBatchSampler`: ``clusters_per_batch`` distinct clusters per batch, each
   giving ``batch_size / clusters_per_batch`` images as ``m``-image groups of distinct classes, so
-  every batch holds positives at the class level and at the cluster level. Cost is linear in the
-  number of images: clusters are combined by a greedy pass over a shuffled list of cluster
-  groups, never by enumerating cluster pairs.
+  every batch holds positives at the class level and at the cluster level. An epoch costs a few
+  numpy sorts over the images: cluster slots are combined by packing a shuffled list, never by
+  enumerating cluster pairs.
 
 Both are deterministic given ``(seed, epoch)`` (call ``set_epoch`` each epoch, as with
 ``DistributedSampler``) and DDP-aware: every replica computes the same global list of batches and
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -49,6 +50,7 @@ from torch.utils.data import Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from hglv2.errors import InputError
+from hglv2.fileio import write_parquet
 from hglv2.schema import LEVEL_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,40 @@ def _default_transform(img: Image.Image) -> torch.Tensor:
     return arr.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
-def index_tar_shards(shards: Sequence[str | os.PathLike[str]]) -> dict[str, tuple[int, int, int]]:
+def _stamp(path: Path) -> int:
+    """A fingerprint of a shard file that changes when it is rewritten (size and mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1
+    return hash((st.st_size, st.st_mtime_ns)) & ((1 << 62) - 1)
+
+
+def index_tar_shards(
+    shards: Sequence[str | os.PathLike[str]], cache: str | os.PathLike[str] | None = None
+) -> dict[str, tuple[int, int, int]]:
     """Scan tar headers once: image id (file stem) -> (shard number, data offset, size).
 
-    Only regular files are indexed; an id found in two shards keeps its first occurrence.
+    Only regular files are indexed; an id found in two shards keeps its first occurrence. With
+    ``cache`` (a Parquet file), the index is read from it when it was built from shards of the
+    same names, sizes and modification times, and otherwise built and written there
+    (atomically), so scanning the headers of hundreds of shards happens once.
     """
+    shards = [Path(p) for p in shards]
+    stamp = [(p.name, _stamp(p)) for p in shards]
+    if cache is not None and Path(cache).is_file():
+        try:
+            t = pq.read_table(cache)
+            names, sizes = t["shard_name"].to_pylist(), t["shard_stamp"].to_pylist()
+            if sorted(set(zip(names, sizes, strict=True))) == sorted(set(stamp)) or (not names and not stamp):
+                pos = {name: k for k, (name, _) in enumerate(stamp)}
+                return {
+                    i: (pos[n], o, z)
+                    for i, n, o, z in zip(t["id"].to_pylist(), names, t["offset"].to_pylist(),
+                                          t["size"].to_pylist(), strict=True)
+                }
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            pass  # unreadable or stale cache: rebuild it
     index: dict[str, tuple[int, int, int]] = {}
     for k, shard in enumerate(shards):
         try:
@@ -84,6 +115,15 @@ def index_tar_shards(shards: Sequence[str | os.PathLike[str]]) -> dict[str, tupl
                     index.setdefault(stem, (k, member.offset_data, member.size))
         except (tarfile.TarError, OSError) as exc:
             raise InputError(f"{shard}: not a readable tar file ({exc})") from None
+    if cache is not None:
+        vals = list(index.values())
+        write_parquet(pa.table({
+            "id": pa.array(list(index), pa.string()),
+            "shard_name": pa.array([stamp[v[0]][0] for v in vals], pa.string()),
+            "shard_stamp": pa.array([stamp[v[0]][1] for v in vals], pa.int64()),
+            "offset": pa.array([v[1] for v in vals], pa.int64()),
+            "size": pa.array([v[2] for v in vals], pa.int64()),
+        }), cache)
     return index
 
 
@@ -119,6 +159,8 @@ class HGLDv2Dataset(Dataset):
             ``collate_fn`` so batches drop it and report ``n_skipped``.
         layout: ``"auto"`` (tar if ``image_root`` is a list of tars or a folder holding ``*.tar``),
             ``"folder"`` or ``"tar"``.
+        tar_index: optional Parquet file caching the tar member index (see
+            :func:`index_tar_shards`); built on first use, reused while the shards are unchanged.
 
     Attributes:
         ids: list of image ids (N,).
@@ -134,6 +176,7 @@ class HGLDv2Dataset(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         on_error: str = "raise",
         layout: str = "auto",
+        tar_index: str | os.PathLike[str] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -176,7 +219,7 @@ class HGLDv2Dataset(Dataset):
         self._paths: list[str] | None = None
         self._loc: np.ndarray | None = None
         if use_tar:
-            index = index_tar_shards(self.shards)
+            index = index_tar_shards(self.shards, cache=tar_index)
             loc = np.full((len(self.ids), 3), -1, dtype=np.int64)
             for i, image_id in enumerate(self.ids):
                 hit = index.get(image_id)

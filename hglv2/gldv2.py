@@ -492,7 +492,8 @@ def _check_unique(col: pa.ChunkedArray, name: str, field: str, hex_ids: bool = F
 
 
 def _check_nonempty(col: pa.ChunkedArray, name: str, field: str) -> None:
-    row = _first_false(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
+    """Empty or whitespace-only fields (no copy of the column is made)."""
+    row = _first_false(pc.and_(pc.greater(pc.utf8_length(col), 0), pc.invert(pc.utf8_is_space(col))))
     if row is not None:
         raise InputError(f"{name}:{row + 2}: empty {field}")
 
