@@ -42,8 +42,9 @@ class World:
                     continue
                 self.p373.setdefault(claim["mainsnak"]["datavalue"]["value"], []).append(qid)
 
-    def view(self, ent: dict[str, Any], props: set[str], languages: set[str] | None,
-             sitefilter: set[str] | None) -> dict[str, Any]:
+    def view(
+        self, ent: dict[str, Any], props: set[str], languages: set[str] | None, sitefilter: set[str] | None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"type": ent["type"], "id": ent["id"]}
         if "info" in props:
             for k in ("pageid", "ns", "title", "lastrevid", "modified"):
@@ -53,8 +54,9 @@ class World:
         if "claims" in props:
             out["claims"] = ent["claims"]
         if "sitelinks" in props:
-            out["sitelinks"] = {k: v for k, v in ent["sitelinks"].items()
-                                if sitefilter is None or k in sitefilter}
+            out["sitelinks"] = {
+                k: v for k, v in ent["sitelinks"].items() if sitefilter is None or k in sitefilter
+            }
         return out
 
     def wbgetentities(self, q: dict[str, str]) -> dict[str, Any]:
@@ -97,20 +99,26 @@ class World:
             for lit in _LITERAL.findall(m.group(1)):
                 name = lit.replace('\\"', '"').replace("\\\\", "\\")
                 for qid in sorted(self.p373.get(name, [])):
-                    bindings.append({"item": {"type": "uri", "value": f"http://www.wikidata.org/entity/{qid}"},
-                                     "commonscat": {"type": "literal", "value": name}})
+                    bindings.append(
+                        {
+                            "item": {"type": "uri", "value": f"http://www.wikidata.org/entity/{qid}"},
+                            "commonscat": {"type": "literal", "value": name},
+                        }
+                    )
         return {"head": {"vars": ["item", "commonscat"]}, "results": {"bindings": bindings}}
 
 
 class FakeWikidata:
     """The server. ``fault_for(n, key)`` picks a fault (or ``None``) for the n-th HTTP request.
 
-    ``log`` lists ``(key, answered)`` per request; ``on_request(n)`` runs before each answer
-    (the kill test uses it). ``slow_s`` is how long a ``timeout`` fault waits before answering.
+    ``log`` lists ``(key, answered)`` per request; ``on_request(n)`` runs before each answer;
+    when it returns true the request is dropped unanswered (the kill test uses it). ``slow_s`` is
+    how long a ``timeout`` fault waits before answering.
     """
 
-    def __init__(self, world: World, fault_for: Callable[[int, str], str | None] | None = None,
-                 slow_s: float = 0.5):
+    def __init__(
+        self, world: World, fault_for: Callable[[int, str], str | None] | None = None, slow_s: float = 0.5
+    ):
         self.world = world
         self.fault_for = fault_for
         self.slow_s = slow_s
@@ -141,7 +149,7 @@ class FakeWikidata:
         self.port = self.httpd.server_address[1]
         self.api_url = f"http://127.0.0.1:{self.port}/w/api.php"
         self.sparql_url = f"http://127.0.0.1:{self.port}/sparql"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> FakeWikidata:
         self._thread.start()
@@ -155,8 +163,14 @@ class FakeWikidata:
     def answered(self) -> list[str]:
         return [k for k, ok in self.log if ok]
 
-    def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        ctype: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         h.send_response(status)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))
@@ -171,8 +185,9 @@ class FakeWikidata:
             n = len(self.log)
             self.log.append((key, False))
             self.user_agents.add(h.headers.get("User-Agent", ""))
-        if self.on_request is not None:
-            self.on_request(n)
+        if self.on_request is not None and self.on_request(n):
+            h.close_connection = True
+            return  # drop the request unanswered
         fault = self.fault_for(n, key) if self.fault_for else None
         if endpoint == "api" and q.get("action") != "wbgetentities":
             body = {"error": {"code": "badvalue", "info": "Unrecognized value for parameter action"}}
@@ -192,10 +207,22 @@ class FakeWikidata:
         if fault == "truncated":
             return self._send(h, 200, text[: len(text) // 2], ctype)
         if fault == "maxlag" and endpoint == "api":
-            err = {"error": {"code": "maxlag", "info": "Waiting for 10.64.0.1: 7 seconds lagged",
-                             "host": "10.64.0.1", "lag": 7, "type": "db"}}
-            return self._send(h, 200, json.dumps(err).encode(), ctype,
-                              {"Retry-After": "5", "X-Database-Lag": "7 seconds lagged"})
+            err = {
+                "error": {
+                    "code": "maxlag",
+                    "info": "Waiting for 10.64.0.1: 7 seconds lagged",
+                    "host": "10.64.0.1",
+                    "lag": 7,
+                    "type": "db",
+                }
+            }
+            return self._send(
+                h,
+                200,
+                json.dumps(err).encode(),
+                ctype,
+                {"Retry-After": "5", "X-Database-Lag": "7 seconds lagged"},
+            )
         if fault == "timeout":
             time.sleep(self.slow_s)
             try:

@@ -171,44 +171,132 @@ KINDS: list[tuple[list[tuple[str, str]], str, int]] = [
     ([], "{n} Place", 2),
 ]
 # resolution paths and their weights
-PATHS = [("sitelink", 52), ("category", 26), ("category-redirect", 4), ("category-no-p301", 2),
-         ("p373", 7), ("p373-category", 2), ("missing", 5), ("invalid", 2)]
+PATHS = [
+    ("sitelink", 52),
+    ("category", 26),
+    ("category-redirect", 4),
+    ("category-no-p301", 2),
+    ("p373", 7),
+    ("p373-category", 2),
+    ("missing", 5),
+    ("invalid", 2),
+]
 
-SYLLABLES = ["al", "bar", "cor", "dal", "el", "fen", "gar", "hal", "is", "jor", "kel", "lor", "mar",
-             "nor", "or", "pel", "quin", "ros", "sel", "tor", "ul", "var", "wen", "yr", "zel", "an",
-             "bri", "ce", "do", "eth", "fir", "gla", "hen", "ith", "ka", "lu", "mo", "ne", "pa", "ri"]
-CLUSTER_OF_CLASS_FOR_PUBLISHED = {"church": "monastery", "castle": "palace", "mountain": "hill",
-                                  "lake": "river", "museum": "palace", "bridge": "tower"}
+SYLLABLES = [
+    "al",
+    "bar",
+    "cor",
+    "dal",
+    "el",
+    "fen",
+    "gar",
+    "hal",
+    "is",
+    "jor",
+    "kel",
+    "lor",
+    "mar",
+    "nor",
+    "or",
+    "pel",
+    "quin",
+    "ros",
+    "sel",
+    "tor",
+    "ul",
+    "var",
+    "wen",
+    "yr",
+    "zel",
+    "an",
+    "bri",
+    "ce",
+    "do",
+    "eth",
+    "fir",
+    "gla",
+    "hen",
+    "ith",
+    "ka",
+    "lu",
+    "mo",
+    "ne",
+    "pa",
+    "ri",
+]
+CLUSTER_OF_CLASS_FOR_PUBLISHED = {
+    "church": "monastery",
+    "castle": "palace",
+    "mountain": "hill",
+    "lake": "river",
+    "museum": "palace",
+    "bridge": "tower",
+}
 
 
 def _claim(owner: str, prop: str, value: str, rank: str = "normal", n: int = 0) -> dict:
     if value == "somevalue":
-        snak = {"snaktype": "somevalue", "property": prop, "hash": f"{prop}{n:038d}"[:40],
-                "datatype": "wikibase-item"}
-    elif value.startswith("Q"):
+        snak = {
+            "snaktype": "somevalue",
+            "property": prop,
+            "hash": f"{prop}{n:038d}"[:40],
+            "datatype": "wikibase-item",
+        }
+    elif prop != "P373" and value.startswith("Q"):
         digest = hashlib.sha1(f"{prop}{value}".encode()).hexdigest()
-        snak = {"snaktype": "value", "property": prop, "hash": digest,
-                "datavalue": {"value": {"entity-type": "item", "numeric-id": int(value[1:]), "id": value},
-                              "type": "wikibase-entityid"},
-                "datatype": "wikibase-item"}
+        snak = {
+            "snaktype": "value",
+            "property": prop,
+            "hash": digest,
+            "datavalue": {
+                "value": {"entity-type": "item", "numeric-id": int(value[1:]), "id": value},
+                "type": "wikibase-entityid",
+            },
+            "datatype": "wikibase-item",
+        }
     else:
-        snak = {"snaktype": "value", "property": prop, "hash": f"{n:040d}",
-                "datavalue": {"value": value, "type": "string"}, "datatype": "string"}
-    return {"mainsnak": snak, "type": "statement",
-            "id": f"{owner}$0000{n:04d}-{prop[1:]:0>4}-4000-8000-{int(owner[1:]) % 10**12:012d}",
-            "rank": rank}
+        snak = {
+            "snaktype": "value",
+            "property": prop,
+            "hash": f"{n:040d}",
+            "datavalue": {"value": value, "type": "string"},
+            "datatype": "string",
+        }
+    return {
+        "mainsnak": snak,
+        "type": "statement",
+        "id": f"{owner}$0000{n:04d}-{prop[1:]:0>4}-4000-8000-{int(owner[1:]) % 10**12:012d}",
+        "rank": rank,
+    }
 
 
-def _entity(qid: str, label: str, claims: dict[str, list[tuple[str, str]]], rev: int,
-            commons: str | None = None, other_labels: bool = True) -> dict:
+def _entity(
+    qid: str,
+    label: str,
+    claims: dict[str, list[tuple[str, str]]],
+    rev: int,
+    commons: str | None = None,
+    other_labels: bool = True,
+) -> dict:
     labels = {"en": {"language": "en", "value": label}}
     if other_labels:
         labels["de"] = {"language": "de", "value": label}
-    ent = {"type": "item", "id": qid, "pageid": int(qid[1:]) % 10**8 + 1000, "ns": 0, "title": qid,
-           "lastrevid": rev, "modified": "2024-05-01T12:00:00Z", "labels": labels,
-           "claims": {p: [_claim(qid, p, v, r, i) for i, (v, r) in enumerate(vals)]
-                      for p, vals in claims.items() if vals},
-           "sitelinks": {}}
+    ent = {
+        "type": "item",
+        "id": qid,
+        "pageid": int(qid[1:]) % 10**8 + 1000,
+        "ns": 0,
+        "title": qid,
+        "lastrevid": rev,
+        "modified": "2024-05-01T12:00:00Z",
+        "labels": labels,
+        "claims": {
+            p: [_claim(qid, p, v, r, i) for i, (v, r) in enumerate(vals)]
+            for p, vals in claims.items()
+            if vals
+        },
+        "sitelinks": {},
+    }
     if commons:
         ent["sitelinks"]["commonswiki"] = {"site": "commonswiki", "title": commons, "badges": []}
         ent["sitelinks"]["enwiki"] = {"site": "enwiki", "title": label, "badges": []}
@@ -241,8 +329,9 @@ def build_world(n_landmarks: int = 300, seed: int = SEED):
     entities: dict[str, dict] = {}
     redirects = dict(CLASS_REDIRECTS)
     for qid, (label, parents) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items():
-        entities[qid] = _entity(qid, label, {"P279": [(p, "normal") for p in parents]},
-                                rev=1_000_000 + int(qid[1:]) % 997)
+        entities[qid] = _entity(
+            qid, label, {"P279": [(p, "normal") for p in parents]}, rev=1_000_000 + int(qid[1:]) % 997
+        )
     kinds_w = [w for *_, w in KINDS]
     paths, paths_w = zip(*PATHS, strict=True)
     used: set[str] = set()
@@ -271,15 +360,27 @@ def build_world(n_landmarks: int = 300, seed: int = SEED):
             else:
                 entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1, commons=title)
         elif path == "category-no-p301":
-            entities[cat_qid] = _entity(cat_qid, f"Category:{label}", {"P31": [(CATEGORY_ITEM, "normal")]},
-                                        rev + 1, commons=title)
+            entities[cat_qid] = _entity(
+                cat_qid, f"Category:{label}", {"P31": [(CATEGORY_ITEM, "normal")]}, rev + 1, commons=title
+            )
         elif path == "p373":
             entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev)
-        url = _url(title, rng) if path != "invalid" else rng.choice(
-            ["", f"http://en.wikipedia.org/wiki/{label.replace(' ', '_')}"])
+        url = (
+            _url(title, rng)
+            if path != "invalid"
+            else rng.choice(["", f"http://en.wikipedia.org/wiki/{label.replace(' ', '_')}"])
+        )
         n_images = min(40, 1 + int(rng.expovariate(1 / 5)))
-        landmarks.append({"landmark_id": lid, "category": url, "label": label, "path": path,
-                          "p31": [q for q, r in p31 if r != "deprecated"], "n_images": n_images})
+        landmarks.append(
+            {
+                "landmark_id": lid,
+                "category": url,
+                "label": label,
+                "path": path,
+                "p31": [q for q, r in p31 if r != "deprecated"],
+                "n_images": n_images,
+            }
+        )
     return World(entities, redirects), landmarks
 
 
@@ -304,8 +405,13 @@ def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
             for _ in range(lm["n_images"]):
                 iid = f"{rng.getrandbits(64):016x}"
                 images.setdefault(lm["landmark_id"], []).append(iid)
-                w.writerow([iid, f"https://upload.wikimedia.org/sample/{iid[0]}/{iid[:2]}/{iid}.jpg",
-                            lm["landmark_id"]])
+                w.writerow(
+                    [
+                        iid,
+                        f"https://upload.wikimedia.org/sample/{iid[0]}/{iid[:2]}/{iid}.jpg",
+                        lm["landmark_id"],
+                    ]
+                )
     with atomic_open(out / "train_clean.csv") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["landmark_id", "images"])
@@ -332,8 +438,9 @@ def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
     labels = {q: lab for q, (lab, _) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
     with atomic_open(out / "train_label_to_hierarchical.csv") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["landmark_id", "category", "supercategory", "hierarchical_label",
-                    "natural_or_human_made"])
+        w.writerow(
+            ["landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made"]
+        )
         for lm in landmarks:
             if not lm["p31"] or rng.random() > 0.6:
                 continue
@@ -357,8 +464,10 @@ def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
             validate_anchors(client, table)
         n = cache.export_jsonl(out / "wikidata_cache.jsonl")
         cache.close()
-    print(f"wrote {len(landmarks)} landmarks, {sum(map(len, images.values()))} images, {n} recorded answers "
-          f"to {out}")
+    print(
+        f"wrote {len(landmarks)} landmarks, {sum(map(len, images.values()))} images, {n} recorded answers "
+        f"to {out}"
+    )
 
 
 def main() -> None:

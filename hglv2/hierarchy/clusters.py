@@ -37,15 +37,38 @@ from hglv2.schema import HIERARCHY_COLUMNS
 CLUSTER_COLUMNS = ("qid", "label", "cluster", "top")
 DECISION_COLUMNS = ("supercategory_qid", "supercategory", "cluster", "reason")
 OVERRIDE_COLUMNS = ("landmark_id", "cluster", "top", "reason")
-PENDING_COLUMNS = ("kind", "key", "label", "reason", "n_landmarks", "n_images", "candidates", "paths",
-                   "landmarks")
-PROPOSAL_COLUMNS = ("landmark_id", "category", "qid", "label", "resolution", "supercategory",
-                    "supercategory_qid", "cluster", "top", "status", "reason", "anchor_distance",
-                    "revision", "n_images")
+PENDING_COLUMNS = (
+    "kind",
+    "key",
+    "label",
+    "reason",
+    "n_landmarks",
+    "n_images",
+    "candidates",
+    "paths",
+    "landmarks",
+)
+PROPOSAL_COLUMNS = (
+    "landmark_id",
+    "category",
+    "qid",
+    "label",
+    "resolution",
+    "supercategory",
+    "supercategory_qid",
+    "cluster",
+    "top",
+    "status",
+    "reason",
+    "anchor_distance",
+    "revision",
+    "n_images",
+)
 
 
-def read_review_csv(path: str | os.PathLike[str], columns: Sequence[str],
-                    required: Sequence[str] | None = None) -> pd.DataFrame:
+def read_review_csv(
+    path: str | os.PathLike[str], columns: Sequence[str], required: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Read a review CSV as strings (stripped); check its columns. Row ``i`` is line ``i + 2``."""
     path = Path(path)
     try:
@@ -117,8 +140,9 @@ def load_clusters(path: str | os.PathLike[str]) -> ClusterTable:
         seen[r.qid] = row
         if r.cluster in top_of and top_of[r.cluster][0] != r.top:
             prev, prow = top_of[r.cluster]
-            raise InputError(f"{path}:{row}: cluster {r.cluster!r} has top {r.top!r} here but {prev!r} "
-                             f"at row {prow}")
+            raise InputError(
+                f"{path}:{row}: cluster {r.cluster!r} has top {r.top!r} here but {prev!r} at row {prow}"
+            )
         top_of.setdefault(r.cluster, (r.top, row))
         anchors.append(Anchor(r.qid, r.label, r.cluster, r.top, row))
     if not anchors:
@@ -195,8 +219,13 @@ def _split(value: Any) -> list[str]:
     return [q for q in value.split("|") if is_qid(q)] if isinstance(value, str) and value else []
 
 
-def propose(resolved: pd.DataFrame, g: nx.DiGraph, aliases: Mapping[str, str], table: ClusterTable,
-            image_counts: Mapping[int, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def propose(
+    resolved: pd.DataFrame,
+    g: nx.DiGraph,
+    aliases: Mapping[str, str],
+    table: ClusterTable,
+    image_counts: Mapping[int, int] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Supercategory, cluster and top per landmark; returns ``(proposals, pending)`` DataFrames."""
     anchors = table.by_qid
     image_counts = image_counts or {}
@@ -227,9 +256,16 @@ def propose(resolved: pd.DataFrame, g: nx.DiGraph, aliases: Mapping[str, str], t
     for r in resolved.to_dict("records"):
         lid = int(r["landmark_id"])
         out = {c: None for c in PROPOSAL_COLUMNS}
-        out.update(landmark_id=lid, category=r.get("category"), qid=r.get("qid"), label=r.get("label"),
-                   resolution=r.get("resolution"), revision=r.get("revision"),
-                   n_images=int(image_counts.get(lid, 0)), status="pending")
+        out.update(
+            landmark_id=lid,
+            category=r.get("category"),
+            qid=r.get("qid"),
+            label=r.get("label"),
+            resolution=r.get("resolution"),
+            revision=r.get("revision"),
+            n_images=int(image_counts.get(lid, 0)),
+            status="pending",
+        )
         classes = sorted(dict.fromkeys(canon(q) for q in _split(r.get("p31"))), key=qid_number)
         if not isinstance(r.get("qid"), str) or not r.get("qid"):
             out["reason"] = "unresolved:" + str(r.get("resolution"))
@@ -243,8 +279,11 @@ def propose(resolved: pd.DataFrame, g: nx.DiGraph, aliases: Mapping[str, str], t
         specific = specific or classes
         sup = min(specific, key=lambda c: (hit(c).distance is None, hit(c).distance or 0, qid_number(c)))
         h = hit(sup)
-        out.update(supercategory=label(sup) or (anchors[sup].label if sup in anchors else None),
-                   supercategory_qid=sup, anchor_distance=h.distance)
+        out.update(
+            supercategory=label(sup) or (anchors[sup].label if sup in anchors else None),
+            supercategory_qid=sup,
+            anchor_distance=h.distance,
+        )
         clusters = sorted({anchors[a].cluster for a in h.anchors})
         tops = sorted({anchors[a].top for a in h.anchors})
         if len(clusters) == 1:
@@ -257,8 +296,9 @@ def propose(resolved: pd.DataFrame, g: nx.DiGraph, aliases: Mapping[str, str], t
             out["reason"] = "conflicting-tops"
         rows.append(out)
     proposals = pd.DataFrame(rows, columns=list(PROPOSAL_COLUMNS))
-    proposals = proposals.astype({"landmark_id": "int64", "n_images": "int64",
-                                  "anchor_distance": "Int64", "revision": "Int64"})
+    proposals = proposals.astype(
+        {"landmark_id": "int64", "n_images": "int64", "anchor_distance": "Int64", "revision": "Int64"}
+    )
     for c in PROPOSAL_COLUMNS:
         if c not in ("landmark_id", "n_images", "anchor_distance", "revision"):
             proposals[c] = proposals[c].astype("string")
@@ -274,8 +314,13 @@ def _path_text(path: Sequence[str], label) -> str:
     return " > ".join(f"{q} {label(q) or ''}".strip() for q in path)
 
 
-def pending_table(proposals: pd.DataFrame, g: nx.DiGraph, anchors: Mapping[str, Anchor],
-                  hits: Mapping[str, AnchorHit], label) -> pd.DataFrame:
+def pending_table(
+    proposals: pd.DataFrame,
+    g: nx.DiGraph,
+    anchors: Mapping[str, Anchor],
+    hits: Mapping[str, AnchorHit],
+    label,
+) -> pd.DataFrame:
     """Group the pending proposals: one row per supercategory, one per unresolved landmark."""
     pend = proposals[proposals["status"] == "pending"]
     rows = []
@@ -283,19 +328,39 @@ def pending_table(proposals: pd.DataFrame, g: nx.DiGraph, anchors: Mapping[str, 
         h = hits.get(sup, AnchorHit(None, (), ()))
         cands = sorted({f"{anchors[a].cluster} ({anchors[a].top})" for a in h.anchors})
         lids = sorted(grp["landmark_id"].tolist())
-        rows.append({"kind": "supercategory", "key": sup, "label": grp["supercategory"].iloc[0],
-                     "reason": grp["reason"].iloc[0], "n_landmarks": len(grp),
-                     "n_images": int(grp["n_images"].sum()), "candidates": "|".join(cands),
-                     "paths": " ; ".join(_path_text(p, label) for p in h.paths),
-                     "landmarks": " ".join(map(str, lids[:20])) + (" ..." if len(lids) > 20 else "")})
+        rows.append(
+            {
+                "kind": "supercategory",
+                "key": sup,
+                "label": grp["supercategory"].iloc[0],
+                "reason": grp["reason"].iloc[0],
+                "n_landmarks": len(grp),
+                "n_images": int(grp["n_images"].sum()),
+                "candidates": "|".join(cands),
+                "paths": " ; ".join(_path_text(p, label) for p in h.paths),
+                "landmarks": " ".join(map(str, lids[:20])) + (" ..." if len(lids) > 20 else ""),
+            }
+        )
     for r in pend[pend["supercategory_qid"].isna()].itertuples(index=False):
-        rows.append({"kind": "landmark", "key": str(r.landmark_id), "label": _s(r.label) or _s(r.category),
-                     "reason": r.reason, "n_landmarks": 1, "n_images": int(r.n_images), "candidates": "",
-                     "paths": "", "landmarks": str(r.landmark_id)})
+        rows.append(
+            {
+                "kind": "landmark",
+                "key": str(r.landmark_id),
+                "label": _s(r.label) or _s(r.category),
+                "reason": r.reason,
+                "n_landmarks": 1,
+                "n_images": int(r.n_images),
+                "candidates": "",
+                "paths": "",
+                "landmarks": str(r.landmark_id),
+            }
+        )
     df = pd.DataFrame(rows, columns=list(PENDING_COLUMNS))
     if len(df):
-        df["_k"] = [(-n, k, qid_number(key) if is_qid(key) else int(key))
-                    for n, k, key in zip(df["n_images"], df["kind"], df["key"], strict=True)]
+        df["_k"] = [
+            (-n, k, qid_number(key) if is_qid(key) else int(key))
+            for n, k, key in zip(df["n_images"], df["kind"], df["key"], strict=True)
+        ]
         df = df.sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
     return df
 
@@ -304,8 +369,9 @@ def pending_table(proposals: pd.DataFrame, g: nx.DiGraph, anchors: Mapping[str, 
 # review files and apply
 
 
-def load_decisions(path: str | os.PathLike[str], table: ClusterTable,
-                   warnings: list[str]) -> dict[str, tuple[str, int]]:
+def load_decisions(
+    path: str | os.PathLike[str], table: ClusterTable, warnings: list[str]
+) -> dict[str, tuple[str, int]]:
     """``decisions.csv`` -> {supercategory_qid: (cluster, row)}; errors for bad rows."""
     path = Path(path)
     df = read_review_csv(path, DECISION_COLUMNS, required=("supercategory_qid", "cluster"))
@@ -314,24 +380,31 @@ def load_decisions(path: str | os.PathLike[str], table: ClusterTable,
     for i, r in enumerate(df.itertuples(index=False)):
         row = i + 2
         if not is_qid(r.supercategory_qid):
-            raise InputError(f"{path}:{row}: supercategory_qid {r.supercategory_qid!r} is not a Wikidata "
-                             "item id (Q<number>)")
+            raise InputError(
+                f"{path}:{row}: supercategory_qid {r.supercategory_qid!r} is not a Wikidata "
+                "item id (Q<number>)"
+            )
         if r.cluster not in top_of:
-            raise InputError(f"{path}:{row}: cluster {r.cluster!r} is not in {table.path.name} "
-                             f"(known: {', '.join(sorted(top_of))})")
+            raise InputError(
+                f"{path}:{row}: cluster {r.cluster!r} is not in {table.path.name} "
+                f"(known: {', '.join(sorted(top_of))})"
+            )
         if r.supercategory_qid in out:
             prev, prow = out[r.supercategory_qid]
             if prev != r.cluster:
-                raise InputError(f"{path}:{row}: {r.supercategory_qid} -> {r.cluster!r} conflicts with row "
-                                 f"{prow} ({prev!r})")
+                raise InputError(
+                    f"{path}:{row}: {r.supercategory_qid} -> {r.cluster!r} conflicts with row "
+                    f"{prow} ({prev!r})"
+                )
             warnings.append(f"{path}:{row}: duplicate of row {prow}")
             continue
         out[r.supercategory_qid] = (r.cluster, row)
     return out
 
 
-def load_overrides(path: str | os.PathLike[str], table: ClusterTable,
-                   known: set[int]) -> dict[int, tuple[str | None, str | None, str, int]]:
+def load_overrides(
+    path: str | os.PathLike[str], table: ClusterTable, known: set[int]
+) -> dict[int, tuple[str | None, str | None, str, int]]:
     """``landmark_overrides.csv`` -> {landmark_id: (cluster, top, reason, row)}; errors for bad rows."""
     path = Path(path)
     df = read_review_csv(path, OVERRIDE_COLUMNS)
@@ -352,8 +425,9 @@ def load_overrides(path: str | os.PathLike[str], table: ClusterTable,
         if top is not None and top not in tops:
             raise InputError(f"{path}:{row}: top {top!r} is not one of {', '.join(sorted(tops))}")
         if cluster is not None and top is not None and top_of[cluster] != top:
-            raise InputError(f"{path}:{row}: cluster {cluster!r} belongs to top {top_of[cluster]!r}, "
-                             f"not {top!r}")
+            raise InputError(
+                f"{path}:{row}: cluster {cluster!r} belongs to top {top_of[cluster]!r}, not {top!r}"
+            )
         if not r.reason:
             raise InputError(f"{path}:{row}: empty reason (say why this landmark is overridden)")
         top = top or top_of[cluster]
@@ -365,8 +439,12 @@ def load_overrides(path: str | os.PathLike[str], table: ClusterTable,
     return out
 
 
-def apply_reviews(proposals: pd.DataFrame, table: ClusterTable, decisions_path: str | os.PathLike[str],
-                  overrides_path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
+def apply_reviews(
+    proposals: pd.DataFrame,
+    table: ClusterTable,
+    decisions_path: str | os.PathLike[str],
+    overrides_path: str | os.PathLike[str],
+) -> tuple[pd.DataFrame, list[str]]:
     """The hierarchy table (:data:`HIERARCHY_COLUMNS`) and the warnings.
 
     ``provenance``: ``override`` > ``decision`` > ``rule``; missing where no level is known.
@@ -399,12 +477,22 @@ def apply_reviews(proposals: pd.DataFrame, table: ClusterTable, decisions_path: 
             o_cluster, o_top, _, _ = overrides[r["landmark_id"]]
             cluster, top, prov = o_cluster, o_top, "override"
         rev = r["revision"]
-        rows.append({"landmark_id": r["landmark_id"], "category": r["category"], "qid": r["qid"],
-                     "supercategory": r["supercategory"], "supercategory_qid": sup,
-                     "hierarchical_label": cluster, "natural_or_human_made": top, "provenance": prov,
-                     "revision": None if rev is None or pd.isna(rev) else str(int(rev))})
+        rows.append(
+            {
+                "landmark_id": r["landmark_id"],
+                "category": r["category"],
+                "qid": r["qid"],
+                "supercategory": r["supercategory"],
+                "supercategory_qid": sup,
+                "hierarchical_label": cluster,
+                "natural_or_human_made": top,
+                "provenance": prov,
+                "revision": None if rev is None or pd.isna(rev) else str(int(rev)),
+            }
+        )
     out = pd.DataFrame(rows, columns=list(HIERARCHY_COLUMNS)).astype(
-        {c: "string" for c in HIERARCHY_COLUMNS if c != "landmark_id"})
+        {c: "string" for c in HIERARCHY_COLUMNS if c != "landmark_id"}
+    )
     out["landmark_id"] = out["landmark_id"].astype("int64")
     return out.sort_values("landmark_id", kind="stable").reset_index(drop=True), warnings
 
@@ -424,6 +512,9 @@ def coverage(table: pd.DataFrame, image_counts: Mapping[int, int] | None = None)
     both = (table["hierarchical_label"].notna() & table["natural_or_human_made"].notna()).to_numpy()
     out["complete"] = {"landmarks": int(both.sum()), "fraction": float(both.mean()) if n else 0.0}
     if "provenance" in table:
-        out["provenance"] = {str(k): int(v) for k, v in table["provenance"].value_counts(dropna=False).items()
-                             if not pd.isna(k)}
+        out["provenance"] = {
+            str(k): int(v)
+            for k, v in table["provenance"].value_counts(dropna=False).items()
+            if not pd.isna(k)
+        }
     return out

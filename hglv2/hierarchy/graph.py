@@ -51,8 +51,13 @@ class ClassGraph:
         g = nx.DiGraph()
         for qid in sorted(self.nodes, key=qid_number):
             a = self.nodes[qid]
-            g.add_node(qid, label=a.get("label") or "", depth=int(a.get("depth", -1)),
-                       revision=int(a.get("revision") or -1), expanded=bool(a.get("expanded")))
+            g.add_node(
+                qid,
+                label=a.get("label") or "",
+                depth=int(a.get("depth", -1)),
+                revision=int(a.get("revision") or -1),
+                expanded=bool(a.get("expanded")),
+            )
         for child, parent in sorted(self.edges, key=lambda e: (qid_number(e[0]), qid_number(e[1]))):
             g.add_edge(child, parent)
         return g
@@ -68,8 +73,9 @@ def classes_of(resolved: Iterable[dict[str, Any]]) -> list[str]:
     return sorted(out, key=qid_number)
 
 
-def fetch_graph(client: WikidataClient, resolved: Sequence[dict[str, Any]],
-                depth: int = DEFAULT_DEPTH) -> ClassGraph:
+def fetch_graph(
+    client: WikidataClient, resolved: Sequence[dict[str, Any]], depth: int = DEFAULT_DEPTH
+) -> ClassGraph:
     """Breadth-first P279 ancestors of the landmarks' P31 classes, up to ``depth`` levels up."""
     graph = ClassGraph()
     frontier = classes_of(resolved)
@@ -109,8 +115,9 @@ def fetch_graph(client: WikidataClient, resolved: Sequence[dict[str, Any]],
         del graph.nodes[qid]
     for c, p in graph.edges:
         for q in (c, p):
-            graph.nodes.setdefault(q, {"label": None, "depth": depth + 1, "revision": None,
-                                       "expanded": False})
+            graph.nodes.setdefault(
+                q, {"label": None, "depth": depth + 1, "revision": None, "expanded": False}
+            )
     return graph
 
 
@@ -128,22 +135,33 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
     labels = nx.get_node_attributes(g, "label")
     nodes = sorted(g.nodes, key=qid_number)
     alias_rows = sorted(graph.aliases, key=qid_number)
-    node_table = pa.table({
-        "qid": pa.array(nodes + alias_rows, pa.string()),
-        "label": pa.array([labels[q] or None for q in nodes] + [None] * len(alias_rows), pa.string()),
-        "depth": pa.array([g.nodes[q]["depth"] for q in nodes] + [None] * len(alias_rows), pa.int32()),
-        "revision": pa.array([g.nodes[q]["revision"] if g.nodes[q]["revision"] >= 0 else None for q in nodes]
-                             + [None] * len(alias_rows), pa.int64()),
-        "expanded": pa.array([g.nodes[q]["expanded"] for q in nodes] + [False] * len(alias_rows), pa.bool_()),
-        "redirect_to": pa.array([None] * len(nodes) + [graph.canonical(q) for q in alias_rows], pa.string()),
-    })
+    node_table = pa.table(
+        {
+            "qid": pa.array(nodes + alias_rows, pa.string()),
+            "label": pa.array([labels[q] or None for q in nodes] + [None] * len(alias_rows), pa.string()),
+            "depth": pa.array([g.nodes[q]["depth"] for q in nodes] + [None] * len(alias_rows), pa.int32()),
+            "revision": pa.array(
+                [g.nodes[q]["revision"] if g.nodes[q]["revision"] >= 0 else None for q in nodes]
+                + [None] * len(alias_rows),
+                pa.int64(),
+            ),
+            "expanded": pa.array(
+                [g.nodes[q]["expanded"] for q in nodes] + [False] * len(alias_rows), pa.bool_()
+            ),
+            "redirect_to": pa.array(
+                [None] * len(nodes) + [graph.canonical(q) for q in alias_rows], pa.string()
+            ),
+        }
+    )
     edges = list(g.edges)
-    edge_table = pa.table({
-        "child": pa.array([c for c, _ in edges], pa.string()),
-        "child_label": pa.array([labels[c] or None for c, _ in edges], pa.string()),
-        "parent": pa.array([p for _, p in edges], pa.string()),
-        "parent_label": pa.array([labels[p] or None for _, p in edges], pa.string()),
-    })
+    edge_table = pa.table(
+        {
+            "child": pa.array([c for c, _ in edges], pa.string()),
+            "child_label": pa.array([labels[c] or None for c, _ in edges], pa.string()),
+            "parent": pa.array([p for _, p in edges], pa.string()),
+            "parent_label": pa.array([labels[p] or None for _, p in edges], pa.string()),
+        }
+    )
     write_parquet(node_table, out_dir / "graph_nodes.parquet")
     write_parquet(edge_table, out_dir / "graph_edges.parquet")
     with atomic_path(out_dir / "graph.graphml") as tmp:

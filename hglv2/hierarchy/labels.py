@@ -30,9 +30,7 @@ def _parse_landmark_ids(df: pd.DataFrame, path: Path) -> pd.Series:
     bad = ids.isna()
     if bad.any():
         row = int(bad.to_numpy().argmax())
-        raise InputError(
-            f"{path}:{row + 2}: landmark_id {df['landmark_id'].iloc[row]!r} is not an integer"
-        )
+        raise InputError(f"{path}:{row + 2}: landmark_id {df['landmark_id'].iloc[row]!r} is not an integer")
     ids = ids.astype("int64")
     dup = ids.duplicated()
     if dup.any():
@@ -93,8 +91,17 @@ def load_hierarchy_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 # writing, diffing
 
 DIFF_LEVELS = ("supercategory", "hierarchical_label", "natural_or_human_made")
-DISAGREEMENT_COLUMNS = ("landmark_id", "category", "supercategory_qid", "supercategory",
-                        "level", "value_a", "value_b", "provenance_a", "provenance_b")
+DISAGREEMENT_COLUMNS = (
+    "landmark_id",
+    "category",
+    "supercategory_qid",
+    "supercategory",
+    "level",
+    "value_a",
+    "value_b",
+    "provenance_a",
+    "provenance_b",
+)
 
 
 def hierarchy_arrow_table(df: pd.DataFrame):
@@ -137,27 +144,45 @@ def diff_tables(a: pd.DataFrame, b: pd.DataFrame, levels: tuple[str, ...] = DIFF
     m = a.merge(b, on="landmark_id", how="outer", suffixes=("_a", "_b"), indicator=True)
     m = m.sort_values("landmark_id", kind="stable").reset_index(drop=True)
     common = m[m["_merge"] == "both"].reset_index(drop=True)
-    res: dict = {"landmarks": {"a": len(a), "b": len(b), "common": len(common),
-                               "only_in_a": int((m["_merge"] == "left_only").sum()),
-                               "only_in_b": int((m["_merge"] == "right_only").sum())},
-                 "levels": {}}
+    res: dict = {
+        "landmarks": {
+            "a": len(a),
+            "b": len(b),
+            "common": len(common),
+            "only_in_a": int((m["_merge"] == "left_only").sum()),
+            "only_in_b": int((m["_merge"] == "right_only").sum()),
+        },
+        "levels": {},
+    }
     parts = []
     for lev in levels:
         va, vb = _norm(common[f"{lev}_a"]), _norm(common[f"{lev}_b"])
         has_a, has_b = va.notna().to_numpy(), vb.notna().to_numpy()
         both = has_a & has_b
         agree = both & (va.fillna("") == vb.fillna("")).to_numpy()
-        res["levels"][lev] = {"both": int(both.sum()), "agree": int(agree.sum()),
-                              "agreement": float(agree.sum() / both.sum()) if both.any() else None,
-                              "only_a": int((has_a & ~has_b).sum()), "only_b": int((~has_a & has_b).sum())}
+        res["levels"][lev] = {
+            "both": int(both.sum()),
+            "agree": int(agree.sum()),
+            "agreement": float(agree.sum() / both.sum()) if both.any() else None,
+            "only_a": int((has_a & ~has_b).sum()),
+            "only_b": int((~has_a & has_b).sum()),
+        }
         bad = common[both & ~agree]
-        parts.append(pd.DataFrame({
-            "landmark_id": bad["landmark_id"].astype("int64"),
-            "category": bad["category_a"].fillna(bad["category_b"]),
-            "supercategory_qid": bad["supercategory_qid_a"].fillna(bad["supercategory_qid_b"]),
-            "supercategory": bad["supercategory_a"].fillna(bad["supercategory_b"]),
-            "level": lev, "value_a": bad[f"{lev}_a"], "value_b": bad[f"{lev}_b"],
-            "provenance_a": bad["provenance_a"], "provenance_b": bad["provenance_b"]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "landmark_id": bad["landmark_id"].astype("int64"),
+                    "category": bad["category_a"].fillna(bad["category_b"]),
+                    "supercategory_qid": bad["supercategory_qid_a"].fillna(bad["supercategory_qid_b"]),
+                    "supercategory": bad["supercategory_a"].fillna(bad["supercategory_b"]),
+                    "level": lev,
+                    "value_a": bad[f"{lev}_a"],
+                    "value_b": bad[f"{lev}_b"],
+                    "provenance_a": bad["provenance_a"],
+                    "provenance_b": bad["provenance_b"],
+                }
+            )
+        )
     dis = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=DISAGREEMENT_COLUMNS)
     dis = dis.astype({c: "string" for c in DISAGREEMENT_COLUMNS if c != "landmark_id"})
     order = {lev: i for i, lev in enumerate(levels)}
@@ -174,15 +199,23 @@ def seed_decisions(disagreements: pd.DataFrame) -> pd.DataFrame:
     """Decision rows (``decisions.csv`` format) suggested by a diff: for each supercategory QID whose
     disagreeing landmarks all got the same cluster in B, propose that cluster, with the evidence.
     """
-    d = disagreements[(disagreements["level"] == "hierarchical_label")
-                      & disagreements["supercategory_qid"].notna() & disagreements["value_b"].notna()]
+    d = disagreements[
+        (disagreements["level"] == "hierarchical_label")
+        & disagreements["supercategory_qid"].notna()
+        & disagreements["value_b"].notna()
+    ]
     rows = []
     for qid, grp in d.groupby("supercategory_qid", sort=True):
         values = sorted(set(grp["value_b"]))
         if len(values) != 1:
             continue
-        rows.append({"supercategory_qid": qid, "supercategory": grp["supercategory"].iloc[0],
-                     "cluster": values[0],
-                     "reason": f"diff: B says {values[0]!r} for {len(grp)} landmark(s) where A says "
-                               + "/".join(sorted(set(grp["value_a"].dropna())))})
+        rows.append(
+            {
+                "supercategory_qid": qid,
+                "supercategory": grp["supercategory"].iloc[0],
+                "cluster": values[0],
+                "reason": f"diff: B says {values[0]!r} for {len(grp)} landmark(s) where A says "
+                + "/".join(sorted(set(grp["value_a"].dropna()))),
+            }
+        )
     return pd.DataFrame(rows, columns=["supercategory_qid", "supercategory", "cluster", "reason"])

@@ -33,13 +33,17 @@ import os
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
-from qwikidata.entity import WikidataItem
+
+with warnings.catch_warnings():  # qwikidata's typedefs use a deprecated mypy_extensions.TypedDict
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from qwikidata.entity import WikidataItem
 
 from hglv2 import __version__
 from hglv2.errors import InputError, NetworkError
@@ -87,8 +91,10 @@ def describe_request(endpoint: str, params: dict[str, str], width: int = 160) ->
     if endpoint == "sparql":
         text = "SPARQL " + " ".join(params.get("query", "").split())
     else:
-        text = params.get("action", "?") + " " + " ".join(
-            f"{k}={v}" for k, v in sorted(params.items()) if k in ("ids", "titles", "sites")
+        text = (
+            params.get("action", "?")
+            + " "
+            + " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k in ("ids", "titles", "sites"))
         )
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -306,8 +312,14 @@ class WikidataClient:
         raise NetworkError(f"{what}: giving up after {self.max_retries + 1} attempts (last: {last})")
 
     # ---- API helpers
-    def wbgetentities(self, *, ids: Sequence[str] = (), titles: Sequence[str] = (),
-                      site: str = "commonswiki", props: str = "info|claims|labels|sitelinks") -> dict:
+    def wbgetentities(
+        self,
+        *,
+        ids: Sequence[str] = (),
+        titles: Sequence[str] = (),
+        site: str = "commonswiki",
+        props: str = "info|claims|labels|sitelinks",
+    ) -> dict:
         """One ``wbgetentities`` call (at most :data:`MAX_BATCH` ids or titles); the ``entities``."""
         if bool(ids) == bool(titles):
             raise ValueError("give either ids or titles")
@@ -422,8 +434,12 @@ def parse_item(entity: dict[str, Any]) -> ItemInfo:
     )
 
 
-def fetch_items(client: WikidataClient, ids: Iterable[str], props: str = "info|claims|labels|sitelinks",
-                batch: int = MAX_BATCH) -> dict[str, ItemInfo | None]:
+def fetch_items(
+    client: WikidataClient,
+    ids: Iterable[str],
+    props: str = "info|claims|labels|sitelinks",
+    batch: int = MAX_BATCH,
+) -> dict[str, ItemInfo | None]:
     """Fetch items by id (sorted, batched); redirects are followed: the value is the target item.
 
     Missing ids map to ``None``.
@@ -441,6 +457,7 @@ def fetch_items(client: WikidataClient, ids: Iterable[str], props: str = "info|c
                 else:
                     ent.setdefault("type", "item")
                     out[qid] = parse_item(ent)
+
         return run
 
     run_batches(call(c) for c in batched(ids, batch))
@@ -450,8 +467,17 @@ def fetch_items(client: WikidataClient, ids: Iterable[str], props: str = "info|c
 # --------------------------------------------------------------------------------------------
 # the resolve stage: Commons category URL -> Wikidata item
 
-RESOLVED_COLUMNS = ("landmark_id", "category", "title", "qid", "resolution", "label", "revision",
-                    "p31", "p31_ranks")
+RESOLVED_COLUMNS = (
+    "landmark_id",
+    "category",
+    "title",
+    "qid",
+    "resolution",
+    "label",
+    "revision",
+    "p31",
+    "p31_ranks",
+)
 
 
 def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
@@ -487,8 +513,11 @@ def _sparql_p373_query(names: Sequence[str]) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
     values = " ".join(lit(n) for n in names)
-    return ("SELECT ?item ?commonscat WHERE { VALUES ?commonscat { " + values
-            + " } ?item wdt:P373 ?commonscat . }")
+    return (
+        "SELECT ?item ?commonscat WHERE { VALUES ?commonscat { "
+        + values
+        + " } ?item wdt:P373 ?commonscat . }"
+    )
 
 
 def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> dict[str, str]:
@@ -505,14 +534,16 @@ def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> di
                 qid = uri.rsplit("/", 1)[-1]
                 if is_qid(qid) and name in chunk:
                     found.setdefault(name, []).append(qid)
+
         return run
 
     run_batches(call(c) for c in batched(sorted(names), batch))
     return {name: min(qids, key=qid_number) for name, qids in found.items()}
 
 
-def resolve_categories(client: WikidataClient, categories: Sequence[tuple[int, str]],
-                       sparql_batch: int = 200, max_hops: int = 3) -> list[dict[str, Any]]:
+def resolve_categories(
+    client: WikidataClient, categories: Sequence[tuple[int, str]], sparql_batch: int = 200, max_hops: int = 3
+) -> list[dict[str, Any]]:
     """Resolve ``(landmark_id, category URL)`` pairs to Wikidata items.
 
     1. titles (normalised, unique, sorted) -> ``wbgetentities&sites=commonswiki``, 50 per call;
@@ -550,6 +581,7 @@ def resolve_categories(client: WikidataClient, categories: Sequence[tuple[int, s
                 t = normalize_title(info.commons_title)
                 if t in wanted:
                     by_title[t] = info
+
         return run
 
     run_batches(title_call(c) for c in batched(uniq, MAX_BATCH))
@@ -608,8 +640,12 @@ def resolve_categories(client: WikidataClient, categories: Sequence[tuple[int, s
             info, steps, _ = chain(title)
             row["resolution"] = ">".join(steps)
             if info is not None:
-                row.update(qid=info.qid, label=info.label, revision=info.revision,
-                           p31="|".join(info.p31) or None,
-                           p31_ranks="|".join(f"{q}:{r}" for q, r in info.p31_ranks) or None)
+                row.update(
+                    qid=info.qid,
+                    label=info.label,
+                    revision=info.revision,
+                    p31="|".join(info.p31) or None,
+                    p31_ranks="|".join(f"{q}:{r}" for q, r in info.p31_ranks) or None,
+                )
         out.append(row)
     return out
