@@ -137,12 +137,7 @@ class FakeWikidata:
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 q = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-                server._handle(self, "api", q)
-
-            def do_POST(self) -> None:
-                n = int(self.headers.get("Content-Length", "0"))
-                q = {k: v[-1] for k, v in parse_qs(self.rfile.read(n).decode("utf-8")).items()}
-                server._handle(self, "sparql", q)
+                server._handle(self, "sparql" if parts.path.endswith("/sparql") else "api", q)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -79,7 +79,7 @@ export: $(OUT)/hierarchy.parquet
 	fi
 
 $(OUT)/splits/manifest.json: $(OUT)/hierarchy.parquet
-	$(PY) -m hglv2.cli export --data $(DATA) --hierarchy $(OUT)/hierarchy.parquet --out $(OUT)/splits
+	$(PY) -m hglv2.cli export --metadata $(DATA) --hierarchy $(OUT)/hierarchy.parquet --out $(OUT)/splits
 
 clean:
 	rm -rf $(OUT)

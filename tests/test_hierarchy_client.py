@@ -75,7 +75,7 @@ def test_backoff_is_exponential_capped_and_gives_up(world, tmp_path):
             backoff_base=1.0,
             backoff_cap=20.0,
         )
-        with pytest.raises(NetworkError, match="giving up after 8 attempts.*HTTP 503"):
+        with pytest.raises(NetworkError, match="wbgetentities ids=Q8502.*failed after 8 tries.*HTTP 503"):
             fetch_items(client, IDS)
     assert sleeps == [1, 2, 4, 8, 16, 20, 20]
     assert len(srv.log) == 8

@@ -288,7 +288,7 @@ def test_requests_per_1000_titles(tmp_path):
         r["landmark_id"] for r in rows if "p301" in r["resolution"] or r["resolution"].startswith("p373")
     }
     fallback = sum(1 for r in rows if r["resolution"].startswith(("p373", "missing")))
-    bound = math.ceil(titles / 50) + math.ceil(fallback / 200) + math.ceil(len(follow) / 50) + 1
+    bound = math.ceil(titles / 50) + math.ceil(fallback / 100) + math.ceil(len(follow) / 50) + 1
     assert len(srv.log) == client.stats["http"] <= bound
     # the title lookups alone: ceil(titles / 50) calls
     assert sum(1 for r in rows if r["qid"]) > 800

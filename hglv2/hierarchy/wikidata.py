@@ -26,7 +26,6 @@ its *truthy* claims implement "a preferred statement wins, deprecated statements
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import os
@@ -45,16 +44,16 @@ with warnings.catch_warnings():  # qwikidata's typedefs use a deprecated mypy_ex
     warnings.simplefilter("ignore", DeprecationWarning)
     from qwikidata.entity import WikidataItem
 
-from hglv2 import __version__
+from hglv2 import __version__, http
 from hglv2.errors import InputError, NetworkError
 from hglv2.fileio import atomic_open
+from hglv2.http import backoff_delay, request_with_retries, retry_after_seconds
 
 DEFAULT_API_URL = "https://www.wikidata.org/w/api.php"
 DEFAULT_SPARQL_URL = "https://query.wikidata.org/sparql"
-PROJECT_URL = "https://github.com/hglv2/hglv2"
+PROJECT_URL = http.PROJECT_URL
 CATEGORY_ITEM = "Q4167836"  # Wikimedia category
 MAX_BATCH = 50  # wbgetentities limit for ids/titles per call (anonymous users)
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _QID = re.compile(r"^Q[1-9][0-9]*$")
 _VOLATILE_PARAMS = frozenset({"maxlag"})
 
@@ -64,9 +63,13 @@ class CacheMiss(NetworkError):
 
 
 def user_agent(contact: str | None = None) -> str:
-    """Wikimedia-policy User-Agent: ``hglv2/<v> (<project url>[; contact]) requests/<v>``."""
-    info = PROJECT_URL if not contact else f"{PROJECT_URL}; {contact}"
-    return f"hglv2/{__version__} ({info}) requests/{requests.__version__}"
+    """Wikimedia-policy User-Agent: ``hglv2/<v> (<project url>[; contact]) requests/<v>``.
+
+    With a contact this is :func:`hglv2.http.user_agent` (the one the downloads send).
+    """
+    if contact:
+        return http.user_agent(contact, PROJECT_URL)
+    return f"hglv2/{__version__} ({PROJECT_URL}) requests/{requests.__version__}"
 
 
 def is_qid(value: str) -> bool:
@@ -199,20 +202,6 @@ class ResponseCache:
 # client
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 @dataclass
 class WikidataClient:
     """Serial, cached, retrying access to the Wikidata Action API and SPARQL endpoint.
@@ -240,14 +229,10 @@ class WikidataClient:
         if self.session is None:
             self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent(self.contact)
-        self.session.headers.setdefault("Accept-Encoding", "gzip, deflate")
 
     # ---- low level
     def _count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
-
-    def _backoff(self, attempt: int) -> float:
-        return min(self.backoff_cap, self.backoff_base * (2.0**attempt))
 
     def request(self, endpoint: str, params: dict[str, str]) -> Any:
         """Answer of one request (``endpoint`` is ``"api"`` or ``"sparql"``), from cache or HTTP."""
@@ -264,52 +249,79 @@ class WikidataClient:
         return body
 
     def _fetch(self, endpoint: str, params: dict[str, str]) -> tuple[str, Any]:
+        """HTTP with retries: transport-level ones in :func:`hglv2.http.request_with_retries`
+        (429/5xx with Retry-After, time-outs, dropped connections, bodies shorter than their
+        Content-Length), body-level ones here (``maxlag``/``ratelimited`` errors, 200 answers that
+        are not JSON); both draw on one budget of ``max_retries + 1`` HTTP attempts.
+        """
         if endpoint == "api":
-            url, method = self.api_url, "GET"
-            send = {"params": {**params, "maxlag": str(self.maxlag)}}
+            url, send = self.api_url, {**params, "maxlag": str(self.maxlag)}
+            headers = {"Accept": "application/json"}
         elif endpoint == "sparql":
-            url, method = self.sparql_url, "POST"
-            send = {"data": params, "headers": {"Accept": "application/sparql-results+json"}}
+            url, send = self.sparql_url, dict(params)
+            headers = {"Accept": "application/sparql-results+json"}
         else:  # pragma: no cover - programming error
             raise ValueError(endpoint)
         what = describe_request(endpoint, params)
+        budget = self.max_retries + 1
+        used = 0
         last = ""
-        for attempt in range(self.max_retries + 1):
-            wait: float | None = None
-            self._count("http")
+        while used < budget:
+            retries: list[str] = []
+
+            def on_retry(attempt: int, reason: str, delay: float, retries=retries) -> None:
+                retries.append(reason)
+
             try:
-                resp = self.session.request(method, url, timeout=self.timeout, **send)
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                last, cause = f"{type(exc).__name__}", "retry_network"
+                resp = request_with_retries(
+                    self.session,
+                    "GET",
+                    url,
+                    params=send,
+                    headers=headers,
+                    timeout=self.timeout,
+                    max_tries=budget - used,
+                    backoff_base=self.backoff_base,
+                    backoff_cap=self.backoff_cap,
+                    sleep=self.sleep,
+                    retry_after_cap=self.max_wait,
+                    allowed_bases=[url],
+                    on_retry=on_retry,
+                )
+            except NetworkError as exc:
+                self._count("http", len(retries) + 1)
+                self._count("retry_transport", len(retries))
+                raise NetworkError(f"{what}: {exc}") from None
+            self._count("http", len(retries) + 1)
+            self._count("retry_transport", len(retries))
+            used += len(retries) + 1
+            wait: float | None = None
+            text = resp.text
+            try:
+                body = json.loads(text)
+            except ValueError:
+                last = f"HTTP {resp.status_code} with a body that is not JSON"
+                self._count("retry_not_json")
             else:
-                if resp.status_code in RETRY_STATUSES:
-                    last, cause = f"HTTP {resp.status_code}", f"retry_{resp.status_code}"
-                    wait = _retry_after(resp)
-                elif resp.status_code != 200:
-                    raise NetworkError(f"{what}: HTTP {resp.status_code} from {url}")
-                else:
-                    text = resp.text
-                    try:
-                        body = json.loads(text)
-                    except ValueError:
-                        body, last, cause = None, "a 200 response that is not JSON", "retry_not_json"
-                    if body is not None:
-                        err = body.get("error") if isinstance(body, dict) else None
-                        if not err:
-                            return text, body
-                        code = str(err.get("code", ""))
-                        if code not in ("maxlag", "ratelimited"):
-                            raise NetworkError(f"{what}: Wikidata error {code}: {err.get('info', '')}")
-                        last, cause = f"API error {code}", f"retry_{code}"
-                        wait = _retry_after(resp)
-                        if wait is None and code == "maxlag":
-                            wait = float(self.maxlag)
-            self._count(cause)
-            if attempt == self.max_retries:
+                err = body.get("error") if isinstance(body, dict) else None
+                if not err:
+                    return text, body
+                code = str(err.get("code", ""))
+                if code not in ("maxlag", "ratelimited"):
+                    raise NetworkError(f"{what}: Wikidata error {code}: {err.get('info', '')}")
+                last = f"API error {code}"
+                self._count(f"retry_{code}")
+                wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                if wait is None and code == "maxlag":
+                    wait = float(self.maxlag)
+            if used >= budget:
                 break
-            delay = self._backoff(attempt) if wait is None else min(wait, self.max_wait)
-            self.sleep(delay)
-        raise NetworkError(f"{what}: giving up after {self.max_retries + 1} attempts (last: {last})")
+            self.sleep(
+                backoff_delay(1, self.backoff_base, self.backoff_cap)
+                if wait is None
+                else min(wait, self.max_wait)
+            )
+        raise NetworkError(f"{what}: failed after {budget} tries (last: {last})")
 
     # ---- API helpers
     def wbgetentities(
@@ -542,7 +554,7 @@ def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> di
 
 
 def resolve_categories(
-    client: WikidataClient, categories: Sequence[tuple[int, str]], sparql_batch: int = 200, max_hops: int = 3
+    client: WikidataClient, categories: Sequence[tuple[int, str]], sparql_batch: int = 100, max_hops: int = 3
 ) -> list[dict[str, Any]]:
     """Resolve ``(landmark_id, category URL)`` pairs to Wikidata items.
 
