@@ -46,7 +46,7 @@ def main() -> None:
         client.request = counting
         rows = resolve_categories(client, [(lm["landmark_id"], lm["category"]) for lm in landmarks])
         n_resolve = len(srv.log)
-        kinds = Counter(kinds)  # a copy: the graph stage's calls are counted apart
+        at_resolve = Counter(kinds)  # the graph stage's calls are counted apart
         fetch_graph(client, rows)
         n_graph = len(srv.log) - n_resolve
     titles = sum(1 for r in rows if r["title"])
@@ -54,13 +54,13 @@ def main() -> None:
     print(f"{args.landmarks} landmarks, {titles} valid titles (uncached)")
     print("resolution paths: " + ", ".join(f"{k}={v}" for k, v in sorted(paths.items())))
     print(
-        f"resolve: {n_resolve} requests = {kinds['titles']} wbgetentities by title (50 per call) + "
-        f"{kinds['sparql']} SPARQL P373 fallback + {kinds['ids']} wbgetentities by id (P301 targets, "
-        "fallback items)"
+        f"resolve: {n_resolve} requests = {at_resolve['titles']} wbgetentities by title (50 per call) + "
+        f"{at_resolve['sparql']} SPARQL P373 fallback + {at_resolve['ids']} wbgetentities by id "
+        "(P301 targets, fallback items)"
     )
     print(
         f"resolve requests per 1,000 titles: {1000 * n_resolve / titles:.1f} "
-        f"(title lookups alone: {1000 * kinds['titles'] / titles:.1f})"
+        f"(title lookups alone: {1000 * at_resolve['titles'] / titles:.1f})"
     )
     print(f"graph (P279 ancestors, once for all landmarks): {n_graph} requests")
 
