@@ -199,7 +199,7 @@ def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: P
         f"{summary['redirects']} redirects, {len(summary['cycles'])} cycle(s) -> {out_dir}"
     )
     for cyc in summary["cycles"]:
-        click.echo("  cycle: " + " -> ".join(f"{c['qid']} ({c['label']})" for c in cyc))
+        click.echo("  cycle among: " + ", ".join(f"{c['qid']} ({c['label']})" for c in cyc))
     _write_json(json_path, summary)
 
 
