@@ -308,7 +308,7 @@ def test_diff_matches_oracle(rows_a, rows_b):
     conf = res["confusion"]
     assert int(conf.to_numpy().sum()) == len(common)
     for k in common:
-        ra, cb = a[k][1] or "(none)", b[k][1] or "(none)"
+        ra, cb = (a[k][1] or "(none)").casefold(), (b[k][1] or "(none)").casefold()
         assert conf.loc[ra, cb] >= 1
 
 

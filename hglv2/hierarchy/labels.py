@@ -138,8 +138,8 @@ def diff_tables(a: pd.DataFrame, b: pd.DataFrame, levels: tuple[str, ...] = DIFF
 
     For each level: ``both`` (landmarks labelled in A and B), ``agree`` (same value, compared
     case-insensitively), ``agreement = agree / both``, ``only_a``/``only_b`` (labelled on one side).
-    Returns ``{"landmarks": ..., "levels": ..., "confusion": DataFrame (clusters of A x clusters of B,
-    "(none)" for missing), "disagreements": DataFrame (DISAGREEMENT_COLUMNS)}``.
+    Returns ``{"landmarks": ..., "levels": ..., "confusion": DataFrame (case-folded clusters of A x
+    those of B, "(none)" for missing), "disagreements": DataFrame (DISAGREEMENT_COLUMNS)}``.
     """
     m = a.merge(b, on="landmark_id", how="outer", suffixes=("_a", "_b"), indicator=True)
     m = m.sort_values("landmark_id", kind="stable").reset_index(drop=True)
@@ -188,8 +188,8 @@ def diff_tables(a: pd.DataFrame, b: pd.DataFrame, levels: tuple[str, ...] = DIFF
     order = {lev: i for i, lev in enumerate(levels)}
     dis = dis.assign(_o=dis["level"].map(order)).sort_values(["landmark_id", "_o"], kind="stable")
     res["disagreements"] = dis.drop(columns="_o").reset_index(drop=True)[list(DISAGREEMENT_COLUMNS)]
-    ca = common["hierarchical_label_a"].astype("string").fillna("(none)")
-    cb = common["hierarchical_label_b"].astype("string").fillna("(none)")
+    ca = _norm(common["hierarchical_label_a"]).fillna("(none)")  # compared as in the agreement
+    cb = _norm(common["hierarchical_label_b"]).fillna("(none)")
     conf = pd.crosstab(ca.rename("a"), cb.rename("b")) if len(common) else pd.DataFrame()
     res["confusion"] = conf.sort_index().sort_index(axis=1)
     return res
