@@ -15,7 +15,6 @@ from hglv2.hierarchy.labels import (
     diff_tables,
     import_published,
     load_hierarchy_table,
-    seed_decisions,
     write_hierarchy_table,
 )
 from hglv2.schema import HIERARCHY_COLUMNS
@@ -331,7 +330,7 @@ def test_diff_against_published_and_seed(proposals, tmp_path, cli_runner):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "hierarchical_label" in res.output and "church -> monastery" in res.output
+    assert "hierarchical_label" in res.output and "castle -> palace" in res.output  # châteaux
     dis = pd.read_csv(tmp_path / "d.csv")
     pub = import_published(SAMPLE / "train_label_to_hierarchical.csv").set_index("landmark_id")
     ours = load_hierarchy_table(out).set_index("landmark_id")
@@ -339,37 +338,14 @@ def test_diff_against_published_and_seed(proposals, tmp_path, cli_runner):
         assert ours.loc[r.landmark_id, r.level] == r.value_a and pub.loc[r.landmark_id, r.level] == r.value_b
     seed = pd.read_csv(tmp_path / "s.csv")
     assert list(seed.columns) == ["supercategory_qid", "supercategory", "cluster", "reason"] and len(seed)
-    # the seed is in decisions.csv format: it feeds straight back into apply (after vetting)
-    sd = seed_decisions(dis.astype({c: "string" for c in dis.columns if c != "landmark_id"}))
-    assert sd["supercategory_qid"].tolist() == seed["supercategory_qid"].tolist()
-
-
-def test_validate_anchors_catches_wrong_qids_and_offline_misses(tmp_path, cli_runner):
-    ok = cli_runner.invoke(
-        main, ["hierarchy", "validate-anchors", "--clusters", str(REVIEW / "clusters.csv"), *NET]
+    # oracle: B unanimous over the class's landmarks it labels, A disagreeing somewhere
+    joined = ours.merge(pub, left_index=True, right_index=True, suffixes=("", "_b")).dropna(
+        subset=["supercategory_qid", "hierarchical_label_b"]
     )
-    assert ok.exit_code == 0 and "39 anchors match" in ok.output
-    # a recording that answers for these anchors, with one QID given the wrong label
-    from hglv2.hierarchy.clusters import validate_anchors
-    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
-
-    client = WikidataClient(ResponseCache(SAMPLE / "wikidata_cache.jsonl"), offline=True)
-    table = load_clusters(REVIEW / "clusters.csv")
-    assert validate_anchors(client, table) == []
-    text = (REVIEW / "clusters.csv").read_text(encoding="utf-8").replace("Q23413,castle,", "Q23413,palace,")
-    (tmp_path / "clusters.csv").write_text(text, encoding="utf-8")
-    res = cli_runner.invoke(
-        main, ["hierarchy", "validate-anchors", "--clusters", str(tmp_path / "clusters.csv"), *NET]
-    )
-    assert res.exit_code == 2
-    assert "clusters.csv:12: Q23413 label differs: written 'palace', Wikidata 'castle'" in res.output
-    assert "Error: " in res.output and "1 of 39 anchor(s) do not match Wikidata" in res.output
-    # a new anchor that the recording never saw: offline names the missing request
-    (tmp_path / "clusters.csv").write_text(text + "Q1,universe,universe,natural\n", encoding="utf-8")
-    res = cli_runner.invoke(
-        main, ["hierarchy", "validate-anchors", "--clusters", str(tmp_path / "clusters.csv"), *NET]
-    )
-    assert (
-        res.exit_code == 2
-        and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1|" in res.output
-    )
+    expected = []
+    for qid, grp in joined.groupby("supercategory_qid"):
+        bs = set(grp["hierarchical_label_b"])
+        if len(bs) == 1 and any(x != next(iter(bs)) for x in grp["hierarchical_label"].fillna("")):
+            expected.append((qid, next(iter(bs))))
+    assert sorted(zip(seed["supercategory_qid"], seed["cluster"], strict=True)) == sorted(expected)
+    assert "Q16970" not in set(seed["supercategory_qid"])  # church building: most of B agrees with A
