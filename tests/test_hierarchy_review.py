@@ -349,3 +349,34 @@ def test_diff_against_published_and_seed(proposals, tmp_path, cli_runner):
             expected.append((qid, next(iter(bs))))
     assert sorted(zip(seed["supercategory_qid"], seed["cluster"], strict=True)) == sorted(expected)
     assert "Q16970" not in set(seed["supercategory_qid"])  # church building: most of B agrees with A
+
+
+def test_validate_anchors_catches_wrong_qids_and_offline_misses(tmp_path, cli_runner):
+    ok = cli_runner.invoke(
+        main, ["hierarchy", "validate-anchors", "--clusters", str(REVIEW / "clusters.csv"), *NET]
+    )
+    assert ok.exit_code == 0 and "39 anchors match" in ok.output
+    # a recording that answers for these anchors, with one QID given the wrong label
+    from hglv2.hierarchy.clusters import validate_anchors
+    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
+
+    client = WikidataClient(ResponseCache(SAMPLE / "wikidata_cache.jsonl"), offline=True)
+    table = load_clusters(REVIEW / "clusters.csv")
+    assert validate_anchors(client, table) == []
+    text = (REVIEW / "clusters.csv").read_text(encoding="utf-8").replace("Q23413,castle,", "Q23413,palace,")
+    (tmp_path / "clusters.csv").write_text(text, encoding="utf-8")
+    res = cli_runner.invoke(
+        main, ["hierarchy", "validate-anchors", "--clusters", str(tmp_path / "clusters.csv"), *NET]
+    )
+    assert res.exit_code == 2
+    assert "clusters.csv:12: Q23413 label differs: written 'palace', Wikidata 'castle'" in res.output
+    assert "Error: " in res.output and "1 of 39 anchor(s) do not match Wikidata" in res.output
+    # a new anchor that the recording never saw: offline names the missing request
+    (tmp_path / "clusters.csv").write_text(text + "Q1,universe,universe,natural\n", encoding="utf-8")
+    res = cli_runner.invoke(
+        main, ["hierarchy", "validate-anchors", "--clusters", str(tmp_path / "clusters.csv"), *NET]
+    )
+    assert (
+        res.exit_code == 2
+        and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1|" in res.output
+    )
