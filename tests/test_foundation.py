@@ -83,3 +83,14 @@ def test_import_published_errors(tmp_path, body, message):
     p.write_text(body)
     with pytest.raises(InputError, match=message):
         import_published(p)
+
+
+def test_atomic_output_has_default_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
