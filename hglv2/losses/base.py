@@ -124,7 +124,11 @@ def _level_weights(alpha: float | Sequence[float], num_levels: int) -> list[floa
 
 
 def relevance_table(
-    levels: Tensor, num_levels: int, relevance: str = "pop", alpha: float | Sequence[float] = 1.0
+    levels: Tensor,
+    num_levels: int,
+    relevance: str = "pop",
+    alpha: float | Sequence[float] = 1.0,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     """Per-query relevance of each level, as in the HAPPIER training code (query counted).
 
@@ -139,22 +143,22 @@ def relevance_table(
         num_levels: L, the number of label columns.
 
     Returns:
-        ``(table, norm)``: (B, L + 1) float32 relevance per level and (B,) float32 sum of the
-        relevances of the reference items (the H-AP normaliser).
+        ``(table, norm)``: (B, L + 1) relevance per level and (B,) sum of the relevances of the
+        reference items (the H-AP normaliser), both in ``dtype``.
     """
     if relevance not in ("pop", "map"):
         raise InputError(f"relevance: expected 'pop' or 'map', got {relevance!r}")
     weights = _level_weights(alpha, num_levels)
     B = levels.size(0)
-    table = torch.zeros(B, num_levels + 1, dtype=torch.float32, device=levels.device)
-    counts = torch.stack([(levels == lvl).sum(1) for lvl in range(num_levels + 1)], dim=1).to(torch.float32)
+    table = torch.zeros(B, num_levels + 1, dtype=dtype, device=levels.device)
+    counts = torch.stack([(levels == lvl).sum(1) for lvl in range(num_levels + 1)], dim=1).to(dtype)
     if relevance == "pop":
         for lvl in range(1, num_levels + 1):
             c = counts[:, lvl]
             table[:, lvl] = torch.where(c > 0, weights[lvl - 1] / c.clamp(min=1), 0.0)
     else:
         at_least = counts.flip(1).cumsum(1).flip(1)  # N_q(>= l)
-        acc = torch.zeros(B, dtype=torch.float32, device=levels.device)
+        acc = torch.zeros(B, dtype=dtype, device=levels.device)
         for lvl in range(1, num_levels + 1):
             c = at_least[:, lvl]
             acc = acc + torch.where(c > 0, weights[lvl - 1] / c.clamp(min=1), 0.0)

@@ -64,7 +64,7 @@ def sup_hap(
     )
     scores = similarity(embeddings, ref_embeddings)
     levels = level_matrix(labels, ref_labels)
-    table, norm = relevance_table(levels, labels.size(1), relevance, alpha)
+    table, norm = relevance_table(levels, labels.size(1), relevance, alpha, scores.dtype)
     pair_q, _, rank, hrank = pair_ranks(scores, levels, table, config, chunk_size)
     hap = scores.new_zeros(scores.size(0)).index_add(0, pair_q, hrank / rank)
     valid = norm > 0
