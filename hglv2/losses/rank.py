@@ -114,25 +114,105 @@ def suprank_step(
     return torch.where(t > delta, rho * (t - delta) + off, torch.where(t > 0, start + sig, sig))
 
 
-def _less_step_and_grad(t: Tensor, cfg: StepConfig, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """Step for less relevant items and its derivative (None if not needed)."""
-    if cfg.approximation == "exact":
-        return heaviside(t), None
-    sig = torch.sigmoid(t / cfg.tau)
-    if cfg.approximation == "sigmoid":
-        val = sig
-        grad = sig * (1.0 - sig) / cfg.tau if need_grad else None
-        return val, grad
-    lin = t > cfg.delta
-    val = torch.where(lin, cfg.rho * (t - cfg.delta) + cfg.resolved_offset, sig + (t > 0) * cfg.start)
-    grad = None
-    if need_grad:
-        grad = torch.where(lin, torch.full_like(t, cfg.rho), sig * (1.0 - sig) / cfg.tau)
-    return val, grad
+def _level_counts(scores: Tensor, levels: Tensor, pair_q: Tensor, pair_k: Tensor, lvl: int) -> Tensor:
+    """(P,) ``#{j : l_j = lvl, s_j >= s_k}`` for each pair, by sorting (O(B N log N))."""
+    masked = torch.where(levels == lvl, scores, float("-inf")).sort(dim=1).values
+    below = torch.searchsorted(masked, scores, side="left")  # items of level lvl with s_j < s_k
+    return (scores.size(1) - below)[pair_q, pair_k].to(scores.dtype)
 
 
 class _PairRanks(torch.autograd.Function):
-    """rank and rank+ of every (query, relevant item) pair; chunked forward and backward."""
+    """SupRank (or exact) rank and exact rank+ of every (query, relevant item) pair.
+
+    Exact parts (items at least as relevant as k for rank; every item for rank+) are counted per
+    level with a sort and a binary search; the surrogate sums over less relevant items run in
+    chunks of pair rows, and the backward pass recomputes them chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        scores: Tensor,
+        pair_q: Tensor,
+        pair_k: Tensor,
+        levels: Tensor,
+        rel_table: Tensor | None,
+        cfg: StepConfig,
+        rows_per_chunk: int,
+        need_plus: bool,
+    ) -> tuple[Tensor, Tensor]:
+        P = pair_q.numel()
+        num_levels = int(levels.max()) if levels.numel() else 0
+        lk = levels[pair_q, pair_k]
+        rank = scores.new_zeros(P)
+        rank_plus = scores.new_zeros(P)
+        if rel_table is not None:
+            tab = rel_table[pair_q]
+            rk = tab.gather(1, lk.long()[:, None])[:, 0]
+        for lvl in range(0 if cfg.approximation == "exact" else 1, num_levels + 1):
+            c = _level_counts(scores, levels, pair_q, pair_k, lvl)
+            if cfg.approximation == "exact":
+                rank += c
+            else:
+                rank += torch.where(lk <= lvl, c, 0.0)
+            if need_plus and lvl >= 1:
+                if rel_table is None:
+                    rank_plus += c
+                else:
+                    rank_plus += c * torch.minimum(tab[:, lvl], rk)
+        if cfg.approximation == "suprank":
+            off = cfg.resolved_offset
+            for lvl, sel in _level_groups(lk, num_levels):
+                less_scores = torch.where(levels < lvl, scores, float("-inf"))
+                for a in range(0, sel.numel(), rows_per_chunk):
+                    idx = sel[a : a + rows_per_chunk]
+                    q, k = pair_q[idx], pair_k[idx]
+                    t = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
+                    sig = torch.sigmoid(t / cfg.tau).add_((t > 0).to(t.dtype), alpha=cfg.start)
+                    val = torch.where(t > cfg.delta, (t - cfg.delta).mul_(cfg.rho).add_(off), sig)
+                    rank[idx] += val.sum(1)
+        ctx.save_for_backward(scores, pair_q, pair_k, levels, lk)
+        ctx.cfg = cfg
+        ctx.rows_per_chunk = rows_per_chunk
+        ctx.num_levels = num_levels
+        if cfg.approximation == "exact":
+            ctx.mark_non_differentiable(rank, rank_plus)
+        else:
+            ctx.mark_non_differentiable(rank_plus)
+        return rank, rank_plus
+
+    @staticmethod
+    def backward(ctx, g_rank: Tensor, g_plus: Tensor):  # type: ignore[override]
+        scores, pair_q, pair_k, levels, lk = ctx.saved_tensors
+        cfg: StepConfig = ctx.cfg
+        grad = torch.zeros_like(scores)
+        if cfg.approximation == "suprank":
+            inv_tau = 1.0 / cfg.tau
+            for lvl, sel in _level_groups(lk, ctx.num_levels):
+                less_scores = torch.where(levels < lvl, scores, float("-inf"))
+                for a in range(0, sel.numel(), ctx.rows_per_chunk):
+                    idx = sel[a : a + ctx.rows_per_chunk]
+                    q, k = pair_q[idx], pair_k[idx]
+                    t = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
+                    sig = torch.sigmoid(t / cfg.tau)
+                    d = torch.where(t > cfg.delta, cfg.rho, sig.sub_(sig * sig).mul_(inv_tau))
+                    coef = d.mul_(g_rank[idx, None])
+                    # d t_j / d s_j = 1 and d t_j / d s_k = -1
+                    grad.index_add_(0, q, coef)
+                    grad.index_put_((q, k), -coef.sum(1), accumulate=True)
+        return grad, None, None, None, None, None, None, None
+
+
+def _level_groups(lk: Tensor, num_levels: int):
+    """Yield ``(level, indices of the pairs whose item k has that level)`` for levels 1..L."""
+    for lvl in range(1, num_levels + 1):
+        sel = (lk == lvl).nonzero()[:, 0]
+        if sel.numel():
+            yield lvl, sel
+
+
+class _SmoothPairRanks(torch.autograd.Function):
+    """Smooth-AP ranks: every step (rank and rank+) is ``sigmoid(t / tau)``; chunked."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -152,40 +232,14 @@ class _PairRanks(torch.autograd.Function):
         for a in range(0, P, rows_per_chunk):
             b = min(P, a + rows_per_chunk)
             q, k = pair_q[a:b], pair_k[a:b]
-            S = scores.index_select(0, q)
-            sk = scores[q, k]
-            t = S - sk[:, None]
-            lev = levels.index_select(0, q)
-            lk = lev.gather(1, k[:, None])
-            less = lev < lk
-            ge = t >= 0
-            fless, _ = _less_step_and_grad(t, cfg, need_grad=False)
-            if cfg.approximation == "sigmoid":
-                # Smooth-AP: every item through the sigmoid; remove the self term sigma(0) = 1/2.
-                rank[a:b] = 0.5 + fless.sum(1)
-            else:
-                # exact part (l_j >= l_k, self included: it supplies the leading "1 +")
-                rank[a:b] = torch.where(less, fless, ge.to(t.dtype)).sum(1)
+            sig = torch.sigmoid((scores.index_select(0, q) - scores[q, k][:, None]) / cfg.tau)
+            rank[a:b] = 0.5 + sig.sum(1)  # 1 + sum over j != k; the self term is sigma(0) = 1/2
             if need_plus:
-                plus_step = fless if cfg.approximation == "sigmoid" else ge.to(t.dtype)
-                self_term = 0.5 if cfg.approximation == "sigmoid" else 1.0
-                if rel_table is None:  # binary: min(rel_j, rel_k) = 1[l_j >= 1]
-                    w = lev > 0
-                    rank_plus[a:b] = (plus_step * w).sum(1) + (1.0 - self_term)
-                else:
-                    tab = rel_table.index_select(0, q)
-                    rel = tab.gather(1, lev.long())
-                    rk = tab.gather(1, lk.long())
-                    rank_plus[a:b] = (plus_step * torch.minimum(rel, rk)).sum(1) + rk[:, 0] * (
-                        1.0 - self_term
-                    )
+                w = _plus_weights(levels, rel_table, q, k, scores.dtype)
+                rank_plus[a:b] = (sig * w).sum(1) + 0.5 * w.gather(1, k[:, None])[:, 0]
         ctx.save_for_backward(scores, pair_q, pair_k, levels, rel_table)
         ctx.cfg = cfg
         ctx.rows_per_chunk = rows_per_chunk
-        if cfg.approximation == "exact":
-            ctx.mark_non_differentiable(rank, rank_plus)
-        elif cfg.approximation == "suprank":
-            ctx.mark_non_differentiable(rank_plus)
         return rank, rank_plus
 
     @staticmethod
@@ -193,37 +247,27 @@ class _PairRanks(torch.autograd.Function):
         scores, pair_q, pair_k, levels, rel_table = ctx.saved_tensors
         cfg: StepConfig = ctx.cfg
         grad = torch.zeros_like(scores)
-        if cfg.approximation == "exact":
-            return grad, None, None, None, None, None, None, None
-        smooth_plus = cfg.approximation == "sigmoid" and g_plus is not None
         P = pair_q.numel()
-        R = ctx.rows_per_chunk
-        for a in range(0, P, R):
-            b = min(P, a + R)
+        for a in range(0, P, ctx.rows_per_chunk):
+            b = min(P, a + ctx.rows_per_chunk)
             q, k = pair_q[a:b], pair_k[a:b]
-            S = scores.index_select(0, q)
-            t = S - scores[q, k][:, None]
-            _, dless = _less_step_and_grad(t, cfg, need_grad=True)
-            if cfg.approximation == "sigmoid":
-                coef = g_rank[a:b, None] * dless
-            else:
-                lev = levels.index_select(0, q)
-                less = lev < lev.gather(1, k[:, None])
-                coef = torch.where(less, dless, 0.0) * g_rank[a:b, None]
-            if smooth_plus:
-                lev = levels.index_select(0, q)
-                if rel_table is None:
-                    w = (lev > 0).to(t.dtype)
-                else:
-                    tab = rel_table.index_select(0, q)
-                    w = torch.minimum(
-                        tab.gather(1, lev.long()), tab.gather(1, lev.gather(1, k[:, None]).long())
-                    )
-                coef = coef + g_plus[a:b, None] * dless * w
-            # d t_j / d s_j = 1, d t_j / d s_k = -1 (the self term j = k cancels out)
+            sig = torch.sigmoid((scores.index_select(0, q) - scores[q, k][:, None]) / cfg.tau)
+            d = (sig - sig * sig) / cfg.tau
+            w = g_rank[a:b, None] + g_plus[a:b, None] * _plus_weights(levels, rel_table, q, k, d.dtype)
+            coef = d * w
+            # the self term j = k contributes +coef and -coef to s_k: it cancels
             grad.index_add_(0, q, coef)
             grad.index_put_((q, k), -coef.sum(1), accumulate=True)
         return grad, None, None, None, None, None, None, None
+
+
+def _plus_weights(levels: Tensor, rel_table: Tensor | None, q: Tensor, k: Tensor, dtype) -> Tensor:
+    """``min(rel_j, rel_k)`` rows for the pairs (binary: ``1[l_j >= 1]``)."""
+    lev = levels.index_select(0, q)
+    if rel_table is None:
+        return (lev > 0).to(dtype)
+    tab = rel_table.index_select(0, q)
+    return torch.minimum(tab.gather(1, lev.long()), tab.gather(1, lev.gather(1, k[:, None]).long()))
 
 
 def pair_ranks(
@@ -258,5 +302,6 @@ def pair_ranks(
     pairs = (levels > 0).nonzero()
     pair_q, pair_k = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
     rows = max(1, int(chunk_size) // max(1, scores.size(1)))
-    rank, rank_plus = _PairRanks.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
+    fn = _SmoothPairRanks if cfg.approximation == "sigmoid" else _PairRanks
+    rank, rank_plus = fn.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
     return pair_q, pair_k, rank, rank_plus
