@@ -114,11 +114,90 @@ def suprank_step(
     return torch.where(t > delta, rho * (t - delta) + off, torch.where(t > 0, start + sig, sig))
 
 
-def _level_counts(scores: Tensor, levels: Tensor, pair_q: Tensor, pair_k: Tensor, lvl: int) -> Tensor:
-    """(P,) ``#{j : l_j = lvl, s_j >= s_k}`` for each pair, by sorting (O(B N log N))."""
-    masked = torch.where(levels == lvl, scores, float("-inf")).sort(dim=1).values
-    below = torch.searchsorted(masked, scores, side="left")  # items of level lvl with s_j < s_k
-    return (scores.size(1) - below)[pair_q, pair_k].to(scores.dtype)
+def _exact_parts(
+    scores: Tensor,
+    levels: Tensor,
+    pair_q: Tensor,
+    pair_k: Tensor,
+    lk: Tensor,
+    num_levels: int,
+    rel_table: Tensor | None,
+    cfg: StepConfig,
+    need_plus: bool,
+    block_elems: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Everything that needs no pair x item tensor, from one sort of each score row.
+
+    For each pair: the exact part of rank (``#{j : l_j >= l_k, s_j >= s_k}``, self included;
+    every item for ``approximation="exact"``), rank+ (``sum_j H(t_j) min(rel_j, rel_k)``), and for
+    SupRank the closed-form part of the surrogate over less relevant items
+    (``start * #{0 < t_j <= delta} + sum_{t_j > delta} (rho (t_j - delta) + offset)``) with the
+    count ``n_lin`` of ``t_j > delta``. Rows are processed in blocks of ``block_elems`` scores.
+    """
+    B, N = scores.shape
+    P = pair_q.numel()
+    dev = scores.device
+    rank = scores.new_zeros(P)
+    rank_plus = scores.new_zeros(P)
+    closed = scores.new_zeros(P)
+    n_lin = scores.new_zeros(P)
+    suprank = cfg.approximation == "suprank"
+    rows = max(1, block_elems // max(1, N))
+    bounds = torch.searchsorted(pair_q, torch.arange(0, B + rows, rows, device=dev).clamp(max=B))
+    idx = torch.arange(N, device=dev)
+    for r, r0 in enumerate(range(0, B, rows)):
+        p0, p1 = int(bounds[r]), int(bounds[r + 1])
+        if p0 == p1:
+            continue
+        blk = scores[r0 : r0 + rows]
+        R = blk.size(0)
+        vals, order = blk.sort(dim=1, descending=True, stable=True)
+        lev_sorted = levels[r0 : r0 + rows].gather(1, order)
+        differs = vals[:, 1:] != vals[:, :-1]
+        true_col = torch.ones(R, 1, dtype=torch.bool, device=dev)
+        end_flag = torch.cat([differs, true_col], 1)
+        start_flag = torch.cat([true_col, differs], 1)
+        group_end = torch.where(end_flag, idx, N).flip(1).cummin(1).values.flip(1)
+        group_start = torch.where(start_flag, idx, -1).cummax(1).values
+        inv = torch.empty_like(order).scatter_(1, order, idx.expand(R, N))
+        q, k = pair_q[p0:p1] - r0, pair_k[p0:p1]
+        pk = inv[q, k]
+        ge_at = group_end[q, pk] + 1  # prefix length: items with s_j >= s_k
+        gt_at = group_start[q, pk]  # prefix length: items with s_j > s_k
+        lkp = lk[p0:p1]
+        if need_plus and rel_table is not None:
+            tab = rel_table[pair_q[p0:p1]]
+            rk = tab.gather(1, lkp.long()[:, None])[:, 0]
+        if suprank:
+            sk = blk[q, k]
+            thr = sk + cfg.delta
+            # prefix length of items with s_j > s_k + delta (descending order, negate to search)
+            lin_at = torch.searchsorted(-vals, -(blk + cfg.delta), side="left")[q, k]
+            n_gt = torch.zeros_like(sk)
+            nl = torch.zeros_like(sk, dtype=torch.float64)
+            sl = torch.zeros_like(sk, dtype=torch.float64)
+        zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
+        for m in range(num_levels + 1):
+            at_m = lev_sorted == m
+            cum = torch.cat([zero, at_m.cumsum(1)], 1)
+            ge = cum[q, ge_at].to(scores.dtype)
+            if cfg.approximation == "exact":
+                rank[p0:p1] += ge
+            else:
+                rank[p0:p1] += torch.where(lkp <= m, ge, 0.0)
+            if need_plus and m >= 1:
+                rank_plus[p0:p1] += ge if rel_table is None else ge * torch.minimum(tab[:, m], rk)
+            if suprank and m < num_levels:
+                less = lkp > m
+                n_gt += torch.where(less, cum[q, gt_at].to(scores.dtype), 0.0)
+                nl += torch.where(less, cum[q, lin_at].double(), 0.0)
+                csum = torch.cat([zero.double(), torch.where(at_m, vals, 0.0).double().cumsum(1)], 1)
+                sl += torch.where(less, csum[q, lin_at], 0.0)
+        if suprank:
+            lin = cfg.rho * (sl - nl * thr.double()) + cfg.resolved_offset * nl
+            closed[p0:p1] = (lin + cfg.start * (n_gt.double() - nl)).to(scores.dtype)
+            n_lin[p0:p1] = nl.to(scores.dtype)
+    return rank, rank_plus, closed, n_lin
 
 
 class _PairRanks(torch.autograd.Function):
@@ -141,37 +220,34 @@ class _PairRanks(torch.autograd.Function):
         rows_per_chunk: int,
         need_plus: bool,
     ) -> tuple[Tensor, Tensor]:
-        P = pair_q.numel()
         num_levels = int(levels.max()) if levels.numel() else 0
         lk = levels[pair_q, pair_k]
-        rank = scores.new_zeros(P)
-        rank_plus = scores.new_zeros(P)
-        if rel_table is not None:
-            tab = rel_table[pair_q]
-            rk = tab.gather(1, lk.long()[:, None])[:, 0]
-        for lvl in range(0 if cfg.approximation == "exact" else 1, num_levels + 1):
-            c = _level_counts(scores, levels, pair_q, pair_k, lvl)
-            if cfg.approximation == "exact":
-                rank += c
-            else:
-                rank += torch.where(lk <= lvl, c, 0.0)
-            if need_plus and lvl >= 1:
-                if rel_table is None:
-                    rank_plus += c
-                else:
-                    rank_plus += c * torch.minimum(tab[:, lvl], rk)
+        rank, rank_plus, closed, n_lin = _exact_parts(
+            scores,
+            levels,
+            pair_q,
+            pair_k,
+            lk,
+            num_levels,
+            rel_table,
+            cfg,
+            need_plus,
+            4 * rows_per_chunk * scores.size(1),
+        )
         if cfg.approximation == "suprank":
-            off = cfg.resolved_offset
+            sig_delta = 1.0 / (1.0 + math.exp(-cfg.delta / cfg.tau))
+            rank += closed - n_lin * sig_delta
             for lvl, sel in _level_groups(lk, num_levels):
+                # non-less-relevant items become -inf: they add sigmoid(-inf) = 0 below
                 less_scores = torch.where(levels < lvl, scores, float("-inf"))
                 for a in range(0, sel.numel(), rows_per_chunk):
                     idx = sel[a : a + rows_per_chunk]
                     q, k = pair_q[idx], pair_k[idx]
-                    t = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
-                    sig = torch.sigmoid(t / cfg.tau).add_((t > 0).to(t.dtype), alpha=cfg.start)
-                    val = torch.where(t > cfg.delta, (t - cfg.delta).mul_(cfg.rho).add_(off), sig)
-                    rank[idx] += val.sum(1)
-        ctx.save_for_backward(scores, pair_q, pair_k, levels, lk)
+                    # sigmoid(min(t, delta) / tau): items above delta add sigmoid(delta / tau),
+                    # which the closed form removed again (n_lin of them)
+                    S = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
+                    rank[idx] += S.clamp_(max=cfg.delta).mul_(1.0 / cfg.tau).sigmoid_().sum(1)
+        ctx.save_for_backward(scores, pair_q, pair_k, levels, lk, n_lin)
         ctx.cfg = cfg
         ctx.rows_per_chunk = rows_per_chunk
         ctx.num_levels = num_levels
@@ -183,24 +259,58 @@ class _PairRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_rank: Tensor, g_plus: Tensor):  # type: ignore[override]
-        scores, pair_q, pair_k, levels, lk = ctx.saved_tensors
+        scores, pair_q, pair_k, levels, lk, n_lin = ctx.saved_tensors
         cfg: StepConfig = ctx.cfg
         grad = torch.zeros_like(scores)
         if cfg.approximation == "suprank":
             inv_tau = 1.0 / cfg.tau
+            sig_delta = 1.0 / (1.0 + math.exp(-cfg.delta / cfg.tau))
+            # slope of the linear region minus that of the clamped sigmoid there
+            extra = cfg.rho - sig_delta * (1.0 - sig_delta) * inv_tau
             for lvl, sel in _level_groups(lk, ctx.num_levels):
-                less_scores = torch.where(levels < lvl, scores, float("-inf"))
+                less = levels < lvl
+                less_scores = torch.where(less, scores, float("-inf"))
                 for a in range(0, sel.numel(), ctx.rows_per_chunk):
                     idx = sel[a : a + ctx.rows_per_chunk]
                     q, k = pair_q[idx], pair_k[idx]
-                    t = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
-                    sig = torch.sigmoid(t / cfg.tau)
-                    d = torch.where(t > cfg.delta, cfg.rho, sig.sub_(sig * sig).mul_(inv_tau))
-                    coef = d.mul_(g_rank[idx, None])
+                    S = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
+                    sig = S.clamp_(max=cfg.delta).mul_(inv_tau).sigmoid_()
+                    coef = sig.sub_(sig.square()).mul_((g_rank[idx] * inv_tau)[:, None])
                     # d t_j / d s_j = 1 and d t_j / d s_k = -1
                     grad.index_add_(0, q, coef)
                     grad.index_put_((q, k), -coef.sum(1), accumulate=True)
+                _linear_region_grad(
+                    grad, scores, less, pair_q[sel], pair_k[sel], g_rank[sel] * extra, n_lin[sel], cfg
+                )
         return grad, None, None, None, None, None, None, None
+
+
+def _linear_region_grad(
+    grad: Tensor,
+    scores: Tensor,
+    less: Tensor,
+    q: Tensor,
+    k: Tensor,
+    w: Tensor,
+    n_lin: Tensor,
+    cfg: StepConfig,
+) -> None:
+    """Add ``w_c`` to ``grad[q_c, j]`` for every less relevant j with ``s_j > s_k + delta`` and
+    ``-w_c * n_lin_c`` to ``grad[q_c, k_c]``, without a pair x item tensor (sort + binary search)."""
+    B = scores.size(0)
+    counts = torch.bincount(q, minlength=B)
+    first = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(q.numel(), device=q.device) - first[q]
+    width = int(counts.max())
+    thr = torch.full((B, width), float("inf"), dtype=scores.dtype, device=scores.device)
+    thr[q, pos] = scores[q, k] + cfg.delta
+    weights = torch.zeros((B, width), dtype=torch.float64, device=scores.device)
+    weights[q, pos] = w.double()
+    thr, order = thr.sort(dim=1)
+    cum = torch.cat([weights.new_zeros(B, 1), weights.gather(1, order).cumsum(1)], 1)
+    below = torch.searchsorted(thr, scores, side="left")  # thresholds < s_j
+    grad += torch.where(less, cum.gather(1, below), 0.0).to(grad.dtype)
+    grad.index_put_((q, k), -(w * n_lin).to(grad.dtype), accumulate=True)
 
 
 def _level_groups(lk: Tensor, num_levels: int):
