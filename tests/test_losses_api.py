@@ -209,3 +209,18 @@ def test_memory_bank_loss_equals_explicit_concatenation():
     a = SupHAP()(emb, lab, ref, ref_lab)
     b = SupHAP()(emb, lab, torch.cat([old, emb.detach()]), torch.cat([old_lab, lab]))
     assert torch.allclose(a, b)
+
+
+def test_negative_labels_are_unknown_and_match_nothing():
+    emb, lab = _batch(B=16)
+    unknown = lab.clone()
+    unknown[:4, 0] = -1  # first class: landmark unknown
+    per_query = SupAP(reduction="none")(emb, unknown)
+    assert (per_query[:4] == 0).all()  # no positive at all, not even itself: left out
+    # the others are unchanged (the unknown items were negatives for them anyway)
+    assert torch.allclose(per_query[4:], SupAP(reduction="none")(emb, lab)[4:])
+    mean = SupAP()(emb, unknown)
+    assert torch.allclose(mean, per_query[4:].mean())
+    # for the hierarchy, the unknown column is simply not shared
+    hap = SupHAP(reduction="none")(emb, unknown)
+    assert torch.isfinite(hap).all() and (hap[:4] > 0).all()

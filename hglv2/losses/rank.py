@@ -34,11 +34,18 @@ Two other step choices give the baselines/checks: ``approximation="sigmoid"`` (S
 step, including those of ``rank^+``, is ``sigma(t/tau)``) and ``approximation="exact"``
 (Heaviside everywhere, no gradient: the true rank, used to check exactness).
 
-**Memory.** The reference code builds a ``B x N x N`` difference tensor. Here the work is done on
-the ``P`` (query, relevant item) pairs only, ``chunk_size`` pair-rows of length ``N`` at a time, and
-the backward pass recomputes each chunk and accumulates ``dL/ds`` directly: peak memory is
-``O(B x N + P + chunk_size)`` and no ``P x N`` tensor is kept for autograd. Everything is computed
-in float32 (autocast-safe).
+**Memory and time.** The reference code builds ``B x N x N`` difference tensors. Here only the
+``P`` (query, relevant item) pairs are ranked. Everything exact is counted from one sort of each
+score row: the Heaviside parts of rank and rank+ (per-level prefix counts, ties counted), and the
+parts of the surrogate that need no sigmoid (``start`` on ``0 < t <= delta`` and the linear region
+``t > delta``, from prefix sums in float64). Only ``sum sigmoid(min(t, delta) / tau)`` over the less
+relevant items is summed element-wise, ``chunk_size`` scores (pair rows x N) at a time; the backward
+pass recomputes each chunk and accumulates ``dL/ds`` directly (the linear region's gradient again
+by sorting). Peak memory is ``O(B x N + P x L + chunk_size)``; nothing of size ``P x N`` is kept
+for autograd. Scores and sums are float32 (float64 inputs stay float64), autocast-safe.
+
+The linear region is tested as ``s_j > s_k + delta`` in floating point; the reference code tests
+``s_j - s_k > delta``. The two differ only when they round differently, within an ulp of the kink.
 """
 
 from __future__ import annotations
