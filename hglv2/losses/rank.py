@@ -179,7 +179,7 @@ def _exact_parts(
             sk = blk[q, k]
             thr = sk + cfg.delta
             # prefix length of items with s_j > s_k + delta (descending order, negate to search)
-            lin_at = torch.searchsorted(-vals, -(blk + cfg.delta), side="left")[q, k]
+            lin_at = _rowwise_search(-vals, q, -thr)
             n_gt = torch.zeros_like(sk)
             nl = torch.zeros_like(sk, dtype=torch.float64)
             sl = torch.zeros_like(sk, dtype=torch.float64)
@@ -292,6 +292,17 @@ class _PairRanks(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
+def _rowwise_search(sorted_rows: Tensor, q: Tensor, values: Tensor) -> Tensor:
+    """``searchsorted(sorted_rows[q_c], values_c, side="left")`` for every c (q sorted), searching
+    only the given values: they are packed into a (rows, max per row) matrix padded with +inf."""
+    R = sorted_rows.size(0)
+    counts = torch.bincount(q, minlength=R)
+    pos = torch.arange(q.numel(), device=q.device) - (torch.cumsum(counts, 0) - counts)[q]
+    packed = torch.full((R, int(counts.max())), float("inf"), dtype=values.dtype, device=values.device)
+    packed[q, pos] = values
+    return torch.searchsorted(sorted_rows, packed, side="left")[q, pos]
+
+
 def _linear_region_grad(
     grad: Tensor,
     scores: Tensor,
@@ -315,8 +326,11 @@ def _linear_region_grad(
     weights[q, pos] = w.double()
     thr, order = thr.sort(dim=1)
     cum = torch.cat([weights.new_zeros(B, 1), weights.gather(1, order).cumsum(1)], 1)
-    below = torch.searchsorted(thr, scores, side="left")  # thresholds < s_j
-    grad += torch.where(less, cum.gather(1, below), 0.0).to(grad.dtype)
+    rows = max(1, (1 << 20) // max(1, scores.size(1)))
+    for r0 in range(0, B, rows):  # row blocks keep the (rows, N) temporaries small
+        r1 = min(B, r0 + rows)
+        below = torch.searchsorted(thr[r0:r1], scores[r0:r1], side="left")  # thresholds < s_j
+        grad[r0:r1] += torch.where(less[r0:r1], cum[r0:r1].gather(1, below), 0.0).to(grad.dtype)
     grad.index_put_((q, k), -(w * n_lin).to(grad.dtype), accumulate=True)
 
 
