@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "LOSS", "B", "REPEATS"))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--full", action="store_true", help="also run SupHAP at B = 4096 (minutes on CPU)")
+    ap.add_argument("--table-only", action="store_true", help="only the B = 256 comparison")
     a = ap.parse_args()
     if a.child:
         impl, loss, B, rep = a.child
@@ -193,6 +194,8 @@ def main() -> None:
             f"{d['peak_mb']:9.1f} {h['peak_mb']:9.1f} {d['peak_mb'] / max(h['peak_mb'], 1e-3):8.1f}x "
             f"{abs(d['value'] - h['value']):9.1e} {dg:9.1e}"
         )
+    if a.table_only:
+        return
     print("\n== peak memory (RSS growth of one forward + backward) vs B = N; largest B within 8 GB")
     budget = 8 * 1024.0
     for loss in ("SupAP", "SupHAP"):

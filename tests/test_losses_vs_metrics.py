@@ -7,7 +7,7 @@ positive, as in training.
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hglv2.losses import SupAP, SupHAP, SupNDCG
@@ -22,6 +22,7 @@ def _compare(ours: torch.Tensor, metric: np.ndarray) -> None:
     assert (ours.numpy()[~defined] == 0).all()  # undefined queries are left out (0 per query)
 
 
+@settings(max_examples=25)
 @given(
     st.integers(2, 24),  # B
     st.integers(0, 12),  # extra reference items
