@@ -242,7 +242,7 @@ class _PairRanks(torch.autograd.Function):
             4 * rows_per_chunk * scores.size(1),
         )
         if cfg.approximation == "suprank":
-            sig_delta = 1.0 / (1.0 + math.exp(-cfg.delta / cfg.tau))
+            sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
             rank += closed - n_lin * sig_delta
             for lvl, sel in _level_groups(lk, num_levels):
                 # non-less-relevant items become -inf: they add sigmoid(-inf) = 0 below
@@ -271,7 +271,7 @@ class _PairRanks(torch.autograd.Function):
         grad = torch.zeros_like(scores)
         if cfg.approximation == "suprank":
             inv_tau = 1.0 / cfg.tau
-            sig_delta = 1.0 / (1.0 + math.exp(-cfg.delta / cfg.tau))
+            sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
             # slope of the linear region minus that of the clamped sigmoid there
             extra = cfg.rho - sig_delta * (1.0 - sig_delta) * inv_tau
             for lvl, sel in _level_groups(lk, ctx.num_levels):
@@ -332,6 +332,11 @@ def _linear_region_grad(
         below = torch.searchsorted(thr[r0:r1], scores[r0:r1], side="left")  # thresholds < s_j
         grad[r0:r1] += torch.where(less[r0:r1], cum[r0:r1].gather(1, below), 0.0).to(grad.dtype)
     grad.index_put_((q, k), -(w * n_lin).to(grad.dtype), accumulate=True)
+
+
+def _clamped_sigmoid_at_delta(cfg: StepConfig, dtype: torch.dtype) -> float:
+    """``sigmoid(delta / tau)`` computed exactly as the element-wise pass computes it."""
+    return float(torch.tensor(cfg.delta, dtype=dtype).clamp_(max=cfg.delta).mul_(1.0 / cfg.tau).sigmoid_())
 
 
 def _level_groups(lk: Tensor, num_levels: int):
