@@ -210,9 +210,10 @@ def _exact_parts(
 class _PairRanks(torch.autograd.Function):
     """SupRank (or exact) rank and exact rank+ of every (query, relevant item) pair.
 
-    Exact parts (items at least as relevant as k for rank; every item for rank+) are counted per
-    level with a sort and a binary search; the surrogate sums over less relevant items run in
-    chunks of pair rows, and the backward pass recomputes them chunk by chunk.
+    Exact parts (items at least as relevant as k for rank; every item for rank+) and the
+    closed-form parts of the surrogate come from one sort of each score row (:func:`_exact_parts`);
+    only ``sum sigmoid(min(t, delta) / tau)`` over less relevant items runs in chunks of pair rows,
+    and the backward pass recomputes it chunk by chunk.
     """
 
     @staticmethod
