@@ -224,3 +224,19 @@ def test_negative_labels_are_unknown_and_match_nothing():
     # for the hierarchy, the unknown column is simply not shared
     hap = SupHAP(reduction="none")(emb, unknown)
     assert torch.isfinite(hap).all() and (hap[:4] > 0).all()
+
+
+def test_distributed_helpers_without_process_group_are_identity():
+    from hglv2.losses import DistributedLoss, gather_batch
+
+    emb, lab = _batch()
+    all_emb, all_lab = gather_batch(emb, lab)
+    assert all_emb is emb and torch.equal(all_lab, lab)
+    assert torch.allclose(DistributedLoss(SupAP())(emb, lab), SupAP()(emb, lab))
+
+
+def test_chunk_size_does_not_change_results():
+    emb, lab = _batch(B=40, D=8, seed=11)
+    for cls in (SupAP, SupHAP, SupNDCG, SupRecall, SmoothAP):
+        values = [cls(chunk_size=c)(emb, lab) for c in (1, 100, 1 << 20)]
+        assert all(torch.allclose(v, values[0], atol=1e-6) for v in values)
