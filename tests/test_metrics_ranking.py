@@ -23,8 +23,11 @@ from hglv2.metrics import (
     precision_at_k,
     recall_at_k,
 )
+from hglv2.metrics._fused import HAVE_NUMBA
 from hglv2.metrics.ranking import rank_relevant
 from hglv2.metrics.relevance import relevance_table
+
+BACKENDS = ["torch", "numba"] if HAVE_NUMBA else ["torch"]
 
 
 def _assert_same(got: dict, want: dict):
@@ -59,20 +62,20 @@ def retrieval_case(draw):
 
 
 @given(case=retrieval_case(), kind=st.sampled_from(["pop", "map"]), alpha=st.sampled_from([0.0, 1.0, 2.5]),
-       method=st.sampled_from(["sort", "search"]), chunk=st.integers(1, 4))
-def test_evaluate_matches_oracle(case, kind, alpha, method, chunk):
+       method=st.sampled_from(["sort", "search"]), chunk=st.integers(1, 4), backend=st.sampled_from(BACKENDS))
+def test_evaluate_matches_oracle(case, kind, alpha, method, chunk, backend):
     q, ql, g, gl = case
     got = evaluate(q, ql, g, gl, recall_at=(1, 2, 5), relevance=kind, alpha=alpha, reduce=False,
-                   ndcg_at=3, chunk_size=chunk, method=method)
+                   ndcg_at=3, chunk_size=chunk, method=method, backend=backend)
     want = evaluate_oracle(q, ql, g, gl, recall_at=(1, 2, 5), kind=kind, alpha=alpha, ndcg_at=3)
     _assert_same(got, want)
 
 
-@given(case=retrieval_case())
-def test_reduced_means_skip_queries_without_positives(case):
+@given(case=retrieval_case(), backend=st.sampled_from(BACKENDS))
+def test_reduced_means_skip_queries_without_positives(case, backend):
     q, ql, g, gl = case
     per = evaluate_oracle(q, ql, g, gl)
-    red = evaluate(q, ql, g, gl)
+    red = evaluate(q, ql, g, gl, backend=backend)
     n_levels = ql.shape[1]
     assert red["n_queries"] == len(q)
     for lev in range(n_levels):
@@ -265,8 +268,9 @@ def test_streaming_matches_one_chunk_on_larger_case():
     fine = rng.integers(0, 60, size=n)
     lab = np.stack([fine, fine // 6, fine // 30], 1)
     emb = rng.normal(size=(n, 16)).astype(np.float32) + 0.5 * np.eye(60, 16)[fine % 16]
-    one = evaluate(emb, lab, chunk_size=n, reduce=False)
-    for kwargs in ({"chunk_size": 7}, {"memory_mb": 1}, {"method": "search"}, {"method": "sort"}):
+    one = evaluate(emb, lab, chunk_size=n, reduce=False, backend="torch")
+    for kwargs in ({"chunk_size": 7}, {"memory_mb": 1}, {"method": "search"}, {"method": "sort"},
+                   *({"backend": b, "method": m} for b in BACKENDS for m in ("sort", "search"))):
         many = evaluate(emb, lab, reduce=False, **kwargs)
         for key in one:
             np.testing.assert_allclose(many[key], one[key], equal_nan=True, err_msg=str((key, kwargs)))
