@@ -20,8 +20,23 @@ except ImportError:  # pragma: no cover - exercised only without numba
 if HAVE_NUMBA:
 
     @njit(cache=True)
-    def _row(r, ranks, tags, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm,
-             out, counts_out):  # pragma: no cover - compiled
+    def _row(
+        r,
+        ranks,
+        tags,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
         """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags)."""
         nk = ks.shape[0]
         L = n_levels
@@ -137,24 +152,70 @@ if HAVE_NUMBA:
         out[r, base + 3] = asi_sum / big_r
 
     @njit(cache=True, parallel=True)
-    def fused_metrics(indptr, ranks, tags, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc,
-                      disc_prefix, harm, out, counts_out):  # pragma: no cover - compiled
+    def fused_metrics(
+        indptr,
+        ranks,
+        tags,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
         """CSR input. Fills ``out`` (Q, L*(3+2*len(ks)) + 4) and ``counts_out`` (Q, L+1)."""
         for r in prange(indptr.shape[0] - 1):
             a = indptr[r]
             b = indptr[r + 1]
-            _row(r, ranks[a:b], tags[a:b], n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc,
-                 disc_prefix, harm, out, counts_out)
+            _row(
+                r,
+                ranks[a:b],
+                tags[a:b],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
 
     @njit(cache=True, parallel=True)
-    def fused_metrics_dense(st, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix,
-                            harm, out, counts_out):  # pragma: no cover - compiled
+    def fused_metrics_dense(
+        st, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm, out, counts_out
+    ):  # pragma: no cover - compiled
         """Dense input: row-sorted (Q, N) uint8 tags. Same outputs as :func:`fused_metrics`."""
         for r in prange(st.shape[0]):
             row = st[r]
             idx = np.flatnonzero(row)
-            _row(r, idx + 1, row[idx], n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc,
-                 disc_prefix, harm, out, counts_out)
+            _row(
+                r,
+                idx + 1,
+                row[idx],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
 
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -160,8 +160,12 @@ def evaluate(
         raise ValueError("backend='numba' needs the numba package")
     chunk_fn = _chunk_numba if backend == "numba" else _chunk_torch
     ctx = {
-        "n_levels": n_levels, "n_ranked": n_ranked, "recall_at": recall_at, "ndcg_at": ndcg_at,
-        "relevance": relevance, "alpha": alpha,
+        "n_levels": n_levels,
+        "n_ranked": n_ranked,
+        "recall_at": recall_at,
+        "ndcg_at": ndcg_at,
+        "relevance": relevance,
+        "alpha": alpha,
     }
     if backend == "numba":
         ctx["tables"] = _fused.tables(n_ranked)
@@ -246,8 +250,20 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
     counts = np.empty((c, n_levels + 1), dtype=np.int64)
     disc, disc_prefix, harm = ctx["tables"]
     cutoff = n_ranked if ndcg_at is None else min(int(ndcg_at), n_ranked)
-    args = (n_levels, n_ranked, ks, MAP_AT, cutoff, 0 if ctx["relevance"] == "pop" else 1, ctx["w"],
-            disc, disc_prefix, harm, out, counts)
+    args = (
+        n_levels,
+        n_ranked,
+        ks,
+        MAP_AT,
+        cutoff,
+        0 if ctx["relevance"] == "pop" else 1,
+        ctx["w"],
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts,
+    )
     if ranked[0] == "dense":
         _fused.fused_metrics_dense(ranked[1].numpy(), *args)
     else:

@@ -230,8 +230,9 @@ def _level_cumcounts(rows: torch.Tensor, levels: torch.Tensor, start: torch.Tens
     return out
 
 
-def level_counts_from(rows: torch.Tensor, levels: torch.Tensor, n_rows: int, n_levels: int,
-                      n_gallery: torch.Tensor | int) -> torch.Tensor:
+def level_counts_from(
+    rows: torch.Tensor, levels: torch.Tensor, n_rows: int, n_levels: int, n_gallery: torch.Tensor | int
+) -> torch.Tensor:
     """(n_rows, L+1) counts of gallery items per level; column 0 = n_gallery - relevant."""
     flat = rows * (n_levels + 1) + levels
     counts = torch.bincount(flat, minlength=n_rows * (n_levels + 1)).view(n_rows, n_levels + 1).clone()
@@ -409,8 +410,9 @@ def _multi(scores, levels):
     return rows, ranks, lv, counts
 
 
-def hierarchical_ap(scores, levels, relevance: str = "pop", alpha: float | Sequence[float] = 1.0,
-                    n_levels: int | None = None) -> np.ndarray:
+def hierarchical_ap(
+    scores, levels, relevance: str = "pop", alpha: float | Sequence[float] = 1.0, n_levels: int | None = None
+) -> np.ndarray:
     """H-AP per query. scores (Q, N); levels int (Q, N) in 0..L (0 = not relevant).
 
     ``n_levels`` (L) sets the weights ``w(v) = v ** alpha``; it defaults to the largest level seen.
