@@ -45,7 +45,8 @@ def _as_embeddings(x, name: str) -> torch.Tensor:
         arr = np.asarray(x)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name}: embeddings must be numeric, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.ndim != 2:
         raise ValueError(f"{name}: expected shape (N, D), got {tuple(t.shape)}")
     t = t.to(torch.float32)
