@@ -217,6 +217,65 @@ if HAVE_NUMBA:
                 counts_out,
             )
 
+    @njit(cache=True, parallel=True)
+    def fused_metrics_keys(
+        sorted_keys,
+        q_codes,
+        g_codes,
+        self_index,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Input: row-sorted int64 order keys (low 32 bits = gallery index). The match mask of each
+        ranked item is computed here from the label codes (``q_codes`` (Q, L), ``g_codes`` (N, L));
+        the item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
+        :func:`fused_metrics`."""
+        n_rows, n = sorted_keys.shape
+        for r in prange(n_rows):
+            ranks = np.empty(n, dtype=np.int64)
+            tags = np.empty(n, dtype=np.uint8)
+            cnt = 0
+            me = self_index[r]
+            for p in range(n):
+                gi = sorted_keys[r, p] & 0xFFFFFFFF
+                if gi == me:
+                    continue
+                t = 0
+                for col in range(n_levels):
+                    if q_codes[r, col] == g_codes[gi, col]:
+                        t |= 1 << col
+                if t != 0:
+                    ranks[cnt] = p + 1
+                    tags[cnt] = t
+                    cnt += 1
+            _row(
+                r,
+                ranks[:cnt],
+                tags[:cnt],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """disc[p] = 1/log2(1+p), its prefix sums, and harmonic numbers, for p = 0..n (index 0 = 0)."""

@@ -17,6 +17,7 @@ import torch
 
 from hglv2.metrics import _fused
 from hglv2.metrics.ranking import (
+    SPARSE_MAX_RELEVANT,
     _rank_chunk,
     asi_from_ranks,
     binary_metrics,
@@ -171,6 +172,15 @@ def evaluate(
     if backend == "numba":
         ctx["tables"] = _fused.tables(n_ranked)
         ctx["w"] = level_weights(n_levels, alpha)
+        ctx["g_codes"] = np.ascontiguousarray(g_codes_t.numpy().T)  # (N, L): one cache line per item
+    # upper bound on the relevant items of each query: sum over columns of the gallery count of its label
+    bound = np.zeros(n_q, dtype=np.int64)
+    for col in range(n_levels):
+        g_col = g_codes_t[col].numpy()
+        counts = np.bincount(g_col[g_col >= 0], minlength=max(int(q_codes[:, col].max()) + 1, 0))
+        q_col = q_codes[:, col].numpy()
+        ok = (q_col >= 0) & (q_col < len(counts))
+        bound[ok] += counts[q_col[ok]]
 
     names = _metric_names(n_levels, recall_at, ndcg_at)
     per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -179,12 +189,22 @@ def evaluate(
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
         scores = (q_emb[lo:hi].to(dev) @ g_dev.T).float().cpu()
-        tags = match_mask(q_codes[lo:hi], g_codes_t)
         self_index = torch.arange(lo, hi) if same else None
-        if torch.isnan(scores).any():
-            raise ValueError("scores overflowed to NaN; scale the embeddings down")
-        ranked = _rank_chunk(scores, tags, self_index, method)
-        del scores, tags
+        chunk_method = method
+        if method == "auto":
+            # many relevant items (an upper bound from per-column label counts) -> full sort
+            many = bool((bound[lo:hi] > SPARSE_MAX_RELEVANT).any())
+            chunk_method = "sort" if many else "auto"
+        qc = q_codes[lo:hi]
+        ranked = _rank_chunk(
+            scores,
+            lambda qc=qc: match_mask(qc, g_codes_t),
+            self_index,
+            chunk_method,
+            keys_only=backend == "numba",
+        )
+        del scores
+        ctx["q_codes"], ctx["self_index"] = qc, self_index
         chunk_fn(ranked, hi - lo, ctx, per_query, n_pos, n_rel)
 
     arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
@@ -265,7 +285,11 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         out,
         counts,
     )
-    if ranked[0] == "dense":
+    if ranked[0] == "keys":
+        self_index = ctx["self_index"]
+        me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+        _fused.fused_metrics_keys(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
+    elif ranked[0] == "dense":
         _fused.fused_metrics_dense(ranked[1].numpy(), *args)
     else:
         rows = ranked[1]

@@ -79,22 +79,45 @@ def order_keys(scores: torch.Tensor) -> torch.Tensor:
     return keys
 
 
-def _rank_chunk(scores: torch.Tensor, tags: torch.Tensor, self_index: torch.Tensor | None, method: str):
-    """Rank one chunk. Returns ``("dense", sorted_tags)`` (row-sorted tags, (Q, N) uint8) or
-    ``("lists", rows, ranks, values)`` (see :func:`rank_relevant`)."""
+def _sort_rows_inplace(a: np.ndarray) -> None:
+    """Sort each row of a 2-D array in place: numpy's (SIMD) sort, rows split over threads."""
+    n_threads = max(1, min(torch.get_num_threads(), a.shape[0]))
+    if n_threads == 1:
+        a.sort(axis=1)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, a.shape[0], n_threads + 1).astype(int)
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(lambda i: a[bounds[i] : bounds[i + 1]].sort(axis=1), range(n_threads)))
+
+
+def _rank_chunk(
+    scores: torch.Tensor, tags, self_index: torch.Tensor | None, method: str, keys_only: bool = False
+):
+    """Rank one chunk. Returns ``("dense", sorted_tags)`` (row-sorted tags, (Q, N) uint8),
+    ``("keys", sorted_keys)`` (with ``keys_only``: the sorted order keys, tags not needed) or
+    ``("lists", rows, ranks, values)`` (see :func:`rank_relevant`). ``tags`` may be a callable
+    returning the tag tensor, so it is only built when needed."""
     n_rows, n = scores.shape
-    if tags.shape != scores.shape:
-        raise ValueError(f"tags shape {tuple(tags.shape)} != scores shape {tuple(scores.shape)}")
     if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
+        raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
     keys = order_keys(scores)
     if self_index is not None:
-        ar = torch.arange(n_rows)
-        keys[ar, self_index] = (_TOP_HIGH << 32) | self_index
-        tags[ar, self_index] = 0
+        keys[torch.arange(n_rows), self_index] = (_TOP_HIGH << 32) | self_index
+    if method == "sort" and keys_only:
+        _sort_rows_inplace(keys.numpy())
+        return ("keys", keys)
+    if callable(tags):
+        tags = tags()
+    if tags.shape != scores.shape:
+        raise ValueError(f"tags shape {tuple(tags.shape)} != scores shape {tuple(scores.shape)}")
+    if self_index is not None:
+        tags[torch.arange(n_rows), self_index] = 0
+    rows = cols = None
     if method == "auto":
-        counts = torch.count_nonzero(tags, dim=1)
-        p_max = int(counts.max()) if n_rows else 0
+        rows, cols = torch.nonzero(tags, as_tuple=True)
+        p_max = int(torch.bincount(rows, minlength=n_rows).max()) if rows.numel() else 0
         method = "search" if p_max <= SPARSE_MAX_RELEVANT else "sort"
     if method == "sort":
         sk = torch.sort(keys, dim=1).values
@@ -102,7 +125,8 @@ def _rank_chunk(scores: torch.Tensor, tags: torch.Tensor, self_index: torch.Tens
         return ("dense", torch.gather(tags, 1, sk))
     if method != "search":
         raise ValueError(f"unknown method {method!r}")
-    rows, cols = torch.nonzero(tags, as_tuple=True)
+    if rows is None:
+        rows, cols = torch.nonzero(tags, as_tuple=True)
     counts = torch.bincount(rows, minlength=n_rows)
     p_max = int(counts.max()) if rows.numel() else 0
     if p_max == 0:
