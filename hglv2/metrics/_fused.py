@@ -276,6 +276,82 @@ if HAVE_NUMBA:
                 counts_out,
             )
 
+    @njit(cache=True, parallel=True)
+    def fused_metrics_search(
+        keys,
+        q_codes,
+        g_codes,
+        self_index,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Input: *unsorted* int64 order keys, for queries with few relevant items. Per query the
+        relevant items (mask from the label codes) are sorted by key, and every other item is
+        placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
+        The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
+        :func:`fused_metrics`."""
+        n_rows, n = keys.shape
+        for r in prange(n_rows):
+            me = self_index[r]
+            cnt = 0
+            for i in range(n):
+                if i == me:
+                    continue
+                for col in range(n_levels):
+                    if q_codes[r, col] == g_codes[i, col]:
+                        cnt += 1
+                        break
+            pos_keys = np.empty(cnt, dtype=np.int64)
+            pos_tags = np.empty(cnt, dtype=np.uint8)
+            j = 0
+            for i in range(n):
+                if i == me:
+                    continue
+                t = 0
+                for col in range(n_levels):
+                    if q_codes[r, col] == g_codes[i, col]:
+                        t |= 1 << col
+                if t != 0:
+                    pos_keys[j] = keys[r, i]
+                    pos_tags[j] = t
+                    j += 1
+            order = np.argsort(pos_keys)
+            sorted_keys = pos_keys[order]
+            sorted_tags = pos_tags[order]
+            hist = np.zeros(cnt + 1, dtype=np.int64)
+            for i in range(n):
+                if i == me:
+                    continue
+                hist[np.searchsorted(sorted_keys, keys[r, i])] += 1
+            ranks = np.cumsum(hist)[:cnt]
+            _row(
+                r,
+                ranks,
+                sorted_tags,
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """disc[p] = 1/log2(1+p), its prefix sums, and harmonic numbers, for p = 0..n (index 0 = 0)."""

@@ -24,6 +24,7 @@ from hglv2.metrics.ranking import (
     hierarchical_ap_from_ranks,
     level_counts_from,
     ndcg_from_ranks,
+    order_keys,
 )
 from hglv2.metrics.relevance import (
     RELEVANCES,
@@ -192,19 +193,24 @@ def evaluate(
         self_index = torch.arange(lo, hi) if same else None
         chunk_method = method
         if method == "auto":
-            # many relevant items (an upper bound from per-column label counts) -> full sort
+            # an upper bound on the relevant items (per-column label counts) picks the ranking
             many = bool((bound[lo:hi] > SPARSE_MAX_RELEVANT).any())
-            chunk_method = "sort" if many else "auto"
+            chunk_method = "sort" if many else ("search" if backend == "numba" else "auto")
         qc = q_codes[lo:hi]
-        ranked = _rank_chunk(
-            scores,
-            lambda qc=qc: match_mask(qc, g_codes_t),
-            self_index,
-            chunk_method,
-            keys_only=backend == "numba",
-        )
-        del scores
         ctx["q_codes"], ctx["self_index"] = qc, self_index
+        if backend == "numba" and chunk_method == "search":
+            if torch.isnan(scores).any():
+                raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
+            ranked = ("unsorted_keys", order_keys(scores))
+        else:
+            ranked = _rank_chunk(
+                scores,
+                lambda qc=qc: match_mask(qc, g_codes_t),
+                self_index,
+                chunk_method,
+                keys_only=backend == "numba",
+            )
+        del scores
         chunk_fn(ranked, hi - lo, ctx, per_query, n_pos, n_rel)
 
     arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
@@ -285,10 +291,11 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         out,
         counts,
     )
-    if ranked[0] == "keys":
+    if ranked[0] in ("keys", "unsorted_keys"):
+        kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
         self_index = ctx["self_index"]
         me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
-        _fused.fused_metrics_keys(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
+        kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
     elif ranked[0] == "dense":
         _fused.fused_metrics_dense(ranked[1].numpy(), *args)
     else:
