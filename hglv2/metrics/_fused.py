@@ -1,7 +1,9 @@
 """One-pass fused computation of every per-query metric (numba), used by :func:`hglv2.metrics.evaluate`.
 
-For each query the relevant items are visited twice in rank order: first to count them per
-level/column, then to accumulate every metric of :mod:`hglv2.metrics.ranking` at once (same
+Two entry points: :func:`fused_metrics_keys` (rows of sorted order keys) and
+:func:`fused_metrics_search` (unsorted keys, few relevant items per query). Labels are compared
+inside the kernels. For each query the relevant items are then visited twice in rank order: first
+to count them per level/column, then to accumulate every metric of :mod:`hglv2.metrics.ranking` at once (same
 formulas; the torch implementation there is the reference and the fallback when numba is not
 installed). Work is O(#relevant items) per query with no large temporaries.
 """
@@ -152,72 +154,6 @@ if HAVE_NUMBA:
         out[r, base + 3] = asi_sum / big_r
 
     @njit(cache=True, parallel=True)
-    def fused_metrics(
-        indptr,
-        ranks,
-        tags,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
-    ):  # pragma: no cover - compiled
-        """CSR input. Fills ``out`` (Q, L*(3+2*len(ks)) + 4) and ``counts_out`` (Q, L+1)."""
-        for r in prange(indptr.shape[0] - 1):
-            a = indptr[r]
-            b = indptr[r + 1]
-            _row(
-                r,
-                ranks[a:b],
-                tags[a:b],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
-
-    @njit(cache=True, parallel=True)
-    def fused_metrics_dense(
-        st, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm, out, counts_out
-    ):  # pragma: no cover - compiled
-        """Dense input: row-sorted (Q, N) uint8 tags. Same outputs as :func:`fused_metrics`."""
-        for r in prange(st.shape[0]):
-            row = st[r]
-            idx = np.flatnonzero(row)
-            _row(
-                r,
-                idx + 1,
-                row[idx],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
-
-    @njit(cache=True, parallel=True)
     def fused_metrics_keys(
         sorted_keys,
         q_codes,
@@ -238,8 +174,9 @@ if HAVE_NUMBA:
     ):  # pragma: no cover - compiled
         """Input: row-sorted int64 order keys (low 32 bits = gallery index). The match mask of each
         ranked item is computed here from the label codes (``q_codes`` (Q, L), ``g_codes`` (N, L));
-        the item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
-        :func:`fused_metrics`."""
+        the item whose index is ``self_index[r]`` (-1: none) is skipped. Fills ``out``
+        (Q, L * (3 + 2 * len(ks)) + 4) and ``counts_out`` (Q, L + 1), laid out as read by
+        ``hglv2.metrics.evaluate._chunk_numba``."""
         n_rows, n = sorted_keys.shape
         for r in prange(n_rows):
             ranks = np.empty(n, dtype=np.int64)
@@ -299,7 +236,7 @@ if HAVE_NUMBA:
         relevant items (mask from the label codes) are sorted by key, and every other item is
         placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
         The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
-        :func:`fused_metrics`."""
+        :func:`fused_metrics_keys`."""
         n_rows, n = keys.shape
         for r in prange(n_rows):
             me = self_index[r]

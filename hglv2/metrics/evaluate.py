@@ -291,18 +291,10 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         out,
         counts,
     )
-    if ranked[0] in ("keys", "unsorted_keys"):
-        kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
-        self_index = ctx["self_index"]
-        me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
-        kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
-    elif ranked[0] == "dense":
-        _fused.fused_metrics_dense(ranked[1].numpy(), *args)
-    else:
-        rows = ranked[1]
-        indptr = np.zeros(c + 1, dtype=np.int64)
-        indptr[1:] = torch.bincount(rows, minlength=c).cumsum(0).numpy()
-        _fused.fused_metrics(indptr, ranked[2].numpy(), ranked[3].numpy().astype(np.uint8), *args)
+    kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
+    self_index = ctx["self_index"]
+    me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+    kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
     out_t = torch.from_numpy(out)
     for lev in range(n_levels):
         o = lev * per
