@@ -290,6 +290,8 @@ def test_bad_inputs():
         evaluate(e, np.zeros(3, dtype=int), gallery_embeddings=e)
     with pytest.raises(ValueError, match="gallery has no item"):
         evaluate(e[:1], np.zeros(1, dtype=int))
+    with pytest.raises(ValueError, match="no queries"):
+        evaluate(np.zeros((0, 2)), np.zeros(0, dtype=int), e, np.zeros(3, dtype=int))
     with pytest.raises(ValueError, match="integers"):
         evaluate(e, np.array([0.5, 1, 2]))
 

@@ -144,6 +144,8 @@ def evaluate(
     n_levels = q_lab.shape[1]
     level_weights(n_levels, alpha)  # validate early
     n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+    if n_q == 0:
+        raise ValueError("query_embeddings: no queries")
     n_ranked = n_g - 1 if same else n_g
     if n_ranked < 1:
         raise ValueError("the gallery has no item to rank")
