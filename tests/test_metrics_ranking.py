@@ -319,3 +319,16 @@ def test_streaming_matches_one_chunk_on_larger_case():
         many = evaluate(emb, lab, reduce=False, **kwargs)
         for key in one:
             np.testing.assert_allclose(many[key], one[key], equal_nan=True, err_msg=str((key, kwargs)))
+
+
+def test_falls_back_to_torch_without_numba(monkeypatch):
+    from hglv2.metrics import _fused
+
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(25, 4)).astype(np.float32)
+    lab = rng.integers(0, 3, size=(25, 2))
+    want = evaluate_oracle(emb, lab)
+    monkeypatch.setattr(_fused, "HAVE_NUMBA", False)
+    _assert_same(evaluate(emb, lab, reduce=False), want)
+    with pytest.raises(ValueError, match="needs the numba package"):
+        evaluate(emb, lab, backend="numba")
