@@ -332,3 +332,17 @@ def test_falls_back_to_torch_without_numba(monkeypatch):
     _assert_same(evaluate(emb, lab, reduce=False), want)
     with pytest.raises(ValueError, match="needs the numba package"):
         evaluate(emb, lab, backend="numba")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_sort_path_matches_oracle(backend):
+    """A gallery large enough for the automatic choice of the full-sort ranking (coarse level with
+    two classes), with integer scores so that ties are frequent."""
+    rng = np.random.default_rng(9)
+    n_q, n_g = 12, 700
+    fine = rng.integers(0, 40, size=n_q + n_g)
+    lab = np.stack([fine, fine // 5, fine // 20], 1)
+    emb = rng.integers(-2, 3, size=(n_q + n_g, 3)).astype(np.float32)
+    q, ql, g, gl = emb[:n_q], lab[:n_q], emb[n_q:], lab[n_q:]
+    got = evaluate(q, ql, g, gl, reduce=False, backend=backend, ndcg_at=20)
+    _assert_same(got, evaluate_oracle(q, ql, g, gl, ndcg_at=20))
