@@ -213,9 +213,19 @@ if HAVE_NUMBA:
                 counts_out,
             )
 
+    @njit(cache=True, inline="always")
+    def _key(bits, index):  # pragma: no cover - compiled
+        """Order key from a float32's int32 bits: ascending key = descending score, then index."""
+        x = np.int64(bits)
+        if x == -2147483648:  # -0.0 is +0.0
+            x = 0
+        if x < 0:
+            x ^= 0x7FFFFFFF
+        return ((-1 - x) << 32) | index
+
     @njit(cache=True, parallel=True)
     def fused_metrics_search(
-        keys,
+        score_bits,
         q_codes,
         g_codes,
         self_index,
@@ -232,12 +242,13 @@ if HAVE_NUMBA:
         out,
         counts_out,
     ):  # pragma: no cover - compiled
-        """Input: *unsorted* int64 order keys, for queries with few relevant items. Per query the
-        relevant items (mask from the label codes) are sorted by key, and every other item is
-        placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
+        """Input: the (Q, N) float32 scores viewed as int32, for queries with few relevant items.
+        Each item gets the order key of :func:`hglv2.metrics.ranking.order_keys` (computed here);
+        per query the relevant items (mask from the label codes) are sorted by key, and every other
+        item is placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
         The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
         :func:`fused_metrics_keys`."""
-        n_rows, n = keys.shape
+        n_rows, n = score_bits.shape
         for r in prange(n_rows):
             me = self_index[r]
             cnt = 0
@@ -259,7 +270,7 @@ if HAVE_NUMBA:
                     if q_codes[r, col] == g_codes[i, col]:
                         t |= 1 << col
                 if t != 0:
-                    pos_keys[j] = keys[r, i]
+                    pos_keys[j] = _key(score_bits[r, i], i)
                     pos_tags[j] = t
                     j += 1
             order = np.argsort(pos_keys)
@@ -269,7 +280,7 @@ if HAVE_NUMBA:
             for i in range(n):
                 if i == me:
                     continue
-                hist[np.searchsorted(sorted_keys, keys[r, i])] += 1
+                hist[np.searchsorted(sorted_keys, _key(score_bits[r, i], i))] += 1
             ranks = np.cumsum(hist)[:cnt]
             _row(
                 r,

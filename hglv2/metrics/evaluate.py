@@ -24,7 +24,6 @@ from hglv2.metrics.ranking import (
     hierarchical_ap_from_ranks,
     level_counts_from,
     ndcg_from_ranks,
-    order_keys,
 )
 from hglv2.metrics.relevance import (
     RELEVANCES,
@@ -203,7 +202,7 @@ def evaluate(
         if backend == "numba" and chunk_method == "search":
             if torch.isnan(scores).any():
                 raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
-            ranked = ("unsorted_keys", order_keys(scores))
+            ranked = ("score_bits", scores.contiguous().view(torch.int32))
         else:
             ranked = _rank_chunk(
                 scores,
