@@ -201,6 +201,9 @@ def landmark_specs(table: pd.DataFrame, params: SyntheticParams) -> list[Landmar
         for j, cluster in enumerate(clusters):
             family = families[j % len(families)]
             cluster_hue = (hue0 + width * (j + 0.5) / n) % 1.0
+            # the cluster's colour tendency (materials): saturation, value, secondary hue
+            rc = _rng(params.seed, "cluster", top, cluster)
+            c_sat, c_val, c_sec = rc.uniform(0.55, 0.85), rc.uniform(0.55, 0.85), rc.uniform()
             lids = sub.loc[sub["hierarchical_label"] == cluster, "landmark_id"].astype("int64").tolist()
             if params.landmarks_per_cluster is not None and len(lids) > params.landmarks_per_cluster:
                 order = _rng(params.seed, "pick", top, cluster).permutation(len(lids))
@@ -208,7 +211,9 @@ def landmark_specs(table: pd.DataFrame, params: SyntheticParams) -> list[Landmar
             for lid in lids:
                 r = _rng(params.seed, "landmark", lid)
                 hue = (cluster_hue + r.uniform(-0.3, 0.3) * width / n) % 1.0
-                sec = colorsys.hsv_to_rgb(r.uniform(), r.uniform(0.2, 0.9), r.uniform(0.3, 1.0))
+                sec = colorsys.hsv_to_rgb(
+                    (c_sec + r.uniform(-0.08, 0.08)) % 1.0, r.uniform(0.3, 0.8), r.uniform(0.4, 1.0)
+                )
                 specs.append(
                     LandmarkSpec(
                         landmark_id=int(lid),
@@ -218,8 +223,8 @@ def landmark_specs(table: pd.DataFrame, params: SyntheticParams) -> list[Landmar
                         family=family,
                         cluster_hue=float(cluster_hue),
                         hue=float(hue),
-                        sat=float(r.uniform(0.45, 0.95)),
-                        val=float(r.uniform(0.45, 0.95)),
+                        sat=float(np.clip(c_sat + r.uniform(-0.12, 0.12), 0.2, 1.0)),
+                        val=float(np.clip(c_val + r.uniform(-0.12, 0.12), 0.2, 1.0)),
                         secondary=tuple(int(255 * c) for c in sec),
                         geometry=tuple(float(x) for x in r.uniform(0.0, 1.0, size=8)),
                     )

@@ -857,6 +857,8 @@ class Trainer:
             self._truncate_log()
         elif self.rank == 0 and self.log_path.exists():
             self.log_path.unlink()
+        if self.step == 0 and self.cfg["train"]["eval_every"]:
+            self._maybe_eval(final=True)  # the untrained model: first point of the learning curve
         stop = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
         bar = None
         if self.progress:
@@ -875,6 +877,8 @@ class Trainer:
         images_seen, t_start = 0, time.perf_counter()
         while self.step < stop:
             gen = _BatchList(self._epoch_batches(self.epoch, self.batch_in_epoch))
+            if not len(gen):
+                raise InputError("sampler: the training split gives no batch")
             loader = torch.utils.data.DataLoader(
                 loader_set,
                 batch_sampler=gen,
@@ -910,8 +914,6 @@ class Trainer:
                     self._maybe_eval()
                 if self.step >= stop:
                     break
-            if self.batch_in_epoch == 0 and not len(gen):
-                raise InputError("sampler: the training split gives no batch")
         if bar is not None:
             bar.close()
         self.train_seconds = time.perf_counter() - t_start
