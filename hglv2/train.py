@@ -553,6 +553,10 @@ def resolve_device(device: str | None) -> torch.device:
         raise InputError(f"--device {device!r}: not a torch device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device!r}: expected cpu or cuda[:N]")
     return dev
 
 
