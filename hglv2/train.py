@@ -398,7 +398,7 @@ def prepare_data(cfg: dict[str, Any], progress: bool = False) -> Path:
     d = cfg["data"]
     root = Path(d["root"])
     if d["kind"] == "synthetic":
-        from hglv2.synthetic import SyntheticParams, generate
+        from hglv2.synthetic import SyntheticParams, generate, load_table
 
         syn = dict(d["synthetic"])
         hierarchy = syn.pop("hierarchy")
@@ -406,21 +406,19 @@ def prepare_data(cfg: dict[str, Any], progress: bool = False) -> Path:
             params = SyntheticParams(**syn)
         except TypeError as exc:
             raise InputError(f"config: data.synthetic: {exc}") from None
+        _, source = load_table(hierarchy)
         manifest = root / "manifest.json"
-        ok = False
+        current = False
         if manifest.is_file():
             try:
                 old = json.loads(manifest.read_text("utf-8"))
-                ok = old.get("params") == json.loads(json.dumps(params.__dict__)) and old.get(
-                    "hierarchy_request"
-                ) == str(hierarchy)
-            except (ValueError, OSError):
-                ok = False
-        if not ok:
+                current = old.get("params") == json.loads(json.dumps(params.__dict__)) and (
+                    old.get("hierarchy", {}).get("source") == source
+                )
+            except (ValueError, OSError, AttributeError):
+                current = False
+        if not current:
             generate(root, hierarchy, params, progress=progress)
-            m = json.loads(manifest.read_text("utf-8"))
-            m["hierarchy_request"] = str(hierarchy)
-            write_json(manifest, m)
     for key in ("train_split", "query_split"):
         if not (root / f"{d[key]}.parquet").is_file():
             raise InputError(f"data.{key}: {root / (d[key] + '.parquet')} does not exist")
