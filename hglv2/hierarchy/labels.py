@@ -30,9 +30,7 @@ def _parse_landmark_ids(df: pd.DataFrame, path: Path) -> pd.Series:
     bad = ids.isna()
     if bad.any():
         row = int(bad.to_numpy().argmax())
-        raise InputError(
-            f"{path}:{row + 2}: landmark_id {df['landmark_id'].iloc[row]!r} is not an integer"
-        )
+        raise InputError(f"{path}:{row + 2}: landmark_id {df['landmark_id'].iloc[row]!r} is not an integer")
     ids = ids.astype("int64")
     dup = ids.duplicated()
     if dup.any():
@@ -87,3 +85,137 @@ def load_hierarchy_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     return df[list(HIERARCHY_COLUMNS)].sort_values("landmark_id", kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# writing, diffing
+
+DIFF_LEVELS = ("supercategory", "hierarchical_label", "natural_or_human_made")
+DISAGREEMENT_COLUMNS = (
+    "landmark_id",
+    "category",
+    "supercategory_qid",
+    "supercategory",
+    "level",
+    "value_a",
+    "value_b",
+    "provenance_a",
+    "provenance_b",
+)
+
+
+def hierarchy_arrow_table(df: pd.DataFrame):
+    """The hierarchy table as a pyarrow Table with the fixed schema (int64 id, string columns)."""
+    import pyarrow as pa
+
+    cols = {"landmark_id": pa.array(df["landmark_id"].astype("int64").to_numpy(), pa.int64())}
+    for c in HIERARCHY_COLUMNS[1:]:
+        cols[c] = pa.array([None if pd.isna(v) else str(v) for v in df[c]], pa.string())
+    return pa.table(cols)
+
+
+def write_hierarchy_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write the table to ``.parquet`` or ``.csv`` (by suffix), atomically and deterministically."""
+    from hglv2.fileio import atomic_open, write_parquet
+
+    path = Path(path)
+    df = df[list(HIERARCHY_COLUMNS)].sort_values("landmark_id", kind="stable").reset_index(drop=True)
+    if path.suffix == ".parquet":
+        write_parquet(hierarchy_arrow_table(df), path)
+    elif path.suffix == ".csv":
+        with atomic_open(path) as fh:
+            df.to_csv(fh, index=False, lineterminator="\n")
+    else:
+        raise InputError(f"{path}: write .parquet or .csv")
+
+
+def _norm(s: pd.Series) -> pd.Series:
+    return s.astype("string").str.strip().str.casefold()
+
+
+def diff_tables(a: pd.DataFrame, b: pd.DataFrame, levels: tuple[str, ...] = DIFF_LEVELS) -> dict:
+    """Compare two hierarchy tables landmark by landmark.
+
+    For each level: ``both`` (landmarks labelled in A and B), ``agree`` (same value, compared
+    case-insensitively), ``agreement = agree / both``, ``only_a``/``only_b`` (labelled on one side).
+    Returns ``{"landmarks": ..., "levels": ..., "confusion": DataFrame (clusters of A x clusters of B,
+    "(none)" for missing), "disagreements": DataFrame (DISAGREEMENT_COLUMNS)}``.
+    """
+    m = a.merge(b, on="landmark_id", how="outer", suffixes=("_a", "_b"), indicator=True)
+    m = m.sort_values("landmark_id", kind="stable").reset_index(drop=True)
+    common = m[m["_merge"] == "both"].reset_index(drop=True)
+    res: dict = {
+        "landmarks": {
+            "a": len(a),
+            "b": len(b),
+            "common": len(common),
+            "only_in_a": int((m["_merge"] == "left_only").sum()),
+            "only_in_b": int((m["_merge"] == "right_only").sum()),
+        },
+        "levels": {},
+    }
+    parts = []
+    for lev in levels:
+        va, vb = _norm(common[f"{lev}_a"]), _norm(common[f"{lev}_b"])
+        has_a, has_b = va.notna().to_numpy(), vb.notna().to_numpy()
+        both = has_a & has_b
+        agree = both & (va.fillna("") == vb.fillna("")).to_numpy()
+        res["levels"][lev] = {
+            "both": int(both.sum()),
+            "agree": int(agree.sum()),
+            "agreement": float(agree.sum() / both.sum()) if both.any() else None,
+            "only_a": int((has_a & ~has_b).sum()),
+            "only_b": int((~has_a & has_b).sum()),
+        }
+        bad = common[both & ~agree]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "landmark_id": bad["landmark_id"].astype("int64"),
+                    "category": bad["category_a"].fillna(bad["category_b"]),
+                    "supercategory_qid": bad["supercategory_qid_a"].fillna(bad["supercategory_qid_b"]),
+                    "supercategory": bad["supercategory_a"].fillna(bad["supercategory_b"]),
+                    "level": lev,
+                    "value_a": bad[f"{lev}_a"],
+                    "value_b": bad[f"{lev}_b"],
+                    "provenance_a": bad["provenance_a"],
+                    "provenance_b": bad["provenance_b"],
+                }
+            )
+        )
+    dis = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=DISAGREEMENT_COLUMNS)
+    dis = dis.astype({c: "string" for c in DISAGREEMENT_COLUMNS if c != "landmark_id"})
+    order = {lev: i for i, lev in enumerate(levels)}
+    dis = dis.assign(_o=dis["level"].map(order)).sort_values(["landmark_id", "_o"], kind="stable")
+    res["disagreements"] = dis.drop(columns="_o").reset_index(drop=True)[list(DISAGREEMENT_COLUMNS)]
+    ca = common["hierarchical_label_a"].astype("string").fillna("(none)")
+    cb = common["hierarchical_label_b"].astype("string").fillna("(none)")
+    conf = pd.crosstab(ca.rename("a"), cb.rename("b")) if len(common) else pd.DataFrame()
+    res["confusion"] = conf.sort_index().sort_index(axis=1)
+    return res
+
+
+def seed_decisions(disagreements: pd.DataFrame) -> pd.DataFrame:
+    """Decision rows (``decisions.csv`` format) suggested by a diff: for each supercategory QID whose
+    disagreeing landmarks all got the same cluster in B, propose that cluster, with the evidence.
+    """
+    d = disagreements[
+        (disagreements["level"] == "hierarchical_label")
+        & disagreements["supercategory_qid"].notna()
+        & disagreements["value_b"].notna()
+    ]
+    rows = []
+    for qid, grp in d.groupby("supercategory_qid", sort=True):
+        values = sorted(set(grp["value_b"]))
+        if len(values) != 1:
+            continue
+        rows.append(
+            {
+                "supercategory_qid": qid,
+                "supercategory": grp["supercategory"].iloc[0],
+                "cluster": values[0],
+                "reason": f"diff: B says {values[0]!r} for {len(grp)} landmark(s) where A says "
+                + "/".join(sorted(set(grp["value_a"].dropna()))),
+            }
+        )
+    return pd.DataFrame(rows, columns=["supercategory_qid", "supercategory", "cluster", "reason"])

@@ -1,0 +1,256 @@
+"""Speed and memory of the GLDv2 export and of the torch Dataset (not run in CI).
+
+1. CSV -> Parquet: a generated ``train.csv`` in the official shape (``id,url,landmark_id``;
+   4,132,914 rows by default, 16-hex ids, ~100-character URLs, skewed landmark sizes) and a
+   published-style hierarchy file. ``hglv2`` (validated read, hierarchy join, deterministic Parquet
+   via ``hglv2.splits.export``, split ``train_full``) side by side with a plain
+   ``pandas.read_csv`` + ``DataFrame.to_parquet`` (no validation, no join). Each side runs in a
+   fresh subprocess so peak RSS (``ru_maxrss``) is its own. Targets: <= 60 s, <= 3 GB on 2 cores.
+2. Samplers: time to build one epoch of ``MPerClassBatchSampler`` / ``HierarchicalBatchSampler``
+   over the 4.1M generated labels.
+3. Dataset throughput: ``HGLDv2Dataset`` (folder and tar layouts) with 2 DataLoader workers on
+   generated JPEGs, beside a plain PIL-loop Dataset reading the same files.
+
+Usage: ``python benchmarks/export_speed.py [--rows N] [--images N] [--workdir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def hex_ids(values: np.ndarray) -> np.ndarray:
+    """uint64 (N,) -> 16-character lowercase hex strings as an ``S16`` array."""
+    b = values.astype(">u8").view(np.uint8).reshape(-1, 8)
+    out = np.empty((len(values), 16), dtype=np.uint8)
+    out[:, 0::2] = HEX[b >> 4]
+    out[:, 1::2] = HEX[b & 15]
+    return out.view("S16").ravel()
+
+
+def generate(folder: Path, rows: int, landmarks: int, seed: int = 0) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    # distinct ids: an odd multiplier is a bijection mod 2**64
+    ids = hex_ids(np.arange(rows, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed))
+    ids = pa.array(ids, pa.binary(16)).cast(pa.string())
+    lids = np.minimum((landmarks * rng.random(rows) ** 2).astype(np.int64), landmarks - 1)  # skewed
+    url = pc.binary_join_element_wise(
+        "https://upload.wikimedia.org/wikipedia/commons/", pc.utf8_slice_codeunits(ids, 0, 1), "/",
+        pc.utf8_slice_codeunits(ids, 0, 2), "/Landmark_photo_", ids, ".jpg", "")
+    table = pa.table({"id": ids, "url": url, "landmark_id": pa.array(lids)})
+    opts = pacsv.WriteOptions(quoting_style="needed")
+    pacsv.write_csv(table, folder / "train.csv", write_options=opts)
+    k = np.arange(landmarks)
+    complete = rng.random(landmarks) < 0.7
+    clusters = np.array([f"cluster {c}" for c in range(500)], dtype=object)
+    hier = pa.table({
+        "landmark_id": pa.array(k),
+        "category": pa.array([f"http://commons.wikimedia.org/wiki/Category:Landmark_{x}" for x in k]),
+        "supercategory": pa.array(np.where(complete, "type", ""), pa.string()),
+        "hierarchical_label": pa.array(np.where(complete, clusters[k % 500], ""), pa.string()),
+        "natural_or_human_made": pa.array(np.where(complete, np.where(k % 3, "human-made", "natural"), ""),
+                                          pa.string()),
+    })
+    pacsv.write_csv(hier, folder / "train_label_to_hierarchical.csv", write_options=opts)
+    return {"train.csv": folder / "train.csv", "hier": folder / "train_label_to_hierarchical.csv"}
+
+
+def _run_side(side: str, csv_path: str, hier_path: str, out: str) -> dict:
+    """Runs in a subprocess: one side of the comparison; prints JSON."""
+    t0 = time.perf_counter()
+    if side == "hglv2":
+        from hglv2.splits import export
+
+        m = export({"train.csv": Path(csv_path)}, out, hierarchy=[hier_path], splits=["train_full"])
+        rows = m["splits"]["train_full"]["rows"]
+    else:
+        import pandas as pd
+
+        df = pd.read_csv(csv_path)
+        df.to_parquet(Path(out) / "train_full_pandas.parquet")
+        rows = len(df)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    return {"side": side, "seconds": wall, "peak_rss_mib": rss, "rows": rows}
+
+
+def side_in_subprocess(side: str, files: dict[str, Path], out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        [sys.executable, __file__, "--_side", side, str(files["train.csv"]), str(files["hier"]), str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_samplers(rows: int, landmarks: int) -> list[str]:
+    from hglv2.dataset import HierarchicalBatchSampler, MPerClassBatchSampler
+
+    rng = np.random.default_rng(1)
+    lids = np.minimum((landmarks * rng.random(rows) ** 2).astype(np.int64), landmarks - 1)
+    clusters = np.where(lids % 10 < 7, lids % 500, -1)
+    labels = np.stack([lids, clusters], axis=1)
+    lines = []
+    for name, make in (
+        ("MPerClassBatchSampler(m=4, batch=256)", lambda: MPerClassBatchSampler(lids, m=4, batch_size=256)),
+        ("HierarchicalBatchSampler(m=4, batch=256, 2 clusters)",
+         lambda: HierarchicalBatchSampler(labels, m=4, batch_size=256, clusters_per_batch=2)),
+    ):
+        t0 = time.perf_counter()
+        s = make()
+        t1 = time.perf_counter()
+        n = len(s)  # builds the epoch
+        t2 = time.perf_counter()
+        lines.append(f"  {name}: init {t1 - t0:.1f} s, epoch of {n:,d} batches built in {t2 - t1:.1f} s")
+    return lines
+
+
+class _PlainPIL:
+    """The peer: a minimal Dataset reading files with PIL, same transform, no checks."""
+
+    def __init__(self, root: Path, paths: list[str], transform):
+        self.root, self.paths, self.transform = root, paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.root / self.paths[i]) as img:
+            return self.transform(img.convert("RGB"))
+
+
+def _transform(img):
+    import torch
+
+    img = img.resize((224, 224))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def bench_dataset(workdir: Path, n_images: int, workers: int) -> list[str]:
+    import pyarrow as pa
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from hglv2.dataset import HGLDv2Dataset
+    from hglv2.fileio import write_parquet
+    from hglv2.schema import image_relpath
+
+    rng = np.random.default_rng(2)
+    ids = [x.decode() for x in hex_ids(rng.integers(0, 2**63, size=n_images).astype(np.uint64))]
+    root = workdir / "images"
+    shards = workdir / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    tf = None
+    for k, i in enumerate(ids):
+        if k % 500 == 0:
+            if tf is not None:
+                tf.close()
+            tf = tarfile.open(shards / f"images_{k // 500:03d}.tar", "w")
+        arr = (rng.random((300, 400, 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        p = root / image_relpath(i)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        info = tarfile.TarInfo(image_relpath(i))
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    tf.close()
+    n = len(ids)
+    table = pa.table({"id": ids, "path": [image_relpath(i) for i in ids],
+                      "level0": pa.array(np.arange(n) % 50), "level1": pa.array(np.arange(n) % 5),
+                      "level2": pa.array(np.arange(n) % 2)})
+    write_parquet(table, workdir / "split.parquet")
+
+    def rate(ds) -> float:
+        """Best of two passes (worker start-up included), in images/s."""
+        best = 0.0
+        for _ in range(2):
+            loader = DataLoader(ds, batch_size=64, num_workers=workers)
+            t0 = time.perf_counter()
+            count = 0
+            for b in loader:
+                count += len(b["id"]) if isinstance(b, dict) else len(b)
+            best = max(best, count / (time.perf_counter() - t0))
+        return best
+
+    torch.set_num_threads(1)
+    plain = rate(_PlainPIL(root, [image_relpath(i) for i in ids], _transform))
+    folder = rate(HGLDv2Dataset(workdir / "split.parquet", root, transform=_transform))
+    t0 = time.perf_counter()
+    tar_ds = HGLDv2Dataset(workdir / "split.parquet", shards, transform=_transform)
+    index_s = time.perf_counter() - t0
+    tar = rate(tar_ds)
+    return [
+        f"  {n:,d} JPEGs 400x300 -> 224x224 uint8 tensors, batch 64, {workers} workers",
+        f"  plain PIL Dataset (peer)   {plain:8.0f} images/s",
+        f"  HGLDv2Dataset folder       {folder:8.0f} images/s   ratio {folder / plain:.2f}x",
+        f"  HGLDv2Dataset tar shards   {tar:8.0f} images/s   ratio {tar / plain:.2f}x "
+        f"(tar index built in {index_s:.2f} s)",
+    ]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_side":
+        print(json.dumps(_run_side(*sys.argv[2:6])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=4_132_914, help="rows of the generated train.csv")
+    ap.add_argument("--landmarks", type=int, default=203_094)
+    ap.add_argument("--images", type=int, default=2000, help="JPEGs for the Dataset throughput")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        t0 = time.perf_counter()
+        files = generate(work / "meta", args.rows, args.landmarks)
+        size = files["train.csv"].stat().st_size / 2**20
+        print(f"generated train.csv: {args.rows:,d} rows, {size:.0f} MiB in {time.perf_counter() - t0:.1f} s")
+        ours = side_in_subprocess("hglv2", files, work / "out_hglv2")
+        peer = side_in_subprocess("pandas", files, work / "out_pandas")
+        print("CSV -> Parquet (train_full)")
+        for r in (ours, peer):
+            label = ("hglv2 export (validated + hierarchy join)" if r["side"] == "hglv2"
+                     else "pandas read_csv + to_parquet (no checks)")
+            print(f"  {label:44s} {r['seconds']:6.1f} s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
+        print(f"  time ratio hglv2 / pandas: {ours['seconds'] / peer['seconds']:.2f}   "
+              f"RSS ratio: {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}   "
+              f"targets: <= 60 s {'met' if ours['seconds'] <= 60 else 'MISSED'}, "
+              f"<= 3 GB {'met' if ours['peak_rss_mib'] <= 3072 else 'MISSED'}")
+        print("Samplers (one epoch over the generated labels)")
+        for line in bench_samplers(args.rows, args.landmarks):
+            print(line)
+        print("Dataset throughput")
+        for line in bench_dataset(work, args.images, args.workers):
+            print(line)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

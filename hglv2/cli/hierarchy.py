@@ -1,0 +1,524 @@
+"""``hglv2 hierarchy``: the semi-automatic hierarchy pipeline, one subcommand per stage.
+
+resolve -> graph -> propose -> (people edit data/review/*.csv, helped by ``review``) -> apply;
+``diff`` compares two hierarchy tables (ours, or the published CSV); ``validate-anchors`` checks
+the QIDs of clusters.csv against Wikidata's English labels. ``pipelines/hierarchy.mk`` chains them.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hglv2.errors import InputError
+
+DEFAULT_OUT = Path("out/hierarchy")
+
+
+def _client_options(f):
+    opts = [
+        click.option(
+            "--cache",
+            "cache_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=DEFAULT_OUT / "wikidata.sqlite",
+            show_default=True,
+            help="Response cache: .sqlite (read/write) or a .jsonl recording (read-only).",
+        ),
+        click.option("--offline", is_flag=True, help="Only replay the cache; name what is missing."),
+        click.option("--api-url", default=None, help="Wikidata Action API URL [default: wikidata.org]."),
+        click.option("--sparql-url", default=None, help="SPARQL endpoint URL [default: query.wikidata.org]."),
+        click.option(
+            "--contact",
+            envvar="HGLV2_CONTACT",
+            default=None,
+            help="Contact (e-mail or URL) added to the User-Agent [env HGLV2_CONTACT].",
+        ),
+        click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request."),
+        click.option("--max-retries", type=int, default=8, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _json_option(f):
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Also write the results as JSON here.",
+    )(f)
+
+
+def _make_client(
+    cache_path: Path,
+    offline: bool,
+    api_url: str | None,
+    sparql_url: str | None,
+    contact: str | None,
+    timeout: float,
+    max_retries: int,
+):
+    from hglv2.hierarchy.wikidata import DEFAULT_API_URL, DEFAULT_SPARQL_URL, ResponseCache, WikidataClient
+
+    if not offline and cache_path.suffix == ".jsonl":
+        raise InputError(f"{cache_path}: a .jsonl recording is read-only; use it with --offline")
+    if offline and not cache_path.exists():
+        raise InputError(f"{cache_path}: no such cache (needed with --offline)")
+    return WikidataClient(
+        ResponseCache(cache_path),
+        api_url=api_url or DEFAULT_API_URL,
+        sparql_url=sparql_url or DEFAULT_SPARQL_URL,
+        offline=offline,
+        contact=contact,
+        timeout=timeout,
+        max_retries=max_retries,
+    )
+
+
+def _with_client(f):
+    @_client_options
+    @functools.wraps(f)
+    def wrapper(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries, **kw):
+        client = _make_client(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries)
+        try:
+            return f(client=client, **kw)
+        finally:
+            client.cache.close()
+
+    return wrapper
+
+
+def _write_json(path: Path | None, obj: Any) -> None:
+    if path is not None:
+        from hglv2.fileio import write_json
+
+        write_json(path, obj)
+
+
+def _image_counts(path: Path | None) -> dict[int, int]:
+    if path is None:
+        return {}
+    import pandas as pd
+
+    try:
+        s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    ids = pd.to_numeric(s, errors="coerce")
+    if ids.isna().any():
+        row = int(ids.isna().to_numpy().argmax())
+        raise InputError(f"{path}:{row + 2}: landmark_id {s.iloc[row]!r} is not an integer")
+    return {int(k): int(v) for k, v in ids.astype("int64").value_counts().items()}
+
+
+@click.group()
+def hierarchy() -> None:
+    """The hierarchy pipeline: resolve, graph, propose, review, apply, diff, validate-anchors."""
+
+
+@hierarchy.command()
+@click.option(
+    "--categories",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="GLDv2 *_label_to_category.csv (landmark_id,category).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "resolved.parquet",
+    show_default=True,
+)
+@_json_option
+@_with_client
+def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
+    """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
+    import pyarrow as pa
+
+    from hglv2.fileio import write_parquet
+    from hglv2.hierarchy.wikidata import RESOLVED_COLUMNS, read_categories, resolve_categories
+
+    rows = resolve_categories(client, read_categories(categories))
+    types = {"landmark_id": pa.int64(), "revision": pa.int64()}
+    table = pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.string())) for c in RESOLVED_COLUMNS})
+    write_parquet(table, out)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["resolution"]] = counts.get(r["resolution"], 0) + 1
+    res = {
+        "landmarks": len(rows),
+        "resolved": sum(1 for r in rows if r["qid"]),
+        "resolution": dict(sorted(counts.items())),
+        "requests": dict(sorted(client.stats.items())),
+    }
+    click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
+    for k, v in res["resolution"].items():
+        click.echo(f"  {k:40s} {v}")
+    _write_json(json_path, res)
+
+
+@hierarchy.command()
+@click.option(
+    "--resolved",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "resolved.parquet",
+    show_default=True,
+)
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(0, 100),
+    default=None,
+    help="Levels of P279 ancestors to fetch [default: 12].",
+)
+@_json_option
+@_with_client
+def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: Path | None) -> None:
+    """Fetch P279 ancestors breadth-first; write the class graph (Parquet, GraphML) and its cycles."""
+    import pyarrow.parquet as pq
+
+    from hglv2.hierarchy.graph import DEFAULT_DEPTH, fetch_graph, write_graph
+
+    if not resolved.exists():
+        raise InputError(f"{resolved}: no such file (run `hglv2 hierarchy resolve` first)")
+    rows = pq.read_table(resolved).to_pylist()
+    summary = write_graph(fetch_graph(client, rows, DEFAULT_DEPTH if depth is None else depth), out_dir)
+    summary["requests"] = dict(sorted(client.stats.items()))
+    click.echo(
+        f"class graph: {summary['nodes']} classes, {summary['edges']} P279 edges, "
+        f"{summary['redirects']} redirects, {len(summary['cycles'])} cycle(s) -> {out_dir}"
+    )
+    for cyc in summary["cycles"]:
+        click.echo("  cycle among: " + ", ".join(f"{c['qid']} ({c['label']})" for c in cyc))
+    _write_json(json_path, summary)
+
+
+@hierarchy.command()
+@click.option(
+    "--resolved",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "resolved.parquet",
+    show_default=True,
+)
+@click.option(
+    "--graph-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
+)
+@click.option(
+    "--clusters",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("data/review/clusters.csv"),
+    show_default=True,
+)
+@click.option(
+    "--images",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="GLDv2 train.csv (counts images per landmark, to sort the review list).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "proposals.parquet",
+    show_default=True,
+)
+@click.option(
+    "--pending",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "pending.csv",
+    show_default=True,
+)
+@_json_option
+def propose(
+    resolved: Path,
+    graph_dir: Path,
+    clusters: Path,
+    images: Path | None,
+    out: Path,
+    pending: Path,
+    json_path: Path | None,
+) -> None:
+    """Propose supercategory, cluster and top per landmark; write the pending review list."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from hglv2.fileio import atomic_open, write_parquet
+    from hglv2.hierarchy.clusters import load_clusters
+    from hglv2.hierarchy.clusters import propose as propose_
+    from hglv2.hierarchy.graph import load_graph
+
+    if not resolved.exists():
+        raise InputError(f"{resolved}: no such file (run `hglv2 hierarchy resolve` first)")
+    table = load_clusters(clusters)
+    g, aliases = load_graph(graph_dir)
+    proposals, pend = propose_(pd.read_parquet(resolved), g, aliases, table, _image_counts(images))
+    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
+    with atomic_open(pending) as fh:
+        pend.to_csv(fh, index=False, lineterminator="\n")
+    status = proposals["status"].value_counts().to_dict()
+    reasons = proposals["reason"].value_counts().sort_index().to_dict()
+    res = {
+        "landmarks": len(proposals),
+        "status": {k: int(v) for k, v in sorted(status.items())},
+        "pending_reasons": {k: int(v) for k, v in reasons.items()},
+        "pending_rows": len(pend),
+    }
+    click.echo(
+        f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
+        f"({len(pend)} review rows) -> {out}, {pending}"
+    )
+    _write_json(json_path, res)
+
+
+def _review_inputs(f):
+    for o in reversed(
+        [
+            click.option(
+                "--proposals",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=DEFAULT_OUT / "proposals.parquet",
+                show_default=True,
+            ),
+            click.option(
+                "--clusters",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=Path("data/review/clusters.csv"),
+                show_default=True,
+            ),
+            click.option(
+                "--decisions",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=Path("data/review/decisions.csv"),
+                show_default=True,
+            ),
+            click.option(
+                "--overrides",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=Path("data/review/landmark_overrides.csv"),
+                show_default=True,
+            ),
+        ]
+    ):
+        f = o(f)
+    return f
+
+
+def _apply(proposals: Path, clusters: Path, decisions: Path, overrides: Path):
+    import pandas as pd
+
+    from hglv2.hierarchy.clusters import apply_reviews, load_clusters
+
+    if not proposals.exists():
+        raise InputError(f"{proposals}: no such file (run `hglv2 hierarchy propose` first)")
+    props = pd.read_parquet(proposals)
+    table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
+    for w in warnings:
+        click.echo(f"Warning: {w}", err=True)
+    return props, table, warnings
+
+
+def _print_coverage(cov: dict) -> None:
+    click.echo(f"coverage over {cov['landmarks']} landmarks ({cov['images']} images):")
+    for col in ("qid", "supercategory", "hierarchical_label", "natural_or_human_made"):
+        c = cov[col]
+        img = f", {c['image_fraction']:.1%} of images" if "image_fraction" in c else ""
+        click.echo(f"  {col:24s} {c['landmarks']:6d}  {c['fraction']:.1%}{img}")
+
+
+@hierarchy.command()
+@_review_inputs
+@click.option("--top", "n_top", type=int, default=15, show_default=True, help="Pending rows to print.")
+@_json_option
+def review(
+    proposals: Path, clusters: Path, decisions: Path, overrides: Path, n_top: int, json_path: Path | None
+) -> None:
+    """Print what is still pending after the decisions/overrides, and the coverage per level."""
+    from hglv2.hierarchy.clusters import coverage
+
+    props, table, warnings = _apply(proposals, clusters, decisions, overrides)
+    counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
+    cov = coverage(table, counts)
+    open_ = props.merge(table[["landmark_id", "hierarchical_label", "provenance"]], on="landmark_id")
+    open_ = open_[open_["hierarchical_label"].isna()]
+    key = open_["supercategory_qid"].fillna("landmark " + open_["landmark_id"].astype(str))
+    shown = open_["supercategory"].fillna(open_["label"]).fillna(open_["category"])
+    groups = (
+        open_.assign(key=key, supercategory=shown)
+        .groupby("key", sort=True)
+        .agg(
+            label=("supercategory", "first"),
+            reason=("reason", "first"),
+            n_landmarks=("landmark_id", "size"),
+            n_images=("n_images", "sum"),
+        )
+        .reset_index()
+        .sort_values(["n_images", "key"], ascending=[False, True], kind="stable")
+    )
+    click.echo(f"{len(open_)} landmark(s) without a cluster, in {len(groups)} group(s); largest first:")
+    for r in groups.head(n_top).itertuples(index=False):
+        click.echo(
+            f"  {r.key:16s} {str(r.label or ''):36.36s} {str(r.reason):28s} "
+            f"{r.n_landmarks:4d} lm {r.n_images:6d} img"
+        )
+    _print_coverage(cov)
+    _write_json(
+        json_path,
+        {
+            "coverage": cov,
+            "warnings": warnings,
+            "open": groups.astype(object).where(groups.notna(), None).to_dict("records"),
+        },
+    )
+
+
+@hierarchy.command("apply")
+@_review_inputs
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "hierarchy.parquet",
+    show_default=True,
+)
+@click.option(
+    "--csv",
+    "csv_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the table as CSV.",
+)
+@_json_option
+def apply_cmd(
+    proposals: Path,
+    clusters: Path,
+    decisions: Path,
+    overrides: Path,
+    out: Path,
+    csv_out: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Validate the review CSVs and write the hierarchy table (with provenance)."""
+    from hglv2.hierarchy.clusters import coverage
+    from hglv2.hierarchy.labels import write_hierarchy_table
+
+    props, table, warnings = _apply(proposals, clusters, decisions, overrides)
+    write_hierarchy_table(table, out)
+    if csv_out is not None:
+        write_hierarchy_table(table, csv_out)
+    counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
+    cov = coverage(table, counts)
+    click.echo(f"hierarchy table: {len(table)} landmarks -> {out}")
+    _print_coverage(cov)
+    _write_json(json_path, {"coverage": cov, "warnings": warnings})
+
+
+@hierarchy.command()
+@click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the disagreeing landmarks (one row per landmark and level) here.",
+)
+@click.option(
+    "--seed-decisions",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write decisions.csv rows suggested by B where A disagrees.",
+)
+@click.option("--confusion-csv", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_json_option
+def diff(
+    a: Path,
+    b: Path,
+    out_csv: Path | None,
+    seed_decisions: Path | None,
+    confusion_csv: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Compare hierarchy tables A and B (ours: .parquet/.csv; published *_to_hierarchical.csv)."""
+    from hglv2.fileio import atomic_open
+    from hglv2.hierarchy.labels import diff_tables, load_hierarchy_table
+    from hglv2.hierarchy.labels import seed_decisions as seed
+
+    res = diff_tables(load_hierarchy_table(a), load_hierarchy_table(b))
+    lm = res["landmarks"]
+    click.echo(
+        f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
+        f"only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
+    )
+    click.echo(f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}")
+    for lev, s in res["levels"].items():
+        agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
+        click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
+    conf = res["confusion"]
+    off = [
+        (ra, cb, int(conf.loc[ra, cb]))
+        for ra in conf.index
+        for cb in conf.columns
+        if ra != cb and conf.loc[ra, cb] > 0
+    ]
+    off.sort(key=lambda t: (-t[2], t[0], t[1]))
+    if off:
+        click.echo("  largest cluster confusions (A -> B: landmarks):")
+        for ra, cb, n in off[:10]:
+            click.echo(f"    {ra} -> {cb}: {n}")
+    dis = res["disagreements"]
+    if out_csv is not None:
+        with atomic_open(out_csv) as fh:
+            dis.to_csv(fh, index=False, lineterminator="\n")
+    if seed_decisions is not None:
+        with atomic_open(seed_decisions) as fh:
+            seed(dis).to_csv(fh, index=False, lineterminator="\n")
+    if confusion_csv is not None:
+        with atomic_open(confusion_csv) as fh:
+            conf.to_csv(fh, lineterminator="\n")
+    _write_json(
+        json_path,
+        {
+            "landmarks": lm,
+            "levels": res["levels"],
+            "disagreements": len(dis),
+            "confusion": {
+                str(r): {str(c): int(conf.loc[r, c]) for c in conf.columns if conf.loc[r, c]}
+                for r in conf.index
+            },
+        },
+    )
+
+
+@hierarchy.command("validate-anchors")
+@click.option(
+    "--clusters",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("data/review/clusters.csv"),
+    show_default=True,
+)
+@_json_option
+@_with_client
+def validate_anchors_cmd(client, clusters: Path, json_path: Path | None) -> None:
+    """Check that every QID in clusters.csv has the English label written beside it."""
+    from hglv2.hierarchy.clusters import load_clusters, validate_anchors
+
+    table = load_clusters(clusters)
+    problems = validate_anchors(client, table)
+    _write_json(json_path, {"anchors": len(table.anchors), "problems": problems})
+    for p in problems:
+        click.echo(
+            f"{clusters}:{p['row']}: {p['qid']} {p['problem']}: written {p['written']!r}, "
+            f"Wikidata {p['wikidata']!r}",
+            err=True,
+        )
+    if problems:
+        n = len(table.anchors)
+        raise InputError(f"{clusters}: {len(problems)} of {n} anchor(s) do not match Wikidata")
+    click.echo(f"{len(table.anchors)} anchors match their Wikidata English labels")

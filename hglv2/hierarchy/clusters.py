@@ -1,0 +1,520 @@
+"""Propose clusters from anchor classes, and apply the human decisions of ``data/review/*.csv``.
+
+**Propose.** A landmark's *supercategory* is its most specific truthy P31 class: P31 classes that
+are ancestors of another of its P31 classes are dropped; among the rest the first by
+``(has an anchor ancestor, distance to the nearest anchor, numeric QID)`` wins (deterministic).
+Its cluster (level 1) and natural-or-human-made top (level 2) come from the anchors of
+``clusters.csv`` reached going up the P279 graph breadth-first: the nearest anchors win. If they
+name one cluster, the rule decides both levels. If they name several clusters with one top, the
+top is decided and the cluster goes to review (``tie``); several tops go to review
+(``conflicting-tops``); no anchor at all goes to review (``no-anchor``), as do landmarks that were
+not resolved or have no class. ``pending.csv`` lists them grouped by supercategory, sorted by the
+number of images affected, with the candidate clusters and the paths that led there.
+
+**Apply.** Priority: landmark override > supercategory decision > rule. Every row of the review
+files is validated first; problems are :class:`~hglv2.errors.InputError` naming ``FILE:ROW``
+(unknown landmark, malformed QID, a cluster not in ``clusters.csv``, a top that contradicts the
+cluster's, conflicting duplicate rows, a missing reason) or warnings (stale decisions whose
+supercategory no longer occurs, identical duplicates, a label that no longer matches Wikidata's).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import pandas as pd
+
+from hglv2.errors import InputError
+from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
+from hglv2.schema import HIERARCHY_COLUMNS
+
+CLUSTER_COLUMNS = ("qid", "label", "cluster", "top")
+DECISION_COLUMNS = ("supercategory_qid", "supercategory", "cluster", "reason")
+OVERRIDE_COLUMNS = ("landmark_id", "cluster", "top", "reason")
+PENDING_COLUMNS = (
+    "kind",
+    "key",
+    "label",
+    "reason",
+    "n_landmarks",
+    "n_images",
+    "candidates",
+    "paths",
+    "landmarks",
+)
+PROPOSAL_COLUMNS = (
+    "landmark_id",
+    "category",
+    "qid",
+    "label",
+    "resolution",
+    "supercategory",
+    "supercategory_qid",
+    "cluster",
+    "top",
+    "status",
+    "reason",
+    "anchor_distance",
+    "revision",
+    "n_images",
+)
+
+
+def read_review_csv(
+    path: str | os.PathLike[str], columns: Sequence[str], required: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read a review CSV as strings (stripped); check its columns. Row ``i`` is line ``i + 2``."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", comment=None)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file (the header line {','.join(columns)} is needed)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a valid UTF-8 CSV file ({msg})") from None
+    required = columns if required is None else required
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}:1: missing column(s) {', '.join(missing)} (expected {','.join(columns)})")
+    for c in columns:
+        if c not in df.columns:
+            df[c] = ""
+    return df[list(columns)].apply(lambda s: s.str.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# clusters.csv
+
+
+@dataclass(frozen=True)
+class Anchor:
+    qid: str
+    label: str
+    cluster: str
+    top: str
+    row: int
+
+
+@dataclass(frozen=True)
+class ClusterTable:
+    path: Path
+    anchors: tuple[Anchor, ...]
+
+    @property
+    def by_qid(self) -> dict[str, Anchor]:
+        return {a.qid: a for a in self.anchors}
+
+    @property
+    def top_of(self) -> dict[str, str]:
+        return {a.cluster: a.top for a in self.anchors}
+
+    @property
+    def tops(self) -> set[str]:
+        return {a.top for a in self.anchors}
+
+
+def load_clusters(path: str | os.PathLike[str]) -> ClusterTable:
+    """Read and validate ``clusters.csv`` (qid, label, cluster, top)."""
+    path = Path(path)
+    df = read_review_csv(path, CLUSTER_COLUMNS)
+    anchors: list[Anchor] = []
+    seen: dict[str, int] = {}
+    top_of: dict[str, tuple[str, int]] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        row = i + 2
+        if not is_qid(r.qid):
+            raise InputError(f"{path}:{row}: qid {r.qid!r} is not a Wikidata item id (Q<number>)")
+        for col in ("label", "cluster", "top"):
+            if not getattr(r, col):
+                raise InputError(f"{path}:{row}: empty {col}")
+        if r.qid in seen:
+            raise InputError(f"{path}:{row}: {r.qid} already listed at row {seen[r.qid]}")
+        seen[r.qid] = row
+        if r.cluster in top_of and top_of[r.cluster][0] != r.top:
+            prev, prow = top_of[r.cluster]
+            raise InputError(
+                f"{path}:{row}: cluster {r.cluster!r} has top {r.top!r} here but {prev!r} at row {prow}"
+            )
+        top_of.setdefault(r.cluster, (r.top, row))
+        anchors.append(Anchor(r.qid, r.label, r.cluster, r.top, row))
+    if not anchors:
+        raise InputError(f"{path}: no anchor classes")
+    return ClusterTable(path, tuple(anchors))
+
+
+def validate_anchors(client: WikidataClient, table: ClusterTable) -> list[dict[str, Any]]:
+    """Check each anchor QID against Wikidata's English label; return the problems found.
+
+    Catches wrong QIDs: a problem is a dict ``{row, qid, written, wikidata, problem}``.
+    """
+    items = fetch_items(client, [a.qid for a in table.anchors], props="labels")
+    problems = []
+    for a in table.anchors:
+        info = items.get(a.qid)
+        base = {"row": a.row, "qid": a.qid, "written": a.label}
+        if info is None:
+            problems.append({**base, "wikidata": None, "problem": "no such item"})
+        elif info.qid != a.qid:
+            problems.append({**base, "wikidata": info.label, "problem": f"redirects to {info.qid}"})
+        elif (info.label or "").casefold() != a.label.casefold():
+            problems.append({**base, "wikidata": info.label, "problem": "label differs"})
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# propose
+
+
+@dataclass(frozen=True)
+class AnchorHit:
+    distance: int | None
+    anchors: tuple[str, ...]
+    paths: tuple[tuple[str, ...], ...]
+
+
+def nearest_anchors(g: nx.DiGraph, cls: str, anchors: Mapping[str, Anchor]) -> AnchorHit:
+    """BFS up the P279 graph from ``cls``; the anchors at the smallest distance and a path to each.
+
+    Visits each class once, so cycles cannot loop. Paths follow the first-found (sorted) parents.
+    """
+    if cls in anchors:
+        return AnchorHit(0, (cls,), ((cls,),))
+    if cls not in g:
+        return AnchorHit(None, (), ())
+    prev: dict[str, str | None] = {cls: None}
+    frontier = [cls]
+    d = 0
+    while frontier:
+        d += 1
+        nxt = []
+        for c in frontier:
+            for p in sorted(g.successors(c), key=qid_number):
+                if p not in prev:
+                    prev[p] = c
+                    nxt.append(p)
+        hits = sorted((p for p in nxt if p in anchors), key=qid_number)
+        if hits:
+            paths = []
+            for h in hits:
+                path: deque[str] = deque()
+                node: str | None = h
+                while node is not None:
+                    path.appendleft(node)
+                    node = prev[node]
+                paths.append(tuple(path))
+            return AnchorHit(d, tuple(hits), tuple(paths))
+        frontier = nxt
+    return AnchorHit(None, (), ())
+
+
+def _split(value: Any) -> list[str]:
+    return [q for q in value.split("|") if is_qid(q)] if isinstance(value, str) and value else []
+
+
+def propose(
+    resolved: pd.DataFrame,
+    g: nx.DiGraph,
+    aliases: Mapping[str, str],
+    table: ClusterTable,
+    image_counts: Mapping[int, int] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Supercategory, cluster and top per landmark; returns ``(proposals, pending)`` DataFrames."""
+    anchors = table.by_qid
+    image_counts = image_counts or {}
+    hits: dict[str, AnchorHit] = {}
+    ancestors: dict[str, set[str]] = {}
+
+    def hit(c: str) -> AnchorHit:
+        if c not in hits:
+            hits[c] = nearest_anchors(g, c, anchors)
+        return hits[c]
+
+    def anc(c: str) -> set[str]:
+        if c not in ancestors:
+            ancestors[c] = nx.descendants(g, c) if c in g else set()
+        return ancestors[c]
+
+    def label(c: str) -> str | None:
+        return g.nodes[c].get("label") if c in g else None
+
+    def canon(q: str) -> str:
+        seen = set()
+        while q in aliases and q not in seen:
+            seen.add(q)
+            q = aliases[q]
+        return q
+
+    rows = []
+    for r in resolved.to_dict("records"):
+        lid = int(r["landmark_id"])
+        out = {c: None for c in PROPOSAL_COLUMNS}
+        out.update(
+            landmark_id=lid,
+            category=r.get("category"),
+            qid=r.get("qid"),
+            label=r.get("label"),
+            resolution=r.get("resolution"),
+            revision=r.get("revision"),
+            n_images=int(image_counts.get(lid, 0)),
+            status="pending",
+        )
+        classes = sorted(dict.fromkeys(canon(q) for q in _split(r.get("p31"))), key=qid_number)
+        if not isinstance(r.get("qid"), str) or not r.get("qid"):
+            out["reason"] = "unresolved:" + str(r.get("resolution"))
+            rows.append(out)
+            continue
+        if not classes:
+            out["reason"] = "no-class"
+            rows.append(out)
+            continue
+        specific = [c for c in classes if not any(c in anc(o) and o not in anc(c) for o in classes if o != c)]
+        specific = specific or classes
+        sup = min(specific, key=lambda c: (hit(c).distance is None, hit(c).distance or 0, qid_number(c)))
+        h = hit(sup)
+        out.update(
+            supercategory=label(sup) or (anchors[sup].label if sup in anchors else None),
+            supercategory_qid=sup,
+            anchor_distance=h.distance,
+        )
+        clusters = sorted({anchors[a].cluster for a in h.anchors})
+        tops = sorted({anchors[a].top for a in h.anchors})
+        if len(clusters) == 1:
+            out.update(cluster=clusters[0], top=tops[0], status="rule", reason=None)
+        elif not clusters:
+            out["reason"] = "no-anchor"
+        elif len(tops) == 1:
+            out.update(top=tops[0], reason="tie")
+        else:
+            out["reason"] = "conflicting-tops"
+        rows.append(out)
+    proposals = pd.DataFrame(rows, columns=list(PROPOSAL_COLUMNS))
+    proposals = proposals.astype(
+        {"landmark_id": "int64", "n_images": "int64", "anchor_distance": "Int64", "revision": "Int64"}
+    )
+    for c in PROPOSAL_COLUMNS:
+        if c not in ("landmark_id", "n_images", "anchor_distance", "revision"):
+            proposals[c] = proposals[c].astype("string")
+    proposals = proposals.sort_values("landmark_id", kind="stable").reset_index(drop=True)
+    return proposals, pending_table(proposals, g, anchors, hits, label)
+
+
+def _s(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def _path_text(path: Sequence[str], label) -> str:
+    return " > ".join(f"{q} {label(q) or ''}".strip() for q in path)
+
+
+def pending_table(
+    proposals: pd.DataFrame,
+    g: nx.DiGraph,
+    anchors: Mapping[str, Anchor],
+    hits: Mapping[str, AnchorHit],
+    label,
+) -> pd.DataFrame:
+    """Group the pending proposals: one row per supercategory, one per unresolved landmark."""
+    pend = proposals[proposals["status"] == "pending"]
+    rows = []
+    for sup, grp in pend[pend["supercategory_qid"].notna()].groupby("supercategory_qid", sort=True):
+        h = hits.get(sup, AnchorHit(None, (), ()))
+        cands = sorted({f"{anchors[a].cluster} ({anchors[a].top})" for a in h.anchors})
+        lids = sorted(grp["landmark_id"].tolist())
+        rows.append(
+            {
+                "kind": "supercategory",
+                "key": sup,
+                "label": grp["supercategory"].iloc[0],
+                "reason": grp["reason"].iloc[0],
+                "n_landmarks": len(grp),
+                "n_images": int(grp["n_images"].sum()),
+                "candidates": "|".join(cands),
+                "paths": " ; ".join(_path_text(p, label) for p in h.paths),
+                "landmarks": " ".join(map(str, lids[:20])) + (" ..." if len(lids) > 20 else ""),
+            }
+        )
+    for r in pend[pend["supercategory_qid"].isna()].itertuples(index=False):
+        rows.append(
+            {
+                "kind": "landmark",
+                "key": str(r.landmark_id),
+                "label": _s(r.label) or _s(r.category),
+                "reason": r.reason,
+                "n_landmarks": 1,
+                "n_images": int(r.n_images),
+                "candidates": "",
+                "paths": "",
+                "landmarks": str(r.landmark_id),
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(PENDING_COLUMNS))
+    if len(df):
+        df["_k"] = [
+            (-n, k, qid_number(key) if is_qid(key) else int(key))
+            for n, k, key in zip(df["n_images"], df["kind"], df["key"], strict=True)
+        ]
+        df = df.sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# review files and apply
+
+
+def load_decisions(
+    path: str | os.PathLike[str], table: ClusterTable, warnings: list[str]
+) -> dict[str, tuple[str, int]]:
+    """``decisions.csv`` -> {supercategory_qid: (cluster, row)}; errors for bad rows."""
+    path = Path(path)
+    df = read_review_csv(path, DECISION_COLUMNS, required=("supercategory_qid", "cluster"))
+    top_of = table.top_of
+    out: dict[str, tuple[str, int]] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        row = i + 2
+        if not is_qid(r.supercategory_qid):
+            raise InputError(
+                f"{path}:{row}: supercategory_qid {r.supercategory_qid!r} is not a Wikidata "
+                "item id (Q<number>)"
+            )
+        if r.cluster not in top_of:
+            raise InputError(
+                f"{path}:{row}: cluster {r.cluster!r} is not in {table.path.name} "
+                f"(known: {', '.join(sorted(top_of))})"
+            )
+        if r.supercategory_qid in out:
+            prev, prow = out[r.supercategory_qid]
+            if prev != r.cluster:
+                raise InputError(
+                    f"{path}:{row}: {r.supercategory_qid} -> {r.cluster!r} conflicts with row "
+                    f"{prow} ({prev!r})"
+                )
+            warnings.append(f"{path}:{row}: duplicate of row {prow}")
+            continue
+        out[r.supercategory_qid] = (r.cluster, row)
+    return out
+
+
+def load_overrides(
+    path: str | os.PathLike[str], table: ClusterTable, known: set[int]
+) -> dict[int, tuple[str | None, str | None, str, int]]:
+    """``landmark_overrides.csv`` -> {landmark_id: (cluster, top, reason, row)}; errors for bad rows."""
+    path = Path(path)
+    df = read_review_csv(path, OVERRIDE_COLUMNS)
+    top_of, tops = table.top_of, table.tops
+    out: dict[int, tuple[str | None, str | None, str, int]] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        row = i + 2
+        if not r.landmark_id.lstrip("-").isdigit():
+            raise InputError(f"{path}:{row}: landmark_id {r.landmark_id!r} is not an integer")
+        lid = int(r.landmark_id)
+        if lid not in known:
+            raise InputError(f"{path}:{row}: unknown landmark_id {lid}")
+        cluster, top = r.cluster or None, r.top or None
+        if cluster is None and top is None:
+            raise InputError(f"{path}:{row}: give a cluster, a top or both")
+        if cluster is not None and cluster not in top_of:
+            raise InputError(f"{path}:{row}: cluster {cluster!r} is not in {table.path.name}")
+        if top is not None and top not in tops:
+            raise InputError(f"{path}:{row}: top {top!r} is not one of {', '.join(sorted(tops))}")
+        if cluster is not None and top is not None and top_of[cluster] != top:
+            raise InputError(
+                f"{path}:{row}: cluster {cluster!r} belongs to top {top_of[cluster]!r}, not {top!r}"
+            )
+        if not r.reason:
+            raise InputError(f"{path}:{row}: empty reason (say why this landmark is overridden)")
+        top = top or top_of[cluster]
+        if lid in out:
+            prev = out[lid]
+            if (prev[0], prev[1]) != (cluster, top):
+                raise InputError(f"{path}:{row}: landmark {lid} conflicts with row {prev[3]}")
+        out.setdefault(lid, (cluster, top, r.reason, row))
+    return out
+
+
+def apply_reviews(
+    proposals: pd.DataFrame,
+    table: ClusterTable,
+    decisions_path: str | os.PathLike[str],
+    overrides_path: str | os.PathLike[str],
+) -> tuple[pd.DataFrame, list[str]]:
+    """The hierarchy table (:data:`HIERARCHY_COLUMNS`) and the warnings.
+
+    ``provenance``: ``override`` > ``decision`` > ``rule``; missing where no level is known.
+    """
+    warnings: list[str] = []
+    decisions = load_decisions(decisions_path, table, warnings)
+    overrides = load_overrides(overrides_path, table, set(proposals["landmark_id"].tolist()))
+    top_of = table.top_of
+    present = set(proposals["supercategory_qid"].dropna().tolist())
+    sup_label = dict(zip(proposals["supercategory_qid"], proposals["supercategory"], strict=True))
+    dec_df = read_review_csv(decisions_path, DECISION_COLUMNS, required=("supercategory_qid", "cluster"))
+    for qid, (_, row) in sorted(decisions.items(), key=lambda kv: kv[1][1]):
+        if qid not in present:
+            warnings.append(f"{decisions_path}:{row}: stale decision: supercategory {qid} no longer occurs")
+            continue
+        written = dec_df["supercategory"].iloc[row - 2]
+        current = sup_label.get(qid)
+        if written and isinstance(current, str) and written.casefold() != current.casefold():
+            warnings.append(f"{decisions_path}:{row}: {qid} is labelled {current!r} now, not {written!r}")
+    rows = []
+    for r in proposals.to_dict("records"):
+        cluster = r["cluster"] if isinstance(r["cluster"], str) else None
+        top = r["top"] if isinstance(r["top"], str) else None
+        prov = "rule" if (cluster or top) else None
+        sup = r["supercategory_qid"] if isinstance(r["supercategory_qid"], str) else None
+        if sup in decisions:
+            cluster = decisions[sup][0]
+            top, prov = top_of[cluster], "decision"
+        if r["landmark_id"] in overrides:
+            o_cluster, o_top, _, _ = overrides[r["landmark_id"]]
+            cluster, top, prov = o_cluster, o_top, "override"
+        rev = r["revision"]
+        rows.append(
+            {
+                "landmark_id": r["landmark_id"],
+                "category": r["category"],
+                "qid": r["qid"],
+                "supercategory": r["supercategory"],
+                "supercategory_qid": sup,
+                "hierarchical_label": cluster,
+                "natural_or_human_made": top,
+                "provenance": prov,
+                "revision": None if rev is None or pd.isna(rev) else str(int(rev)),
+            }
+        )
+    out = pd.DataFrame(rows, columns=list(HIERARCHY_COLUMNS)).astype(
+        {c: "string" for c in HIERARCHY_COLUMNS if c != "landmark_id"}
+    )
+    out["landmark_id"] = out["landmark_id"].astype("int64")
+    return out.sort_values("landmark_id", kind="stable").reset_index(drop=True), warnings
+
+
+def coverage(table: pd.DataFrame, image_counts: Mapping[int, int] | None = None) -> dict[str, Any]:
+    """Fraction of landmarks (and of images, if counts are given) with each level known."""
+    n = len(table)
+    out: dict[str, Any] = {"landmarks": n}
+    weights = table["landmark_id"].map(lambda x: (image_counts or {}).get(int(x), 0)).astype("int64")
+    total = int(weights.sum())
+    out["images"] = total
+    for col in ("qid", "supercategory", "hierarchical_label", "natural_or_human_made"):
+        known = table[col].notna().to_numpy()
+        out[col] = {"landmarks": int(known.sum()), "fraction": float(known.mean()) if n else 0.0}
+        if total:
+            out[col]["image_fraction"] = float(weights[known].sum() / total)
+    both = (table["hierarchical_label"].notna() & table["natural_or_human_made"].notna()).to_numpy()
+    out["complete"] = {"landmarks": int(both.sum()), "fraction": float(both.mean()) if n else 0.0}
+    if "provenance" in table:
+        out["provenance"] = {
+            str(k): int(v)
+            for k, v in table["provenance"].value_counts(dropna=False).items()
+            if not pd.isna(k)
+        }
+    return out

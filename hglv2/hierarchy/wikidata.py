@@ -1,0 +1,663 @@
+"""A small, polite Wikidata client with an on-disk cache, and the *resolve* stage.
+
+Transport (one ``requests.Session``, serial requests):
+
+* User-Agent ``hglv2/<version> (<project url>; <contact>) requests/<version>`` (Wikimedia's
+  User-Agent policy; requests without one are rejected);
+* Action API calls carry ``maxlag=5``; a ``maxlag`` or ``ratelimited`` error body, HTTP 429 and
+  5xx are retried after ``Retry-After`` when the server sends it (capped at ``max_wait``), else after
+  an exponential backoff ``min(backoff_cap, backoff_base * 2**attempt)``;
+* time-outs, dropped connections and ``200`` responses whose body is not valid JSON (an HTML error
+  page, a truncated body) are retried the same way; after ``max_retries`` retries a
+  :class:`~hglv2.errors.NetworkError` is raised;
+* every successful response is stored in the cache, keyed by the request (endpoint kind plus the
+  sorted parameters, without ``maxlag`` and without the host, so a cache recorded against one
+  mirror replays against another). The cache is SQLite in WAL mode with one transaction per
+  response, so killing the process never corrupts it and no answered request is sent twice;
+* ``offline=True`` replays the cache only; a miss raises :class:`CacheMiss` naming the request.
+
+A cache file ending in ``.jsonl`` is a read-only recording (one JSON object per request:
+``{"endpoint", "params", "body"}`` with the API's own JSON as ``body``), the format of the
+embedded sample ``data/sample/wikidata_cache.jsonl``; :meth:`ResponseCache.export_jsonl` writes one.
+
+Entities are parsed with qwikidata's entity model (:class:`qwikidata.entity.WikidataItem`);
+its *truthy* claims implement "a preferred statement wins, deprecated statements are skipped".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+with warnings.catch_warnings():  # qwikidata's typedefs use a deprecated mypy_extensions.TypedDict
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from qwikidata.entity import WikidataItem
+
+from hglv2 import __version__, http
+from hglv2.errors import InputError, NetworkError
+from hglv2.fileio import atomic_open
+from hglv2.http import backoff_delay, request_with_retries, retry_after_seconds
+
+DEFAULT_API_URL = "https://www.wikidata.org/w/api.php"
+DEFAULT_SPARQL_URL = "https://query.wikidata.org/sparql"
+PROJECT_URL = http.PROJECT_URL
+CATEGORY_ITEM = "Q4167836"  # Wikimedia category
+MAX_BATCH = 50  # wbgetentities limit for ids/titles per call (anonymous users)
+_QID = re.compile(r"^Q[1-9][0-9]*$")
+_VOLATILE_PARAMS = frozenset({"maxlag"})
+
+
+class CacheMiss(NetworkError):
+    """Offline mode and the cache has no answer for a request (the message names it)."""
+
+
+def user_agent(contact: str | None = None) -> str:
+    """Wikimedia-policy User-Agent: ``hglv2/<v> (<project url>[; contact]) requests/<v>``.
+
+    With a contact this is :func:`hglv2.http.user_agent` (the one the downloads send).
+    """
+    if contact:
+        return http.user_agent(contact, PROJECT_URL)
+    return f"hglv2/{__version__} ({PROJECT_URL}) requests/{requests.__version__}"
+
+
+def is_qid(value: str) -> bool:
+    """``True`` for item ids ``Q<positive int>``."""
+    return isinstance(value, str) and bool(_QID.match(value))
+
+
+def qid_number(qid: str) -> int:
+    """Numeric part of a QID (sort key: ``Q2 < Q10``)."""
+    return int(qid[1:])
+
+
+def request_key(endpoint: str, params: dict[str, str]) -> str:
+    """Cache key of a request: sha256 of the endpoint kind and its sorted, non-volatile params."""
+    canon = {k: str(v) for k, v in sorted(params.items()) if k not in _VOLATILE_PARAMS}
+    blob = json.dumps([endpoint, canon], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def describe_request(endpoint: str, params: dict[str, str], width: int = 160) -> str:
+    """Short human-readable form of a request, for error messages."""
+    if endpoint == "sparql":
+        text = "SPARQL " + " ".join(params.get("query", "").split())
+    else:
+        text = (
+            params.get("action", "?")
+            + " "
+            + " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k in ("ids", "titles", "sites"))
+        )
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+
+
+class ResponseCache:
+    """Response bodies keyed by :func:`request_key`; SQLite (read/write) or JSON lines (read-only).
+
+    SQLite runs in WAL mode and commits each :meth:`put`, so a killed process leaves every answered
+    request on disk and the file intact.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None):
+        self.path = Path(path) if path is not None else None
+        self._mem: dict[str, str] = {}
+        self._db: sqlite3.Connection | None = None
+        self.read_only = False
+        if self.path is None:
+            return
+        if self.path.suffix == ".jsonl":
+            self.read_only = True
+            if self.path.exists():
+                self._load_jsonl(self.path)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, endpoint TEXT NOT NULL,"
+                " params TEXT NOT NULL, body TEXT NOT NULL)"
+            )
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path}: not a usable SQLite cache ({exc})") from None
+
+    def _load_jsonl(self, path: Path) -> None:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    endpoint, params, body = rec["endpoint"], rec["params"], rec["body"]
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise InputError(f"{path}:{lineno}: not a cache record ({exc})") from None
+                self._mem[request_key(endpoint, params)] = json.dumps(body, ensure_ascii=False)
+
+    def get(self, key: str) -> str | None:
+        if self._db is not None:
+            row = self._db.execute("SELECT body FROM responses WHERE key = ?", (key,)).fetchone()
+            return None if row is None else row[0]
+        return self._mem.get(key)
+
+    def put(self, key: str, endpoint: str, params: dict[str, str], body: str) -> None:
+        if self._db is None:
+            if self.path is None:
+                self._mem[key] = body
+                return
+            raise NetworkError(f"{self.path}: a .jsonl cache is read-only; use a .sqlite cache online")
+        canon = {k: str(v) for k, v in sorted(params.items()) if k not in _VOLATILE_PARAMS}
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+            (key, endpoint, json.dumps(canon, sort_keys=True, ensure_ascii=False), body),
+        )
+
+    def __len__(self) -> int:
+        if self._db is not None:
+            return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        return len(self._mem)
+
+    def records(self) -> Iterator[tuple[str, dict[str, str], str]]:
+        """(endpoint, params, body) of every SQLite record, in key order."""
+        if self._db is None:
+            raise NetworkError("records() needs a SQLite cache")
+        for endpoint, params, body in self._db.execute(
+            "SELECT endpoint, params, body FROM responses ORDER BY key"
+        ):
+            yield endpoint, json.loads(params), body
+
+    def export_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Write the cache as a JSON-lines recording (sorted, deterministic); returns the count."""
+        n = 0
+        with atomic_open(path) as fh:
+            for endpoint, params, body in self.records():
+                rec = {"endpoint": endpoint, "params": params, "body": json.loads(body)}
+                fh.write(json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+                fh.write("\n")
+                n += 1
+        return n
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+# --------------------------------------------------------------------------------------------
+# client
+
+
+@dataclass
+class WikidataClient:
+    """Serial, cached, retrying access to the Wikidata Action API and SPARQL endpoint.
+
+    ``sleep`` is injectable so tests run the retry logic without waiting. ``stats`` counts HTTP
+    attempts (``http``), successful fresh responses (``fetched``), cache hits and retries by cause.
+    """
+
+    cache: ResponseCache
+    api_url: str = DEFAULT_API_URL
+    sparql_url: str = DEFAULT_SPARQL_URL
+    offline: bool = False
+    contact: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 8
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    max_wait: float = 300.0
+    maxlag: int = 5
+    sleep: Callable[[float], None] = time.sleep
+    session: requests.Session | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.session is None:
+            self.session = requests.Session()
+        self.session.headers["User-Agent"] = user_agent(self.contact)
+
+    # ---- low level
+    def _count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    def request(self, endpoint: str, params: dict[str, str]) -> Any:
+        """Answer of one request (``endpoint`` is ``"api"`` or ``"sparql"``), from cache or HTTP."""
+        key = request_key(endpoint, params)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self._count("cache_hits")
+            return json.loads(cached)
+        if self.offline:
+            raise CacheMiss(f"offline and not in cache: {describe_request(endpoint, params)}")
+        body_text, body = self._fetch(endpoint, params)
+        self.cache.put(key, endpoint, params, body_text)
+        self._count("fetched")
+        return body
+
+    def _fetch(self, endpoint: str, params: dict[str, str]) -> tuple[str, Any]:
+        """HTTP with retries: transport-level ones in :func:`hglv2.http.request_with_retries`
+        (429/5xx with Retry-After, time-outs, dropped connections, bodies shorter than their
+        Content-Length), body-level ones here (``maxlag``/``ratelimited`` errors, 200 answers that
+        are not JSON); both draw on one budget of ``max_retries + 1`` HTTP attempts.
+        """
+        if endpoint == "api":
+            url, send = self.api_url, {**params, "maxlag": str(self.maxlag)}
+            headers = {"Accept": "application/json"}
+        elif endpoint == "sparql":
+            url, send = self.sparql_url, dict(params)
+            headers = {"Accept": "application/sparql-results+json"}
+        else:  # pragma: no cover - programming error
+            raise ValueError(endpoint)
+        what = describe_request(endpoint, params)
+        budget = self.max_retries + 1
+        used = 0
+        last = ""
+        while used < budget:
+            retries: list[str] = []
+
+            def on_retry(attempt: int, reason: str, delay: float, retries=retries) -> None:
+                retries.append(reason)
+
+            try:
+                resp = request_with_retries(
+                    self.session,
+                    "GET",
+                    url,
+                    params=send,
+                    headers=headers,
+                    timeout=self.timeout,
+                    max_tries=budget - used,
+                    backoff_base=self.backoff_base,
+                    backoff_cap=self.backoff_cap,
+                    sleep=self.sleep,
+                    retry_after_cap=self.max_wait,
+                    allowed_bases=[url],
+                    on_retry=on_retry,
+                )
+            except NetworkError as exc:
+                self._count("http", len(retries) + 1)
+                self._count("retry_transport", len(retries))
+                raise NetworkError(f"{what}: {exc}") from None
+            self._count("http", len(retries) + 1)
+            self._count("retry_transport", len(retries))
+            used += len(retries) + 1
+            wait: float | None = None
+            text = resp.text
+            try:
+                body = json.loads(text)
+            except ValueError:
+                last = f"HTTP {resp.status_code} with a body that is not JSON"
+                self._count("retry_not_json")
+            else:
+                err = body.get("error") if isinstance(body, dict) else None
+                if not err:
+                    return text, body
+                code = str(err.get("code", ""))
+                if code not in ("maxlag", "ratelimited"):
+                    raise NetworkError(f"{what}: Wikidata error {code}: {err.get('info', '')}")
+                last = f"API error {code}"
+                self._count(f"retry_{code}")
+                wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                if wait is None and code == "maxlag":
+                    wait = float(self.maxlag)
+            if used >= budget:
+                break
+            self.sleep(
+                backoff_delay(1, self.backoff_base, self.backoff_cap)
+                if wait is None
+                else min(wait, self.max_wait)
+            )
+        raise NetworkError(f"{what}: failed after {budget} tries (last: {last})")
+
+    # ---- API helpers
+    def wbgetentities(
+        self,
+        *,
+        ids: Sequence[str] = (),
+        titles: Sequence[str] = (),
+        site: str = "commonswiki",
+        props: str = "info|claims|labels|sitelinks",
+    ) -> dict:
+        """One ``wbgetentities`` call (at most :data:`MAX_BATCH` ids or titles); the ``entities``."""
+        if bool(ids) == bool(titles):
+            raise ValueError("give either ids or titles")
+        items = list(ids) if ids else list(titles)
+        if len(items) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} per call")
+        params = {"action": "wbgetentities", "format": "json", "props": props, "languages": "en"}
+        if "sitelinks" in props:
+            params["sitefilter"] = "commonswiki"
+        if ids:
+            params["ids"] = "|".join(items)
+        else:
+            params["sites"] = site
+            params["titles"] = "|".join(items)
+        body = self.request("api", params)
+        ents = body.get("entities") if isinstance(body, dict) else None
+        if not isinstance(ents, dict):
+            what = describe_request("api", params)
+            raise NetworkError(f"wbgetentities: no 'entities' in the answer for {what}")
+        return ents
+
+    def sparql(self, query: str) -> list[dict[str, Any]]:
+        """Bindings of a SPARQL SELECT query (``results.bindings``)."""
+        body = self.request("sparql", {"query": query, "format": "json"})
+        try:
+            return list(body["results"]["bindings"])
+        except (KeyError, TypeError):
+            raise NetworkError("SPARQL: answer without results.bindings") from None
+
+
+def batched(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def run_batches(calls: Iterable[Callable[[], None]]) -> None:
+    """Run every call; collect offline cache misses and raise one error that names them all."""
+    misses: list[str] = []
+    for call in calls:
+        try:
+            call()
+        except CacheMiss as exc:
+            misses.append(str(exc).removeprefix("offline and not in cache: "))
+    if misses:
+        shown = "; ".join(misses[:3]) + (f"; ... ({len(misses) - 3} more)" if len(misses) > 3 else "")
+        raise CacheMiss(f"offline and {len(misses)} request(s) not in the cache: {shown}")
+
+
+# --------------------------------------------------------------------------------------------
+# entities
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What the pipeline keeps of an item: truthy P31/P279/P301/P373 and the P31 statement ranks."""
+
+    qid: str
+    label: str | None
+    revision: int | None
+    p31: tuple[str, ...]
+    p31_ranks: tuple[tuple[str, str], ...]
+    p279: tuple[str, ...]
+    p301: tuple[str, ...]
+    p373: tuple[str, ...]
+    commons_title: str | None
+    redirected_from: str | None = None
+
+    @property
+    def is_category_item(self) -> bool:
+        return CATEGORY_ITEM in self.p31
+
+
+def _item_values(item: WikidataItem, prop: str, truthy: bool = True) -> tuple[str, ...]:
+    group = item.get_truthy_claim_group(prop) if truthy else item.get_claim_group(prop)
+    out: list[str] = []
+    for claim in group:
+        snak = claim.mainsnak
+        if snak.snaktype != "value" or snak.datavalue is None:
+            continue
+        value = snak.datavalue.value
+        value = value.get("id") if isinstance(value, dict) else value
+        if isinstance(value, str) and value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def parse_item(entity: dict[str, Any]) -> ItemInfo:
+    """Parse one wbgetentities entity (JSON) with qwikidata's ``WikidataItem``."""
+    ent = dict(entity)
+    for key in ("labels", "descriptions", "aliases", "claims", "sitelinks"):
+        if not isinstance(ent.get(key), dict):
+            ent[key] = {}
+    item = WikidataItem(ent)
+    ranks = []
+    for claim in item.get_claim_group("P31"):
+        snak = claim.mainsnak
+        if snak.snaktype == "value" and snak.datavalue is not None:
+            ranks.append((snak.datavalue.value.get("id"), claim.rank))
+    site = ent["sitelinks"].get("commonswiki")
+    redirect = entity.get("redirects")
+    return ItemInfo(
+        qid=item.entity_id,
+        label=item.get_label("en") or None,
+        revision=entity.get("lastrevid"),
+        p31=tuple(q for q in _item_values(item, "P31") if is_qid(q)),
+        p31_ranks=tuple(ranks),
+        p279=tuple(q for q in _item_values(item, "P279") if is_qid(q)),
+        p301=tuple(q for q in _item_values(item, "P301") if is_qid(q)),
+        p373=_item_values(item, "P373"),
+        commons_title=site.get("title") if isinstance(site, dict) else None,
+        redirected_from=redirect.get("from") if isinstance(redirect, dict) else None,
+    )
+
+
+def fetch_items(
+    client: WikidataClient,
+    ids: Iterable[str],
+    props: str = "info|claims|labels|sitelinks",
+    batch: int = MAX_BATCH,
+) -> dict[str, ItemInfo | None]:
+    """Fetch items by id (sorted, batched); redirects are followed: the value is the target item.
+
+    Missing ids map to ``None``.
+    """
+    ids = sorted(set(ids), key=qid_number)
+    out: dict[str, ItemInfo | None] = {}
+
+    def call(chunk: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            ents = client.wbgetentities(ids=chunk, props=props)
+            for qid in chunk:
+                ent = ents.get(qid)
+                if not isinstance(ent, dict) or "missing" in ent or ent.get("type") not in (None, "item"):
+                    out[qid] = None
+                else:
+                    ent.setdefault("type", "item")
+                    out[qid] = parse_item(ent)
+
+        return run
+
+    run_batches(call(c) for c in batched(ids, batch))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the resolve stage: Commons category URL -> Wikidata item
+
+RESOLVED_COLUMNS = (
+    "landmark_id",
+    "category",
+    "title",
+    "qid",
+    "resolution",
+    "label",
+    "revision",
+    "p31",
+    "p31_ranks",
+)
+
+
+def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """Read a GLDv2 ``*_label_to_category.csv`` (``landmark_id,category``) as sorted pairs."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a valid CSV file ({exc})") from None
+    for col in ("landmark_id", "category"):
+        if col not in df.columns:
+            raise InputError(f"{path}: missing column {col}")
+    seen: set[int] = set()
+    out = []
+    for row, (lid, cat) in enumerate(zip(df["landmark_id"], df["category"], strict=True), 2):
+        lid = lid.strip()
+        if not lid.lstrip("-").isdigit():
+            raise InputError(f"{path}:{row}: landmark_id {lid!r} is not an integer")
+        n = int(lid)
+        if n in seen:
+            raise InputError(f"{path}:{row}: duplicate landmark_id {n}")
+        seen.add(n)
+        out.append((n, cat.strip()))
+    return sorted(out)
+
+
+def _sparql_p373_query(names: Sequence[str]) -> str:
+    def lit(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    values = " ".join(lit(n) for n in names)
+    return (
+        "SELECT ?item ?commonscat WHERE { VALUES ?commonscat { "
+        + values
+        + " } ?item wdt:P373 ?commonscat . }"
+    )
+
+
+def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> dict[str, str]:
+    """Commons category name -> QID through SPARQL (``VALUES`` batches); the smallest QID wins."""
+    found: dict[str, list[str]] = {}
+
+    def call(chunk: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            for b in client.sparql(_sparql_p373_query(chunk)):
+                try:
+                    name, uri = b["commonscat"]["value"], b["item"]["value"]
+                except (KeyError, TypeError):
+                    continue
+                qid = uri.rsplit("/", 1)[-1]
+                if is_qid(qid) and name in chunk:
+                    found.setdefault(name, []).append(qid)
+
+        return run
+
+    run_batches(call(c) for c in batched(sorted(names), batch))
+    return {name: min(qids, key=qid_number) for name, qids in found.items()}
+
+
+def resolve_categories(
+    client: WikidataClient, categories: Sequence[tuple[int, str]], sparql_batch: int = 100, max_hops: int = 3
+) -> list[dict[str, Any]]:
+    """Resolve ``(landmark_id, category URL)`` pairs to Wikidata items.
+
+    1. titles (normalised, unique, sorted) -> ``wbgetentities&sites=commonswiki``, 50 per call;
+    2. titles without a sitelink -> P373 (Commons category) through SPARQL, ``sparql_batch`` names
+       per ``VALUES`` query;
+    3. a category item (P31 Q4167836) is replaced by its P301 main topic (at most ``max_hops``
+       times), items are fetched by id 50 per call, following redirects.
+
+    Returns one dict per landmark (keys :data:`RESOLVED_COLUMNS`); ``resolution`` records the path
+    taken, e.g. ``sitelink>p301>redirect``, or why it failed (``missing``, ``invalid-category``,
+    ``category-without-main-topic``, ``target-missing``).
+    """
+    from hglv2.hierarchy.commons import category_name, category_title, normalize_title
+
+    titles: dict[int, str | None] = {}
+    for lid, url in categories:
+        try:
+            titles[lid] = category_title(url)
+        except ValueError:
+            titles[lid] = None
+    uniq = sorted({t for t in titles.values() if t is not None})
+
+    by_title: dict[str, ItemInfo] = {}
+
+    def title_call(chunk: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            wanted = set(chunk)
+            for ent in client.wbgetentities(titles=chunk).values():
+                if not isinstance(ent, dict) or "missing" in ent or "id" not in ent:
+                    continue
+                ent.setdefault("type", "item")
+                info = parse_item(ent)
+                if info.commons_title is None:
+                    continue
+                t = normalize_title(info.commons_title)
+                if t in wanted:
+                    by_title[t] = info
+
+        return run
+
+    run_batches(title_call(c) for c in batched(uniq, MAX_BATCH))
+    unmatched = [t for t in uniq if t not in by_title]
+    by_name = _p373_lookup(client, [category_name(t) for t in unmatched], sparql_batch) if unmatched else {}
+
+    items: dict[str, ItemInfo | None] = {}
+
+    def chain(title: str) -> tuple[ItemInfo | None, list[str], set[str]]:
+        info = by_title.get(title)
+        steps = ["sitelink"]
+        if info is None:
+            qid = by_name.get(category_name(title))
+            if qid is None:
+                return None, ["missing"], set()
+            if qid not in items:
+                return None, ["p373"], {qid}
+            info, steps = items[qid], ["p373"]
+            if info is None:
+                return None, ["p373", "target-missing"], set()
+            if info.redirected_from:
+                steps.append("redirect")
+        hops = 0
+        while info.is_category_item:
+            if not info.p301 or hops == max_hops:
+                return None, [*steps, "category-without-main-topic"], set()
+            target = min(info.p301, key=qid_number)
+            if target not in items:
+                return None, steps, {target}
+            steps.append("p301")
+            info = items[target]
+            hops += 1
+            if info is None:
+                return None, [*steps, "target-missing"], set()
+            if info.redirected_from:
+                steps.append("redirect")
+        return info, steps, set()
+
+    for _ in range(2 * max_hops + 2):
+        needs: set[str] = set()
+        for t in uniq:
+            needs |= chain(t)[2]
+        needs -= items.keys()
+        if not needs:
+            break
+        items.update(fetch_items(client, needs))
+
+    out = []
+    for lid, url in categories:
+        title = titles[lid]
+        row: dict[str, Any] = dict.fromkeys(RESOLVED_COLUMNS)
+        row.update(landmark_id=lid, category=url or None, title=title)
+        if title is None:
+            row["resolution"] = "invalid-category"
+        else:
+            info, steps, _ = chain(title)
+            row["resolution"] = ">".join(steps)
+            if info is not None:
+                row.update(
+                    qid=info.qid,
+                    label=info.label,
+                    revision=info.revision,
+                    p31="|".join(info.p31) or None,
+                    p31_ranks="|".join(f"{q}:{r}" for q, r in info.p31_ranks) or None,
+                )
+        out.append(row)
+    return out

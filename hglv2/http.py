@@ -1,0 +1,207 @@
+"""The shared HTTP transport of the two network stages (GLDv2 downloads, the Wikidata client).
+
+Two functions, on ``requests``:
+
+- :func:`make_session` builds a ``requests.Session`` whose User-Agent follows the Wikimedia
+  User-Agent policy: ``hglv2/<version> (<project url>; <contact>) requests/<version>``.
+- :func:`request_with_retries` sends one request and retries it with capped exponential backoff:
+
+  .. math::  \\text{delay}_k = \\min(\\text{backoff\\_cap},\\ \\text{backoff\\_base} \\cdot 2^{k-1})
+
+  after the k-th failed try (k = 1, 2, ...), or the server's ``Retry-After`` (seconds or an HTTP
+  date; capped at ``retry_after_cap``) when it sends one. Retried: the statuses in
+  ``retry_statuses`` (429 and 5xx by default), timeouts, connection errors and bodies cut short
+  (shorter than their ``Content-Length``). Any other HTTP error status fails at once. After the last
+  try it raises :class:`hglv2.errors.NetworkError` naming the URL and the last failure.
+
+Requests are serial (the callers never run them concurrently); the ``sleep`` argument lets tests
+run the retry loop without waiting. ``allowed_bases`` makes a caller refuse any URL outside its
+configured base URLs (for example a file name with ``../`` joined onto a base).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import requests
+
+from hglv2 import __version__
+from hglv2.errors import InputError, NetworkError
+
+#: Where users and server operators can read what hglv2 is (sent in the User-Agent).
+PROJECT_URL = "https://github.com/hglv2/hglv2"
+
+#: HTTP statuses retried by default: rate limiting and transient server errors.
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+_TRANSIENT_ERRORS = (
+    requests.exceptions.Timeout,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def user_agent(contact: str, project_url: str = PROJECT_URL) -> str:
+    """The policy User-Agent: ``hglv2/<version> (<project url>; <contact>) requests/<version>``.
+
+    ``contact`` is an e-mail address or a URL where the operator of this client can be reached;
+    Wikimedia blocks clients that send none.
+    """
+    contact = (contact or "").strip()
+    if not contact or any(c in contact for c in "()\r\n"):
+        raise InputError(
+            f"user-agent contact {contact!r} must be a non-empty e-mail address or URL "
+            "without parentheses or line breaks"
+        )
+    return f"hglv2/{__version__} ({project_url}; {contact}) requests/{requests.__version__}"
+
+
+def make_session(user_agent_contact: str, project_url: str = PROJECT_URL) -> requests.Session:
+    """A ``requests.Session`` sending the policy User-Agent (see :func:`user_agent`).
+
+    The session does no retries of its own (``request_with_retries`` does them) and keeps its
+    connections alive between the serial requests of one stage.
+    """
+    session = requests.Session()
+    session.headers["User-Agent"] = user_agent(user_agent_contact, project_url)
+    return session
+
+
+def check_url(url: str, allowed_bases: Iterable[str]) -> None:
+    """Raise :class:`InputError` unless ``url`` lies under one of ``allowed_bases``.
+
+    The URL is normalised first (``.``/``..`` path segments resolved, scheme and host
+    lower-cased), so ``base + "/../secret"`` is refused.
+    """
+    norm = _normalise(url)
+    for base in allowed_bases:
+        nb = _normalise(base).rstrip("/") + "/"
+        if norm == nb.rstrip("/") or norm.startswith(nb):
+            return
+    raise InputError(f"refusing URL {url!r}: it is outside the configured base URL(s)")
+
+
+def _normalise(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    segments: list[str] = []
+    for seg in parts.path.split("/"):
+        if seg == "..":
+            if segments:
+                segments.pop()
+        elif seg not in (".",):
+            segments.append(seg)
+    path = "/".join(segments)
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (delta seconds or an HTTP date) into seconds >= 0."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(attempt: int, backoff_base: float, backoff_cap: float) -> float:
+    """Delay after the ``attempt``-th failed try (1-based): ``min(cap, base * 2**(attempt-1))``."""
+    return float(min(backoff_cap, backoff_base * (2 ** max(0, attempt - 1))))
+
+
+def request_with_retries(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float],
+    max_tries: int,
+    backoff_base: float,
+    backoff_cap: float,
+    sleep: Callable[[float], None] = time.sleep,
+    retry_statuses: Iterable[int] = RETRY_STATUSES,
+    stream: bool = False,
+    allowed_bases: Iterable[str] | None = None,
+    retry_after_cap: float = 600.0,
+    accept_statuses: Iterable[int] = (),
+    on_retry: Callable[[int, str, float], None] | None = None,
+) -> requests.Response:
+    """Send ``method url`` with retries; return the response (status < 400 or accepted).
+
+    Args:
+        session: from :func:`make_session`.
+        timeout: seconds, or ``(connect, read)``, passed to requests.
+        max_tries: total number of tries (>= 1).
+        backoff_base, backoff_cap: the backoff schedule (see the module docstring), in seconds.
+        sleep: called with each delay (inject a no-op in tests).
+        retry_statuses: HTTP statuses that are retried; other statuses >= 400 fail at once.
+        stream: if False the body is read here (a truncated body is retried); if True the caller
+            reads it and must close the response (a ``Range`` resume is the caller's business).
+        allowed_bases: if given, refuse (InputError) a URL outside these base URLs.
+        retry_after_cap: the longest ``Retry-After`` honoured, in seconds.
+        accept_statuses: error statuses returned to the caller instead of raised (e.g. 416 for a
+            ``Range`` past the end of the file).
+        on_retry: called as ``on_retry(attempt, reason, delay)`` before each wait (for logging).
+
+    Raises:
+        NetworkError: a non-retried HTTP error status, or the last try failed.
+        InputError: the URL is outside ``allowed_bases``.
+    """
+    if max_tries < 1:
+        raise ValueError("max_tries must be >= 1")
+    if allowed_bases is not None:
+        check_url(url, allowed_bases)
+    retry_statuses = frozenset(retry_statuses)
+    accept = frozenset(accept_statuses)
+    last = "no try made"
+    for attempt in range(1, max_tries + 1):
+        retry_after: float | None = None
+        try:
+            resp = session.request(
+                method, url, params=params, headers=headers, timeout=timeout, stream=stream
+            )
+        except _TRANSIENT_ERRORS as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if resp.status_code in retry_statuses:
+                last = f"HTTP {resp.status_code}"
+                retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+                resp.close()
+            elif resp.status_code >= 400 and resp.status_code not in accept:
+                status = resp.status_code
+                resp.close()
+                raise NetworkError(f"{method} {url}: HTTP {status} {resp.reason or ''}".rstrip())
+            elif stream:
+                return resp
+            else:
+                try:
+                    _ = resp.content  # reads the body; urllib3 checks it against Content-Length
+                    return resp
+                except _TRANSIENT_ERRORS as exc:
+                    last = f"body cut short ({type(exc).__name__}: {exc})"
+                    resp.close()
+        if attempt == max_tries:
+            break
+        delay = backoff_delay(attempt, backoff_base, backoff_cap)
+        if retry_after is not None:
+            delay = min(retry_after, retry_after_cap)
+        if on_retry is not None:
+            on_retry(attempt, last, delay)
+        sleep(delay)
+    raise NetworkError(f"{method} {url}: failed after {max_tries} tries (last: {last})")

@@ -1,0 +1,130 @@
+r"""SupAP (SupRank surrogate of Average Precision) and the Smooth-AP baseline.
+
+For a query ``q`` with positive set ``P_q`` in the reference set (the query itself included when
+the batch is its own reference set),
+
+.. math::
+
+    \mathrm{SupAP}_q = \frac{1}{|P_q|} \sum_{k \in P_q} \frac{\mathrm{rank}^+(k)}{\mathrm{rank}(k)},
+    \qquad \mathcal{L} = \frac{1}{|Q|} \sum_{q \in Q} (1 - \mathrm{SupAP}_q)
+
+with ``rank`` the SupRank surrogate rank and ``rank+`` the exact rank among positives
+(:mod:`hglv2.losses.rank`). ``SmoothAP`` (Brown et al., ECCV 2020) uses ``sigma(t / 0.01)`` for
+every step of both ranks. Positives are items with the same label in column ``level`` (default 0).
+Queries with no positive in the reference set are left out of the mean.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from hglv2.errors import InputError
+from hglv2.losses.base import LossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.rank import DEFAULT_CHUNK, StepConfig, pair_ranks
+
+__all__ = ["sup_ap", "SupAP", "SmoothAP"]
+
+
+def sup_ap(
+    embeddings: Tensor,
+    labels: Tensor,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    *,
+    level: int = 0,
+    config: StepConfig | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    reduction: str = "mean",
+) -> Tensor:
+    """``1 - SupAP`` averaged over queries (see module docstring).
+
+    Args:
+        embeddings: (B, D) query embeddings (usually L2-normalised).
+        labels: (B,) or (B, L) integer labels; column ``level`` defines the positives.
+        ref_embeddings, ref_labels: (N, D) / (N,) or (N, L) reference set; default: the batch.
+        config: step functions; ``StepConfig(approximation="exact")`` gives exactly ``1 - AP``.
+        chunk_size: score elements processed at once (memory bound).
+        reduction: ``"mean"`` (0-d tensor) or ``"none"`` ((B,) per-query losses).
+    """
+    embeddings, labels, ref_embeddings, ref_labels = check_inputs(
+        embeddings, labels, ref_embeddings, ref_labels
+    )
+    if not 0 <= level < labels.size(1):
+        raise InputError(f"level: {level} out of range for labels with {labels.size(1)} columns")
+    scores = similarity(embeddings, ref_embeddings)
+    levels = level_matrix(labels[:, level : level + 1], ref_labels[:, level : level + 1])
+    pair_q, _, rank, rank_plus = pair_ranks(scores, levels, None, config, chunk_size)
+    n_pos = levels.sum(1, dtype=scores.dtype)
+    ap = scores.new_zeros(scores.size(0)).index_add(0, pair_q, rank_plus / rank)
+    valid = n_pos > 0
+    ap = ap / n_pos.clamp(min=1)
+    return reduce_queries(ap, valid, reduction, embeddings)
+
+
+class SupAP(LossBase):
+    """``SupAP()(embeddings, labels, ref_embeddings=None, ref_labels=None)`` -> ``1 - SupAP``.
+
+    Defaults follow the SupRank code: ``tau=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``.
+    ``approximation="exact"`` uses the Heaviside step everywhere (true ``1 - AP``, no gradient).
+    """
+
+    def __init__(
+        self,
+        tau: float = 0.01,
+        rho: float = 100.0,
+        delta: float = 0.05,
+        start: float = 0.5,
+        offset: float | None = 1.44,
+        level: int = 0,
+        approximation: str = "suprank",
+        chunk_size: int = DEFAULT_CHUNK,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
+        self.level = level
+        self.chunk_size = chunk_size
+        self.reduction = reduction
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        return sup_ap(
+            embeddings,
+            labels,
+            ref_embeddings,
+            ref_labels,
+            level=self.level,
+            config=self.config,
+            chunk_size=self.chunk_size,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"approximation={c.approximation!r}, tau={c.tau}, rho={c.rho}, delta={c.delta}, "
+            f"start={c.start}, offset={c.offset}, level={self.level}"
+        )
+
+
+class SmoothAP(SupAP):
+    """Smooth-AP (Brown et al. 2020): every step is ``sigmoid(t / tau)``, ``tau=0.01``."""
+
+    def __init__(
+        self,
+        tau: float = 0.01,
+        level: int = 0,
+        chunk_size: int = DEFAULT_CHUNK,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            tau=tau, level=level, approximation="sigmoid", chunk_size=chunk_size, reduction=reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"tau={self.config.tau}, level={self.level}"

@@ -1,0 +1,206 @@
+"""Shared plumbing of the rank losses: input checks, relevance levels, relevance tables, reduction.
+
+Conventions (DESIGN.md): labels are integers of shape (B,) or (B, L), column 0 the finest level.
+The relevance *level* of a (query, item) pair is the number of equal label columns (0 = negative).
+When no reference set is given, the batch itself is the reference set and the query counts as its
+own positive (the SupRank/HAPPIER reference code's quick path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from hglv2.errors import InputError
+
+__all__ = [
+    "as_label_matrix",
+    "check_inputs",
+    "level_matrix",
+    "relevance_table",
+    "reduce_queries",
+]
+
+
+def as_label_matrix(labels: object, name: str = "labels") -> Tensor:
+    """Return ``labels`` as an integer tensor of shape (B, L); (B,) becomes (B, 1).
+
+    Raises:
+        InputError: labels are not integers, or not 1-D/2-D.
+    """
+    if not isinstance(labels, Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"{name}: cannot be read as an integer tensor ({exc})") from None
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise InputError(f"{name}: expected integer labels, got dtype {labels.dtype}")
+    if labels.ndim == 1:
+        labels = labels.unsqueeze(1)
+    if labels.ndim != 2 or labels.size(1) < 1:
+        raise InputError(f"{name}: expected shape (B,) or (B, L), got {tuple(labels.shape)}")
+    return labels
+
+
+def _check_embeddings(emb: object, name: str) -> Tensor:
+    if not isinstance(emb, Tensor):
+        raise InputError(f"{name}: expected a torch tensor, got {type(emb).__name__}")
+    if not emb.is_floating_point():
+        raise InputError(f"{name}: expected floating-point embeddings, got dtype {emb.dtype}")
+    if emb.ndim != 2:
+        raise InputError(f"{name}: expected shape (B, D), got {tuple(emb.shape)}")
+    if emb.numel() and not bool(torch.isfinite(emb.detach()).all()):
+        bad = (~torch.isfinite(emb.detach())).any(1).nonzero()[0, 0].item()
+        raise InputError(f"{name}: row {bad} contains NaN or inf")
+    return emb
+
+
+def check_inputs(
+    embeddings: Tensor,
+    labels: object,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: object | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Validate a loss call and return ``(embeddings, labels, ref_embeddings, ref_labels)``.
+
+    Labels come back as (B, L) / (N, L) int tensors on the embeddings' device; without a reference
+    set the batch is its own reference set.
+
+    Raises:
+        InputError: wrong dtypes, shapes that do not match, NaN/inf embeddings, or only one of
+            ``ref_embeddings`` / ``ref_labels`` given.
+    """
+    embeddings = _check_embeddings(embeddings, "embeddings")
+    labels = as_label_matrix(labels, "labels").to(embeddings.device)
+    if labels.size(0) != embeddings.size(0):
+        raise InputError(f"labels: {labels.size(0)} rows but embeddings has {embeddings.size(0)} rows")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise InputError("ref_embeddings and ref_labels must be given together")
+    if ref_embeddings is None:
+        return embeddings, labels, embeddings, labels
+    ref_embeddings = _check_embeddings(ref_embeddings, "ref_embeddings")
+    ref_labels = as_label_matrix(ref_labels, "ref_labels").to(embeddings.device)
+    if ref_labels.size(0) != ref_embeddings.size(0):
+        raise InputError(
+            f"ref_labels: {ref_labels.size(0)} rows but ref_embeddings has {ref_embeddings.size(0)} rows"
+        )
+    if ref_embeddings.size(1) != embeddings.size(1):
+        raise InputError(
+            f"ref_embeddings: dimension {ref_embeddings.size(1)} != embeddings dimension {embeddings.size(1)}"
+        )
+    if ref_labels.size(1) != labels.size(1):
+        raise InputError(f"ref_labels: {ref_labels.size(1)} label columns but labels has {labels.size(1)}")
+    if ref_embeddings.device != embeddings.device:
+        raise InputError(f"ref_embeddings on {ref_embeddings.device} but embeddings on {embeddings.device}")
+    return embeddings, labels, ref_embeddings, ref_labels
+
+
+def level_matrix(labels: Tensor, ref_labels: Tensor) -> Tensor:
+    """Relevance levels: ``level[b, j] = #{c : labels[b, c] == ref_labels[j, c]}``.
+
+    Args:
+        labels: (B, L) integer labels.
+        ref_labels: (N, L) integer labels.
+
+    Returns:
+        (B, N) int8 tensor with values in 0..L (0 = negative). Built column by column, so peak
+        memory is O(B x N) bytes.
+    """
+    out = torch.zeros(labels.size(0), ref_labels.size(0), dtype=torch.int8, device=labels.device)
+    for c in range(labels.size(1)):
+        out += labels[:, c, None] == ref_labels[None, :, c]
+    return out
+
+
+def _level_weights(alpha: float | Sequence[float], num_levels: int) -> list[float]:
+    if isinstance(alpha, int | float):
+        return [float(lvl) ** float(alpha) for lvl in range(1, num_levels + 1)]
+    weights = [float(w) for w in alpha]
+    if len(weights) != num_levels:
+        raise InputError(f"alpha: {len(weights)} level weights given for {num_levels} label levels")
+    return weights
+
+
+def relevance_table(
+    levels: Tensor,
+    num_levels: int,
+    relevance: str = "pop",
+    alpha: float | Sequence[float] = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Per-query relevance of each level, as in the HAPPIER training code (query counted).
+
+    ``pop``: ``rel_q(l) = w(l) / N_q(l)`` where ``N_q(l)`` is the number of reference items at
+    exactly level ``l`` for query ``q`` and ``w(l) = l**alpha``.
+    ``map``: ``rel_q(l) = sum_{m <= l} w(m) / N_q(>= m)``, which makes H-AP the ``w``-weighted
+    mean of the per-level APs. ``alpha`` may also be a sequence of L weights ``w(1..L)``.
+    Level 0 always has relevance 0.
+
+    Args:
+        levels: (B, N) int8 relevance levels (see :func:`level_matrix`).
+        num_levels: L, the number of label columns.
+
+    Returns:
+        ``(table, norm)``: (B, L + 1) relevance per level and (B,) sum of the relevances of the
+        reference items (the H-AP normaliser), both in ``dtype``.
+    """
+    if relevance not in ("pop", "map"):
+        raise InputError(f"relevance: expected 'pop' or 'map', got {relevance!r}")
+    weights = _level_weights(alpha, num_levels)
+    B = levels.size(0)
+    table = torch.zeros(B, num_levels + 1, dtype=dtype, device=levels.device)
+    counts = torch.stack([(levels == lvl).sum(1) for lvl in range(num_levels + 1)], dim=1).to(dtype)
+    if relevance == "pop":
+        for lvl in range(1, num_levels + 1):
+            c = counts[:, lvl]
+            table[:, lvl] = torch.where(c > 0, weights[lvl - 1] / c.clamp(min=1), 0.0)
+    else:
+        at_least = counts.flip(1).cumsum(1).flip(1)  # N_q(>= l)
+        acc = torch.zeros(B, dtype=dtype, device=levels.device)
+        for lvl in range(1, num_levels + 1):
+            c = at_least[:, lvl]
+            acc = acc + torch.where(c > 0, weights[lvl - 1] / c.clamp(min=1), 0.0)
+            table[:, lvl] = acc
+    norm = (table * counts).sum(1)
+    return table, norm
+
+
+def reduce_queries(per_query_metric: Tensor, valid: Tensor, reduction: str, anchor: Tensor) -> Tensor:
+    """Turn per-query metric values into ``1 - metric``, averaged over the valid queries.
+
+    Queries without any positive in the reference set are *left out* of the mean (their metric is
+    undefined); if no query is valid the loss is ``0`` (still connected to the graph through
+    ``anchor`` so ``backward()`` works). ``reduction="none"`` returns the (B,) per-query losses,
+    0 for invalid queries.
+    """
+    loss = torch.where(valid, 1.0 - per_query_metric, torch.zeros_like(per_query_metric))
+    if reduction == "none":
+        return loss
+    if reduction != "mean":
+        raise InputError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
+    n_valid = valid.sum()
+    if int(n_valid) == 0:
+        return anchor.sum() * 0.0
+    return loss.sum() / n_valid
+
+
+def similarity(embeddings: Tensor, ref_embeddings: Tensor) -> Tensor:
+    """(B, N) dot-product scores in float32 (float64 kept), computed outside autocast.
+
+    bf16/fp16 inputs (or an active autocast region) are upcast, so rank sums run in float32.
+    """
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        return embeddings.to(dtype) @ ref_embeddings.to(dtype).t()
+
+
+class LossBase(torch.nn.Module):
+    """Common call signature ``loss(embeddings, labels, ref_embeddings=None, ref_labels=None)``.
+
+    ``takes_ref_embeddings`` tells :class:`~hglv2.losses.WeightedSum` whether to pass the
+    reference set (memory bank / gathered batch) on.
+    """
+
+    takes_ref_embeddings: bool = True

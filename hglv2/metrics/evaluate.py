@@ -1,0 +1,205 @@
+"""Streaming evaluator: every hglv2 metric for a set of queries against a gallery.
+
+Queries are processed in chunks: for each chunk the (chunk, N) float32 score matrix is computed
+with one torch matmul, the relevant items are ranked exactly (:func:`hglv2.metrics.ranking.rank_relevant`)
+and every metric is computed from their ranks. Memory is bounded by ``memory_mb`` (about 48 bytes
+per score), independent of the number of queries, so Q = 10,000 queries against N = 1,000,000
+gallery items runs in a few GB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from hglv2.metrics.ranking import (
+    asi_from_ranks,
+    binary_metrics,
+    hierarchical_ap_from_ranks,
+    level_counts_from,
+    ndcg_from_ranks,
+    rank_relevant,
+)
+from hglv2.metrics.relevance import (
+    RELEVANCES,
+    as_label_matrix,
+    encode_labels,
+    level_weights,
+    match_mask,
+    popcount,
+    relevance_table,
+)
+
+MAP_AT = 100  # GLDv2 retrieval metric
+BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
+
+
+def _as_embeddings(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"{name}: embeddings must be numeric, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim != 2:
+        raise ValueError(f"{name}: expected shape (N, D), got {tuple(t.shape)}")
+    t = t.to(torch.float32)
+    bad = ~torch.isfinite(t).all(1)
+    if bad.any():
+        raise ValueError(f"{name}: row {int(bad.nonzero()[0, 0])}: embedding is not finite (NaN or inf)")
+    return t.contiguous()
+
+
+def _metric_names(n_levels: int, recall_at: Sequence[int], ndcg_at: int | None) -> list[str]:
+    names = []
+    for lev in range(n_levels):
+        names += [f"AP_level{lev}", f"mAP@R_level{lev}", f"mAP@{MAP_AT}_level{lev}"]
+        names += [f"R@{k}_level{lev}" for k in recall_at]
+        names += [f"P@{k}_level{lev}" for k in recall_at]
+    names += ["H-AP", "NDCG", "ASI"]
+    if ndcg_at is not None:
+        names.append(f"NDCG@{ndcg_at}")
+    return names
+
+
+def evaluate(
+    query_embeddings,
+    query_labels,
+    gallery_embeddings=None,
+    gallery_labels=None,
+    recall_at: Sequence[int] = (1, 10, 100),
+    relevance: str = "pop",
+    alpha: float | Sequence[float] = 1.0,
+    reduce: bool = True,
+    *,
+    ndcg_at: int | None = None,
+    memory_mb: int = 1024,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+    method: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate retrieval with binary per-level and hierarchical metrics.
+
+    Args:
+        query_embeddings: (Q, D) float array or tensor. Scores are dot products (use L2-normalised
+            embeddings for cosine similarity), computed in float32.
+        query_labels: (Q, L) int labels, column 0 finest; (Q,) means L = 1. Negative = unknown.
+        gallery_embeddings, gallery_labels: (N, D) and (N, L); both None means the query set is
+            the gallery and each query is excluded from its own ranking *by index*. When a
+            gallery is given nothing is excluded (a query present in the gallery counts as its
+            own positive).
+        recall_at: k values for ``R@k`` (recall rate) and ``P@k``.
+        relevance: ``"pop"`` or ``"map"`` relevance for H-AP (:mod:`hglv2.metrics.relevance`).
+        alpha: level weight exponent ``w(v) = v ** alpha`` or a sequence of L weights.
+        reduce: True -> means over queries (floats) and query counts (ints); False -> per-query
+            (Q,) float64 arrays, NaN where a metric is undefined, plus ``n_positives_level{l}``.
+        ndcg_at: also report ``NDCG@{k}`` (``NDCG`` is always over the full ranking).
+        memory_mb: working-memory budget that sets the query chunk size.
+        chunk_size: queries per chunk (overrides ``memory_mb``).
+        device: where the score matmul runs (ranking runs on CPU).
+        method: ranking method of :func:`~hglv2.metrics.ranking.rank_relevant`.
+
+    Returns:
+        dict with ``AP_level{l}``, ``mAP@R_level{l}``, ``mAP@100_level{l}``, ``R@{k}_level{l}``,
+        ``P@{k}_level{l}``, ``H-AP``, ``NDCG``, ``ASI`` and, when reduced, ``n_queries``,
+        ``n_gallery``, ``n_queries_level{l}`` / ``n_skipped_level{l}`` (queries with / without a
+        positive in column l; skipped ones are left out of that level's means) and
+        ``n_queries_multilevel`` / ``n_skipped_multilevel`` (the same for H-AP, NDCG, ASI: queries
+        with / without any item of level >= 1).
+    """
+    if relevance not in RELEVANCES:
+        raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
+    recall_at = tuple(int(k) for k in recall_at)
+    if any(k < 1 for k in recall_at):
+        raise ValueError("recall_at values must be >= 1")
+    q_emb = _as_embeddings(query_embeddings, "query_embeddings")
+    q_lab = as_label_matrix(query_labels, "query_labels")
+    if q_lab.shape[0] != q_emb.shape[0]:
+        raise ValueError(f"query_labels has {q_lab.shape[0]} rows but query_embeddings has {q_emb.shape[0]}")
+    same = gallery_embeddings is None and gallery_labels is None
+    if same:
+        g_emb, g_lab = q_emb, q_lab
+    else:
+        if gallery_embeddings is None or gallery_labels is None:
+            raise ValueError("give both gallery_embeddings and gallery_labels, or neither")
+        g_emb = _as_embeddings(gallery_embeddings, "gallery_embeddings")
+        g_lab = as_label_matrix(gallery_labels, "gallery_labels")
+        if g_lab.shape[0] != g_emb.shape[0]:
+            raise ValueError(
+                f"gallery_labels has {g_lab.shape[0]} rows but gallery_embeddings has {g_emb.shape[0]}"
+            )
+    if q_emb.shape[1] != g_emb.shape[1]:
+        raise ValueError(f"embedding sizes differ: queries {q_emb.shape[1]}, gallery {g_emb.shape[1]}")
+    n_levels = q_lab.shape[1]
+    level_weights(n_levels, alpha)  # validate early
+    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+    n_ranked = n_g - 1 if same else n_g
+    if n_ranked < 1:
+        raise ValueError("the gallery has no item to rank")
+
+    q_codes, g_codes_t = encode_labels(q_lab, g_lab)
+    if chunk_size is None:
+        chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * BYTES_PER_SCORE))
+    chunk_size = int(min(max(chunk_size, 1), max(n_q, 1)))
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    g_dev = g_emb.to(dev)
+
+    names = _metric_names(n_levels, recall_at, ndcg_at)
+    per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    n_pos: dict[int, list[torch.Tensor]] = {lev: [] for lev in range(n_levels)}
+    n_rel: list[torch.Tensor] = []
+    for lo in range(0, n_q, chunk_size):
+        hi = min(lo + chunk_size, n_q)
+        c = hi - lo
+        scores = (q_emb[lo:hi].to(dev) @ g_dev.T).float().cpu()
+        tags = match_mask(q_codes[lo:hi], g_codes_t)
+        self_index = torch.arange(lo, hi) if same else None
+        if torch.isnan(scores).any():
+            raise ValueError("scores overflowed to NaN; scale the embeddings down")
+        rows, ranks, masks = rank_relevant(scores, tags, self_index, method=method)
+        del scores, tags
+        for lev in range(n_levels):
+            sel = ((masks >> lev) & 1).bool()
+            res = binary_metrics(rows[sel], ranks[sel], c, recall_at, recall_at, (MAP_AT,))
+            per_query[f"AP_level{lev}"].append(res["AP"])
+            per_query[f"mAP@R_level{lev}"].append(res["mAP@R"])
+            per_query[f"mAP@{MAP_AT}_level{lev}"].append(res[f"mAP@{MAP_AT}"])
+            for k in recall_at:
+                per_query[f"R@{k}_level{lev}"].append(res[f"R@{k}"])
+                per_query[f"P@{k}_level{lev}"].append(res[f"P@{k}"])
+            n_pos[lev].append(res["n_positives"])
+        levels = popcount(masks.to(torch.uint8))
+        counts = level_counts_from(rows, levels, c, n_levels, n_ranked)
+        rel = relevance_table(counts, relevance, alpha)
+        per_query["H-AP"].append(hierarchical_ap_from_ranks(rows, ranks, levels, rel))
+        per_query["NDCG"].append(ndcg_from_ranks(rows, ranks, levels, counts))
+        if ndcg_at is not None:
+            per_query[f"NDCG@{ndcg_at}"].append(ndcg_from_ranks(rows, ranks, levels, counts, ndcg_at))
+        per_query["ASI"].append(asi_from_ranks(rows, ranks, levels, counts))
+        n_rel.append(counts[:, 1:].sum(1))
+
+    arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
+    pos = {lev: torch.cat(v).numpy() for lev, v in n_pos.items()}
+    rel_total = torch.cat(n_rel).numpy()
+    if not reduce:
+        out: dict[str, Any] = dict(arrays)
+        for lev in range(n_levels):
+            out[f"n_positives_level{lev}"] = pos[lev]
+        out["n_relevant"] = rel_total
+        return out
+    out = {"n_queries": int(n_q), "n_gallery": int(n_ranked)}
+    for name, arr in arrays.items():
+        ok = ~np.isnan(arr)
+        out[name] = float(arr[ok].mean()) if ok.any() else float("nan")
+    for lev in range(n_levels):
+        used = int((pos[lev] > 0).sum())
+        out[f"n_queries_level{lev}"] = used
+        out[f"n_skipped_level{lev}"] = int(n_q - used)
+    used = int((rel_total > 0).sum())
+    out["n_queries_multilevel"] = used
+    out["n_skipped_multilevel"] = int(n_q - used)
+    return out

@@ -1,0 +1,441 @@
+"""Export validated GLDv2 metadata as Parquet splits with the hierarchy joined in.
+
+Splits (one row per image, columns :data:`hglv2.schema.SPLIT_COLUMNS`, ``query`` adds ``usage``):
+
+==========  ==================================================================================
+split       rows
+==========  ==================================================================================
+train       ``train_clean.csv`` exploded to one row per image (checked against ``train.csv``
+            when present: every image listed there, with the same landmark)
+train_full  ``train.csv``
+index       ``index.csv`` with landmarks from ``index_image_to_landmark.csv`` (-1 if absent)
+query       test images with a retrieval solution (``images`` not ``None``); ``landmark_id`` is
+            the first landmark of ``recognition_solution_v2.1.csv`` (-1 if none); ``usage`` is
+            the solution's Public/Private column
+==========  ==================================================================================
+
+Hierarchy: one or more hierarchy tables (our own, or the published
+``*_label_to_hierarchical.csv``, read by :func:`hglv2.hierarchy.labels.load_hierarchy_table`)
+are combined (a landmark listed twice must agree) and left-joined on ``landmark_id``. Coarse level
+ids are dense in the sorted order of the names over the whole combined table
+(``level1 = rank(hierarchical_label)``, ``level2 = rank(natural_or_human_made)``), so every split
+shares the same integers; ``level0`` is the landmark id. A landmark missing from the table, or
+with an empty level, keeps its rows: unknown levels are -1 and ``hierarchy_complete`` is false.
+Per split, ``coverage[level]`` is the fraction of rows whose level is known.
+
+Outputs in the output folder: ``<split>.parquet`` (zstd, row groups of ``row_group_size`` rows so
+streaming readers fetch one group at a time, no timestamps: identical inputs give identical bytes),
+``manifest.json`` (format version, per-split file, rows, bytes, sha256, coverage; input files with
+their sha256; hierarchy sources and the hash of the combined table; the command line) and a
+dataset card ``README.md`` whose YAML front matter (``configs``/``data_files``) lets
+``datasets.load_dataset(<folder>)`` find the splits. Everything is validated before anything is
+written, and each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hglv2 import __version__
+from hglv2.errors import InputError
+from hglv2.fileio import atomic_open, sha256_file, write_json, write_parquet
+from hglv2.gldv2 import metadata_files, read_file
+from hglv2.hierarchy.labels import load_hierarchy_table
+from hglv2.schema import HIERARCHY_COLUMNS, LEVEL_COLUMNS, SPLIT_COLUMNS
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "train_full", "index", "query")
+DEFAULT_ROW_GROUP_SIZE = 50_000
+
+SPLIT_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("landmark_id", pa.int64(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("category", pa.string()),
+    pa.field("supercategory", pa.string()),
+    pa.field("hierarchical_label", pa.string()),
+    pa.field("natural_or_human_made", pa.string()),
+    pa.field("level0", pa.int64(), nullable=False),
+    pa.field("level1", pa.int64(), nullable=False),
+    pa.field("level2", pa.int64(), nullable=False),
+    pa.field("hierarchy_complete", pa.bool_(), nullable=False),
+])
+QUERY_SCHEMA = SPLIT_SCHEMA.append(pa.field("usage", pa.string(), nullable=False))
+assert tuple(SPLIT_SCHEMA.names) == SPLIT_COLUMNS
+
+# Which metadata files each split reads (required, optional).
+SPLIT_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "train": (("train_clean.csv",), ("train.csv",)),
+    "train_full": (("train.csv",), ()),
+    "index": (("index_image_to_landmark.csv",), ("index.csv",)),
+    "query": (("retrieval_solution_v2.1.csv",), ("test.csv", "recognition_solution_v2.1.csv")),
+}
+PUBLISHED_HIERARCHY_FILES = ("train_label_to_hierarchical.csv", "index_label_to_hierarchical.csv")
+
+
+# ------------------------------------------------------------------------------------ hierarchy
+
+
+def combine_hierarchies(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Load and concatenate hierarchy tables; a landmark in several must have equal rows there.
+
+    Returns :data:`HIERARCHY_COLUMNS`, sorted by ``landmark_id``, one row per landmark.
+    """
+    frames = []
+    for p in paths:
+        df = load_hierarchy_table(p)
+        df["_source"] = Path(p).name
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "landmark_id" else "string")
+                             for c in HIERARCHY_COLUMNS})
+    df = pd.concat(frames, ignore_index=True)
+    levels = ["category", "supercategory", "hierarchical_label", "natural_or_human_made"]
+    dup = df.duplicated("landmark_id", keep=False)
+    if dup.any():
+        d = df[dup]
+        distinct = d.drop_duplicates(["landmark_id", *levels])
+        clash = distinct["landmark_id"].duplicated(keep=False)
+        if clash.any():
+            lid = int(distinct.loc[clash, "landmark_id"].iloc[0])
+            srcs = ", ".join(sorted(set(d.loc[d["landmark_id"] == lid, "_source"])))
+            raise InputError(f"{srcs}: landmark_id {lid} has different hierarchy rows in these tables")
+    df = df.drop_duplicates("landmark_id", keep="first").drop(columns="_source")
+    return df.sort_values("landmark_id", kind="stable").reset_index(drop=True)
+
+
+def table_hash(df: pd.DataFrame) -> str:
+    """sha256 of the table's canonical CSV (columns in order, ``\\n`` line ends, empty for null)."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, lineterminator="\n", na_rep="")
+    return hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()
+
+
+def _dense_ids(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Dense integer id per value in the sorted order of the distinct names; -1 for missing."""
+    names = sorted(values.dropna().unique().tolist())
+    codes = pd.Categorical(values, categories=names).codes.astype(np.int64)
+    return codes, names
+
+
+class HierarchyIndex:
+    """A hierarchy table ready to be joined: landmark ids sorted, level ids precomputed."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        self.table = table
+        self.landmarks = table["landmark_id"].to_numpy(dtype=np.int64)
+        self.level1, self.level1_names = _dense_ids(table["hierarchical_label"])
+        self.level2, self.level2_names = _dense_ids(table["natural_or_human_made"])
+        self.strings = {
+            c: pa.array(table[c].astype(object).where(table[c].notna(), None).tolist(), pa.string())
+            for c in ("category", "supercategory", "hierarchical_label", "natural_or_human_made")
+        }
+
+    def join(self, ids: pa.Array | pa.ChunkedArray, landmark_ids: np.ndarray,
+             usage: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
+        """Rows (id, landmark_id) in their order -> a split table (:data:`SPLIT_SCHEMA`)."""
+        landmark_ids = np.asarray(landmark_ids, dtype=np.int64)
+        n = len(landmark_ids)
+        pos = np.searchsorted(self.landmarks, landmark_ids)
+        pos_c = np.minimum(pos, max(len(self.landmarks) - 1, 0))
+        found = (len(self.landmarks) > 0) & (landmark_ids >= 0)
+        if len(self.landmarks):
+            found &= self.landmarks[pos_c] == landmark_ids
+        take = pa.array(np.where(found, pos_c, 0), pa.int64())
+        mask = pa.array(~found)
+        cols: dict[str, Any] = {"id": ids, "landmark_id": pa.array(landmark_ids, pa.int64())}
+        cols["path"] = image_paths(ids)
+        for c, arr in self.strings.items():
+            cols[c] = (pc.if_else(mask, pa.scalar(None, pa.string()), arr.take(take))
+                       if len(arr) else pa.nulls(n, pa.string()))
+        lev1 = np.where(found, self.level1[pos_c] if len(self.level1) else -1, -1)
+        lev2 = np.where(found, self.level2[pos_c] if len(self.level2) else -1, -1)
+        lev0 = np.where(landmark_ids >= 0, landmark_ids, -1)
+        cols["level0"] = pa.array(lev0, pa.int64())
+        cols["level1"] = pa.array(lev1, pa.int64())
+        cols["level2"] = pa.array(lev2, pa.int64())
+        cols["hierarchy_complete"] = pa.array((lev0 >= 0) & (lev1 >= 0) & (lev2 >= 0))
+        schema = SPLIT_SCHEMA
+        if usage is not None:
+            cols["usage"] = usage
+            schema = QUERY_SCHEMA
+        return pa.table(cols).cast(schema)
+
+
+def image_paths(ids: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """``a/b/c/<id>.jpg`` for each id, vectorised (see :func:`hglv2.schema.image_relpath`)."""
+    parts = [pc.utf8_slice_codeunits(ids, k, k + 1) for k in range(3)]
+    return pc.binary_join_element_wise(*parts, pc.binary_join_element_wise(ids, ".jpg", ""), "/")
+
+
+# ---------------------------------------------------------------------------------------- splits
+
+
+def _line_of(path: Path, needle: str) -> int:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for k, line in enumerate(fh, start=1):
+            if needle in line:
+                return k
+    return 0
+
+
+def _first_missing(values: pa.ChunkedArray, value_set: pa.ChunkedArray) -> int | None:
+    pos = pc.index_in(values, value_set=value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray)
+                      else value_set)
+    if pos.null_count == 0:
+        return None
+    return int(np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))[0])
+
+
+def build_train(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray]:
+    clean = read_file(files["train_clean.csv"])
+    ids, lids = clean["id"], clean["landmark_id"].to_numpy()
+    if "train.csv" in files:
+        train = read_file(files["train.csv"])
+        pos = pc.index_in(ids, value_set=train["id"].combine_chunks())
+        if pos.null_count:
+            row = int(np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))[0])
+            image = ids[row].as_py()
+            line = _line_of(files["train_clean.csv"], image)
+            raise InputError(f"train_clean.csv:{line}: image {image} is not in train.csv")
+        other = train["landmark_id"].to_numpy()[pos.to_numpy()]
+        bad = np.flatnonzero(other != lids)
+        if len(bad):
+            image = ids[int(bad[0])].as_py()
+            line = _line_of(files["train_clean.csv"], image)
+            raise InputError(
+                f"train_clean.csv:{line}: image {image} has landmark {int(lids[bad[0]])} here but "
+                f"{int(other[bad[0]])} in train.csv"
+            )
+    return ids, lids
+
+
+def build_train_full(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray]:
+    train = read_file(files["train.csv"])
+    return train["id"], train["landmark_id"].to_numpy()
+
+
+def build_index(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray]:
+    mapping = read_file(files["index_image_to_landmark.csv"])
+    if "index.csv" not in files:
+        return mapping["id"], mapping["landmark_id"].to_numpy()
+    ids = read_file(files["index.csv"])["id"]
+    row = _first_missing(mapping["id"], ids)
+    if row is not None:
+        raise InputError(
+            f"index_image_to_landmark.csv:{row + 2}: image {mapping['id'][row].as_py()} is not in index.csv"
+        )
+    pos = pc.index_in(ids, value_set=mapping["id"].combine_chunks())
+    lids = mapping["landmark_id"].to_numpy()
+    p = pos.to_numpy(zero_copy_only=False)
+    have = ~pc.is_null(pos).to_numpy(zero_copy_only=False)
+    out = np.full(len(ids), -1, dtype=np.int64)
+    out[have] = lids[p[have].astype(np.int64)]
+    return ids, out
+
+
+def build_query(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray, pa.ChunkedArray]:
+    sol = read_file(files["retrieval_solution_v2.1.csv"])
+    if "test.csv" in files:
+        test_ids = read_file(files["test.csv"])["id"]
+        row = _first_missing(sol["id"], test_ids)
+        if row is not None:
+            raise InputError(
+                f"retrieval_solution_v2.1.csv:{row + 2}: image {sol['id'][row].as_py()} is not in test.csv"
+            )
+    sol = sol.filter(pc.is_valid(sol["images"]))
+    ids = sol["id"]
+    out = np.full(len(ids), -1, dtype=np.int64)
+    if "recognition_solution_v2.1.csv" in files:
+        rec = read_file(files["recognition_solution_v2.1.csv"])
+        first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(rec["landmarks"]), 0),
+                                           rec["landmarks"], pa.scalar([-1], pa.list_(pa.int64()))), 0)
+        pos = pc.index_in(ids, value_set=rec["id"].combine_chunks())
+        have = ~pc.is_null(pos).to_numpy(zero_copy_only=False)
+        p = pos.to_numpy(zero_copy_only=False)
+        out[have] = first.to_numpy()[p[have].astype(np.int64)]
+    return ids, out, sol["usage"]
+
+
+def coverage(table: pa.Table) -> dict[str, Any]:
+    """Per-level fraction of rows with a known level, and landmark counts (complete / not)."""
+    n = table.num_rows
+    cov = {lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0)
+           for lev in LEVEL_COLUMNS}
+    lids = table["landmark_id"].to_numpy()
+    complete = table["hierarchy_complete"].to_numpy()
+    known = lids >= 0
+    all_lm = np.unique(lids[known])
+    incomplete_lm = np.unique(lids[known & ~complete])
+    return {
+        "rows": n,
+        "rows_hierarchy_complete": int(complete.sum()),
+        "coverage": {k: round(v, 6) for k, v in cov.items()},
+        "landmarks": int(len(all_lm)),
+        "landmarks_hierarchy_incomplete": int(len(incomplete_lm)),
+        "rows_without_landmark": int((~known).sum()),
+    }
+
+
+def _resolve_inputs(metadata: str | os.PathLike[str] | dict[str, Path], splits: Sequence[str] | None
+                    ) -> tuple[dict[str, Path], list[str]]:
+    files = dict(metadata) if isinstance(metadata, dict) else metadata_files(metadata)
+    files = {k: Path(v) for k, v in files.items()}
+    if splits is None:
+        chosen = [s for s in SPLITS if all(f in files for f in SPLIT_INPUTS[s][0])]
+        if not chosen:
+            need = "; ".join(f"{s}: {', '.join(SPLIT_INPUTS[s][0])}" for s in SPLITS)
+            raise InputError(f"{metadata}: no GLDv2 files for any split (need {need})")
+        return files, chosen
+    for s in splits:
+        if s not in SPLITS:
+            raise InputError(f"unknown split {s!r} (choose from {', '.join(SPLITS)})")
+        missing = [f for f in SPLIT_INPUTS[s][0] if f not in files]
+        if missing:
+            raise InputError(f"split {s} needs {', '.join(missing)}, not found in {metadata}")
+    return files, list(dict.fromkeys(splits))
+
+
+def export(
+    metadata: str | os.PathLike[str] | dict[str, Path],
+    out_dir: str | os.PathLike[str],
+    *,
+    hierarchy: Sequence[str | os.PathLike[str]] | None = None,
+    splits: Sequence[str] | None = None,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write Parquet splits, ``manifest.json`` and the dataset card ``README.md`` to ``out_dir``.
+
+    Args:
+        metadata: the folder holding the GLDv2 files (by their official names), or a mapping
+            file name -> path.
+        hierarchy: hierarchy table files; default: the published ``train_`` and
+            ``index_label_to_hierarchical.csv`` found among the metadata files (none: every
+            hierarchy level is unknown and flagged).
+        splits: which splits; default every split whose required files are present.
+        row_group_size: Parquet rows per row group.
+        command: the command line to record in the manifest.
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``).
+    """
+    files, chosen = _resolve_inputs(metadata, splits)
+    if hierarchy is None:
+        hierarchy = [files[f] for f in PUBLISHED_HIERARCHY_FILES if f in files]
+    hier_paths = [Path(p) for p in hierarchy]
+    table = combine_hierarchies(hier_paths)
+    index = HierarchyIndex(table)
+
+    builders = {"train": build_train, "train_full": build_train_full, "index": build_index}
+    tables: dict[str, pa.Table] = {}
+    for s in chosen:  # validate and build everything before writing anything
+        if s == "query":
+            ids, lids, usage = build_query(files)
+            tables[s] = index.join(ids, lids, usage)
+        else:
+            ids, lids = builders[s](files)
+            tables[s] = index.join(ids, lids)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_info: dict[str, Any] = {}
+    for s, t in tables.items():
+        path = out_dir / f"{s}.parquet"
+        write_parquet(t, path, row_group_size=row_group_size)
+        info = coverage(t)
+        info.update({"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                     "columns": t.column_names})
+        split_info[s] = info
+    used_inputs = sorted({f for s in chosen for f in (*SPLIT_INPUTS[s][0], *SPLIT_INPUTS[s][1])
+                          if f in files})
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "hglv2_version": __version__,
+        "splits": split_info,
+        "inputs": {f: {"sha256": sha256_file(files[f]), "bytes": files[f].stat().st_size}
+                   for f in used_inputs},
+        "hierarchy": {
+            "sources": [{"file": p.name, "sha256": sha256_file(p)} for p in hier_paths],
+            "table_sha256": table_hash(table),
+            "landmarks": int(len(table)),
+            "level1_names": len(index.level1_names),
+            "level2_names": len(index.level2_names),
+            "provenance": sorted(table["provenance"].dropna().unique().tolist()),
+        },
+        "row_group_size": row_group_size,
+        "command": list(command) if command is not None else None,
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    write_dataset_card(out_dir / "README.md", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------- dataset card
+
+
+def _front_matter(split_names: Iterable[str]) -> str:
+    names = list(split_names)
+    plain = [s for s in names if s != "query"]
+    lines = ["---", "license: cc-by-4.0", "pretty_name: Hierarchical Google Landmarks v2 (H-GLDv2) splits",
+             "configs:"]
+    if plain:
+        lines += ["- config_name: default", "  data_files:"]
+        for s in plain:
+            lines += [f"  - split: {s}", f"    path: {s}.parquet"]
+    if "query" in names:  # its extra `usage` column needs its own config
+        lines += ["- config_name: query", "  data_files:", "  - split: query", "    path: query.parquet"]
+    lines.append("---")
+    return "\n".join(lines) + "\n"
+
+
+def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """The dataset card: Hugging Face YAML front matter, then provenance, columns and coverage."""
+    splits = manifest["splits"]
+    hier = manifest["hierarchy"]
+    sources = ", ".join(f"`{x['file']}`" for x in hier["sources"]) or "none"
+    out = [_front_matter(splits), "# H-GLDv2 metadata splits\n",
+           "Google Landmarks Dataset v2 image lists with the landmark hierarchy joined in, written by "
+           f"`hglv2 export` (hglv2 {manifest['hglv2_version']}, format {manifest['format_version']}). "
+           "Images are not included: `path` is relative to an image folder in the GLDv2 layout "
+           "(`a/b/c/<id>.jpg`). GLDv2 annotations: CC BY 4.0 (Google).\n",
+           "## Splits\n",
+           "| split | rows | landmarks | level0 | level1 | level2 | landmarks without full hierarchy |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for s, info in splits.items():
+        c = info["coverage"]
+        out.append(f"| {s} | {info['rows']} | {info['landmarks']} | {c['level0']:.2%} | {c['level1']:.2%} "
+                   f"| {c['level2']:.2%} | {info['landmarks_hierarchy_incomplete']} |")
+    out += ["", "Level columns give the share of rows whose level is known; unknown levels are -1 and "
+            "`hierarchy_complete` is false (such rows are kept, never dropped).\n",
+            "## Hierarchy\n",
+            f"Sources: {sources}; "
+            f"{hier['landmarks']} landmarks, {hier['level1_names']} level-1 and {hier['level2_names']} "
+            f"level-2 names; table sha256 `{hier['table_sha256']}`.\n",
+            "## Columns\n",
+            "`id` (16 hex chars), `landmark_id` (int64, -1 if none), `path`, `category`, `supercategory`, "
+            "`hierarchical_label`, `natural_or_human_made` (nullable strings), `level0` (= landmark_id), "
+            "`level1`, `level2` (dense ids in the sorted order of the names; -1 unknown), "
+            "`hierarchy_complete`; `query` adds `usage` (Public/Private).\n",
+            "## Loading\n",
+            "```python",
+            "import datasets, duckdb",
+            "ds = datasets.load_dataset(\"parquet\", data_files={\"train\": \"train.parquet\"})",
+            "duckdb.sql(\"SELECT level1, count(*) FROM 'train.parquet' GROUP BY level1\")",
+            "from hglv2.dataset import HGLDv2Dataset",
+            "train = HGLDv2Dataset(\"train.parquet\", \"/path/to/gldv2/train\")",
+            "```",
+            "",
+            "File sizes and sha256 are in `manifest.json`.", ""]
+    with atomic_open(path) as fh:
+        fh.write("\n".join(out))

@@ -1,0 +1,85 @@
+# The hierarchy pipeline as file targets: a re-run only redoes the stages whose inputs changed
+# (edit data/review/decisions.csv -> only apply, diff and export run again).
+#
+#   make -f pipelines/hierarchy.mk                          # offline, on the embedded sample
+#   make -f pipelines/hierarchy.mk DATA=path ONLINE=1 CONTACT=you@example.org
+#
+# DATA holds GLDv2 metadata (<SPLIT>_label_to_category.csv, optional <SPLIT>.csv for image counts,
+# optional <SPLIT>_label_to_hierarchical.csv to diff against). Offline, answers come from the
+# recording $(DATA)/wikidata_cache.jsonl; online they are fetched and cached in $(OUT)/wikidata.sqlite.
+SHELL      := /bin/bash
+PY         ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+DATA       ?= data/sample
+SPLIT      ?= train
+REVIEW     ?= data/review
+OUT        ?= out/hierarchy
+ONLINE     ?= 0
+CONTACT    ?=
+API_URL    ?=
+SPARQL_URL ?=
+DEPTH      ?= 12
+
+HG         := $(PY) -m hglv2.cli hierarchy
+CATEGORIES := $(DATA)/$(SPLIT)_label_to_category.csv
+IMAGES     := $(wildcard $(DATA)/$(SPLIT).csv)
+PUBLISHED  := $(wildcard $(DATA)/$(SPLIT)_label_to_hierarchical.csv)
+CLUSTERS   := $(REVIEW)/clusters.csv
+DECISIONS  := $(REVIEW)/decisions.csv
+OVERRIDES  := $(REVIEW)/landmark_overrides.csv
+
+ifeq ($(ONLINE),1)
+  NET       := --cache $(OUT)/wikidata.sqlite $(if $(CONTACT),--contact "$(CONTACT)") \
+               $(if $(API_URL),--api-url "$(API_URL)") $(if $(SPARQL_URL),--sparql-url "$(SPARQL_URL)")
+  CACHE_DEP :=
+else
+  NET       := --cache $(DATA)/wikidata_cache.jsonl --offline
+  CACHE_DEP := $(DATA)/wikidata_cache.jsonl
+endif
+
+.PHONY: all table review export clean
+.DELETE_ON_ERROR:
+
+all: $(OUT)/hierarchy.parquet $(OUT)/anchors.json $(if $(PUBLISHED),$(OUT)/diff.json) export
+
+table: $(OUT)/hierarchy.parquet
+
+$(OUT)/resolved.parquet: $(CATEGORIES) $(CACHE_DEP)
+	$(HG) resolve --categories $(CATEGORIES) --out $@ --json $(OUT)/resolve.json $(NET)
+
+$(OUT)/graph_nodes.parquet $(OUT)/graph_edges.parquet $(OUT)/graph.graphml &: $(OUT)/resolved.parquet $(CACHE_DEP)
+	$(HG) graph --resolved $< --out-dir $(OUT) --depth $(DEPTH) --json $(OUT)/graph.json $(NET)
+
+$(OUT)/anchors.json: $(CLUSTERS) $(CACHE_DEP)
+	$(HG) validate-anchors --clusters $(CLUSTERS) --json $@ $(NET)
+
+$(OUT)/proposals.parquet $(OUT)/pending.csv &: $(OUT)/resolved.parquet $(OUT)/graph_edges.parquet \
+		$(OUT)/graph_nodes.parquet $(CLUSTERS) $(IMAGES)
+	$(HG) propose --resolved $(OUT)/resolved.parquet --graph-dir $(OUT) --clusters $(CLUSTERS) \
+		$(if $(IMAGES),--images $(IMAGES)) --out $(OUT)/proposals.parquet --pending $(OUT)/pending.csv \
+		--json $(OUT)/propose.json
+
+$(OUT)/hierarchy.parquet $(OUT)/hierarchy.csv &: $(OUT)/proposals.parquet $(CLUSTERS) $(DECISIONS) $(OVERRIDES)
+	$(HG) apply --proposals $(OUT)/proposals.parquet --clusters $(CLUSTERS) --decisions $(DECISIONS) \
+		--overrides $(OVERRIDES) --out $(OUT)/hierarchy.parquet --csv $(OUT)/hierarchy.csv \
+		--json $(OUT)/coverage.json
+
+$(OUT)/diff.json: $(OUT)/hierarchy.parquet $(PUBLISHED)
+	$(HG) diff $(OUT)/hierarchy.parquet $(PUBLISHED) --out-csv $(OUT)/diff_disagreements.csv \
+		--seed-decisions $(OUT)/diff_seed_decisions.csv --confusion-csv $(OUT)/diff_confusion.csv --json $@
+
+review: $(OUT)/proposals.parquet
+	$(HG) review --proposals $< --clusters $(CLUSTERS) --decisions $(DECISIONS) --overrides $(OVERRIDES)
+
+# Parquet splits with the new labels, through `hglv2 export` when that command exists.
+export: $(OUT)/hierarchy.parquet
+	@if $(PY) -m hglv2.cli export --help >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $(OUT)/splits/manifest.json; \
+	else \
+	  echo "hglv2 export is not available here: skipping the Parquet splits (table: $(OUT)/hierarchy.parquet)"; \
+	fi
+
+$(OUT)/splits/manifest.json: $(OUT)/hierarchy.parquet
+	$(PY) -m hglv2.cli export --metadata $(DATA) --hierarchy $(OUT)/hierarchy.parquet --out $(OUT)/splits
+
+clean:
+	rm -rf $(OUT)

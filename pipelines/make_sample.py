@@ -1,0 +1,483 @@
+"""Generate the embedded sample ``data/sample/`` deterministically.
+
+The landmarks are fictional; the Wikidata classes above them use real QIDs with their real English
+labels (plus a few classes marked "(sample class)" with QIDs far above the real range, used to
+build P279 cycles, ties and a redirect). The world exercises the shapes the resolve stage meets on
+the real Wikidata: category items (P31 Q4167836) with P301, a category item without P301, P301
+pointing at a redirected item, titles with no sitelink found through P373 with SPARQL, titles found
+nowhere, invalid URLs, several P31 statements, preferred and deprecated ranks, ``somevalue`` snaks,
+P279 cycles and a self-loop.
+
+Outputs (small, committed): ``train_label_to_category.csv``, ``train.csv``, ``train_clean.csv``,
+``train_label_to_hierarchical.csv`` (published format, for the import/diff demo) and
+``wikidata_cache.jsonl`` (the recorded answers, recorded by running the resolve, graph and
+validate-anchors stages against :mod:`fake_wikidata` serving this world).
+
+    python pipelines/make_sample.py [--out data/sample] [--clusters data/review/clusters.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import random
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_wikidata import FakeWikidata, World  # noqa: E402
+
+from hglv2.fileio import atomic_open  # noqa: E402
+
+SEED = 20240601
+CATEGORY_ITEM = "Q4167836"
+
+# real classes: qid -> (English label, P279 parents)
+REAL_CLASSES: dict[str, tuple[str, list[str]]] = {
+    "Q35120": ("entity", []),
+    "Q488383": ("object", ["Q35120"]),
+    "Q223557": ("physical object", ["Q488383"]),
+    "Q811979": ("architectural structure", ["Q223557"]),
+    "Q41176": ("building", ["Q811979"]),
+    "Q24398318": ("religious building", ["Q41176"]),
+    "Q1370598": ("place of worship", ["Q24398318"]),
+    "Q16970": ("church building", ["Q24398318", "Q1370598"]),
+    "Q2977": ("cathedral", ["Q16970"]),
+    "Q108325": ("chapel", ["Q16970"]),
+    "Q44613": ("monastery", ["Q24398318"]),
+    "Q160742": ("abbey", ["Q44613"]),
+    "Q32815": ("mosque", ["Q1370598"]),
+    "Q34627": ("synagogue", ["Q1370598"]),
+    "Q44539": ("temple", ["Q1370598"]),
+    "Q842402": ("Hindu temple", ["Q44539"]),
+    "Q5393308": ("Buddhist temple", ["Q44539"]),
+    "Q57821": ("fortification", ["Q811979"]),
+    "Q23413": ("castle", ["Q57821", "Q41176"]),
+    "Q3947": ("house", ["Q41176"]),
+    "Q879050": ("manor house", ["Q3947"]),
+    "Q751876": ("château", ["Q879050"]),
+    "Q16560": ("palace", ["Q41176"]),
+    "Q33506": ("museum", ["Q41176"]),
+    "Q4989906": ("monument", ["Q811979"]),
+    "Q5003624": ("memorial", ["Q4989906"]),
+    "Q860861": ("sculpture", ["Q223557"]),
+    "Q179700": ("statue", ["Q860861"]),
+    "Q12280": ("bridge", ["Q811979"]),
+    "Q12518": ("tower", ["Q811979"]),
+    "Q39715": ("lighthouse", ["Q12518"]),
+    "Q1440300": ("observation tower", ["Q12518"]),
+    "Q11303": ("skyscraper", ["Q41176"]),
+    "Q1076486": ("sports venue", ["Q811979"]),
+    "Q483110": ("stadium", ["Q1076486"]),
+    "Q55488": ("railway station", ["Q811979"]),
+    "Q12323": ("dam", ["Q811979"]),
+    "Q109607": ("ruins", ["Q811979"]),
+    "Q2221906": ("geographic location", ["Q35120"]),
+    "Q39614": ("cemetery", ["Q2221906"]),
+    "Q22698": ("park", ["Q2221906"]),
+    "Q1107656": ("garden", ["Q2221906"]),
+    "Q570116": ("tourist attraction", ["Q2221906"]),
+    "Q839954": ("archaeological site", ["Q2221906"]),
+    "Q618123": ("geographical feature", ["Q2221906"]),
+    "Q271669": ("landform", ["Q618123"]),
+    "Q8502": ("mountain", ["Q271669"]),
+    "Q8072": ("volcano", ["Q8502"]),
+    "Q54050": ("hill", ["Q271669"]),
+    "Q46831": ("mountain range", ["Q271669"]),
+    "Q23442": ("island", ["Q271669"]),
+    "Q40080": ("beach", ["Q271669"]),
+    "Q35509": ("cave", ["Q271669"]),
+    "Q15324": ("body of water", ["Q618123"]),
+    "Q23397": ("lake", ["Q15324"]),
+    "Q131681": ("reservoir", ["Q23397"]),
+    "Q4022": ("river", ["Q15324"]),
+    "Q34038": ("waterfall", ["Q618123"]),
+    "Q4421": ("forest", ["Q618123"]),
+    "Q8514": ("desert", ["Q271669"]),
+    CATEGORY_ITEM: ("Wikimedia category", ["Q35120"]),
+}
+# sample classes (fictional QIDs): qid -> (label, parents)
+SAMPLE_CLASSES: dict[str, tuple[str, list[str]]] = {
+    "Q990000101": ("pilgrimage church (sample class)", ["Q16970"]),
+    "Q990000102": ("lakeside park (sample class)", ["Q22698", "Q23397"]),
+    "Q990000103": ("palace museum (sample class)", ["Q16560", "Q33506"]),
+    "Q990000104": ("clock tower (sample class)", ["Q990000301"]),  # parent is a redirect
+    "Q990000201": ("cycle class A (sample class)", ["Q990000202"]),
+    "Q990000202": ("cycle class B (sample class)", ["Q990000203"]),
+    "Q990000203": ("cycle class C (sample class)", ["Q990000201", "Q41176"]),
+    "Q990000204": ("cycle class D (sample class)", ["Q990000205", "Q12518"]),
+    "Q990000205": ("cycle class E (sample class)", ["Q990000204"]),
+    "Q990000206": ("self-loop bridge (sample class)", ["Q990000206", "Q12280"]),
+}
+CLASS_REDIRECTS = {"Q990000301": "Q12518"}
+
+# landmark kinds: (P31 statements as (qid, rank), name template, weight)
+KINDS: list[tuple[list[tuple[str, str]], str, int]] = [
+    ([("Q16970", "normal")], "Church of Saint {n}", 30),
+    ([("Q2977", "normal"), ("Q16970", "normal")], "{n} Cathedral", 10),
+    ([("Q108325", "normal")], "{n} Chapel", 8),
+    ([("Q990000101", "normal")], "Pilgrimage Church of {n}", 6),
+    ([("Q160742", "normal")], "{n} Abbey", 6),
+    ([("Q44613", "normal")], "{n} Monastery", 6),
+    ([("Q32815", "normal")], "{n} Mosque", 6),
+    ([("Q34627", "normal")], "{n} Synagogue", 3),
+    ([("Q842402", "normal")], "{n} Mandir", 4),
+    ([("Q5393308", "normal")], "{n} Temple", 5),
+    ([("Q23413", "normal")], "{n} Castle", 14),
+    ([("Q751876", "normal")], "Château de {n}", 6),
+    ([("Q16560", "normal")], "{n} Palace", 6),
+    ([("Q33506", "normal")], "{n} Museum", 10),
+    ([("Q990000103", "normal")], "{n} Palace Museum", 3),
+    ([("Q4989906", "normal")], "{n} Monument", 6),
+    ([("Q5003624", "normal")], "{n} Memorial", 4),
+    ([("Q179700", "normal")], "Statue of {n}", 4),
+    ([("Q12280", "normal")], "{n} Bridge", 10),
+    ([("Q990000206", "normal")], "{n} Viaduct", 2),
+    ([("Q12518", "normal")], "{n} Tower", 5),
+    ([("Q990000104", "normal")], "{n} Clock Tower", 3),
+    ([("Q39715", "normal")], "{n} Lighthouse", 5),
+    ([("Q11303", "normal")], "{n} Building", 4),
+    ([("Q483110", "normal")], "{n} Stadium", 4),
+    ([("Q55488", "normal")], "{n} Station", 5),
+    ([("Q39614", "normal")], "{n} Cemetery", 4),
+    ([("Q22698", "normal")], "{n} Park", 6),
+    ([("Q990000102", "normal")], "{n} Lakeside Park", 2),
+    ([("Q1107656", "normal")], "{n} Gardens", 4),
+    ([("Q8502", "normal")], "Mount {n}", 12),
+    ([("Q8072", "normal")], "{n} Volcano", 4),
+    ([("Q54050", "normal")], "{n} Hill", 4),
+    ([("Q23397", "normal")], "Lake {n}", 10),
+    ([("Q131681", "normal")], "{n} Reservoir", 3),
+    ([("Q4022", "normal")], "{n} River", 5),
+    ([("Q34038", "normal")], "{n} Falls", 5),
+    ([("Q23442", "normal")], "{n} Island", 4),
+    ([("Q35509", "normal")], "{n} Cave", 3),
+    ([("Q570116", "normal")], "{n} Viewpoint", 4),
+    ([("Q839954", "normal")], "{n} Archaeological Site", 3),
+    ([("Q109607", "normal")], "Ruins of {n}", 3),
+    ([("Q12323", "normal")], "{n} Dam", 2),
+    ([("Q990000201", "normal")], "{n} Hall", 2),
+    ([("Q990000204", "normal")], "{n} Spire", 2),
+    # several P31 / ranks
+    ([("Q16970", "normal"), ("Q8502", "deprecated")], "Mountain Church of {n}", 3),
+    ([("Q33506", "normal"), ("Q23413", "preferred")], "{n} Castle Museum", 3),
+    ([("Q2977", "normal"), ("Q16970", "normal"), ("Q570116", "normal")], "{n} Minster", 3),
+    ([("Q16970", "normal"), ("Q33506", "normal")], "{n} Church Museum", 2),
+    ([("somevalue", "normal"), ("Q12280", "normal")], "{n} Footbridge", 2),
+    ([], "{n} Place", 2),
+]
+# resolution paths and their weights
+PATHS = [
+    ("sitelink", 52),
+    ("category", 26),
+    ("category-redirect", 4),
+    ("category-no-p301", 2),
+    ("p373", 7),
+    ("p373-category", 2),
+    ("missing", 5),
+    ("invalid", 2),
+]
+
+SYLLABLES = [
+    "al",
+    "bar",
+    "cor",
+    "dal",
+    "el",
+    "fen",
+    "gar",
+    "hal",
+    "is",
+    "jor",
+    "kel",
+    "lor",
+    "mar",
+    "nor",
+    "or",
+    "pel",
+    "quin",
+    "ros",
+    "sel",
+    "tor",
+    "ul",
+    "var",
+    "wen",
+    "yr",
+    "zel",
+    "an",
+    "bri",
+    "ce",
+    "do",
+    "eth",
+    "fir",
+    "gla",
+    "hen",
+    "ith",
+    "ka",
+    "lu",
+    "mo",
+    "ne",
+    "pa",
+    "ri",
+]
+CLUSTER_OF_CLASS_FOR_PUBLISHED = {
+    "church": "monastery",
+    "castle": "palace",
+    "mountain": "hill",
+    "lake": "river",
+    "museum": "palace",
+    "bridge": "tower",
+}
+
+
+def _claim(owner: str, prop: str, value: str, rank: str = "normal", n: int = 0) -> dict:
+    if value == "somevalue":
+        snak = {
+            "snaktype": "somevalue",
+            "property": prop,
+            "hash": f"{prop}{n:038d}"[:40],
+            "datatype": "wikibase-item",
+        }
+    elif prop != "P373" and value.startswith("Q"):
+        digest = hashlib.sha1(f"{prop}{value}".encode()).hexdigest()
+        snak = {
+            "snaktype": "value",
+            "property": prop,
+            "hash": digest,
+            "datavalue": {
+                "value": {"entity-type": "item", "numeric-id": int(value[1:]), "id": value},
+                "type": "wikibase-entityid",
+            },
+            "datatype": "wikibase-item",
+        }
+    else:
+        snak = {
+            "snaktype": "value",
+            "property": prop,
+            "hash": f"{n:040d}",
+            "datavalue": {"value": value, "type": "string"},
+            "datatype": "string",
+        }
+    return {
+        "mainsnak": snak,
+        "type": "statement",
+        "id": f"{owner}$0000{n:04d}-{prop[1:]:0>4}-4000-8000-{int(owner[1:]) % 10**12:012d}",
+        "rank": rank,
+    }
+
+
+def _entity(
+    qid: str,
+    label: str,
+    claims: dict[str, list[tuple[str, str]]],
+    rev: int,
+    commons: str | None = None,
+    other_labels: bool = True,
+) -> dict:
+    labels = {"en": {"language": "en", "value": label}}
+    if other_labels:
+        labels["de"] = {"language": "de", "value": label}
+    ent = {
+        "type": "item",
+        "id": qid,
+        "pageid": int(qid[1:]) % 10**8 + 1000,
+        "ns": 0,
+        "title": qid,
+        "lastrevid": rev,
+        "modified": "2024-05-01T12:00:00Z",
+        "labels": labels,
+        "claims": {
+            p: [_claim(qid, p, v, r, i) for i, (v, r) in enumerate(vals)]
+            for p, vals in claims.items()
+            if vals
+        },
+        "sitelinks": {},
+    }
+    if commons:
+        ent["sitelinks"]["commonswiki"] = {"site": "commonswiki", "title": commons, "badges": []}
+        ent["sitelinks"]["enwiki"] = {"site": "enwiki", "title": label, "badges": []}
+    return ent
+
+
+def _name(rng: random.Random, used: set[str]) -> str:
+    while True:
+        n = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        if n not in used:
+            used.add(n)
+            return n
+
+
+def _url(title: str, rng: random.Random) -> str:
+    """A Commons URL for ``title`` in one of the spellings found in GLDv2."""
+    style = rng.random()
+    raw = title.replace(" ", "_")
+    if style < 0.15:
+        raw = quote(raw, safe=":_(),'")  # percent-encoded
+    elif style < 0.22:
+        raw = "Category:" + raw[len("Category:")].lower() + raw[len("Category:") + 1 :]  # lower first
+    scheme = "https" if style > 0.9 else "http"
+    return f"{scheme}://commons.wikimedia.org/wiki/{raw}"
+
+
+def build_world(n_landmarks: int = 300, seed: int = SEED):
+    """Return (World, landmarks) where landmarks are dicts with id, url, kind, path, n_images."""
+    rng = random.Random(seed)
+    entities: dict[str, dict] = {}
+    redirects = dict(CLASS_REDIRECTS)
+    for qid, (label, parents) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items():
+        entities[qid] = _entity(
+            qid, label, {"P279": [(p, "normal") for p in parents]}, rev=1_000_000 + int(qid[1:]) % 997
+        )
+    kinds_w = [w for *_, w in KINDS]
+    paths, paths_w = zip(*PATHS, strict=True)
+    used: set[str] = set()
+    landmarks = []
+    for i in range(n_landmarks):
+        lid = 1000 + 37 * i + rng.randint(0, 30)
+        p31, template, _ = KINDS[rng.choices(range(len(KINDS)), kinds_w)[0]]
+        label = template.format(n=_name(rng, used))
+        path = rng.choices(paths, paths_w)[0]
+        title = f"Category:{label}"
+        qid, cat_qid, old_qid = f"Q{991000000 + i}", f"Q{992000000 + i}", f"Q{993000000 + i}"
+        rev = 2_000_000_000 + rng.randint(0, 99_999_999)
+        claims = {"P31": list(p31), "P17": [("Q" + str(rng.choice([142, 183, 38, 29, 145])), "normal")]}
+        if path == "sitelink":
+            entities[qid] = _entity(qid, label, claims, rev, commons=title)
+        elif path in ("category", "category-redirect", "p373-category"):
+            target = old_qid if path == "category-redirect" else qid
+            if path == "category-redirect":
+                redirects[old_qid] = qid
+            entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev, commons=label)
+            cat_claims = {"P31": [(CATEGORY_ITEM, "normal")], "P301": [(target, "normal")]}
+            if path == "p373-category":
+                cat_claims["P373"] = [(label, "normal")]
+                del entities[qid]["claims"]["P373"]
+                entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1)
+            else:
+                entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1, commons=title)
+        elif path == "category-no-p301":
+            entities[cat_qid] = _entity(
+                cat_qid, f"Category:{label}", {"P31": [(CATEGORY_ITEM, "normal")]}, rev + 1, commons=title
+            )
+        elif path == "p373":
+            entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev)
+        url = (
+            _url(title, rng)
+            if path != "invalid"
+            else rng.choice(["", f"http://en.wikipedia.org/wiki/{label.replace(' ', '_')}"])
+        )
+        n_images = min(40, 1 + int(rng.expovariate(1 / 5)))
+        landmarks.append(
+            {
+                "landmark_id": lid,
+                "category": url,
+                "label": label,
+                "path": path,
+                "p31": [q for q, r in p31 if r != "deprecated"],
+                "n_images": n_images,
+            }
+        )
+    return World(entities, redirects), landmarks
+
+
+def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
+    from hglv2.hierarchy.clusters import load_clusters, validate_anchors
+    from hglv2.hierarchy.graph import fetch_graph
+    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient, resolve_categories
+
+    rng = random.Random(SEED + 1)
+    world, landmarks = build_world(n_landmarks)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "train_label_to_category.csv") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["landmark_id", "category"])
+        for lm in landmarks:
+            w.writerow([lm["landmark_id"], lm["category"]])
+    images: dict[int, list[str]] = {}
+    with atomic_open(out / "train.csv") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["id", "url", "landmark_id"])
+        for lm in landmarks:
+            for _ in range(lm["n_images"]):
+                iid = f"{rng.getrandbits(64):016x}"
+                images.setdefault(lm["landmark_id"], []).append(iid)
+                w.writerow(
+                    [
+                        iid,
+                        f"https://upload.wikimedia.org/sample/{iid[0]}/{iid[:2]}/{iid}.jpg",
+                        lm["landmark_id"],
+                    ]
+                )
+    with atomic_open(out / "train_clean.csv") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["landmark_id", "images"])
+        for lid, ids in images.items():
+            keep = [i for i in ids if rng.random() < 0.8]
+            if len(keep) >= 2:
+                w.writerow([lid, " ".join(keep)])
+
+    table = load_clusters(clusters)
+    cluster_of = {a.qid: (a.label, a.cluster, a.top) for a in table.anchors}
+    parents = {q: p for q, (_, p) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
+    parents["Q990000104"] = ["Q12518"]
+
+    def nearest(cls: str):
+        frontier, seen = [cls], {cls}
+        while frontier:
+            hits = sorted({cluster_of[c][1:] for c in frontier if c in cluster_of})
+            if hits:
+                return hits[0] if len(hits) == 1 else None
+            frontier = [p for c in frontier for p in parents.get(c, []) if p not in seen]
+            seen.update(frontier)
+        return None
+
+    labels = {q: lab for q, (lab, _) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
+    with atomic_open(out / "train_label_to_hierarchical.csv") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(
+            ["landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made"]
+        )
+        for lm in landmarks:
+            if not lm["p31"] or rng.random() > 0.6:
+                continue
+            cls = lm["p31"][0] if lm["p31"][0] != "somevalue" else lm["p31"][-1]
+            hit = nearest(cls)
+            if hit is None:
+                continue
+            cluster, top = hit
+            if rng.random() < 0.12 and cluster in CLUSTER_OF_CLASS_FOR_PUBLISHED:
+                cluster = CLUSTER_OF_CLASS_FOR_PUBLISHED[cluster]
+            w.writerow([lm["landmark_id"], lm["category"], labels[cls], cluster, top])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = ResponseCache(Path(tmp) / "cache.sqlite")
+        with FakeWikidata(world) as server:
+            client = WikidataClient(cache, api_url=server.api_url, sparql_url=server.sparql_url)
+            from hglv2.hierarchy.wikidata import read_categories
+
+            resolved = resolve_categories(client, read_categories(out / "train_label_to_category.csv"))
+            fetch_graph(client, resolved)
+            validate_anchors(client, table)
+        n = cache.export_jsonl(out / "wikidata_cache.jsonl")
+        cache.close()
+    print(
+        f"wrote {len(landmarks)} landmarks, {sum(map(len, images.values()))} images, {n} recorded answers "
+        f"to {out}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="data/sample", type=Path)
+    ap.add_argument("--clusters", default="data/review/clusters.csv", type=Path)
+    ap.add_argument("--landmarks", default=300, type=int)
+    args = ap.parse_args()
+    write_sample(args.out, args.clusters, args.landmarks)
+
+
+if __name__ == "__main__":
+    main()
