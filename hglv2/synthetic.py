@@ -204,6 +204,7 @@ def landmark_specs(table: pd.DataFrame, params: SyntheticParams) -> list[Landmar
             # the cluster's colour tendency (materials): saturation, value, secondary hue
             rc = _rng(params.seed, "cluster", top, cluster)
             c_sat, c_val, c_sec = rc.uniform(0.55, 0.85), rc.uniform(0.55, 0.85), rc.uniform()
+            c_geom = rc.uniform(0.0, 1.0, size=8)  # the cluster's proportions; landmarks vary around them
             lids = sub.loc[sub["hierarchical_label"] == cluster, "landmark_id"].astype("int64").tolist()
             if params.landmarks_per_cluster is not None and len(lids) > params.landmarks_per_cluster:
                 order = _rng(params.seed, "pick", top, cluster).permutation(len(lids))
@@ -226,7 +227,7 @@ def landmark_specs(table: pd.DataFrame, params: SyntheticParams) -> list[Landmar
                         sat=float(np.clip(c_sat + r.uniform(-0.12, 0.12), 0.2, 1.0)),
                         val=float(np.clip(c_val + r.uniform(-0.12, 0.12), 0.2, 1.0)),
                         secondary=tuple(int(255 * c) for c in sec),
-                        geometry=tuple(float(x) for x in r.uniform(0.0, 1.0, size=8)),
+                        geometry=tuple(float(x) for x in np.clip(c_geom + r.uniform(-0.3, 0.3, 8), 0, 0.999)),
                     )
                 )
     return specs
