@@ -86,6 +86,43 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
+def _train_run(
+    run_cfg: dict[str, Any], run_dir: str, device: str | None, threads: int | None, progress: bool
+) -> dict[str, Any]:
+    """Train one run (in this process or a worker process); returns its metrics and speed."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    trainer = Trainer(run_cfg, run_dir, device=device, resume=True, progress=progress)
+    metrics = trainer.fit()
+    done = Path(run_dir) / "metrics.json"
+    record = json.loads(done.read_text("utf-8"))
+    record.update({"images_per_s": trainer.images_per_s, "train_seconds": trainer.train_seconds})
+    write_json(done, record)
+    return {
+        "metrics": metrics,
+        "images_per_s": trainer.images_per_s,
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def plan_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> tuple[int, int | None]:
+    """(parallel runs, torch threads per run). ``jobs=None``: on CPU one single-threaded run per
+    core (small models scale better across processes than across threads, and a busy machine
+    does not stall them), at most one per run; on CUDA one run at a time."""
+    cores = os.cpu_count() or 1
+    on_cuda = str(device or "auto").startswith("cuda") or (
+        device in (None, "auto") and torch.cuda.is_available()
+    )
+    if jobs is None:
+        jobs = 1 if on_cuda else min(max(n_runs, 1), cores)
+    jobs = max(1, min(jobs, max(n_runs, 1)))
+    if jobs == 1:
+        return 1, None
+    return jobs, max(1, cores // jobs)
+
+
 def run_suite(
     suite: str | os.PathLike[str] | dict[str, Any],
     out_dir: str | os.PathLike[str],
@@ -94,56 +131,73 @@ def run_suite(
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run every (loss, seed) of ``suite`` and write results.json, report.md and the plots.
 
     ``overrides`` maps dotted config keys to values (``{"train.steps": 20}``), applied to the
-    suite's config before the runs are derived from it. Returns the results dictionary.
+    suite's config before the runs are derived from it. ``jobs``: runs trained in parallel worker
+    processes (default: :func:`plan_jobs`); the results do not depend on it. Returns the results.
     """
-    from hglv2.train import prepare_data, set_path
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from hglv2.train import prepare_data, resolve_device, set_path
 
     cfg = suite if isinstance(suite, dict) else load_config(suite)
     cfg = copy.deepcopy(cfg)
     for key, value in (overrides or {}).items():
         set_path(cfg, key, value)
     validate_config(cfg, "suite")
+    resolve_device(device)  # a bad --device fails before any work
+    plan = suite_runs(cfg, losses, seeds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prepare_data(cfg, progress=progress)
     data_s = time.perf_counter() - t0
-    runs = []
-    for label, seed, run_cfg in suite_runs(cfg, losses, seeds):
+
+    finished: dict[int, dict[str, Any]] = {}
+    todo = []
+    for k, (label, seed, run_cfg) in enumerate(plan):
         run_dir = out / "runs" / _safe(label) / f"seed{seed}"
-        t1 = time.perf_counter()
         done = run_dir / "metrics.json"
-        reused = False
         if done.is_file():
             prev = json.loads(done.read_text("utf-8"))
-            reused = prev.get("config_digest") == config_digest(run_cfg) and prev.get("metrics")
-        if reused:
-            metrics = prev["metrics"]
-            speed = prev.get("images_per_s")
-            train_s = prev.get("train_seconds")
-        else:
-            trainer = Trainer(run_cfg, run_dir, device=device, resume=True, progress=progress)
-            metrics = trainer.fit()
-            speed, train_s = trainer.images_per_s, trainer.train_seconds
-            prev = json.loads(done.read_text("utf-8"))
-            prev.update({"images_per_s": speed, "train_seconds": train_s})
-            write_json(done, prev)
+            if prev.get("config_digest") == config_digest(run_cfg) and prev.get("metrics"):
+                finished[k] = {
+                    "metrics": prev["metrics"],
+                    "images_per_s": prev.get("images_per_s"),
+                    "train_seconds": prev.get("train_seconds"),
+                    "wall_seconds": 0.0,
+                    "reused": True,
+                }
+                continue
+        todo.append((k, run_cfg, str(run_dir)))
+    n_jobs, threads = plan_jobs(len(todo), device, jobs)
+    if n_jobs > 1:
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
+            futures = {k: pool.submit(_train_run, rc, rd, device, threads, False) for k, rc, rd in todo}
+            for k, fut in futures.items():
+                finished[k] = {**fut.result(), "reused": False}
+                if progress:
+                    label, seed, _ = plan[k]
+                    hap = 100 * finished[k]["metrics"].get("H-AP", float("nan"))
+                    print(f"{label} seed {seed}: H-AP {hap:.2f}", flush=True)
+    else:
+        for k, rc, rd in todo:
+            finished[k] = {**_train_run(rc, rd, device, None, progress), "reused": False}
+    runs = []
+    for k, (label, seed, run_cfg) in enumerate(plan):
+        run_dir = out / "runs" / _safe(label) / f"seed{seed}"
         runs.append(
             {
                 "loss": label,
                 "seed": seed,
                 "loss_config": run_cfg["loss"],
-                "metrics": metrics,
+                **finished[k],
                 "curve": _curve(_read_jsonl(run_dir / "log.jsonl")),
-                "images_per_s": speed,
-                "train_seconds": train_s,
-                "wall_seconds": round(time.perf_counter() - t1, 3),
-                "reused": bool(reused),
-                "run_dir": str(run_dir.relative_to(out)),
+                "run_dir": run_dir.relative_to(out).as_posix(),
             }
         )
     results = {
@@ -156,7 +210,9 @@ def run_suite(
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "cpu_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "parallel_runs": n_jobs,
+            "threads_per_run": threads or torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
@@ -254,8 +310,9 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
         f"- seeds: {', '.join(map(str, seeds))} (cells: mean ± sample std over seeds, in %)",
         f"- wall time: {results['wall_seconds']:.1f} s (data {results['data_seconds']:.1f} s); "
         "training speed "
-        + (f"{np.mean(speeds):.0f} images/s (mean over runs)" if speeds else "n/a")
-        + f"; torch {env['torch']}, {env['cpu_threads']} threads"
+        + (f"{np.mean(speeds):.0f} images/s" if speeds else "n/a")
+        + f" per run; {env['parallel_runs']} parallel run(s) x {env['threads_per_run']} thread(s); "
+        + f"torch {env['torch']}"
         + (f", {env['cuda']}" if env.get("cuda") else "")
         + (f", load average {env['load_average'][0]:.2f}" if env.get("load_average") else ""),
         "",

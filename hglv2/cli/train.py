@@ -110,6 +110,11 @@ def train(
 @click.option("--seeds", help="comma-separated seeds, e.g. 0,1,2 [default: the suite's]")
 @click.option("--losses", help="comma-separated subset of the suite's losses")
 @click.option("--steps", type=click.IntRange(min=1), help="training steps per run (overrides train.steps)")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="runs trained in parallel processes [default: on CPU one single-threaded run per core; on CUDA 1]",
+)
 @_common
 def benchmark(
     suite: str,
@@ -117,6 +122,7 @@ def benchmark(
     seeds: str | None,
     losses: str | None,
     steps: int | None,
+    jobs: int | None,
     device: str,
     sets: tuple[str, ...],
     random_init: bool,
@@ -150,6 +156,7 @@ def benchmark(
         device=device,
         overrides=overrides,
         progress=not quiet,
+        jobs=jobs,
     )
     click.echo(markdown_table(results))
     click.echo(f"wall time {results['wall_seconds']:.1f} s")
