@@ -208,6 +208,13 @@ def validate_config(cfg: dict[str, Any], where: str = "config") -> None:
     need(is_int(cfg["seed"]), "seed", "must be an integer")
     need(d["kind"] in ("synthetic", "export"), "data.kind", "must be synthetic or export")
     need(isinstance(d["root"], str) and d["root"] != "", "data.root", "must be a path")
+    need(
+        d["image_root"] is None
+        or isinstance(d["image_root"], str)
+        or (isinstance(d["image_root"], dict) and all(isinstance(v, str) for v in d["image_root"].values())),
+        "data.image_root",
+        "must be null, a folder or a mapping split -> folder",
+    )
     need(is_int(d["image_size"]) and d["image_size"] >= 16, "data.image_size", "must be an integer >= 16")
     need(isinstance(d["levels"], list) and len(d["levels"]) >= 1, "data.levels", "must be a non-empty list")
     need(is_int(d["num_workers"]) and d["num_workers"] >= 0, "data.num_workers", "must be >= 0")
@@ -429,26 +436,40 @@ def _dataset(cfg: dict[str, Any], root: Path, split: str, train: bool):
     from hglv2.dataset import HGLDv2Dataset
 
     d = cfg["data"]
-    image_root = Path(d["image_root"]) if d["image_root"] else root / "images"
+    image_root = d["image_root"]
+    if isinstance(image_root, dict):  # one folder per split (GLDv2: train/, index/, test/)
+        image_root = image_root.get(split)
+        if image_root is None:
+            raise InputError(f"data.image_root: no image folder for split {split!r}")
+    image_root = Path(image_root) if image_root else root / "images"
     return HGLDv2Dataset(
         root / f"{split}.parquet", image_root, levels=d["levels"], transform=_transform(cfg, train)
     )
 
 
 def _batch_sampler(cfg: dict[str, Any], labels: np.ndarray, seed: int):
+    """The configured batch sampler over the training labels (N, L).
+
+    Rows with an unknown level (-1, an incomplete hierarchy) are left out of training: a rank loss
+    would otherwise take two unknown clusters for the same one.
+    """
     from hglv2.dataset import HierarchicalBatchSampler, MPerClassBatchSampler
 
     s = cfg["sampler"]
+    masked = np.array(labels, dtype=np.int64, copy=True)
+    incomplete = (masked < 0).any(axis=1)
+    masked[incomplete] = -1
     try:
         if s["kind"] == "hierarchical":
             return HierarchicalBatchSampler(
-                labels,
+                masked,
                 m=s["m"],
                 batch_size=s["batch_size"],
                 clusters_per_batch=s["clusters_per_batch"],
                 seed=seed,
+                ignore_label=-1,
             )
-        return MPerClassBatchSampler(labels, m=s["m"], batch_size=s["batch_size"], seed=seed)
+        return MPerClassBatchSampler(masked, m=s["m"], batch_size=s["batch_size"], seed=seed, ignore_label=-1)
     except ValueError as exc:
         raise InputError(f"sampler: {exc}") from None
 
@@ -748,8 +769,8 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _epoch_batches(self, epoch: int, start: int) -> list[list[tuple[int, int]]]:
-        """This rank's shards of the epoch's global batches from batch ``start`` on.
+    def _epoch_batches(self, epoch: int, start: int) -> tuple[int, list[list[tuple[int, int]]]]:
+        """(number of batches in the epoch, this rank's shards of its batches from ``start`` on).
 
         Items are (index, augmentation seed). A global batch of n images is cut into W contiguous
         shards of n // W (a last batch whose size W does not divide loses its last n % W images).
@@ -762,7 +783,7 @@ class Trainer:
             b = len(batch) // self.world
             keys = [(int(i), hash_seed(self.cfg["seed"], epoch, k, j)) for j, i in enumerate(batch)]
             out.append(keys[self.rank * b : (self.rank + 1) * b])
-        return out
+        return len(batches), out
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimisation step on this rank's shard of the global batch."""
@@ -878,7 +899,8 @@ class Trainer:
         t = self.cfg["train"]
         images_seen, t_start = 0, time.perf_counter()
         while self.step < stop:
-            gen = _BatchList(self._epoch_batches(self.epoch, self.batch_in_epoch))
+            n_batches, shards = self._epoch_batches(self.epoch, self.batch_in_epoch)
+            gen = _BatchList(shards)
             if not len(gen):
                 raise InputError("sampler: the training split gives no batch")
             loader = torch.utils.data.DataLoader(
@@ -893,7 +915,7 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 images_seen += len(batch["image"]) * self.world
-                if self.batch_in_epoch >= self.batches_per_epoch:
+                if self.batch_in_epoch >= n_batches:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                 if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):

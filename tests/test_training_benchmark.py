@@ -65,6 +65,27 @@ def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
     assert [(r["loss"], r["seed"], r["reused"]) for r in again["runs"]] == [("SupHAP", 1, True)]
     assert again["runs"][0]["metrics"] == results["runs"][3]["metrics"]
 
+    # the number of parallel jobs does not change the results
+    res = cli_runner.invoke(
+        main,
+        [
+            "benchmark",
+            str(suite),
+            "--out",
+            str(tmp_path / "seq"),
+            "--quiet",
+            "--losses",
+            "SupHAP",
+            "--seeds",
+            "1",
+            "--jobs",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    seq = json.loads((tmp_path / "seq" / "results.json").read_text())
+    assert seq["runs"][0]["metrics"] == results["runs"][3]["metrics"]
+
     res = cli_runner.invoke(main, ["benchmark", str(suite), "--out", str(out), "--losses", "Triplet"])
     assert res.exit_code == 2 and "Error: --losses: Triplet not in the suite" in res.output
 
@@ -102,3 +123,14 @@ def test_train_command(tmp_path, cli_runner):
     for device in ("cuda:99", "tpu", "gpu!"):
         res = cli_runner.invoke(main, ["train", str(path), "--device", device, "--out", str(tmp_path / "x")])
         assert res.exit_code == 2 and "Error: --device" in res.output, res.output
+
+
+def test_plan_jobs(monkeypatch):
+    from hglv2.benchmark import plan_jobs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert plan_jobs(8, "cpu") == (4, 1)
+    assert plan_jobs(2, "cpu") == (2, 2)
+    assert plan_jobs(1, "cpu") == (1, None)
+    assert plan_jobs(8, "cpu", jobs=1) == (1, None)
+    assert plan_jobs(8, "cuda") == (1, None)

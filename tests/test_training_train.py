@@ -52,7 +52,7 @@ def tiny_config(root, **train) -> dict:
 
 
 def _batch(trainer, k=0):
-    keys = trainer._epoch_batches(0, 0)[k]
+    keys = trainer._epoch_batches(0, 0)[1][k]
     items = [trainer.train_set[i] for i, _ in keys]
     return torch.stack([it["image"] for it in items]), torch.stack([it["labels"] for it in items])
 
@@ -262,3 +262,18 @@ def test_unknown_config_and_loss(tmp_path, cli_runner, data_root):
     cfg["loss"]["name"] = "NoSuchLoss"
     with pytest.raises(InputError, match="NoSuchLoss"):
         Trainer(cfg, tmp_path, progress=False)
+
+
+def test_rows_with_unknown_levels_are_not_trained_on(data_root):
+    from hglv2.train import _batch_sampler
+
+    cfg = tiny_config(data_root)
+    rng = np.random.default_rng(0)
+    labels = np.stack([np.repeat(np.arange(12), 4), np.repeat(np.arange(12), 4) // 3, np.zeros(48, int)], 1)
+    unknown = rng.choice(48, 10, replace=False)
+    labels[unknown, 1] = -1
+    for kind in ("m_per_class", "hierarchical"):
+        cfg["sampler"]["kind"] = kind
+        sampler = _batch_sampler(cfg, labels, seed=0)
+        seen = {i for b in sampler.global_batches() for i in b}
+        assert seen and not seen & set(unknown.tolist())
