@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,7 @@ def train(
     cfg = _apply(load_config(config), _overrides(sets, random_init))
     out_dir = Path(out or Path("runs") / cfg["name"])
     metrics = run_train(cfg, out_dir, device=device, resume=not no_resume, progress=not quiet)
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     click.echo(f"trained {cfg['name']}: {_short(metrics)}")
     click.echo(f"run folder: {out_dir} (log.jsonl, model.pt, metrics.json)")
