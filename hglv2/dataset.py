@@ -16,13 +16,13 @@ labels are the (B, L) matrix the hierarchical losses and metrics take.
 The samplers yield lists of row indices (use them as ``batch_sampler=`` of a ``DataLoader``):
 
 - :class:`MPerClassBatchSampler`: ``batch_size / m`` distinct classes per batch, ``m`` images
-  each. Every image is used about once per epoch; a class with fewer than ``m`` images is topped
-  up by repeating its images (never dropped).
+  each. Every image is used at least once per epoch (the last group of a class is topped up from
+  that class); a class with fewer than ``m`` images repeats its images (never dropped).
 - :class:`HierarchicalBatchSampler`: ``clusters_per_batch`` distinct clusters per batch, each
   giving ``batch_size / clusters_per_batch`` images as ``m``-image groups of distinct classes, so
-  every batch holds positives at the class level and at the cluster level. Cost is linear in the
-  number of images: clusters are combined by a greedy pass over a shuffled list of cluster
-  groups, never by enumerating cluster pairs.
+  every batch holds positives at the class level and at the cluster level. An epoch costs a few
+  numpy sorts over the images: cluster slots are combined by packing a shuffled list, never by
+  enumerating cluster pairs.
 
 Both are deterministic given ``(seed, epoch)`` (call ``set_epoch`` each epoch, as with
 ``DistributedSampler``) and DDP-aware: every replica computes the same global list of batches and
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -49,6 +50,7 @@ from torch.utils.data import Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from hglv2.errors import InputError
+from hglv2.fileio import write_parquet
 from hglv2.schema import LEVEL_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,40 @@ def _default_transform(img: Image.Image) -> torch.Tensor:
     return arr.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
-def index_tar_shards(shards: Sequence[str | os.PathLike[str]]) -> dict[str, tuple[int, int, int]]:
+def _stamp(path: Path) -> int:
+    """A fingerprint of a shard file that changes when it is rewritten (size and mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1
+    return hash((st.st_size, st.st_mtime_ns)) & ((1 << 62) - 1)
+
+
+def index_tar_shards(
+    shards: Sequence[str | os.PathLike[str]], cache: str | os.PathLike[str] | None = None
+) -> dict[str, tuple[int, int, int]]:
     """Scan tar headers once: image id (file stem) -> (shard number, data offset, size).
 
-    Only regular files are indexed; an id found in two shards keeps its first occurrence.
+    Only regular files are indexed; an id found in two shards keeps its first occurrence. With
+    ``cache`` (a Parquet file), the index is read from it when it was built from shards of the
+    same names, sizes and modification times, and otherwise built and written there
+    (atomically), so scanning the headers of hundreds of shards happens once.
     """
+    shards = [Path(p) for p in shards]
+    stamp = [(p.name, _stamp(p)) for p in shards]
+    if cache is not None and Path(cache).is_file():
+        try:
+            t = pq.read_table(cache)
+            names, sizes = t["shard_name"].to_pylist(), t["shard_stamp"].to_pylist()
+            if sorted(set(zip(names, sizes, strict=True))) == sorted(set(stamp)) or (not names and not stamp):
+                pos = {name: k for k, (name, _) in enumerate(stamp)}
+                return {
+                    i: (pos[n], o, z)
+                    for i, n, o, z in zip(t["id"].to_pylist(), names, t["offset"].to_pylist(),
+                                          t["size"].to_pylist(), strict=True)
+                }
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            pass  # unreadable or stale cache: rebuild it
     index: dict[str, tuple[int, int, int]] = {}
     for k, shard in enumerate(shards):
         try:
@@ -84,6 +115,15 @@ def index_tar_shards(shards: Sequence[str | os.PathLike[str]]) -> dict[str, tupl
                     index.setdefault(stem, (k, member.offset_data, member.size))
         except (tarfile.TarError, OSError) as exc:
             raise InputError(f"{shard}: not a readable tar file ({exc})") from None
+    if cache is not None:
+        vals = list(index.values())
+        write_parquet(pa.table({
+            "id": pa.array(list(index), pa.string()),
+            "shard_name": pa.array([stamp[v[0]][0] for v in vals], pa.string()),
+            "shard_stamp": pa.array([stamp[v[0]][1] for v in vals], pa.int64()),
+            "offset": pa.array([v[1] for v in vals], pa.int64()),
+            "size": pa.array([v[2] for v in vals], pa.int64()),
+        }), cache)
     return index
 
 
@@ -119,6 +159,8 @@ class HGLDv2Dataset(Dataset):
             ``collate_fn`` so batches drop it and report ``n_skipped``.
         layout: ``"auto"`` (tar if ``image_root`` is a list of tars or a folder holding ``*.tar``),
             ``"folder"`` or ``"tar"``.
+        tar_index: optional Parquet file caching the tar member index (see
+            :func:`index_tar_shards`); built on first use, reused while the shards are unchanged.
 
     Attributes:
         ids: list of image ids (N,).
@@ -134,6 +176,7 @@ class HGLDv2Dataset(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         on_error: str = "raise",
         layout: str = "auto",
+        tar_index: str | os.PathLike[str] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -176,7 +219,7 @@ class HGLDv2Dataset(Dataset):
         self._paths: list[str] | None = None
         self._loc: np.ndarray | None = None
         if use_tar:
-            index = index_tar_shards(self.shards)
+            index = index_tar_shards(self.shards, cache=tar_index)
             loc = np.full((len(self.ids), 3), -1, dtype=np.int64)
             for i, image_id in enumerate(self.ids):
                 hit = index.get(image_id)
@@ -274,97 +317,112 @@ def collate_skip_none(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- samplers
 
 
-def _class_chunks(
-    indices: np.ndarray, m: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Split one class's (shuffled) indices into groups of exactly ``m``.
+def _class_chunks(classes: np.ndarray, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cut every class's images, in a random order, into groups of exactly ``m`` row indices.
 
-    ``ceil(n / m)`` groups; the last one is topped up with other images of the class (drawn with
-    replacement when the class has fewer than ``m`` images), so every image appears at least once.
+    Args:
+        classes: (N,) dense class number of each row (0..C-1).
+    Returns:
+        chunks (G, m) row indices and chunk_class (G,). Class ``c`` with ``n_c`` images gets
+        ``ceil(n_c / m)`` groups; its last group is topped up with the first images of its own
+        random order (distinct from the ones already in that group when ``n_c >= m``; a class with
+        fewer than ``m`` images repeats its images). Every row is in at least one group.
     """
-    idx = rng.permutation(indices)
-    n = len(idx)
-    n_chunks = -(-n // m)
-    short = n_chunks * m - n
-    if short:
-        pad = rng.choice(idx, size=short, replace=n < short or n < m)
-        idx = np.concatenate([idx, pad])
-    return [idx[k * m:(k + 1) * m] for k in range(n_chunks)]
+    order = _argsort_random_within(classes, rng)  # by class, random within a class
+    counts = np.bincount(classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    n_groups = -(-counts // m)
+    padded = n_groups * m
+    # position p (0..padded_c-1) of class c takes its (p mod n_c)-th image in the random order
+    cls_of_slot = np.repeat(np.arange(len(counts)), padded)
+    slot_start = np.concatenate([[0], np.cumsum(padded)[:-1]])
+    p = np.arange(padded.sum()) - np.repeat(slot_start, padded)
+    rows = order[starts[cls_of_slot] + p % counts[cls_of_slot]]
+    return rows.reshape(-1, m), np.repeat(np.arange(len(counts)), n_groups)
 
 
-def _spread_order(items: list[tuple[int, Any]], rng: np.random.Generator) -> np.ndarray:
-    """A random order of ``items`` that spreads each key's items evenly over the sequence.
+def _argsort_random_within(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices sorted by ``keys`` (non-negative ints < 2**31), in a random order within a key."""
+    noise = rng.integers(0, 2**32, size=len(keys), dtype=np.uint64)
+    return np.argsort((keys.astype(np.uint64) << np.uint64(32)) | noise)
 
-    The j-th of the n items of a key gets the sort key ``(j + u) / n`` with ``u ~ U[0, 1)`` drawn
-    per item, so items of one key land about ``len(items) / n`` positions apart and rarely meet
-    in the same group (a plain shuffle makes such collisions, and leftovers at the end, common).
+
+def _spread_order(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of items that spreads each key's items evenly over the sequence.
+
+    The j-th of the n items of a key gets the sort key ``(j + (u + e_j) / 2) / n`` with a random
+    phase ``u`` per key and a jitter ``e_j`` per item (both ``U[0, 1)``), so consecutive items of a
+    key are at least ``len(keys) / (2 n)`` positions apart and rarely meet in the same group (a
+    plain shuffle makes such collisions common), while keys mix at random.
     """
-    keys = np.fromiter((k for k, _ in items), dtype=np.int64, count=len(items))
     if len(keys) == 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
+    order = _argsort_random_within(keys, rng)
     sk = keys[order]
     starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
     counts = np.diff(np.r_[starts, len(sk)])
     rank_in_key = np.arange(len(sk)) - np.repeat(starts, counts)
-    pos = np.empty(len(items))
-    pos[order] = (rank_in_key + rng.random(len(sk))) / np.repeat(counts, counts)
+    phase = np.repeat(rng.random(len(starts)), counts)
+    pos = np.empty(len(keys))
+    pos[order] = (rank_in_key + 0.5 * (phase + rng.random(len(sk)))) / np.repeat(counts, counts)
     return np.argsort(pos, kind="stable")
 
 
-def _group_distinct(
-    items: list[tuple[int, Any]], size: int, rng: np.random.Generator
-) -> list[list[Any]]:
-    """Greedily pack ``(key, payload)`` items into groups of ``size`` payloads with distinct keys.
+def _pack(keys: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Pack items into groups of ``size`` with distinct keys; returns (n_groups, size) item indices.
 
-    One pass over the items in the order of :func:`_spread_order`; an item whose key is already
-    in the current group waits in a queue and is placed first in a later group. When only items of
-    keys already in the group remain (e.g. one dominant class at the very end), the group is
-    completed with random items of other keys. Every item lands in exactly one group (the padding
-    items are extra copies); there are at least ``ceil(len(items) / size)`` groups.
+    Items are put in :func:`_spread_order` and cut into consecutive groups; the few groups that
+    hold a key twice, and the remainder, are re-packed greedily: an item whose key is already in
+    the current group waits and goes first into a later group; when only such items are left (one
+    dominant key at the end), the group is completed with random items of other keys (extra
+    copies). Every item lands in a group; the group order is shuffled. Needs ``size`` distinct keys.
     """
-    order = iter(_spread_order(items, rng).tolist())
-    waiting: deque[tuple[int, Any]] = deque()
-    groups: list[list[Any]] = []
+    order = _spread_order(keys, rng)
+    n_full = len(order) // size
+    rows = order[: n_full * size].reshape(n_full, size)
+    sk = np.sort(keys[rows], axis=1)
+    bad = (sk[:, 1:] == sk[:, :-1]).any(axis=1) if size > 1 else np.zeros(n_full, dtype=bool)
+    rest = np.concatenate([rows[bad].ravel(), order[n_full * size:]])
+    groups = [rows[~bad]]
+    if len(rest):
+        groups.append(np.asarray(_greedy(rest, keys, size, rng), dtype=np.int64).reshape(-1, size))
+    out = np.concatenate(groups)
+    return out[rng.permutation(len(out))]
+
+
+def _greedy(items: np.ndarray, keys: np.ndarray, size: int, rng: np.random.Generator) -> list[int]:
+    waiting: deque[int] = deque()
+    stream = iter(items.tolist())
+    out: list[int] = []
     while True:
-        current: list[Any] = []
-        keys: set[int] = set()
+        current: list[int] = []
+        used: set[int] = set()
         for _ in range(len(waiting)):
             if len(current) == size:
                 break
-            item = waiting.popleft()
-            if item[0] in keys:
-                waiting.append(item)
+            j = waiting.popleft()
+            if keys[j] in used:
+                waiting.append(j)
             else:
-                keys.add(item[0])
-                current.append(item[1])
+                used.add(int(keys[j]))
+                current.append(j)
         while len(current) < size:
-            j = next(order, None)
+            j = next(stream, None)
             if j is None:
                 break
-            item = items[j]
-            if item[0] in keys:
-                waiting.append(item)
+            if keys[j] in used:
+                waiting.append(j)
             else:
-                keys.add(item[0])
-                current.append(item[1])
+                used.add(int(keys[j]))
+                current.append(j)
         if not current:
-            return groups
-        if len(current) < size:
-            _fill(current, keys, items, size, rng)
-        groups.append(current)
-
-
-def _fill(current: list[Any], keys: set[int], items: list[tuple[int, Any]], size: int,
-          rng: np.random.Generator) -> None:
-    """Complete ``current`` to ``size`` with random items whose keys are not in it yet."""
-    for j in rng.permutation(len(items)):
-        if len(current) == size:
-            return
-        key, payload = items[j]
-        if key not in keys:
-            keys.add(key)
-            current.append(payload)
+            return out
+        while len(current) < size:  # complete with random items of keys not in the group
+            for j in rng.integers(0, len(keys), size=4 * size).tolist():
+                if len(current) < size and keys[j] not in used:
+                    used.add(int(keys[j]))
+                    current.append(j)
+        out.extend(current)
 
 
 def _check_ddp(num_replicas: int, rank: int) -> None:
@@ -372,39 +430,27 @@ def _check_ddp(num_replicas: int, rank: int) -> None:
         raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas (got {num_replicas}, {rank})")
 
 
-def _as_1d_labels(labels: Any, column: int) -> np.ndarray:
-    arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-    if arr.ndim == 2:
-        arr = arr[:, column]
-    if arr.ndim != 1:
-        raise ValueError("labels must be (N,) or (N, L)")
-    return arr.astype(np.int64, copy=False)
-
-
-def _groups_by_label(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Unique labels and, for each, the indices having it (one stable argsort, O(N log N))."""
-    order = np.argsort(labels, kind="stable")
-    uniq, starts = np.unique(labels[order], return_index=True)
-    return uniq, np.split(order, starts[1:])
+def _as_array(labels: Any) -> np.ndarray:
+    return np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
-    """Shared epoch/DDP logic: subclasses build the global batch list of an epoch."""
+    """Shared epoch/DDP logic: subclasses build the global (n_batches, batch_size) array of an epoch."""
 
     def __init__(self, seed: int, num_replicas: int, rank: int) -> None:
         _check_ddp(num_replicas, rank)
         self.seed, self.num_replicas, self.rank = int(seed), int(num_replicas), int(rank)
         self.epoch = 0
-        self._cache: tuple[int, list[np.ndarray]] | None = None
+        self._cache: tuple[int, np.ndarray] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches the next ``iter()`` yields (call once per epoch)."""
         self.epoch = int(epoch)
 
-    def _build(self, rng: np.random.Generator) -> list[np.ndarray]:
+    def _build(self, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
-    def _global(self) -> list[np.ndarray]:
+    def _global(self) -> np.ndarray:
         if self._cache is None or self._cache[0] != self.epoch:
             rng = np.random.default_rng([self.seed, self.epoch])
             self._cache = (self.epoch, self._build(rng))
@@ -412,7 +458,7 @@ class _EpochBatchSampler(Sampler[list[int]]):
 
     def global_batches(self) -> list[list[int]]:
         """This epoch's batches for all replicas (rank r takes batches r, r + R, ...)."""
-        return [b.tolist() for b in self._global()]
+        return self._global().tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._global()
@@ -429,12 +475,13 @@ class MPerClassBatchSampler(_EpochBatchSampler):
     """Batches of ``batch_size // m`` distinct classes with ``m`` images each.
 
     Per epoch, each class's images are shuffled and cut into groups of ``m`` (the last group topped
-    up from the same class, with replacement if the class has fewer than ``m`` images); the groups
-    are put in a random order that spreads each class over the epoch and packed greedily into
-    batches of distinct classes. So every image is used at least once per epoch and no class is
-    dropped. The number of batches is ``ceil(G / P)`` (G groups, P classes per batch) unless one
-    class holds more than ``1/P`` of the groups, which needs a few more; ``len(self)`` is exact
-    for the current epoch.
+    up from the same class; a class with fewer than ``m`` images repeats its images); the groups
+    are put in a random order that spreads each class over the epoch and packed into batches of
+    distinct classes. So every image is used at least once per epoch and no class is dropped.
+    The number of batches is ``ceil(G / P)`` (G groups, P classes per batch), a few more if one
+    class holds more than ``1/P`` of the groups; ``len(self)`` is exact for the current epoch.
+    Building an epoch is vectorised (numpy sorts); only the rare conflicting groups are re-packed
+    in Python.
 
     Args:
         labels: (N,) class ids, or (N, L) with the class in column ``level`` (default 0).
@@ -452,10 +499,14 @@ class MPerClassBatchSampler(_EpochBatchSampler):
         if m < 1 or batch_size < m or batch_size % m:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         super().__init__(seed, num_replicas, rank)
-        lab = _as_1d_labels(labels, level)
-        keep = np.arange(len(lab)) if ignore_label is None else np.flatnonzero(lab != ignore_label)
-        self.classes, groups = _groups_by_label(lab[keep])
-        self.class_indices = [keep[g] for g in groups]
+        lab = _as_array(labels)
+        if lab.ndim == 2:
+            lab = lab[:, level]
+        if lab.ndim != 1:
+            raise ValueError("labels must be (N,) or (N, L)")
+        lab = lab.astype(np.int64, copy=False)
+        self.rows = np.arange(len(lab)) if ignore_label is None else np.flatnonzero(lab != ignore_label)
+        self.classes, self.class_of_row = np.unique(lab[self.rows], return_inverse=True)
         self.m, self.batch_size = m, batch_size
         self.per_batch = batch_size // m
         if len(self.classes) < self.per_batch:
@@ -463,11 +514,10 @@ class MPerClassBatchSampler(_EpochBatchSampler):
                 f"batch_size // m = {self.per_batch} classes per batch, but only {len(self.classes)} classes"
             )
 
-    def _build(self, rng: np.random.Generator) -> list[np.ndarray]:
-        items: list[tuple[int, Any]] = []
-        for c, idx in enumerate(self.class_indices):
-            items.extend((c, chunk) for chunk in _class_chunks(idx, self.m, rng))
-        return [np.concatenate(g) for g in _group_distinct(items, self.per_batch, rng)]
+    def _build(self, rng: np.random.Generator) -> np.ndarray:
+        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng)
+        groups = _pack(chunk_class, self.per_batch, rng)  # (B, P) chunk numbers
+        return self.rows[chunks[groups].reshape(len(groups), -1)]
 
 
 class HierarchicalBatchSampler(_EpochBatchSampler):
@@ -480,10 +530,9 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
     Per epoch: (1) each class is cut into ``m``-groups as in :class:`MPerClassBatchSampler`;
     (2) within each cluster the groups are packed into cluster slots of ``P = batch_size //
     (clusters_per_batch * m)`` distinct classes (a cluster with fewer than ``P`` classes repeats
-    some of them); (3) all cluster slots are ordered at random (spread per cluster) and packed
-    greedily into batches of distinct clusters. Every step is linear in the number of groups (up
-    to sorting): there is no enumeration of cluster pairs, so tens of thousands of classes and
-    hundreds of clusters are cheap.
+    some of them); (3) all cluster slots are packed into batches of distinct clusters. Every step
+    is a few numpy sorts over the groups: there is no enumeration of cluster pairs, so tens of
+    thousands of classes and hundreds of clusters are cheap.
 
     Rows whose cluster label is ``ignore_label`` (default -1, "hierarchy unknown") are left out;
     their number is ``n_excluded``.
@@ -506,42 +555,46 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
                 f"({clusters_per_batch} * {m})"
             )
         super().__init__(seed, num_replicas, rank)
-        arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        arr = _as_array(labels)
         if arr.ndim != 2:
             raise ValueError("labels must be (N, L)")
         cls = arr[:, class_level].astype(np.int64)
         clu = arr[:, cluster_level].astype(np.int64)
-        keep = np.arange(len(cls)) if ignore_label is None else np.flatnonzero(clu != ignore_label)
-        self.n_excluded = len(cls) - len(keep)
+        self.rows = np.arange(len(cls)) if ignore_label is None else np.flatnonzero(clu != ignore_label)
+        self.n_excluded = len(cls) - len(self.rows)
         self.m, self.batch_size = m, batch_size
         self.clusters_per_batch = clusters_per_batch
         self.per_slot = batch_size // (clusters_per_batch * m)
-        self.clusters, cluster_groups = _groups_by_label(clu[keep])
+        self.clusters, cluster_of_row = np.unique(clu[self.rows], return_inverse=True)
         if len(self.clusters) < clusters_per_batch:
             raise ValueError(
                 f"clusters_per_batch = {clusters_per_batch}, but only {len(self.clusters)} clusters"
             )
-        self.cluster_classes: list[list[np.ndarray]] = []
-        for g in cluster_groups:
-            rows = keep[g]
-            _, class_groups = _groups_by_label(cls[rows])
-            self.cluster_classes.append([rows[cg] for cg in class_groups])
+        # a "class" is a (cluster, class) pair, so a class split over two clusters stays consistent
+        _, cls_dense = np.unique(cls[self.rows], return_inverse=True)
+        n_cls = int(cls_dense.max()) + 1 if len(cls_dense) else 1
+        pair = cluster_of_row.astype(np.int64) * n_cls + cls_dense
+        uniq, self.class_of_row = np.unique(pair, return_inverse=True)
+        self.cluster_of_class = uniq // n_cls
 
-    def _cluster_slots(self, per_class: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-        items: list[tuple[int, Any]] = []
-        for c, idx in enumerate(per_class):
-            items.extend((c, chunk) for chunk in _class_chunks(idx, self.m, rng))
-        if len(per_class) >= self.per_slot:
-            groups = _group_distinct(items, self.per_slot, rng)
-        else:  # too few classes in this cluster: its slots repeat classes
-            flat = [items[j][1] for j in rng.permutation(len(items))]
-            n = -(-len(flat) // self.per_slot)
-            flat += [flat[j] for j in rng.integers(0, len(flat), size=n * self.per_slot - len(flat))]
-            groups = [flat[k * self.per_slot:(k + 1) * self.per_slot] for k in range(n)]
-        return [np.concatenate(g) for g in groups]
-
-    def _build(self, rng: np.random.Generator) -> list[np.ndarray]:
-        slots: list[tuple[int, Any]] = []
-        for k, per_class in enumerate(self.cluster_classes):
-            slots.extend((k, s) for s in self._cluster_slots(per_class, rng))
-        return [np.concatenate(b) for b in _group_distinct(slots, self.clusters_per_batch, rng)]
+    def _build(self, rng: np.random.Generator) -> np.ndarray:
+        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng)
+        chunk_cluster = self.cluster_of_class[chunk_class]
+        by_cluster = np.argsort(chunk_cluster, kind="stable")
+        bounds = np.searchsorted(chunk_cluster[by_cluster], np.arange(len(self.clusters) + 1))
+        slots, slot_cluster = [], []
+        for k in range(len(self.clusters)):
+            ids = by_cluster[bounds[k]:bounds[k + 1]]
+            keys = chunk_class[ids]
+            if len(np.unique(keys)) >= self.per_slot:
+                s = ids[_pack(keys, self.per_slot, rng)]
+            else:  # too few classes in this cluster: its slots repeat classes
+                n = -(-len(ids) // self.per_slot)
+                flat = np.concatenate([rng.permutation(ids),
+                                       rng.choice(ids, size=n * self.per_slot - len(ids))])
+                s = flat.reshape(n, self.per_slot)
+            slots.append(s)
+            slot_cluster.append(np.full(len(s), k))
+        all_slots = np.concatenate(slots)  # (S, per_slot) chunk numbers
+        batches = _pack(np.concatenate(slot_cluster), self.clusters_per_batch, rng)  # (B, clusters) slots
+        return self.rows[chunks[all_slots[batches]].reshape(len(batches), -1)]

@@ -56,8 +56,17 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         fh.write("\n")
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike[str], row_group_size: int = 100_000) -> None:
-    """Write ``table`` to Parquet atomically with deterministic bytes (zstd, no pandas metadata)."""
+def write_parquet(
+    table: pa.Table,
+    path: str | os.PathLike[str],
+    row_group_size: int = 100_000,
+    use_dictionary: bool | list[str] = True,
+) -> None:
+    """Write ``table`` to Parquet atomically with deterministic bytes (zstd, no pandas metadata).
+
+    ``use_dictionary``: True, False, or the columns to dictionary-encode (leave out columns whose
+    values are all distinct, such as image ids, to save the encoder's wasted attempt).
+    """
     table = table.replace_schema_metadata(None)
     with atomic_path(path) as tmp:
         pq.write_table(
@@ -65,7 +74,7 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str], row_group_size:
             tmp,
             row_group_size=row_group_size,
             compression="zstd",
-            use_dictionary=True,
+            use_dictionary=use_dictionary,
             write_statistics=True,
             store_schema=False,
         )

@@ -194,7 +194,7 @@ def download(
     base_url: str = DEFAULT_BASE_URL,
     offline: bool = False,
     lock_path: str | os.PathLike[str] | None = None,
-    contact: str = "unknown",
+    contact: str = "anonymous",
     session: requests.Session | None = None,
     timeout: float = 60.0,
     max_tries: int = 8,
@@ -454,19 +454,46 @@ def _to_int(col: pa.ChunkedArray, name: str, field: str) -> pa.ChunkedArray:
     return pc.cast(stripped, pa.int64())
 
 
-def _check_unique(col: pa.ChunkedArray, name: str, field: str) -> None:
-    if pc.count_distinct(col).as_py() == len(col):
-        return
-    vals = col.to_numpy() if pa.types.is_integer(col.type) else np.asarray(col.to_pylist(), dtype=object)
-    order = np.argsort(vals, kind="stable")
-    sv = vals[order]
+_NIBBLE = np.zeros(256, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def hex_ids_to_uint64(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """16-hex-character ids (already validated) -> uint64 values, vectorised (no Python loop)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    arr = arr.cast(pa.string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(-1, 16)
+    nib = _NIBBLE[raw]
+    packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2])  # (N, 8) bytes, big-endian
+    return packed.view(">u8").ravel().astype(np.uint64)
+
+
+def _first_duplicate(values: np.ndarray) -> int | None:
+    """Row of the first value that repeats an earlier row (smallest such row), or None."""
+    order = np.argsort(values, kind="stable")
+    sv = values[order]
     same = np.flatnonzero(sv[1:] == sv[:-1])
-    row = int(order[same + 1].min())
-    raise InputError(f"{name}:{row + 2}: duplicate {field} {col[row].as_py()!r}")
+    return int(order[same + 1].min()) if len(same) else None
+
+
+def _check_unique(col: pa.ChunkedArray, name: str, field: str, hex_ids: bool = False) -> None:
+    if hex_ids:
+        vals = hex_ids_to_uint64(col)
+    elif pa.types.is_integer(col.type):
+        vals = col.to_numpy()
+    else:
+        vals = np.asarray(col.to_pylist(), dtype=object)
+    row = _first_duplicate(vals)
+    if row is not None:
+        raise InputError(f"{name}:{row + 2}: duplicate {field} {col[row].as_py()!r}")
 
 
 def _check_nonempty(col: pa.ChunkedArray, name: str, field: str) -> None:
-    row = _first_false(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
+    """Empty or whitespace-only fields (no copy of the column is made)."""
+    row = _first_false(pc.and_(pc.greater(pc.utf8_length(col), 0), pc.invert(pc.utf8_is_space(col))))
     if row is not None:
         raise InputError(f"{name}:{row + 2}: empty {field}")
 
@@ -506,7 +533,7 @@ def read_file(path: str | os.PathLike[str], kind: str | None = None) -> pa.Table
     k = spec.kind
     if k in ("train", "image_list", "image_to_landmark", "retrieval_solution", "recognition_solution"):
         _check_ids(t["id"], name, "id")
-        _check_unique(t["id"], name, "id")
+        _check_unique(t["id"], name, "id", hex_ids=True)
     if k == "train":
         _check_nonempty(t["url"], name, "url")
         return pa.table({"id": t["id"], "url": t["url"], "landmark_id": _to_int(t["landmark_id"], name,
@@ -531,13 +558,9 @@ def read_file(path: str | os.PathLike[str], kind: str | None = None) -> pa.Table
         flat, parents = _split_list(t["images"])
         lines = parents + 2
         _check_ids(pa.chunked_array([flat]), name, "image id", lines)
-        ids = pa.chunked_array([flat])
-        if pc.count_distinct(ids).as_py() != len(ids):
-            vals = np.asarray(flat.to_pylist(), dtype=object)
-            order = np.argsort(vals, kind="stable")
-            same = np.flatnonzero(vals[order][1:] == vals[order][:-1])
-            j = int(order[same + 1].min())
-            raise InputError(f"{name}:{int(lines[j])}: image id {vals[j]!r} is listed twice")
+        j = _first_duplicate(hex_ids_to_uint64(flat))
+        if j is not None:
+            raise InputError(f"{name}:{int(lines[j])}: image id {flat[j].as_py()!r} is listed twice")
         return pa.table({"id": flat, "landmark_id": lid.combine_chunks().take(pa.array(parents))})
     # solution files
     _check_nonempty(t["Usage"], name, "Usage")

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from hglv2 import __version__
 from hglv2.errors import InputError
@@ -115,10 +116,12 @@ def combine_hierarchies(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame
 
 
 def table_hash(df: pd.DataFrame) -> str:
-    """sha256 of the table's canonical CSV (columns in order, ``\\n`` line ends, empty for null)."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, lineterminator="\n", na_rep="")
-    return hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()
+    """sha256 of the table's canonical CSV (pyarrow writer: header, quoting only where needed,
+    ``\\n`` line ends, empty for null), columns and rows in their order."""
+    buf = io.BytesIO()
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(quoting_style="needed"))
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def _dense_ids(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -141,16 +144,26 @@ class HierarchyIndex:
             for c in ("category", "supercategory", "hierarchical_label", "natural_or_human_made")
         }
 
+    def _positions(self, landmark_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row of each landmark in the table (0 where absent) and whether it is present."""
+        if len(self.landmarks) == 0:
+            return np.zeros(len(landmark_ids), dtype=np.int64), np.zeros(len(landmark_ids), dtype=bool)
+        top = int(self.landmarks[-1])
+        if top < 4 * (len(landmark_ids) + len(self.landmarks)) + 1_000_000:  # dense ids: a lookup table
+            lut = np.full(top + 1, -1, dtype=np.int64)
+            lut[self.landmarks] = np.arange(len(self.landmarks))
+            inside = (landmark_ids >= 0) & (landmark_ids <= top)
+            pos = np.where(inside, lut[np.clip(landmark_ids, 0, top)], -1)
+            return np.maximum(pos, 0), pos >= 0
+        pos = np.minimum(np.searchsorted(self.landmarks, landmark_ids), len(self.landmarks) - 1)
+        return pos, (landmark_ids >= 0) & (self.landmarks[pos] == landmark_ids)
+
     def join(self, ids: pa.Array | pa.ChunkedArray, landmark_ids: np.ndarray,
              usage: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
         """Rows (id, landmark_id) in their order -> a split table (:data:`SPLIT_SCHEMA`)."""
         landmark_ids = np.asarray(landmark_ids, dtype=np.int64)
         n = len(landmark_ids)
-        pos = np.searchsorted(self.landmarks, landmark_ids)
-        pos_c = np.minimum(pos, max(len(self.landmarks) - 1, 0))
-        found = (len(self.landmarks) > 0) & (landmark_ids >= 0)
-        if len(self.landmarks):
-            found &= self.landmarks[pos_c] == landmark_ids
+        pos_c, found = self._positions(landmark_ids)
         take = pa.array(np.where(found, pos_c, 0), pa.int64())
         mask = pa.array(~found)
         cols: dict[str, Any] = {"id": ids, "landmark_id": pa.array(landmark_ids, pa.int64())}
@@ -172,10 +185,28 @@ class HierarchyIndex:
         return pa.table(cols).cast(schema)
 
 
-def image_paths(ids: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
-    """``a/b/c/<id>.jpg`` for each id, vectorised (see :func:`hglv2.schema.image_relpath`)."""
-    parts = [pc.utf8_slice_codeunits(ids, k, k + 1) for k in range(3)]
-    return pc.binary_join_element_wise(*parts, pc.binary_join_element_wise(ids, ".jpg", ""), "/")
+def image_paths(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``a/b/c/<id>.jpg`` for each id, vectorised (see :func:`hglv2.schema.image_relpath`).
+
+    GLDv2 ids (16 ASCII characters) are laid out as one fixed-width byte matrix with numpy; other
+    ids go through pyarrow string kernels.
+    """
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    arr = arr.cast(pa.string())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + n + 1] if n else None
+    if n and arr.null_count == 0 and offsets[-1] - offsets[0] == 16 * n and (np.diff(offsets) == 16).all():
+        raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(n, 16)
+        out = np.empty((n, 26), dtype=np.uint8)  # a/b/c/ + id + .jpg
+        out[:, 0:6:2] = raw[:, :3]
+        out[:, 1:6:2] = ord("/")
+        out[:, 6:22] = raw
+        out[:, 22:26] = np.frombuffer(b".jpg", dtype=np.uint8)
+        if raw.max(initial=0) < 128:  # ASCII: one byte per character
+            offs = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * 26).tobytes())
+            return pa.StringArray.from_buffers(n, offs, pa.py_buffer(out.tobytes()))
+    parts = [pc.utf8_slice_codeunits(arr, k, k + 1) for k in range(3)]
+    return pc.binary_join_element_wise(*parts, pc.binary_join_element_wise(arr, ".jpg", ""), "/")
 
 
 # ---------------------------------------------------------------------------------------- splits
@@ -275,14 +306,12 @@ def coverage(table: pa.Table) -> dict[str, Any]:
     lids = table["landmark_id"].to_numpy()
     complete = table["hierarchy_complete"].to_numpy()
     known = lids >= 0
-    all_lm = np.unique(lids[known])
-    incomplete_lm = np.unique(lids[known & ~complete])
     return {
         "rows": n,
         "rows_hierarchy_complete": int(complete.sum()),
         "coverage": {k: round(v, 6) for k, v in cov.items()},
-        "landmarks": int(len(all_lm)),
-        "landmarks_hierarchy_incomplete": int(len(incomplete_lm)),
+        "landmarks": len(pd.unique(lids[known])),
+        "landmarks_hierarchy_incomplete": len(pd.unique(lids[known & ~complete])),
         "rows_without_landmark": int((~known).sum()),
     }
 
@@ -352,7 +381,8 @@ def export(
     split_info: dict[str, Any] = {}
     for s, t in tables.items():
         path = out_dir / f"{s}.parquet"
-        write_parquet(t, path, row_group_size=row_group_size)
+        write_parquet(t, path, row_group_size=row_group_size,
+                      use_dictionary=[c for c in t.column_names if c not in ("id", "path")])
         info = coverage(t)
         info.update({"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                      "columns": t.column_names})

@@ -283,3 +283,30 @@ def test_hierarchical_sampler_excludes_unknown_clusters_and_scales():
     assert len(batches) == len(s) > 100
     for b in batches[:50]:
         assert (labels[b, 1] >= 0).all() and len(set(labels[b, 1].tolist())) == 4
+
+
+def test_tar_index_cache_is_reused_and_refreshed(tmp_path, monkeypatch):
+    split, ids, _ = _split(tmp_path)
+    root = _tars(tmp_path, ids)
+    cache = tmp_path / "tar_index.parquet"
+    first = HGLDv2Dataset(split, root, tar_index=cache)
+    assert cache.is_file()
+    expected = first[4]
+
+    def no_scan(*a, **k):
+        raise AssertionError("tar headers scanned again")
+
+    monkeypatch.setattr(tarfile, "open", no_scan)
+    again = HGLDv2Dataset(split, root, tar_index=cache)
+    assert torch.equal(again[4]["image"], expected["image"]) and again[4]["id"] == ids[4]
+    monkeypatch.undo()
+    # a shard changed size: the cache is stale and rebuilt
+    with tarfile.open(root / "images_000.tar", "a") as tf:
+        info = tarfile.TarInfo("extra/0000000000000abc.jpg")
+        data = _jpeg(99)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    HGLDv2Dataset(split, root, tar_index=cache)
+    import pyarrow.parquet as pq
+
+    assert "0000000000000abc" in pq.read_table(cache)["id"].to_pylist()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hglv2.errors import InputError
-from hglv2.gldv2 import FILES, file_url, read_file, spec_for, write_example
+from hglv2.gldv2 import FILES, file_url, hex_ids_to_uint64, read_file, spec_for, write_example
 
 A = "0123456789abcdef"
 B = "fedcba9876543210"
@@ -143,3 +147,13 @@ def test_spec_and_urls():
     )
     with pytest.raises(InputError):
         file_url("../secret.csv")
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=50), st.integers(0, 5))
+def test_hex_ids_to_uint64_matches_int_parsing(values, cut):
+    arr = pa.array(["ffffffffffffffff"] * cut + [f"{v:016x}" for v in values])
+    got = hex_ids_to_uint64(arr.slice(cut))  # a sliced array has a non-zero offset
+    assert got.dtype == np.uint64 and got.tolist() == values
+    chunked = pa.chunked_array([arr.slice(cut, 3), arr.slice(cut + 3)]) if len(values) > 3 else None
+    if chunked is not None:
+        assert hex_ids_to_uint64(chunked).tolist() == values

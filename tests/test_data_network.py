@@ -27,7 +27,8 @@ class FlakyServer:
     """Serves ``files`` (path -> bytes); ``plan[path]`` is a list of actions used one per request.
 
     Actions: ``"ok"``, ``"503"``, ``"429"`` (with Retry-After: 7), ``"404"``, ``"drop"`` (send the
-    headers and half of the requested bytes, then close the connection). Honours ``Range: bytes=N-``.
+    headers and half of the requested bytes, then close the connection), ``"ignore-range"`` (answer
+    200 with the whole file). Honours ``Range: bytes=N-`` otherwise.
     """
 
     def __init__(self, files: dict[str, bytes], plan: dict[str, list[str]] | None = None):
@@ -57,6 +58,8 @@ class FlakyServer:
                 data = server.files[self.path]
                 start = 0
                 rng = self.headers.get("Range")
+                if action == "ignore-range":
+                    rng = None
                 if rng:
                     start = int(rng.split("=")[1].split("-")[0])
                     self.send_response(206)
@@ -254,6 +257,14 @@ def test_download_resumes_a_previous_partial_file(tmp_path):
         _dl(srv, tmp_path, names=["train.csv"])
         assert srv.log[0][1] == "bytes=1000-"
         assert (tmp_path / "train.csv").read_bytes() == TRAIN
+
+
+def test_download_restarts_when_the_server_ignores_range(tmp_path):
+    plan = {"/gl/metadata/train.csv": ["drop", "ignore-range"]}
+    with FlakyServer(_server_files(), plan) as srv:
+        _dl(srv, tmp_path, names=["train.csv"])
+        assert (tmp_path / "train.csv").read_bytes() == TRAIN
+        assert [r is not None for p, r, _ in srv.log] == [False, True]
 
 
 def test_download_gives_up_after_max_tries(tmp_path):

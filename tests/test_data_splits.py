@@ -6,13 +6,16 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hglv2.errors import InputError
 from hglv2.gldv2 import write_example
 from hglv2.schema import SPLIT_COLUMNS, image_relpath
-from hglv2.splits import export
+from hglv2.splits import HierarchyIndex, export, image_paths
 
 
 def _csv(path):
@@ -202,3 +205,32 @@ def test_hugging_face_datasets_and_duckdb_read_the_export(tmp_path, monkeypatch)
     index_file = tmp_path / "out" / "index.parquet"
     n = duckdb.sql(f"SELECT count(*) FROM '{index_file}' WHERE level1 >= 0").fetchall()[0][0]
     assert n == round(m["splits"]["index"]["coverage"]["level1"] * m["splits"]["index"]["rows"])
+
+
+@given(st.lists(st.text(alphabet="0123456789abcdefé/", min_size=3, max_size=18), max_size=30),
+       st.booleans())
+def test_image_paths_match_schema_relpath(ids, fixed):
+    if fixed:
+        ids = [(i * 16)[:16].replace("é", "e").replace("/", "0") for i in ids]
+    got = image_paths(pa.array(ids, pa.string())).to_pylist()
+    assert got == [image_relpath(i) for i in ids]
+    if len(ids) > 2:  # chunked input, with an offset
+        arr = pa.chunked_array([pa.array(["zzzzzzzzzzzzzzzz"] + ids[:2]).slice(1), pa.array(ids[2:])])
+        assert image_paths(arr).to_pylist() == [image_relpath(i) for i in ids]
+
+
+@given(st.lists(st.integers(0, 60), unique=True, max_size=40), st.lists(st.integers(-2, 70), max_size=60),
+       st.sampled_from([1, 10**15]))
+def test_hierarchy_positions_match_dict_lookup(table_ids, query_ids, scale):
+    """Both join paths (dense lookup table, and searchsorted for huge ids) against a dict."""
+    table_ids = sorted(x * scale for x in table_ids)
+    query = np.array([q * scale if q >= 0 else q for q in query_ids], dtype=np.int64)
+    df = pd.DataFrame({"landmark_id": np.array(table_ids, dtype=np.int64)})
+    for c in ("category", "supercategory", "hierarchical_label", "natural_or_human_made"):
+        df[c] = pd.Series([f"{c}{x % 3}" for x in table_ids], dtype="string")
+    index = HierarchyIndex(df)
+    pos, found = index._positions(query)
+    where = {v: k for k, v in enumerate(table_ids)}
+    assert found.tolist() == [int(q) in where for q in query]
+    expected = [where[int(q)] for q in query if int(q) in where]
+    assert [int(p) for p, f in zip(pos, found, strict=True) if f] == expected

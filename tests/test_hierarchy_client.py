@@ -203,3 +203,25 @@ def test_parse_item_ranks_and_redirects(world, tmp_path):
     with FakeWikidata(redirected) as srv:
         got = fetch_items(make_client(srv, ResponseCache(tmp_path / "c.sqlite")), ["Q7", "Q8"])
     assert got["Q7"].qid == "Q16970" and got["Q7"].redirected_from == "Q7" and got["Q8"] is None
+
+
+def test_p373_fallback_escapes_sparql_literals(tmp_path):
+    from make_sample import _entity
+
+    from hglv2.hierarchy.wikidata import resolve_categories
+
+    name = 'Tower "Big" \\ Old'
+    ents = {
+        "Q12518": _entity("Q12518", "tower", {}, 1),
+        "Q42": _entity("Q42", "the tower", {"P31": [("Q12518", "normal")], "P373": [(name, "normal")]}, 9),
+    }
+    url = "http://commons.wikimedia.org/wiki/Category:" + name.replace(" ", "_").replace("\\", "%5C")
+    with FakeWikidata(World(ents)) as srv:
+        client = make_client(srv, ResponseCache(tmp_path / "c.sqlite"))
+        rows = resolve_categories(
+            client, [(5, url), (6, "http://commons.wikimedia.org/wiki/Category:Nowhere")]
+        )
+    assert [(r["qid"], r["resolution"], r["p31"], r["revision"]) for r in rows] == [
+        ("Q42", "p373", "Q12518", 9),
+        (None, "missing", None, None),
+    ]

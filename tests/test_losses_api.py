@@ -209,3 +209,34 @@ def test_memory_bank_loss_equals_explicit_concatenation():
     a = SupHAP()(emb, lab, ref, ref_lab)
     b = SupHAP()(emb, lab, torch.cat([old, emb.detach()]), torch.cat([old_lab, lab]))
     assert torch.allclose(a, b)
+
+
+def test_negative_labels_are_unknown_and_match_nothing():
+    emb, lab = _batch(B=16)
+    unknown = lab.clone()
+    unknown[:4, 0] = -1  # first class: landmark unknown
+    per_query = SupAP(reduction="none")(emb, unknown)
+    assert (per_query[:4] == 0).all()  # no positive at all, not even itself: left out
+    # the others are unchanged (the unknown items were negatives for them anyway)
+    assert torch.allclose(per_query[4:], SupAP(reduction="none")(emb, lab)[4:])
+    mean = SupAP()(emb, unknown)
+    assert torch.allclose(mean, per_query[4:].mean())
+    # for the hierarchy, the unknown column is simply not shared
+    hap = SupHAP(reduction="none")(emb, unknown)
+    assert torch.isfinite(hap).all() and (hap[:4] > 0).all()
+
+
+def test_distributed_helpers_without_process_group_are_identity():
+    from hglv2.losses import DistributedLoss, gather_batch
+
+    emb, lab = _batch()
+    all_emb, all_lab = gather_batch(emb, lab)
+    assert all_emb is emb and torch.equal(all_lab, lab)
+    assert torch.allclose(DistributedLoss(SupAP())(emb, lab), SupAP()(emb, lab))
+
+
+def test_chunk_size_does_not_change_results():
+    emb, lab = _batch(B=40, D=8, seed=11)
+    for cls in (SupAP, SupHAP, SupNDCG, SupRecall, SmoothAP):
+        values = [cls(chunk_size=c)(emb, lab) for c in (1, 100, 1 << 20)]
+        assert all(torch.allclose(v, values[0], atol=1e-6) for v in values)

@@ -220,3 +220,27 @@ def test_exact_mode_has_no_gradient_and_rank_plus_is_exact():
     levels = (lab[:, None, 0] == lab[None, :, 0]).to(torch.int8)
     _, _, rank, rank_plus = pair_ranks(scores, levels)
     assert rank.requires_grad and not rank_plus.requires_grad
+
+
+@given(
+    st.integers(1, 5), st.integers(1, 12), st.integers(1, 3), st.data(), st.sampled_from(["suprank", "exact"])
+)
+def test_pair_ranks_with_ties_equal_dense(B, N, L, data, mode):
+    # grid scores: many exact ties, items within delta and in the linear region (the grid avoids
+    # differences of exactly delta, where s_j > s_k + delta and s_j - s_k > delta may round apart)
+    grid = st.integers(-8, 8).map(lambda v: v / 30)
+    scores = torch.tensor(
+        data.draw(st.lists(st.lists(grid, min_size=N, max_size=N), min_size=B, max_size=B)),
+        dtype=torch.float64,
+    )
+    levels = torch.tensor(
+        data.draw(st.lists(st.lists(st.integers(0, L), min_size=N, max_size=N), min_size=B, max_size=B))
+    )
+    rel = dense_pop_relevance(levels, L)
+    table = torch.zeros(B, L + 1, dtype=torch.float64)
+    for lvl in range(1, L + 1):
+        table[:, lvl] = lvl / (levels == lvl).sum(1).clamp(min=1)
+    q, k, rank, rank_plus = pair_ranks(scores, levels.to(torch.int8), table, StepConfig(mode), chunk_size=7)
+    d_rank, d_plus = dense_ranks(scores, levels, rel, mode)
+    assert torch.allclose(rank, d_rank[q, k], atol=1e-9)
+    assert torch.allclose(rank_plus, d_plus[q, k], atol=1e-9)

@@ -124,8 +124,9 @@ def asi(levels):
     return total / big_r
 
 
-def evaluate_oracle(q_emb, q_lab, g_emb=None, g_lab=None, recall_at=(1, 10, 100), kind="pop", alpha=1.0,
-                    ndcg_at=None):
+def evaluate_oracle(
+    q_emb, q_lab, g_emb=None, g_lab=None, recall_at=(1, 10, 100), kind="pop", alpha=1.0, ndcg_at=None
+):
     """Per-query dict of lists, same keys as evaluate(..., reduce=False)."""
     same = g_emb is None
     if same:

@@ -23,14 +23,23 @@ from hglv2.metrics import (
     precision_at_k,
     recall_at_k,
 )
+from hglv2.metrics._fused import HAVE_NUMBA
 from hglv2.metrics.ranking import rank_relevant
 from hglv2.metrics.relevance import relevance_table
+
+BACKENDS = ["torch", "numba"] if HAVE_NUMBA else ["torch"]
 
 
 def _assert_same(got: dict, want: dict):
     for key, values in want.items():
-        np.testing.assert_allclose(np.asarray(got[key], dtype=float), np.asarray(values, dtype=float),
-                                   rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=key)
+        np.testing.assert_allclose(
+            np.asarray(got[key], dtype=float),
+            np.asarray(values, dtype=float),
+            rtol=1e-9,
+            atol=1e-12,
+            equal_nan=True,
+            err_msg=key,
+        )
 
 
 @st.composite
@@ -44,35 +53,61 @@ def retrieval_case(draw):
     dim = draw(st.integers(1, 3))
     # integer-valued embeddings: dot products are exact and ties are frequent
     vals = st.integers(-2, 2)
-    q = np.array(draw(st.lists(st.lists(vals, min_size=dim, max_size=dim), min_size=n_q, max_size=n_q)),
-                 dtype=np.float32)
+    q = np.array(
+        draw(st.lists(st.lists(vals, min_size=dim, max_size=dim), min_size=n_q, max_size=n_q)),
+        dtype=np.float32,
+    )
     labs = st.integers(-1, 2)
-    ql = np.array(draw(st.lists(st.lists(labs, min_size=n_levels, max_size=n_levels),
-                                min_size=n_q, max_size=n_q)), dtype=np.int64)
+    ql = np.array(
+        draw(st.lists(st.lists(labs, min_size=n_levels, max_size=n_levels), min_size=n_q, max_size=n_q)),
+        dtype=np.int64,
+    )
     if same:
         return q, ql, None, None
-    g = np.array(draw(st.lists(st.lists(vals, min_size=dim, max_size=dim), min_size=n_g, max_size=n_g)),
-                 dtype=np.float32)
-    gl = np.array(draw(st.lists(st.lists(labs, min_size=n_levels, max_size=n_levels),
-                                min_size=n_g, max_size=n_g)), dtype=np.int64)
+    g = np.array(
+        draw(st.lists(st.lists(vals, min_size=dim, max_size=dim), min_size=n_g, max_size=n_g)),
+        dtype=np.float32,
+    )
+    gl = np.array(
+        draw(st.lists(st.lists(labs, min_size=n_levels, max_size=n_levels), min_size=n_g, max_size=n_g)),
+        dtype=np.int64,
+    )
     return q, ql, g, gl
 
 
-@given(case=retrieval_case(), kind=st.sampled_from(["pop", "map"]), alpha=st.sampled_from([0.0, 1.0, 2.5]),
-       method=st.sampled_from(["sort", "search"]), chunk=st.integers(1, 4))
-def test_evaluate_matches_oracle(case, kind, alpha, method, chunk):
+@given(
+    case=retrieval_case(),
+    kind=st.sampled_from(["pop", "map"]),
+    alpha=st.sampled_from([0.0, 1.0, 2.5]),
+    method=st.sampled_from(["sort", "search"]),
+    chunk=st.integers(1, 4),
+    backend=st.sampled_from(BACKENDS),
+)
+def test_evaluate_matches_oracle(case, kind, alpha, method, chunk, backend):
     q, ql, g, gl = case
-    got = evaluate(q, ql, g, gl, recall_at=(1, 2, 5), relevance=kind, alpha=alpha, reduce=False,
-                   ndcg_at=3, chunk_size=chunk, method=method)
+    got = evaluate(
+        q,
+        ql,
+        g,
+        gl,
+        recall_at=(1, 2, 5),
+        relevance=kind,
+        alpha=alpha,
+        reduce=False,
+        ndcg_at=3,
+        chunk_size=chunk,
+        method=method,
+        backend=backend,
+    )
     want = evaluate_oracle(q, ql, g, gl, recall_at=(1, 2, 5), kind=kind, alpha=alpha, ndcg_at=3)
     _assert_same(got, want)
 
 
-@given(case=retrieval_case())
-def test_reduced_means_skip_queries_without_positives(case):
+@given(case=retrieval_case(), backend=st.sampled_from(BACKENDS))
+def test_reduced_means_skip_queries_without_positives(case, backend):
     q, ql, g, gl = case
     per = evaluate_oracle(q, ql, g, gl)
-    red = evaluate(q, ql, g, gl)
+    red = evaluate(q, ql, g, gl, backend=backend)
     n_levels = ql.shape[1]
     assert red["n_queries"] == len(q)
     for lev in range(n_levels):
@@ -134,10 +169,14 @@ def test_ties_are_broken_by_gallery_index():
 def test_functional_metrics_match_oracle(data):
     n_q = data.draw(st.integers(1, 4))
     n = data.draw(st.integers(1, 15))
-    scores = np.array(data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=n, max_size=n),
-                                         min_size=n_q, max_size=n_q)), dtype=np.float32)
-    levels = np.array(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=n, max_size=n),
-                                         min_size=n_q, max_size=n_q)), dtype=np.int64)
+    scores = np.array(
+        data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=n, max_size=n), min_size=n_q, max_size=n_q)),
+        dtype=np.float32,
+    )
+    levels = np.array(
+        data.draw(st.lists(st.lists(st.integers(0, 3), min_size=n, max_size=n), min_size=n_q, max_size=n_q)),
+        dtype=np.int64,
+    )
     target = levels >= 2
     k = data.draw(st.integers(1, 5))
     from test_metrics_oracle import asi as o_asi
@@ -181,8 +220,10 @@ def test_hap_does_not_merge_levels_with_equal_relevance():
 
     # the value-matching formula of the reference code, for contrast
     def by_value(sorted_rel, level_values):
-        hr = [sum(min(r, lv) * sum(1 for x in sorted_rel[: k + 1] if x == lv) for lv in level_values)
-              for k, r in enumerate(sorted_rel)]
+        hr = [
+            sum(min(r, lv) * sum(1 for x in sorted_rel[: k + 1] if x == lv) for lv in level_values)
+            for k, r in enumerate(sorted_rel)
+        ]
         return sum(h / (k + 1) for k, h in enumerate(hr)) / sum(sorted_rel)
 
     assert by_value([1.0, 1.0, 1.0], [1.0, 1.0]) == pytest.approx(2.0)
@@ -265,8 +306,14 @@ def test_streaming_matches_one_chunk_on_larger_case():
     fine = rng.integers(0, 60, size=n)
     lab = np.stack([fine, fine // 6, fine // 30], 1)
     emb = rng.normal(size=(n, 16)).astype(np.float32) + 0.5 * np.eye(60, 16)[fine % 16]
-    one = evaluate(emb, lab, chunk_size=n, reduce=False)
-    for kwargs in ({"chunk_size": 7}, {"memory_mb": 1}, {"method": "search"}, {"method": "sort"}):
+    one = evaluate(emb, lab, chunk_size=n, reduce=False, backend="torch")
+    for kwargs in (
+        {"chunk_size": 7},
+        {"memory_mb": 1},
+        {"method": "search"},
+        {"method": "sort"},
+        *({"backend": b, "method": m} for b in BACKENDS for m in ("sort", "search")),
+    ):
         many = evaluate(emb, lab, reduce=False, **kwargs)
         for key in one:
             np.testing.assert_allclose(many[key], one[key], equal_nan=True, err_msg=str((key, kwargs)))

@@ -433,7 +433,7 @@ def apply_cmd(
     "--seed-decisions",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write decisions.csv rows suggested by B where A disagrees.",
+    help="Write decisions.csv rows suggested by B: classes where B is unanimous and A disagrees.",
 )
 @click.option("--confusion-csv", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @_json_option
@@ -450,7 +450,8 @@ def diff(
     from hglv2.hierarchy.labels import diff_tables, load_hierarchy_table
     from hglv2.hierarchy.labels import seed_decisions as seed
 
-    res = diff_tables(load_hierarchy_table(a), load_hierarchy_table(b))
+    table_a, table_b = load_hierarchy_table(a), load_hierarchy_table(b)
+    res = diff_tables(table_a, table_b)
     lm = res["landmarks"]
     click.echo(
         f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
@@ -478,7 +479,7 @@ def diff(
             dis.to_csv(fh, index=False, lineterminator="\n")
     if seed_decisions is not None:
         with atomic_open(seed_decisions) as fh:
-            seed(dis).to_csv(fh, index=False, lineterminator="\n")
+            seed(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
     if confusion_csv is not None:
         with atomic_open(confusion_csv) as fh:
             conf.to_csv(fh, lineterminator="\n")

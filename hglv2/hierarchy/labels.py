@@ -138,8 +138,8 @@ def diff_tables(a: pd.DataFrame, b: pd.DataFrame, levels: tuple[str, ...] = DIFF
 
     For each level: ``both`` (landmarks labelled in A and B), ``agree`` (same value, compared
     case-insensitively), ``agreement = agree / both``, ``only_a``/``only_b`` (labelled on one side).
-    Returns ``{"landmarks": ..., "levels": ..., "confusion": DataFrame (clusters of A x clusters of B,
-    "(none)" for missing), "disagreements": DataFrame (DISAGREEMENT_COLUMNS)}``.
+    Returns ``{"landmarks": ..., "levels": ..., "confusion": DataFrame (case-folded clusters of A x
+    those of B, "(none)" for missing), "disagreements": DataFrame (DISAGREEMENT_COLUMNS)}``.
     """
     m = a.merge(b, on="landmark_id", how="outer", suffixes=("_a", "_b"), indicator=True)
     m = m.sort_values("landmark_id", kind="stable").reset_index(drop=True)
@@ -188,34 +188,35 @@ def diff_tables(a: pd.DataFrame, b: pd.DataFrame, levels: tuple[str, ...] = DIFF
     order = {lev: i for i, lev in enumerate(levels)}
     dis = dis.assign(_o=dis["level"].map(order)).sort_values(["landmark_id", "_o"], kind="stable")
     res["disagreements"] = dis.drop(columns="_o").reset_index(drop=True)[list(DISAGREEMENT_COLUMNS)]
-    ca = common["hierarchical_label_a"].astype("string").fillna("(none)")
-    cb = common["hierarchical_label_b"].astype("string").fillna("(none)")
+    ca = _norm(common["hierarchical_label_a"]).fillna("(none)")  # compared as in the agreement
+    cb = _norm(common["hierarchical_label_b"]).fillna("(none)")
     conf = pd.crosstab(ca.rename("a"), cb.rename("b")) if len(common) else pd.DataFrame()
     res["confusion"] = conf.sort_index().sort_index(axis=1)
     return res
 
 
-def seed_decisions(disagreements: pd.DataFrame) -> pd.DataFrame:
-    """Decision rows (``decisions.csv`` format) suggested by a diff: for each supercategory QID whose
-    disagreeing landmarks all got the same cluster in B, propose that cluster, with the evidence.
+def seed_decisions(a: pd.DataFrame, b: pd.DataFrame, min_landmarks: int = 1) -> pd.DataFrame:
+    """Decision rows (``decisions.csv`` format) suggested by comparing table A (ours, with
+    supercategory QIDs) with table B: for each supercategory whose landmarks labelled in B all have
+    the same cluster there (at least ``min_landmarks`` of them), and where A disagrees for at least
+    one of them, propose B's cluster, with the evidence in ``reason``. People vet them before use.
     """
-    d = disagreements[
-        (disagreements["level"] == "hierarchical_label")
-        & disagreements["supercategory_qid"].notna()
-        & disagreements["value_b"].notna()
-    ]
+    m = a.merge(b, on="landmark_id", suffixes=("_a", "_b"))
+    m = m[m["supercategory_qid_a"].notna() & m["hierarchical_label_b"].notna()]
     rows = []
-    for qid, grp in d.groupby("supercategory_qid", sort=True):
-        values = sorted(set(grp["value_b"]))
-        if len(values) != 1:
+    for qid, grp in m.groupby("supercategory_qid_a", sort=True):
+        values = sorted(set(grp["hierarchical_label_b"].str.casefold()))
+        ours = grp["hierarchical_label_a"].astype("string").str.casefold()
+        if len(values) != 1 or len(grp) < min_landmarks or (ours == values[0]).fillna(False).all():
             continue
+        n_dis = int((ours != values[0]).fillna(True).sum())
         rows.append(
             {
                 "supercategory_qid": qid,
-                "supercategory": grp["supercategory"].iloc[0],
+                "supercategory": grp["supercategory_a"].iloc[0],
                 "cluster": values[0],
-                "reason": f"diff: B says {values[0]!r} for {len(grp)} landmark(s) where A says "
-                + "/".join(sorted(set(grp["value_a"].dropna()))),
+                "reason": f"diff: B says {values[0]!r} for all {len(grp)} landmark(s) of this class "
+                f"it labels; A disagrees on {n_dis}",
             }
         )
     return pd.DataFrame(rows, columns=["supercategory_qid", "supercategory", "cluster", "reason"])

@@ -1,12 +1,13 @@
 """A small, polite Wikidata client with an on-disk cache, and the *resolve* stage.
 
-Transport (one ``requests.Session``, serial requests):
+Transport (one ``requests.Session``, serial requests, :func:`hglv2.http.request_with_retries`):
 
-* User-Agent ``hglv2/<version> (<project url>; <contact>) requests/<version>`` (Wikimedia's
+* User-Agent ``hglv2/<version> (<project url>[; <contact>]) requests/<version>`` (Wikimedia's
   User-Agent policy; requests without one are rejected);
 * Action API calls carry ``maxlag=5``; a ``maxlag`` or ``ratelimited`` error body, HTTP 429 and
   5xx are retried after ``Retry-After`` when the server sends it (capped at ``max_wait``), else after
-  an exponential backoff ``min(backoff_cap, backoff_base * 2**attempt)``;
+  an exponential backoff ``min(backoff_cap, backoff_base * 2**(k-1))`` after the k-th failure;
+  only the configured API and SPARQL URLs are ever requested;
 * time-outs, dropped connections and ``200`` responses whose body is not valid JSON (an HTML error
   page, a truncated body) are retried the same way; after ``max_retries`` retries a
   :class:`~hglv2.errors.NetworkError` is raised;

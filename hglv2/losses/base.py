@@ -1,7 +1,8 @@
 """Shared plumbing of the rank losses: input checks, relevance levels, relevance tables, reduction.
 
 Conventions (DESIGN.md): labels are integers of shape (B,) or (B, L), column 0 the finest level.
-The relevance *level* of a (query, item) pair is the number of equal label columns (0 = negative).
+The relevance *level* of a (query, item) pair is the number of equal label columns (0 = negative);
+negative labels mean "unknown" and match nothing.
 When no reference set is given, the batch itself is the reference set and the query counts as its
 own positive (the SupRank/HAPPIER reference code's quick path).
 """
@@ -98,7 +99,10 @@ def check_inputs(
 
 
 def level_matrix(labels: Tensor, ref_labels: Tensor) -> Tensor:
-    """Relevance levels: ``level[b, j] = #{c : labels[b, c] == ref_labels[j, c]}``.
+    """Relevance levels: ``level[b, j] = #{c : labels[b, c] == ref_labels[j, c] >= 0}``.
+
+    A negative label means "unknown" and matches nothing, not even another negative label (the
+    convention of :mod:`hglv2.metrics`).
 
     Args:
         labels: (B, L) integer labels.
@@ -110,7 +114,7 @@ def level_matrix(labels: Tensor, ref_labels: Tensor) -> Tensor:
     """
     out = torch.zeros(labels.size(0), ref_labels.size(0), dtype=torch.int8, device=labels.device)
     for c in range(labels.size(1)):
-        out += labels[:, c, None] == ref_labels[None, :, c]
+        out += (labels[:, c, None] == ref_labels[None, :, c]) & (labels[:, c, None] >= 0)
     return out
 
 

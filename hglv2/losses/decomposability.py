@@ -60,7 +60,7 @@ def calibration_loss(
     if not 0 <= level < labels.size(1):
         raise InputError(f"level: {level} out of range for labels with {labels.size(1)} columns")
     s = similarity(embeddings, ref_embeddings)
-    same = labels[:, level, None] == ref_labels[None, :, level]
+    same = (labels[:, level, None] == ref_labels[None, :, level]) & (labels[:, level, None] >= 0)
     if no_ref:
         eye = torch.eye(s.size(0), dtype=torch.bool, device=s.device)
         pos = same & ~eye

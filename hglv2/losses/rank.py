@@ -34,11 +34,18 @@ Two other step choices give the baselines/checks: ``approximation="sigmoid"`` (S
 step, including those of ``rank^+``, is ``sigma(t/tau)``) and ``approximation="exact"``
 (Heaviside everywhere, no gradient: the true rank, used to check exactness).
 
-**Memory.** The reference code builds a ``B x N x N`` difference tensor. Here the work is done on
-the ``P`` (query, relevant item) pairs only, ``chunk_size`` pair-rows of length ``N`` at a time, and
-the backward pass recomputes each chunk and accumulates ``dL/ds`` directly: peak memory is
-``O(B x N + P + chunk_size)`` and no ``P x N`` tensor is kept for autograd. Everything is computed
-in float32 (autocast-safe).
+**Memory and time.** The reference code builds ``B x N x N`` difference tensors. Here only the
+``P`` (query, relevant item) pairs are ranked. Everything exact is counted from one sort of each
+score row: the Heaviside parts of rank and rank+ (per-level prefix counts, ties counted), and the
+parts of the surrogate that need no sigmoid (``start`` on ``0 < t <= delta`` and the linear region
+``t > delta``, from prefix sums in float64). Only ``sum sigmoid(min(t, delta) / tau)`` over the less
+relevant items is summed element-wise, ``chunk_size`` scores (pair rows x N) at a time; the backward
+pass recomputes each chunk and accumulates ``dL/ds`` directly (the linear region's gradient again
+by sorting). Peak memory is ``O(B x N + P x L + chunk_size)``; nothing of size ``P x N`` is kept
+for autograd. Scores and sums are float32 (float64 inputs stay float64), autocast-safe.
+
+The linear region is tested as ``s_j > s_k + delta`` in floating point; the reference code tests
+``s_j - s_k > delta``. The two differ only when they round differently, within an ulp of the kink.
 """
 
 from __future__ import annotations
@@ -114,25 +121,235 @@ def suprank_step(
     return torch.where(t > delta, rho * (t - delta) + off, torch.where(t > 0, start + sig, sig))
 
 
-def _less_step_and_grad(t: Tensor, cfg: StepConfig, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """Step for less relevant items and its derivative (None if not needed)."""
-    if cfg.approximation == "exact":
-        return heaviside(t), None
-    sig = torch.sigmoid(t / cfg.tau)
-    if cfg.approximation == "sigmoid":
-        val = sig
-        grad = sig * (1.0 - sig) / cfg.tau if need_grad else None
-        return val, grad
-    lin = t > cfg.delta
-    val = torch.where(lin, cfg.rho * (t - cfg.delta) + cfg.resolved_offset, sig + (t > 0) * cfg.start)
-    grad = None
-    if need_grad:
-        grad = torch.where(lin, torch.full_like(t, cfg.rho), sig * (1.0 - sig) / cfg.tau)
-    return val, grad
+def _exact_parts(
+    scores: Tensor,
+    levels: Tensor,
+    pair_q: Tensor,
+    pair_k: Tensor,
+    lk: Tensor,
+    num_levels: int,
+    rel_table: Tensor | None,
+    cfg: StepConfig,
+    need_plus: bool,
+    block_elems: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Everything that needs no pair x item tensor, from one sort of each score row.
+
+    For each pair: the exact part of rank (``#{j : l_j >= l_k, s_j >= s_k}``, self included;
+    every item for ``approximation="exact"``), rank+ (``sum_j H(t_j) min(rel_j, rel_k)``), and for
+    SupRank the closed-form part of the surrogate over less relevant items
+    (``start * #{0 < t_j <= delta} + sum_{t_j > delta} (rho (t_j - delta) + offset)``) with the
+    count ``n_lin`` of ``t_j > delta``. Rows are processed in blocks of ``block_elems`` scores.
+    """
+    B, N = scores.shape
+    P = pair_q.numel()
+    dev = scores.device
+    rank = scores.new_zeros(P)
+    rank_plus = scores.new_zeros(P)
+    closed = scores.new_zeros(P)
+    n_lin = scores.new_zeros(P)
+    suprank = cfg.approximation == "suprank"
+    rows = max(1, block_elems // max(1, N))
+    bounds = torch.searchsorted(pair_q, torch.arange(0, B + rows, rows, device=dev).clamp(max=B))
+    idx = torch.arange(N, device=dev)
+    for r, r0 in enumerate(range(0, B, rows)):
+        p0, p1 = int(bounds[r]), int(bounds[r + 1])
+        if p0 == p1:
+            continue
+        blk = scores[r0 : r0 + rows]
+        R = blk.size(0)
+        vals, order = blk.sort(dim=1, descending=True, stable=True)
+        lev_sorted = levels[r0 : r0 + rows].gather(1, order)
+        differs = vals[:, 1:] != vals[:, :-1]
+        true_col = torch.ones(R, 1, dtype=torch.bool, device=dev)
+        end_flag = torch.cat([differs, true_col], 1)
+        start_flag = torch.cat([true_col, differs], 1)
+        group_end = torch.where(end_flag, idx, N).flip(1).cummin(1).values.flip(1)
+        group_start = torch.where(start_flag, idx, -1).cummax(1).values
+        inv = torch.empty_like(order).scatter_(1, order, idx.expand(R, N))
+        q, k = pair_q[p0:p1] - r0, pair_k[p0:p1]
+        pk = inv[q, k]
+        ge_at = group_end[q, pk] + 1  # prefix length: items with s_j >= s_k
+        gt_at = group_start[q, pk]  # prefix length: items with s_j > s_k
+        lkp = lk[p0:p1]
+        if need_plus and rel_table is not None:
+            tab = rel_table[pair_q[p0:p1]]
+            rk = tab.gather(1, lkp.long()[:, None])[:, 0]
+        if suprank:
+            sk = blk[q, k]
+            thr = sk + cfg.delta
+            # prefix length of items with s_j > s_k + delta (descending order, negate to search)
+            lin_at = _rowwise_search(-vals, q, -thr)
+            n_gt = torch.zeros_like(sk)
+            nl = torch.zeros_like(sk, dtype=torch.float64)
+            sl = torch.zeros_like(sk, dtype=torch.float64)
+        zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
+        for m in range(num_levels + 1):
+            at_m = lev_sorted == m
+            cum = torch.cat([zero, at_m.cumsum(1)], 1)
+            ge = cum[q, ge_at].to(scores.dtype)
+            if cfg.approximation == "exact":
+                rank[p0:p1] += ge
+            else:
+                rank[p0:p1] += torch.where(lkp <= m, ge, 0.0)
+            if need_plus and m >= 1:
+                rank_plus[p0:p1] += ge if rel_table is None else ge * torch.minimum(tab[:, m], rk)
+            if suprank and m < num_levels:
+                less = lkp > m
+                n_gt += torch.where(less, cum[q, gt_at].to(scores.dtype), 0.0)
+                nl += torch.where(less, cum[q, lin_at].double(), 0.0)
+                csum = torch.cat([zero.double(), torch.where(at_m, vals, 0.0).double().cumsum(1)], 1)
+                sl += torch.where(less, csum[q, lin_at], 0.0)
+        if suprank:
+            lin = cfg.rho * (sl - nl * thr.double()) + cfg.resolved_offset * nl
+            closed[p0:p1] = (lin + cfg.start * (n_gt.double() - nl)).to(scores.dtype)
+            n_lin[p0:p1] = nl.to(scores.dtype)
+    return rank, rank_plus, closed, n_lin
 
 
 class _PairRanks(torch.autograd.Function):
-    """rank and rank+ of every (query, relevant item) pair; chunked forward and backward."""
+    """SupRank (or exact) rank and exact rank+ of every (query, relevant item) pair.
+
+    Exact parts (items at least as relevant as k for rank; every item for rank+) and the
+    closed-form parts of the surrogate come from one sort of each score row (:func:`_exact_parts`);
+    only ``sum sigmoid(min(t, delta) / tau)`` over less relevant items runs in chunks of pair rows,
+    and the backward pass recomputes it chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        scores: Tensor,
+        pair_q: Tensor,
+        pair_k: Tensor,
+        levels: Tensor,
+        rel_table: Tensor | None,
+        cfg: StepConfig,
+        rows_per_chunk: int,
+        need_plus: bool,
+    ) -> tuple[Tensor, Tensor]:
+        num_levels = int(levels.max()) if levels.numel() else 0
+        lk = levels[pair_q, pair_k]
+        rank, rank_plus, closed, n_lin = _exact_parts(
+            scores,
+            levels,
+            pair_q,
+            pair_k,
+            lk,
+            num_levels,
+            rel_table,
+            cfg,
+            need_plus,
+            4 * rows_per_chunk * scores.size(1),
+        )
+        if cfg.approximation == "suprank":
+            sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
+            rank += closed - n_lin * sig_delta
+            for lvl, sel in _level_groups(lk, num_levels):
+                # non-less-relevant items become -inf: they add sigmoid(-inf) = 0 below
+                less_scores = torch.where(levels < lvl, scores, float("-inf"))
+                for a in range(0, sel.numel(), rows_per_chunk):
+                    idx = sel[a : a + rows_per_chunk]
+                    q, k = pair_q[idx], pair_k[idx]
+                    # sigmoid(min(t, delta) / tau): items above delta add sigmoid(delta / tau),
+                    # which the closed form removed again (n_lin of them)
+                    S = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
+                    rank[idx] += S.clamp_(max=cfg.delta).mul_(1.0 / cfg.tau).sigmoid_().sum(1)
+        ctx.save_for_backward(scores, pair_q, pair_k, levels, lk, n_lin)
+        ctx.cfg = cfg
+        ctx.rows_per_chunk = rows_per_chunk
+        ctx.num_levels = num_levels
+        if cfg.approximation == "exact":
+            ctx.mark_non_differentiable(rank, rank_plus)
+        else:
+            ctx.mark_non_differentiable(rank_plus)
+        return rank, rank_plus
+
+    @staticmethod
+    def backward(ctx, g_rank: Tensor, g_plus: Tensor):  # type: ignore[override]
+        scores, pair_q, pair_k, levels, lk, n_lin = ctx.saved_tensors
+        cfg: StepConfig = ctx.cfg
+        grad = torch.zeros_like(scores)
+        if cfg.approximation == "suprank":
+            inv_tau = 1.0 / cfg.tau
+            sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
+            # slope of the linear region minus that of the clamped sigmoid there
+            extra = cfg.rho - sig_delta * (1.0 - sig_delta) * inv_tau
+            for lvl, sel in _level_groups(lk, ctx.num_levels):
+                less = levels < lvl
+                less_scores = torch.where(less, scores, float("-inf"))
+                for a in range(0, sel.numel(), ctx.rows_per_chunk):
+                    idx = sel[a : a + ctx.rows_per_chunk]
+                    q, k = pair_q[idx], pair_k[idx]
+                    S = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
+                    sig = S.clamp_(max=cfg.delta).mul_(inv_tau).sigmoid_()
+                    coef = sig.sub_(sig.square()).mul_((g_rank[idx] * inv_tau)[:, None])
+                    # d t_j / d s_j = 1 and d t_j / d s_k = -1
+                    grad.index_add_(0, q, coef)
+                    grad.index_put_((q, k), -coef.sum(1), accumulate=True)
+                _linear_region_grad(
+                    grad, scores, less, pair_q[sel], pair_k[sel], g_rank[sel] * extra, n_lin[sel], cfg
+                )
+        return grad, None, None, None, None, None, None, None
+
+
+def _rowwise_search(sorted_rows: Tensor, q: Tensor, values: Tensor) -> Tensor:
+    """``searchsorted(sorted_rows[q_c], values_c, side="left")`` for every c (q sorted), searching
+    only the given values: they are packed into a (rows, max per row) matrix padded with +inf."""
+    R = sorted_rows.size(0)
+    counts = torch.bincount(q, minlength=R)
+    pos = torch.arange(q.numel(), device=q.device) - (torch.cumsum(counts, 0) - counts)[q]
+    packed = torch.full((R, int(counts.max())), float("inf"), dtype=values.dtype, device=values.device)
+    packed[q, pos] = values
+    return torch.searchsorted(sorted_rows, packed, side="left")[q, pos]
+
+
+def _linear_region_grad(
+    grad: Tensor,
+    scores: Tensor,
+    less: Tensor,
+    q: Tensor,
+    k: Tensor,
+    w: Tensor,
+    n_lin: Tensor,
+    cfg: StepConfig,
+) -> None:
+    """Add ``w_c`` to ``grad[q_c, j]`` for every less relevant j with ``s_j > s_k + delta`` and
+    ``-w_c * n_lin_c`` to ``grad[q_c, k_c]``, without a pair x item tensor (sort + binary search)."""
+    B = scores.size(0)
+    counts = torch.bincount(q, minlength=B)
+    first = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(q.numel(), device=q.device) - first[q]
+    width = int(counts.max())
+    thr = torch.full((B, width), float("inf"), dtype=scores.dtype, device=scores.device)
+    thr[q, pos] = scores[q, k] + cfg.delta
+    weights = torch.zeros((B, width), dtype=torch.float64, device=scores.device)
+    weights[q, pos] = w.double()
+    thr, order = thr.sort(dim=1)
+    cum = torch.cat([weights.new_zeros(B, 1), weights.gather(1, order).cumsum(1)], 1)
+    rows = max(1, (1 << 20) // max(1, scores.size(1)))
+    for r0 in range(0, B, rows):  # row blocks keep the (rows, N) temporaries small
+        r1 = min(B, r0 + rows)
+        below = torch.searchsorted(thr[r0:r1], scores[r0:r1], side="left")  # thresholds < s_j
+        grad[r0:r1] += torch.where(less[r0:r1], cum[r0:r1].gather(1, below), 0.0).to(grad.dtype)
+    grad.index_put_((q, k), -(w * n_lin).to(grad.dtype), accumulate=True)
+
+
+def _clamped_sigmoid_at_delta(cfg: StepConfig, dtype: torch.dtype) -> float:
+    """``sigmoid(delta / tau)`` computed exactly as the element-wise pass computes it."""
+    return float(torch.tensor(cfg.delta, dtype=dtype).clamp_(max=cfg.delta).mul_(1.0 / cfg.tau).sigmoid_())
+
+
+def _level_groups(lk: Tensor, num_levels: int):
+    """Yield ``(level, indices of the pairs whose item k has that level)`` for levels 1..L."""
+    for lvl in range(1, num_levels + 1):
+        sel = (lk == lvl).nonzero()[:, 0]
+        if sel.numel():
+            yield lvl, sel
+
+
+class _SmoothPairRanks(torch.autograd.Function):
+    """Smooth-AP ranks: every step (rank and rank+) is ``sigmoid(t / tau)``; chunked."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -152,40 +369,14 @@ class _PairRanks(torch.autograd.Function):
         for a in range(0, P, rows_per_chunk):
             b = min(P, a + rows_per_chunk)
             q, k = pair_q[a:b], pair_k[a:b]
-            S = scores.index_select(0, q)
-            sk = scores[q, k]
-            t = S - sk[:, None]
-            lev = levels.index_select(0, q)
-            lk = lev.gather(1, k[:, None])
-            less = lev < lk
-            ge = t >= 0
-            fless, _ = _less_step_and_grad(t, cfg, need_grad=False)
-            if cfg.approximation == "sigmoid":
-                # Smooth-AP: every item through the sigmoid; remove the self term sigma(0) = 1/2.
-                rank[a:b] = 0.5 + fless.sum(1)
-            else:
-                # exact part (l_j >= l_k, self included: it supplies the leading "1 +")
-                rank[a:b] = torch.where(less, fless, ge.to(t.dtype)).sum(1)
+            sig = torch.sigmoid((scores.index_select(0, q) - scores[q, k][:, None]) / cfg.tau)
+            rank[a:b] = 0.5 + sig.sum(1)  # 1 + sum over j != k; the self term is sigma(0) = 1/2
             if need_plus:
-                plus_step = fless if cfg.approximation == "sigmoid" else ge.to(t.dtype)
-                self_term = 0.5 if cfg.approximation == "sigmoid" else 1.0
-                if rel_table is None:  # binary: min(rel_j, rel_k) = 1[l_j >= 1]
-                    w = lev > 0
-                    rank_plus[a:b] = (plus_step * w).sum(1) + (1.0 - self_term)
-                else:
-                    tab = rel_table.index_select(0, q)
-                    rel = tab.gather(1, lev.long())
-                    rk = tab.gather(1, lk.long())
-                    rank_plus[a:b] = (plus_step * torch.minimum(rel, rk)).sum(1) + rk[:, 0] * (
-                        1.0 - self_term
-                    )
+                w = _plus_weights(levels, rel_table, q, k, scores.dtype)
+                rank_plus[a:b] = (sig * w).sum(1) + 0.5 * w.gather(1, k[:, None])[:, 0]
         ctx.save_for_backward(scores, pair_q, pair_k, levels, rel_table)
         ctx.cfg = cfg
         ctx.rows_per_chunk = rows_per_chunk
-        if cfg.approximation == "exact":
-            ctx.mark_non_differentiable(rank, rank_plus)
-        elif cfg.approximation == "suprank":
-            ctx.mark_non_differentiable(rank_plus)
         return rank, rank_plus
 
     @staticmethod
@@ -193,37 +384,27 @@ class _PairRanks(torch.autograd.Function):
         scores, pair_q, pair_k, levels, rel_table = ctx.saved_tensors
         cfg: StepConfig = ctx.cfg
         grad = torch.zeros_like(scores)
-        if cfg.approximation == "exact":
-            return grad, None, None, None, None, None, None, None
-        smooth_plus = cfg.approximation == "sigmoid" and g_plus is not None
         P = pair_q.numel()
-        R = ctx.rows_per_chunk
-        for a in range(0, P, R):
-            b = min(P, a + R)
+        for a in range(0, P, ctx.rows_per_chunk):
+            b = min(P, a + ctx.rows_per_chunk)
             q, k = pair_q[a:b], pair_k[a:b]
-            S = scores.index_select(0, q)
-            t = S - scores[q, k][:, None]
-            _, dless = _less_step_and_grad(t, cfg, need_grad=True)
-            if cfg.approximation == "sigmoid":
-                coef = g_rank[a:b, None] * dless
-            else:
-                lev = levels.index_select(0, q)
-                less = lev < lev.gather(1, k[:, None])
-                coef = torch.where(less, dless, 0.0) * g_rank[a:b, None]
-            if smooth_plus:
-                lev = levels.index_select(0, q)
-                if rel_table is None:
-                    w = (lev > 0).to(t.dtype)
-                else:
-                    tab = rel_table.index_select(0, q)
-                    w = torch.minimum(
-                        tab.gather(1, lev.long()), tab.gather(1, lev.gather(1, k[:, None]).long())
-                    )
-                coef = coef + g_plus[a:b, None] * dless * w
-            # d t_j / d s_j = 1, d t_j / d s_k = -1 (the self term j = k cancels out)
+            sig = torch.sigmoid((scores.index_select(0, q) - scores[q, k][:, None]) / cfg.tau)
+            d = (sig - sig * sig) / cfg.tau
+            w = g_rank[a:b, None] + g_plus[a:b, None] * _plus_weights(levels, rel_table, q, k, d.dtype)
+            coef = d * w
+            # the self term j = k contributes +coef and -coef to s_k: it cancels
             grad.index_add_(0, q, coef)
             grad.index_put_((q, k), -coef.sum(1), accumulate=True)
         return grad, None, None, None, None, None, None, None
+
+
+def _plus_weights(levels: Tensor, rel_table: Tensor | None, q: Tensor, k: Tensor, dtype) -> Tensor:
+    """``min(rel_j, rel_k)`` rows for the pairs (binary: ``1[l_j >= 1]``)."""
+    lev = levels.index_select(0, q)
+    if rel_table is None:
+        return (lev > 0).to(dtype)
+    tab = rel_table.index_select(0, q)
+    return torch.minimum(tab.gather(1, lev.long()), tab.gather(1, lev.gather(1, k[:, None]).long()))
 
 
 def pair_ranks(
@@ -258,5 +439,6 @@ def pair_ranks(
     pairs = (levels > 0).nonzero()
     pair_q, pair_k = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
     rows = max(1, int(chunk_size) // max(1, scores.size(1)))
-    rank, rank_plus = _PairRanks.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
+    fn = _SmoothPairRanks if cfg.approximation == "sigmoid" else _PairRanks
+    rank, rank_plus = fn.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
     return pair_q, pair_k, rank, rank_plus

@@ -15,13 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from hglv2.metrics import _fused
 from hglv2.metrics.ranking import (
+    SPARSE_MAX_RELEVANT,
+    _rank_chunk,
     asi_from_ranks,
     binary_metrics,
     hierarchical_ap_from_ranks,
     level_counts_from,
     ndcg_from_ranks,
-    rank_relevant,
+    order_keys,
 )
 from hglv2.metrics.relevance import (
     RELEVANCES,
@@ -44,7 +47,8 @@ def _as_embeddings(x, name: str) -> torch.Tensor:
         arr = np.asarray(x)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name}: embeddings must be numeric, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.ndim != 2:
         raise ValueError(f"{name}: expected shape (N, D), got {tuple(t.shape)}")
     t = t.to(torch.float32)
@@ -81,6 +85,7 @@ def evaluate(
     chunk_size: int | None = None,
     device: str | torch.device | None = None,
     method: str = "auto",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate retrieval with binary per-level and hierarchical metrics.
 
@@ -102,6 +107,8 @@ def evaluate(
         chunk_size: queries per chunk (overrides ``memory_mb``).
         device: where the score matmul runs (ranking runs on CPU).
         method: ranking method of :func:`~hglv2.metrics.ranking.rank_relevant`.
+        backend: ``"numba"`` (fused one-pass kernel), ``"torch"`` (vectorised reference) or
+            ``"auto"`` (numba when installed). Both give the same numbers.
 
     Returns:
         dict with ``AP_level{l}``, ``mAP@R_level{l}``, ``mAP@100_level{l}``, ``R@{k}_level{l}``,
@@ -113,7 +120,7 @@ def evaluate(
     """
     if relevance not in RELEVANCES:
         raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
-    recall_at = tuple(int(k) for k in recall_at)
+    recall_at = tuple(dict.fromkeys(int(k) for k in recall_at))
     if any(k < 1 for k in recall_at):
         raise ValueError("recall_at values must be >= 1")
     q_emb = _as_embeddings(query_embeddings, "query_embeddings")
@@ -148,39 +155,63 @@ def evaluate(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     g_dev = g_emb.to(dev)
 
+    if backend == "auto":
+        backend = "numba" if _fused.HAVE_NUMBA else "torch"
+    if backend not in ("numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" and not _fused.HAVE_NUMBA:
+        raise ValueError("backend='numba' needs the numba package")
+    chunk_fn = _chunk_numba if backend == "numba" else _chunk_torch
+    ctx = {
+        "n_levels": n_levels,
+        "n_ranked": n_ranked,
+        "recall_at": recall_at,
+        "ndcg_at": ndcg_at,
+        "relevance": relevance,
+        "alpha": alpha,
+    }
+    if backend == "numba":
+        ctx["tables"] = _fused.tables(n_ranked)
+        ctx["w"] = level_weights(n_levels, alpha)
+        ctx["g_codes"] = np.ascontiguousarray(g_codes_t.numpy().T)  # (N, L): one cache line per item
+    # upper bound on the relevant items of each query: sum over columns of the gallery count of its label
+    bound = np.zeros(n_q, dtype=np.int64)
+    for col in range(n_levels):
+        g_col = g_codes_t[col].numpy()
+        counts = np.bincount(g_col[g_col >= 0], minlength=max(int(q_codes[:, col].max()) + 1, 0))
+        q_col = q_codes[:, col].numpy()
+        ok = (q_col >= 0) & (q_col < len(counts))
+        bound[ok] += counts[q_col[ok]]
+
     names = _metric_names(n_levels, recall_at, ndcg_at)
     per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     n_pos: dict[int, list[torch.Tensor]] = {lev: [] for lev in range(n_levels)}
     n_rel: list[torch.Tensor] = []
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
-        c = hi - lo
         scores = (q_emb[lo:hi].to(dev) @ g_dev.T).float().cpu()
-        tags = match_mask(q_codes[lo:hi], g_codes_t)
         self_index = torch.arange(lo, hi) if same else None
-        if torch.isnan(scores).any():
-            raise ValueError("scores overflowed to NaN; scale the embeddings down")
-        rows, ranks, masks = rank_relevant(scores, tags, self_index, method=method)
-        del scores, tags
-        for lev in range(n_levels):
-            sel = ((masks >> lev) & 1).bool()
-            res = binary_metrics(rows[sel], ranks[sel], c, recall_at, recall_at, (MAP_AT,))
-            per_query[f"AP_level{lev}"].append(res["AP"])
-            per_query[f"mAP@R_level{lev}"].append(res["mAP@R"])
-            per_query[f"mAP@{MAP_AT}_level{lev}"].append(res[f"mAP@{MAP_AT}"])
-            for k in recall_at:
-                per_query[f"R@{k}_level{lev}"].append(res[f"R@{k}"])
-                per_query[f"P@{k}_level{lev}"].append(res[f"P@{k}"])
-            n_pos[lev].append(res["n_positives"])
-        levels = popcount(masks.to(torch.uint8))
-        counts = level_counts_from(rows, levels, c, n_levels, n_ranked)
-        rel = relevance_table(counts, relevance, alpha)
-        per_query["H-AP"].append(hierarchical_ap_from_ranks(rows, ranks, levels, rel))
-        per_query["NDCG"].append(ndcg_from_ranks(rows, ranks, levels, counts))
-        if ndcg_at is not None:
-            per_query[f"NDCG@{ndcg_at}"].append(ndcg_from_ranks(rows, ranks, levels, counts, ndcg_at))
-        per_query["ASI"].append(asi_from_ranks(rows, ranks, levels, counts))
-        n_rel.append(counts[:, 1:].sum(1))
+        chunk_method = method
+        if method == "auto":
+            # an upper bound on the relevant items (per-column label counts) picks the ranking
+            many = bool((bound[lo:hi] > SPARSE_MAX_RELEVANT).any())
+            chunk_method = "sort" if many else ("search" if backend == "numba" else "auto")
+        qc = q_codes[lo:hi]
+        ctx["q_codes"], ctx["self_index"] = qc, self_index
+        if backend == "numba" and chunk_method == "search":
+            if torch.isnan(scores).any():
+                raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
+            ranked = ("unsorted_keys", order_keys(scores))
+        else:
+            ranked = _rank_chunk(
+                scores,
+                lambda qc=qc: match_mask(qc, g_codes_t),
+                self_index,
+                chunk_method,
+                keys_only=backend == "numba",
+            )
+        del scores
+        chunk_fn(ranked, hi - lo, ctx, per_query, n_pos, n_rel)
 
     arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
     pos = {lev: torch.cat(v).numpy() for lev, v in n_pos.items()}
@@ -203,3 +234,89 @@ def evaluate(
     out["n_queries_multilevel"] = used
     out["n_skipped_multilevel"] = int(n_q - used)
     return out
+
+
+def _chunk_torch(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
+    """Reference path: vectorised torch metrics on the ragged list of relevant items."""
+    n_levels, recall_at, ndcg_at = ctx["n_levels"], ctx["recall_at"], ctx["ndcg_at"]
+    if ranked[0] == "dense":
+        st = ranked[1]
+        rows, p = torch.nonzero(st, as_tuple=True)
+        ranks, masks = p + 1, st[rows, p].to(torch.int64)
+    else:
+        rows, ranks, masks = ranked[1], ranked[2], ranked[3]
+    for lev in range(n_levels):
+        sel = ((masks >> lev) & 1).bool()
+        res = binary_metrics(rows[sel], ranks[sel], c, recall_at, recall_at, (MAP_AT,))
+        per_query[f"AP_level{lev}"].append(res["AP"])
+        per_query[f"mAP@R_level{lev}"].append(res["mAP@R"])
+        per_query[f"mAP@{MAP_AT}_level{lev}"].append(res[f"mAP@{MAP_AT}"])
+        for k in recall_at:
+            per_query[f"R@{k}_level{lev}"].append(res[f"R@{k}"])
+            per_query[f"P@{k}_level{lev}"].append(res[f"P@{k}"])
+        n_pos[lev].append(res["n_positives"])
+    levels = popcount(masks.to(torch.uint8))
+    counts = level_counts_from(rows, levels, c, n_levels, ctx["n_ranked"])
+    rel = relevance_table(counts, ctx["relevance"], ctx["alpha"])
+    per_query["H-AP"].append(hierarchical_ap_from_ranks(rows, ranks, levels, rel))
+    per_query["NDCG"].append(ndcg_from_ranks(rows, ranks, levels, counts))
+    if ndcg_at is not None:
+        per_query[f"NDCG@{ndcg_at}"].append(ndcg_from_ranks(rows, ranks, levels, counts, ndcg_at))
+    per_query["ASI"].append(asi_from_ranks(rows, ranks, levels, counts))
+    n_rel.append(counts[:, 1:].sum(1))
+
+
+def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
+    """Fast path: one fused numba pass per query (hglv2.metrics._fused)."""
+    n_levels, recall_at, ndcg_at = ctx["n_levels"], ctx["recall_at"], ctx["ndcg_at"]
+    n_ranked = ctx["n_ranked"]
+    ks = np.asarray(recall_at, dtype=np.int64)
+    nk = len(recall_at)
+    per = 3 + 2 * nk
+    out = np.empty((c, n_levels * per + 4), dtype=np.float64)
+    counts = np.empty((c, n_levels + 1), dtype=np.int64)
+    disc, disc_prefix, harm = ctx["tables"]
+    cutoff = n_ranked if ndcg_at is None else min(int(ndcg_at), n_ranked)
+    args = (
+        n_levels,
+        n_ranked,
+        ks,
+        MAP_AT,
+        cutoff,
+        0 if ctx["relevance"] == "pop" else 1,
+        ctx["w"],
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts,
+    )
+    if ranked[0] in ("keys", "unsorted_keys"):
+        kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
+        self_index = ctx["self_index"]
+        me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+        kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
+    elif ranked[0] == "dense":
+        _fused.fused_metrics_dense(ranked[1].numpy(), *args)
+    else:
+        rows = ranked[1]
+        indptr = np.zeros(c + 1, dtype=np.int64)
+        indptr[1:] = torch.bincount(rows, minlength=c).cumsum(0).numpy()
+        _fused.fused_metrics(indptr, ranked[2].numpy(), ranked[3].numpy().astype(np.uint8), *args)
+    out_t = torch.from_numpy(out)
+    for lev in range(n_levels):
+        o = lev * per
+        per_query[f"AP_level{lev}"].append(out_t[:, o])
+        per_query[f"mAP@R_level{lev}"].append(out_t[:, o + 1])
+        per_query[f"mAP@{MAP_AT}_level{lev}"].append(out_t[:, o + 2])
+        for j, k in enumerate(recall_at):
+            per_query[f"R@{k}_level{lev}"].append(out_t[:, o + 3 + j])
+            per_query[f"P@{k}_level{lev}"].append(out_t[:, o + 3 + nk + j])
+        n_pos[lev].append(torch.from_numpy(counts[:, lev]))
+    base = n_levels * per
+    per_query["H-AP"].append(out_t[:, base])
+    per_query["NDCG"].append(out_t[:, base + 1])
+    if ndcg_at is not None:
+        per_query[f"NDCG@{ndcg_at}"].append(out_t[:, base + 2])
+    per_query["ASI"].append(out_t[:, base + 3])
+    n_rel.append(torch.from_numpy(counts[:, n_levels]))

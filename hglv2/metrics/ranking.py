@@ -36,6 +36,7 @@ relevance values and double-counts in that case).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ def order_keys(scores: torch.Tensor) -> torch.Tensor:
     """Unique int64 sort keys of a (Q, N) score matrix: ascending key = descending score, then
     ascending gallery index. High 32 bits: order-preserving image of the float32 score (negated);
     low 32 bits: the gallery index."""
-    n = scores.shape[1]
+    n_rows, n = scores.shape
     if n >= 1 << 31:
         raise ValueError("gallery too large (>= 2^31 items)")
     s = scores.to(torch.float32) + 0.0  # new tensor; turns -0.0 into +0.0
@@ -66,10 +67,88 @@ def order_keys(scores: torch.Tensor) -> torch.Tensor:
     sign &= 0x7FFFFFFF
     x ^= sign  # now ascending int32 order == ascending float order
     x.bitwise_not_()  # descending
-    keys = x.to(torch.int64)
+    if sys.byteorder == "little":
+        keys = torch.empty((n_rows, n), dtype=torch.int64)
+        halves = keys.view(torch.int32).view(n_rows, n, 2)
+        halves[:, :, 0] = torch.arange(n, dtype=torch.int32)
+        halves[:, :, 1] = x
+        return keys
+    keys = x.to(torch.int64)  # pragma: no cover - big-endian machines
     keys <<= 32
     keys |= torch.arange(n, dtype=torch.int64)
     return keys
+
+
+def _sort_rows_inplace(a: np.ndarray) -> None:
+    """Sort each row of a 2-D array in place: numpy's (SIMD) sort, rows split over threads."""
+    n_threads = max(1, min(torch.get_num_threads(), a.shape[0]))
+    if n_threads == 1:
+        a.sort(axis=1)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, a.shape[0], n_threads + 1).astype(int)
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(lambda i: a[bounds[i] : bounds[i + 1]].sort(axis=1), range(n_threads)))
+
+
+def _rank_chunk(
+    scores: torch.Tensor, tags, self_index: torch.Tensor | None, method: str, keys_only: bool = False
+):
+    """Rank one chunk. Returns ``("dense", sorted_tags)`` (row-sorted tags, (Q, N) uint8),
+    ``("keys", sorted_keys)`` (with ``keys_only``: the sorted order keys, tags not needed) or
+    ``("lists", rows, ranks, values)`` (see :func:`rank_relevant`). ``tags`` may be a callable
+    returning the tag tensor, so it is only built when needed."""
+    n_rows, n = scores.shape
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
+    keys = order_keys(scores)
+    if self_index is not None:
+        keys[torch.arange(n_rows), self_index] = (_TOP_HIGH << 32) | self_index
+    if method == "sort" and keys_only:
+        _sort_rows_inplace(keys.numpy())
+        return ("keys", keys)
+    if callable(tags):
+        tags = tags()
+    if tags.shape != scores.shape:
+        raise ValueError(f"tags shape {tuple(tags.shape)} != scores shape {tuple(scores.shape)}")
+    if self_index is not None:
+        tags[torch.arange(n_rows), self_index] = 0
+    rows = cols = None
+    if method == "auto":
+        rows, cols = torch.nonzero(tags, as_tuple=True)
+        p_max = int(torch.bincount(rows, minlength=n_rows).max()) if rows.numel() else 0
+        method = "search" if p_max <= SPARSE_MAX_RELEVANT else "sort"
+    if method == "sort":
+        sk = torch.sort(keys, dim=1).values
+        sk &= _LOW32
+        return ("dense", torch.gather(tags, 1, sk))
+    if method != "search":
+        raise ValueError(f"unknown method {method!r}")
+    if rows is None:
+        rows, cols = torch.nonzero(tags, as_tuple=True)
+    counts = torch.bincount(rows, minlength=n_rows)
+    p_max = int(counts.max()) if rows.numel() else 0
+    if p_max == 0:
+        empty = torch.empty(0, dtype=torch.int64)
+        return ("lists", empty, empty, empty)
+    start = counts.cumsum(0) - counts
+    within = torch.arange(rows.numel()) - start[rows]
+    pad = torch.full((n_rows, p_max), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    pad[rows, within] = keys[rows, cols]
+    vals = torch.zeros((n_rows, p_max), dtype=torch.int64)
+    vals[rows, within] = tags[rows, cols].to(torch.int64)
+    pad, order = torch.sort(pad, dim=1)
+    vals = torch.gather(vals, 1, order)
+    # b[q, i] = number of relevant keys smaller than item i's key; an item with b <= k precedes
+    # (or is) the k-th relevant item, so rank(k) = #{i : b[q, i] <= k}.
+    b = torch.searchsorted(pad, keys)
+    b += (torch.arange(n_rows) * (p_max + 1))[:, None]
+    hist = torch.bincount(b.view(-1), minlength=n_rows * (p_max + 1)).view(n_rows, p_max + 1)
+    cum = hist.cumsum(1)
+    valid = torch.arange(p_max)[None, :] < counts[:, None]
+    r, k = torch.nonzero(valid, as_tuple=True)
+    return ("lists", r, cum[r, k], vals[r, k])
 
 
 def rank_relevant(
@@ -88,56 +167,19 @@ def rank_relevant(
             excluded item is removed from the ranking: it neither counts as relevant nor shifts
             the ranks of other items.
         method: ``"sort"`` (full row sort), ``"search"`` (sort the relevant items only and count
-            the others by binary search) or ``"auto"``.
+            the others by binary search) or ``"auto"`` (search when every query has at most
+            ``SPARSE_MAX_RELEVANT`` relevant items).
 
     Returns:
         ``rows``, ``ranks`` (1-based), ``values`` (the tag) of the relevant items, int64 tensors
         sorted by (row, rank).
     """
-    n_rows, n = scores.shape
-    if tags.shape != scores.shape:
-        raise ValueError(f"tags shape {tuple(tags.shape)} != scores shape {tuple(scores.shape)}")
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
-    keys = order_keys(scores)
-    if self_index is not None:
-        ar = torch.arange(n_rows)
-        keys[ar, self_index] = (_TOP_HIGH << 32) | self_index
-        tags[ar, self_index] = 0
-    rows, cols = torch.nonzero(tags, as_tuple=True)
-    counts = torch.bincount(rows, minlength=n_rows)
-    p_max = int(counts.max()) if rows.numel() else 0
-    if method == "auto":
-        method = "search" if p_max <= SPARSE_MAX_RELEVANT else "sort"
-    if p_max == 0:
-        empty = torch.empty(0, dtype=torch.int64)
-        return empty, empty, empty
-    if method == "sort":
-        sk = torch.sort(keys, dim=1).values
-        sk &= _LOW32
-        st = torch.gather(tags, 1, sk)
-        del sk
-        r, p = torch.nonzero(st, as_tuple=True)
-        return r, p + 1, st[r, p].to(torch.int64)
-    if method != "search":
-        raise ValueError(f"unknown method {method!r}")
-    start = counts.cumsum(0) - counts
-    within = torch.arange(rows.numel()) - start[rows]
-    pad = torch.full((n_rows, p_max), torch.iinfo(torch.int64).max, dtype=torch.int64)
-    pad[rows, within] = keys[rows, cols]
-    vals = torch.zeros((n_rows, p_max), dtype=torch.int64)
-    vals[rows, within] = tags[rows, cols].to(torch.int64)
-    pad, order = torch.sort(pad, dim=1)
-    vals = torch.gather(vals, 1, order)
-    # b[q, i] = number of relevant keys smaller than item i's key; an item with b <= k precedes
-    # (or is) the k-th relevant item, so rank(k) = #{i : b[q, i] <= k}.
-    b = torch.searchsorted(pad, keys)
-    b += (torch.arange(n_rows) * (p_max + 1))[:, None]
-    hist = torch.bincount(b.view(-1), minlength=n_rows * (p_max + 1)).view(n_rows, p_max + 1)
-    cum = hist.cumsum(1)
-    valid = torch.arange(p_max)[None, :] < counts[:, None]
-    r, k = torch.nonzero(valid, as_tuple=True)
-    return r, cum[r, k], vals[r, k]
+    res = _rank_chunk(scores, tags, self_index, method)
+    if res[0] == "lists":
+        return res[1], res[2], res[3]
+    st = res[1]
+    r, p = torch.nonzero(st, as_tuple=True)
+    return r, p + 1, st[r, p].to(torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +254,9 @@ def _level_cumcounts(rows: torch.Tensor, levels: torch.Tensor, start: torch.Tens
     return out
 
 
-def level_counts_from(rows: torch.Tensor, levels: torch.Tensor, n_rows: int, n_levels: int,
-                      n_gallery: torch.Tensor | int) -> torch.Tensor:
+def level_counts_from(
+    rows: torch.Tensor, levels: torch.Tensor, n_rows: int, n_levels: int, n_gallery: torch.Tensor | int
+) -> torch.Tensor:
     """(n_rows, L+1) counts of gallery items per level; column 0 = n_gallery - relevant."""
     flat = rows * (n_levels + 1) + levels
     counts = torch.bincount(flat, minlength=n_rows * (n_levels + 1)).view(n_rows, n_levels + 1).clone()
@@ -391,8 +434,9 @@ def _multi(scores, levels):
     return rows, ranks, lv, counts
 
 
-def hierarchical_ap(scores, levels, relevance: str = "pop", alpha: float | Sequence[float] = 1.0,
-                    n_levels: int | None = None) -> np.ndarray:
+def hierarchical_ap(
+    scores, levels, relevance: str = "pop", alpha: float | Sequence[float] = 1.0, n_levels: int | None = None
+) -> np.ndarray:
     """H-AP per query. scores (Q, N); levels int (Q, N) in 0..L (0 = not relevant).
 
     ``n_levels`` (L) sets the weights ``w(v) = v ** alpha``; it defaults to the largest level seen.

@@ -1,0 +1,219 @@
+"""Speed and memory of hglv2's chunked SupAP / SupHAP against the dense B x N x N formulation.
+
+The baseline re-implements the reference code's quick path (SupRank / HAPPIER ``quick_forward`` +
+``step_rank``): it builds the (B, N, N) difference tensor, applies the steps with boolean-mask
+assignments on clones of it, and lets autograd keep everything for the backward pass. Both sides get
+the same inputs: B = N (the batch is its own reference set), D = 512, 4 images per class and L = 3
+label levels (class, cluster of 8 classes, one of 2 super-groups, like H-GLDv2's landmark / cluster /
+natural-or-human-made).
+
+Run (not part of CI):  OMP_NUM_THREADS=2 python benchmarks/losses_speed.py [--quick]
+
+Peak memory is the growth of the peak resident set size (VmHWM, reset just before) of a fresh
+subprocess during one forward + backward pass. The largest batch that fits in 8 GB is extrapolated
+from measured peaks (B^3 fit for dense, B^2 fit for hglv2, which is also measured up to B = 4096),
+never by exhausting the shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from hglv2.losses import SupAP, SupHAP  # noqa: E402
+
+TAU, RHO, DELTA, START, OFFSET = 0.01, 100.0, 0.05, 0.5, 1.44
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense baseline (the reference code's method, written here from its description).
+def _tau_sigmoid(t: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + (-t / TAU).clamp(-50, 50).exp())
+
+
+@torch.no_grad()
+def _heaviside(t: torch.Tensor) -> torch.Tensor:
+    return torch.heaviside(t, values=torch.tensor(1.0, dtype=t.dtype))
+
+
+def _dense_step_rank(tens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    inferior = target.unsqueeze(2) > target.unsqueeze(1)
+    tens[~inferior] = _heaviside(tens[~inferior])
+    pos = tens > 0
+    margin = tens > DELTA
+    tens[inferior & pos & ~margin] = START + _tau_sigmoid(tens[inferior & pos & ~margin])
+    tens[inferior & pos & margin] = RHO * (tens[inferior & pos & margin] - DELTA) + OFFSET
+    tens[inferior & ~pos] = _tau_sigmoid(tens[inferior & ~pos])
+    return tens
+
+
+def dense_loss(emb: torch.Tensor, labels: torch.Tensor, hierarchical: bool) -> torch.Tensor:
+    scores = emb @ emb.t()
+    if hierarchical:
+        target = (labels.unsqueeze(1) == labels.unsqueeze(0)).sum(-1)
+        rel = torch.zeros(target.shape, dtype=scores.dtype)
+        for lvl in range(1, labels.size(1) + 1):  # pop relevance, w(l) = l
+            m = target == lvl
+            rel = torch.where(m, lvl / m.sum(1, keepdim=True).clamp(min=1), rel)
+    else:
+        target = (labels[:, :1].unsqueeze(1) == labels[:, :1].unsqueeze(0)).sum(-1)
+        rel = target.to(scores.dtype)
+    mask = 1.0 - torch.eye(target.size(1)).unsqueeze(0)
+    sim_diff = scores.unsqueeze(1) - scores.unsqueeze(1).permute(0, 2, 1)
+    min_rel = torch.where(rel.unsqueeze(1) < rel.unsqueeze(2), rel.unsqueeze(1), rel.unsqueeze(2))
+    rank = 1.0 + (_dense_step_rank(sim_diff.clone(), target) * mask).sum(-1)
+    rank_plus = _heaviside(sim_diff.clone()) * mask
+    rank_plus = rel + (rank_plus * min_rel).sum(-1)
+    ap = (rank_plus / rank).sum(-1) / rel.sum(-1)
+    return (1.0 - ap).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+def make_inputs(B: int, D: int = 512, per_class: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1)
+    cls = torch.arange(B) // per_class
+    labels = torch.stack([cls, cls // 8, cls % 2], 1)
+    perm = torch.randperm(B, generator=g)
+    return emb[perm].contiguous(), labels[perm].contiguous()
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> int:
+    """Reset the peak-RSS mark (Linux clear_refs 5) and return the current RSS in kB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_kb("VmRSS")
+
+
+def _peak_kb(before_kb: int) -> int:
+    """Peak RSS growth since :func:`_reset_peak` (falls back to ru_maxrss)."""
+    try:
+        return _status_kb("VmHWM") - before_kb
+    except (OSError, RuntimeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kb
+
+
+def run_one(impl: str, loss: str, B: int, repeats: int) -> dict:
+    emb, labels = make_inputs(B)
+    hier = loss == "SupHAP"
+    fn = (
+        (lambda e: dense_loss(e, labels, hier))
+        if impl == "dense"
+        else (lambda e: (SupHAP() if hier else SupAP())(e, labels))
+    )
+    rss_before = _reset_peak()
+    x = emb.clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    value = fn(x)
+    value.backward()
+    first = time.perf_counter() - t0
+    peak_kb = _peak_kb(rss_before)
+    times = [first]
+    for _ in range(repeats - 1):
+        x = emb.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        v = fn(x)
+        v.backward()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "impl": impl,
+        "loss": loss,
+        "B": B,
+        "value": float(value.detach()),
+        "grad": x.grad.flatten()[:4096].tolist(),
+        "time_s": times[len(times) // 2],
+        "peak_mb": max(peak_kb, 0) / 1024.0,
+    }
+
+
+def child(args: list[str], threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fit_max_batch(points: list[dict], power: int, budget_mb: float) -> int:
+    """Largest B with a * B**power <= budget (a: the largest measured per-unit cost)."""
+    a = max(p["peak_mb"] / p["B"] ** power for p in points)
+    return int((budget_mb / a) ** (1.0 / power))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", nargs=4, metavar=("IMPL", "LOSS", "B", "REPEATS"))
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--full", action="store_true", help="also run SupHAP at B = 4096 (minutes on CPU)")
+    ap.add_argument("--table-only", action="store_true", help="only the B = 256 comparison")
+    a = ap.parse_args()
+    if a.child:
+        impl, loss, B, rep = a.child
+        print(json.dumps(run_one(impl, loss, int(B), int(rep))))
+        return
+    th = a.threads
+    print(f"torch {torch.__version__}, {th} thread(s), {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    print("\n== B = N = 256, D = 512, 4 images/class, L = 3: forward + backward (median of 5)")
+    print(
+        f"{'loss':8} {'dense s':>9} {'hglv2 s':>9} {'speed-up':>9} {'dense MB':>9} {'hglv2 MB':>9} "
+        f"{'mem ratio':>9} {'|dloss|':>9} {'|dgrad|':>9}"
+    )
+    for loss in ("SupAP", "SupHAP"):
+        d = child(["dense", loss, "256", "5"], th)
+        h = child(["hglv2", loss, "256", "5"], th)
+        dg = max(abs(p - q) for p, q in zip(d["grad"], h["grad"], strict=True))
+        print(
+            f"{loss:8} {d['time_s']:9.3f} {h['time_s']:9.3f} {d['time_s'] / h['time_s']:8.1f}x "
+            f"{d['peak_mb']:9.1f} {h['peak_mb']:9.1f} {d['peak_mb'] / max(h['peak_mb'], 1e-3):8.1f}x "
+            f"{abs(d['value'] - h['value']):9.1e} {dg:9.1e}"
+        )
+    if a.table_only:
+        return
+    print("\n== peak memory (RSS growth of one forward + backward) vs B = N; largest B within 8 GB")
+    budget = 8 * 1024.0
+    for loss in ("SupAP", "SupHAP"):
+        dense_pts = [child(["dense", loss, str(B), "1"], th) for B in (128, 192, 256)]
+        sizes = (512, 1024, 2048, 4096) if (loss == "SupAP" or a.full) else (512, 1024, 2048)
+        ours = [child(["hglv2", loss, str(B), "1"], th) for B in sizes]
+        for p in dense_pts + ours:
+            print(f"{loss:8} {p['impl']:6} B={p['B']:5d}: {p['peak_mb']:9.1f} MB  {p['time_s']:9.3f} s/step")
+        print(
+            f"{loss:8} largest B in 8 GB: dense ~{_fit_max_batch(dense_pts, 3, budget)} (B^3 fit), "
+            f"hglv2 ~{_fit_max_batch(ours, 2, budget)} (B^2 fit)"
+        )
+        if 4096 not in sizes:
+            big = ours[-1]
+            est = big["time_s"] * (4096 / big["B"]) ** 3
+            print(f"{loss:8} hglv2 B= 4096: ~{est:.0f} s/step (extrapolated as B^3 from B={big['B']})")
+    print(f"\nload after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

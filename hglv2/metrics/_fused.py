@@ -1,0 +1,363 @@
+"""One-pass fused computation of every per-query metric (numba), used by :func:`hglv2.metrics.evaluate`.
+
+For each query the relevant items are visited twice in rank order: first to count them per
+level/column, then to accumulate every metric of :mod:`hglv2.metrics.ranking` at once (same
+formulas; the torch implementation there is the reference and the fallback when numba is not
+installed). Work is O(#relevant items) per query with no large temporaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # numba is optional: the torch implementation is used without it
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    HAVE_NUMBA = False
+
+if HAVE_NUMBA:
+
+    @njit(cache=True)
+    def _row(
+        r,
+        ranks,
+        tags,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags)."""
+        nk = ks.shape[0]
+        L = n_levels
+        per = 3 + 2 * nk
+        base = L * per
+        nan = np.nan
+        a = 0
+        b = ranks.shape[0]
+        npos = np.zeros(L, dtype=np.int64)
+        nlev = np.zeros(L + 1, dtype=np.int64)
+        for i in range(a, b):
+            t = tags[i]
+            v = 0
+            for col in range(L):
+                if (t >> col) & 1:
+                    npos[col] += 1
+                    v += 1
+            nlev[v] += 1
+        big_r = 0
+        for v in range(1, L + 1):
+            big_r += nlev[v]
+        rel = np.zeros(L + 1)
+        if rel_kind == 0:
+            for v in range(1, L + 1):
+                if nlev[v] > 0:
+                    rel[v] = w[v - 1] / nlev[v]
+        else:
+            acc = 0.0
+            for m in range(1, L + 1):
+                at_least = 0
+                for u in range(m, L + 1):
+                    at_least += nlev[u]
+                if at_least > 0:
+                    acc += w[m - 1] / at_least
+                rel[m] = acc
+        above = np.zeros(L + 1, dtype=np.int64)
+        for v in range(L - 1, -1, -1):
+            above[v] = above[v + 1] + nlev[v + 1]
+        cnt = np.zeros(L, dtype=np.int64)
+        ap = np.zeros(L)
+        mapr = np.zeros(L)
+        mapk = np.zeros(L)
+        first = np.zeros(L, dtype=np.int64)
+        pk = np.zeros((L, nk), dtype=np.int64)
+        cum = np.zeros(L + 1, dtype=np.int64)
+        hnum = 0.0
+        hden = 0.0
+        dcg = 0.0
+        dcgk = 0.0
+        asi_sum = 0.0
+        for i in range(a, b):
+            rk = ranks[i]
+            t = tags[i]
+            v = 0
+            for col in range(L):
+                if (t >> col) & 1:
+                    v += 1
+                    cnt[col] += 1
+                    prec = cnt[col] / rk
+                    ap[col] += prec
+                    if rk <= npos[col]:
+                        mapr[col] += prec
+                    if rk <= map_k:
+                        mapk[col] += prec
+                    if first[col] == 0:
+                        first[col] = rk
+                    for j in range(nk):
+                        if rk <= ks[j]:
+                            pk[col, j] += 1
+            cum[v] += 1
+            rv = rel[v]
+            hr = 0.0
+            for m in range(1, L + 1):
+                hr += min(rel[m], rv) * cum[m]
+            hnum += hr / rk
+            hden += rv
+            gain = 2.0**v - 1.0
+            dcg += gain * disc[rk]
+            if rk <= ndcg_k:
+                dcgk += gain * disc[rk]
+            tt = max(rk, above[v] + cum[v])
+            if tt <= big_r:
+                asi_sum += harm[big_r] - harm[tt - 1]
+        for col in range(L):
+            o = col * per
+            counts_out[r, col] = npos[col]
+            if npos[col] == 0:
+                for j in range(per):
+                    out[r, o + j] = nan
+                continue
+            out[r, o] = ap[col] / npos[col]
+            out[r, o + 1] = mapr[col] / npos[col]
+            out[r, o + 2] = mapk[col] / min(npos[col], map_k)
+            for j in range(nk):
+                out[r, o + 3 + j] = 1.0 if first[col] <= ks[j] else 0.0
+                out[r, o + 3 + nk + j] = pk[col, j] / ks[j]
+        counts_out[r, L] = big_r
+        if big_r == 0:
+            for j in range(4):
+                out[r, base + j] = nan
+            return
+        out[r, base] = hnum / hden if hden > 0 else nan
+        idcg = 0.0
+        idcgk = 0.0
+        for v in range(L, 0, -1):
+            gain = 2.0**v - 1.0
+            lo = above[v]
+            hi = above[v] + nlev[v]
+            idcg += gain * (disc_prefix[min(hi, n_ranked)] - disc_prefix[min(lo, n_ranked)])
+            idcgk += gain * (disc_prefix[min(hi, ndcg_k)] - disc_prefix[min(lo, ndcg_k)])
+        out[r, base + 1] = dcg / idcg
+        out[r, base + 2] = dcgk / idcgk
+        out[r, base + 3] = asi_sum / big_r
+
+    @njit(cache=True, parallel=True)
+    def fused_metrics(
+        indptr,
+        ranks,
+        tags,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """CSR input. Fills ``out`` (Q, L*(3+2*len(ks)) + 4) and ``counts_out`` (Q, L+1)."""
+        for r in prange(indptr.shape[0] - 1):
+            a = indptr[r]
+            b = indptr[r + 1]
+            _row(
+                r,
+                ranks[a:b],
+                tags[a:b],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
+    @njit(cache=True, parallel=True)
+    def fused_metrics_dense(
+        st, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm, out, counts_out
+    ):  # pragma: no cover - compiled
+        """Dense input: row-sorted (Q, N) uint8 tags. Same outputs as :func:`fused_metrics`."""
+        for r in prange(st.shape[0]):
+            row = st[r]
+            idx = np.flatnonzero(row)
+            _row(
+                r,
+                idx + 1,
+                row[idx],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
+    @njit(cache=True, parallel=True)
+    def fused_metrics_keys(
+        sorted_keys,
+        q_codes,
+        g_codes,
+        self_index,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Input: row-sorted int64 order keys (low 32 bits = gallery index). The match mask of each
+        ranked item is computed here from the label codes (``q_codes`` (Q, L), ``g_codes`` (N, L));
+        the item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
+        :func:`fused_metrics`."""
+        n_rows, n = sorted_keys.shape
+        for r in prange(n_rows):
+            ranks = np.empty(n, dtype=np.int64)
+            tags = np.empty(n, dtype=np.uint8)
+            cnt = 0
+            me = self_index[r]
+            for p in range(n):
+                gi = sorted_keys[r, p] & 0xFFFFFFFF
+                if gi == me:
+                    continue
+                t = 0
+                for col in range(n_levels):
+                    if q_codes[r, col] == g_codes[gi, col]:
+                        t |= 1 << col
+                if t != 0:
+                    ranks[cnt] = p + 1
+                    tags[cnt] = t
+                    cnt += 1
+            _row(
+                r,
+                ranks[:cnt],
+                tags[:cnt],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
+    @njit(cache=True, parallel=True)
+    def fused_metrics_search(
+        keys,
+        q_codes,
+        g_codes,
+        self_index,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Input: *unsorted* int64 order keys, for queries with few relevant items. Per query the
+        relevant items (mask from the label codes) are sorted by key, and every other item is
+        placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
+        The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
+        :func:`fused_metrics`."""
+        n_rows, n = keys.shape
+        for r in prange(n_rows):
+            me = self_index[r]
+            cnt = 0
+            for i in range(n):
+                if i == me:
+                    continue
+                for col in range(n_levels):
+                    if q_codes[r, col] == g_codes[i, col]:
+                        cnt += 1
+                        break
+            pos_keys = np.empty(cnt, dtype=np.int64)
+            pos_tags = np.empty(cnt, dtype=np.uint8)
+            j = 0
+            for i in range(n):
+                if i == me:
+                    continue
+                t = 0
+                for col in range(n_levels):
+                    if q_codes[r, col] == g_codes[i, col]:
+                        t |= 1 << col
+                if t != 0:
+                    pos_keys[j] = keys[r, i]
+                    pos_tags[j] = t
+                    j += 1
+            order = np.argsort(pos_keys)
+            sorted_keys = pos_keys[order]
+            sorted_tags = pos_tags[order]
+            hist = np.zeros(cnt + 1, dtype=np.int64)
+            for i in range(n):
+                if i == me:
+                    continue
+                hist[np.searchsorted(sorted_keys, keys[r, i])] += 1
+            ranks = np.cumsum(hist)[:cnt]
+            _row(
+                r,
+                ranks,
+                sorted_tags,
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
+
+def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """disc[p] = 1/log2(1+p), its prefix sums, and harmonic numbers, for p = 0..n (index 0 = 0)."""
+    p = np.arange(1, n + 1, dtype=np.float64)
+    disc = np.zeros(n + 1)
+    disc[1:] = 1.0 / np.log2(1.0 + p)
+    harm = np.zeros(n + 1)
+    harm[1:] = np.cumsum(1.0 / p)
+    return disc, np.cumsum(disc), harm

@@ -1,0 +1,305 @@
+"""The official Google Landmarks v2 metrics, from the challenge's solution/submission CSV files.
+
+Same definitions and file rules as the official metric code (``delf/python/datasets/
+google_landmarks_dataset``), written independently:
+
+**Retrieval, mAP@100.** For each query q of a subset (Public or Private) with ground-truth index
+images G_q and predictions p_1..p_n (only the first 100 entries are read)::
+
+    AP@100(q) = (1 / min(|G_q|, 100)) * sum_{i <= 100, p_i in G_q, p_i not seen before} P@i
+
+where ``P@i`` = (number of distinct correct predictions in p_1..p_i) / i. A prediction repeated
+later in the list is skipped but still occupies its position (so it lowers the precision of the
+items after it). mAP@100 is the mean over *all* queries of the subset: a query without a
+submission row (or with an empty one) scores 0.
+
+**Recognition, GAP** (Global Average Precision, micro-AP): one (landmark, score) per query, all
+predictions sorted by score (descending; ties by query id, then class, ascending)::
+
+    GAP = (1 / M) * sum_i P(i) * rel(i)
+
+with M = number of queries whose ground truth is not empty, ``P(i)`` the precision over the first
+i predictions and ``rel(i)`` = 1 if prediction i is correct. Predictions for queries without
+ground truth (non-landmark images) count as wrong (unless ``ignore_non_gt_test_images``).
+
+**Files.** Solution: header then ``id,images|landmarks,Usage`` with Usage ``Public``, ``Private``
+or ``Ignored`` (Ignored rows, whose ground truth is ``None`` in retrieval_solution_v2.1.csv, are
+left out of the scores and their submission rows are skipped). Submission: header then
+``id,images`` (space-separated ids, best first) or ``id,landmarks`` (``"<landmark> <score>"``);
+empty lines are skipped, a repeated or unknown query id is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hglv2.errors import InputError
+
+USAGES = ("Public", "Private", "Ignored")
+MAX_PREDICTIONS = 100
+
+
+def _rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a CSV file after its header (line 1)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise InputError(f"{p}: empty file (expected a header line)")
+            yield 1, [h.strip() for h in header]
+            for row in reader:
+                yield reader.line_num, row
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a UTF-8 text file") from None
+    except csv.Error as exc:
+        raise InputError(f"{p}: malformed CSV ({exc})") from None
+
+
+def _check_header(path, header: list[str], n: int, names: str) -> None:
+    if len(header) < n:
+        raise InputError(f"{path}:1: expected a header with columns {names}, got {','.join(header)!r}")
+
+
+def detect_task(solution_path: str | os.PathLike[str]) -> str:
+    """``"retrieval"`` if the solution's second column is ``images``, ``"recognition"`` if it is
+    ``landmarks``."""
+    for _, header in _rows(solution_path):
+        col = header[1].lower() if len(header) > 1 else ""
+        if col == "images":
+            return "retrieval"
+        if col == "landmarks":
+            return "recognition"
+        raise InputError(
+            f"{solution_path}:1: second column must be 'images' (retrieval) or 'landmarks' "
+            f"(recognition), got {col!r}"
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_solution(path: str | os.PathLike[str], task: str) -> tuple[dict, dict, list[str]]:
+    """Read a solution CSV.
+
+    Returns:
+        ``(public, private, ignored)``: dicts query id -> list of ground-truth ids (index image ids
+        for retrieval, int landmark ids for recognition; may be empty for recognition) and the list
+        of ignored query ids.
+    """
+    if task not in ("retrieval", "recognition"):
+        raise ValueError(f"unknown task {task!r}")
+    public: dict[str, list] = {}
+    private: dict[str, list] = {}
+    ignored: list[str] = []
+    seen: set[str] = set()
+    rows = _rows(path)
+    _, header = next(rows)
+    _check_header(path, header, 3, "id,images|landmarks,Usage")
+    for line, row in rows:
+        if not row:
+            continue
+        if len(row) < 3:
+            raise InputError(f"{path}:{line}: expected 3 fields (id, ground truth, Usage), got {len(row)}")
+        qid, truth, usage = row[0].strip(), row[1].strip(), row[2].strip()
+        if not qid:
+            raise InputError(f"{path}:{line}: empty id")
+        if qid in seen:
+            raise InputError(f"{path}:{line}: id {qid!r} is repeated")
+        seen.add(qid)
+        if usage == "Ignored":
+            ignored.append(qid)
+            continue
+        if usage not in USAGES:
+            raise InputError(f"{path}:{line}: Usage {usage!r} is not one of {', '.join(USAGES)}")
+        if task == "retrieval":
+            ids = truth.split()
+            if not ids or ids == ["None"]:
+                raise InputError(f"{path}:{line}: {usage} query {qid!r} has no ground-truth images")
+            gt: list = ids
+        else:
+            try:
+                gt = [int(x) for x in truth.split()]
+            except ValueError:
+                raise InputError(f"{path}:{line}: landmarks {truth!r} are not integers") from None
+        (public if usage == "Public" else private)[qid] = gt
+    return public, private, ignored
+
+
+def read_submission(
+    path: str | os.PathLike[str], task: str, public_ids, private_ids, ignored_ids
+) -> tuple[dict, dict]:
+    """Read a submission CSV for the queries of a solution.
+
+    Returns:
+        ``(public, private)`` dicts query id -> prediction: a list of index ids (retrieval) or
+        ``{"class": int, "score": float}`` (recognition). Rows with an empty prediction and rows
+        of ignored queries are skipped.
+    """
+    public_ids, private_ids, ignored_ids = set(public_ids), set(private_ids), set(ignored_ids)
+    public: dict[str, Any] = {}
+    private: dict[str, Any] = {}
+    seen: set[str] = set()
+    rows = _rows(path)
+    _, header = next(rows)
+    _check_header(path, header, 2, "id,images|landmarks")
+    for line, row in rows:
+        if not row:
+            continue
+        qid = row[0].strip()
+        if qid in seen:
+            raise InputError(f"{path}:{line}: query {qid!r} is repeated")
+        seen.add(qid)
+        if qid in ignored_ids:
+            continue
+        if len(row) < 2 or not row[1].strip():
+            continue
+        items = row[1].split()
+        if task == "recognition":
+            if len(items) != 2:
+                raise InputError(f"{path}:{line}: expected '<landmark_id> <score>', got {row[1]!r}")
+            try:
+                pred: Any = {"class": int(items[0]), "score": float(items[1])}
+            except ValueError:
+                raise InputError(f"{path}:{line}: expected '<landmark_id> <score>', got {row[1]!r}") from None
+            if not math.isfinite(pred["score"]):
+                raise InputError(f"{path}:{line}: score {items[1]!r} is not finite")
+        else:
+            pred = items
+        if qid in public_ids:
+            public[qid] = pred
+        elif qid in private_ids:
+            private[qid] = pred
+        else:
+            raise InputError(f"{path}:{line}: query {qid!r} is not in the solution")
+    return public, private
+
+
+def mean_average_precision(
+    predictions: dict, solution: dict, max_predictions: int = MAX_PREDICTIONS
+) -> float:
+    """GLDv2 retrieval mAP@k (module docstring); NaN for an empty solution."""
+    if not solution:
+        return math.nan
+    total = 0.0
+    for qid, pred in predictions.items():
+        if qid not in solution:
+            raise InputError(f"query {qid!r} is not part of the solution")
+        truth = set(solution[qid])
+        seen: set[str] = set()
+        hits, ap = 0, 0.0
+        for i, item in enumerate(pred[:max_predictions], 1):
+            if item in seen:
+                continue
+            seen.add(item)
+            if item in truth:
+                hits += 1
+                ap += hits / i
+        total += ap / min(len(solution[qid]), max_predictions)
+    return total / len(solution)
+
+
+def mean_precisions(predictions: dict, solution: dict, max_predictions: int = MAX_PREDICTIONS) -> np.ndarray:
+    """Mean over the predicted queries of P@1..P@max_predictions (duplicates skipped), as the
+    official ``MeanPrecisions`` (its mean runs over the solution's size, missing rows count 0)."""
+    prec = np.zeros((len(solution), max_predictions))
+    for row, (qid, pred) in enumerate(predictions.items()):
+        if qid not in solution:
+            raise InputError(f"query {qid!r} is not part of the solution")
+        truth = set(solution[qid])
+        seen: set[str] = set()
+        hits = 0
+        for i in range(max_predictions):
+            if i < len(pred) and pred[i] not in seen:
+                seen.add(pred[i])
+                hits += pred[i] in truth
+            prec[row, i] = hits / (i + 1)
+    return prec.mean(axis=0) if len(solution) else np.full(max_predictions, math.nan)
+
+
+def mean_median_position(
+    predictions: dict, solution: dict, max_predictions: int = MAX_PREDICTIONS
+) -> tuple[float, float]:
+    """Mean and median position of the first correct prediction (max_predictions + 1 if none)."""
+    pos = np.full(len(solution), max_predictions + 1, dtype=np.float64)
+    for row, (qid, pred) in enumerate(predictions.items()):
+        if qid not in solution:
+            raise InputError(f"query {qid!r} is not part of the solution")
+        truth = set(solution[qid])
+        for i, item in enumerate(pred[:max_predictions], 1):
+            if item in truth:
+                pos[row] = i
+                break
+    if not len(pos):
+        return math.nan, math.nan
+    return float(pos.mean()), float(np.median(pos))
+
+
+def global_average_precision(
+    predictions: dict, solution: dict, ignore_non_gt_test_images: bool = False
+) -> float:
+    """GAP (micro-AP) of recognition predictions; NaN if no query has ground truth."""
+    n_pos = sum(1 for v in solution.values() if v)
+    if n_pos == 0:
+        return math.nan
+    items = sorted(predictions.items(), key=lambda kv: (-kv[1]["score"], kv[0], kv[1]["class"]))
+    gap, seen, correct = 0.0, 0, 0
+    for qid, pred in items:
+        truth = solution[qid]
+        if ignore_non_gt_test_images and not truth:
+            continue
+        seen += 1
+        if pred["class"] in truth:
+            correct += 1
+            gap += correct / seen
+    return gap / n_pos
+
+
+def top1_accuracy(predictions: dict, solution: dict) -> float:
+    """Fraction of queries with ground truth whose prediction is correct (missing = wrong)."""
+    with_gt = [q for q, v in solution.items() if v]
+    if not with_gt:
+        return math.nan
+    return sum(1 for q in with_gt if q in predictions and predictions[q]["class"] in solution[q]) / len(
+        with_gt
+    )
+
+
+def evaluate_files(
+    solution_path: str | os.PathLike[str], submission_path: str | os.PathLike[str], task: str | None = None
+) -> dict[str, Any]:
+    """Score a submission file against a solution file, for the Public and Private subsets.
+
+    Returns:
+        ``{"task", "n_public", "n_private", "n_ignored", "public": {...}, "private": {...}}``; the
+        subsets hold ``mAP@100``, ``P@1/5/10/50/100``, ``mean_position``, ``median_position``
+        (retrieval) or ``GAP``, ``top1_accuracy`` (recognition).
+    """
+    task = task or detect_task(solution_path)
+    public, private, ignored = read_solution(solution_path, task)
+    pub_pred, priv_pred = read_submission(submission_path, task, public, private, ignored)
+    out: dict[str, Any] = {
+        "task": task,
+        "n_public": len(public),
+        "n_private": len(private),
+        "n_ignored": len(ignored),
+    }
+    for name, sol, pred in (("public", public, pub_pred), ("private", private, priv_pred)):
+        if task == "retrieval":
+            prec = mean_precisions(pred, sol)
+            mean_pos, median_pos = mean_median_position(pred, sol)
+            res = {"mAP@100": mean_average_precision(pred, sol)}
+            res.update({f"P@{k}": float(prec[k - 1]) for k in (1, 5, 10, 50, 100)})
+            res.update({"mean_position": mean_pos, "median_position": median_pos})
+        else:
+            res = {"GAP": global_average_precision(pred, sol), "top1_accuracy": top1_accuracy(pred, sol)}
+        out[name] = res
+    return out
