@@ -277,3 +277,15 @@ def test_rows_with_unknown_levels_are_not_trained_on(data_root):
         sampler = _batch_sampler(cfg, labels, seed=0)
         seen = {i for b in sampler.global_batches() for i in b}
         assert seen and not seen & set(unknown.tolist())
+
+
+def test_evaluation_keeps_the_thread_count(data_root, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        trainer = Trainer(tiny_config(data_root), tmp_path, progress=False)
+        metrics = trainer.evaluate()
+        assert 0.0 <= metrics["H-AP"] <= 1.0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
