@@ -294,6 +294,7 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
     cfg = results["config"]
     seeds = sorted({r["seed"] for r in results["runs"]})
     speeds = [r["images_per_s"] for r in results["runs"] if r.get("images_per_s")]
+    n_reused = sum(bool(r.get("reused")) for r in results["runs"])
     env = results["environment"]
     lines = [
         f"# hglv2 benchmark: {results['suite']}",
@@ -308,7 +309,9 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
         f"{cfg['schedule']['kind']} schedule, "
         + (f"{cfg['train']['steps']} steps" if cfg["train"]["steps"] else f"{cfg['train']['epochs']} epochs"),
         f"- seeds: {', '.join(map(str, seeds))} (cells: mean ± sample std over seeds, in %)",
-        f"- wall time: {results['wall_seconds']:.1f} s (data {results['data_seconds']:.1f} s); "
+        f"- wall time: {results['wall_seconds']:.1f} s (data {results['data_seconds']:.1f} s"
+        + (f"; {n_reused} of {len(results['runs'])} runs reused from an earlier call" if n_reused else "")
+        + "); "
         "training speed "
         + (f"{np.mean(speeds):.0f} images/s" if speeds else "n/a")
         + f" per run; {env['parallel_runs']} parallel run(s) x {env['threads_per_run']} thread(s); "
