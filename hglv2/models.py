@@ -53,9 +53,7 @@ class TinyConvNet(nn.Module):
         chans = [3, width, width * 2, width * 4, width * 4]
         layers: list[nn.Module] = []
         for k in range(4):
-            layers.append(
-                nn.Conv2d(chans[k], chans[k + 1], 3, stride=2, padding=1, bias=False)
-            )
+            layers.append(nn.Conv2d(chans[k], chans[k + 1], 3, stride=2, padding=1, bias=False))
             if norm == "group":
                 layers.append(nn.GroupNorm(8, chans[k + 1]))
             elif norm == "batch":
