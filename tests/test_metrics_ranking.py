@@ -290,6 +290,8 @@ def test_bad_inputs():
         evaluate(e, np.zeros(3, dtype=int), gallery_embeddings=e)
     with pytest.raises(ValueError, match="gallery has no item"):
         evaluate(e[:1], np.zeros(1, dtype=int))
+    with pytest.raises(ValueError, match="no queries"):
+        evaluate(np.zeros((0, 2)), np.zeros(0, dtype=int), e, np.zeros(3, dtype=int))
     with pytest.raises(ValueError, match="integers"):
         evaluate(e, np.array([0.5, 1, 2]))
 
@@ -317,3 +319,30 @@ def test_streaming_matches_one_chunk_on_larger_case():
         many = evaluate(emb, lab, reduce=False, **kwargs)
         for key in one:
             np.testing.assert_allclose(many[key], one[key], equal_nan=True, err_msg=str((key, kwargs)))
+
+
+def test_falls_back_to_torch_without_numba(monkeypatch):
+    from hglv2.metrics import _fused
+
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(25, 4)).astype(np.float32)
+    lab = rng.integers(0, 3, size=(25, 2))
+    want = evaluate_oracle(emb, lab)
+    monkeypatch.setattr(_fused, "HAVE_NUMBA", False)
+    _assert_same(evaluate(emb, lab, reduce=False), want)
+    with pytest.raises(ValueError, match="needs the numba package"):
+        evaluate(emb, lab, backend="numba")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_sort_path_matches_oracle(backend):
+    """A gallery large enough for the automatic choice of the full-sort ranking (coarse level with
+    two classes), with integer scores so that ties are frequent."""
+    rng = np.random.default_rng(9)
+    n_q, n_g = 12, 700
+    fine = rng.integers(0, 40, size=n_q + n_g)
+    lab = np.stack([fine, fine // 5, fine // 20], 1)
+    emb = rng.integers(-2, 3, size=(n_q + n_g, 3)).astype(np.float32)
+    q, ql, g, gl = emb[:n_q], lab[:n_q], emb[n_q:], lab[n_q:]
+    got = evaluate(q, ql, g, gl, reduce=False, backend=backend, ndcg_at=20)
+    _assert_same(got, evaluate_oracle(q, ql, g, gl, ndcg_at=20))

@@ -1,7 +1,9 @@
 """One-pass fused computation of every per-query metric (numba), used by :func:`hglv2.metrics.evaluate`.
 
-For each query the relevant items are visited twice in rank order: first to count them per
-level/column, then to accumulate every metric of :mod:`hglv2.metrics.ranking` at once (same
+Two entry points: :func:`fused_metrics_keys` (rows of sorted order keys) and
+:func:`fused_metrics_search` (unsorted keys, few relevant items per query). Labels are compared
+inside the kernels. For each query the relevant items are then visited twice in rank order: first
+to count them per level/column, then to accumulate every metric of :mod:`hglv2.metrics.ranking` at once (same
 formulas; the torch implementation there is the reference and the fallback when numba is not
 installed). Work is O(#relevant items) per query with no large temporaries.
 """
@@ -152,72 +154,6 @@ if HAVE_NUMBA:
         out[r, base + 3] = asi_sum / big_r
 
     @njit(cache=True, parallel=True)
-    def fused_metrics(
-        indptr,
-        ranks,
-        tags,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
-    ):  # pragma: no cover - compiled
-        """CSR input. Fills ``out`` (Q, L*(3+2*len(ks)) + 4) and ``counts_out`` (Q, L+1)."""
-        for r in prange(indptr.shape[0] - 1):
-            a = indptr[r]
-            b = indptr[r + 1]
-            _row(
-                r,
-                ranks[a:b],
-                tags[a:b],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
-
-    @njit(cache=True, parallel=True)
-    def fused_metrics_dense(
-        st, n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm, out, counts_out
-    ):  # pragma: no cover - compiled
-        """Dense input: row-sorted (Q, N) uint8 tags. Same outputs as :func:`fused_metrics`."""
-        for r in prange(st.shape[0]):
-            row = st[r]
-            idx = np.flatnonzero(row)
-            _row(
-                r,
-                idx + 1,
-                row[idx],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
-
-    @njit(cache=True, parallel=True)
     def fused_metrics_keys(
         sorted_keys,
         q_codes,
@@ -238,8 +174,9 @@ if HAVE_NUMBA:
     ):  # pragma: no cover - compiled
         """Input: row-sorted int64 order keys (low 32 bits = gallery index). The match mask of each
         ranked item is computed here from the label codes (``q_codes`` (Q, L), ``g_codes`` (N, L));
-        the item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
-        :func:`fused_metrics`."""
+        the item whose index is ``self_index[r]`` (-1: none) is skipped. Fills ``out``
+        (Q, L * (3 + 2 * len(ks)) + 4) and ``counts_out`` (Q, L + 1), laid out as read by
+        ``hglv2.metrics.evaluate._chunk_numba``."""
         n_rows, n = sorted_keys.shape
         for r in prange(n_rows):
             ranks = np.empty(n, dtype=np.int64)
@@ -276,9 +213,19 @@ if HAVE_NUMBA:
                 counts_out,
             )
 
+    @njit(cache=True, inline="always")
+    def _key(bits, index):  # pragma: no cover - compiled
+        """Order key from a float32's int32 bits: ascending key = descending score, then index."""
+        x = np.int64(bits)
+        if x == -2147483648:  # -0.0 is +0.0
+            x = 0
+        if x < 0:
+            x ^= 0x7FFFFFFF
+        return ((-1 - x) << 32) | index
+
     @njit(cache=True, parallel=True)
     def fused_metrics_search(
-        keys,
+        score_bits,
         q_codes,
         g_codes,
         self_index,
@@ -295,12 +242,13 @@ if HAVE_NUMBA:
         out,
         counts_out,
     ):  # pragma: no cover - compiled
-        """Input: *unsorted* int64 order keys, for queries with few relevant items. Per query the
-        relevant items (mask from the label codes) are sorted by key, and every other item is
-        placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
+        """Input: the (Q, N) float32 scores viewed as int32, for queries with few relevant items.
+        Each item gets the order key of :func:`hglv2.metrics.ranking.order_keys` (computed here);
+        per query the relevant items (mask from the label codes) are sorted by key, and every other
+        item is placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
         The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
-        :func:`fused_metrics`."""
-        n_rows, n = keys.shape
+        :func:`fused_metrics_keys`."""
+        n_rows, n = score_bits.shape
         for r in prange(n_rows):
             me = self_index[r]
             cnt = 0
@@ -322,7 +270,7 @@ if HAVE_NUMBA:
                     if q_codes[r, col] == g_codes[i, col]:
                         t |= 1 << col
                 if t != 0:
-                    pos_keys[j] = keys[r, i]
+                    pos_keys[j] = _key(score_bits[r, i], i)
                     pos_tags[j] = t
                     j += 1
             order = np.argsort(pos_keys)
@@ -332,7 +280,7 @@ if HAVE_NUMBA:
             for i in range(n):
                 if i == me:
                     continue
-                hist[np.searchsorted(sorted_keys, keys[r, i])] += 1
+                hist[np.searchsorted(sorted_keys, _key(score_bits[r, i], i))] += 1
             ranks = np.cumsum(hist)[:cnt]
             _row(
                 r,

@@ -24,7 +24,6 @@ from hglv2.metrics.ranking import (
     hierarchical_ap_from_ranks,
     level_counts_from,
     ndcg_from_ranks,
-    order_keys,
 )
 from hglv2.metrics.relevance import (
     RELEVANCES,
@@ -144,6 +143,8 @@ def evaluate(
     n_levels = q_lab.shape[1]
     level_weights(n_levels, alpha)  # validate early
     n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+    if n_q == 0:
+        raise ValueError("query_embeddings: no queries")
     n_ranked = n_g - 1 if same else n_g
     if n_ranked < 1:
         raise ValueError("the gallery has no item to rank")
@@ -201,7 +202,7 @@ def evaluate(
         if backend == "numba" and chunk_method == "search":
             if torch.isnan(scores).any():
                 raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
-            ranked = ("unsorted_keys", order_keys(scores))
+            ranked = ("score_bits", scores.contiguous().view(torch.int32))
         else:
             ranked = _rank_chunk(
                 scores,
@@ -291,18 +292,10 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         out,
         counts,
     )
-    if ranked[0] in ("keys", "unsorted_keys"):
-        kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
-        self_index = ctx["self_index"]
-        me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
-        kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
-    elif ranked[0] == "dense":
-        _fused.fused_metrics_dense(ranked[1].numpy(), *args)
-    else:
-        rows = ranked[1]
-        indptr = np.zeros(c + 1, dtype=np.int64)
-        indptr[1:] = torch.bincount(rows, minlength=c).cumsum(0).numpy()
-        _fused.fused_metrics(indptr, ranked[2].numpy(), ranked[3].numpy().astype(np.uint8), *args)
+    kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
+    self_index = ctx["self_index"]
+    me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+    kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
     out_t = torch.from_numpy(out)
     for lev in range(n_levels):
         o = lev * per
