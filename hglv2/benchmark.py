@@ -1,0 +1,412 @@
+"""Benchmarks: suites of (dataset, loss, seed) trainings -> ``results.json``, ``report.md``, plots.
+
+A suite is a training config (:func:`hglv2.train.load_config`) whose ``benchmark`` section lists
+the losses to compare (name -> overrides of the ``loss`` section) and the seeds. Each (loss, seed)
+run trains in ``<out>/runs/<loss>/seed<k>/`` and is evaluated on the evaluation split with
+:func:`hglv2.metrics.evaluate`; a run whose ``metrics.json`` matches its config is reused, so an
+interrupted benchmark continues where it stopped.
+
+Outputs: ``results.json`` (every run's final metrics, learning curve and speed, plus mean/std per
+loss), ``report.md`` (rows: losses; columns: AP and R@1 per level, H-AP, ASI, NDCG, mAP@100 at the
+finest level; mean +- std over seeds, in %) and PNG plots (``per_level.png``: AP and R@1 per level
+per loss; ``learning_curve.png``: H-AP and level-0 AP against the step).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hglv2.errors import InputError
+from hglv2.fileio import atomic_open, atomic_path, write_json
+from hglv2.train import Trainer, config_digest, load_config, validate_config
+
+REPORT_METRICS_MULTI = ("H-AP", "ASI", "NDCG")
+
+
+def suite_runs(cfg: dict[str, Any], losses: list[str] | None = None, seeds: list[int] | None = None):
+    """The (loss label, seed, run config) triples of a suite, in report order."""
+    table = cfg["benchmark"]["losses"] or {cfg["loss"]["name"]: {"name": cfg["loss"]["name"]}}
+    if not isinstance(table, dict):
+        raise InputError("benchmark.losses must be a mapping of label -> loss settings")
+    names = list(table)
+    if losses:
+        unknown = [n for n in losses if n not in table]
+        if unknown:
+            raise InputError(f"--losses: {', '.join(unknown)} not in the suite ({', '.join(names)})")
+        names = list(losses)
+    seeds = list(seeds if seeds is not None else cfg["benchmark"]["seeds"])
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise InputError("benchmark.seeds must be a non-empty list of integers")
+    runs = []
+    for label in names:
+        override = table[label]
+        if not isinstance(override, dict):
+            raise InputError(f"benchmark.losses.{label} must be a mapping (name, kwargs, ...)")
+        unknown = set(override) - {"name", "kwargs", "weight", "decomposability"}
+        if unknown:
+            raise InputError(f"benchmark.losses.{label}: unknown key(s) {sorted(unknown)}")
+        for seed in seeds:
+            run = copy.deepcopy(cfg)
+            run["loss"] = {"name": label, "kwargs": {}, "weight": 1.0, "decomposability": None, **override}
+            run["seed"] = seed
+            run["name"] = f"{cfg['name']}/{label}/seed{seed}"
+            run["benchmark"] = {"seeds": [seed], "losses": {}}
+            validate_config(run, f"benchmark.losses.{label}")
+            runs.append((label, seed, run))
+    return runs
+
+
+def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for rec in history:
+        if "eval" in rec:
+            ev = rec["eval"]
+            keep = {
+                k: v for k, v in ev.items() if k in ("H-AP", "ASI", "NDCG") or k.startswith(("AP_", "R@1_"))
+            }
+            out.append({"step": rec["step"], **keep})
+        elif "loss" in rec:
+            out.append({"step": rec["step"], "loss": rec["loss"], "images_per_s": rec.get("images_per_s")})
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def _train_run(
+    run_cfg: dict[str, Any], run_dir: str, device: str | None, threads: int | None, progress: bool
+) -> dict[str, Any]:
+    """Train one run (in this process or a worker process); returns its metrics and speed."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    trainer = Trainer(run_cfg, run_dir, device=device, resume=True, progress=progress)
+    metrics = trainer.fit()
+    done = Path(run_dir) / "metrics.json"
+    record = json.loads(done.read_text("utf-8"))
+    record.update({"images_per_s": trainer.images_per_s, "train_seconds": trainer.train_seconds})
+    write_json(done, record)
+    return {
+        "metrics": metrics,
+        "images_per_s": trainer.images_per_s,
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def plan_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> tuple[int, int | None]:
+    """(parallel runs, torch threads per run). ``jobs=None``: on CPU one single-threaded run per
+    core (small models scale better across processes than across threads, and a busy machine
+    does not stall them), at most one per run; on CUDA one run at a time."""
+    cores = os.cpu_count() or 1
+    on_cuda = str(device or "auto").startswith("cuda") or (
+        device in (None, "auto") and torch.cuda.is_available()
+    )
+    if jobs is None:
+        jobs = 1 if on_cuda else min(max(n_runs, 1), cores)
+    jobs = max(1, min(jobs, max(n_runs, 1)))
+    if jobs == 1:
+        return 1, None
+    return jobs, max(1, cores // jobs)
+
+
+def run_suite(
+    suite: str | os.PathLike[str] | dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    seeds: list[int] | None = None,
+    losses: list[str] | None = None,
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    jobs: int | None = None,
+) -> dict[str, Any]:
+    """Run every (loss, seed) of ``suite`` and write results.json, report.md and the plots.
+
+    ``overrides`` maps dotted config keys to values (``{"train.steps": 20}``), applied to the
+    suite's config before the runs are derived from it. ``jobs``: runs trained in parallel worker
+    processes (default: :func:`plan_jobs`); the results do not depend on it. Returns the results.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from hglv2.train import prepare_data, resolve_device, set_path
+
+    cfg = suite if isinstance(suite, dict) else load_config(suite)
+    cfg = copy.deepcopy(cfg)
+    for key, value in (overrides or {}).items():
+        set_path(cfg, key, value)
+    validate_config(cfg, "suite")
+    resolve_device(device)  # a bad --device fails before any work
+    plan = suite_runs(cfg, losses, seeds)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    prepare_data(cfg, progress=progress)
+    data_s = time.perf_counter() - t0
+
+    finished: dict[int, dict[str, Any]] = {}
+    todo = []
+    for k, (label, seed, run_cfg) in enumerate(plan):
+        run_dir = out / "runs" / _safe(label) / f"seed{seed}"
+        done = run_dir / "metrics.json"
+        if done.is_file():
+            prev = json.loads(done.read_text("utf-8"))
+            if prev.get("config_digest") == config_digest(run_cfg) and prev.get("metrics"):
+                finished[k] = {
+                    "metrics": prev["metrics"],
+                    "images_per_s": prev.get("images_per_s"),
+                    "train_seconds": prev.get("train_seconds"),
+                    "wall_seconds": 0.0,
+                    "reused": True,
+                }
+                continue
+        todo.append((k, run_cfg, str(run_dir)))
+    n_jobs, threads = plan_jobs(len(todo), device, jobs)
+    if n_jobs > 1:
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
+            futures = {k: pool.submit(_train_run, rc, rd, device, threads, False) for k, rc, rd in todo}
+            for k, fut in futures.items():
+                finished[k] = {**fut.result(), "reused": False}
+                if progress:
+                    label, seed, _ = plan[k]
+                    hap = 100 * finished[k]["metrics"].get("H-AP", float("nan"))
+                    print(f"{label} seed {seed}: H-AP {hap:.2f}", flush=True)
+    else:
+        for k, rc, rd in todo:
+            finished[k] = {**_train_run(rc, rd, device, None, progress), "reused": False}
+    runs = []
+    for k, (label, seed, run_cfg) in enumerate(plan):
+        run_dir = out / "runs" / _safe(label) / f"seed{seed}"
+        runs.append(
+            {
+                "loss": label,
+                "seed": seed,
+                "loss_config": run_cfg["loss"],
+                **finished[k],
+                "curve": _curve(_read_jsonl(run_dir / "log.jsonl")),
+                "run_dir": run_dir.relative_to(out).as_posix(),
+            }
+        )
+    results = {
+        "format_version": 1,
+        "suite": cfg["name"],
+        "config": cfg,
+        "config_digest": config_digest(cfg),
+        "levels": cfg["data"]["levels"],
+        "device": str(device or "auto"),
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "parallel_runs": n_jobs,
+            "threads_per_run": threads or torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "data_seconds": round(data_s, 3),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    write_report(results, out)
+    return results
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in label)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean, sample std (0 for one seed) and count per loss and metric."""
+    by_loss: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_loss.setdefault(run["loss"], []).append(run["metrics"] or {})
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for loss, metrics in by_loss.items():
+        keys = sorted(set().union(*metrics))
+        out[loss] = {}
+        for k in keys:
+            vals = [float(m[k]) for m in metrics if k in m and isinstance(m[k], (int, float))]
+            vals = [v for v in vals if math.isfinite(v)]
+            if not vals:
+                continue
+            out[loss][k] = {
+                "mean": float(np.mean(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                "n": len(vals),
+            }
+    return out
+
+
+def report_columns(levels: int) -> list[tuple[str, str]]:
+    """(metric key, column header) of the report table."""
+    cols = []
+    for level in range(levels):
+        cols += [(f"AP_level{level}", f"AP L{level}"), (f"R@1_level{level}", f"R@1 L{level}")]
+    cols += [(m, m) for m in REPORT_METRICS_MULTI]
+    cols.append(("mAP@100_level0", "mAP@100 L0"))
+    return cols
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The report's table: rows losses, cells ``mean ± std`` in % (std only with several seeds)."""
+    cols = report_columns(len(results["levels"]))
+    lines = ["| Loss | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for loss, stats in results["summary"].items():
+        cells = []
+        for key, _ in cols:
+            s = stats.get(key)
+            if s is None:
+                cells.append("–")
+            elif s["n"] > 1:
+                cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
+            else:
+                cells.append(f"{100 * s['mean']:.2f}")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md``, ``per_level.png`` and ``learning_curve.png``."""
+    out = Path(out_dir)
+    paths = {
+        "results": out / "results.json",
+        "report": out / "report.md",
+        "per_level": out / "per_level.png",
+        "learning_curve": out / "learning_curve.png",
+    }
+    write_json(paths["results"], results)
+    plot_per_level(results, paths["per_level"])
+    plot_learning_curve(results, paths["learning_curve"])
+    cfg = results["config"]
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    speeds = [r["images_per_s"] for r in results["runs"] if r.get("images_per_s")]
+    n_reused = sum(bool(r.get("reused")) for r in results["runs"])
+    env = results["environment"]
+    lines = [
+        f"# hglv2 benchmark: {results['suite']}",
+        "",
+        f"- data: `{cfg['data']['kind']}` at `{cfg['data']['root']}`; evaluation: "
+        f"`{cfg['data']['query_split']}` against "
+        f"`{cfg['data']['index_split'] or cfg['data']['query_split'] + ' (self excluded)'}`",
+        f"- model: {cfg['model']['backbone']}, {cfg['model']['embedding_dim']}-d, "
+        f"{'ImageNet' if cfg['model']['pretrained'] else 'random'} init, {cfg['data']['image_size']} px",
+        f"- training: batch {cfg['sampler']['batch_size']} ({cfg['sampler']['m']} per class, "
+        f"{cfg['sampler']['kind']}), {cfg['optimizer']['name']} lr {cfg['optimizer']['lr']}, "
+        f"{cfg['schedule']['kind']} schedule, "
+        + (f"{cfg['train']['steps']} steps" if cfg["train"]["steps"] else f"{cfg['train']['epochs']} epochs"),
+        f"- seeds: {', '.join(map(str, seeds))} (cells: mean ± sample std over seeds, in %)",
+        f"- wall time: {results['wall_seconds']:.1f} s (data {results['data_seconds']:.1f} s"
+        + (f"; {n_reused} of {len(results['runs'])} runs reused from an earlier call" if n_reused else "")
+        + "); "
+        "training speed "
+        + (f"{np.mean(speeds):.0f} images/s" if speeds else "n/a")
+        + f" per run; {env['parallel_runs']} parallel run(s) x {env['threads_per_run']} thread(s); "
+        + f"torch {env['torch']}"
+        + (f", {env['cuda']}" if env.get("cuda") else "")
+        + (f", load average {env['load_average'][0]:.2f}" if env.get("load_average") else ""),
+        "",
+        "Levels: L0 = landmark, L1 = cluster, L2 = natural / human-made (for the export layout).",
+        "",
+        markdown_table(results),
+        "",
+        "![AP and R@1 per level](per_level.png)",
+        "",
+        "![learning curves](learning_curve.png)",
+        "",
+    ]
+    with atomic_open(paths["report"]) as fh:
+        fh.write("\n".join(lines))
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+
+
+def plot_per_level(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Grouped bars: AP and R@1 per level (x) per loss (bars), mean over seeds with std error bars."""
+    plt = _pyplot()
+    summary = results["summary"]
+    losses = list(summary)
+    levels = len(results["levels"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / max(len(losses), 1)
+    for ax, metric in zip(axes, ("AP", "R@1"), strict=True):
+        for k, loss in enumerate(losses):
+            means = [
+                100 * summary[loss].get(f"{metric}_level{lv}", {}).get("mean", np.nan) for lv in range(levels)
+            ]
+            stds = [
+                100 * summary[loss].get(f"{metric}_level{lv}", {}).get("std", 0.0) for lv in range(levels)
+            ]
+            x = np.arange(levels) + (k - (len(losses) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=stds if any(stds) else None, label=loss, capsize=2)
+        ax.set_xticks(np.arange(levels), [f"level {lv}" for lv in range(levels)])
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{metric} per level")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['suite']}: per-level retrieval")
+    fig.tight_layout()
+    _savefig(fig, Path(path))
+    plt.close(fig)
+
+
+def plot_learning_curve(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """H-AP and level-0 AP of the periodic evaluations against the step (mean over seeds)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    by_loss: dict[str, list[list[dict[str, Any]]]] = {}
+    for run in results["runs"]:
+        by_loss.setdefault(run["loss"], []).append(run["curve"])
+    for loss, curves in by_loss.items():
+        for ax, key in zip(axes[:2], ("H-AP", "AP_level0"), strict=True):
+            pts: dict[int, list[float]] = {}
+            for curve in curves:
+                for rec in curve:
+                    if key in rec:
+                        pts.setdefault(rec["step"], []).append(100 * rec[key])
+            steps = sorted(pts)
+            ax.plot(steps, [np.mean(pts[s]) for s in steps], marker="o", ms=3, label=loss)
+        pts = {}
+        for curve in curves:
+            first = next((rec["loss"] for rec in curve if "loss" in rec), None)
+            for rec in curve:
+                if "loss" in rec and first:
+                    pts.setdefault(rec["step"], []).append(rec["loss"] / first)
+        steps = sorted(pts)
+        axes[2].plot(steps, [np.mean(pts[s]) for s in steps], label=loss)
+    for ax, title in zip(axes, ("H-AP (%)", "AP level 0 (%)", "training loss / first logged"), strict=True):
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['suite']}: learning curves")
+    fig.tight_layout()
+    _savefig(fig, Path(path))
+    plt.close(fig)

@@ -1,0 +1,238 @@
+"""``hglv2 train CONFIG``, ``hglv2 benchmark [SUITE]`` and ``hglv2 synthesize``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from hglv2.errors import InputError
+from hglv2.fileio import write_json
+
+
+def _overrides(pairs: tuple[str, ...], random_init: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.steps=100")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(f"--set {pair!r}: the value is not valid YAML") from None
+    if random_init:
+        out["model.pretrained"] = False
+    return out
+
+
+def _apply(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    from hglv2.train import set_path, validate_config
+
+    for key, value in overrides.items():
+        set_path(cfg, key, value)
+    validate_config(cfg, "config (after --set)")
+    return cfg
+
+
+def _short(metrics: dict[str, Any]) -> str:
+    keys = ["H-AP", "AP_level0", "R@1_level0", "ASI", "NDCG", "mAP@100_level0"]
+    return ", ".join(f"{k} {100 * metrics[k]:.2f}" for k in keys if k in metrics)
+
+
+_COMMON = [
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="override a config value (YAML), e.g. --set train.steps=200; repeatable",
+    ),
+    click.option(
+        "--random-init", is_flag=True, help="train from random initialisation (model.pretrained=false)"
+    ),
+    click.option(
+        "--json", "json_path", type=click.Path(dir_okay=False), help="also write the result as JSON"
+    ),
+    click.option("--quiet", is_flag=True, help="no progress bars"),
+]
+
+
+def _common(f):
+    for opt in reversed(_COMMON):
+        f = opt(f)
+    return f
+
+
+@click.command()
+@click.argument("config")
+@click.option("--out", type=click.Path(file_okay=False), help="run folder [default: runs/<config name>]")
+@click.option("--no-resume", is_flag=True, help="start over even if OUT holds a checkpoint")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="torch CPU threads [default: torch's]; on a busy machine 1 is often much faster than several",
+)
+@_common
+def train(
+    config: str,
+    out: str | None,
+    no_resume: bool,
+    threads: int | None,
+    device: str,
+    sets: tuple[str, ...],
+    random_init: bool,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
+    """Train a model with CONFIG (a shipped name: synthetic, h-gldv2, sop, inat2018; or a YAML file).
+
+    Resumes from OUT/checkpoints/last.pt when present. Under torchrun each process trains its shard
+    of every global batch (gloo on CPU, nccl on GPU).
+    """
+    from hglv2.train import load_config
+    from hglv2.train import train as run_train
+
+    cfg = _apply(load_config(config), _overrides(sets, random_init))
+    out_dir = Path(out or Path("runs") / cfg["name"])
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    metrics = run_train(cfg, out_dir, device=device, resume=not no_resume, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return
+    click.echo(f"trained {cfg['name']}: {_short(metrics)}")
+    click.echo(f"run folder: {out_dir} (log.jsonl, model.pt, metrics.json)")
+    if json_path:
+        write_json(json_path, {"config": cfg["name"], "out": str(out_dir), "metrics": metrics})
+
+
+@click.command()
+@click.argument("suite", required=False, default="synthetic")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="report folder [default: runs/benchmark/<suite>]"
+)
+@click.option("--seeds", help="comma-separated seeds, e.g. 0,1,2 [default: the suite's]")
+@click.option("--losses", help="comma-separated subset of the suite's losses")
+@click.option("--steps", type=click.IntRange(min=1), help="training steps per run (overrides train.steps)")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="runs trained in parallel processes [default: on CPU one single-threaded run per core; on CUDA 1]",
+)
+@_common
+def benchmark(
+    suite: str,
+    out: str | None,
+    seeds: str | None,
+    losses: str | None,
+    steps: int | None,
+    jobs: int | None,
+    device: str,
+    sets: tuple[str, ...],
+    random_init: bool,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
+    """Train and evaluate every loss of SUITE (default: the embedded synthetic suite, CPU).
+
+    Writes OUT/results.json, OUT/report.md and PNG plots; finished runs are reused.
+    """
+    from hglv2.benchmark import markdown_table, run_suite
+    from hglv2.train import load_config
+
+    cfg = load_config(suite)
+    overrides = _overrides(sets, random_init)
+    if steps is not None:
+        overrides["train.steps"] = steps
+    seed_list = None
+    if seeds:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--seeds {seeds!r}: expected integers separated by commas") from None
+    loss_list = [s.strip() for s in losses.split(",") if s.strip()] if losses else None
+    out_dir = Path(out or Path("runs") / "benchmark" / cfg["name"])
+    results = run_suite(
+        cfg,
+        out_dir,
+        seeds=seed_list,
+        losses=loss_list,
+        device=device,
+        overrides=overrides,
+        progress=not quiet,
+        jobs=jobs,
+    )
+    click.echo(markdown_table(results))
+    click.echo(f"wall time {results['wall_seconds']:.1f} s")
+    click.echo(f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)")
+    if json_path:
+        write_json(
+            json_path,
+            {
+                "report": str(out_dir / "report.md"),
+                "summary": results["summary"],
+                "wall_seconds": results["wall_seconds"],
+            },
+        )
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/data/synthetic", show_default=True)
+@click.option(
+    "--hierarchy",
+    help="hierarchy table (CSV/Parquet, ours or the published format) or 'builtin' "
+    "[default: data/sample/train_label_to_hierarchical.csv when present, else builtin]",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=64, show_default=True)
+@click.option("--train-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--query-images", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--index-images", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--train-fraction", type=float, default=0.5, show_default=True)
+@click.option(
+    "--max-clusters", type=click.IntRange(min=1), help="keep at most this many clusters per top level"
+)
+@click.option(
+    "--landmarks-per-cluster", type=click.IntRange(min=1), help="keep at most this many per cluster"
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the manifest here")
+@click.option("--quiet", is_flag=True)
+def synthesize(
+    out: str,
+    hierarchy: str | None,
+    seed: int,
+    image_size: int,
+    train_images: int,
+    query_images: int,
+    index_images: int,
+    train_fraction: float,
+    max_clusters: int | None,
+    landmarks_per_cluster: int | None,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
+    """Generate the embedded hierarchical landmarks (Parquet splits + JPEGs + manifest.json)."""
+    from hglv2.synthetic import SyntheticParams, generate
+
+    params = SyntheticParams(
+        seed=seed,
+        image_size=image_size,
+        train_images=train_images,
+        query_images=query_images,
+        index_images=index_images,
+        train_fraction=train_fraction,
+        max_clusters=max_clusters,
+        landmarks_per_cluster=landmarks_per_cluster,
+    )
+    manifest = generate(out, hierarchy, params, progress=not quiet)
+    for name, s in manifest["splits"].items():
+        click.echo(f"{name}: {s['rows']} images of {s['landmarks']} landmarks")
+    click.echo(f"hierarchy: {manifest['hierarchy']['source']}")
+    click.echo(f"written to {out} (manifest.json)")
+    if json_path:
+        write_json(json_path, manifest)

@@ -1,0 +1,136 @@
+"""`hglv2 benchmark` and `hglv2 train` end to end on a tiny suite."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from hglv2.cli import main
+
+TINY_SUITE = """
+name: tiny
+data:
+  root: {root}
+  image_size: 32
+  synthetic: {{hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
+              max_clusters: 2, landmarks_per_cluster: 4}}
+model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
+sampler: {{batch_size: 16, m: 4}}
+optimizer: {{lr: 0.001}}
+train: {{steps: 3, eval_every: 2, log_every: 1}}
+benchmark:
+  seeds: [0, 1]
+  losses:
+    Contrastive: {{name: Contrastive}}
+    SupHAP: {{name: SupHAP, kwargs: {{alpha: 1.0}}}}
+"""
+
+
+def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE.format(root=tmp_path / "data"))
+    out = tmp_path / "report"
+    args = ["benchmark", str(suite), "--out", str(out), "--quiet", "--json", str(tmp_path / "b.json")]
+    res = cli_runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert f"Report: {out / 'report.md'}" in res.output
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["loss"], r["seed"]) for r in results["runs"]] == [
+        ("Contrastive", 0),
+        ("Contrastive", 1),
+        ("SupHAP", 0),
+        ("SupHAP", 1),
+    ]
+    for run in results["runs"]:
+        assert 0.0 <= run["metrics"]["H-AP"] <= 1.0 and run["images_per_s"] > 0
+        assert [c["step"] for c in run["curve"] if "H-AP" in c] == [0, 2, 3]
+    assert results["summary"]["SupHAP"]["H-AP"]["n"] == 2
+    report = (out / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| Loss"))
+    for col in ("AP L0", "R@1 L0", "AP L1", "R@1 L2", "H-AP", "ASI", "NDCG", "mAP@100 L0"):
+        assert col in header
+    rows = [line for line in report.splitlines() if line.startswith(("| Contrastive", "| SupHAP"))]
+    assert len(rows) == 2 and all(" ± " in r for r in rows)
+    for png in ("per_level.png", "learning_curve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "b.json").read_text())["report"] == str(out / "report.md")
+
+    # a second call reuses the finished runs; --losses/--seeds select a subset
+    res = cli_runner.invoke(
+        main, ["benchmark", str(suite), "--out", str(out), "--quiet", "--losses", "SupHAP", "--seeds", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "results.json").read_text())
+    assert [(r["loss"], r["seed"], r["reused"]) for r in again["runs"]] == [("SupHAP", 1, True)]
+    assert again["runs"][0]["metrics"] == results["runs"][3]["metrics"]
+
+    # the number of parallel jobs does not change the results
+    res = cli_runner.invoke(
+        main,
+        [
+            "benchmark",
+            str(suite),
+            "--out",
+            str(tmp_path / "seq"),
+            "--quiet",
+            "--losses",
+            "SupHAP",
+            "--seeds",
+            "1",
+            "--jobs",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    seq = json.loads((tmp_path / "seq" / "results.json").read_text())
+    assert seq["runs"][0]["metrics"] == results["runs"][3]["metrics"]
+
+    res = cli_runner.invoke(main, ["benchmark", str(suite), "--out", str(out), "--losses", "Triplet"])
+    assert res.exit_code == 2 and "Error: --losses: Triplet not in the suite" in res.output
+
+
+def test_train_command(tmp_path, cli_runner):
+    cfg = yaml.safe_load(TINY_SUITE.format(root=tmp_path / "data"))
+    del cfg["benchmark"]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    res = cli_runner.invoke(
+        main,
+        [
+            "train",
+            str(path),
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "loss.name=SupAP",
+            "--json",
+            str(tmp_path / "t.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "trained tiny: H-AP" in res.output
+    for name in ("config.yaml", "log.jsonl", "model.pt", "metrics.json", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    assert yaml.safe_load((out / "config.yaml").read_text())["loss"]["name"] == "SupAP"
+    assert json.loads((tmp_path / "t.json").read_text())["metrics"]["H-AP"] >= 0
+    res = cli_runner.invoke(main, ["train", str(path), "--set", "train.stepz=2"])
+    assert res.exit_code == 2 and "Error: " in res.output and "train.stepz" in res.output
+    for device in ("cuda:99", "tpu", "gpu!"):
+        res = cli_runner.invoke(main, ["train", str(path), "--device", device, "--out", str(tmp_path / "x")])
+        assert res.exit_code == 2 and "Error: --device" in res.output, res.output
+
+
+def test_plan_jobs(monkeypatch):
+    from hglv2.benchmark import plan_jobs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert plan_jobs(8, "cpu") == (4, 1)
+    assert plan_jobs(2, "cpu") == (2, 2)
+    assert plan_jobs(1, "cpu") == (1, None)
+    assert plan_jobs(8, "cpu", jobs=1) == (1, None)
+    assert plan_jobs(8, "cuda") == (1, None)
