@@ -832,19 +832,7 @@ class Trainer:
         return out
 
     def evaluate(self) -> dict[str, Any]:
-        """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split.
-
-        torch's CPU thread count is restored afterwards: numba's OpenMP threading layer (used by the
-        metrics) resets the OpenMP thread count of the calling thread, which made the following
-        training steps run with more threads than asked for (several times slower on a busy CPU).
-        """
-        threads = torch.get_num_threads()
-        try:
-            return self._evaluate()
-        finally:
-            torch.set_num_threads(threads)
-
-    def _evaluate(self) -> dict[str, Any]:
+        """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split."""
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]

@@ -346,3 +346,20 @@ def test_full_sort_path_matches_oracle(backend):
     q, ql, g, gl = emb[:n_q], lab[:n_q], emb[n_q:], lab[n_q:]
     got = evaluate(q, ql, g, gl, reduce=False, backend=backend, ndcg_at=20)
     _assert_same(got, evaluate_oracle(q, ql, g, gl, ndcg_at=20))
+
+
+def test_evaluate_keeps_torch_thread_count():
+    """numba's threading layer resets OpenMP's thread count; evaluate() must restore torch's."""
+    import numpy as np
+    import torch
+
+    from hglv2.metrics import evaluate
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        evaluate(rng.normal(size=(40, 8)).astype("float32"), rng.integers(0, 4, size=(40, 2)))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -9,7 +9,8 @@ gallery items runs in a few GB.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,26 @@ def _metric_names(n_levels: int, recall_at: Sequence[int], ndcg_at: int | None) 
     return names
 
 
+def _keeps_torch_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Restore torch's CPU thread count after ``fn``.
+
+    numba's OpenMP threading layer (the fused kernels) resets the OpenMP thread count of the calling
+    thread, so without this a training loop that evaluates would run its next steps with the
+    machine's default thread count instead of the one it asked for.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+@_keeps_torch_threads
 def evaluate(
     query_embeddings,
     query_labels,
