@@ -229,6 +229,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")

@@ -16,6 +16,8 @@ Queries with no positive in the reference set are left out of the mean.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from hglv2.errors import InputError
@@ -86,30 +88,15 @@ class SupAP(LossBase):
         self.chunk_size = chunk_size
         self.reduction = reduction
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        return sup_ap(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            level=self.level,
-            config=self.config,
-            chunk_size=self.chunk_size,
-            reduction=self.reduction,
-        )
+    functional = staticmethod(sup_ap)
 
-    def extra_repr(self) -> str:
-        c = self.config
-        return (
-            f"approximation={c.approximation!r}, tau={c.tau}, rho={c.rho}, delta={c.delta}, "
-            f"start={c.start}, offset={c.offset}, level={self.level}"
-        )
+    def loss_options(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "config": self.config,
+            "chunk_size": self.chunk_size,
+            "reduction": self.reduction,
+        }
 
 
 class SmoothAP(SupAP):

@@ -9,7 +9,8 @@ own positive (the SupRank/HAPPIER reference code's quick path).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -203,8 +204,30 @@ def similarity(embeddings: Tensor, ref_embeddings: Tensor) -> Tensor:
 class LossBase(torch.nn.Module):
     """Common call signature ``loss(embeddings, labels, ref_embeddings=None, ref_labels=None)``.
 
+    A loss with a functional form sets ``functional`` (e.g. ``staticmethod(sup_ap)``) and returns
+    that function's keyword options from :meth:`loss_options`; ``forward`` and ``extra_repr``
+    follow from them. Losses without one (proxies, wrappers) override ``forward`` instead.
     ``takes_ref_embeddings`` tells :class:`~hglv2.losses.WeightedSum` whether to pass the
     reference set (memory bank / gathered batch) on.
     """
 
     takes_ref_embeddings: bool = True
+    functional: Callable[..., Tensor] | None = None
+
+    def loss_options(self) -> dict[str, Any]:
+        """Keyword arguments passed to :attr:`functional` (besides the tensors)."""
+        return {}
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        if self.functional is None:
+            raise NotImplementedError(f"{type(self).__name__} must set `functional` or override forward")
+        return self.functional(embeddings, labels, ref_embeddings, ref_labels, **self.loss_options())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.loss_options().items())

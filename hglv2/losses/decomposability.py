@@ -80,25 +80,10 @@ class CalibrationLoss(LossBase):
         self.neg_margin = neg_margin
         self.level = level
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        return calibration_loss(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            pos_margin=self.pos_margin,
-            neg_margin=self.neg_margin,
-            level=self.level,
-        )
+    functional = staticmethod(calibration_loss)
 
-    def extra_repr(self) -> str:
-        return f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, level={self.level}"
+    def loss_options(self) -> dict[str, Any]:
+        return {"pos_margin": self.pos_margin, "neg_margin": self.neg_margin, "level": self.level}
 
 
 class NormalizedSoftmaxProxyLoss(LossBase):

@@ -21,6 +21,7 @@ queries of ``1 - SupHAP_q``; with ``approximation="exact"`` it is exactly ``1 - 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -102,28 +103,13 @@ class SupHAP(LossBase):
         self.chunk_size = chunk_size
         self.reduction = reduction
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        return sup_hap(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            relevance=self.relevance,
-            alpha=self.alpha,
-            config=self.config,
-            chunk_size=self.chunk_size,
-            reduction=self.reduction,
-        )
+    functional = staticmethod(sup_hap)
 
-    def extra_repr(self) -> str:
-        c = self.config
-        return (
-            f"relevance={self.relevance!r}, alpha={self.alpha}, approximation={c.approximation!r}, "
-            f"tau={c.tau}, rho={c.rho}, delta={c.delta}, start={c.start}, offset={c.offset}"
-        )
+    def loss_options(self) -> dict[str, Any]:
+        return {
+            "relevance": self.relevance,
+            "alpha": self.alpha,
+            "config": self.config,
+            "chunk_size": self.chunk_size,
+            "reduction": self.reduction,
+        }

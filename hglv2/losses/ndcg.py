@@ -15,6 +15,8 @@ queries of ``1 - SupNDCG_q``; with ``approximation="exact"`` it is exactly ``1 -
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -81,23 +83,7 @@ class SupNDCG(LossBase):
         self.chunk_size = chunk_size
         self.reduction = reduction
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        return sup_ndcg(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            config=self.config,
-            chunk_size=self.chunk_size,
-            reduction=self.reduction,
-        )
+    functional = staticmethod(sup_ndcg)
 
-    def extra_repr(self) -> str:
-        c = self.config
-        return f"approximation={c.approximation!r}, tau={c.tau}, rho={c.rho}, delta={c.delta}"
+    def loss_options(self) -> dict[str, Any]:
+        return {"config": self.config, "chunk_size": self.chunk_size, "reduction": self.reduction}

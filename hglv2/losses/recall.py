@@ -14,6 +14,7 @@ query itself included when the batch is the reference set. Loss: mean over queri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,25 +87,14 @@ class SupRecall(LossBase):
         self.chunk_size = chunk_size
         self.reduction = reduction
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        return sup_recall(
-            embeddings,
-            labels,
-            ref_embeddings,
-            ref_labels,
-            at_k=self.at_k,
-            temperature=self.temperature,
-            level=self.level,
-            config=self.config,
-            chunk_size=self.chunk_size,
-            reduction=self.reduction,
-        )
+    functional = staticmethod(sup_recall)
 
-    def extra_repr(self) -> str:
-        return f"at_k={self.at_k}, temperature={self.temperature}, level={self.level}"
+    def loss_options(self) -> dict[str, Any]:
+        return {
+            "at_k": self.at_k,
+            "temperature": self.temperature,
+            "level": self.level,
+            "config": self.config,
+            "chunk_size": self.chunk_size,
+            "reduction": self.reduction,
+        }
