@@ -54,22 +54,32 @@ def generate(folder: Path, rows: int, landmarks: int, seed: int = 0) -> dict[str
     ids = pa.array(ids, pa.binary(16)).cast(pa.string())
     lids = np.minimum((landmarks * rng.random(rows) ** 2).astype(np.int64), landmarks - 1)  # skewed
     url = pc.binary_join_element_wise(
-        "https://upload.wikimedia.org/wikipedia/commons/", pc.utf8_slice_codeunits(ids, 0, 1), "/",
-        pc.utf8_slice_codeunits(ids, 0, 2), "/Landmark_photo_", ids, ".jpg", "")
+        "https://upload.wikimedia.org/wikipedia/commons/",
+        pc.utf8_slice_codeunits(ids, 0, 1),
+        "/",
+        pc.utf8_slice_codeunits(ids, 0, 2),
+        "/Landmark_photo_",
+        ids,
+        ".jpg",
+        "",
+    )
     table = pa.table({"id": ids, "url": url, "landmark_id": pa.array(lids)})
     opts = pacsv.WriteOptions(quoting_style="needed")
     pacsv.write_csv(table, folder / "train.csv", write_options=opts)
     k = np.arange(landmarks)
     complete = rng.random(landmarks) < 0.7
     clusters = np.array([f"cluster {c}" for c in range(500)], dtype=object)
-    hier = pa.table({
-        "landmark_id": pa.array(k),
-        "category": pa.array([f"http://commons.wikimedia.org/wiki/Category:Landmark_{x}" for x in k]),
-        "supercategory": pa.array(np.where(complete, "type", ""), pa.string()),
-        "hierarchical_label": pa.array(np.where(complete, clusters[k % 500], ""), pa.string()),
-        "natural_or_human_made": pa.array(np.where(complete, np.where(k % 3, "human-made", "natural"), ""),
-                                          pa.string()),
-    })
+    hier = pa.table(
+        {
+            "landmark_id": pa.array(k),
+            "category": pa.array([f"http://commons.wikimedia.org/wiki/Category:Landmark_{x}" for x in k]),
+            "supercategory": pa.array(np.where(complete, "type", ""), pa.string()),
+            "hierarchical_label": pa.array(np.where(complete, clusters[k % 500], ""), pa.string()),
+            "natural_or_human_made": pa.array(
+                np.where(complete, np.where(k % 3, "human-made", "natural"), ""), pa.string()
+            ),
+        }
+    )
     pacsv.write_csv(hier, folder / "train_label_to_hierarchical.csv", write_options=opts)
     return {"train.csv": folder / "train.csv", "hier": folder / "train_label_to_hierarchical.csv"}
 
@@ -97,7 +107,9 @@ def side_in_subprocess(side: str, files: dict[str, Path], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     res = subprocess.run(
         [sys.executable, __file__, "--_side", side, str(files["train.csv"]), str(files["hier"]), str(out)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -112,8 +124,10 @@ def bench_samplers(rows: int, landmarks: int) -> list[str]:
     lines = []
     for name, make in (
         ("MPerClassBatchSampler(m=4, batch=256)", lambda: MPerClassBatchSampler(lids, m=4, batch_size=256)),
-        ("HierarchicalBatchSampler(m=4, batch=256, 2 clusters)",
-         lambda: HierarchicalBatchSampler(labels, m=4, batch_size=256, clusters_per_batch=2)),
+        (
+            "HierarchicalBatchSampler(m=4, batch=256, 2 clusters)",
+            lambda: HierarchicalBatchSampler(labels, m=4, batch_size=256, clusters_per_batch=2),
+        ),
     ):
         t0 = time.perf_counter()
         s = make()
@@ -180,9 +194,15 @@ def bench_dataset(workdir: Path, n_images: int, workers: int) -> list[str]:
         tf.addfile(info, io.BytesIO(data))
     tf.close()
     n = len(ids)
-    table = pa.table({"id": ids, "path": [image_relpath(i) for i in ids],
-                      "level0": pa.array(np.arange(n) % 50), "level1": pa.array(np.arange(n) % 5),
-                      "level2": pa.array(np.arange(n) % 2)})
+    table = pa.table(
+        {
+            "id": ids,
+            "path": [image_relpath(i) for i in ids],
+            "level0": pa.array(np.arange(n) % 50),
+            "level1": pa.array(np.arange(n) % 5),
+            "level2": pa.array(np.arange(n) % 2),
+        }
+    )
     write_parquet(table, workdir / "split.parquet")
 
     def one_pass(ds) -> float:
@@ -242,13 +262,18 @@ def main() -> None:
         peer = side_in_subprocess("pandas", files, work / "out_pandas")
         print("CSV -> Parquet (train_full)")
         for r in (ours, peer):
-            label = ("hglv2 export (validated + hierarchy join)" if r["side"] == "hglv2"
-                     else "pandas read_csv + to_parquet (no checks)")
+            label = (
+                "hglv2 export (validated + hierarchy join)"
+                if r["side"] == "hglv2"
+                else "pandas read_csv + to_parquet (no checks)"
+            )
             print(f"  {label:44s} {r['seconds']:6.1f} s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
-        print(f"  time ratio hglv2 / pandas: {ours['seconds'] / peer['seconds']:.2f}   "
-              f"RSS ratio: {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}   "
-              f"targets: <= 60 s {'met' if ours['seconds'] <= 60 else 'MISSED'}, "
-              f"<= 3 GB {'met' if ours['peak_rss_mib'] <= 3072 else 'MISSED'}")
+        print(
+            f"  time ratio hglv2 / pandas: {ours['seconds'] / peer['seconds']:.2f}   "
+            f"RSS ratio: {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}   "
+            f"targets: <= 60 s {'met' if ours['seconds'] <= 60 else 'MISSED'}, "
+            f"<= 3 GB {'met' if ours['peak_rss_mib'] <= 3072 else 'MISSED'}"
+        )
         print("Samplers (one epoch over the generated labels)")
         for line in bench_samplers(args.rows, args.landmarks):
             print(line)

@@ -99,8 +99,13 @@ def index_tar_shards(
                 pos = {name: k for k, (name, _) in enumerate(stamp)}
                 return {
                     i: (pos[n], o, z)
-                    for i, n, o, z in zip(t["id"].to_pylist(), names, t["offset"].to_pylist(),
-                                          t["size"].to_pylist(), strict=True)
+                    for i, n, o, z in zip(
+                        t["id"].to_pylist(),
+                        names,
+                        t["offset"].to_pylist(),
+                        t["size"].to_pylist(),
+                        strict=True,
+                    )
                 }
         except (OSError, KeyError, ValueError, pa.ArrowException):
             pass  # unreadable or stale cache: rebuild it
@@ -117,13 +122,18 @@ def index_tar_shards(
             raise InputError(f"{shard}: not a readable tar file ({exc})") from None
     if cache is not None:
         vals = list(index.values())
-        write_parquet(pa.table({
-            "id": pa.array(list(index), pa.string()),
-            "shard_name": pa.array([stamp[v[0]][0] for v in vals], pa.string()),
-            "shard_stamp": pa.array([stamp[v[0]][1] for v in vals], pa.int64()),
-            "offset": pa.array([v[1] for v in vals], pa.int64()),
-            "size": pa.array([v[2] for v in vals], pa.int64()),
-        }), cache)
+        write_parquet(
+            pa.table(
+                {
+                    "id": pa.array(list(index), pa.string()),
+                    "shard_name": pa.array([stamp[v[0]][0] for v in vals], pa.string()),
+                    "shard_stamp": pa.array([stamp[v[0]][1] for v in vals], pa.int64()),
+                    "offset": pa.array([v[1] for v in vals], pa.int64()),
+                    "size": pa.array([v[2] for v in vals], pa.int64()),
+                }
+            ),
+            cache,
+        )
     return index
 
 
@@ -307,8 +317,12 @@ def collate_skip_none(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
     kept = [b for b in batch if b is not None]
     n_skipped = len(batch) - len(kept)
     if not kept:
-        return {"image": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "id": [],
-                "n_skipped": n_skipped}
+        return {
+            "image": torch.empty(0),
+            "labels": torch.empty(0, dtype=torch.long),
+            "id": [],
+            "n_skipped": n_skipped,
+        }
     out = default_collate(kept)
     out["n_skipped"] = n_skipped
     return out
@@ -382,7 +396,7 @@ def _pack(keys: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     rows = order[: n_full * size].reshape(n_full, size)
     sk = np.sort(keys[rows], axis=1)
     bad = (sk[:, 1:] == sk[:, :-1]).any(axis=1) if size > 1 else np.zeros(n_full, dtype=bool)
-    rest = np.concatenate([rows[bad].ravel(), order[n_full * size:]])
+    rest = np.concatenate([rows[bad].ravel(), order[n_full * size :]])
     groups = [rows[~bad]]
     if len(rest):
         groups.append(np.asarray(_greedy(rest, keys, size, rng), dtype=np.int64).reshape(-1, size))
@@ -494,8 +508,17 @@ class MPerClassBatchSampler(_EpochBatchSampler):
         ignore_label: rows with this class id are left out (default None: keep all).
     """
 
-    def __init__(self, labels: Any, m: int, batch_size: int, seed: int = 0, num_replicas: int = 1,
-                 rank: int = 0, level: int = 0, ignore_label: int | None = None) -> None:
+    def __init__(
+        self,
+        labels: Any,
+        m: int,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        level: int = 0,
+        ignore_label: int | None = None,
+    ) -> None:
         if m < 1 or batch_size < m or batch_size % m:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         super().__init__(seed, num_replicas, rank)
@@ -546,9 +569,19 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         seed, num_replicas, rank: as in :class:`MPerClassBatchSampler`.
     """
 
-    def __init__(self, labels: Any, m: int, batch_size: int, clusters_per_batch: int = 2,
-                 class_level: int = 0, cluster_level: int = 1, seed: int = 0, num_replicas: int = 1,
-                 rank: int = 0, ignore_label: int | None = -1) -> None:
+    def __init__(
+        self,
+        labels: Any,
+        m: int,
+        batch_size: int,
+        clusters_per_batch: int = 2,
+        class_level: int = 0,
+        cluster_level: int = 1,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        ignore_label: int | None = -1,
+    ) -> None:
         if m < 1 or clusters_per_batch < 1 or batch_size < 1 or batch_size % (m * clusters_per_batch):
             raise ValueError(
                 f"batch_size ({batch_size}) must be a multiple of clusters_per_batch * m "
@@ -584,14 +617,15 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         bounds = np.searchsorted(chunk_cluster[by_cluster], np.arange(len(self.clusters) + 1))
         slots, slot_cluster = [], []
         for k in range(len(self.clusters)):
-            ids = by_cluster[bounds[k]:bounds[k + 1]]
+            ids = by_cluster[bounds[k] : bounds[k + 1]]
             keys = chunk_class[ids]
             if len(np.unique(keys)) >= self.per_slot:
                 s = ids[_pack(keys, self.per_slot, rng)]
             else:  # too few classes in this cluster: its slots repeat classes
                 n = -(-len(ids) // self.per_slot)
-                flat = np.concatenate([rng.permutation(ids),
-                                       rng.choice(ids, size=n * self.per_slot - len(ids))])
+                flat = np.concatenate(
+                    [rng.permutation(ids), rng.choice(ids, size=n * self.per_slot - len(ids))]
+                )
                 s = flat.reshape(n, self.per_slot)
             slots.append(s)
             slot_cluster.append(np.full(len(s), k))

@@ -79,7 +79,11 @@ _KIND_COLUMNS = {
     "train_clean": ("landmark_id", "images"),
     "label_to_category": ("landmark_id", "category"),
     "label_to_hierarchical": (
-        "landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made",
+        "landmark_id",
+        "category",
+        "supercategory",
+        "hierarchical_label",
+        "natural_or_human_made",
     ),
     "image_list": ("id",),
     "image_to_landmark": ("id", "landmark_id"),
@@ -92,22 +96,41 @@ FILES: dict[str, FileSpec] = {
     for s in (
         FileSpec("train.csv", "metadata", "train", _KIND_COLUMNS["train"]),
         FileSpec("train_clean.csv", "metadata", "train_clean", _KIND_COLUMNS["train_clean"]),
-        FileSpec("train_label_to_category.csv", "metadata", "label_to_category",
-                 _KIND_COLUMNS["label_to_category"]),
-        FileSpec("train_label_to_hierarchical.csv", "metadata", "label_to_hierarchical",
-                 _KIND_COLUMNS["label_to_hierarchical"]),
+        FileSpec(
+            "train_label_to_category.csv", "metadata", "label_to_category", _KIND_COLUMNS["label_to_category"]
+        ),
+        FileSpec(
+            "train_label_to_hierarchical.csv",
+            "metadata",
+            "label_to_hierarchical",
+            _KIND_COLUMNS["label_to_hierarchical"],
+        ),
         FileSpec("index.csv", "metadata", "image_list", _KIND_COLUMNS["image_list"]),
-        FileSpec("index_image_to_landmark.csv", "metadata", "image_to_landmark",
-                 _KIND_COLUMNS["image_to_landmark"]),
-        FileSpec("index_label_to_category.csv", "metadata", "label_to_category",
-                 _KIND_COLUMNS["label_to_category"]),
-        FileSpec("index_label_to_hierarchical.csv", "metadata", "label_to_hierarchical",
-                 _KIND_COLUMNS["label_to_hierarchical"]),
+        FileSpec(
+            "index_image_to_landmark.csv", "metadata", "image_to_landmark", _KIND_COLUMNS["image_to_landmark"]
+        ),
+        FileSpec(
+            "index_label_to_category.csv", "metadata", "label_to_category", _KIND_COLUMNS["label_to_category"]
+        ),
+        FileSpec(
+            "index_label_to_hierarchical.csv",
+            "metadata",
+            "label_to_hierarchical",
+            _KIND_COLUMNS["label_to_hierarchical"],
+        ),
         FileSpec("test.csv", "metadata", "image_list", _KIND_COLUMNS["image_list"]),
-        FileSpec("retrieval_solution_v2.1.csv", "ground_truth", "retrieval_solution",
-                 _KIND_COLUMNS["retrieval_solution"]),
-        FileSpec("recognition_solution_v2.1.csv", "ground_truth", "recognition_solution",
-                 _KIND_COLUMNS["recognition_solution"]),
+        FileSpec(
+            "retrieval_solution_v2.1.csv",
+            "ground_truth",
+            "retrieval_solution",
+            _KIND_COLUMNS["retrieval_solution"],
+        ),
+        FileSpec(
+            "recognition_solution_v2.1.csv",
+            "ground_truth",
+            "recognition_solution",
+            _KIND_COLUMNS["recognition_solution"],
+        ),
     )
 }
 
@@ -121,13 +144,17 @@ def spec_for(path: str | os.PathLike[str], kind: str | None = None) -> FileSpec:
         return FileSpec(name, "metadata", kind, _KIND_COLUMNS[kind])
     if name in FILES:
         return FILES[name]
-    for suffix, k in (("_label_to_category.csv", "label_to_category"),
-                      ("_label_to_hierarchical.csv", "label_to_hierarchical"),
-                      ("_image_to_landmark.csv", "image_to_landmark")):
+    for suffix, k in (
+        ("_label_to_category.csv", "label_to_category"),
+        ("_label_to_hierarchical.csv", "label_to_hierarchical"),
+        ("_image_to_landmark.csv", "image_to_landmark"),
+    ):
         if name.endswith(suffix):
             return FileSpec(name, "metadata", k, _KIND_COLUMNS[k])
-    for prefix, k in (("retrieval_solution", "retrieval_solution"),
-                      ("recognition_solution", "recognition_solution")):
+    for prefix, k in (
+        ("retrieval_solution", "retrieval_solution"),
+        ("recognition_solution", "recognition_solution"),
+    ):
         if name.startswith(prefix):
             return FileSpec(name, "ground_truth", k, _KIND_COLUMNS[k])
     raise InputError(f"{name}: not a known GLDv2 file name; pass its kind explicitly")
@@ -246,9 +273,20 @@ def download(
             session = make_session(contact)
         url = file_url(name, base_url)
         check_url(url, [base_url])
-        _fetch(session, url, path, timeout=timeout, max_tries=max_tries, backoff_base=backoff_base,
-               backoff_cap=backoff_cap, sleep=sleep, chunk_size=chunk_size, progress=progress,
-               base_url=base_url, expected=lock.get(name))
+        _fetch(
+            session,
+            url,
+            path,
+            timeout=timeout,
+            max_tries=max_tries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            sleep=sleep,
+            chunk_size=chunk_size,
+            progress=progress,
+            base_url=base_url,
+            expected=lock.get(name),
+        )
         size, digest = path.stat().st_size, sha256_file(path)
         if name not in lock:
             lock[name] = {"size": size, "sha256": digest}
@@ -257,9 +295,21 @@ def download(
     return records
 
 
-def _fetch(session: requests.Session, url: str, path: Path, *, timeout: float, max_tries: int,
-           backoff_base: float, backoff_cap: float, sleep: Callable[[float], None], chunk_size: int,
-           progress: bool, base_url: str, expected: dict[str, Any] | None) -> None:
+def _fetch(
+    session: requests.Session,
+    url: str,
+    path: Path,
+    *,
+    timeout: float,
+    max_tries: int,
+    backoff_base: float,
+    backoff_cap: float,
+    sleep: Callable[[float], None],
+    chunk_size: int,
+    progress: bool,
+    base_url: str,
+    expected: dict[str, Any] | None,
+) -> None:
     """Stream ``url`` into ``path`` via ``.<name>.part``, resuming with ``Range`` after a cut."""
     part = path.with_name(f".{path.name}.part")
     meta = path.with_name(f".{path.name}.part.json")
@@ -274,7 +324,9 @@ def _fetch(session: requests.Session, url: str, path: Path, *, timeout: float, m
     if part.exists() and not resumable:
         part.unlink()  # a partial file we cannot tie to this URL: start over
     failures = 0
-    bar = tqdm(total=None, unit="B", unit_scale=True, desc=path.name, disable=not progress, leave=False)
+    bar = tqdm(
+        total=None, unit="B", unit_scale=True, desc=path.name, disable=None if progress else True, leave=False
+    )
     try:
         while True:
             have = part.stat().st_size if part.exists() else 0
@@ -284,9 +336,18 @@ def _fetch(session: requests.Session, url: str, path: Path, *, timeout: float, m
                 if etag:
                     headers["If-Range"] = etag  # a changed file comes back whole (200)
             resp = request_with_retries(
-                session, "GET", url, headers=headers, timeout=timeout, max_tries=max_tries,
-                backoff_base=backoff_base, backoff_cap=backoff_cap, sleep=sleep, stream=True,
-                allowed_bases=[base_url], accept_statuses=(416,),
+                session,
+                "GET",
+                url,
+                headers=headers,
+                timeout=timeout,
+                max_tries=max_tries,
+                backoff_base=backoff_base,
+                backoff_cap=backoff_cap,
+                sleep=sleep,
+                stream=True,
+                allowed_bases=[base_url],
+                accept_statuses=(416,),
             )
             with resp:
                 if resp.status_code == 416 or (have and resp.status_code == 200):
@@ -464,8 +525,8 @@ def hex_ids_to_uint64(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if len(arr) == 0:
         return np.zeros(0, dtype=np.uint64)
     arr = arr.cast(pa.string())
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(-1, 16)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 16)
     nib = _NIBBLE[raw]
     packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2])  # (N, 8) bytes, big-endian
     return packed.view(">u8").ravel().astype(np.uint64)
@@ -500,8 +561,11 @@ def _check_nonempty(col: pa.ChunkedArray, name: str, field: str) -> None:
 
 def _split_list(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """Space-separated lists -> (flat values, row of each value)."""
-    lists = pc.split_pattern(pc.utf8_trim_whitespace(col), " ").combine_chunks() if len(col) else pa.array(
-        [], pa.list_(pa.string()))
+    lists = (
+        pc.split_pattern(pc.utf8_trim_whitespace(col), " ").combine_chunks()
+        if len(col)
+        else pa.array([], pa.list_(pa.string()))
+    )
     flat = pc.list_flatten(lists)
     parents = pc.list_parent_indices(lists).to_numpy()
     keep = pc.greater(pc.utf8_length(flat), 0)  # several spaces in a row
@@ -536,8 +600,9 @@ def read_file(path: str | os.PathLike[str], kind: str | None = None) -> pa.Table
         _check_unique(t["id"], name, "id", hex_ids=True)
     if k == "train":
         _check_nonempty(t["url"], name, "url")
-        return pa.table({"id": t["id"], "url": t["url"], "landmark_id": _to_int(t["landmark_id"], name,
-                                                                                  "landmark_id")})
+        return pa.table(
+            {"id": t["id"], "url": t["url"], "landmark_id": _to_int(t["landmark_id"], name, "landmark_id")}
+        )
     if k == "image_list":
         return pa.table({"id": t["id"]})
     if k == "image_to_landmark":
@@ -603,14 +668,23 @@ def metadata_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 _EXAMPLE_CLUSTERS = (
-    ("church", "human-made"), ("castle", "human-made"), ("bridge", "human-made"),
-    ("mountain", "natural"), ("lake", "natural"), ("waterfall", "natural"),
+    ("church", "human-made"),
+    ("castle", "human-made"),
+    ("bridge", "human-made"),
+    ("mountain", "natural"),
+    ("lake", "natural"),
+    ("waterfall", "natural"),
 )
 
 
 def write_example(
-    folder: str | os.PathLike[str], *, n_landmarks: int = 24, max_images: int = 6,
-    n_index_landmarks: int = 12, complete_fraction: float = 0.75, seed: int = 0,
+    folder: str | os.PathLike[str],
+    *,
+    n_landmarks: int = 24,
+    max_images: int = 6,
+    n_index_landmarks: int = 12,
+    complete_fraction: float = 0.75,
+    seed: int = 0,
 ) -> dict[str, Path]:
     """Write a small, valid set of all GLDv2 metadata files (random ids, same shapes as the real ones).
 
@@ -674,8 +748,11 @@ def write_example(
         index_rows += [[i, str(lid)] for i in ids]
     write("index.csv", ["id"], [[r[0]] for r in index_rows])
     write("index_image_to_landmark.csv", _KIND_COLUMNS["image_to_landmark"], index_rows)
-    write("index_label_to_category.csv", _KIND_COLUMNS["label_to_category"],
-          [[str(lid), f"http://commons.wikimedia.org/wiki/Category:Landmark_{lid}"] for lid in index_lids])
+    write(
+        "index_label_to_category.csv",
+        _KIND_COLUMNS["label_to_category"],
+        [[str(lid), f"http://commons.wikimedia.org/wiki/Category:Landmark_{lid}"] for lid in index_lids],
+    )
     write("index_label_to_hierarchical.csv", _KIND_COLUMNS["label_to_hierarchical"], hier_rows(index_lids))
 
     test_rows, retrieval, recognition = [], [], []

@@ -58,19 +58,21 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "train_full", "index", "query")
 DEFAULT_ROW_GROUP_SIZE = 50_000
 
-SPLIT_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("landmark_id", pa.int64(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("category", pa.string()),
-    pa.field("supercategory", pa.string()),
-    pa.field("hierarchical_label", pa.string()),
-    pa.field("natural_or_human_made", pa.string()),
-    pa.field("level0", pa.int64(), nullable=False),
-    pa.field("level1", pa.int64(), nullable=False),
-    pa.field("level2", pa.int64(), nullable=False),
-    pa.field("hierarchy_complete", pa.bool_(), nullable=False),
-])
+SPLIT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("landmark_id", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("category", pa.string()),
+        pa.field("supercategory", pa.string()),
+        pa.field("hierarchical_label", pa.string()),
+        pa.field("natural_or_human_made", pa.string()),
+        pa.field("level0", pa.int64(), nullable=False),
+        pa.field("level1", pa.int64(), nullable=False),
+        pa.field("level2", pa.int64(), nullable=False),
+        pa.field("hierarchy_complete", pa.bool_(), nullable=False),
+    ]
+)
 QUERY_SCHEMA = SPLIT_SCHEMA.append(pa.field("usage", pa.string(), nullable=False))
 assert tuple(SPLIT_SCHEMA.names) == SPLIT_COLUMNS
 
@@ -98,8 +100,9 @@ def combine_hierarchies(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame
         df["_source"] = Path(p).name
         frames.append(df)
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "landmark_id" else "string")
-                             for c in HIERARCHY_COLUMNS})
+        return pd.DataFrame(
+            {c: pd.Series(dtype="int64" if c == "landmark_id" else "string") for c in HIERARCHY_COLUMNS}
+        )
     df = pd.concat(frames, ignore_index=True)
     levels = ["category", "supercategory", "hierarchical_label", "natural_or_human_made"]
     dup = df.duplicated("landmark_id", keep=False)
@@ -158,8 +161,12 @@ class HierarchyIndex:
         pos = np.minimum(np.searchsorted(self.landmarks, landmark_ids), len(self.landmarks) - 1)
         return pos, (landmark_ids >= 0) & (self.landmarks[pos] == landmark_ids)
 
-    def join(self, ids: pa.Array | pa.ChunkedArray, landmark_ids: np.ndarray,
-             usage: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
+    def join(
+        self,
+        ids: pa.Array | pa.ChunkedArray,
+        landmark_ids: np.ndarray,
+        usage: pa.Array | pa.ChunkedArray | None = None,
+    ) -> pa.Table:
         """Rows (id, landmark_id) in their order -> a split table (:data:`SPLIT_SCHEMA`)."""
         landmark_ids = np.asarray(landmark_ids, dtype=np.int64)
         n = len(landmark_ids)
@@ -169,8 +176,11 @@ class HierarchyIndex:
         cols: dict[str, Any] = {"id": ids, "landmark_id": pa.array(landmark_ids, pa.int64())}
         cols["path"] = image_paths(ids)
         for c, arr in self.strings.items():
-            cols[c] = (pc.if_else(mask, pa.scalar(None, pa.string()), arr.take(take))
-                       if len(arr) else pa.nulls(n, pa.string()))
+            cols[c] = (
+                pc.if_else(mask, pa.scalar(None, pa.string()), arr.take(take))
+                if len(arr)
+                else pa.nulls(n, pa.string())
+            )
         lev1 = np.where(found, self.level1[pos_c] if len(self.level1) else -1, -1)
         lev2 = np.where(found, self.level2[pos_c] if len(self.level2) else -1, -1)
         lev0 = np.where(landmark_ids >= 0, landmark_ids, -1)
@@ -194,9 +204,9 @@ def image_paths(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     arr = arr.cast(pa.string())
     n = len(arr)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + n + 1] if n else None
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1] if n else None
     if n and arr.null_count == 0 and offsets[-1] - offsets[0] == 16 * n and (np.diff(offsets) == 16).all():
-        raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(n, 16)
+        raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(n, 16)
         out = np.empty((n, 26), dtype=np.uint8)  # a/b/c/ + id + .jpg
         out[:, 0:6:2] = raw[:, :3]
         out[:, 1:6:2] = ord("/")
@@ -221,8 +231,9 @@ def _line_of(path: Path, needle: str) -> int:
 
 
 def _first_missing(values: pa.ChunkedArray, value_set: pa.ChunkedArray) -> int | None:
-    pos = pc.index_in(values, value_set=value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray)
-                      else value_set)
+    pos = pc.index_in(
+        values, value_set=value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray) else value_set
+    )
     if pos.null_count == 0:
         return None
     return int(np.flatnonzero(pc.is_null(pos).to_numpy(zero_copy_only=False))[0])
@@ -289,8 +300,14 @@ def build_query(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray, pa
     out = np.full(len(ids), -1, dtype=np.int64)
     if "recognition_solution_v2.1.csv" in files:
         rec = read_file(files["recognition_solution_v2.1.csv"])
-        first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(rec["landmarks"]), 0),
-                                           rec["landmarks"], pa.scalar([-1], pa.list_(pa.int64()))), 0)
+        first = pc.list_element(
+            pc.if_else(
+                pc.greater(pc.list_value_length(rec["landmarks"]), 0),
+                rec["landmarks"],
+                pa.scalar([-1], pa.list_(pa.int64())),
+            ),
+            0,
+        )
         pos = pc.index_in(ids, value_set=rec["id"].combine_chunks())
         have = ~pc.is_null(pos).to_numpy(zero_copy_only=False)
         p = pos.to_numpy(zero_copy_only=False)
@@ -301,8 +318,10 @@ def build_query(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray, pa
 def coverage(table: pa.Table) -> dict[str, Any]:
     """Per-level fraction of rows with a known level, and landmark counts (complete / not)."""
     n = table.num_rows
-    cov = {lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0)
-           for lev in LEVEL_COLUMNS}
+    cov = {
+        lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0)
+        for lev in LEVEL_COLUMNS
+    }
     lids = table["landmark_id"].to_numpy()
     complete = table["hierarchy_complete"].to_numpy()
     known = lids >= 0
@@ -316,8 +335,9 @@ def coverage(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def _resolve_inputs(metadata: str | os.PathLike[str] | dict[str, Path], splits: Sequence[str] | None
-                    ) -> tuple[dict[str, Path], list[str]]:
+def _resolve_inputs(
+    metadata: str | os.PathLike[str] | dict[str, Path], splits: Sequence[str] | None
+) -> tuple[dict[str, Path], list[str]]:
     files = dict(metadata) if isinstance(metadata, dict) else metadata_files(metadata)
     files = {k: Path(v) for k, v in files.items()}
     if splits is None:
@@ -381,20 +401,32 @@ def export(
     split_info: dict[str, Any] = {}
     for s, t in tables.items():
         path = out_dir / f"{s}.parquet"
-        write_parquet(t, path, row_group_size=row_group_size,
-                      use_dictionary=[c for c in t.column_names if c not in ("id", "path")])
+        write_parquet(
+            t,
+            path,
+            row_group_size=row_group_size,
+            use_dictionary=[c for c in t.column_names if c not in ("id", "path")],
+        )
         info = coverage(t)
-        info.update({"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
-                     "columns": t.column_names})
+        info.update(
+            {
+                "file": path.name,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "columns": t.column_names,
+            }
+        )
         split_info[s] = info
-    used_inputs = sorted({f for s in chosen for f in (*SPLIT_INPUTS[s][0], *SPLIT_INPUTS[s][1])
-                          if f in files})
+    used_inputs = sorted(
+        {f for s in chosen for f in (*SPLIT_INPUTS[s][0], *SPLIT_INPUTS[s][1]) if f in files}
+    )
     manifest = {
         "format_version": FORMAT_VERSION,
         "hglv2_version": __version__,
         "splits": split_info,
-        "inputs": {f: {"sha256": sha256_file(files[f]), "bytes": files[f].stat().st_size}
-                   for f in used_inputs},
+        "inputs": {
+            f: {"sha256": sha256_file(files[f]), "bytes": files[f].stat().st_size} for f in used_inputs
+        },
         "hierarchy": {
             "sources": [{"file": p.name, "sha256": sha256_file(p)} for p in hier_paths],
             "table_sha256": table_hash(table),
@@ -417,8 +449,12 @@ def export(
 def _front_matter(split_names: Iterable[str]) -> str:
     names = list(split_names)
     plain = [s for s in names if s != "query"]
-    lines = ["---", "license: cc-by-4.0", "pretty_name: Hierarchical Google Landmarks v2 (H-GLDv2) splits",
-             "configs:"]
+    lines = [
+        "---",
+        "license: cc-by-4.0",
+        "pretty_name: Hierarchical Google Landmarks v2 (H-GLDv2) splits",
+        "configs:",
+    ]
     if plain:
         lines += ["- config_name: default", "  data_files:"]
         for s in plain:
@@ -434,38 +470,47 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
     splits = manifest["splits"]
     hier = manifest["hierarchy"]
     sources = ", ".join(f"`{x['file']}`" for x in hier["sources"]) or "none"
-    out = [_front_matter(splits), "# H-GLDv2 metadata splits\n",
-           "Google Landmarks Dataset v2 image lists with the landmark hierarchy joined in, written by "
-           f"`hglv2 export` (hglv2 {manifest['hglv2_version']}, format {manifest['format_version']}). "
-           "Images are not included: `path` is relative to an image folder in the GLDv2 layout "
-           "(`a/b/c/<id>.jpg`). GLDv2 annotations: CC BY 4.0 (Google).\n",
-           "## Splits\n",
-           "| split | rows | landmarks | level0 | level1 | level2 | landmarks without full hierarchy |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        _front_matter(splits),
+        "# H-GLDv2 metadata splits\n",
+        "Google Landmarks Dataset v2 image lists with the landmark hierarchy joined in, written by "
+        f"`hglv2 export` (hglv2 {manifest['hglv2_version']}, format {manifest['format_version']}). "
+        "Images are not included: `path` is relative to an image folder in the GLDv2 layout "
+        "(`a/b/c/<id>.jpg`). GLDv2 annotations: CC BY 4.0 (Google).\n",
+        "## Splits\n",
+        "| split | rows | landmarks | level0 | level1 | level2 | landmarks without full hierarchy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for s, info in splits.items():
         c = info["coverage"]
-        out.append(f"| {s} | {info['rows']} | {info['landmarks']} | {c['level0']:.2%} | {c['level1']:.2%} "
-                   f"| {c['level2']:.2%} | {info['landmarks_hierarchy_incomplete']} |")
-    out += ["", "Level columns give the share of rows whose level is known; unknown levels are -1 and "
-            "`hierarchy_complete` is false (such rows are kept, never dropped).\n",
-            "## Hierarchy\n",
-            f"Sources: {sources}; "
-            f"{hier['landmarks']} landmarks, {hier['level1_names']} level-1 and {hier['level2_names']} "
-            f"level-2 names; table sha256 `{hier['table_sha256']}`.\n",
-            "## Columns\n",
-            "`id` (16 hex chars), `landmark_id` (int64, -1 if none), `path`, `category`, `supercategory`, "
-            "`hierarchical_label`, `natural_or_human_made` (nullable strings), `level0` (= landmark_id), "
-            "`level1`, `level2` (dense ids in the sorted order of the names; -1 unknown), "
-            "`hierarchy_complete`; `query` adds `usage` (Public/Private).\n",
-            "## Loading\n",
-            "```python",
-            "import datasets, duckdb",
-            "ds = datasets.load_dataset(\"parquet\", data_files={\"train\": \"train.parquet\"})",
-            "duckdb.sql(\"SELECT level1, count(*) FROM 'train.parquet' GROUP BY level1\")",
-            "from hglv2.dataset import HGLDv2Dataset",
-            "train = HGLDv2Dataset(\"train.parquet\", \"/path/to/gldv2/train\")",
-            "```",
-            "",
-            "File sizes and sha256 are in `manifest.json`.", ""]
+        out.append(
+            f"| {s} | {info['rows']} | {info['landmarks']} | {c['level0']:.2%} | {c['level1']:.2%} "
+            f"| {c['level2']:.2%} | {info['landmarks_hierarchy_incomplete']} |"
+        )
+    out += [
+        "",
+        "Level columns give the share of rows whose level is known; unknown levels are -1 and "
+        "`hierarchy_complete` is false (such rows are kept, never dropped).\n",
+        "## Hierarchy\n",
+        f"Sources: {sources}; "
+        f"{hier['landmarks']} landmarks, {hier['level1_names']} level-1 and {hier['level2_names']} "
+        f"level-2 names; table sha256 `{hier['table_sha256']}`.\n",
+        "## Columns\n",
+        "`id` (16 hex chars), `landmark_id` (int64, -1 if none), `path`, `category`, `supercategory`, "
+        "`hierarchical_label`, `natural_or_human_made` (nullable strings), `level0` (= landmark_id), "
+        "`level1`, `level2` (dense ids in the sorted order of the names; -1 unknown), "
+        "`hierarchy_complete`; `query` adds `usage` (Public/Private).\n",
+        "## Loading\n",
+        "```python",
+        "import datasets, duckdb",
+        'ds = datasets.load_dataset("parquet", data_files={"train": "train.parquet"})',
+        "duckdb.sql(\"SELECT level1, count(*) FROM 'train.parquet' GROUP BY level1\")",
+        "from hglv2.dataset import HGLDv2Dataset",
+        'train = HGLDv2Dataset("train.parquet", "/path/to/gldv2/train")',
+        "```",
+        "",
+        "File sizes and sha256 are in `manifest.json`.",
+        "",
+    ]
     with atomic_open(path) as fh:
         fh.write("\n".join(out))

@@ -533,7 +533,7 @@ def generate(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(jobs, desc="synthetic images", unit="img")
+        iterator = tqdm(jobs, desc="synthetic images", unit="img", disable=None)  # None: off without a TTY
     for spec, v, rel in iterator:
         buf = io.BytesIO()
         render_image(spec, v, params.seed, params.image_size).save(buf, "JPEG", quality=params.jpeg_quality)

@@ -893,6 +893,7 @@ class Trainer:
                 desc=self.cfg["name"],
                 unit="step",
                 dynamic_ncols=True,
+                disable=None,  # off when stderr is not a terminal (logs, CI)
             )
         loader_set = SeededItems(self.train_set)
         workers = self.cfg["data"]["num_workers"]

@@ -16,10 +16,22 @@ def _err(res):
 
 def test_export_cli_writes_splits_and_json(cli_runner, tmp_path):
     write_example(tmp_path / "meta", seed=9)
-    res = cli_runner.invoke(main, [
-        "export", "--metadata", str(tmp_path / "meta"), "--out", str(tmp_path / "out"),
-        "--split", "train", "--split", "query", "--json", str(tmp_path / "r.json"),
-    ])
+    res = cli_runner.invoke(
+        main,
+        [
+            "export",
+            "--metadata",
+            str(tmp_path / "meta"),
+            "--out",
+            str(tmp_path / "out"),
+            "--split",
+            "train",
+            "--split",
+            "query",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "train " in res.stdout and "coverage level0=100.0%" in res.stdout
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -35,24 +47,55 @@ def test_export_cli_bad_input_is_one_error_line(cli_runner, tmp_path):
     lines = (meta / "train.csv").read_text().splitlines()
     lines[3] = "../../../etc/passwd," + lines[3].split(",", 1)[1]
     (meta / "train.csv").write_text("\n".join(lines) + "\n")
-    res = cli_runner.invoke(main, ["export", "--metadata", str(meta), "--out", str(tmp_path / "out"),
-                                   "--json", str(tmp_path / "r.json")])
+    res = cli_runner.invoke(
+        main,
+        [
+            "export",
+            "--metadata",
+            str(meta),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 2
     assert _err(res) == ["Error: train.csv:4: id '../../../etc/passwd' is not a 16-character hex image id"]
     assert not (tmp_path / "out").exists() and not (tmp_path / "r.json").exists()
     res = cli_runner.invoke(main, ["export", "--metadata", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and _err(res)[0].startswith("Error: ") and len(_err(res)) == 1
-    res = cli_runner.invoke(main, ["export", "--metadata", str(meta), "--out", str(tmp_path / "o"),
-                                   "--hierarchy", str(tmp_path / "missing.csv")])
+    res = cli_runner.invoke(
+        main,
+        [
+            "export",
+            "--metadata",
+            str(meta),
+            "--out",
+            str(tmp_path / "o"),
+            "--hierarchy",
+            str(tmp_path / "missing.csv"),
+        ],
+    )
     assert res.exit_code == 2 and _err(res) == [f"Error: {tmp_path / 'missing.csv'}: no such file"]
 
 
 def test_download_cli_against_local_server(cli_runner, tmp_path):
     files = {"/g/metadata/train.csv": TRAIN, "/g/metadata/test.csv": TEST}
     with FlakyServer(files, {"/g/metadata/test.csv": ["drop"]}) as srv:
-        args = ["download", "train.csv", "test.csv", "--dest", str(tmp_path / "d"),
-                "--base-url", srv.url + "/g", "--no-progress", "--contact", "tests@example.org",
-                "--json", str(tmp_path / "dl.json")]
+        args = [
+            "download",
+            "train.csv",
+            "test.csv",
+            "--dest",
+            str(tmp_path / "d"),
+            "--base-url",
+            srv.url + "/g",
+            "--no-progress",
+            "--contact",
+            "tests@example.org",
+            "--json",
+            str(tmp_path / "dl.json"),
+        ]
         res = cli_runner.invoke(main, args)
         assert res.exit_code == 0, res.output
         out = json.loads((tmp_path / "dl.json").read_text())
@@ -62,8 +105,18 @@ def test_download_cli_against_local_server(cli_runner, tmp_path):
         res = cli_runner.invoke(main, ["download", "train.csv", "--dest", str(tmp_path / "d"), "--offline"])
         assert res.exit_code == 0 and "verified" in res.stdout
         # a file the server does not have: one error line, exit 2
-        res = cli_runner.invoke(main, ["download", "index.csv", "--dest", str(tmp_path / "d"), "--base-url",
-                                       srv.url + "/g", "--no-progress"])
+        res = cli_runner.invoke(
+            main,
+            [
+                "download",
+                "index.csv",
+                "--dest",
+                str(tmp_path / "d"),
+                "--base-url",
+                srv.url + "/g",
+                "--no-progress",
+            ],
+        )
         assert res.exit_code == 2 and len(_err(res)) == 1 and "HTTP 404" in _err(res)[0]
     res = cli_runner.invoke(main, ["download", "nope.csv", "--dest", str(tmp_path / "d")])
     assert res.exit_code == 2 and _err(res)[0].startswith("Error: nope.csv: not a GLDv2 metadata file")

@@ -37,19 +37,21 @@ def _jpeg(seed: int, size=(12, 10)) -> bytes:
 def _split(tmp_path, n=12, n_classes=4):
     ids = [f"{k:016x}" for k in range(0xABC000, 0xABC000 + n)]
     lm = [k % n_classes for k in range(n)]
-    table = pa.table({
-        "id": ids,
-        "landmark_id": pa.array(lm, pa.int64()),
-        "path": [image_relpath(i) for i in ids],
-        "category": [None] * n,
-        "supercategory": [None] * n,
-        "hierarchical_label": [f"h{x % 2}" for x in lm],
-        "natural_or_human_made": ["human-made"] * n,
-        "level0": pa.array(lm, pa.int64()),
-        "level1": pa.array([x % 2 for x in lm], pa.int64()),
-        "level2": pa.array([0] * n, pa.int64()),
-        "hierarchy_complete": [True] * n,
-    })
+    table = pa.table(
+        {
+            "id": ids,
+            "landmark_id": pa.array(lm, pa.int64()),
+            "path": [image_relpath(i) for i in ids],
+            "category": [None] * n,
+            "supercategory": [None] * n,
+            "hierarchical_label": [f"h{x % 2}" for x in lm],
+            "natural_or_human_made": ["human-made"] * n,
+            "level0": pa.array(lm, pa.int64()),
+            "level1": pa.array([x % 2 for x in lm], pa.int64()),
+            "level2": pa.array([0] * n, pa.int64()),
+            "hierarchy_complete": [True] * n,
+        }
+    )
     assert tuple(table.column_names) == SPLIT_COLUMNS
     path = tmp_path / "train.parquet"
     write_parquet(table, path)
@@ -70,7 +72,7 @@ def _tars(tmp_path, ids, per_shard=5):
     root.mkdir()
     for s in range(0, len(ids), per_shard):
         with tarfile.open(root / f"images_{s // per_shard:03d}.tar", "w") as tf:
-            for k, i in enumerate(ids[s:s + per_shard], start=s):
+            for k, i in enumerate(ids[s : s + per_shard], start=s):
                 data = _jpeg(k)
                 info = tarfile.TarInfo(image_relpath(i))
                 info.size = len(data)
@@ -155,8 +157,9 @@ def test_dataset_rejects_bad_splits(tmp_path):
         HGLDv2Dataset(split, root, levels=("level7",))
     with pytest.raises(InputError, match="no such image folder"):
         HGLDv2Dataset(split, tmp_path / "missing")
-    evil = pa.table({"id": ["0000000000000001"], "path": ["../../etc/passwd"],
-                     "level0": pa.array([1], pa.int64())})
+    evil = pa.table(
+        {"id": ["0000000000000001"], "path": ["../../etc/passwd"], "level0": pa.array([1], pa.int64())}
+    )
     write_parquet(evil, tmp_path / "evil.parquet")
     with pytest.raises(InputError, match="unsafe path"):
         HGLDv2Dataset(tmp_path / "evil.parquet", root, levels=("level0",))
@@ -218,11 +221,15 @@ def test_m_per_class_ddp_partitions_the_epoch():
     labels = _labels([5, 9, 3, 7, 6, 2, 8, 4])[:, 0]
     full = MPerClassBatchSampler(labels, m=2, batch_size=4, seed=3)
     glob = full.global_batches()
-    shards = [list(MPerClassBatchSampler(labels, m=2, batch_size=4, seed=3, num_replicas=3, rank=r))
-              for r in range(3)]
+    shards = [
+        list(MPerClassBatchSampler(labels, m=2, batch_size=4, seed=3, num_replicas=3, rank=r))
+        for r in range(3)
+    ]
     assert len({len(x) for x in shards}) == 1
-    assert all(len(x) == MPerClassBatchSampler(labels, 2, 4, seed=3, num_replicas=3, rank=0).__len__()
-               for x in shards)
+    assert all(
+        len(x) == MPerClassBatchSampler(labels, 2, 4, seed=3, num_replicas=3, rank=0).__len__()
+        for x in shards
+    )
     union = [b for x in shards for b in x]
     assert all(b in union for b in glob)  # every global batch goes to some replica
 

@@ -40,9 +40,11 @@ def test_example_files_read_back(tmp_path):
 
 def test_train_with_bom_crlf_quoted_commas_and_unicode(tmp_path):
     p = _write(
-        tmp_path, "train.csv",
+        tmp_path,
+        "train.csv",
         f'id,url,landmark_id\n{A},"http://x/a,b.jpg",7\n{B},http://x/Zürich_Ω.jpg, 12 \n',
-        bom=True, crlf=True,
+        bom=True,
+        crlf=True,
     )
     t = read_file(p)
     assert t.column_names == ["id", "url", "landmark_id"]
@@ -55,7 +57,8 @@ def test_train_with_bom_crlf_quoted_commas_and_unicode(tmp_path):
 
 def test_hierarchical_unicode_and_empty_fields(tmp_path):
     p = _write(
-        tmp_path, "train_label_to_hierarchical.csv",
+        tmp_path,
+        "train_label_to_hierarchical.csv",
         "landmark_id,category,supercategory,hierarchical_label,natural_or_human_made\n"
         '1,"http://commons.wikimedia.org/wiki/Category:Église_Saint-Étienne,_Caen",église,church,human-made\n'
         "2,http://commons.wikimedia.org/wiki/Category:富士山,,,\n",
@@ -67,20 +70,29 @@ def test_hierarchical_unicode_and_empty_fields(tmp_path):
 
 
 def test_none_markers_in_solution_files(tmp_path):
-    p = _write(tmp_path, "retrieval_solution_v2.1.csv",
-               f"id,images,Usage\n{A},{B} {C},Public\n{B},None,Ignored\n{C},{A},Private\n", crlf=True)
+    p = _write(
+        tmp_path,
+        "retrieval_solution_v2.1.csv",
+        f"id,images,Usage\n{A},{B} {C},Public\n{B},None,Ignored\n{C},{A},Private\n",
+        crlf=True,
+    )
     t = read_file(p)
     assert t["images"].to_pylist() == [[B, C], None, [A]]
     assert t["usage"].to_pylist() == ["Public", "Ignored", "Private"]
-    p = _write(tmp_path, "recognition_solution_v2.1.csv",
-               f"id,landmarks,Usage\n{A},12 7,Public\n{B},,Private\n{C},None,Private\n")
+    p = _write(
+        tmp_path,
+        "recognition_solution_v2.1.csv",
+        f"id,landmarks,Usage\n{A},12 7,Public\n{B},,Private\n{C},None,Private\n",
+    )
     assert read_file(p)["landmarks"].to_pylist() == [[12, 7], [], []]
 
 
 def test_train_clean_is_exploded_in_order(tmp_path):
     p = _write(tmp_path, "train_clean.csv", f"landmark_id,images\n5,{A}  {B}\n9,{C}\n")
     assert read_file(p).to_pylist() == [
-        {"id": A, "landmark_id": 5}, {"id": B, "landmark_id": 5}, {"id": C, "landmark_id": 9},
+        {"id": A, "landmark_id": 5},
+        {"id": B, "landmark_id": 5},
+        {"id": C, "landmark_id": 9},
     ]
 
 
@@ -88,36 +100,65 @@ def test_train_clean_is_exploded_in_order(tmp_path):
     "name,text,message",
     [
         ("train.csv", f"id,landmark_id\n{A},1\n", "train.csv:1: missing column(s) url"),
-        ("train.csv", f"id,url,landmark_id\n{A},u,1\n../../etc/passwd,u,2\n",
-         "train.csv:3: id '../../etc/passwd' is not a 16-character hex image id"),
+        (
+            "train.csv",
+            f"id,url,landmark_id\n{A},u,1\n../../etc/passwd,u,2\n",
+            "train.csv:3: id '../../etc/passwd' is not a 16-character hex image id",
+        ),
         ("train.csv", f"id,url,landmark_id\n{A},u,1\n{A.upper()},u,2\n", "train.csv:3: id"),
-        ("train.csv", f"id,url,landmark_id\n{A},u,1\n{B},u,x7\n",
-         "train.csv:3: landmark_id 'x7' is not a non-negative integer"),
+        (
+            "train.csv",
+            f"id,url,landmark_id\n{A},u,1\n{B},u,x7\n",
+            "train.csv:3: landmark_id 'x7' is not a non-negative integer",
+        ),
         ("train.csv", f"id,url,landmark_id\n{A},u,1\n{B},u,-4\n", "train.csv:3: landmark_id '-4'"),
-        ("train.csv", f"id,url,landmark_id\n{A},u,1\n{B},u,2\n{A},v,3\n",
-         f"train.csv:4: duplicate id '{A}'"),
+        ("train.csv", f"id,url,landmark_id\n{A},u,1\n{B},u,2\n{A},v,3\n", f"train.csv:4: duplicate id '{A}'"),
         ("train.csv", f"id,url,landmark_id\n{A},u,1\n{B},,2\n", "train.csv:3: empty url"),
-        ("train.csv", f"id,url,landmark_id\n{A},u,1\n{B},u,2,extra\n",
-         "train.csv:3: expected 3 fields, got 4"),
+        (
+            "train.csv",
+            f"id,url,landmark_id\n{A},u,1\n{B},u,2,extra\n",
+            "train.csv:3: expected 3 fields, got 4",
+        ),
         ("train.csv", f"id,url,landmark_id\n{A},u,1\n\n{B},u,2\n", "train.csv:3: id ''"),
         ("train.csv", "", "train.csv:1: empty file"),
         ("index.csv", f"id\n{A}\n\n", "index.csv:3: id '' is not a 16-character hex"),
-        ("train_clean.csv", f"landmark_id,images\n1,{A}\n2,{B} {A}\n",
-         f"train_clean.csv:3: image id '{A}' is listed twice"),
-        ("train_clean.csv", f"landmark_id,images\n1,{A}\n1,{B}\n",
-         "train_clean.csv:3: duplicate landmark_id 1"),
+        (
+            "train_clean.csv",
+            f"landmark_id,images\n1,{A}\n2,{B} {A}\n",
+            f"train_clean.csv:3: image id '{A}' is listed twice",
+        ),
+        (
+            "train_clean.csv",
+            f"landmark_id,images\n1,{A}\n1,{B}\n",
+            "train_clean.csv:3: duplicate landmark_id 1",
+        ),
         ("train_clean.csv", f"landmark_id,images\n1,{A} ../x\n", "train_clean.csv:2: image id '../x'"),
         ("train_clean.csv", "landmark_id,images\n1,\n", "train_clean.csv:2: empty images"),
-        ("retrieval_solution_v2.1.csv", f"id,images,Usage\n{A},{B},Public\n{B},,Public\n",
-         "retrieval_solution_v2.1.csv:3: empty images"),
-        ("retrieval_solution_v2.1.csv", f"id,images,Usage\n{A},{B} none,Public\n",
-         "retrieval_solution_v2.1.csv:2: index image id 'none'"),
-        ("recognition_solution_v2.1.csv", f"id,landmarks,Usage\n{A},1 x,Public\n",
-         "recognition_solution_v2.1.csv:2: landmark id 'x' is not an integer"),
-        ("recognition_solution_v2.1.csv", f"id,landmarks,Usage\n{A},1,\n",
-         "recognition_solution_v2.1.csv:2: empty Usage"),
-        ("train_label_to_category.csv", "landmark_id,category\n1,c\n2,\n",
-         "train_label_to_category.csv:3: empty"),
+        (
+            "retrieval_solution_v2.1.csv",
+            f"id,images,Usage\n{A},{B},Public\n{B},,Public\n",
+            "retrieval_solution_v2.1.csv:3: empty images",
+        ),
+        (
+            "retrieval_solution_v2.1.csv",
+            f"id,images,Usage\n{A},{B} none,Public\n",
+            "retrieval_solution_v2.1.csv:2: index image id 'none'",
+        ),
+        (
+            "recognition_solution_v2.1.csv",
+            f"id,landmarks,Usage\n{A},1 x,Public\n",
+            "recognition_solution_v2.1.csv:2: landmark id 'x' is not an integer",
+        ),
+        (
+            "recognition_solution_v2.1.csv",
+            f"id,landmarks,Usage\n{A},1,\n",
+            "recognition_solution_v2.1.csv:2: empty Usage",
+        ),
+        (
+            "train_label_to_category.csv",
+            "landmark_id,category\n1,c\n2,\n",
+            "train_label_to_category.csv:3: empty",
+        ),
         ("train.csv", "id,id,url,landmark_id\n", "train.csv:1: duplicate column(s) id"),
     ],
 )

@@ -201,21 +201,35 @@ SOL = b"id,images,Usage\n0000000000000001,None,Public\n"
 
 
 def _server_files():
-    return {"/gl/metadata/train.csv": TRAIN, "/gl/metadata/test.csv": TEST,
-            "/gl/ground_truth/retrieval_solution_v2.1.csv": SOL}
+    return {
+        "/gl/metadata/train.csv": TRAIN,
+        "/gl/metadata/test.csv": TEST,
+        "/gl/ground_truth/retrieval_solution_v2.1.csv": SOL,
+    }
 
 
 def _dl(srv, dest, names=("train.csv", "test.csv", "retrieval_solution_v2.1.csv"), **kw):
     sleeps: list[float] = []
     kw.setdefault("max_tries", 6)
-    recs = download(list(names), dest, base_url=srv.url + "/gl", contact="tests@example.org",
-                    sleep=sleeps.append, progress=False, chunk_size=4096, timeout=5, **kw)
+    recs = download(
+        list(names),
+        dest,
+        base_url=srv.url + "/gl",
+        contact="tests@example.org",
+        sleep=sleeps.append,
+        progress=False,
+        chunk_size=4096,
+        timeout=5,
+        **kw,
+    )
     return recs, sleeps
 
 
 def test_download_survives_drops_and_503_then_verifies(tmp_path):
-    plan = {"/gl/metadata/train.csv": ["503", "drop", "drop", "503", "drop"],
-            "/gl/ground_truth/retrieval_solution_v2.1.csv": ["429"]}
+    plan = {
+        "/gl/metadata/train.csv": ["503", "drop", "drop", "503", "drop"],
+        "/gl/ground_truth/retrieval_solution_v2.1.csv": ["429"],
+    }
     with FlakyServer(_server_files(), plan) as srv:
         recs, sleeps = _dl(srv, tmp_path)
         assert [r.status for r in recs] == ["downloaded"] * 3

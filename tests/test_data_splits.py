@@ -36,22 +36,38 @@ def _oracle(meta):
             h = hmap.loc[lid] if lid in hmap.index else None
             lev1 = -1 if h is None else l1.get(h["hierarchical_label"], -1)
             lev2 = -1 if h is None else l2.get(h["natural_or_human_made"], -1)
-            out.append({"id": i, "landmark_id": lid, "path": image_relpath(i),
-                        "category": None if h is None else h["category"],
-                        "hierarchical_label": None if h is None else (h["hierarchical_label"] or None),
-                        "level0": lid, "level1": lev1, "level2": lev2,
-                        "hierarchy_complete": lid >= 0 and lev1 >= 0 and lev2 >= 0})
+            out.append(
+                {
+                    "id": i,
+                    "landmark_id": lid,
+                    "path": image_relpath(i),
+                    "category": None if h is None else h["category"],
+                    "hierarchical_label": None if h is None else (h["hierarchical_label"] or None),
+                    "level0": lid,
+                    "level1": lev1,
+                    "level2": lev2,
+                    "hierarchy_complete": lid >= 0 and lev1 >= 0 and lev2 >= 0,
+                }
+            )
         return out
 
     train = _csv(meta / "train.csv")
     clean = _csv(meta / "train_clean.csv")
     exploded = [(i, int(r.landmark_id)) for r in clean.itertuples() for i in r.images.split()]
-    i2l = dict(zip(_csv(meta / "index_image_to_landmark.csv")["id"],
-                   _csv(meta / "index_image_to_landmark.csv")["landmark_id"].astype(int), strict=True))
+    i2l = dict(
+        zip(
+            _csv(meta / "index_image_to_landmark.csv")["id"],
+            _csv(meta / "index_image_to_landmark.csv")["landmark_id"].astype(int),
+            strict=True,
+        )
+    )
     sol = _csv(meta / "retrieval_solution_v2.1.csv")
     rec = _csv(meta / "recognition_solution_v2.1.csv").set_index("id")
-    queries = [(r.id, int(rec.loc[r.id, "landmarks"].split()[0]) if rec.loc[r.id, "landmarks"] else -1)
-               for r in sol.itertuples() if r.images != "None"]
+    queries = [
+        (r.id, int(rec.loc[r.id, "landmarks"].split()[0]) if rec.loc[r.id, "landmarks"] else -1)
+        for r in sol.itertuples()
+        if r.images != "None"
+    ]
     return {
         "train": rows(exploded),
         "train_full": rows([(r.id, int(r.landmark_id)) for r in train.itertuples()]),
@@ -77,8 +93,17 @@ def test_export_matches_oracle(tmp_path):
         t = pq.read_table(tmp_path / "out" / f"{split}.parquet")
         assert tuple(t.column_names[:11]) == SPLIT_COLUMNS
         got = t.to_pylist()
-        keys = ["id", "landmark_id", "path", "category", "hierarchical_label", "level0", "level1", "level2",
-                "hierarchy_complete"]
+        keys = [
+            "id",
+            "landmark_id",
+            "path",
+            "category",
+            "hierarchical_label",
+            "level0",
+            "level1",
+            "level2",
+            "hierarchy_complete",
+        ]
         assert [{k: r[k] for k in keys} for r in got] == expected[split], split
         info = manifest["splits"][split]
         assert info["rows"] == len(got)
@@ -91,13 +116,16 @@ def test_export_matches_oracle(tmp_path):
     assert not idx[-1]["hierarchy_complete"]
     train_full = pq.read_table(tmp_path / "out" / "train_full.parquet").to_pylist()
     flagged = [r for r in train_full if r["landmark_id"] == dropped_lid]
-    assert flagged and all(not r["hierarchy_complete"] and r["level1"] == -1 and r["category"] is None
-                           for r in flagged)
+    assert flagged and all(
+        not r["hierarchy_complete"] and r["level1"] == -1 and r["category"] is None for r in flagged
+    )
     assert manifest["splits"]["index"]["rows_without_landmark"] == 1
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk == manifest
     assert [s["file"] for s in manifest["hierarchy"]["sources"]] == [
-        "train_label_to_hierarchical.csv", "index_label_to_hierarchical.csv"]
+        "train_label_to_hierarchical.csv",
+        "index_label_to_hierarchical.csv",
+    ]
 
 
 def test_export_is_byte_identical(tmp_path):
@@ -106,8 +134,14 @@ def test_export_is_byte_identical(tmp_path):
     for out in ("a", "b"):
         export(meta, tmp_path / out, command=["hglv2", "export"], row_group_size=7)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == ["README.md", "index.parquet", "manifest.json", "query.parquet", "train.parquet",
-                     "train_full.parquet"]
+    assert names == [
+        "README.md",
+        "index.parquet",
+        "manifest.json",
+        "query.parquet",
+        "train.parquet",
+        "train_full.parquet",
+    ]
     for n in names:
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
     pf = pq.ParquetFile(tmp_path / "a" / "train_full.parquet")
@@ -120,11 +154,19 @@ def test_our_hierarchy_table_and_conflicts(tmp_path):
     write_example(meta, seed=1)
     train = pd.read_csv(meta / "train.csv")
     lids = sorted(train["landmark_id"].unique())
-    ours = pd.DataFrame({
-        "landmark_id": lids, "category": [f"c{x}" for x in lids], "qid": "Q1", "supercategory": "s",
-        "supercategory_qid": "", "hierarchical_label": ["Zürich ß" if x % 2 else "église" for x in lids],
-        "natural_or_human_made": "human-made", "provenance": "rule", "revision": "1",
-    })
+    ours = pd.DataFrame(
+        {
+            "landmark_id": lids,
+            "category": [f"c{x}" for x in lids],
+            "qid": "Q1",
+            "supercategory": "s",
+            "supercategory_qid": "",
+            "hierarchical_label": ["Zürich ß" if x % 2 else "église" for x in lids],
+            "natural_or_human_made": "human-made",
+            "provenance": "rule",
+            "revision": "1",
+        }
+    )
     ours.to_csv(tmp_path / "ours.csv", index=False)
     m = export(meta, tmp_path / "out", hierarchy=[tmp_path / "ours.csv"], splits=["train_full"])
     t = pq.read_table(tmp_path / "out" / "train_full.parquet").to_pandas()
@@ -141,8 +183,12 @@ def test_our_hierarchy_table_and_conflicts(tmp_path):
         export(meta, tmp_path / "out2", hierarchy=[tmp_path / "ours.csv", tmp_path / "other.csv"])
     assert not (tmp_path / "out2").exists()
     # the same row twice is fine
-    export(meta, tmp_path / "out3", hierarchy=[tmp_path / "ours.csv", tmp_path / "ours.csv"],
-           splits=["train_full"])
+    export(
+        meta,
+        tmp_path / "out3",
+        hierarchy=[tmp_path / "ours.csv", tmp_path / "ours.csv"],
+        splits=["train_full"],
+    )
 
 
 def _append_line(path, line):
@@ -207,8 +253,7 @@ def test_hugging_face_datasets_and_duckdb_read_the_export(tmp_path, monkeypatch)
     assert n == round(m["splits"]["index"]["coverage"]["level1"] * m["splits"]["index"]["rows"])
 
 
-@given(st.lists(st.text(alphabet="0123456789abcdefé/", min_size=3, max_size=18), max_size=30),
-       st.booleans())
+@given(st.lists(st.text(alphabet="0123456789abcdefé/", min_size=3, max_size=18), max_size=30), st.booleans())
 def test_image_paths_match_schema_relpath(ids, fixed):
     if fixed:
         ids = [(i * 16)[:16].replace("é", "e").replace("/", "0") for i in ids]
@@ -219,8 +264,11 @@ def test_image_paths_match_schema_relpath(ids, fixed):
         assert image_paths(arr).to_pylist() == [image_relpath(i) for i in ids]
 
 
-@given(st.lists(st.integers(0, 60), unique=True, max_size=40), st.lists(st.integers(-2, 70), max_size=60),
-       st.sampled_from([1, 10**15]))
+@given(
+    st.lists(st.integers(0, 60), unique=True, max_size=40),
+    st.lists(st.integers(-2, 70), max_size=60),
+    st.sampled_from([1, 10**15]),
+)
 def test_hierarchy_positions_match_dict_lookup(table_ids, query_ids, scale):
     """Both join paths (dense lookup table, and searchsorted for huge ids) against a dict."""
     table_ids = sorted(x * scale for x in table_ids)

@@ -23,7 +23,9 @@ def test_version_and_help(cli_runner):
 def test_console_script_module_runs():
     out = subprocess.run(
         [sys.executable, "-c", "from hglv2.cli import main; main()", "--version"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert hglv2.__version__ in out.stdout
 
@@ -72,10 +74,15 @@ def test_import_published(tmp_path):
     "body, message",
     [
         ("landmark_id,category\n1,x\n", "missing column"),
-        ("landmark_id,category,supercategory,hierarchical_label,natural_or_human_made\nx,a,b,c,d\n",
-         ":2: landmark_id 'x'"),
-        ("landmark_id,category,supercategory,hierarchical_label,natural_or_human_made\n1,a,b,c,d\n"
-         "1,a,b,c,d\n", ":3: duplicate landmark_id 1"),
+        (
+            "landmark_id,category,supercategory,hierarchical_label,natural_or_human_made\nx,a,b,c,d\n",
+            ":2: landmark_id 'x'",
+        ),
+        (
+            "landmark_id,category,supercategory,hierarchical_label,natural_or_human_made\n1,a,b,c,d\n"
+            "1,a,b,c,d\n",
+            ":3: duplicate landmark_id 1",
+        ),
     ],
 )
 def test_import_published_errors(tmp_path, body, message):

@@ -30,23 +30,61 @@ def _command_line(ctx: click.Context) -> list[str]:
 
 @click.command()
 @click.argument("names", nargs=-1)
-@click.option("--dest", type=click.Path(file_okay=False), default="data/gldv2", show_default=True,
-              help="Folder for the metadata files and the lock file.")
-@click.option("--base-url", default=None, help="Server holding metadata/ and ground_truth/ "
-              "(default: https://s3.amazonaws.com/google-landmark).")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False),
+    default="data/gldv2",
+    show_default=True,
+    help="Folder for the metadata files and the lock file.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="Server holding metadata/ and ground_truth/ (default: https://s3.amazonaws.com/google-landmark).",
+)
 @click.option("--offline", is_flag=True, help="Download nothing; check the files on disk against the lock.")
-@click.option("--lock", "lock_path", type=click.Path(dir_okay=False), default=None,
-              help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).")
-@click.option("--contact", envvar="HGLV2_CONTACT", default="anonymous", show_default=True,
-              help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).")
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
+)
+@click.option(
+    "--contact",
+    envvar="HGLV2_CONTACT",
+    default="anonymous",
+    show_default=True,
+    help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
+)
 @click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.1, None), default=60.0, show_default=True,
-              help="Seconds to wait for the server on each read.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, None),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the server on each read.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the per-file results as JSON.")
-def download(names: tuple[str, ...], dest: str, base_url: str | None, offline: bool, lock_path: str | None,
-             contact: str, max_tries: int, timeout: float, progress: bool, json_path: str | None) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the per-file results as JSON.",
+)
+def download(
+    names: tuple[str, ...],
+    dest: str,
+    base_url: str | None,
+    offline: bool,
+    lock_path: str | None,
+    contact: str,
+    max_tries: int,
+    timeout: float,
+    progress: bool,
+    json_path: str | None,
+) -> None:
     """Fetch (or check) the GLDv2 metadata files NAMES (default: all of them).
 
     Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
@@ -55,8 +93,15 @@ def download(names: tuple[str, ...], dest: str, base_url: str | None, offline: b
     from hglv2 import gldv2
 
     records = gldv2.download(
-        names or None, dest, base_url=base_url or gldv2.DEFAULT_BASE_URL, offline=offline,
-        lock_path=lock_path, contact=contact, max_tries=max_tries, timeout=timeout, progress=progress,
+        names or None,
+        dest,
+        base_url=base_url or gldv2.DEFAULT_BASE_URL,
+        offline=offline,
+        lock_path=lock_path,
+        contact=contact,
+        max_tries=max_tries,
+        timeout=timeout,
+        progress=progress,
     )
     for r in records:
         click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
@@ -65,27 +110,60 @@ def download(names: tuple[str, ...], dest: str, base_url: str | None, offline: b
 
 
 @click.command()
-@click.option("--metadata", type=click.Path(file_okay=False), required=True,
-              help="Folder with the GLDv2 metadata files (official names).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Output folder for the Parquet splits, manifest.json and README.md.")
-@click.option("--hierarchy", "hierarchy", type=click.Path(dir_okay=False), multiple=True,
-              help="Hierarchy table (ours, or a published *_label_to_hierarchical.csv); repeatable. "
-              "Default: the published ones in --metadata.")
-@click.option("--split", "splits", multiple=True,
-              type=click.Choice(["train", "train_full", "index", "query"]),
-              help="Split to export; repeatable. Default: every split whose files are present.")
+@click.option(
+    "--metadata",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder with the GLDv2 metadata files (official names).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Output folder for the Parquet splits, manifest.json and README.md.",
+)
+@click.option(
+    "--hierarchy",
+    "hierarchy",
+    type=click.Path(dir_okay=False),
+    multiple=True,
+    help="Hierarchy table (ours, or a published *_label_to_hierarchical.csv); repeatable. "
+    "Default: the published ones in --metadata.",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    type=click.Choice(["train", "train_full", "index", "query"]),
+    help="Split to export; repeatable. Default: every split whose files are present.",
+)
 @click.option("--row-group-size", type=click.IntRange(1000, None), default=50_000, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the manifest (rows, coverage, hashes) here.")
-def export(metadata: str, out_dir: str, hierarchy: tuple[str, ...], splits: tuple[str, ...],
-           row_group_size: int, json_path: str | None) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the manifest (rows, coverage, hashes) here.",
+)
+def export(
+    metadata: str,
+    out_dir: str,
+    hierarchy: tuple[str, ...],
+    splits: tuple[str, ...],
+    row_group_size: int,
+    json_path: str | None,
+) -> None:
     """Export validated Parquet splits (train, train_full, index, query) with the hierarchy joined."""
     from hglv2 import splits as splits_mod
 
     manifest = splits_mod.export(
-        metadata, out_dir, hierarchy=list(hierarchy) or None, splits=list(splits) or None,
-        row_group_size=row_group_size, command=_command_line(click.get_current_context()),
+        metadata,
+        out_dir,
+        hierarchy=list(hierarchy) or None,
+        splits=list(splits) or None,
+        row_group_size=row_group_size,
+        command=_command_line(click.get_current_context()),
     )
     for name, info in manifest["splits"].items():
         cov = info["coverage"]
