@@ -45,6 +45,13 @@ def _client_options(f):
     return f
 
 
+def _file_option(name: str, default: Path, **kwargs: Any):
+    """A ``--name FILE`` option (a Path) whose default is shown in --help."""
+    return click.option(
+        name, type=click.Path(dir_okay=False, path_type=Path), default=default, show_default=True, **kwargs
+    )
+
+
 def _json_option(f):
     return click.option(
         "--json",
@@ -94,6 +101,12 @@ def _with_client(f):
     return wrapper
 
 
+def _require_stage_output(path: Path, stage: str) -> None:
+    """Stop with an Error line when the output of an earlier stage is missing."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file (run `hglv2 hierarchy {stage}` first)")
+
+
 def _write_json(path: Path | None, obj: Any) -> None:
     if path is not None:
         from hglv2.fileio import write_json
@@ -131,12 +144,7 @@ def hierarchy() -> None:
     required=True,
     help="GLDv2 *_label_to_category.csv (landmark_id,category).",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT / "resolved.parquet",
-    show_default=True,
-)
+@_file_option("--out", DEFAULT_OUT / "resolved.parquet")
 @_json_option
 @_with_client
 def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
@@ -166,12 +174,7 @@ def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None
 
 
 @hierarchy.command()
-@click.option(
-    "--resolved",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT / "resolved.parquet",
-    show_default=True,
-)
+@_file_option("--resolved", DEFAULT_OUT / "resolved.parquet")
 @click.option(
     "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
 )
@@ -189,8 +192,7 @@ def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: P
 
     from hglv2.hierarchy.graph import DEFAULT_DEPTH, fetch_graph, write_graph
 
-    if not resolved.exists():
-        raise InputError(f"{resolved}: no such file (run `hglv2 hierarchy resolve` first)")
+    _require_stage_output(resolved, "resolve")
     rows = pq.read_table(resolved).to_pylist()
     summary = write_graph(fetch_graph(client, rows, DEFAULT_DEPTH if depth is None else depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))
@@ -204,39 +206,19 @@ def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: P
 
 
 @hierarchy.command()
-@click.option(
-    "--resolved",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT / "resolved.parquet",
-    show_default=True,
-)
+@_file_option("--resolved", DEFAULT_OUT / "resolved.parquet")
 @click.option(
     "--graph-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
 )
-@click.option(
-    "--clusters",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("data/review/clusters.csv"),
-    show_default=True,
-)
+@_file_option("--clusters", Path("data/review/clusters.csv"))
 @click.option(
     "--images",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="GLDv2 train.csv (counts images per landmark, to sort the review list).",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT / "proposals.parquet",
-    show_default=True,
-)
-@click.option(
-    "--pending",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT / "pending.csv",
-    show_default=True,
-)
+@_file_option("--out", DEFAULT_OUT / "proposals.parquet")
+@_file_option("--pending", DEFAULT_OUT / "pending.csv")
 @_json_option
 def propose(
     resolved: Path,
@@ -256,8 +238,7 @@ def propose(
     from hglv2.hierarchy.clusters import propose as propose_
     from hglv2.hierarchy.graph import load_graph
 
-    if not resolved.exists():
-        raise InputError(f"{resolved}: no such file (run `hglv2 hierarchy resolve` first)")
+    _require_stage_output(resolved, "resolve")
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
     proposals, pend = propose_(pd.read_parquet(resolved), g, aliases, table, _image_counts(images))
@@ -282,30 +263,10 @@ def propose(
 def _review_inputs(f):
     for o in reversed(
         [
-            click.option(
-                "--proposals",
-                type=click.Path(dir_okay=False, path_type=Path),
-                default=DEFAULT_OUT / "proposals.parquet",
-                show_default=True,
-            ),
-            click.option(
-                "--clusters",
-                type=click.Path(dir_okay=False, path_type=Path),
-                default=Path("data/review/clusters.csv"),
-                show_default=True,
-            ),
-            click.option(
-                "--decisions",
-                type=click.Path(dir_okay=False, path_type=Path),
-                default=Path("data/review/decisions.csv"),
-                show_default=True,
-            ),
-            click.option(
-                "--overrides",
-                type=click.Path(dir_okay=False, path_type=Path),
-                default=Path("data/review/landmark_overrides.csv"),
-                show_default=True,
-            ),
+            _file_option("--proposals", DEFAULT_OUT / "proposals.parquet"),
+            _file_option("--clusters", Path("data/review/clusters.csv")),
+            _file_option("--decisions", Path("data/review/decisions.csv")),
+            _file_option("--overrides", Path("data/review/landmark_overrides.csv")),
         ]
     ):
         f = o(f)
@@ -317,8 +278,7 @@ def _apply(proposals: Path, clusters: Path, decisions: Path, overrides: Path):
 
     from hglv2.hierarchy.clusters import apply_reviews, load_clusters
 
-    if not proposals.exists():
-        raise InputError(f"{proposals}: no such file (run `hglv2 hierarchy propose` first)")
+    _require_stage_output(proposals, "propose")
     props = pd.read_parquet(proposals)
     table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
     for w in warnings:
@@ -382,12 +342,7 @@ def review(
 
 @hierarchy.command("apply")
 @_review_inputs
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_OUT / "hierarchy.parquet",
-    show_default=True,
-)
+@_file_option("--out", DEFAULT_OUT / "hierarchy.parquet")
 @click.option(
     "--csv",
     "csv_out",
@@ -498,12 +453,7 @@ def diff(
 
 
 @hierarchy.command("validate-anchors")
-@click.option(
-    "--clusters",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("data/review/clusters.csv"),
-    show_default=True,
-)
+@_file_option("--clusters", Path("data/review/clusters.csv"))
 @_json_option
 @_with_client
 def validate_anchors_cmd(client, clusters: Path, json_path: Path | None) -> None:
