@@ -153,6 +153,15 @@ if HAVE_NUMBA:
         out[r, base + 2] = dcgk / idcgk
         out[r, base + 3] = asi_sum / big_r
 
+    @njit(cache=True, inline="always")
+    def _match_tag(q_codes, r, g_codes, i, n_levels):  # pragma: no cover - compiled
+        """Bit mask of the label columns on which query ``r`` and gallery item ``i`` agree."""
+        t = 0
+        for col in range(n_levels):
+            if q_codes[r, col] == g_codes[i, col]:
+                t |= 1 << col
+        return t
+
     @njit(cache=True, parallel=True)
     def fused_metrics_keys(
         sorted_keys,
@@ -187,10 +196,7 @@ if HAVE_NUMBA:
                 gi = sorted_keys[r, p] & 0xFFFFFFFF
                 if gi == me:
                     continue
-                t = 0
-                for col in range(n_levels):
-                    if q_codes[r, col] == g_codes[gi, col]:
-                        t |= 1 << col
+                t = _match_tag(q_codes, r, g_codes, gi, n_levels)
                 if t != 0:
                     ranks[cnt] = p + 1
                     tags[cnt] = t
@@ -255,7 +261,7 @@ if HAVE_NUMBA:
             for i in range(n):
                 if i == me:
                     continue
-                for col in range(n_levels):
+                for col in range(n_levels):  # any matching column (stop at the first)
                     if q_codes[r, col] == g_codes[i, col]:
                         cnt += 1
                         break
@@ -265,10 +271,7 @@ if HAVE_NUMBA:
             for i in range(n):
                 if i == me:
                     continue
-                t = 0
-                for col in range(n_levels):
-                    if q_codes[r, col] == g_codes[i, col]:
-                        t |= 1 << col
+                t = _match_tag(q_codes, r, g_codes, i, n_levels)
                 if t != 0:
                     pos_keys[j] = _key(score_bits[r, i], i)
                     pos_tags[j] = t
