@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -95,3 +95,34 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_parquet_checked(
+    path: str | os.PathLike[str],
+    columns: Sequence[str] = (),
+    missing_hint: str | None = None,
+) -> pa.Table:
+    """Read a Parquet file that must hold ``columns``; every problem is an ``InputError``.
+
+    The one checked reader for Parquet inputs of the CLI stages: a missing file (with
+    ``missing_hint``, e.g. "run `hglv2 hierarchy resolve` first"), a folder, a truncated or
+    non-Parquet file, and a Parquet file without the expected columns each give one message that
+    names the file (and the missing columns).
+    """
+    from hglv2.errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file" + (f" ({missing_hint})" if missing_hint else ""))
+    if not p.is_file():
+        raise InputError(f"{p}: is a folder, expected a Parquet file")
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: not a readable Parquet file ({reason})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        has = ", ".join(table.column_names) or "none"
+        raise InputError(f"{p}: missing column(s) {', '.join(missing)} (the file has: {has})")
+    return table

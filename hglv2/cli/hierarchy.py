@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from hglv2.cli._options import HTTP_URL, OUTPUT_DIR_PATH, OUTPUT_FILE_PATH
 from hglv2.errors import InputError
 
 DEFAULT_OUT = Path("out/hierarchy")
@@ -29,34 +30,53 @@ def _client_options(f):
             help="Response cache: .sqlite (read/write) or a .jsonl recording (read-only).",
         ),
         click.option("--offline", is_flag=True, help="Only replay the cache; name what is missing."),
-        click.option("--api-url", default=None, help="Wikidata Action API URL [default: wikidata.org]."),
-        click.option("--sparql-url", default=None, help="SPARQL endpoint URL [default: query.wikidata.org]."),
+        click.option(
+            "--api-url", type=HTTP_URL, default=None, help="Wikidata Action API URL [default: wikidata.org]."
+        ),
+        click.option(
+            "--sparql-url",
+            type=HTTP_URL,
+            default=None,
+            help="SPARQL endpoint URL [default: query.wikidata.org].",
+        ),
         click.option(
             "--contact",
             envvar="HGLV2_CONTACT",
             default=None,
             help="Contact (e-mail or URL) added to the User-Agent [env HGLV2_CONTACT].",
         ),
-        click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request."),
-        click.option("--max-retries", type=int, default=8, show_default=True),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=60.0,
+            show_default=True,
+            help="Seconds per request.",
+        ),
+        click.option(
+            "--max-retries",
+            type=click.IntRange(0, 100),
+            default=8,
+            show_default=True,
+            help="Retries of a failing request (0: try once).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _file_option(name: str, default: Path, **kwargs: Any):
-    """A ``--name FILE`` option (a Path) whose default is shown in --help."""
-    return click.option(
-        name, type=click.Path(dir_okay=False, path_type=Path), default=default, show_default=True, **kwargs
-    )
+def _file_option(name: str, default: Path, output: bool = False, **kwargs: Any):
+    """A ``--name FILE`` option (a Path) whose default is shown in --help; ``output``: checked for
+    writability when the command line is parsed."""
+    kind = OUTPUT_FILE_PATH if output else click.Path(dir_okay=False, path_type=Path)
+    return click.option(name, type=kind, default=default, show_default=True, **kwargs)
 
 
 def _json_option(f):
     return click.option(
         "--json",
         "json_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=OUTPUT_FILE_PATH,
         default=None,
         help="Also write the results as JSON here.",
     )(f)
@@ -101,10 +121,21 @@ def _with_client(f):
     return wrapper
 
 
-def _require_stage_output(path: Path, stage: str) -> None:
-    """Stop with an Error line when the output of an earlier stage is missing."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file (run `hglv2 hierarchy {stage}` first)")
+_STAGE_COLUMNS = {  # stage -> (module, constant naming the columns of its Parquet output)
+    "resolve": ("hglv2.hierarchy.wikidata", "RESOLVED_COLUMNS"),
+    "propose": ("hglv2.hierarchy.clusters", "PROPOSAL_COLUMNS"),
+}
+
+
+def _read_stage_output(path: Path, stage: str):
+    """The Parquet output of an earlier stage, checked (file, format, columns) -> pyarrow Table."""
+    import importlib
+
+    from hglv2.fileio import read_parquet_checked
+
+    module, name = _STAGE_COLUMNS[stage]
+    columns = getattr(importlib.import_module(module), name)
+    return read_parquet_checked(path, columns, f"run `hglv2 hierarchy {stage}` first")
 
 
 def _write_json(path: Path | None, obj: Any) -> None:
@@ -119,11 +150,21 @@ def _image_counts(path: Path | None) -> dict[int, int]:
         return {}
     import pandas as pd
 
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--images)")
+    try:
+        head = pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+    missing = [c for c in ("id", "landmark_id") if c not in head]
+    if missing:  # e.g. a *_label_to_category.csv: one row per landmark, not per image
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(missing)} (--images takes the GLDv2 train.csv: "
+            f"id,url,landmark_id; this file has: {', '.join(map(str, head))})"
+        )
     try:
         s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: {exc}") from None
     ids = pd.to_numeric(s, errors="coerce")
     if ids.isna().any():
@@ -144,7 +185,7 @@ def hierarchy() -> None:
     required=True,
     help="GLDv2 *_label_to_category.csv (landmark_id,category).",
 )
-@_file_option("--out", DEFAULT_OUT / "resolved.parquet")
+@_file_option("--out", DEFAULT_OUT / "resolved.parquet", output=True)
 @_json_option
 @_with_client
 def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
@@ -167,17 +208,15 @@ def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None
         "resolution": dict(sorted(counts.items())),
         "requests": dict(sorted(client.stats.items())),
     }
+    _write_json(json_path, res)  # files first: a closed stdout (| head) must not lose them
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
         click.echo(f"  {k:40s} {v}")
-    _write_json(json_path, res)
 
 
 @hierarchy.command()
 @_file_option("--resolved", DEFAULT_OUT / "resolved.parquet")
-@click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
-)
+@click.option("--out-dir", type=OUTPUT_DIR_PATH, default=DEFAULT_OUT, show_default=True)
 @click.option(
     "--depth",
     type=click.IntRange(0, 100),
@@ -188,21 +227,18 @@ def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None
 @_with_client
 def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: Path | None) -> None:
     """Fetch P279 ancestors breadth-first; write the class graph (Parquet, GraphML) and its cycles."""
-    import pyarrow.parquet as pq
-
     from hglv2.hierarchy.graph import DEFAULT_DEPTH, fetch_graph, write_graph
 
-    _require_stage_output(resolved, "resolve")
-    rows = pq.read_table(resolved).to_pylist()
+    rows = _read_stage_output(resolved, "resolve").to_pylist()
     summary = write_graph(fetch_graph(client, rows, DEFAULT_DEPTH if depth is None else depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))
+    _write_json(json_path, summary)
     click.echo(
         f"class graph: {summary['nodes']} classes, {summary['edges']} P279 edges, "
         f"{summary['redirects']} redirects, {len(summary['cycles'])} cycle(s) -> {out_dir}"
     )
     for cyc in summary["cycles"]:
         click.echo("  cycle among: " + ", ".join(f"{c['qid']} ({c['label']})" for c in cyc))
-    _write_json(json_path, summary)
 
 
 @hierarchy.command()
@@ -217,8 +253,8 @@ def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: P
     default=None,
     help="GLDv2 train.csv (counts images per landmark, to sort the review list).",
 )
-@_file_option("--out", DEFAULT_OUT / "proposals.parquet")
-@_file_option("--pending", DEFAULT_OUT / "pending.csv")
+@_file_option("--out", DEFAULT_OUT / "proposals.parquet", output=True)
+@_file_option("--pending", DEFAULT_OUT / "pending.csv", output=True)
 @_json_option
 def propose(
     resolved: Path,
@@ -230,7 +266,6 @@ def propose(
     json_path: Path | None,
 ) -> None:
     """Propose supercategory, cluster and top per landmark; write the pending review list."""
-    import pandas as pd
     import pyarrow as pa
 
     from hglv2.fileio import atomic_open, write_parquet
@@ -238,10 +273,10 @@ def propose(
     from hglv2.hierarchy.clusters import propose as propose_
     from hglv2.hierarchy.graph import load_graph
 
-    _require_stage_output(resolved, "resolve")
+    resolved_df = _read_stage_output(resolved, "resolve").to_pandas()
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
-    proposals, pend = propose_(pd.read_parquet(resolved), g, aliases, table, _image_counts(images))
+    proposals, pend = propose_(resolved_df, g, aliases, table, _image_counts(images))
     write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
     with atomic_open(pending) as fh:
         pend.to_csv(fh, index=False, lineterminator="\n")
@@ -253,11 +288,11 @@ def propose(
         "pending_reasons": {k: int(v) for k, v in reasons.items()},
         "pending_rows": len(pend),
     }
+    _write_json(json_path, res)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
         f"({len(pend)} review rows) -> {out}, {pending}"
     )
-    _write_json(json_path, res)
 
 
 def _review_inputs(f):
@@ -274,12 +309,10 @@ def _review_inputs(f):
 
 
 def _apply(proposals: Path, clusters: Path, decisions: Path, overrides: Path):
-    import pandas as pd
 
     from hglv2.hierarchy.clusters import apply_reviews, load_clusters
 
-    _require_stage_output(proposals, "propose")
-    props = pd.read_parquet(proposals)
+    props = _read_stage_output(proposals, "propose").to_pandas()
     table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
     for w in warnings:
         click.echo(f"Warning: {w}", err=True)
@@ -323,13 +356,6 @@ def review(
         .reset_index()
         .sort_values(["n_images", "key"], ascending=[False, True], kind="stable")
     )
-    click.echo(f"{len(open_)} landmark(s) without a cluster, in {len(groups)} group(s); largest first:")
-    for r in groups.head(n_top).itertuples(index=False):
-        click.echo(
-            f"  {r.key:16s} {str(r.label or ''):36.36s} {str(r.reason):28s} "
-            f"{r.n_landmarks:4d} lm {r.n_images:6d} img"
-        )
-    _print_coverage(cov)
     _write_json(
         json_path,
         {
@@ -338,15 +364,22 @@ def review(
             "open": groups.astype(object).where(groups.notna(), None).to_dict("records"),
         },
     )
+    click.echo(f"{len(open_)} landmark(s) without a cluster, in {len(groups)} group(s); largest first:")
+    for r in groups.head(n_top).itertuples(index=False):
+        click.echo(
+            f"  {r.key:16s} {str(r.label or ''):36.36s} {str(r.reason):28s} "
+            f"{r.n_landmarks:4d} lm {r.n_images:6d} img"
+        )
+    _print_coverage(cov)
 
 
 @hierarchy.command("apply")
 @_review_inputs
-@_file_option("--out", DEFAULT_OUT / "hierarchy.parquet")
+@_file_option("--out", DEFAULT_OUT / "hierarchy.parquet", output=True)
 @click.option(
     "--csv",
     "csv_out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE_PATH,
     default=None,
     help="Also write the table as CSV.",
 )
@@ -370,9 +403,9 @@ def apply_cmd(
         write_hierarchy_table(table, csv_out)
     counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
     cov = coverage(table, counts)
+    _write_json(json_path, {"coverage": cov, "warnings": warnings})
     click.echo(f"hierarchy table: {len(table)} landmarks -> {out}")
     _print_coverage(cov)
-    _write_json(json_path, {"coverage": cov, "warnings": warnings})
 
 
 @hierarchy.command()
@@ -380,17 +413,17 @@ def apply_cmd(
 @click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out-csv",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE_PATH,
     default=None,
     help="Write the disagreeing landmarks (one row per landmark and level) here.",
 )
 @click.option(
     "--seed-decisions",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE_PATH,
     default=None,
     help="Write decisions.csv rows suggested by B: classes where B is unanimous and A disagrees.",
 )
-@click.option("--confusion-csv", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--confusion-csv", type=OUTPUT_FILE_PATH, default=None)
 @_json_option
 def diff(
     a: Path,
@@ -408,26 +441,7 @@ def diff(
     table_a, table_b = load_hierarchy_table(a), load_hierarchy_table(b)
     res = diff_tables(table_a, table_b)
     lm = res["landmarks"]
-    click.echo(
-        f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
-        f"only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
-    )
-    click.echo(f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}")
-    for lev, s in res["levels"].items():
-        agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
-        click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
     conf = res["confusion"]
-    off = [
-        (ra, cb, int(conf.loc[ra, cb]))
-        for ra in conf.index
-        for cb in conf.columns
-        if ra != cb and conf.loc[ra, cb] > 0
-    ]
-    off.sort(key=lambda t: (-t[2], t[0], t[1]))
-    if off:
-        click.echo("  largest cluster confusions (A -> B: landmarks):")
-        for ra, cb, n in off[:10]:
-            click.echo(f"    {ra} -> {cb}: {n}")
     dis = res["disagreements"]
     if out_csv is not None:
         with atomic_open(out_csv) as fh:
@@ -450,6 +464,25 @@ def diff(
             },
         },
     )
+    click.echo(
+        f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
+        f"only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
+    )
+    click.echo(f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}")
+    for lev, s in res["levels"].items():
+        agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
+        click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
+    off = [
+        (ra, cb, int(conf.loc[ra, cb]))
+        for ra in conf.index
+        for cb in conf.columns
+        if ra != cb and conf.loc[ra, cb] > 0
+    ]
+    off.sort(key=lambda t: (-t[2], t[0], t[1]))
+    if off:
+        click.echo("  largest cluster confusions (A -> B: landmarks):")
+        for ra, cb, n in off[:10]:
+            click.echo(f"    {ra} -> {cb}: {n}")
 
 
 @hierarchy.command("validate-anchors")

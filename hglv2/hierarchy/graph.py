@@ -23,10 +23,8 @@ from typing import Any
 
 import networkx as nx
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from hglv2.errors import InputError
-from hglv2.fileio import atomic_path, write_json, write_parquet
+from hglv2.fileio import atomic_path, read_parquet_checked, write_json, write_parquet
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
 
 DEFAULT_DEPTH = 12
@@ -181,11 +179,12 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
 def load_graph(out_dir: str | os.PathLike[str]) -> tuple[nx.DiGraph, dict[str, str]]:
     """Read what :func:`write_graph` wrote: (DiGraph child -> parent with ``label``, aliases)."""
     out_dir = Path(out_dir)
-    try:
-        nodes = pq.read_table(out_dir / "graph_nodes.parquet").to_pylist()
-        edges = pq.read_table(out_dir / "graph_edges.parquet").to_pylist()
-    except FileNotFoundError as exc:
-        raise InputError(f"{exc.filename}: no such file (run `hglv2 hierarchy graph` first)") from None
+    hint = "run `hglv2 hierarchy graph` first"
+    nodes = read_parquet_checked(
+        out_dir / "graph_nodes.parquet", ("qid", "label", "depth", "redirect_to"), hint
+    )
+    edges = read_parquet_checked(out_dir / "graph_edges.parquet", ("child", "parent"), hint)
+    nodes, edges = nodes.to_pylist(), edges.to_pylist()
     g = nx.DiGraph()
     aliases = {}
     for row in nodes:

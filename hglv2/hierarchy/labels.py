@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from hglv2.errors import InputError
+from hglv2.fileio import read_parquet_checked
 from hglv2.schema import HIERARCHY_COLUMNS, PUBLISHED_HIERARCHY_COLUMNS
 
 
@@ -69,8 +70,10 @@ def load_hierarchy_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, expected a hierarchy table (.parquet or .csv)")
     if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
+        df = read_parquet_checked(path, HIERARCHY_COLUMNS).to_pandas()
         df = df.astype({c: "string" for c in df.columns if c != "landmark_id"})
         df["landmark_id"] = _parse_landmark_ids(df.astype({"landmark_id": "string"}), path)
     else:
