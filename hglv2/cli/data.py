@@ -6,6 +6,7 @@ import os
 
 import click
 
+from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE
 from hglv2.fileio import write_json
 
 
@@ -32,13 +33,14 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.argument("names", nargs=-1)
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False),
+    type=OUTPUT_DIR,
     default="data/gldv2",
     show_default=True,
     help="Folder for the metadata files and the lock file.",
 )
 @click.option(
     "--base-url",
+    type=HTTP_URL,
     default=None,
     help="Server holding metadata/ and ground_truth/ (default: https://s3.amazonaws.com/google-landmark).",
 )
@@ -46,7 +48,7 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.option(
     "--lock",
     "lock_path",
-    type=click.Path(dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
 )
@@ -69,7 +71,7 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Also write the per-file results as JSON.",
 )
@@ -103,10 +105,10 @@ def download(
         timeout=timeout,
         progress=progress,
     )
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
     for r in records:
         click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
-    if json_path:
-        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
 
 
 @click.command()
@@ -119,7 +121,7 @@ def download(
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
+    type=OUTPUT_DIR,
     required=True,
     help="Output folder for the Parquet splits, manifest.json and README.md.",
 )
@@ -142,7 +144,7 @@ def download(
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Also write the manifest (rows, coverage, hashes) here.",
 )
@@ -165,6 +167,8 @@ def export(
         row_group_size=row_group_size,
         command=_command_line(click.get_current_context()),
     )
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, manifest)
     for name, info in manifest["splits"].items():
         cov = info["coverage"]
         click.echo(
@@ -173,5 +177,3 @@ def export(
             + f"  incomplete landmarks {info['landmarks_hierarchy_incomplete']:,d}"
         )
     click.echo(f"wrote {out_dir}/manifest.json and README.md")
-    if json_path:
-        write_json(json_path, manifest)
