@@ -389,6 +389,8 @@ def load_decisions(
                 f"{path}:{row}: cluster {r.cluster!r} is not in {table.path.name} "
                 f"(known: {', '.join(sorted(top_of))})"
             )
+        if not str(r.reason or "").strip():
+            raise InputError(f"{path}:{row}: empty reason (say why this class goes to {r.cluster!r})")
         if r.supercategory_qid in out:
             prev, prow = out[r.supercategory_qid]
             if prev != r.cluster:
