@@ -82,6 +82,19 @@ def _json_option(f):
     )(f)
 
 
+def _check_client_options(cache_path: Path, offline: bool) -> None:
+    if not offline and cache_path.suffix == ".jsonl":
+        raise InputError(f"{cache_path}: a .jsonl recording is read-only; use it with --offline")
+    if offline and not cache_path.exists():
+        raise InputError(f"{cache_path}: no such cache (needed with --offline)")
+    if not offline:
+        from hglv2.cli._options import output_problem
+
+        problem = output_problem(cache_path)
+        if problem:
+            raise InputError(f"--cache: {problem}")
+
+
 def _make_client(
     cache_path: Path,
     offline: bool,
@@ -93,10 +106,7 @@ def _make_client(
 ):
     from hglv2.hierarchy.wikidata import DEFAULT_API_URL, DEFAULT_SPARQL_URL, ResponseCache, WikidataClient
 
-    if not offline and cache_path.suffix == ".jsonl":
-        raise InputError(f"{cache_path}: a .jsonl recording is read-only; use it with --offline")
-    if offline and not cache_path.exists():
-        raise InputError(f"{cache_path}: no such cache (needed with --offline)")
+    _check_client_options(cache_path, offline)
     return WikidataClient(
         ResponseCache(cache_path),
         api_url=api_url or DEFAULT_API_URL,
@@ -108,15 +118,35 @@ def _make_client(
     )
 
 
+class _LazyClient:
+    """The Wikidata client, made on first use: a command whose inputs are bad stops before the
+    response cache (a file) is created."""
+
+    def __init__(self, make) -> None:
+        self._make = make
+        self._client = None
+
+    def __getattr__(self, name: str):
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.cache.close()
+
+
 def _with_client(f):
     @_client_options
     @functools.wraps(f)
     def wrapper(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries, **kw):
-        client = _make_client(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries)
+        args = (cache_path, offline, api_url, sparql_url, contact, timeout, max_retries)
+        _check_client_options(*args[:2])  # fail before any work
+        client = _LazyClient(functools.partial(_make_client, *args))
         try:
             return f(client=client, **kw)
         finally:
-            client.cache.close()
+            client.close()
 
     return wrapper
 
@@ -273,10 +303,11 @@ def propose(
     from hglv2.hierarchy.clusters import propose as propose_
     from hglv2.hierarchy.graph import load_graph
 
+    counts = _image_counts(images)
     resolved_df = _read_stage_output(resolved, "resolve").to_pandas()
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
-    proposals, pend = propose_(resolved_df, g, aliases, table, _image_counts(images))
+    proposals, pend = propose_(resolved_df, g, aliases, table, counts)
     write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
     with atomic_open(pending) as fh:
         pend.to_csv(fh, index=False, lineterminator="\n")
