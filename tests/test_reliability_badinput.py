@@ -49,6 +49,7 @@ def _files(tmp: Path) -> dict[str, str]:
     pq.write_table(pa.table({c: pa.array([], pa.string()) for c in RESOLVED_COLUMNS}), f["resolved"])
     f["hierarchy"] = SAMPLE_HIERARCHY
     f["categories"] = SAMPLE_CATEGORIES
+    f["clusters"] = ROOT / "data/review/clusters.csv"
     f["solution"] = tmp / "solution.csv"
     f["solution"].write_text(SOLUTION)
     f["sub_foo"] = tmp / "sub_foo.csv"
@@ -69,72 +70,208 @@ def _files(tmp: Path) -> dict[str, str]:
     return {k: str(v) for k, v in f.items()}
 
 
-# (id, command line): each must end in exit 2 with one Error line, before any output is made
+# (id, expected part of the Error line, command line): each must end in exit 2 with one Error
+# line, before any output is made
 CASES = [
     # outputs that cannot be written: onto a folder, inside a file
-    ("evaluate --json onto a folder", "evaluate --example --json {adir}"),
-    ("evaluate --json inside a file", "evaluate --example --json {afile}/r.json"),
-    ("download --dest inside a file", "download --offline --dest {afile}/gldv2"),
-    ("download --json onto a folder", "download --offline --dest {adir} --json {adir}"),
-    ("export --out is a file", "export --metadata {meta} --out {afile}"),
-    ("export --json inside a file", "export --metadata {meta} --out {adir}/x --json {afile}/m.json"),
-    ("train --out is a file", "train synthetic --out {afile}"),
-    ("train --json onto a folder", "train synthetic --out {adir}/run --json {adir}"),
-    ("benchmark --out is a file", "benchmark --out {afile}"),
-    ("synthesize --out inside a file", "synthesize --out {afile}/data"),
-    ("synthesize --json onto a folder", "synthesize --out {adir}/d --json {adir}"),
-    ("hierarchy resolve --out onto a folder", "hierarchy resolve --categories {categories} --out {adir}"),
-    ("hierarchy graph --out-dir is a file", "hierarchy graph --resolved {resolved} --out-dir {afile}"),
-    ("hierarchy propose --pending inside a file", "hierarchy propose --pending {afile}/p.csv"),
-    ("hierarchy apply --csv onto a folder", "hierarchy apply --csv {adir}"),
-    ("hierarchy diff --out-csv onto a folder", "hierarchy diff {hierarchy} {hierarchy} --out-csv {adir}"),
-    ("hierarchy diff --json inside a file", "hierarchy diff {hierarchy} {hierarchy} --json {afile}/d.json"),
+    ("evaluate --json onto a folder", "adir is a folder", "evaluate --example --json {adir}"),
+    (
+        "evaluate --json inside a file",
+        "afile.txt is a file, not a folder",
+        "evaluate --example --json {afile}/r.json",
+    ),
+    (
+        "download --dest inside a file",
+        "afile.txt is a file, not a folder",
+        "download --offline --dest {afile}/gldv2",
+    ),
+    ("download --json onto a folder", "adir is a folder", "download --offline --dest {adir} --json {adir}"),
+    (
+        "export --out is a file",
+        "afile.txt exists and is not a folder",
+        "export --metadata {meta} --out {afile}",
+    ),
+    (
+        "export --json inside a file",
+        "afile.txt is a file, not a folder",
+        "export --metadata {meta} --out {adir}/x --json {afile}/m.json",
+    ),
+    ("train --out is a file", "afile.txt exists and is not a folder", "train synthetic --out {afile}"),
+    ("train --json onto a folder", "adir is a folder", "train synthetic --out {adir}/run --json {adir}"),
+    ("benchmark --out is a file", "afile.txt exists and is not a folder", "benchmark --out {afile}"),
+    ("synthesize --out inside a file", "afile.txt is a file, not a folder", "synthesize --out {afile}/data"),
+    ("synthesize --json onto a folder", "adir is a folder", "synthesize --out {adir}/d --json {adir}"),
+    (
+        "hierarchy resolve --out onto a folder",
+        "adir is a folder",
+        "hierarchy resolve --categories {categories} --out {adir}",
+    ),
+    (
+        "hierarchy graph --out-dir is a file",
+        "afile.txt exists and is not a folder",
+        "hierarchy graph --resolved {resolved} --out-dir {afile}",
+    ),
+    (
+        "hierarchy propose --pending inside a file",
+        "afile.txt is a file, not a folder",
+        "hierarchy propose --pending {afile}/p.csv",
+    ),
+    ("hierarchy apply --csv onto a folder", "adir is a folder", "hierarchy apply --csv {adir}"),
+    (
+        "hierarchy diff --out-csv onto a folder",
+        "adir is a folder",
+        "hierarchy diff {hierarchy} {hierarchy} --out-csv {adir}",
+    ),
+    (
+        "hierarchy diff --json inside a file",
+        "afile.txt is a file, not a folder",
+        "hierarchy diff {hierarchy} {hierarchy} --json {afile}/d.json",
+    ),
     # URLs, time-outs, retries
-    ("download --base-url not a url", "download --dest {adir}/g --base-url 'not a url'"),
-    ("download --base-url file://", "download --dest {adir}/g --base-url file:///etc"),
-    ("hierarchy --api-url not a url", "hierarchy resolve --categories {categories} --api-url 'not a url'"),
-    ("hierarchy --sparql-url ftp", "hierarchy graph --resolved {resolved} --sparql-url ftp://x.org/q"),
-    ("hierarchy --timeout -1", "hierarchy resolve --categories {categories} --timeout -1"),
-    ("hierarchy --max-retries -1", "hierarchy resolve --categories {categories} --max-retries -1"),
-    ("download --timeout -1", "download --dest {adir}/g --timeout -1"),
+    (
+        "download --base-url not a url",
+        "'--base-url': 'not a url' is not an http(s):// URL",
+        "download --dest {adir}/g --base-url 'not a url'",
+    ),
+    (
+        "download --base-url file://",
+        "'file:///etc' is not an http(s):// URL",
+        "download --dest {adir}/g --base-url file:///etc",
+    ),
+    (
+        "hierarchy --api-url not a url",
+        "'--api-url': 'not a url' is not an http(s):// URL",
+        "hierarchy resolve --categories {categories} --api-url 'not a url'",
+    ),
+    (
+        "hierarchy --sparql-url ftp",
+        "'ftp://x.org/q' is not an http(s):// URL",
+        "hierarchy graph --resolved {resolved} --sparql-url ftp://x.org/q",
+    ),
+    (
+        "hierarchy --timeout -1",
+        "'--timeout': -1.0 is not in the range x>0",
+        "hierarchy resolve --categories {categories} --timeout -1",
+    ),
+    (
+        "hierarchy --max-retries -1",
+        "'--max-retries': -1 is not in the range 0<=x<=100",
+        "hierarchy resolve --categories {categories} --max-retries -1",
+    ),
+    (
+        "download --timeout -1",
+        "'--timeout': -1.0 is not in the range",
+        "download --dest {adir}/g --timeout -1",
+    ),
     # numbers
-    ("benchmark --seeds=-1", "benchmark {suite} --out {adir}/b --seeds=-1"),
-    ("benchmark --seeds 0,0", "benchmark {suite} --out {adir}/b --seeds 0,0"),
-    ("benchmark --seeds x", "benchmark {suite} --out {adir}/b --seeds 0,x"),
-    ("evaluate --recall-at 1e20", "evaluate --example --recall-at 1e20"),
-    ("evaluate --recall-at 10**20", "evaluate --example --recall-at 100000000000000000000"),
-    ("evaluate --recall-at 0", "evaluate --example --recall-at 0,1"),
+    ("benchmark --seeds=-1", "--seeds: '-1': -1 is below 0", "benchmark {suite} --out {adir}/b --seeds=-1"),
+    (
+        "benchmark --seeds 0,0",
+        "--seeds: '0,0': 0 is repeated",
+        "benchmark {suite} --out {adir}/b --seeds 0,0",
+    ),
+    ("benchmark --seeds x", "'x' is not an integer", "benchmark {suite} --out {adir}/b --seeds 0,x"),
+    (
+        "evaluate --recall-at 1e20",
+        "--recall-at: '1e20': '1e20' is not an integer",
+        "evaluate --example --recall-at 1e20",
+    ),
+    (
+        "evaluate --recall-at 10**20",
+        "100000000000000000000 is above 1000000000",
+        "evaluate --example --recall-at 100000000000000000000",
+    ),
+    ("evaluate --recall-at 0", "0 is below 1", "evaluate --example --recall-at 0,1"),
     # files of the wrong kind
-    ("synthesize --hierarchy a folder", "synthesize --out {adir}/s --hierarchy {adir}"),
-    ("synthesize --hierarchy truncated", "synthesize --out {adir}/s --hierarchy {truncated}"),
-    ("synthesize --hierarchy foreign", "synthesize --out {adir}/s --hierarchy {foreign}"),
-    ("export --hierarchy truncated", "export --metadata {meta} --out {adir}/e --hierarchy {truncated}"),
-    ("export --hierarchy foreign", "export --metadata {meta} --out {adir}/e --hierarchy {foreign}"),
-    ("hierarchy graph foreign resolved", "hierarchy graph --resolved {foreign} --offline --cache {adir}/c"),
-    ("hierarchy graph truncated resolved", "hierarchy graph --resolved {truncated} --out-dir {adir}/g"),
-    ("hierarchy propose no resolved", "hierarchy propose --resolved {adir}/none.parquet --out {adir}/p"),
-    ("hierarchy propose foreign resolved", "hierarchy propose --resolved {foreign} --out {adir}/p.parquet"),
+    ("synthesize --hierarchy a folder", "adir: is a folder", "synthesize --out {adir}/s --hierarchy {adir}"),
+    (
+        "synthesize --hierarchy truncated",
+        "truncated.parquet: not a readable Parquet file",
+        "synthesize --out {adir}/s --hierarchy {truncated}",
+    ),
+    (
+        "synthesize --hierarchy foreign",
+        "foreign.parquet: missing column(s) landmark_id, category",
+        "synthesize --out {adir}/s --hierarchy {foreign}",
+    ),
+    (
+        "export --hierarchy truncated",
+        "truncated.parquet: not a readable Parquet file",
+        "export --metadata {meta} --out {adir}/e --hierarchy {truncated}",
+    ),
+    (
+        "export --hierarchy foreign",
+        "foreign.parquet: missing column(s) landmark_id",
+        "export --metadata {meta} --out {adir}/e --hierarchy {foreign}",
+    ),
+    (
+        "hierarchy graph foreign resolved",
+        "foreign.parquet: missing column(s) landmark_id, category, title",
+        "hierarchy graph --resolved {foreign} --out-dir {adir}/g",
+    ),
+    (
+        "hierarchy graph truncated resolved",
+        "truncated.parquet: not a readable Parquet file",
+        "hierarchy graph --resolved {truncated} --out-dir {adir}/g",
+    ),
+    (
+        "hierarchy propose no resolved",
+        "none.parquet: no such file (run `hglv2 hierarchy resolve` first)",
+        "hierarchy propose --resolved {adir}/none.parquet --out {adir}/p",
+    ),
+    (
+        "hierarchy propose foreign resolved",
+        "foreign.parquet: missing column(s) landmark_id",
+        "hierarchy propose --resolved {foreign} --out {adir}/p.parquet",
+    ),
     (
         "hierarchy propose without graph",
-        "hierarchy propose --resolved {resolved} --graph-dir {nographs} --out {adir}/p.parquet",
+        "graph_nodes.parquet: no such file (run `hglv2 hierarchy graph` first)",
+        "hierarchy propose --resolved {resolved} --clusters {clusters} --graph-dir {nographs} "
+        "--out {adir}/p.parquet",
     ),
     (
         "hierarchy propose --images categories",
+        "train_label_to_category.csv: missing column(s) id (--images takes",
         "hierarchy propose --resolved {resolved} --images {categories} --out {adir}/p.parquet",
     ),
-    ("hierarchy review truncated proposals", "hierarchy review --proposals {truncated}"),
-    ("hierarchy apply foreign proposals", "hierarchy apply --proposals {foreign} --out {adir}/h.parquet"),
-    ("hierarchy diff truncated", "hierarchy diff {truncated} {hierarchy}"),
-    ("hierarchy diff foreign", "hierarchy diff {hierarchy} {foreign}"),
-    ("hierarchy diff a folder", "hierarchy diff {adir} {hierarchy}"),
+    (
+        "hierarchy review truncated proposals",
+        "truncated.parquet: not a readable Parquet file",
+        "hierarchy review --proposals {truncated}",
+    ),
+    (
+        "hierarchy apply foreign proposals",
+        "foreign.parquet: missing column(s) landmark_id",
+        "hierarchy apply --proposals {foreign} --out {adir}/h.parquet",
+    ),
+    (
+        "hierarchy diff truncated",
+        "truncated.parquet: not a readable Parquet file",
+        "hierarchy diff {truncated} {hierarchy}",
+    ),
+    (
+        "hierarchy diff foreign",
+        "foreign.parquet: missing column(s) landmark_id",
+        "hierarchy diff {hierarchy} {foreign}",
+    ),
+    ("hierarchy diff a folder", "adir' is a directory", "hierarchy diff {adir} {hierarchy}"),
     # numbers that overflow, CSVs that are not what they claim
-    ("evaluate float32 overflow", "evaluate -e {huge} -l {labels}"),
-    ("evaluate submission header foo,bar", "evaluate --solution {solution} --submission {sub_foo}"),
-    ("evaluate submission unclosed quote", "evaluate --solution {solution} --submission {sub_quote}"),
+    ("evaluate float32 overflow", "huge.npy: embedding norms up to", "evaluate -e {huge} -l {labels}"),
+    (
+        "evaluate submission header foo,bar",
+        "sub_foo.csv:1: expected the header id,images, got 'foo,bar'",
+        "evaluate --solution {solution} --submission {sub_foo}",
+    ),
+    (
+        "evaluate submission unclosed quote",
+        "sub_quote.csv: malformed CSV (unexpected end of data)",
+        "evaluate --solution {solution} --submission {sub_quote}",
+    ),
     # usage errors: one Error line, then the --help hint
-    ("usage: unknown option", "evaluate --no-such-option"),
-    ("usage: missing argument", "hierarchy diff {hierarchy}"),
-    ("usage: bad choice", "evaluate --example --relevance nope"),
+    ("usage: unknown option", "No such option '--no-such-option'", "evaluate --no-such-option"),
+    ("usage: missing argument", "Missing argument 'B'", "hierarchy diff {hierarchy}"),
+    ("usage: bad choice", "'nope' is not one of", "evaluate --example --relevance nope"),
 ]
 
 
@@ -151,8 +288,8 @@ def work(tmp_path_factory):
     return tmp, _files(tmp)
 
 
-@pytest.mark.parametrize(("case", "line"), CASES, ids=[c for c, _ in CASES])
-def test_bad_input_is_one_error_line(work, cli_runner, monkeypatch, case, line):
+@pytest.mark.parametrize(("case", "expected", "line"), CASES, ids=[c for c, _, _ in CASES])
+def test_bad_input_is_one_error_line(work, cli_runner, monkeypatch, case, expected, line):
     import shlex
 
     tmp, files = work
@@ -164,7 +301,7 @@ def test_bad_input_is_one_error_line(work, cli_runner, monkeypatch, case, line):
     assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
     assert "Traceback" not in res.output
     assert sum(e.startswith("Error: ") for e in err) == 1, err
-    assert err[0].startswith("Error: "), err
+    assert err[0].startswith("Error: ") and expected in err[0], err
     # an option value rejected while parsing adds the usage hint: "Try 'hglv2 CMD --help' for help."
     assert all(e.startswith("Try '") and e.endswith("--help' for help.") for e in err[1:]), err
     assert len(err) <= 2, err
