@@ -114,24 +114,6 @@ def _write_json(path: Path | None, obj: Any) -> None:
         write_json(path, obj)
 
 
-def _image_counts(path: Path | None) -> dict[int, int]:
-    if path is None:
-        return {}
-    import pandas as pd
-
-    try:
-        s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    ids = pd.to_numeric(s, errors="coerce")
-    if ids.isna().any():
-        row = int(ids.isna().to_numpy().argmax())
-        raise InputError(f"{path}:{row + 2}: landmark_id {s.iloc[row]!r} is not an integer")
-    return {int(k): int(v) for k, v in ids.astype("int64").value_counts().items()}
-
-
 @click.group()
 def hierarchy() -> None:
     """The hierarchy pipeline: resolve, graph, propose, review, apply, diff, validate-anchors."""
@@ -149,24 +131,9 @@ def hierarchy() -> None:
 @_with_client
 def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
-    import pyarrow as pa
+    from hglv2.hierarchy.resolve import resolve_file
 
-    from hglv2.fileio import write_parquet
-    from hglv2.hierarchy.wikidata import RESOLVED_COLUMNS, read_categories, resolve_categories
-
-    rows = resolve_categories(client, read_categories(categories))
-    types = {"landmark_id": pa.int64(), "revision": pa.int64()}
-    table = pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.string())) for c in RESOLVED_COLUMNS})
-    write_parquet(table, out)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["resolution"]] = counts.get(r["resolution"], 0) + 1
-    res = {
-        "landmarks": len(rows),
-        "resolved": sum(1 for r in rows if r["qid"]),
-        "resolution": dict(sorted(counts.items())),
-        "requests": dict(sorted(client.stats.items())),
-    }
+    res = resolve_file(client, categories, out)
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
         click.echo(f"  {k:40s} {v}")
@@ -230,32 +197,13 @@ def propose(
     json_path: Path | None,
 ) -> None:
     """Propose supercategory, cluster and top per landmark; write the pending review list."""
-    import pandas as pd
-    import pyarrow as pa
-
-    from hglv2.fileio import atomic_open, write_parquet
-    from hglv2.hierarchy.clusters import load_clusters
-    from hglv2.hierarchy.clusters import propose as propose_
-    from hglv2.hierarchy.graph import load_graph
+    from hglv2.hierarchy.clusters import propose_files
 
     _require_stage_output(resolved, "resolve")
-    table = load_clusters(clusters)
-    g, aliases = load_graph(graph_dir)
-    proposals, pend = propose_(pd.read_parquet(resolved), g, aliases, table, _image_counts(images))
-    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
-    with atomic_open(pending) as fh:
-        pend.to_csv(fh, index=False, lineterminator="\n")
-    status = proposals["status"].value_counts().to_dict()
-    reasons = proposals["reason"].value_counts().sort_index().to_dict()
-    res = {
-        "landmarks": len(proposals),
-        "status": {k: int(v) for k, v in sorted(status.items())},
-        "pending_reasons": {k: int(v) for k, v in reasons.items()},
-        "pending_rows": len(pend),
-    }
+    res = propose_files(resolved, graph_dir, clusters, images, out, pending)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
-        f"({len(pend)} review rows) -> {out}, {pending}"
+        f"({res['pending_rows']} review rows) -> {out}, {pending}"
     )
     _write_json(json_path, res)
 
