@@ -575,3 +575,50 @@ def propose_files(
         "pending_reasons": {k: int(v) for k, v in reasons.items()},
         "pending_rows": len(pend),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# the review and apply stages on files
+
+
+def apply_files(
+    proposals: str | os.PathLike[str],
+    clusters: str | os.PathLike[str],
+    decisions: str | os.PathLike[str],
+    overrides: str | os.PathLike[str],
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """:func:`apply_reviews` on the files: ``(proposals, hierarchy table, warnings)``."""
+    props = pd.read_parquet(proposals)
+    table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
+    return props, table, warnings
+
+
+def proposal_image_counts(proposals: pd.DataFrame) -> dict[int, int]:
+    """``landmark_id -> n_images`` of the proposals table (the weights of :func:`coverage`)."""
+    return dict(zip(proposals["landmark_id"].astype(int), proposals["n_images"].astype(int), strict=True))
+
+
+def open_groups(proposals: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The landmarks still without a cluster after the reviews, and their groups.
+
+    Returns ``(open landmarks, groups)``: a group per supercategory QID (or per landmark when it has
+    none) with ``key``, ``label``, ``reason``, ``n_landmarks``, ``n_images``, sorted by images
+    (largest first), then key.
+    """
+    open_ = proposals.merge(table[["landmark_id", "hierarchical_label", "provenance"]], on="landmark_id")
+    open_ = open_[open_["hierarchical_label"].isna()]
+    key = open_["supercategory_qid"].fillna("landmark " + open_["landmark_id"].astype(str))
+    shown = open_["supercategory"].fillna(open_["label"]).fillna(open_["category"])
+    groups = (
+        open_.assign(key=key, supercategory=shown)
+        .groupby("key", sort=True)
+        .agg(
+            label=("supercategory", "first"),
+            reason=("reason", "first"),
+            n_landmarks=("landmark_id", "size"),
+            n_images=("n_images", "sum"),
+        )
+        .reset_index()
+        .sort_values(["n_images", "key"], ascending=[False, True], kind="stable")
+    )
+    return open_, groups
