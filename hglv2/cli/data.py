@@ -90,7 +90,7 @@ def download(
     Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
     size and sha256 recorded in the lock file at its first download.
     """
-    from hglv2.gldv2.download import download
+    from hglv2.gldv2.downloads import download
     from hglv2.gldv2.specs import DEFAULT_BASE_URL
 
     records = download(

@@ -5,10 +5,10 @@
 - :mod:`hglv2.gldv2.readers`: :func:`read_file`, the one validating reader of every GLDv2 file
   (no network), and its helpers (:func:`read_csv_strings`, :func:`hex_ids_to_uint64`,
   :func:`metadata_files`).
-- :mod:`hglv2.gldv2.download`: :func:`download` with its lock file and resume logic.
+- :mod:`hglv2.gldv2.downloads`: :func:`download` with its lock file and resume logic.
 """
 
-from hglv2.gldv2.download import LOCK_FORMAT, LOCK_NAME, FileRecord, download, read_lock
+from hglv2.gldv2.downloads import LOCK_FORMAT, LOCK_NAME, FileRecord, download, read_lock
 from hglv2.gldv2.readers import (
     ID_PATTERN,
     INT_PATTERN,
