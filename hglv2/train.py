@@ -25,7 +25,6 @@ import contextlib
 import copy
 import hashlib
 import importlib.resources
-import inspect
 import json
 import math
 import os
@@ -38,12 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, atomic_path, write_json
+from hglv2.losses.contrastive import ContrastiveLoss, contrastive_loss  # noqa: F401 (re-exported)
+from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -273,78 +273,6 @@ def config_digest(cfg: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # losses
-
-
-def contrastive_loss(
-    embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0
-) -> torch.Tensor:
-    r"""Contrastive loss (Hadsell et al. 2006) on Euclidean distances of L2-normalised embeddings.
-
-    .. math:: L = \frac{\sum_{(i,j) \in P} [d_{ij} - m_+]_+}{|\{(i,j) \in P: d_{ij} > m_+\}|}
-              + \frac{\sum_{(i,j) \in N} [m_- - d_{ij}]_+}{|\{(i,j) \in N: d_{ij} < m_-\}|}
-
-    over ordered pairs i != j, positives P sharing the finest label (column 0), negatives N not;
-    each term is averaged over its non-zero pairs (0 when there are none), as pytorch-metric-
-    learning's ``ContrastiveLoss`` with its defaults. embeddings (B, D), labels (B,) or (B, L).
-    """
-    lab = labels[:, 0] if labels.dim() == 2 else labels
-    x = F.normalize(embeddings.float(), dim=-1)
-    sq = (2.0 - 2.0 * x @ x.T).clamp(min=0.0)
-    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    d = torch.where(eye, torch.ones_like(sq), sq).sqrt()  # no sqrt(0) on the diagonal
-    same = lab[:, None] == lab[None, :]
-    pos = (d - pos_margin).clamp(min=0)[same & ~eye]
-    neg = (neg_margin - d).clamp(min=0)[~same]
-
-    def avg_nonzero(v: torch.Tensor) -> torch.Tensor:
-        n = (v > 0).sum()
-        return v.sum() / n.clamp(min=1)
-
-    return avg_nonzero(pos) + avg_nonzero(neg)
-
-
-class ContrastiveLoss(nn.Module):
-    """Module wrapper of :func:`contrastive_loss` (the classic baseline of the benchmark)."""
-
-    def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0) -> None:
-        super().__init__()
-        self.pos_margin, self.neg_margin = pos_margin, neg_margin
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, **_: Any) -> torch.Tensor:
-        return contrastive_loss(embeddings, labels, self.pos_margin, self.neg_margin)
-
-
-LOCAL_LOSSES: dict[str, type[nn.Module]] = {"Contrastive": ContrastiveLoss}
-
-
-def _loss_class(name: str) -> type[nn.Module]:
-    if name in LOCAL_LOSSES:
-        return LOCAL_LOSSES[name]
-    import hglv2.losses as losses_mod
-
-    cls = getattr(losses_mod, name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        known = sorted(set(LOCAL_LOSSES) | {n for n in getattr(losses_mod, "__all__", [])})
-        raise InputError(f"loss {name!r} is unknown (available: {', '.join(known)})")
-    return cls
-
-
-def build_loss(name: str, kwargs: dict[str, Any], **context: Any) -> nn.Module:
-    """Instantiate loss ``name`` (from :mod:`hglv2.losses` or :data:`LOCAL_LOSSES`).
-
-    ``context`` (``num_classes``, ``embedding_dim``) fills constructor arguments of those names that
-    ``kwargs`` does not give (the proxy losses need them).
-    """
-    cls = _loss_class(name)
-    params = inspect.signature(cls).parameters
-    args = dict(kwargs)
-    for key, value in context.items():
-        if key in params and key not in args:
-            args[key] = value
-    try:
-        return cls(**args)
-    except TypeError as exc:
-        raise InputError(f"loss {name}: bad arguments {args} ({exc})") from None
 
 
 def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
