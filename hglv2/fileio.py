@@ -252,7 +252,13 @@ def _sibling(out: Path, tag: str) -> Path:
 
 
 def _legacy_kind(folder: Path) -> str | None:
-    """The producer of a folder written before owner markers existed, from its ``manifest.json``."""
+    """The producer of a folder written before owner markers existed, from the files it holds."""
+    if (folder / "config.yaml").is_file() and any(
+        (folder / n).exists() for n in ("checkpoints", "log.jsonl", "metrics.json")
+    ):
+        return "train"
+    if (folder / "results.json").is_file() or (folder / "runs").is_dir():
+        return "benchmark"
     try:
         manifest = json.loads((folder / "manifest.json").read_text("utf-8"))
     except (OSError, ValueError):
@@ -305,6 +311,22 @@ def check_owner(folder: str | os.PathLike[str], kind: str) -> None:
             f"{folder}: is not empty and was not written by hglv2 {kind} (no {OWNER_FILE}); "
             "refusing to overwrite it (choose another folder)"
         )
+
+
+def claim_folder(folder: str | os.PathLike[str], kind: str) -> Path:
+    """Make ``folder`` the output folder of a ``kind`` command that writes into it file by file.
+
+    For folders that grow over several calls (a training run, a benchmark's runs) rather than being
+    replaced whole: :func:`check_owner`, then create the folder and its owner marker if missing.
+    Another command's folder or a foreign non-empty one is an :class:`InputError`.
+    """
+    folder = Path(folder)
+    check_owner(folder, kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OWNER_FILE
+    if not marker.is_file():
+        write_json(marker, {"kind": kind})
+    return folder
 
 
 @contextlib.contextmanager

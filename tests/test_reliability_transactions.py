@@ -513,3 +513,31 @@ def test_train_synthetic_refuses_an_export_folder_as_data_root(tmp_path, meta):
     )
     assert "Traceback" not in res.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_train_and_benchmark_never_write_into_another_commands_folder(tmp_path, meta, cli_runner):
+    export_dir = tmp_path / "export"
+    main(_export_args(meta, export_dir, "train"), standalone_mode=False)
+    exported = {p.name: p.read_bytes() for p in export_dir.iterdir()}
+    for args in (
+        ["train", "synthetic", "--out", str(export_dir), "--quiet"],
+        ["benchmark", "--out", str(export_dir), "--quiet"],
+    ):
+        res = cli_runner.invoke(main, args)
+        assert res.exit_code == 2, res.output
+        kind = args[0]
+        assert res.stderr.strip().splitlines() == [
+            f"Error: {export_dir}: holds the output of hglv2 export, not {kind}; refusing to overwrite it "
+            "(choose another folder)"
+        ]
+        assert {p.name: p.read_bytes() for p in export_dir.iterdir()} == exported
+    # a folder claimed by a run (or one from an earlier version: config.yaml + log) is not exported into
+    run = fileio.claim_folder(tmp_path / "run", "train")
+    assert fileio.folder_owner(run) == "train" and fileio.claim_folder(run, "train") == run
+    legacy = tmp_path / "old_run"
+    legacy.mkdir()
+    (legacy / "config.yaml").write_text("name: x\n")
+    (legacy / "log.jsonl").write_text("")
+    for folder, owner in ((run, "train"), (legacy, "train")):
+        res = cli_runner.invoke(main, _export_args(meta, folder))
+        assert res.exit_code == 2 and f"holds the output of hglv2 {owner}, not export" in res.stderr
