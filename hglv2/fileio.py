@@ -114,8 +114,18 @@ def commit_together() -> Iterator[None]:
         raise
     finally:
         _GROUP.reset(token)
-    for tmp, path in pending:
-        os.replace(tmp, path)
+    try:
+        for _, path in pending:  # the one failure a rename can meet here: the target is a folder
+            if path.is_dir():
+                raise InputError(f"{path}: is a folder, not a file")
+        while pending:
+            tmp, path = pending[0]
+            os.replace(tmp, path)
+            del pending[0]
+    finally:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -341,9 +351,12 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
     shown = folder
     folder = Path(os.path.realpath(folder))
-    folder.parent.mkdir(parents=True, exist_ok=True)
     lock = _sibling(folder, "lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot write a folder here ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -333,6 +333,23 @@ def test_commit_together_renames_all_or_nothing(tmp_path):
             fh.write("newer a")
     assert (a.read_text(), json.loads(b.read_text())) == ("newer a", [1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.json"]
+    # a target that is a folder stops the group before any rename
+    (tmp_path / "c").mkdir()
+    with pytest.raises(InputError, match="c: is a folder, not a file"):
+        with commit_together():
+            write_json(a, "x")
+            write_json(tmp_path / "c", "y")
+    assert a.read_text() == "newer a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.json", "c"]
+
+
+def test_an_output_folder_that_cannot_exist_is_an_error(tmp_path, meta, cli_runner):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out"
+    res = cli_runner.invoke(main, _export_args(meta, out))
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"Error: {out}: cannot write a folder here (File exists)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "meta"]
 
 
 def _apply_args(out: Path, decisions: Path, csv_out: Path) -> list[str]:
