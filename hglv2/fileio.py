@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -379,23 +380,16 @@ def recover_folder(out: str | os.PathLike[str]) -> list[Path]:
     removed: list[Path] = []
     if not out.parent.is_dir():
         return removed
-    for entry in sorted(out.parent.glob(f".{glob_escape(out.name)}.old-*")):
+    for entry in sorted(out.parent.glob(f".{glob.escape(out.name)}.old-*")):
         if not out.exists():
             os.rename(entry, out)
         else:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
-    for entry in sorted(out.parent.glob(f".{glob_escape(out.name)}.staging-*")):
+    for entry in sorted(out.parent.glob(f".{glob.escape(out.name)}.staging-*")):
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with the glob metacharacters escaped."""
-    import glob
-
-    return glob.escape(name)
 
 
 @contextlib.contextmanager
