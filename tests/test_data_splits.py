@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hglv2.errors import InputError
-from hglv2.gldv2 import write_example
 from hglv2.schema import SPLIT_COLUMNS, image_relpath
 from hglv2.splits import HierarchyIndex, export, image_paths
+from tests.fixtures.gldv2_example import write_example
 
 
 def _csv(path):
@@ -135,6 +135,7 @@ def test_export_is_byte_identical(tmp_path):
         export(meta, tmp_path / out, command=["hglv2", "export"], row_group_size=7)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == [
+        ".hglv2-owner.json",  # the owner marker of hglv2.fileio.folder_transaction
         "README.md",
         "index.parquet",
         "manifest.json",

@@ -44,7 +44,7 @@ def _files(tmp: Path) -> dict[str, str]:
     f["nographs"] = tmp / "nographs"  # a graph folder without the graph files
     f["nographs"].mkdir()
     f["resolved"] = tmp / "resolved.parquet"  # columns of a resolved table, no rows
-    from hglv2.hierarchy.wikidata import RESOLVED_COLUMNS
+    from hglv2.hierarchy.resolve import RESOLVED_COLUMNS
 
     pq.write_table(pa.table({c: pa.array([], pa.string()) for c in RESOLVED_COLUMNS}), f["resolved"])
     f["hierarchy"] = SAMPLE_HIERARCHY
@@ -62,7 +62,7 @@ def _files(tmp: Path) -> dict[str, str]:
     f["labels"] = tmp / "labels.npy"
     np.save(f["labels"], np.repeat(np.arange(4), 3))
     f["meta"] = tmp / "meta"
-    from hglv2.gldv2 import write_example
+    from tests.fixtures.gldv2_example import write_example
 
     write_example(f["meta"], seed=3)
     f["suite"] = tmp / "suite.yaml"
@@ -276,9 +276,16 @@ CASES = [
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` with its size and mtime.
+
+    Left out: the empty ``.<out>.lock`` files of :func:`hglv2.fileio.folder_transaction`, which
+    stay beside an output folder by design (a lock file is never deleted, or two writers could
+    lock two different files).
+    """
     return {
         str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
         for p in sorted(folder.rglob("*"))
+        if not (p.name.startswith(".") and p.name.endswith(".lock") and p.stat().st_size == 0)
     }
 
 

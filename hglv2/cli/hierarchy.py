@@ -152,7 +152,7 @@ def _with_client(f):
 
 
 _STAGE_COLUMNS = {  # stage -> (module, constant naming the columns of its Parquet output)
-    "resolve": ("hglv2.hierarchy.wikidata", "RESOLVED_COLUMNS"),
+    "resolve": ("hglv2.hierarchy.resolve", "RESOLVED_COLUMNS"),
     "propose": ("hglv2.hierarchy.clusters", "PROPOSAL_COLUMNS"),
 }
 
@@ -168,39 +168,17 @@ def _read_stage_output(path: Path, stage: str):
     return read_parquet_checked(path, columns, f"run `hglv2 hierarchy {stage}` first")
 
 
+def _require_stage_output(path: Path, stage: str) -> None:
+    """Stop with an Error line when the output of an earlier stage is missing."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file (run `hglv2 hierarchy {stage}` first)")
+
+
 def _write_json(path: Path | None, obj: Any) -> None:
     if path is not None:
         from hglv2.fileio import write_json
 
         write_json(path, obj)
-
-
-def _image_counts(path: Path | None) -> dict[int, int]:
-    if path is None:
-        return {}
-    import pandas as pd
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such file (--images)")
-    try:
-        head = pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
-    missing = [c for c in ("id", "landmark_id") if c not in head]
-    if missing:  # e.g. a *_label_to_category.csv: one row per landmark, not per image
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (--images takes the GLDv2 train.csv: "
-            f"id,url,landmark_id; this file has: {', '.join(map(str, head))})"
-        )
-    try:
-        s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: {exc}") from None
-    ids = pd.to_numeric(s, errors="coerce")
-    if ids.isna().any():
-        row = int(ids.isna().to_numpy().argmax())
-        raise InputError(f"{path}:{row + 2}: landmark_id {s.iloc[row]!r} is not an integer")
-    return {int(k): int(v) for k, v in ids.astype("int64").value_counts().items()}
 
 
 @click.group()
@@ -220,24 +198,9 @@ def hierarchy() -> None:
 @_with_client
 def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
-    import pyarrow as pa
+    from hglv2.hierarchy.resolve import resolve_file
 
-    from hglv2.fileio import write_parquet
-    from hglv2.hierarchy.wikidata import RESOLVED_COLUMNS, read_categories, resolve_categories
-
-    rows = resolve_categories(client, read_categories(categories))
-    types = {"landmark_id": pa.int64(), "revision": pa.int64()}
-    table = pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.string())) for c in RESOLVED_COLUMNS})
-    write_parquet(table, out)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["resolution"]] = counts.get(r["resolution"], 0) + 1
-    res = {
-        "landmarks": len(rows),
-        "resolved": sum(1 for r in rows if r["qid"]),
-        "resolution": dict(sorted(counts.items())),
-        "requests": dict(sorted(client.stats.items())),
-    }
+    res = resolve_file(client, categories, out)
     _write_json(json_path, res)  # files first: a closed stdout (| head) must not lose them
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
@@ -296,33 +259,14 @@ def propose(
     json_path: Path | None,
 ) -> None:
     """Propose supercategory, cluster and top per landmark; write the pending review list."""
-    import pyarrow as pa
+    from hglv2.hierarchy.clusters import propose_files
 
-    from hglv2.fileio import atomic_open, write_parquet
-    from hglv2.hierarchy.clusters import load_clusters
-    from hglv2.hierarchy.clusters import propose as propose_
-    from hglv2.hierarchy.graph import load_graph
-
-    counts = _image_counts(images)
-    resolved_df = _read_stage_output(resolved, "resolve").to_pandas()
-    table = load_clusters(clusters)
-    g, aliases = load_graph(graph_dir)
-    proposals, pend = propose_(resolved_df, g, aliases, table, counts)
-    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
-    with atomic_open(pending) as fh:
-        pend.to_csv(fh, index=False, lineterminator="\n")
-    status = proposals["status"].value_counts().to_dict()
-    reasons = proposals["reason"].value_counts().sort_index().to_dict()
-    res = {
-        "landmarks": len(proposals),
-        "status": {k: int(v) for k, v in sorted(status.items())},
-        "pending_reasons": {k: int(v) for k, v in reasons.items()},
-        "pending_rows": len(pend),
-    }
+    _require_stage_output(resolved, "resolve")
+    res = propose_files(resolved, graph_dir, clusters, images, out, pending)
     _write_json(json_path, res)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
-        f"({len(pend)} review rows) -> {out}, {pending}"
+        f"({res['pending_rows']} review rows) -> {out}, {pending}"
     )
 
 
@@ -340,11 +284,10 @@ def _review_inputs(f):
 
 
 def _apply(proposals: Path, clusters: Path, decisions: Path, overrides: Path):
+    from hglv2.hierarchy.clusters import apply_files
 
-    from hglv2.hierarchy.clusters import apply_reviews, load_clusters
-
-    props = _read_stage_output(proposals, "propose").to_pandas()
-    table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
+    _require_stage_output(proposals, "propose")
+    props, table, warnings = apply_files(proposals, clusters, decisions, overrides)
     for w in warnings:
         click.echo(f"Warning: {w}", err=True)
     return props, table, warnings
@@ -366,27 +309,11 @@ def review(
     proposals: Path, clusters: Path, decisions: Path, overrides: Path, n_top: int, json_path: Path | None
 ) -> None:
     """Print what is still pending after the decisions/overrides, and the coverage per level."""
-    from hglv2.hierarchy.clusters import coverage
+    from hglv2.hierarchy.clusters import coverage, open_groups, proposal_image_counts
 
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
-    counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
-    cov = coverage(table, counts)
-    open_ = props.merge(table[["landmark_id", "hierarchical_label", "provenance"]], on="landmark_id")
-    open_ = open_[open_["hierarchical_label"].isna()]
-    key = open_["supercategory_qid"].fillna("landmark " + open_["landmark_id"].astype(str))
-    shown = open_["supercategory"].fillna(open_["label"]).fillna(open_["category"])
-    groups = (
-        open_.assign(key=key, supercategory=shown)
-        .groupby("key", sort=True)
-        .agg(
-            label=("supercategory", "first"),
-            reason=("reason", "first"),
-            n_landmarks=("landmark_id", "size"),
-            n_images=("n_images", "sum"),
-        )
-        .reset_index()
-        .sort_values(["n_images", "key"], ascending=[False, True], kind="stable")
-    )
+    cov = coverage(table, proposal_image_counts(props))
+    open_, groups = open_groups(props, table)
     _write_json(
         json_path,
         {
@@ -425,15 +352,16 @@ def apply_cmd(
     json_path: Path | None,
 ) -> None:
     """Validate the review CSVs and write the hierarchy table (with provenance)."""
-    from hglv2.hierarchy.clusters import coverage
+    from hglv2.fileio import commit_together
+    from hglv2.hierarchy.clusters import coverage, proposal_image_counts
     from hglv2.hierarchy.labels import write_hierarchy_table
 
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
-    write_hierarchy_table(table, out)
-    if csv_out is not None:
-        write_hierarchy_table(table, csv_out)
-    counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
-    cov = coverage(table, counts)
+    with commit_together():  # the table and its CSV copy: both new or both old
+        write_hierarchy_table(table, out)
+        if csv_out is not None:
+            write_hierarchy_table(table, csv_out)
+    cov = coverage(table, proposal_image_counts(props))
     _write_json(json_path, {"coverage": cov, "warnings": warnings})
     click.echo(f"hierarchy table: {len(table)} landmarks -> {out}")
     _print_coverage(cov)
@@ -465,36 +393,11 @@ def diff(
     json_path: Path | None,
 ) -> None:
     """Compare hierarchy tables A and B (ours: .parquet/.csv; published *_to_hierarchical.csv)."""
-    from hglv2.fileio import atomic_open
-    from hglv2.hierarchy.labels import diff_tables, load_hierarchy_table
-    from hglv2.hierarchy.labels import seed_decisions as seed
+    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary
 
-    table_a, table_b = load_hierarchy_table(a), load_hierarchy_table(b)
-    res = diff_tables(table_a, table_b)
+    res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
+    _write_json(json_path, diff_summary(res))  # files first: a closed stdout (| head) must not lose them
     lm = res["landmarks"]
-    conf = res["confusion"]
-    dis = res["disagreements"]
-    if out_csv is not None:
-        with atomic_open(out_csv) as fh:
-            dis.to_csv(fh, index=False, lineterminator="\n")
-    if seed_decisions is not None:
-        with atomic_open(seed_decisions) as fh:
-            seed(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
-    if confusion_csv is not None:
-        with atomic_open(confusion_csv) as fh:
-            conf.to_csv(fh, lineterminator="\n")
-    _write_json(
-        json_path,
-        {
-            "landmarks": lm,
-            "levels": res["levels"],
-            "disagreements": len(dis),
-            "confusion": {
-                str(r): {str(c): int(conf.loc[r, c]) for c in conf.columns if conf.loc[r, c]}
-                for r in conf.index
-            },
-        },
-    )
     click.echo(
         f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
         f"only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
@@ -503,13 +406,7 @@ def diff(
     for lev, s in res["levels"].items():
         agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
         click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
-    off = [
-        (ra, cb, int(conf.loc[ra, cb]))
-        for ra in conf.index
-        for cb in conf.columns
-        if ra != cb and conf.loc[ra, cb] > 0
-    ]
-    off.sort(key=lambda t: (-t[2], t[0], t[1]))
+    off = confusion_pairs(res["confusion"])
     if off:
         click.echo("  largest cluster confusions (A -> B: landmarks):")
         for ra, cb, n in off[:10]:
