@@ -140,3 +140,12 @@ def test_benchmark_workers_die_with_the_benchmark(suite, tmp_path, how, expected
     err = proc.stderr.read().decode()
     assert rc == expected_rc, err
     assert "Traceback" not in err, err
+
+
+def test_progress_reads_the_last_logged_step(tmp_path):
+    from hglv2.benchmark import _last_step
+
+    assert _last_step(str(tmp_path)) == 0  # no log yet
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(f'{{"step": {s}, "loss": 0.5}}\n' for s in range(1, 2000)) + '{"step": 20')
+    assert _last_step(str(tmp_path)) == 1999  # a line being written is skipped
