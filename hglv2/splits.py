@@ -50,7 +50,7 @@ import pyarrow.csv as pacsv
 from hglv2 import __version__
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, sha256_file, write_json, write_parquet
-from hglv2.gldv2 import metadata_files, read_file
+from hglv2.gldv2.readers import metadata_files, read_file
 from hglv2.hierarchy.labels import load_hierarchy_table
 from hglv2.schema import HIERARCHY_COLUMNS, LEVEL_COLUMNS, SPLIT_COLUMNS
 

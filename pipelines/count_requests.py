@@ -22,7 +22,8 @@ from fake_wikidata import FakeWikidata  # noqa: E402
 from make_sample import build_world  # noqa: E402
 
 from hglv2.hierarchy.graph import fetch_graph  # noqa: E402
-from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient, resolve_categories  # noqa: E402
+from hglv2.hierarchy.resolve import resolve_categories  # noqa: E402
+from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient  # noqa: E402
 
 
 def main() -> None:

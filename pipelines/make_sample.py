@@ -389,7 +389,8 @@ def build_world(n_landmarks: int = 300, seed: int = SEED):
 def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
     from hglv2.hierarchy.clusters import load_clusters, validate_anchors
     from hglv2.hierarchy.graph import fetch_graph
-    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient, resolve_categories
+    from hglv2.hierarchy.resolve import resolve_categories
+    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 
     rng = random.Random(SEED + 1)
     world, landmarks = build_world(n_landmarks)
@@ -459,7 +460,7 @@ def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
         cache = ResponseCache(Path(tmp) / "cache.sqlite")
         with FakeWikidata(world) as server:
             client = WikidataClient(cache, api_url=server.api_url, sparql_url=server.sparql_url)
-            from hglv2.hierarchy.wikidata import read_categories
+            from hglv2.hierarchy.resolve import read_categories
 
             resolved = resolve_categories(client, read_categories(out / "train_label_to_category.csv"))
             fetch_graph(client, resolved)

@@ -7,7 +7,7 @@ import json
 from test_data_network import TEST, TRAIN, FlakyServer
 
 from hglv2.cli import main
-from hglv2.gldv2 import write_example
+from tests.fixtures.gldv2_example import write_example
 
 
 def _err(res):

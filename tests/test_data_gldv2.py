@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hglv2.errors import InputError
-from hglv2.gldv2 import FILES, file_url, hex_ids_to_uint64, read_file, spec_for, write_example
+from hglv2.gldv2.readers import hex_ids_to_uint64, read_file
+from hglv2.gldv2.specs import FILES, file_url, spec_for
+from tests.fixtures.gldv2_example import write_example
 
 A = "0123456789abcdef"
 B = "fedcba9876543210"

@@ -1,4 +1,4 @@
-"""hglv2.http and hglv2.gldv2.download against a flaky HTTP server on 127.0.0.1."""
+"""hglv2.http and hglv2.gldv2.downloads against a flaky HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import requests
 from hglv2 import __version__
 from hglv2.errors import InputError, NetworkError
 from hglv2.fileio import sha256_file
-from hglv2.gldv2 import LOCK_NAME, download, read_lock
+from hglv2.gldv2.downloads import LOCK_NAME, download, read_lock
 from hglv2.http import (
     backoff_delay,
     check_url,

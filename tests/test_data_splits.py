@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hglv2.errors import InputError
-from hglv2.gldv2 import write_example
 from hglv2.schema import SPLIT_COLUMNS, image_relpath
 from hglv2.splits import HierarchyIndex, export, image_paths
+from tests.fixtures.gldv2_example import write_example
 
 
 def _csv(path):

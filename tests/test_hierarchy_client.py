@@ -208,7 +208,7 @@ def test_parse_item_ranks_and_redirects(world, tmp_path):
 def test_p373_fallback_escapes_sparql_literals(tmp_path):
     from make_sample import _entity
 
-    from hglv2.hierarchy.wikidata import resolve_categories
+    from hglv2.hierarchy.resolve import resolve_categories
 
     name = 'Tower "Big" \\ Old'
     ents = {

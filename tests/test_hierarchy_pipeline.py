@@ -16,7 +16,8 @@ import hglv2.cli.hierarchy as cli_hierarchy
 from hglv2.cli import main
 from hglv2.hierarchy.clusters import load_clusters, propose
 from hglv2.hierarchy.graph import fetch_graph, find_cycles
-from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient, resolve_categories
+from hglv2.hierarchy.resolve import resolve_categories
+from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"

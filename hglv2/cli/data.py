@@ -90,12 +90,13 @@ def download(
     Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
     size and sha256 recorded in the lock file at its first download.
     """
-    from hglv2 import gldv2
+    from hglv2.gldv2.downloads import download
+    from hglv2.gldv2.specs import DEFAULT_BASE_URL
 
-    records = gldv2.download(
+    records = download(
         names or None,
         dest,
-        base_url=base_url or gldv2.DEFAULT_BASE_URL,
+        base_url=base_url or DEFAULT_BASE_URL,
         offline=offline,
         lock_path=lock_path,
         contact=contact,

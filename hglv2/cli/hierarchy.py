@@ -114,24 +114,6 @@ def _write_json(path: Path | None, obj: Any) -> None:
         write_json(path, obj)
 
 
-def _image_counts(path: Path | None) -> dict[int, int]:
-    if path is None:
-        return {}
-    import pandas as pd
-
-    try:
-        s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    ids = pd.to_numeric(s, errors="coerce")
-    if ids.isna().any():
-        row = int(ids.isna().to_numpy().argmax())
-        raise InputError(f"{path}:{row + 2}: landmark_id {s.iloc[row]!r} is not an integer")
-    return {int(k): int(v) for k, v in ids.astype("int64").value_counts().items()}
-
-
 @click.group()
 def hierarchy() -> None:
     """The hierarchy pipeline: resolve, graph, propose, review, apply, diff, validate-anchors."""
@@ -149,24 +131,9 @@ def hierarchy() -> None:
 @_with_client
 def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
-    import pyarrow as pa
+    from hglv2.hierarchy.resolve import resolve_file
 
-    from hglv2.fileio import write_parquet
-    from hglv2.hierarchy.wikidata import RESOLVED_COLUMNS, read_categories, resolve_categories
-
-    rows = resolve_categories(client, read_categories(categories))
-    types = {"landmark_id": pa.int64(), "revision": pa.int64()}
-    table = pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.string())) for c in RESOLVED_COLUMNS})
-    write_parquet(table, out)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["resolution"]] = counts.get(r["resolution"], 0) + 1
-    res = {
-        "landmarks": len(rows),
-        "resolved": sum(1 for r in rows if r["qid"]),
-        "resolution": dict(sorted(counts.items())),
-        "requests": dict(sorted(client.stats.items())),
-    }
+    res = resolve_file(client, categories, out)
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
         click.echo(f"  {k:40s} {v}")
@@ -230,32 +197,13 @@ def propose(
     json_path: Path | None,
 ) -> None:
     """Propose supercategory, cluster and top per landmark; write the pending review list."""
-    import pandas as pd
-    import pyarrow as pa
-
-    from hglv2.fileio import atomic_open, write_parquet
-    from hglv2.hierarchy.clusters import load_clusters
-    from hglv2.hierarchy.clusters import propose as propose_
-    from hglv2.hierarchy.graph import load_graph
+    from hglv2.hierarchy.clusters import propose_files
 
     _require_stage_output(resolved, "resolve")
-    table = load_clusters(clusters)
-    g, aliases = load_graph(graph_dir)
-    proposals, pend = propose_(pd.read_parquet(resolved), g, aliases, table, _image_counts(images))
-    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
-    with atomic_open(pending) as fh:
-        pend.to_csv(fh, index=False, lineterminator="\n")
-    status = proposals["status"].value_counts().to_dict()
-    reasons = proposals["reason"].value_counts().sort_index().to_dict()
-    res = {
-        "landmarks": len(proposals),
-        "status": {k: int(v) for k, v in sorted(status.items())},
-        "pending_reasons": {k: int(v) for k, v in reasons.items()},
-        "pending_rows": len(pend),
-    }
+    res = propose_files(resolved, graph_dir, clusters, images, out, pending)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
-        f"({len(pend)} review rows) -> {out}, {pending}"
+        f"({res['pending_rows']} review rows) -> {out}, {pending}"
     )
     _write_json(json_path, res)
 
@@ -274,13 +222,10 @@ def _review_inputs(f):
 
 
 def _apply(proposals: Path, clusters: Path, decisions: Path, overrides: Path):
-    import pandas as pd
-
-    from hglv2.hierarchy.clusters import apply_reviews, load_clusters
+    from hglv2.hierarchy.clusters import apply_files
 
     _require_stage_output(proposals, "propose")
-    props = pd.read_parquet(proposals)
-    table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
+    props, table, warnings = apply_files(proposals, clusters, decisions, overrides)
     for w in warnings:
         click.echo(f"Warning: {w}", err=True)
     return props, table, warnings
@@ -302,27 +247,11 @@ def review(
     proposals: Path, clusters: Path, decisions: Path, overrides: Path, n_top: int, json_path: Path | None
 ) -> None:
     """Print what is still pending after the decisions/overrides, and the coverage per level."""
-    from hglv2.hierarchy.clusters import coverage
+    from hglv2.hierarchy.clusters import coverage, open_groups, proposal_image_counts
 
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
-    counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
-    cov = coverage(table, counts)
-    open_ = props.merge(table[["landmark_id", "hierarchical_label", "provenance"]], on="landmark_id")
-    open_ = open_[open_["hierarchical_label"].isna()]
-    key = open_["supercategory_qid"].fillna("landmark " + open_["landmark_id"].astype(str))
-    shown = open_["supercategory"].fillna(open_["label"]).fillna(open_["category"])
-    groups = (
-        open_.assign(key=key, supercategory=shown)
-        .groupby("key", sort=True)
-        .agg(
-            label=("supercategory", "first"),
-            reason=("reason", "first"),
-            n_landmarks=("landmark_id", "size"),
-            n_images=("n_images", "sum"),
-        )
-        .reset_index()
-        .sort_values(["n_images", "key"], ascending=[False, True], kind="stable")
-    )
+    cov = coverage(table, proposal_image_counts(props))
+    open_, groups = open_groups(props, table)
     click.echo(f"{len(open_)} landmark(s) without a cluster, in {len(groups)} group(s); largest first:")
     for r in groups.head(n_top).itertuples(index=False):
         click.echo(
@@ -361,15 +290,14 @@ def apply_cmd(
     json_path: Path | None,
 ) -> None:
     """Validate the review CSVs and write the hierarchy table (with provenance)."""
-    from hglv2.hierarchy.clusters import coverage
+    from hglv2.hierarchy.clusters import coverage, proposal_image_counts
     from hglv2.hierarchy.labels import write_hierarchy_table
 
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
     write_hierarchy_table(table, out)
     if csv_out is not None:
         write_hierarchy_table(table, csv_out)
-    counts = dict(zip(props["landmark_id"].astype(int), props["n_images"].astype(int), strict=True))
-    cov = coverage(table, counts)
+    cov = coverage(table, proposal_image_counts(props))
     click.echo(f"hierarchy table: {len(table)} landmarks -> {out}")
     _print_coverage(cov)
     _write_json(json_path, {"coverage": cov, "warnings": warnings})
@@ -401,12 +329,9 @@ def diff(
     json_path: Path | None,
 ) -> None:
     """Compare hierarchy tables A and B (ours: .parquet/.csv; published *_to_hierarchical.csv)."""
-    from hglv2.fileio import atomic_open
-    from hglv2.hierarchy.labels import diff_tables, load_hierarchy_table
-    from hglv2.hierarchy.labels import seed_decisions as seed
+    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary
 
-    table_a, table_b = load_hierarchy_table(a), load_hierarchy_table(b)
-    res = diff_tables(table_a, table_b)
+    res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
     lm = res["landmarks"]
     click.echo(
         f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
@@ -416,40 +341,12 @@ def diff(
     for lev, s in res["levels"].items():
         agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
         click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
-    conf = res["confusion"]
-    off = [
-        (ra, cb, int(conf.loc[ra, cb]))
-        for ra in conf.index
-        for cb in conf.columns
-        if ra != cb and conf.loc[ra, cb] > 0
-    ]
-    off.sort(key=lambda t: (-t[2], t[0], t[1]))
+    off = confusion_pairs(res["confusion"])
     if off:
         click.echo("  largest cluster confusions (A -> B: landmarks):")
         for ra, cb, n in off[:10]:
             click.echo(f"    {ra} -> {cb}: {n}")
-    dis = res["disagreements"]
-    if out_csv is not None:
-        with atomic_open(out_csv) as fh:
-            dis.to_csv(fh, index=False, lineterminator="\n")
-    if seed_decisions is not None:
-        with atomic_open(seed_decisions) as fh:
-            seed(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
-    if confusion_csv is not None:
-        with atomic_open(confusion_csv) as fh:
-            conf.to_csv(fh, lineterminator="\n")
-    _write_json(
-        json_path,
-        {
-            "landmarks": lm,
-            "levels": res["levels"],
-            "disagreements": len(dis),
-            "confusion": {
-                str(r): {str(c): int(conf.loc[r, c]) for c in conf.columns if conf.loc[r, c]}
-                for r in conf.index
-            },
-        },
-    )
+    _write_json(json_path, diff_summary(res))
 
 
 @hierarchy.command("validate-anchors")

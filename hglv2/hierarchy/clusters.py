@@ -518,3 +518,107 @@ def coverage(table: pd.DataFrame, image_counts: Mapping[int, int] | None = None)
             if not pd.isna(k)
         }
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the propose stage on files
+
+
+def image_counts(path: str | os.PathLike[str] | None) -> dict[int, int]:
+    """Images per landmark in a GLDv2 ``train.csv`` (its ``landmark_id`` column); ``{}`` for None."""
+    if path is None:
+        return {}
+    try:
+        s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    ids = pd.to_numeric(s, errors="coerce")
+    if ids.isna().any():
+        row = int(ids.isna().to_numpy().argmax())
+        raise InputError(f"{path}:{row + 2}: landmark_id {s.iloc[row]!r} is not an integer")
+    return {int(k): int(v) for k, v in ids.astype("int64").value_counts().items()}
+
+
+def propose_files(
+    resolved: str | os.PathLike[str],
+    graph_dir: str | os.PathLike[str],
+    clusters: str | os.PathLike[str],
+    images: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    pending: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """The propose stage: :func:`propose` over the resolved table and the class graph on disk.
+
+    Writes the proposals (Parquet, ``out``) and the review list (CSV, ``pending``); ``images`` is
+    an optional ``train.csv`` whose image counts sort the review list. Returns the summary:
+    ``landmarks``, ``status`` (count per status), ``pending_reasons`` (count per reason),
+    ``pending_rows``.
+    """
+    import pyarrow as pa
+
+    from hglv2.fileio import atomic_open, write_parquet
+    from hglv2.hierarchy.graph import load_graph
+
+    table = load_clusters(clusters)
+    g, aliases = load_graph(graph_dir)
+    proposals, pend = propose(pd.read_parquet(resolved), g, aliases, table, image_counts(images))
+    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
+    with atomic_open(pending) as fh:
+        pend.to_csv(fh, index=False, lineterminator="\n")
+    status = proposals["status"].value_counts().to_dict()
+    reasons = proposals["reason"].value_counts().sort_index().to_dict()
+    return {
+        "landmarks": len(proposals),
+        "status": {k: int(v) for k, v in sorted(status.items())},
+        "pending_reasons": {k: int(v) for k, v in reasons.items()},
+        "pending_rows": len(pend),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the review and apply stages on files
+
+
+def apply_files(
+    proposals: str | os.PathLike[str],
+    clusters: str | os.PathLike[str],
+    decisions: str | os.PathLike[str],
+    overrides: str | os.PathLike[str],
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """:func:`apply_reviews` on the files: ``(proposals, hierarchy table, warnings)``."""
+    props = pd.read_parquet(proposals)
+    table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
+    return props, table, warnings
+
+
+def proposal_image_counts(proposals: pd.DataFrame) -> dict[int, int]:
+    """``landmark_id -> n_images`` of the proposals table (the weights of :func:`coverage`)."""
+    return dict(zip(proposals["landmark_id"].astype(int), proposals["n_images"].astype(int), strict=True))
+
+
+def open_groups(proposals: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The landmarks still without a cluster after the reviews, and their groups.
+
+    Returns ``(open landmarks, groups)``: a group per supercategory QID (or per landmark when it has
+    none) with ``key``, ``label``, ``reason``, ``n_landmarks``, ``n_images``, sorted by images
+    (largest first), then key.
+    """
+    open_ = proposals.merge(table[["landmark_id", "hierarchical_label", "provenance"]], on="landmark_id")
+    open_ = open_[open_["hierarchical_label"].isna()]
+    key = open_["supercategory_qid"].fillna("landmark " + open_["landmark_id"].astype(str))
+    shown = open_["supercategory"].fillna(open_["label"]).fillna(open_["category"])
+    groups = (
+        open_.assign(key=key, supercategory=shown)
+        .groupby("key", sort=True)
+        .agg(
+            label=("supercategory", "first"),
+            reason=("reason", "first"),
+            n_landmarks=("landmark_id", "size"),
+            n_images=("n_images", "sum"),
+        )
+        .reset_index()
+        .sort_values(["n_images", "key"], ascending=[False, True], kind="stable")
+    )
+    return open_, groups

@@ -220,3 +220,64 @@ def seed_decisions(a: pd.DataFrame, b: pd.DataFrame, min_landmarks: int = 1) -> 
             }
         )
     return pd.DataFrame(rows, columns=["supercategory_qid", "supercategory", "cluster", "reason"])
+
+
+# --------------------------------------------------------------------------------------------
+# the diff stage on files
+
+
+def confusion_pairs(conf: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """The off-diagonal cells of a :func:`diff_tables` confusion table, largest first:
+    ``(cluster in A, cluster in B, landmarks)``, ties by name."""
+    off = [
+        (ra, cb, int(conf.loc[ra, cb]))
+        for ra in conf.index
+        for cb in conf.columns
+        if ra != cb and conf.loc[ra, cb] > 0
+    ]
+    off.sort(key=lambda t: (-t[2], t[0], t[1]))
+    return off
+
+
+def diff_summary(res: dict) -> dict:
+    """The JSON-ready summary of :func:`diff_tables`: landmarks, levels, the number of
+    disagreements and the non-zero cells of the confusion table."""
+    conf = res["confusion"]
+    return {
+        "landmarks": res["landmarks"],
+        "levels": res["levels"],
+        "disagreements": len(res["disagreements"]),
+        "confusion": {
+            str(r): {str(c): int(conf.loc[r, c]) for c in conf.columns if conf.loc[r, c]} for r in conf.index
+        },
+    }
+
+
+def diff_files(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    out_csv: str | os.PathLike[str] | None = None,
+    seed_decisions_csv: str | os.PathLike[str] | None = None,
+    confusion_csv: str | os.PathLike[str] | None = None,
+) -> dict:
+    """The diff stage: :func:`diff_tables` of the tables in files ``a`` and ``b``.
+
+    Optionally writes the disagreements (``out_csv``), the :func:`seed_decisions` rows
+    (``seed_decisions_csv``) and the confusion table (``confusion_csv``). Returns the result of
+    :func:`diff_tables`.
+    """
+    from hglv2.fileio import atomic_open
+
+    table_a, table_b = load_hierarchy_table(a), load_hierarchy_table(b)
+    res = diff_tables(table_a, table_b)
+    if out_csv is not None:
+        with atomic_open(out_csv) as fh:
+            res["disagreements"].to_csv(fh, index=False, lineterminator="\n")
+    if seed_decisions_csv is not None:
+        with atomic_open(seed_decisions_csv) as fh:
+            seed_decisions(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
+    if confusion_csv is not None:
+        with atomic_open(confusion_csv) as fh:
+            res["confusion"].to_csv(fh, lineterminator="\n")
+    return res

@@ -1,0 +1,135 @@
+"""The public GLDv2 metadata files: names, folders, columns and URLs.
+
+Files (https://github.com/cvdfoundation/google-landmark), all under one base URL, by default
+``https://s3.amazonaws.com/google-landmark`` (``metadata/...`` and ``ground_truth/...``):
+
+===================================  ==================================================  ===========
+file                                 columns                                             folder
+===================================  ==================================================  ===========
+train.csv                            id, url, landmark_id                                metadata
+train_clean.csv                      landmark_id, images (space-separated image ids)     metadata
+train_label_to_category.csv          landmark_id, category                               metadata
+train_label_to_hierarchical.csv      landmark_id, category, supercategory,               metadata
+                                     hierarchical_label, natural_or_human_made
+index.csv                            id                                                  metadata
+index_image_to_landmark.csv          id, landmark_id                                     metadata
+index_label_to_category.csv          landmark_id, category                               metadata
+index_label_to_hierarchical.csv      (as train_label_to_hierarchical.csv)                metadata
+test.csv                             id                                                  metadata
+retrieval_solution_v2.1.csv          id, images (ids, or the marker ``None``), Usage     ground_truth
+recognition_solution_v2.1.csv        id, landmarks (ids, or empty), Usage                ground_truth
+===================================  ==================================================  ===========
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hglv2.errors import InputError
+
+DEFAULT_BASE_URL = "https://s3.amazonaws.com/google-landmark"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One GLDv2 metadata file: where it lives and what its columns must hold."""
+
+    name: str
+    folder: str  # "metadata" or "ground_truth" under the base URL
+    kind: str
+    columns: tuple[str, ...]
+
+
+KIND_COLUMNS = {
+    "train": ("id", "url", "landmark_id"),
+    "train_clean": ("landmark_id", "images"),
+    "label_to_category": ("landmark_id", "category"),
+    "label_to_hierarchical": (
+        "landmark_id",
+        "category",
+        "supercategory",
+        "hierarchical_label",
+        "natural_or_human_made",
+    ),
+    "image_list": ("id",),
+    "image_to_landmark": ("id", "landmark_id"),
+    "retrieval_solution": ("id", "images", "Usage"),
+    "recognition_solution": ("id", "landmarks", "Usage"),
+}
+
+FILES: dict[str, FileSpec] = {
+    s.name: s
+    for s in (
+        FileSpec("train.csv", "metadata", "train", KIND_COLUMNS["train"]),
+        FileSpec("train_clean.csv", "metadata", "train_clean", KIND_COLUMNS["train_clean"]),
+        FileSpec(
+            "train_label_to_category.csv", "metadata", "label_to_category", KIND_COLUMNS["label_to_category"]
+        ),
+        FileSpec(
+            "train_label_to_hierarchical.csv",
+            "metadata",
+            "label_to_hierarchical",
+            KIND_COLUMNS["label_to_hierarchical"],
+        ),
+        FileSpec("index.csv", "metadata", "image_list", KIND_COLUMNS["image_list"]),
+        FileSpec(
+            "index_image_to_landmark.csv", "metadata", "image_to_landmark", KIND_COLUMNS["image_to_landmark"]
+        ),
+        FileSpec(
+            "index_label_to_category.csv", "metadata", "label_to_category", KIND_COLUMNS["label_to_category"]
+        ),
+        FileSpec(
+            "index_label_to_hierarchical.csv",
+            "metadata",
+            "label_to_hierarchical",
+            KIND_COLUMNS["label_to_hierarchical"],
+        ),
+        FileSpec("test.csv", "metadata", "image_list", KIND_COLUMNS["image_list"]),
+        FileSpec(
+            "retrieval_solution_v2.1.csv",
+            "ground_truth",
+            "retrieval_solution",
+            KIND_COLUMNS["retrieval_solution"],
+        ),
+        FileSpec(
+            "recognition_solution_v2.1.csv",
+            "ground_truth",
+            "recognition_solution",
+            KIND_COLUMNS["recognition_solution"],
+        ),
+    )
+}
+
+
+def spec_for(path: str | os.PathLike[str], kind: str | None = None) -> FileSpec:
+    """The spec of a file, from ``kind`` or else from its name (``*_label_to_category.csv``...)."""
+    name = Path(path).name
+    if kind is not None:
+        if kind not in KIND_COLUMNS:
+            raise ValueError(f"unknown GLDv2 file kind {kind!r} (one of {', '.join(KIND_COLUMNS)})")
+        return FileSpec(name, "metadata", kind, KIND_COLUMNS[kind])
+    if name in FILES:
+        return FILES[name]
+    for suffix, k in (
+        ("_label_to_category.csv", "label_to_category"),
+        ("_label_to_hierarchical.csv", "label_to_hierarchical"),
+        ("_image_to_landmark.csv", "image_to_landmark"),
+    ):
+        if name.endswith(suffix):
+            return FileSpec(name, "metadata", k, KIND_COLUMNS[k])
+    for prefix, k in (
+        ("retrieval_solution", "retrieval_solution"),
+        ("recognition_solution", "recognition_solution"),
+    ):
+        if name.startswith(prefix):
+            return FileSpec(name, "ground_truth", k, KIND_COLUMNS[k])
+    raise InputError(f"{name}: not a known GLDv2 file name; pass its kind explicitly")
+
+
+def file_url(name: str, base_url: str = DEFAULT_BASE_URL) -> str:
+    """``<base_url>/<metadata|ground_truth>/<name>`` for a known file name."""
+    if name not in FILES:
+        raise InputError(f"{name}: not a GLDv2 metadata file (known: {', '.join(FILES)})")
+    return f"{base_url.rstrip('/')}/{FILES[name].folder}/{name}"
