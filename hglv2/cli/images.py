@@ -7,27 +7,8 @@ from pathlib import Path
 
 import click
 
-from hglv2.errors import InputError
+from hglv2.errors import InputError, NetworkError
 from hglv2.fileio import write_json
-
-
-def parse_shard_numbers(spec: str, n_max: int | None = None) -> list[int]:
-    """``"0-9,42"`` -> ``[0, 1, ..., 9, 42]`` (sorted, distinct); bad syntax raises InputError."""
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise InputError(f"--shards: {part!r} is not a shard number or range like 0-9") from None
-        if a < 0 or b < a:
-            raise InputError(f"--shards: {part!r} is not a valid range")
-        if n_max is not None and b >= n_max:
-            raise InputError(f"--shards: shard {b} is out of range (0..{n_max - 1})")
-        out.update(range(a, b + 1))
-    return sorted(out)
 
 
 @click.command("prepare-images")
@@ -98,7 +79,9 @@ def prepare_images(
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     shards = None
     if shard_spec:
-        shards = [f"images_{k:03d}.tar" for k in parse_shard_numbers(shard_spec)]
+        from hglv2.gldv2.images import parse_shard_spec, shard_name
+
+        shards = [shard_name(k) for k in parse_shard_spec(shard_spec)]
     res = images.prepare_images(
         src,
         out,
@@ -120,3 +103,80 @@ def prepare_images(
         click.echo(f"... and {len(res['failed']) - 10} more (see {out}/prepare.json)", err=True)
     if json_path:
         write_json(json_path, res)
+
+
+@click.command("images")
+@click.option("--split", type=click.Choice(["train", "index", "test"]), required=True)
+@click.option("--shards", "shard_spec", default=None, help="Shard numbers, e.g. 0-9,42 (default: all).")
+@click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Files at once.")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False),
+    default="data/gldv2",
+    show_default=True,
+    help="Download folder: shards go to DEST/<split>/, the lock file is DEST/gldv2.lock.json.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="Server holding <split>/ and md5sum/ (default: https://s3.amazonaws.com/google-landmark).",
+)
+@click.option("--verify", is_flag=True, help="Re-hash every shard on disk (default: trust size + lock).")
+@click.option("--lock", "lock_path", type=click.Path(dir_okay=False), default=None, help="Lock file.")
+@click.option(
+    "--contact",
+    envvar="HGLV2_CONTACT",
+    default="anonymous",
+    show_default=True,
+    help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
+)
+@click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.1, None), default=60.0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Per-shard results.")
+def download_images(
+    split: str,
+    shard_spec: str | None,
+    jobs: int,
+    dest: str,
+    base_url: str | None,
+    verify: bool,
+    lock_path: str | None,
+    contact: str,
+    max_tries: int,
+    timeout: float,
+    progress: bool,
+    json_path: str | None,
+) -> None:
+    """Fetch the image tar shards of a split, each checked against its official md5 (never extracted).
+
+    Resumes cut transfers with HTTP Range, checks the free disk space first, and records verified
+    shards in the lock file so a re-run does not re-hash them (unless --verify).
+    """
+    from hglv2.gldv2 import DEFAULT_BASE_URL
+    from hglv2.gldv2 import images as gimages
+
+    records = gimages.download_images(
+        split,
+        dest,
+        shards=gimages.parse_shards(shard_spec, split),
+        jobs=jobs,
+        verify=verify,
+        base_url=base_url or DEFAULT_BASE_URL,
+        lock_path=lock_path,
+        contact=contact,
+        timeout=timeout,
+        max_tries=max_tries,
+        progress=progress,
+        raise_on_error=False,
+    )
+    for r in records:
+        if r.status != "failed":
+            click.echo(f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}")
+    if json_path:
+        write_json(
+            json_path, {"dest": os.fspath(dest), "split": split, "shards": [r.as_dict() for r in records]}
+        )
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        raise NetworkError(gimages.failure_summary(failed))
