@@ -465,7 +465,7 @@ def project(rows: list[dict], scale: float, n_landmarks: int, n_classes: int) ->
     print(
         f"3. projected to the release ({RELEASE_LANDMARKS:,d} landmarks, {RELEASE_CLASSES:,d} classes): "
         f"{resolve:,.0f} resolve + {graph:,.0f} graph + {other:,.0f} other = {total:,.0f} serial requests; "
-        f"our CPU ~{cpu / 60:.0f} min"
+        f"our CPU <= {cpu / 60:.1f} min (linear in landmarks, start-up included)"
     )
     for t in (0.3, 1.0, 2.0):
         print(f"  at {t:.1f} s per request (serial, maxlag=5 pauses extra): {total * t / 3600:5.1f} h")
