@@ -265,6 +265,59 @@ def make_cmd(data: Path, out: Path, cache: Path, srv: FakeWikidata, target: str)
     ]
 
 
+def dump_cmd(data: Path, out: Path, dump: Path, redirects: Path) -> list[str]:
+    return [
+        "make",
+        "--no-print-directory",
+        "-f",
+        str(ROOT / "pipelines" / "hierarchy.mk"),
+        f"PY={sys.executable}",
+        f"DATA={data}",
+        f"OUT={out}",
+        f"REVIEW={data.parent / 'review'}",
+        f"DUMP={dump}",
+        f"REDIRECTS={redirects}",
+        "all",
+    ]
+
+
+def write_dump(world: World, dump: Path, redirects: Path) -> None:
+    """The world as an official-format JSON dump (one entity per line in a JSON array, gzip)."""
+    import gzip
+
+    with gzip.open(dump, "wt", encoding="utf-8", compresslevel=1) as fh:
+        fh.write("[\n")
+        for k, qid in enumerate(sorted(world.entities, key=lambda q: int(q[1:]))):
+            if k:
+                fh.write(",\n")
+            fh.write(json.dumps(world.entities[qid], ensure_ascii=False, separators=(",", ":")))
+        fh.write("\n]\n")
+    with open(redirects, "w", encoding="utf-8") as fh:
+        fh.write("from,to\n")
+        fh.writelines(f"{a},{b}\n" for a, b in sorted(world.redirects.items()))
+
+
+def dump_run(work: Path, data: Path, world: World) -> dict:
+    dump, redirects = work / "wikidata-20250101-all.json.gz", work / "redirects.csv"
+    t0 = time.perf_counter()
+    write_dump(world, dump, redirects)
+    written = time.perf_counter() - t0
+    out = work / "dumprun"
+    t0 = time.perf_counter()
+    rc = start(dump_cmd(data, out, dump, redirects), work / "dump.json", work / "dump.log").wait()
+    wall = time.perf_counter() - t0
+    st = json.loads((work / "dump.json").read_text())
+    return {
+        "rc": rc or st["rc"],
+        "wall_s": wall,
+        "cpu_s": st["cpu_s"],
+        "maxrss_mib": st["maxrss_mib"],
+        "dump_mib": dump.stat().st_size / 2**20,
+        "write_s": written,
+        "out": out,
+    }
+
+
 def start(cmd: list[str], stats: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     fh = open(log, "a")  # noqa: SIM115 - closed when the process ends (the child holds its copy)
@@ -413,6 +466,19 @@ def main() -> None:
             f"answered requests sent again: {kill['repeated']} (target 0); hierarchy.parquet identical "
             f"to the clean run: {same}"
         )
+        dr = dump_run(work, work / "data", world)
+        same_dump = (
+            dr["rc"] == 0
+            and (dr["out"] / "hierarchy.parquet").read_bytes()
+            == (clean_out / "hierarchy.parquet").read_bytes()
+        )
+        print("3. the dump route: make -f pipelines/hierarchy.mk DUMP=<world as a JSON dump> REDIRECTS=...")
+        print(
+            f"  dump {dr['dump_mib']:.1f} MiB (gzip, written in {dr['write_s']:.1f} s); make all: "
+            f"rc {dr['rc']}, {dr['wall_s']:.1f} s wall, {dr['cpu_s']:.1f} s CPU, peak RSS "
+            f"{dr['maxrss_mib']:.0f} MiB, no request; "
+            f"hierarchy.parquet identical to the API route: {same_dump}"
+        )
         project(rows, args.scale, len(landmarks), n_classes)
         if args.json:
             payload = {
@@ -423,6 +489,8 @@ def main() -> None:
                 "stages": rows,
                 "killed": {k: v for k, v in kill.items() if k != "out"},
                 "identical_after_resume": same,
+                "dump_route": {k: v for k, v in dr.items() if k != "out"},
+                "dump_route_identical": same_dump,
             }
             Path(args.json).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
@@ -463,7 +531,7 @@ def project(rows: list[dict], scale: float, n_landmarks: int, n_classes: int) ->
     total = resolve + graph + other
     cpu = sum(r["cpu_s"] for r in rows) * f_lm
     print(
-        f"3. projected to the release ({RELEASE_LANDMARKS:,d} landmarks, {RELEASE_CLASSES:,d} classes): "
+        f"4. projected to the release ({RELEASE_LANDMARKS:,d} landmarks, {RELEASE_CLASSES:,d} classes): "
         f"{resolve:,.0f} resolve + {graph:,.0f} graph + {other:,.0f} other = {total:,.0f} serial requests; "
         f"our CPU <= {cpu / 60:.1f} min (linear in landmarks, start-up included)"
     )
