@@ -175,7 +175,11 @@ def main() -> None:
             f"shards, mean {nbytes / len(ids) / 1e3:.0f} KB"
         )
         print(f"1. preparation to max side {args.max_side} (quality {args.quality}), best of 3 rounds")
-        peer, one = 0.0, {"images_per_s": 0.0}
+        prepare_images(  # warm-up: imports and first-use costs are not the steady state
+            work / "train", work / "warm", max_side=args.max_side, shards=["images_000.tar"], progress=False
+        )
+        n_img = len(ids)
+        peer, one = 0.0, {"images_per_s": 0.0, "worker_seconds": float("inf")}
         for r in range(3):  # interleaved: the machine's load changes under us
             peer = max(peer, plain_pil_loop(work / "train", args.max_side, args.quality))
             res = prepare_images(
@@ -186,7 +190,7 @@ def main() -> None:
                 jobs=1,
                 progress=False,
             )
-            one = max(one, res, key=lambda x: x["images_per_s"])
+            one = min(one, res, key=lambda x: x["worker_seconds"])
         os.replace(work / "p1_0", work / "p1")
         par = prepare_images(
             work / "train",
@@ -199,19 +203,21 @@ def main() -> None:
         same = all(
             (work / "p1" / p.name).read_bytes() == p.read_bytes() for p in sorted((work / "pj").glob("*.tar"))
         )
+        per_core = n_img / one["worker_seconds"]  # inside the shard loop: no start-up, no summary files
         print(f"  plain PIL loop, no draft (peer)    {peer:8.1f} images/s per core")
         print(
-            f"  hglv2 prepare-images --jobs 1      {one['images_per_s']:8.1f} images/s per core   "
-            f"ratio {one['images_per_s'] / peer:.2f}x (incl. tar I/O and index)"
+            f"  hglv2 prepare-images --jobs 1      {per_core:8.1f} images/s per core in the shard loop "
+            f"(ratio {per_core / peer:.2f}x); {one['images_per_s']:.1f}/s for the whole call"
         )
         print(
-            f"  hglv2 prepare-images --jobs {args.jobs}      {par['images_per_s']:8.1f} images/s   "
-            f"scaling {par['images_per_s'] / one['images_per_s']:.2f}x; bytes identical to --jobs 1: {same}"
+            f"  hglv2 prepare-images --jobs {args.jobs}      {par['images_per_s']:8.1f} images/s, whole "
+            f"call (x{par['images_per_s'] / one['images_per_s']:.2f}; worker start-up included); "
+            f"bytes identical to --jobs 1: {same}"
         )
         print(
             f"  output {one['bytes_out'] / len(ids) / 1e3:.0f} KB/image (tar), "
             f"{one['bytes_out'] / nbytes:.2f} of the source bytes; projected for 4,132,914 train images: "
-            f"{4_132_914 / one['images_per_s'] / 3600:.1f} core-hours"
+            f"{4_132_914 / per_core / 3600:.1f} core-hours"
         )
         d_peer, d_ours = draft_effect(size, args.max_side, args.quality)
         print(
