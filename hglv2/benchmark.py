@@ -1,6 +1,6 @@
 """Benchmarks: suites of (dataset, loss, seed) trainings -> ``results.json``, ``report.md``, plots.
 
-A suite is a training config (:func:`hglv2.train.load_config`) whose ``benchmark`` section lists
+A suite is a training config (:func:`hglv2.train.config.load_config`) whose ``benchmark`` section lists
 the losses to compare (name -> overrides of the ``loss`` section) and the seeds. Each (loss, seed)
 run trains in ``<out>/runs/<loss>/seed<k>/`` and is evaluated on the evaluation split with
 :func:`hglv2.metrics.evaluate`; a run whose ``metrics.json`` matches its config is reused, so an
@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, write_json
-from hglv2.train import Trainer, config_digest, load_config, validate_config
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, commit_together, write_json
+from hglv2.train.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
+from hglv2.train.data import prepare_data
+from hglv2.train.trainer import Trainer, resolve_device
 
 REPORT_METRICS_MULTI = ("H-AP", "ASI", "NDCG")
 
@@ -52,12 +54,12 @@ def suite_runs(cfg: dict[str, Any], losses: list[str] | None = None, seeds: list
         override = table[label]
         if not isinstance(override, dict):
             raise InputError(f"benchmark.losses.{label} must be a mapping (name, kwargs, ...)")
-        unknown = set(override) - {"name", "kwargs", "weight", "decomposability"}
+        unknown = set(override) - set(DEFAULTS["loss"])
         if unknown:
             raise InputError(f"benchmark.losses.{label}: unknown key(s) {sorted(unknown)}")
         for seed in seeds:
             run = copy.deepcopy(cfg)
-            run["loss"] = {"name": label, "kwargs": {}, "weight": 1.0, "decomposability": None, **override}
+            run["loss"] = {**copy.deepcopy(DEFAULTS["loss"]), "name": label, **override}
             run["seed"] = seed
             run["name"] = f"{cfg['name']}/{label}/seed{seed}"
             run["benchmark"] = {"seeds": [seed], "losses": {}}
@@ -142,17 +144,11 @@ def run_suite(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from hglv2.train import prepare_data, resolve_device, set_path
-
     cfg = suite if isinstance(suite, dict) else load_config(suite)
-    cfg = copy.deepcopy(cfg)
-    for key, value in (overrides or {}).items():
-        set_path(cfg, key, value)
-    validate_config(cfg, "suite")
+    cfg = apply_overrides(copy.deepcopy(cfg), overrides, "suite")
     resolve_device(device)  # a bad --device fails before any work
     plan = suite_runs(cfg, losses, seeds)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out_dir, "benchmark")  # never write runs into another command's folder
     t0 = time.perf_counter()
     prepare_data(cfg, progress=progress)
     data_s = time.perf_counter() - t0
@@ -288,6 +284,12 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
         "per_level": out / "per_level.png",
         "learning_curve": out / "learning_curve.png",
     }
+    with commit_together():  # results.json, report.md and the plots: all new or all old
+        _write_report_files(results, paths)
+    return paths
+
+
+def _write_report_files(results: dict[str, Any], paths: dict[str, Path]) -> None:
     write_json(paths["results"], results)
     plot_per_level(results, paths["per_level"])
     plot_learning_curve(results, paths["learning_curve"])
@@ -330,7 +332,6 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
     ]
     with atomic_open(paths["report"]) as fh:
         fh.write("\n".join(lines))
-    return paths
 
 
 def _pyplot():

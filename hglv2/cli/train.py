@@ -7,34 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from hglv2.errors import InputError
 from hglv2.fileio import write_json
 
 
 def _overrides(pairs: tuple[str, ...], random_init: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.steps=100")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise InputError(f"--set {pair!r}: the value is not valid YAML") from None
+    from hglv2.train.config import parse_overrides
+
+    out = parse_overrides(pairs)
     if random_init:
         out["model.pretrained"] = False
     return out
-
-
-def _apply(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    from hglv2.train import set_path, validate_config
-
-    for key, value in overrides.items():
-        set_path(cfg, key, value)
-    validate_config(cfg, "config (after --set)")
-    return cfg
 
 
 def _short(metrics: dict[str, Any]) -> str:
@@ -93,10 +77,10 @@ def train(
     Resumes from OUT/checkpoints/last.pt when present. Under torchrun each process trains its shard
     of every global batch (gloo on CPU, nccl on GPU).
     """
-    from hglv2.train import load_config
     from hglv2.train import train as run_train
+    from hglv2.train.config import apply_overrides, load_config
 
-    cfg = _apply(load_config(config), _overrides(sets, random_init))
+    cfg = apply_overrides(load_config(config), _overrides(sets, random_init), "config (after --set)")
     out_dir = Path(out or Path("runs") / cfg["name"])
     if threads:
         import torch
@@ -143,7 +127,7 @@ def benchmark(
     Writes OUT/results.json, OUT/report.md and PNG plots; finished runs are reused.
     """
     from hglv2.benchmark import markdown_table, run_suite
-    from hglv2.train import load_config
+    from hglv2.train.config import load_config
 
     cfg = load_config(suite)
     overrides = _overrides(sets, random_init)
