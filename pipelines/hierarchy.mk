@@ -3,6 +3,7 @@
 #
 #   make -f pipelines/hierarchy.mk                          # offline, on the embedded sample
 #   make -f pipelines/hierarchy.mk DATA=path ONLINE=1 CONTACT=you@example.org
+#   make -f pipelines/hierarchy.mk DATA=path DUMP=latest-all.json.bz2 [REDIRECTS=redirects.csv]
 #
 # DATA holds GLDv2 metadata (<SPLIT>_label_to_category.csv, optional <SPLIT>.csv for image counts,
 # optional <SPLIT>_label_to_hierarchical.csv to diff against). Offline, answers come from the
@@ -18,6 +19,8 @@ CONTACT    ?=
 API_URL    ?=
 SPARQL_URL ?=
 DEPTH      ?= 12
+DUMP       ?=
+REDIRECTS  ?=
 
 HG         := $(PY) -m hglv2.cli hierarchy
 CATEGORIES := $(DATA)/$(SPLIT)_label_to_category.csv
@@ -34,6 +37,12 @@ ifeq ($(ONLINE),1)
 else
   NET       := --cache $(DATA)/wikidata_cache.jsonl --offline
   CACHE_DEP := $(DATA)/wikidata_cache.jsonl
+endif
+
+# The dump route: resolve, graph and validate-anchors read a Wikidata JSON dump instead of the API.
+ifneq ($(DUMP),)
+  NET       := --dump $(DUMP) $(if $(REDIRECTS),--redirects $(REDIRECTS))
+  CACHE_DEP := $(DUMP)
 endif
 
 .PHONY: all table review export clean

@@ -29,7 +29,21 @@ def _command_line(ctx: click.Context) -> list[str]:
     return out
 
 
-@click.command()
+class _MetadataByDefault(click.Group):
+    """``hglv2 download [NAMES...]`` means ``hglv2 download metadata [NAMES...]``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["metadata", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_MetadataByDefault, context_settings={"help_option_names": ["-h", "--help"]})
+def download() -> None:
+    """Fetch GLDv2 files: `download [metadata] [NAMES...]` or `download images --split ...`."""
+
+
+@download.command("metadata")
 @click.argument("names", nargs=-1)
 @click.option(
     "--dest",
@@ -75,7 +89,7 @@ def _command_line(ctx: click.Context) -> list[str]:
     default=None,
     help="Also write the per-file results as JSON.",
 )
-def download(
+def download_metadata(
     names: tuple[str, ...],
     dest: str,
     base_url: str | None,
@@ -110,6 +124,15 @@ def download(
         write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
     for r in records:
         click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
+
+
+def _register_images() -> None:
+    from hglv2.cli.images import download_images
+
+    download.add_command(download_images, "images")
+
+
+_register_images()
 
 
 @click.command()

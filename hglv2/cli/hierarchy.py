@@ -140,6 +140,8 @@ def _with_client(f):
     @_client_options
     @functools.wraps(f)
     def wrapper(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries, **kw):
+        if kw.get("dump") is not None:  # the dump route: the command builds its own client
+            return f(client=None, **kw)
         args = (cache_path, offline, api_url, sparql_url, contact, timeout, max_retries)
         _check_client_options(*args[:2])  # fail before any work
         client = _LazyClient(functools.partial(_make_client, *args))
@@ -166,6 +168,23 @@ def _read_stage_output(path: Path, stage: str):
     module, name = _STAGE_COLUMNS[stage]
     columns = getattr(importlib.import_module(module), name)
     return read_parquet_checked(path, columns, f"run `hglv2 hierarchy {stage}` first")
+
+
+def _dump_options(f):
+    """``--dump`` (answer from a Wikidata JSON dump instead of the API) and ``--redirects``."""
+    f = click.option(
+        "--redirects",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="With --dump: old,new QID pairs (the JSON dump holds no redirects).",
+    )(f)
+    return click.option(
+        "--dump",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Answer from a Wikidata JSON dump (latest-all.json.bz2|.gz) instead of the API; "
+        "the cache and network options are then unused.",
+    )(f)
 
 
 def _require_stage_output(path: Path, stage: str) -> None:
@@ -195,12 +214,21 @@ def hierarchy() -> None:
 )
 @_file_option("--out", DEFAULT_OUT / "resolved.parquet", output=True)
 @_json_option
+@_dump_options
 @_with_client
-def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
+def resolve(
+    client, categories: Path, out: Path, json_path: Path | None, dump: Path | None, redirects: Path | None
+) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
-    from hglv2.hierarchy.resolve import resolve_file
+    from hglv2.hierarchy.resolve import read_categories, resolve_file
 
+    if dump is not None:
+        from hglv2.hierarchy.dump import client_for_resolve
+
+        client = client_for_resolve(dump, read_categories(categories), redirects)
     res = resolve_file(client, categories, out)
+    if dump is not None:
+        res["source"] = client.index.provenance()
     _write_json(json_path, res)  # files first: a closed stdout (| head) must not lose them
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
@@ -217,14 +245,29 @@ def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None
     help="Levels of P279 ancestors to fetch [default: 12].",
 )
 @_json_option
+@_dump_options
 @_with_client
-def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: Path | None) -> None:
+def graph(
+    client,
+    resolved: Path,
+    out_dir: Path,
+    depth: int | None,
+    json_path: Path | None,
+    dump: Path | None,
+    redirects: Path | None,
+) -> None:
     """Fetch P279 ancestors breadth-first; write the class graph (Parquet, GraphML) and its cycles."""
     from hglv2.hierarchy.graph import DEFAULT_DEPTH, fetch_graph, write_graph
 
     rows = _read_stage_output(resolved, "resolve").to_pylist()
+    if dump is not None:
+        from hglv2.hierarchy.dump import client_for_graph
+
+        client = client_for_graph(dump, rows, redirects)
     summary = write_graph(fetch_graph(client, rows, DEFAULT_DEPTH if depth is None else depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))
+    if dump is not None:
+        summary["source"] = client.index.provenance()
     _write_json(json_path, summary)
     click.echo(
         f"class graph: {summary['nodes']} classes, {summary['edges']} P279 edges, "
@@ -416,12 +459,19 @@ def diff(
 @hierarchy.command("validate-anchors")
 @_file_option("--clusters", Path("data/review/clusters.csv"))
 @_json_option
+@_dump_options
 @_with_client
-def validate_anchors_cmd(client, clusters: Path, json_path: Path | None) -> None:
+def validate_anchors_cmd(
+    client, clusters: Path, json_path: Path | None, dump: Path | None, redirects: Path | None
+) -> None:
     """Check that every QID in clusters.csv has the English label written beside it."""
     from hglv2.hierarchy.clusters import load_clusters, validate_anchors
 
     table = load_clusters(clusters)
+    if dump is not None:
+        from hglv2.hierarchy.dump import client_for_ids
+
+        client = client_for_ids(dump, [a.qid for a in table.anchors], redirects)
     problems = validate_anchors(client, table)
     _write_json(json_path, {"anchors": len(table.anchors), "problems": problems})
     for p in problems:
