@@ -19,6 +19,7 @@ from hglv2.errors import InputError, NetworkError
 _COMMANDS = {
     "download": "hglv2.cli.data:download",
     "export": "hglv2.cli.data:export",
+    "convert": "hglv2.cli.convert:convert",
     "hierarchy": "hglv2.cli.hierarchy:hierarchy",
     "evaluate": "hglv2.cli.evaluate:evaluate",
     "train": "hglv2.cli.train:train",
