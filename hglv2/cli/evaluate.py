@@ -265,6 +265,14 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     "--relevance", type=click.Choice(["pop", "map"]), default="pop", show_default=True, help="H-AP relevance."
 )
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Level weight exponent.")
+@click.option(
+    "--hap-convention",
+    type=click.Choice(["hglv2", "reference"]),
+    default="hglv2",
+    show_default=True,
+    help="reference: the SupRank authors' evaluation (H-AP counts the query itself; queries without "
+    "positives score 0). See hglv2.metrics.conventions.",
+)
 @click.option("--ndcg-at", type=click.IntRange(min=1), help="Also report NDCG@k.")
 @click.option(
     "--normalize/--no-normalize",
@@ -289,6 +297,7 @@ def evaluate(
     recall_at,
     relevance,
     alpha,
+    hap_convention,
     ndcg_at,
     normalize,
     memory_mb,
@@ -299,7 +308,10 @@ def evaluate(
     json_path,
 ) -> None:
     """Compute retrieval metrics (AP, mAP@R, mAP@100, R@k, P@k per level; H-AP, NDCG, ASI)."""
-    from hglv2.metrics import evaluate as run_evaluate
+    from hglv2.metrics.conventions import evaluate_convention
+
+    def run_evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return evaluate_convention(*args, hap_convention=hap_convention, **kwargs)
 
     modes = [
         example,
@@ -395,6 +407,7 @@ def evaluate(
                 "recall_at": list(ks),
                 "relevance": relevance,
                 "alpha": alpha,
+                "hap_convention": hap_convention,
                 "ndcg_at": ndcg_at,
                 "normalize": normalize,
             },
