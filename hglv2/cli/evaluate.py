@@ -9,6 +9,8 @@ embedded example.
 * ``hglv2 evaluate --solution retrieval_solution_v2.1.csv --submission sub.csv``: official GLDv2
   mAP@100 (retrieval) or GAP (recognition), Public and Private.
 * ``hglv2 evaluate --example``: a small deterministic hierarchical case, two embedding models.
+* ``hglv2 evaluate --checkpoint RUN_OR_FILE --data DIR [--query S --gallery S]``, ``--protocol
+  roxford5k|rparis6k`` and ``--landmark-table``: a trained model (:mod:`hglv2.cli._checkpoint`).
 
 Every mode prints a table; ``--json PATH`` also writes the numbers (NaN -> null).
 """
@@ -22,6 +24,7 @@ from typing import Any
 import click
 import numpy as np
 
+from hglv2.cli._checkpoint import checkpoint_options, run_checkpoint
 from hglv2.errors import InputError
 from hglv2.fileio import write_json
 
@@ -288,6 +291,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--task", type=click.Choice(["retrieval", "recognition"]), help="GLDv2 task (default: detect).")
 @click.option("--example", is_flag=True, help="Evaluate the embedded example case.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@checkpoint_options
 def evaluate(
     embeddings,
     labels,
@@ -306,6 +310,7 @@ def evaluate(
     task,
     example,
     json_path,
+    **checkpoint,
 ) -> None:
     """Compute retrieval metrics (AP, mAP@R, mAP@100, R@k, P@k per level; H-AP, NDCG, ASI)."""
     from hglv2.metrics.conventions import evaluate_convention
@@ -314,16 +319,29 @@ def evaluate(
         return evaluate_convention(*args, hap_convention=hap_convention, **kwargs)
 
     modes = [
+        checkpoint["checkpoint"] is not None or checkpoint["landmark_table"],
         example,
         solution is not None or submission is not None,
         embeddings is not None or labels is not None,
     ]
     if sum(modes) != 1:
-        raise InputError("give exactly one of: --embeddings/--labels, --solution/--submission, --example")
+        raise InputError(
+            "give exactly one of: --embeddings/--labels, --solution/--submission, --example, --checkpoint"
+        )
     ks = _parse_ks(recall_at)
     columns = [c.strip() for c in label_columns.split(",")] if label_columns else None
 
-    if example:
+    if checkpoint["checkpoint"] is not None or checkpoint["landmark_table"]:
+        if checkpoint["checkpoint"] is None:
+            raise InputError("--landmark-table needs --checkpoint")
+        metric_options = {"recall_at": ks, "relevance": relevance, "alpha": alpha, "ndcg_at": ndcg_at}
+        metric_options["hap_convention"] = hap_convention
+        out = run_checkpoint(checkpoint, metric_options)
+        if out["mode"] == "checkpoint":
+            res = out["results"]
+            n_levels = sum(1 for k in res if k.startswith("n_queries_level"))
+            click.echo(format_table(res, n_levels, ks))
+    elif example:
         lab, models = example_case()
         out: dict[str, Any] = {"mode": "example", "results": {}}
         for name, emb in models.items():

@@ -172,7 +172,7 @@ def write_converted(
         "levels": levels,
         "level_names": list(level_names),
         "level_counts": counts,
-        "image_root": str(root),
+        "image_root": str(root.resolve()),
         "splits": split_info,
         "inputs": {
             p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
