@@ -345,3 +345,13 @@ def test_convert_levels_load_through_one_dataset(tmp_path):
     ds = HGLDv2Dataset(tmp_path / "o" / "train.parquet", root)
     assert ds.labels.shape == (3, 7) and np.all(ds.labels >= 0)
     assert ds[1]["labels"].shape == (7,)
+
+
+def test_dyml_variant_from_the_folder_name(tmp_path):
+    root = make_dyml(tmp_path / "dyml_animal", "animal")
+    res = _run("convert", "dyml", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["dataset"]["name"] == "dyml-animal"
+    other = make_dyml(tmp_path / "somewhere", "vehicle")
+    res = _run("convert", "dyml", "--root", str(other), "--out", str(tmp_path / "o2"))
+    assert res.exit_code == 2 and "cannot tell the DyML variant" in res.output

@@ -19,7 +19,7 @@ from hglv2.convert.dyml import convert_dyml
 from hglv2.convert.inat import convert_inat
 from hglv2.convert.sop import convert_sop
 
-DATASETS = ("sop", "inat2018", "inat-base", "dyml-vehicle", "dyml-animal", "dyml-product", "cub")
+DATASETS = ("sop", "inat2018", "inat-base", "dyml", "dyml-vehicle", "dyml-animal", "dyml-product", "cub")
 
 __all__ = ["DATASETS", "convert", "convert_cub", "convert_dyml", "convert_inat", "convert_sop"]
 
@@ -40,6 +40,20 @@ def convert(
     if name in ("inat2018", "inat-base"):
         hierarchy = "full" if name == "inat2018" else "base"
         return convert_inat(root, out_dir, hierarchy=hierarchy, command=command, **options)
+    if name == "dyml":  # the variant from the folder name, as the authors (dyml_vehicle -> vehicle)
+        from pathlib import Path
+
+        from hglv2.convert.dyml import VARIANTS
+
+        suffix = Path(root).resolve().name.lower().replace("-", "_").split("_")[-1]
+        if suffix in VARIANTS:
+            name = f"dyml-{suffix}"
+        elif (Path(root) / "mini-bmk_all_in_one").is_dir():
+            name = "dyml-product"
+        else:
+            raise InputError(
+                f"{root}: cannot tell the DyML variant; use dyml-vehicle, dyml-animal or dyml-product"
+            )
     if name.startswith("dyml-"):
         return convert_dyml(root, out_dir, variant=name.removeprefix("dyml-"), command=command)
     if name == "cub":
