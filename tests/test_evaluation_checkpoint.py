@@ -312,3 +312,29 @@ def test_landmark_table(run, tmp_path):
     )
     res = _cli("evaluate", "--checkpoint", run / "run", "--landmark-table", "--roxford", ox)
     assert res.exit_code == 2 and "--landmark-table needs --rparis, --gldv2" in res.output
+
+
+def test_checkpoint_on_a_converted_dataset(run, tmp_path):
+    from hglv2.convert import convert
+    from tests.test_data_convert import make_sop
+
+    root = make_sop(tmp_path / "Stanford_Online_Products", images=True)
+    convert("sop", root, tmp_path / "sop")
+    res = _cli(
+        "evaluate",
+        "--checkpoint",
+        run / "run",
+        "--data",
+        tmp_path / "sop",
+        "--gallery",
+        "test",
+        "--out",
+        tmp_path / "e",
+        "--json",
+        tmp_path / "s.json",
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["query"] == "test" and out["gallery"] is None  # the test split against itself
+    assert out["results"]["n_queries"] == 3 and out["results"]["n_gallery"] == 2
+    assert np.load(tmp_path / "e" / "test_labels.npy").tolist() == [[11319, 1], [11319, 1], [11400, 3]]

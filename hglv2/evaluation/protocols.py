@@ -114,6 +114,8 @@ def evaluate_splits(
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
     query, gallery = _pick_splits(data, query, gallery)
+    if gallery == query:  # one split against itself: each query excluded from its own ranking
+        gallery = None
     root = _image_root(data, _manifest(data), image_root)
     transform = build_transform(cfg, train=False)
     embs, labs = {}, {}
