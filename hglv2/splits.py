@@ -439,26 +439,7 @@ def export(
             tables[s] = index.join(ids, lids)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split_info: dict[str, Any] = {}
-    for s, t in tables.items():
-        path = out_dir / f"{s}.parquet"
-        write_parquet(
-            t,
-            path,
-            row_group_size=row_group_size,
-            use_dictionary=[c for c in t.column_names if c not in ("id", "path")],
-        )
-        info = coverage(t)
-        info.update(
-            {
-                "file": path.name,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "columns": t.column_names,
-            }
-        )
-        split_info[s] = info
+    split_info = write_split_files(out_dir, tables, row_group_size=row_group_size)
     used_inputs = sorted(
         {f for s in chosen for f in (*SPLIT_INPUTS[s][0], *SPLIT_INPUTS[s][1]) if f in files}
     )
