@@ -254,6 +254,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 # the command
 # ------------------------------------------------------------------------------------------------
 @click.command("evaluate")
+@checkpoint_options
 @click.option(
     "-e", "--embeddings", type=click.Path(path_type=Path), help="Query embeddings (.npy or Parquet)."
 )
@@ -291,7 +292,6 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--task", type=click.Choice(["retrieval", "recognition"]), help="GLDv2 task (default: detect).")
 @click.option("--example", is_flag=True, help="Evaluate the embedded example case.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
-@checkpoint_options
 def evaluate(
     embeddings,
     labels,
