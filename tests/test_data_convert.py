@@ -355,3 +355,12 @@ def test_dyml_variant_from_the_folder_name(tmp_path):
     other = make_dyml(tmp_path / "somewhere", "vehicle")
     res = _run("convert", "dyml", "--root", str(other), "--out", str(tmp_path / "o2"))
     assert res.exit_code == 2 and "cannot tell the DyML variant" in res.output
+
+
+def test_check_images(tmp_path):
+    root = make_sop(tmp_path / "sop", images=True)
+    (root / "chair_final" / "3_0.JPG").unlink()
+    assert _run("convert", "sop", "--root", str(root), "--out", str(tmp_path / "a")).exit_code == 0
+    res = _run("convert", "sop", "--root", str(root), "--out", str(tmp_path / "b"), "--check-images")
+    assert res.exit_code == 2 and "3_0.JPG: image 8 of split test not found" in res.output
+    assert not (tmp_path / "b").exists()

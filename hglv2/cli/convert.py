@@ -21,15 +21,18 @@ from hglv2.convert import DATASETS
     default=None,
     help="inat2018/inat-base: auto, retrieval or official; cub: dml (default) or classification.",
 )
+@click.option("--check-images", is_flag=True, help="Check that every image file exists under --root.")
 @click.pass_context
-def convert(ctx: click.Context, dataset: str, root: str, out_dir: str, protocol: str | None) -> None:
+def convert(
+    ctx: click.Context, dataset: str, root: str, out_dir: str, protocol: str | None, check_images: bool
+) -> None:
     """Convert SOP, iNaturalist 2018 (7 levels or base), DyML (vehicle/animal/product) or CUB-200-2011
     to Parquet splits + manifest.json + dataset card (README.md), validating the files first."""
     from hglv2.cli.data import _command_line
     from hglv2.convert import convert as run
     from hglv2.errors import InputError
 
-    options = {}
+    options: dict = {"check_images": check_images}
     if protocol is not None:
         if dataset not in ("inat2018", "inat-base", "cub"):
             raise InputError(f"--protocol does not apply to {dataset}")

@@ -36,7 +36,7 @@ def convert(
     from hglv2.errors import InputError
 
     if name == "sop":
-        return convert_sop(root, out_dir, command=command)
+        return convert_sop(root, out_dir, command=command, **options)
     if name in ("inat2018", "inat-base"):
         hierarchy = "full" if name == "inat2018" else "base"
         return convert_inat(root, out_dir, hierarchy=hierarchy, command=command, **options)
@@ -55,7 +55,7 @@ def convert(
                 f"{root}: cannot tell the DyML variant; use dyml-vehicle, dyml-animal or dyml-product"
             )
     if name.startswith("dyml-"):
-        return convert_dyml(root, out_dir, variant=name.removeprefix("dyml-"), command=command)
+        return convert_dyml(root, out_dir, variant=name.removeprefix("dyml-"), command=command, **options)
     if name == "cub":
         return convert_cub(root, out_dir, command=command, **options)
     raise InputError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")

@@ -132,9 +132,11 @@ def write_converted(
     extra: dict[str, Any] | None = None,
     command: Sequence[str] | None = None,
     row_group_size: int | None = None,
+    check_images: bool = False,
 ) -> dict[str, Any]:
     """Write the splits (:func:`hglv2.splits.write_split_files`), ``manifest.json`` and the dataset
-    card (:func:`hglv2.splits.write_converted_card`); returns the manifest.
+    card (:func:`hglv2.splits.write_converted_card`); returns the manifest. ``check_images``:
+    every image must exist under ``root`` (one ``stat`` per image).
 
     Everything has been validated by the caller before this is called, so nothing is half-written
     by bad input.
@@ -145,6 +147,10 @@ def write_converted(
     for name, t in tables.items():
         if t.num_rows == 0:
             raise InputError(f"{dataset['name']}: split {name} has no images")
+        if check_images:
+            for image_id, rel in zip(t["id"].to_pylist(), t["path"].to_pylist(), strict=True):
+                if not (root / rel).is_file():
+                    raise InputError(f"{root / rel}: image {image_id} of split {name} not found")
     counts = {}
     for lev in levels:
         values = set()

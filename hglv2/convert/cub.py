@@ -80,6 +80,7 @@ def convert_cub(
     *,
     protocol: str = "dml",
     command: Sequence[str] | None = None,
+    check_images: bool = False,
 ) -> dict[str, Any]:
     """Convert CUB-200-2011 under ``root`` (module docstring); returns the manifest."""
     if protocol not in PROTOCOLS:
@@ -134,4 +135,5 @@ def convert_cub(
         root=root,
         extra={"protocol": protocol},
         command=command,
+        check_images=check_images,
     )

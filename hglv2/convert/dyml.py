@@ -114,6 +114,7 @@ def convert_dyml(
     *,
     variant: str,
     command: Sequence[str] | None = None,
+    check_images: bool = False,
 ) -> dict[str, Any]:
     """Convert DyML-``variant`` under ``root`` (module docstring); returns the manifest."""
     if variant not in VARIANTS:
@@ -158,4 +159,5 @@ def convert_dyml(
         root=root,
         extra={"variant": variant, "header_repaired": repaired},
         command=command,
+        check_images=check_images,
     )

@@ -156,6 +156,7 @@ def convert_inat(
     hierarchy: str = "full",
     protocol: str = "auto",
     command: Sequence[str] | None = None,
+    check_images: bool = False,
 ) -> dict[str, Any]:
     """Convert iNaturalist 2018 under ``root`` (module docstring); returns the manifest."""
     if hierarchy not in HIERARCHIES:
@@ -237,4 +238,5 @@ def convert_inat(
         root=root,
         extra={"protocol": protocol, "hierarchy": hierarchy},
         command=command,
+        check_images=check_images,
     )

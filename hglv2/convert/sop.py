@@ -71,6 +71,7 @@ def convert_sop(
     out_dir: str | os.PathLike[str],
     *,
     command: Sequence[str] | None = None,
+    check_images: bool = False,
 ) -> dict[str, Any]:
     """Convert SOP under ``root`` to ``out_dir`` (module docstring); returns the manifest."""
     root = Path(root)
@@ -97,4 +98,5 @@ def convert_sop(
         inputs=[p for p, _ in read.values()],
         root=root,
         command=command,
+        check_images=check_images,
     )
