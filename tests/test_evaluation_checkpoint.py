@@ -338,3 +338,69 @@ def test_checkpoint_on_a_converted_dataset(run, tmp_path):
     assert out["query"] == "test" and out["gallery"] is None  # the test split against itself
     assert out["results"]["n_queries"] == 3 and out["results"]["n_gallery"] == 2
     assert np.load(tmp_path / "e" / "test_labels.npy").tolist() == [[11319, 1], [11319, 1], [11400, 3]]
+
+
+@pytest.mark.parametrize("with_copies", [True, False])
+def test_dyml_three_test_sets(run, tmp_path, with_copies):
+    from hglv2.convert import convert
+    from tests.test_data_convert import _dyml_csv
+
+    root = tmp_path / "dyml_vehicle"
+    rng = np.random.default_rng(0)
+    head = ["fname", "coarse_id", "middle_id", "fine_id"]
+    _dyml_csv(root / "train/label.csv", head, [["0.jpg", 1, 4, 30], ["1.jpg", 1, 4, 31]], True)
+    (root / "train/imgs").mkdir(parents=True)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"train/imgs/{k}.jpg")
+    for g in ("fine", "middle", "coarse"):
+        q_rows, g_rows = [], []
+        for k in range(4):
+            arr = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            (root / f"bmk_{g}/query").mkdir(parents=True, exist_ok=True)
+            (root / f"bmk_{g}/gallery").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / f"bmk_{g}/query/{k}.jpg")
+            q_rows.append([f"{k}.jpg", k % 2])
+            if with_copies:  # the query's own image, under another name, in the gallery
+                (root / f"bmk_{g}/gallery/c{k}.jpg").write_bytes(
+                    (root / f"bmk_{g}/query/{k}.jpg").read_bytes()
+                )
+                g_rows.append([f"c{k}.jpg", k % 2])
+        for k in range(6):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                root / f"bmk_{g}/gallery/{k}.jpg"
+            )
+            g_rows.append([f"{k}.jpg", k % 3])
+        _dyml_csv(root / f"bmk_{g}/query.csv", ["fname", "labels"], q_rows, True)
+        _dyml_csv(root / f"bmk_{g}/gallery.csv", ["fname", "labels"], g_rows, True)
+    convert("dyml-vehicle", root, tmp_path / "conv")
+    res = _cli(
+        "evaluate",
+        "--checkpoint",
+        run / "run",
+        "--data",
+        tmp_path / "conv",
+        "--out",
+        tmp_path / "e",
+        "--json",
+        tmp_path / "d.json",
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "d.json").read_text())["results"]
+    assert set(out) == {"fine", "middle", "coarse", "mean"}
+    for g in ("fine", "middle", "coarse"):
+        assert out[g]["queries_with_copy_in_gallery"] == (4 if with_copies else 0)
+    q = np.load(tmp_path / "e" / "query_middle_embeddings.npy")
+    ge = np.load(tmp_path / "e" / "gallery_middle_embeddings.npy")
+    ql, gl = (
+        np.load(tmp_path / "e" / "query_middle_labels.npy"),
+        np.load(tmp_path / "e" / "gallery_middle_labels.npy"),
+    )
+    if with_copies:  # each query ranked from its copy (gallery rows 0..3), the copy excluded
+        np.testing.assert_allclose(q, ge[:4], rtol=1e-5, atol=1e-6)
+        per = evaluate(ge, gl, reduce=False)
+        assert out["middle"]["AP_level0"] == pytest.approx(np.nanmean(per["AP_level0"][:4]))
+        assert out["middle"]["n_gallery"] == len(ge) - 1
+    else:
+        assert out["middle"]["AP_level0"] == pytest.approx(evaluate(q, ql, ge, gl)["AP_level0"])
+    mean = np.mean([out[g]["R@1_level0"] for g in ("fine", "middle", "coarse")])
+    assert out["mean"]["R@1_level0"] == pytest.approx(mean)

@@ -121,4 +121,8 @@ def run_checkpoint(p: dict[str, Any], metric_options: dict[str, Any]) -> dict[st
     )
     gal = res["gallery"] or "the queries, self excluded"
     click.echo(f"{res['query']} against {gal}: embeddings in {out_dir}")
+    if "mean" in res["results"]:  # DyML: three test sets and their mean
+        for name, r in res["results"].items():
+            shown = "  ".join(f"{k} {100 * r[k]:.2f}" for k in ("AP_level0", "R@1_level0", "ASI") if k in r)
+            click.echo(f"{name:>7}: {shown}")
     return {"mode": "checkpoint", "checkpoint": str(ckpt), "data": str(p["data"]), **res}

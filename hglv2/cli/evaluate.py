@@ -337,7 +337,7 @@ def evaluate(
         metric_options = {"recall_at": ks, "relevance": relevance, "alpha": alpha, "ndcg_at": ndcg_at}
         metric_options["hap_convention"] = hap_convention
         out = run_checkpoint(checkpoint, metric_options)
-        if out["mode"] == "checkpoint":
+        if out["mode"] == "checkpoint" and "mean" not in out["results"]:
             res = out["results"]
             n_levels = sum(1 for k in res if k.startswith("n_queries_level"))
             click.echo(format_table(res, n_levels, ks))

@@ -113,6 +113,20 @@ def evaluate_splits(
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
+    if query is None and gallery is None and (data / "query_fine.parquet").is_file():
+        return evaluate_dyml_sets(
+            None,
+            data,
+            image_root=image_root,
+            out_dir=out_dir,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            amp=amp,
+            progress=progress,
+            model_and_config=(model, cfg),
+            **metric_options,
+        )
     query, gallery = _pick_splits(data, query, gallery)
     if gallery == query:  # one split against itself: each query excluded from its own ranking
         gallery = None
@@ -154,6 +168,114 @@ def evaluate_splits(
     else:
         res = evaluate_convention(embs[query], q_lab, **metric_options)
     return {"query": query, "gallery": gallery, "files": files, "results": res}
+
+
+def _split_paths(data: Path, split: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(data / f"{split}.parquet", columns=["path"])["path"].to_pylist()
+
+
+def _file_hashes(root: Path, paths: Sequence[str]) -> list[str]:
+    import hashlib
+
+    out = []
+    for p in paths:
+        try:
+            out.append(hashlib.sha256((root / p).read_bytes()).hexdigest())
+        except FileNotFoundError:
+            raise InputError(f"{root / p}: image not found") from None
+    return out
+
+
+def _reduce_rows(per: dict[str, np.ndarray], rows: np.ndarray, n_gallery: int) -> dict[str, Any]:
+    """The reduced result of :func:`hglv2.metrics.evaluate` restricted to query ``rows``."""
+    out: dict[str, Any] = {"n_queries": int(len(rows)), "n_gallery": int(n_gallery)}
+    for key, v in per.items():
+        if key.startswith("n_positives_level") or key == "n_relevant":
+            used = int((np.asarray(v)[rows] > 0).sum())
+            name = "multilevel" if key == "n_relevant" else f"level{key.removeprefix('n_positives_level')}"
+            out[f"n_queries_{name}"], out[f"n_skipped_{name}"] = used, int(len(rows) - used)
+        else:
+            vals = np.asarray(v, dtype=np.float64)[rows]
+            ok = ~np.isnan(vals)
+            out[key] = float(vals[ok].mean()) if ok.any() else float("nan")
+    return out
+
+
+def evaluate_dyml_sets(
+    checkpoint: str | os.PathLike[str] | None,
+    data: str | os.PathLike[str],
+    *,
+    image_root: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp: bool = True,
+    progress: bool = True,
+    model_and_config: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+    **metric_options: Any,
+) -> dict[str, Any]:
+    """DyML-Vehicle / Animal (``hglv2 convert dyml-*``): the three test sets ``query_<g>`` against
+    ``gallery_<g>`` (g = fine, middle, coarse), each with its one label, and their mean.
+
+    The authors' evaluation (``suprank/config/dataset/dyml_vehicle.yaml``: ``gallery_distractor``,
+    "the gallery set is already composed of the queries"; ``suprank/engine/accuracy_calculator.py``
+    then drops the first neighbour of each query) removes each query's own copy from its ranking.
+    Here the copy is found by content (sha256 of the image file): when every query of a set has a
+    copy in the gallery, each query is ranked from its copy with that copy excluded by index; when
+    none has, against the whole gallery. The number of queries with a copy is reported per set.
+    """
+    from hglv2.dataset import HGLDv2Dataset
+    from hglv2.metrics.conventions import evaluate_convention
+    from hglv2.train.data import build_transform
+    from hglv2.train.trainer import resolve_device
+
+    dev = resolve_device(device)
+    model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
+    data = Path(data)
+    root = _image_root(data, _manifest(data), image_root)
+    transform = build_transform(cfg, train=False)
+    kw = dict(batch_size=batch_size, device=dev, num_workers=num_workers, amp=amp, progress=progress)
+    results: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    for g in ("fine", "middle", "coarse"):
+        qs, gs = (
+            HGLDv2Dataset(data / f"{s}_{g}.parquet", root, transform=transform) for s in ("query", "gallery")
+        )
+        q_emb = embed_images(model, qs, desc=f"query_{g}", **kw)
+        g_emb = embed_images(model, gs, desc=f"gallery_{g}", **kw)
+        if out_dir is not None:
+            out = Path(out_dir)
+            for name, emb, lab in ((f"query_{g}", q_emb, qs.labels), (f"gallery_{g}", g_emb, gs.labels)):
+                _save_npy(out / f"{name}_embeddings.npy", emb)
+                _save_npy(out / f"{name}_labels.npy", lab)
+                files[name] = {
+                    "embeddings": str(out / f"{name}_embeddings.npy"),
+                    "labels": str(out / f"{name}_labels.npy"),
+                }
+        g_hash = {}
+        for j, h in enumerate(_file_hashes(root, _split_paths(data, f"gallery_{g}"))):
+            g_hash.setdefault(h, j)
+        q_hashes = _file_hashes(root, _split_paths(data, f"query_{g}"))
+        copy = np.array([g_hash.get(h, -1) for h in q_hashes], dtype=np.int64)
+        n_copies = int((copy >= 0).sum())
+        if n_copies == len(copy):
+            per = evaluate_convention(g_emb, gs.labels, reduce=False, **metric_options)
+            res = _reduce_rows(per, copy, len(g_emb) - 1)
+        else:
+            res = evaluate_convention(q_emb, qs.labels, g_emb, gs.labels, **metric_options)
+        res["queries_with_copy_in_gallery"] = n_copies
+        results[g] = res
+    keys = [
+        k
+        for k, v in results["fine"].items()
+        if isinstance(v, float) and all(k in r for r in results.values())
+    ]
+    results["mean"] = {k: float(np.mean([results[g][k] for g in ("fine", "middle", "coarse")])) for k in keys}
+    return {"query": "query_<g>", "gallery": "gallery_<g>", "files": files, "results": results}
 
 
 def _revisited_transform(imsize: int):
