@@ -127,6 +127,9 @@ def test_checkpoint_errors(run, tmp_path):
     res = _cli("evaluate", "--checkpoint", bad, "--data", run / "data")
     assert res.exit_code == 2 and "not a readable checkpoint" in res.output
     assert not (tmp_path / "pwned").exists()
+    if not torch.cuda.is_available():
+        res = _cli("evaluate", "--checkpoint", run / "run", "--data", run / "data", "--embed-device", "cuda")
+        assert res.exit_code == 2 and "CUDA is not available" in res.output
     res = _cli("evaluate", "--checkpoint", tmp_path / "nope", "--data", run / "data")
     assert res.exit_code == 2 and "no such run folder or checkpoint file" in res.output
     res = _cli("evaluate", "--checkpoint", run / "run", "--data", run / "data", "--query", "nosuch")

@@ -50,7 +50,11 @@ OPTIONS = [
         show_default=True,
         help="Revisited: square resize (0: full size, batch of 1).",
     ),
-    click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)."),
+    click.option(
+        "--embed-device",
+        default=None,
+        help="Where the model embeds the images: cpu, cuda, cuda:1 (default: cuda when available).",
+    ),
     click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
     click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
     click.option("--amp/--no-amp", default=True, show_default=True, help="float16 autocast on CUDA."),
@@ -70,7 +74,7 @@ def run_checkpoint(p: dict[str, Any], metric_options: dict[str, Any]) -> dict[st
     ckpt = p["checkpoint"]
     common = dict(
         config=p["ckpt_config"],
-        device=p["device"],
+        device=p["embed_device"],
         batch_size=p["batch_size"],
         num_workers=p["num_workers"],
         amp=p["amp"],
