@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, write_json
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, commit_together, write_json
 from hglv2.train.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
 from hglv2.train.data import prepare_data
 from hglv2.train.trainer import Trainer, resolve_device
@@ -148,8 +148,7 @@ def run_suite(
     cfg = apply_overrides(copy.deepcopy(cfg), overrides, "suite")
     resolve_device(device)  # a bad --device fails before any work
     plan = suite_runs(cfg, losses, seeds)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out_dir, "benchmark")  # never write runs into another command's folder
     t0 = time.perf_counter()
     prepare_data(cfg, progress=progress)
     data_s = time.perf_counter() - t0
@@ -285,6 +284,12 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
         "per_level": out / "per_level.png",
         "learning_curve": out / "learning_curve.png",
     }
+    with commit_together():  # results.json, report.md and the plots: all new or all old
+        _write_report_files(results, paths)
+    return paths
+
+
+def _write_report_files(results: dict[str, Any], paths: dict[str, Path]) -> None:
     write_json(paths["results"], results)
     plot_per_level(results, paths["per_level"])
     plot_learning_curve(results, paths["learning_curve"])
@@ -327,7 +332,6 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
     ]
     with atomic_open(paths["report"]) as fh:
         fh.write("\n".join(lines))
-    return paths
 
 
 def _pyplot():

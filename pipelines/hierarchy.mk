@@ -37,7 +37,10 @@ else
 endif
 
 .PHONY: all table review export clean
-.DELETE_ON_ERROR:
+# No .DELETE_ON_ERROR: every stage commits all its outputs together or none of them
+# (hglv2.fileio.commit_together), so a failed stage leaves the old outputs complete, older than the
+# inputs that changed, and make reruns it next time. GNU make 4.3 with .DELETE_ON_ERROR deleted the
+# untouched sibling targets of a failed grouped rule (hierarchy.csv beside hierarchy.parquet).
 
 all: $(OUT)/hierarchy.parquet $(OUT)/anchors.json $(if $(PUBLISHED),$(OUT)/diff.json) export
 

@@ -290,13 +290,15 @@ def apply_cmd(
     json_path: Path | None,
 ) -> None:
     """Validate the review CSVs and write the hierarchy table (with provenance)."""
+    from hglv2.fileio import commit_together
     from hglv2.hierarchy.clusters import coverage, proposal_image_counts
     from hglv2.hierarchy.labels import write_hierarchy_table
 
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
-    write_hierarchy_table(table, out)
-    if csv_out is not None:
-        write_hierarchy_table(table, csv_out)
+    with commit_together():  # the table and its CSV copy: both new or both old
+        write_hierarchy_table(table, out)
+        if csv_out is not None:
+            write_hierarchy_table(table, csv_out)
     cov = coverage(table, proposal_image_counts(props))
     click.echo(f"hierarchy table: {len(table)} landmarks -> {out}")
     _print_coverage(cov)

@@ -558,15 +558,16 @@ def propose_files(
     """
     import pyarrow as pa
 
-    from hglv2.fileio import atomic_open, write_parquet
+    from hglv2.fileio import atomic_open, commit_together, write_parquet
     from hglv2.hierarchy.graph import load_graph
 
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
     proposals, pend = propose(pd.read_parquet(resolved), g, aliases, table, image_counts(images))
-    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
-    with atomic_open(pending) as fh:
-        pend.to_csv(fh, index=False, lineterminator="\n")
+    with commit_together():  # both outputs of the stage, or neither
+        write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
+        with atomic_open(pending) as fh:
+            pend.to_csv(fh, index=False, lineterminator="\n")
     status = proposals["status"].value_counts().to_dict()
     reasons = proposals["reason"].value_counts().sort_index().to_dict()
     return {

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_path, write_json, write_parquet
+from hglv2.fileio import atomic_path, commit_together, write_json, write_parquet
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
 
 DEFAULT_DEPTH = 12
@@ -162,10 +162,6 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
             "parent_label": pa.array([labels[p] or None for _, p in edges], pa.string()),
         }
     )
-    write_parquet(node_table, out_dir / "graph_nodes.parquet")
-    write_parquet(edge_table, out_dir / "graph_edges.parquet")
-    with atomic_path(out_dir / "graph.graphml") as tmp:
-        nx.write_graphml(g, tmp, encoding="utf-8", prettyprint=True)
     cycles = find_cycles(g)
     summary = {
         "nodes": g.number_of_nodes(),
@@ -174,7 +170,12 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
         "unexpanded": sum(1 for q in nodes if not g.nodes[q]["expanded"]),
         "cycles": [[{"qid": q, "label": labels[q] or None} for q in c] for c in cycles],
     }
-    write_json(out_dir / "cycles.json", summary["cycles"])
+    with commit_together():  # the four files of the stage: all new or all old
+        write_parquet(node_table, out_dir / "graph_nodes.parquet")
+        write_parquet(edge_table, out_dir / "graph_edges.parquet")
+        with atomic_path(out_dir / "graph.graphml") as tmp:
+            nx.write_graphml(g, tmp, encoding="utf-8", prettyprint=True)
+        write_json(out_dir / "cycles.json", summary["cycles"])
     return summary
 
 

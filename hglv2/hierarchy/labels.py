@@ -267,17 +267,18 @@ def diff_files(
     (``seed_decisions_csv``) and the confusion table (``confusion_csv``). Returns the result of
     :func:`diff_tables`.
     """
-    from hglv2.fileio import atomic_open
+    from hglv2.fileio import atomic_open, commit_together
 
     table_a, table_b = load_hierarchy_table(a), load_hierarchy_table(b)
     res = diff_tables(table_a, table_b)
-    if out_csv is not None:
-        with atomic_open(out_csv) as fh:
-            res["disagreements"].to_csv(fh, index=False, lineterminator="\n")
-    if seed_decisions_csv is not None:
-        with atomic_open(seed_decisions_csv) as fh:
-            seed_decisions(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
-    if confusion_csv is not None:
-        with atomic_open(confusion_csv) as fh:
-            res["confusion"].to_csv(fh, lineterminator="\n")
+    with commit_together():  # the files of the stage: all new or all old
+        if out_csv is not None:
+            with atomic_open(out_csv) as fh:
+                res["disagreements"].to_csv(fh, index=False, lineterminator="\n")
+        if seed_decisions_csv is not None:
+            with atomic_open(seed_decisions_csv) as fh:
+                seed_decisions(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
+        if confusion_csv is not None:
+            with atomic_open(confusion_csv) as fh:
+                res["confusion"].to_csv(fh, lineterminator="\n")
     return res

@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, write_json
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, write_json
 from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
 from hglv2.train.config import config_digest, load_config
@@ -525,6 +525,8 @@ def train(
     """
     if not isinstance(cfg, dict):
         cfg = load_config(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_folder(out_dir, "train")  # never train into another command's folder
     started = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dev = resolve_device(device)
