@@ -364,3 +364,17 @@ def test_check_images(tmp_path):
     res = _run("convert", "sop", "--root", str(root), "--out", str(tmp_path / "b"), "--check-images")
     assert res.exit_code == 2 and "3_0.JPG: image 8 of split test not found" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_output_folder_is_one_commit_and_owned(tmp_path):
+    root = make_sop(tmp_path / "sop")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    res = _run("convert", "sop", "--root", str(root), "--out", str(foreign))
+    assert res.exit_code == 2 and "refusing to overwrite it" in res.output
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    out = tmp_path / "out"
+    convert("sop", root, out)
+    convert("sop", root, out)  # an earlier conversion is replaced whole
+    assert (out / "manifest.json").is_file() and not list(tmp_path.glob(".out.staging-*"))

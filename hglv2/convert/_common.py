@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from hglv2 import __version__
 from hglv2.errors import InputError
-from hglv2.fileio import sha256_file, write_json
+from hglv2.fileio import folder_transaction, sha256_file, write_json
 
 FORMAT_VERSION = 1
 
@@ -139,7 +139,9 @@ def write_converted(
     every image must exist under ``root`` (one ``stat`` per image).
 
     Everything has been validated by the caller before this is called, so nothing is half-written
-    by bad input.
+    by bad input; the folder is one commit, like ``hglv2 export``
+    (:func:`hglv2.fileio.folder_transaction`, owner kind ``convert``): written beside ``out_dir``
+    and swapped into place whole, so ``out_dir`` must be new, empty or an earlier conversion.
     """
     from hglv2.splits import DEFAULT_ROW_GROUP_SIZE, write_converted_card, write_split_files
 
@@ -158,20 +160,7 @@ def write_converted(
             if lev in t.column_names:
                 values.update(v for v in t[lev].to_pylist() if v >= 0)
         counts[lev] = len(values)
-    split_info: dict[str, Any] = {}
-    for name, t in tables.items():  # each split with its own level columns
-        own = [c for c in t.column_names if c in levels]
-        split_info.update(
-            write_split_files(
-                out_dir,
-                {name: t},
-                row_group_size=row_group_size or DEFAULT_ROW_GROUP_SIZE,
-                levels=own,
-                key="level0",
-            )
-        )
-        split_info[name]["levels"] = own
-    manifest = {
+    manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "hglv2_version": __version__,
         "dataset": dict(dataset),
@@ -179,7 +168,7 @@ def write_converted(
         "level_names": list(level_names),
         "level_counts": counts,
         "image_root": str(root.resolve()),
-        "splits": split_info,
+        "splits": {},
         "inputs": {
             p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(inputs)
@@ -187,7 +176,19 @@ def write_converted(
         **(extra or {}),
         "command": list(command) if command is not None else None,
     }
-    out = Path(out_dir)
-    write_json(out / "manifest.json", manifest)
-    write_converted_card(out / "README.md", manifest)
+    with folder_transaction(out_dir, "convert") as staging:
+        for name, t in tables.items():  # each split with its own level columns
+            own = [c for c in t.column_names if c in levels]
+            manifest["splits"].update(
+                write_split_files(
+                    staging,
+                    {name: t},
+                    row_group_size=row_group_size or DEFAULT_ROW_GROUP_SIZE,
+                    levels=own,
+                    key="level0",
+                )
+            )
+            manifest["splits"][name]["levels"] = own
+        write_json(staging / "manifest.json", manifest)
+        write_converted_card(staging / "README.md", manifest)
     return manifest
