@@ -315,14 +315,19 @@ def build_query(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray, pa
     return ids, out, sol["usage"]
 
 
-def coverage(table: pa.Table) -> dict[str, Any]:
-    """Per-level fraction of rows with a known level, and landmark counts (complete / not)."""
+def coverage(
+    table: pa.Table, levels: Sequence[str] = LEVEL_COLUMNS, key: str = "landmark_id"
+) -> dict[str, Any]:
+    """Per-level fraction of rows with a known level, and landmark counts (complete / not).
+
+    ``levels``: the level columns; ``key``: the column whose distinct values are counted as
+    ``landmarks`` (the finest class; converted datasets use ``level0``).
+    """
     n = table.num_rows
     cov = {
-        lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0)
-        for lev in LEVEL_COLUMNS
+        lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0) for lev in levels
     }
-    lids = table["landmark_id"].to_numpy()
+    lids = table[key].to_numpy()
     complete = table["hierarchy_complete"].to_numpy()
     known = lids >= 0
     return {
@@ -333,6 +338,43 @@ def coverage(table: pa.Table) -> dict[str, Any]:
         "landmarks_hierarchy_incomplete": len(pd.unique(lids[known & ~complete])),
         "rows_without_landmark": int((~known).sum()),
     }
+
+
+def write_split_files(
+    out_dir: str | os.PathLike[str],
+    tables: dict[str, pa.Table],
+    *,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    levels: Sequence[str] = LEVEL_COLUMNS,
+    key: str = "landmark_id",
+) -> dict[str, Any]:
+    """Write each table to ``out_dir/<split>.parquet`` (atomic, deterministic bytes) and return the
+    manifest's ``splits`` section: :func:`coverage` plus file name, bytes, sha256 and columns.
+
+    Used by the converters of :mod:`hglv2.convert` (SOP, iNaturalist, DyML, CUB).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_info: dict[str, Any] = {}
+    for s, t in tables.items():
+        path = out_dir / f"{s}.parquet"
+        write_parquet(
+            t,
+            path,
+            row_group_size=row_group_size,
+            use_dictionary=[c for c in t.column_names if c not in ("id", "path")],
+        )
+        info = coverage(t, levels, key)
+        info.update(
+            {
+                "file": path.name,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "columns": t.column_names,
+            }
+        )
+        split_info[s] = info
+    return split_info
 
 
 def _resolve_inputs(
@@ -414,26 +456,7 @@ def export_into(
             tables[s] = index.join(ids, lids)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split_info: dict[str, Any] = {}
-    for s, t in tables.items():
-        path = out_dir / f"{s}.parquet"
-        write_parquet(
-            t,
-            path,
-            row_group_size=row_group_size,
-            use_dictionary=[c for c in t.column_names if c not in ("id", "path")],
-        )
-        info = coverage(t)
-        info.update(
-            {
-                "file": path.name,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "columns": t.column_names,
-            }
-        )
-        split_info[s] = info
+    split_info = write_split_files(out_dir, tables, row_group_size=row_group_size)
     used_inputs = sorted(
         {f for s in chosen for f in (*SPLIT_INPUTS[s][0], *SPLIT_INPUTS[s][1]) if f in files}
     )
@@ -463,13 +486,17 @@ def export_into(
 # ---------------------------------------------------------------------------------- dataset card
 
 
-def _front_matter(split_names: Iterable[str]) -> str:
+def _front_matter(
+    split_names: Iterable[str],
+    pretty_name: str = "Hierarchical Google Landmarks v2 (H-GLDv2) splits",
+    license: str = "cc-by-4.0",
+) -> str:
     names = list(split_names)
     plain = [s for s in names if s != "query"]
     lines = [
         "---",
-        "license: cc-by-4.0",
-        "pretty_name: Hierarchical Google Landmarks v2 (H-GLDv2) splits",
+        f"license: {license}",
+        f"pretty_name: {pretty_name}",
         "configs:",
     ]
     if plain:
@@ -524,6 +551,62 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
         "duckdb.sql(\"SELECT level1, count(*) FROM 'train.parquet' GROUP BY level1\")",
         "from hglv2.dataset import HGLDv2Dataset",
         'train = HGLDv2Dataset("train.parquet", "/path/to/gldv2/train")',
+        "```",
+        "",
+        "File sizes and sha256 are in `manifest.json`.",
+        "",
+    ]
+    with atomic_open(path) as fh:
+        fh.write("\n".join(out))
+
+
+def write_converted_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """The dataset card of a converted dataset (:mod:`hglv2.convert`): the same front matter as
+    :func:`write_dataset_card`, then the source, the levels, per-split coverage and loading."""
+    splits = manifest["splits"]
+    ds = manifest["dataset"]
+    levels = manifest["levels"]
+    names = manifest["level_names"]
+    out = [
+        _front_matter(splits, pretty_name=f"{ds['title']} (hglv2 splits)", license="other"),
+        f"# {ds['title']}: hglv2 splits\n",
+        f"Image lists of {ds['title']} with their {len(levels)}-level labels, converted from the "
+        f"official files by `hglv2 convert {ds['name']}` (hglv2 {manifest['hglv2_version']}, format "
+        f"{manifest['format_version']}). Images are not included: `path` is relative to the "
+        "dataset's root folder. The images and annotations keep their own licence "
+        f"({ds['license']}).\n",
+        f"{ds['description']}\n",
+        "## Levels\n",
+        "| column | level | distinct values (all splits) |",
+        "|---|---|---:|",
+    ]
+    for lev, name in zip(levels, names, strict=True):
+        out.append(f"| `{lev}` | {name} | {manifest['level_counts'][lev]} |")
+    out += [
+        "",
+        "## Splits\n",
+        "| split | rows | classes | " + " | ".join(levels) + " |",
+        "|---|---:|---:|" + "---:|" * len(levels),
+    ]
+    for s, info in splits.items():
+        c = info["coverage"]
+        out.append(
+            f"| {s} | {info['rows']} | {info['landmarks']} | "
+            + " | ".join(f"{c[lev]:.2%}" if lev in c else "-" for lev in levels)
+            + " |"
+        )
+    out += [
+        "",
+        "## Columns\n",
+        "`id` (the dataset's image id), `path` (relative to the dataset root), "
+        + ", ".join(f"`{lev}`" for lev in levels)
+        + " (int64 labels, finest first; -1 unknown), "
+        + ", ".join(f"`{lev}_name`" for lev in levels)
+        + " (the label as the dataset names it), `hierarchy_complete`.\n",
+        "## Loading\n",
+        "```python",
+        "from hglv2.dataset import HGLDv2Dataset",
+        f'train = HGLDv2Dataset("{next(iter(splits), "train")}.parquet", "/path/to/{ds["name"]}")',
         "```",
         "",
         "File sizes and sha256 are in `manifest.json`.",
