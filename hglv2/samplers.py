@@ -30,11 +30,15 @@ from torch.utils.data import Sampler
 __all__ = ["MPerClassBatchSampler", "HierarchicalBatchSampler"]
 
 
-def _class_chunks(classes: np.ndarray, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _class_chunks(
+    classes: np.ndarray, m: int, rng: np.random.Generator, cap: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut every class's images, in a random order, into groups of exactly ``m`` row indices.
 
     Args:
         classes: (N,) dense class number of each row (0..C-1).
+        cap: use at most this many images of each class (the first ``cap`` of its random order,
+            so a different subset each epoch); None: all.
     Returns:
         chunks (G, m) row indices and chunk_class (G,). Class ``c`` with ``n_c`` images gets
         ``ceil(n_c / m)`` groups; its last group is topped up with the first images of its own
@@ -44,6 +48,8 @@ def _class_chunks(classes: np.ndarray, m: int, rng: np.random.Generator) -> tupl
     order = _argsort_random_within(classes, rng)  # by class, random within a class
     counts = np.bincount(classes)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    if cap is not None:
+        counts = np.minimum(counts, cap)
     n_groups = -(-counts // m)
     padded = n_groups * m
     # position p (0..padded_c-1) of class c takes its (p mod n_c)-th image in the random order
@@ -205,6 +211,8 @@ class MPerClassBatchSampler(_EpochBatchSampler):
             (wrapping around at the end so all get ``len(self)`` batches).
         level: label column of the class when ``labels`` is 2-D.
         ignore_label: rows with this class id are left out (default None: keep all).
+        max_per_class: at most this many images of a class per epoch (a fresh random subset
+            each epoch; the authors' ``reduce_per_class``); None: all.
     """
 
     def __init__(
@@ -217,7 +225,11 @@ class MPerClassBatchSampler(_EpochBatchSampler):
         rank: int = 0,
         level: int = 0,
         ignore_label: int | None = None,
+        max_per_class: int | None = None,
     ) -> None:
+        if max_per_class is not None and max_per_class < 1:
+            raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+        self.max_per_class = max_per_class
         if m < 1 or batch_size < m or batch_size % m:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         super().__init__(seed, num_replicas, rank)
@@ -237,7 +249,7 @@ class MPerClassBatchSampler(_EpochBatchSampler):
             )
 
     def _build(self, rng: np.random.Generator) -> np.ndarray:
-        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng)
+        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng, self.max_per_class)
         groups = _pack(chunk_class, self.per_batch, rng)  # (B, P) chunk numbers
         return self.rows[chunks[groups].reshape(len(groups), -1)]
 
@@ -265,7 +277,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         batch_size: a multiple of ``clusters_per_batch * m``.
         clusters_per_batch: distinct clusters per batch (>= 2 gives cluster-level negatives).
         class_level, cluster_level: label columns of the class and of the cluster.
-        seed, num_replicas, rank: as in :class:`MPerClassBatchSampler`.
+        seed, num_replicas, rank, max_per_class: as in :class:`MPerClassBatchSampler`.
     """
 
     def __init__(
@@ -280,7 +292,11 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         num_replicas: int = 1,
         rank: int = 0,
         ignore_label: int | None = -1,
+        max_per_class: int | None = None,
     ) -> None:
+        if max_per_class is not None and max_per_class < 1:
+            raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+        self.max_per_class = max_per_class
         if m < 1 or clusters_per_batch < 1 or batch_size < 1 or batch_size % (m * clusters_per_batch):
             raise ValueError(
                 f"batch_size ({batch_size}) must be a multiple of clusters_per_batch * m "
@@ -310,7 +326,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         self.cluster_of_class = uniq // n_cls
 
     def _build(self, rng: np.random.Generator) -> np.ndarray:
-        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng)
+        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng, self.max_per_class)
         chunk_cluster = self.cluster_of_class[chunk_class]
         by_cluster = np.argsort(chunk_cluster, kind="stable")
         bounds = np.searchsorted(chunk_cluster[by_cluster], np.arange(len(self.clusters) + 1))

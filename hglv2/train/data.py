@@ -40,17 +40,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_transform(cfg: dict[str, Any], train: bool) -> Callable:
-    """The image transform of ``cfg``: random resized crop + flip when training with
-    ``data.augment``, else resize + center crop; then ImageNet normalisation."""
+    """The image transform of ``cfg``, then ImageNet normalisation.
+
+    Training with ``data.augment``: [Resize(``train_resize``)] + RandomResizedCrop(``image_size``,
+    ``crop_scale``, ``crop_ratio``) + horizontal flip. Otherwise Resize(``resize``) + CenterCrop
+    (``image_size``), where ``eval_resize: shorter`` resizes the shorter side and ``square`` resizes
+    to ``resize`` x ``resize`` (``resize`` null: ``image_size``).
+    """
     import torchvision.transforms as T
 
     d = cfg["data"]
     size = d["image_size"]
     steps: list[Any] = []
     if train and d["augment"]:
-        steps += [T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
+        if d.get("train_resize"):
+            steps.append(T.Resize(d["train_resize"]))
+        scale, ratio = tuple(d.get("crop_scale", (0.5, 1.0))), tuple(d.get("crop_ratio", (0.75, 4 / 3)))
+        steps += [T.RandomResizedCrop(size, scale=scale, ratio=ratio), T.RandomHorizontalFlip()]
     else:
-        steps += [T.Resize(d["resize"] or size), T.CenterCrop(size)]
+        r = d["resize"] or size
+        steps += [T.Resize((r, r) if d.get("eval_resize") == "square" else r), T.CenterCrop(size)]
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(steps)
 
@@ -145,8 +154,16 @@ def build_batch_sampler(
                 clusters_per_batch=s["clusters_per_batch"],
                 seed=seed,
                 ignore_label=-1,
+                max_per_class=s.get("max_per_class"),
             )
-        return MPerClassBatchSampler(masked, m=s["m"], batch_size=s["batch_size"], seed=seed, ignore_label=-1)
+        return MPerClassBatchSampler(
+            masked,
+            m=s["m"],
+            batch_size=s["batch_size"],
+            seed=seed,
+            ignore_label=-1,
+            max_per_class=s.get("max_per_class"),
+        )
     except ValueError as exc:
         raise InputError(f"sampler: {exc}") from None
 

@@ -24,7 +24,7 @@ from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, atomic_path, write_json
 from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
-from hglv2.train.config import config_digest, load_config
+from hglv2.train.config import config_digest, legacy_config_digest, load_config
 from hglv2.train.data import (
     BatchList,
     SeededItems,
@@ -33,7 +33,7 @@ from hglv2.train.data import (
     hash_seed,
     prepare_data,
 )
-from hglv2.train.optim import decomposability_optimizer, lr_factor, model_optimizer
+from hglv2.train.optim import build_scheduler, decomposability_optimizer, model_optimizer
 
 __all__ = ["Trainer", "embed", "resolve_device", "seed_everything", "train"]
 
@@ -201,7 +201,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         lc = cfg["loss"]
-        self.class_ids = np.unique(labels[:, 0])
+        # proxies only for the landmarks the sampler trains on (rows with a complete hierarchy)
+        self.class_ids = np.unique(labels[self.sampler.rows, 0])
         self.criterion = build_loss(
             lc["name"],
             lc["kwargs"],
@@ -209,7 +210,11 @@ class Trainer:
             embedding_dim=cfg["model"]["embedding_dim"],
         ).to(self.device)
         self.optimizer = model_optimizer(cfg, self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.batches_per_epoch)
+        self.freeze_epochs = t["freeze_backbone_epochs"]
+        self.backbone_params = (
+            list(self.model.backbone_parameters()) if hasattr(self.model, "backbone_parameters") else []
+        )
         self.dec = None
         self.dec_optimizer = self.dec_scheduler = None
         dc = lc["decomposability"]
@@ -222,17 +227,15 @@ class Trainer:
             ).to(self.device)
             self.dec_optimizer = decomposability_optimizer(cfg, self.dec)
             if self.dec_optimizer is not None:
-                self.dec_scheduler = torch.optim.lr_scheduler.LambdaLR(self.dec_optimizer, self._factor)
+                self.dec_scheduler = build_scheduler(
+                    cfg, self.dec_optimizer, self.total_steps, self.batches_per_epoch, dc.get("min_lr")
+                )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
-
-    def _factor(self, step: int) -> float:
-        sch = self.cfg["schedule"]
-        return lr_factor(step, self.total_steps, sch["warmup_steps"], sch["kind"], sch["min_lr_ratio"])
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -272,7 +275,7 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
             raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-        if state.get("config_digest") != config_digest(self.cfg):
+        if state.get("config_digest") not in (config_digest(self.cfg), legacy_config_digest(self.cfg)):
             raise InputError(f"{path}: checkpoint was made with a different config; use another --out")
         self.model.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
@@ -371,6 +374,11 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
+        if self.epoch < self.freeze_epochs:
+            # backbone-freeze warm-up: only the head and the proxies learn (the authors skip the
+            # backbone optimizer's step, so its moments and weight decay wait too)
+            for p in self.backbone_params:
+                p.grad = None
         clip = self.cfg["train"]["clip_grad_norm"]
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
