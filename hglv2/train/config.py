@@ -160,8 +160,9 @@ _ADDED_AFTER_V01 = (
 )
 
 # settings that cannot change a run's results (data-loader processes; how often it logs and
-# checkpoints): not part of the config identity, so a run resumes after they change
-RESULT_NEUTRAL = ("data.num_workers", "train.log_every", "train.checkpoint_every")
+# checkpoints; the decomposability-gap measurement, which runs under its own RNG state): not part of
+# the config identity, so a run resumes after they change
+RESULT_NEUTRAL = ("data.num_workers", "train.log_every", "train.checkpoint_every", "train.gap_batches")
 
 _OPEN_SECTIONS = {("loss", "kwargs"), ("benchmark", "losses"), ("loss", "decomposability")}
 
@@ -524,20 +525,24 @@ def validate_config(cfg: dict[str, Any], where: str = "config") -> None:
 
 
 def _identity(cfg: dict[str, Any], neutral: bool) -> dict[str, Any]:
+    """The config with the result-neutral settings at their defaults (``neutral``), then the keys
+    added after v0.1 left out where they hold their default."""
     out = copy.deepcopy(cfg)
-    for dotted in _ADDED_AFTER_V01 + (RESULT_NEUTRAL if neutral else ()):
+
+    def parent(dotted: str) -> tuple[Any, Any, str]:
         *parents, last = dotted.split(".")
         node, default = out, DEFAULTS
-        try:
-            for k in parents:
-                node, default = node[k], default[k]
-        except (KeyError, TypeError):
-            continue
-        if not isinstance(node, dict) or last not in node:
-            continue
-        if dotted in RESULT_NEUTRAL and neutral:
-            node[last] = default[last]
-        elif node[last] == default[last]:
+        for k in parents:
+            node, default = node.get(k) if isinstance(node, dict) else None, default[k]
+        return node, default, last
+
+    for dotted in RESULT_NEUTRAL if neutral else ():
+        node, default, last = parent(dotted)
+        if isinstance(node, dict) and last in node:
+            node[last] = copy.deepcopy(default[last])
+    for dotted in _ADDED_AFTER_V01:
+        node, default, last = parent(dotted)
+        if isinstance(node, dict) and last in node and node[last] == default[last]:
             del node[last]
     return out
 

@@ -119,8 +119,11 @@ def prepare_data(cfg: dict[str, Any], progress: bool = False) -> Path:
     return root
 
 
-def build_dataset(cfg: dict[str, Any], root: Path, split: str, train: bool) -> HGLDv2Dataset:
-    """The :class:`HGLDv2Dataset` of split ``split`` under ``root`` with the transform of ``cfg``."""
+def build_dataset(
+    cfg: dict[str, Any], root: Path, split: str, train: bool, levels: list[str] | None = None
+) -> HGLDv2Dataset:
+    """The :class:`HGLDv2Dataset` of split ``split`` under ``root`` with the transform of ``cfg``
+    (label columns ``levels``, default ``data.levels``)."""
     d = cfg["data"]
     image_root = d["image_root"]
     if isinstance(image_root, dict):  # one folder per split (GLDv2: train/, index/, test/)
@@ -129,7 +132,10 @@ def build_dataset(cfg: dict[str, Any], root: Path, split: str, train: bool) -> H
             raise InputError(f"data.image_root: no image folder for split {split!r}")
     image_root = Path(image_root) if image_root else root / "images"
     return HGLDv2Dataset(
-        root / f"{split}.parquet", image_root, levels=d["levels"], transform=build_transform(cfg, train)
+        root / f"{split}.parquet",
+        image_root,
+        levels=levels or d["levels"],
+        transform=build_transform(cfg, train),
     )
 
 

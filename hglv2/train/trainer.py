@@ -35,7 +35,7 @@ from hglv2.train.data import (
 )
 from hglv2.train.optim import build_scheduler, decomposability_optimizer, model_optimizer
 
-__all__ = ["Trainer", "embed", "resolve_device", "seed_everything", "train"]
+__all__ = ["Trainer", "batch_gap", "embed", "resolve_device", "seed_everything", "train"]
 
 
 def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +78,29 @@ def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def batch_gap(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    keys: tuple[str, ...] = ("AP_level0", "H-AP"),
+) -> dict[str, dict[str, float]]:
+    """Mean over ``batches`` (row-index arrays) of each metric computed within the batch, the metric
+    on all the rows, and their difference (the decomposability gap), per metric in ``keys``.
+
+    Each metric is :func:`hglv2.metrics.evaluate`'s with the set ranked against itself (a query's
+    own row excluded); a batch's value is the mean over its queries that have positives.
+    """
+    from hglv2.metrics import evaluate
+
+    whole = evaluate(embeddings, labels, recall_at=(1,))
+    per_batch = [evaluate(embeddings[b], labels[b], recall_at=(1,)) for b in batches]
+    out = {}
+    for key in keys:
+        mean = float(np.mean([r[key] for r in per_batch]))
+        out[key] = {"batch": mean, "whole": float(whole[key]), "gap": mean - float(whole[key])}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,6 +259,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
+        self._gap_set = None  # the training split with the evaluation transform (gap measurement)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -392,16 +416,33 @@ class Trainer:
             self.dec_scheduler.step()
         return out
 
-    def evaluate(self) -> dict[str, Any]:
-        """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split."""
+    def test_sets(self) -> list[dict[str, Any]]:
+        """The evaluation sets: ``data.test_sets``, else one (``query_split``, ``index_split``)."""
+        d = self.cfg["data"]
+        if d["test_sets"]:
+            return [
+                {
+                    "name": ts.get("name") or ts["query"],
+                    "query": ts["query"],
+                    "index": ts.get("index"),
+                    "levels": ts.get("levels"),
+                }
+                for ts in d["test_sets"]
+            ]
+        return [{"name": None, "query": d["query_split"], "index": d["index_split"], "levels": None}]
+
+    def _evaluate_set(self, ts: dict[str, Any]) -> dict[str, Any]:
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]
-        q = build_dataset(self.cfg, self.root, d["query_split"], train=False)
-        qe, ql = embed(self.model, q, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
-        if d["index_split"]:
-            g = build_dataset(self.cfg, self.root, d["index_split"], train=False)
-            ge, gl = embed(self.model, g, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
+
+        def run(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            ds = build_dataset(self.cfg, self.root, split, train=False, levels=ts["levels"])
+            return embed(self.model, ds, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
+
+        qe, ql = run(ts["query"])
+        if ts["index"]:
+            ge, gl = run(ts["index"])
             res = evaluate(qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), recall_at=tuple(t["recall_at"]))
         else:
             res = evaluate(qe.numpy(), ql.numpy(), recall_at=tuple(t["recall_at"]))
@@ -410,6 +451,75 @@ class Trainer:
             for k, v in res.items()
             if np.ndim(v) == 0
         }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split.
+
+        With several ``data.test_sets`` (DyML's fine / middle / coarse sets) each set's metrics are
+        kept as ``<name>/<metric>`` and the plain names hold their mean over the sets (counts
+        ``n_*``: their sum), as the authors' overall accuracy averages the three test sets; a set
+        evaluated with a single level gives the binary ASI of DyML.
+        """
+        sets = self.test_sets()
+        if len(sets) == 1:
+            return self._evaluate_set(sets[0])
+        per = {ts["name"]: self._evaluate_set(ts) for ts in sets}
+        out: dict[str, Any] = {}
+        common = set.intersection(*(set(r) for r in per.values()))
+        for key in sorted(common):
+            values = [r[key] for r in per.values()]
+            out[key] = float(np.sum(values)) if key.startswith("n_") else float(np.mean(values))
+        for name, res in per.items():
+            out.update({f"{name}/{k}": v for k, v in res.items()})
+        return out
+
+    def decomposability_gap(self, epoch: int) -> dict[str, Any]:
+        r"""The decomposability gap on the first ``train.gap_batches`` batches of ``epoch``.
+
+        .. math:: \mathrm{DG} = \frac{1}{K} \sum_{k=1}^{K} \mathrm{mAP}(B_k)
+                  - \mathrm{mAP}\Big(\bigcup_k B_k\Big)
+
+        where mAP(S) ranks S against itself (each query's own index excluded), for AP at level 0
+        and H-AP, on the training images with the evaluation transform (the model in eval mode).
+        The K batches are the sampler's batches, so every query has positives in its batch; the
+        union is a subset of the training set (K x batch_size images) because the whole set would
+        cost one more pass over the training data per epoch. Runs under its own RNG state, so it
+        does not change the run's results.
+        """
+        k = self.cfg["train"]["gap_batches"]
+        self.sampler.set_epoch(epoch)
+        batches = [np.asarray(b) for b in self.sampler.global_batches()[:k]]
+        rows = np.unique(np.concatenate(batches))
+        if self._gap_set is None:
+            self._gap_set = build_dataset(self.cfg, self.root, self.cfg["data"]["train_split"], train=False)
+        with torch.random.fork_rng(devices=[]):
+            emb, lab = embed(
+                self.model,
+                torch.utils.data.Subset(self._gap_set, rows.tolist()),
+                self.cfg["train"]["eval_batch_size"],
+                self.device,
+                0,
+                self.amp,
+            )
+        gap = batch_gap(emb.numpy(), lab.numpy(), [np.searchsorted(rows, b) for b in batches])
+        return {"batches": len(batches), "images": int(len(rows)), **gap}
+
+    def _maybe_gap(self, epoch: int) -> None:
+        if not self.cfg["train"]["gap_batches"]:
+            return
+        if self.rank == 0:
+            t0 = time.perf_counter()
+            gap = self.decomposability_gap(epoch)
+            self._log(
+                {
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "decomposability_gap": gap,
+                    "gap_s": round(time.perf_counter() - t0, 3),
+                }
+            )
+        if self.distributed:
+            dist.barrier()
 
     def _maybe_eval(self, final: bool = False) -> None:
         every = self.cfg["train"]["eval_every"]
@@ -477,7 +587,8 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 images_seen += len(batch["image"]) * self.world
-                if self.batch_in_epoch >= n_batches:
+                epoch_done = self.batch_in_epoch >= n_batches
+                if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                 if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
@@ -496,6 +607,8 @@ class Trainer:
                 every_ckpt = t["checkpoint_every"]
                 if every_ckpt and self.step % every_ckpt == 0:
                     self.save_checkpoint()
+                if epoch_done:
+                    self._maybe_gap(self.epoch - 1)
                 if self.step < self.total_steps:
                     self._maybe_eval()
                 if self.step >= stop:
