@@ -268,6 +268,13 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
     is a few numpy sorts over the groups: there is no enumeration of cluster pairs, so tens of
     thousands of classes and hundreds of clusters are cheap.
 
+    With ``batches_per_super_tuple`` = T the epoch is instead the authors' (pytorch-metric-learning's
+    ``HierarchicalSampler``): for every combination of ``clusters_per_batch`` clusters, T batches,
+    each cluster giving ``P`` distinct classes drawn at random (with repetition only when it has
+    fewer) and ``m`` random images of each (with repetition only when the class has fewer); so an
+    epoch has C(n_clusters, clusters_per_batch) x T batches and need not cover every image. It
+    enumerates the combinations: meant for few clusters (SOP: 12 super-classes, 66 pairs).
+
     Rows whose cluster label is ``ignore_label`` (default -1, "hierarchy unknown") are left out;
     their number is ``n_excluded``.
 
@@ -278,6 +285,7 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         clusters_per_batch: distinct clusters per batch (>= 2 gives cluster-level negatives).
         class_level, cluster_level: label columns of the class and of the cluster.
         seed, num_replicas, rank, max_per_class: as in :class:`MPerClassBatchSampler`.
+        batches_per_super_tuple: None (default: every image once per epoch, as above) or T.
     """
 
     def __init__(
@@ -293,10 +301,14 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         rank: int = 0,
         ignore_label: int | None = -1,
         max_per_class: int | None = None,
+        batches_per_super_tuple: int | None = None,
     ) -> None:
         if max_per_class is not None and max_per_class < 1:
             raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+        if batches_per_super_tuple is not None and batches_per_super_tuple < 1:
+            raise ValueError(f"batches_per_super_tuple must be >= 1, got {batches_per_super_tuple}")
         self.max_per_class = max_per_class
+        self.batches_per_super_tuple = batches_per_super_tuple
         if m < 1 or clusters_per_batch < 1 or batch_size < 1 or batch_size % (m * clusters_per_batch):
             raise ValueError(
                 f"batch_size ({batch_size}) must be a multiple of clusters_per_batch * m "
@@ -325,7 +337,29 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         uniq, self.class_of_row = np.unique(pair, return_inverse=True)
         self.cluster_of_class = uniq // n_cls
 
+    def _build_tuples(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch of ``batches_per_super_tuple`` batches per combination of clusters."""
+        from itertools import combinations
+
+        by_class = np.argsort(self.class_of_row, kind="stable")
+        bounds = np.searchsorted(self.class_of_row[by_class], np.arange(len(self.cluster_of_class) + 1))
+        classes_of = [np.flatnonzero(self.cluster_of_class == k) for k in range(len(self.clusters))]
+        batches = []
+        for combo in combinations(range(len(self.clusters)), self.clusters_per_batch):
+            for _ in range(self.batches_per_super_tuple):
+                batch = []
+                for k in combo:
+                    cls = classes_of[k]
+                    for c in rng.choice(cls, self.per_slot, replace=len(cls) < self.per_slot):
+                        rows = by_class[bounds[c] : bounds[c + 1]]
+                        batch.append(rng.choice(rows, self.m, replace=len(rows) < self.m))
+                batches.append(rng.permutation(np.concatenate(batch)))
+        order = rng.permutation(len(batches))
+        return self.rows[np.stack(batches)[order]]
+
     def _build(self, rng: np.random.Generator) -> np.ndarray:
+        if self.batches_per_super_tuple is not None:
+            return self._build_tuples(rng)
         chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng, self.max_per_class)
         chunk_cluster = self.cluster_of_class[chunk_class]
         by_cluster = np.argsort(chunk_cluster, kind="stable")

@@ -83,6 +83,7 @@ AUTHORS: dict[str, dict[str, object]] = {
         "sampler.batch_size": 256,
         "sampler.m": 4,
         "sampler.clusters_per_batch": 2,
+        "sampler.batches_per_super_tuple": 5,
         "train.recall_at": [1, 10, 100, 1000],
         **RESNET_LN,
         # S/optimizer/sop.yaml
@@ -524,3 +525,25 @@ def test_several_test_sets_are_averaged_like_the_authors_overall_accuracy(tmp_pa
     assert res["n_queries"] == res["fine/n_queries"] + res["coarse/n_queries"]
     assert res["fine/AP_level0"] != res["coarse/AP_level0"]  # each set scored on its own labels
     assert "AP_level1" not in res  # binary relevance per set: ASI is DyML's binary ASI
+
+
+def test_hierarchical_sampler_with_the_authors_epoch_of_batches_per_cluster_pair():
+    rng = np.random.default_rng(1)
+    fine = rng.integers(0, 60, 900)
+    labels = np.stack([fine, fine % 5], axis=1)  # 60 classes in 5 clusters
+    cfg = _cfg(sampler__kind="hierarchical", sampler__batch_size=32, sampler__m=4)
+    cfg["sampler"]["batches_per_super_tuple"] = 3
+    sampler = build_batch_sampler(cfg, labels, seed=0)
+    batches = np.asarray(sampler.global_batches())
+    assert batches.shape == (10 * 3, 32)  # C(5, 2) pairs x 3 batches
+    pairs = []
+    for b in batches:
+        clusters, counts = np.unique(labels[b, 1], return_counts=True)
+        assert len(clusters) == 2 and (counts == 16).all()
+        classes, per = np.unique(labels[b, 0], return_counts=True)
+        assert len(classes) == 8 and (per == 4).all()
+        pairs.append(tuple(clusters))
+    assert sorted(set(pairs)) == sorted({(a, b) for a in range(5) for b in range(a + 1, 5)})
+    assert all(pairs.count(p) == 3 for p in set(pairs))
+    again = build_batch_sampler(cfg, labels, seed=0).global_batches()
+    assert again == batches.tolist()  # deterministic given (seed, epoch)

@@ -101,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
         "m": 4,
         "clusters_per_batch": 2,
         "max_per_class": None,  # at most this many images of a class per epoch
+        "batches_per_super_tuple": None,  # hierarchical: the authors' epoch (T batches per cluster pair)
     },
     "optimizer": {
         "name": "adam",
@@ -148,6 +149,7 @@ _ADDED_AFTER_V01 = (
     "model.layernorm_affine",
     "model.freeze_batchnorm",
     "sampler.max_per_class",
+    "sampler.batches_per_super_tuple",
     "optimizer.momentum",
     "optimizer.nesterov",
     "optimizer.head_lr",
@@ -402,6 +404,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "sampler.m": _int(1),
     "sampler.clusters_per_batch": _int(1),
     "sampler.max_per_class": _opt(_int(1)),
+    "sampler.batches_per_super_tuple": _opt(_int(1)),
     "optimizer.name": _one_of("adam", "adamw", "sgd"),
     "optimizer.lr": _num(0.0, strict=True),
     "optimizer.weight_decay": _num(0.0),
@@ -489,6 +492,11 @@ def config_errors(cfg: dict[str, Any]) -> list[str]:
             s["batch_size"] % (s["m"] * s["clusters_per_batch"]) == 0,
             "sampler.batch_size must be a multiple of sampler.clusters_per_batch * sampler.m",
         )
+    cross(
+        ("sampler.batches_per_super_tuple", "sampler.kind"),
+        s.get("batches_per_super_tuple") is None or s.get("kind") == "hierarchical",
+        "sampler.batches_per_super_tuple needs sampler.kind: hierarchical",
+    )
     if t.get("steps") is None:
         cross(
             ("train.freeze_backbone_epochs", "train.epochs"),

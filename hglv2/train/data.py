@@ -161,6 +161,7 @@ def build_batch_sampler(
                 seed=seed,
                 ignore_label=-1,
                 max_per_class=s.get("max_per_class"),
+                batches_per_super_tuple=s.get("batches_per_super_tuple"),
             )
         return MPerClassBatchSampler(
             masked,
