@@ -41,6 +41,8 @@ BAD_VALUES = [
     ("train.gap_batches=-1", "train.gap_batches"),
     ("data.augment=yes please", "data.augment"),
     ("optimizer.lr=nan", "optimizer.lr"),
+    ("data.synthetic.train_fraction=1.5", "data.synthetic.train_fraction"),
+    ("data.synthetic.jpeg_quality=0", "data.synthetic.jpeg_quality"),
     ("sampler.batches_per_super_tuple=5", "sampler.batches_per_super_tuple"),  # m_per_class
     ("train.freeze_backbone_epochs=-1", "train.freeze_backbone_epochs"),
 ]
