@@ -547,3 +547,39 @@ def test_hierarchical_sampler_with_the_authors_epoch_of_batches_per_cluster_pair
     assert all(pairs.count(p) == 3 for p in set(pairs))
     again = build_batch_sampler(cfg, labels, seed=0).global_batches()
     assert again == batches.tolist()  # deterministic given (seed, epoch)
+
+
+@pytest.mark.slow
+def test_every_recipe_trains_end_to_end_on_a_tiny_stand_in(tmp_path):
+    """Each recipe's settings together (pooling, frozen BN, head lr, SGD, warm-up, samplers, test
+    sets, gap), with the data and backbone swapped for the embedded landmarks and the tiny net."""
+    data = tmp_path / "data"
+    for name in sorted(AUTHORS):
+        cfg = load_config(name)
+        tiny = _tiny_run_config(data)
+        cfg["data"].update(
+            {k: tiny["data"][k] for k in ("kind", "root", "synthetic", "image_root")},
+            train_split="train",
+            query_split="query",
+            index_split="index",
+            levels=["level0", "level1", "level2"][: max(2, min(3, len(cfg["data"]["levels"])))],
+            image_size=32,
+            resize=36,
+            train_resize=36 if cfg["data"]["train_resize"] else None,
+            num_workers=0,
+        )
+        if cfg["data"]["test_sets"]:
+            cfg["data"]["test_sets"] = [
+                {"name": "fine", "query": "query", "index": "index", "levels": ["level0"]},
+                {"name": "coarse", "query": "query", "index": "index", "levels": ["level1"]},
+            ]
+        cfg["model"].update(backbone="tiny", pretrained=False, width=8, embedding_dim=16, norm="batch")
+        cfg["sampler"].update(batch_size=16, m=4)
+        cfg["sampler"]["max_per_class"] = cfg["sampler"]["max_per_class"] and 4
+        cfg["train"].update(steps=3, eval_every=0, eval_batch_size=64, amp=False, gap_batches=1)
+        cfg["train"]["freeze_backbone_epochs"] = min(cfg["train"]["freeze_backbone_epochs"], 1)
+        cfg["train"]["recall_at"] = [1, 2]
+        trainer = Trainer(cfg, tmp_path / name, progress=False, resume=False)
+        metrics = trainer.fit()
+        assert trainer.step == 3 and np.isfinite(metrics["AP_level0"]), name
+        assert all(np.isfinite(r["loss"]) for r in trainer.history if "loss" in r), name
