@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from hglv2.errors import InputError
 from hglv2.models import GeM, build_model
 from hglv2.train import Trainer, load_config
 from hglv2.train.config import config_names
@@ -525,6 +526,9 @@ def test_several_test_sets_are_averaged_like_the_authors_overall_accuracy(tmp_pa
     assert res["n_queries"] == res["fine/n_queries"] + res["coarse/n_queries"]
     assert res["fine/AP_level0"] != res["coarse/AP_level0"]  # each set scored on its own labels
     assert "AP_level1" not in res  # binary relevance per set: ASI is DyML's binary ASI
+    cfg["data"]["test_sets"][1]["index"] = "gallery_coarse"
+    with pytest.raises(InputError, match="gallery_coarse.parquet does not exist"):
+        Trainer(cfg, tmp_path / "run2", progress=False, resume=False)
 
 
 def test_hierarchical_sampler_with_the_authors_epoch_of_batches_per_cluster_pair():

@@ -210,6 +210,10 @@ class Trainer:
         self.root = prepare_data(cfg, progress=self.progress) if self.rank == 0 else Path(cfg["data"]["root"])
         if self.distributed:
             dist.barrier()
+        for ts in self.test_sets():  # before training: a missing evaluation split fails now, not after
+            for split in (ts["query"], ts["index"]):
+                if split and not (self.root / f"{split}.parquet").is_file():
+                    raise InputError(f"data.test_sets: {self.root / (split + '.parquet')} does not exist")
         self.train_set = build_dataset(cfg, self.root, cfg["data"]["train_split"], train=True)
         labels = np.asarray(self.train_set.labels)
         self.sampler = build_batch_sampler(cfg, labels, seed=cfg["seed"])
