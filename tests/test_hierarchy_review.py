@@ -242,7 +242,7 @@ def test_propose_rules_on_a_small_graph():
             "revision": 7,
         }
     )
-    props, pending = propose(resolved, g, {}, table, {1: 5, 4: 100})
+    props, pending = propose(resolved, g, {}, table, {("train", 1): 5, ("train", 4): 100, ("index", 6): 999})
     p = props.set_index("landmark_id")
     assert (p.loc[1, "cluster"], p.loc[1, "status"], p.loc[1, "anchor_distance"]) == ("church", "rule", 1)
     assert p.loc[2, "reason"] == "tie" and p.loc[2, "top"] == "human-made" and pd.isna(p.loc[2, "cluster"])
@@ -283,7 +283,9 @@ values = st.sampled_from([None, "church", "Church", "castle", "lake"])
 def test_diff_matches_oracle(rows_a, rows_b):
     def table(rows, prov):
         df = pd.DataFrame({c: pd.Series([None] * len(rows), dtype="string") for c in HIERARCHY_COLUMNS})
-        df["landmark_id"] = pd.Series([r[0] for r in rows], dtype="int64")
+        # ids 16..30 are index landmarks 0..14: the same integers in two numberings, other places
+        df["landmark_id"] = pd.Series([r[0] - 16 if r[0] >= 16 else r[0] for r in rows], dtype="int64")
+        df["numbering"] = pd.Series(["index" if r[0] >= 16 else "train" for r in rows], dtype="string")
         df["hierarchical_label"] = pd.Series([r[1] for r in rows], dtype="string")
         df["natural_or_human_made"] = pd.Series([r[2] for r in rows], dtype="string")
         df["provenance"] = prov
@@ -378,5 +380,5 @@ def test_validate_anchors_catches_wrong_qids_and_offline_misses(tmp_path, cli_ru
     )
     assert (
         res.exit_code == 2
-        and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1|" in res.output
+        and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1 (1)" in res.output
     )

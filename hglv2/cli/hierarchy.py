@@ -122,14 +122,16 @@ def hierarchy() -> None:
 @hierarchy.command()
 @click.option(
     "--categories",
-    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
     required=True,
-    help="GLDv2 *_label_to_category.csv (landmark_id,category).",
+    help="GLDv2 train_ and/or index_label_to_category.csv (landmark_id,category); repeatable, all "
+    "resolved in one run. The numbering comes from the name (index* -> index, else train), or "
+    "write NUMBERING=PATH.",
 )
 @_file_option("--out", DEFAULT_OUT / "resolved.parquet")
 @_json_option
 @_with_client
-def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None:
+def resolve(client, categories: tuple[str, ...], out: Path, json_path: Path | None) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
     from hglv2.hierarchy.resolve import resolve_file
 
@@ -137,6 +139,8 @@ def resolve(client, categories: Path, out: Path, json_path: Path | None) -> None
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
         click.echo(f"  {k:40s} {v}")
+    for n, part in res["by_numbering"].items():
+        click.echo(f"  {n} numbering: resolved {part['resolved']}/{part['landmarks']}")
     _write_json(json_path, res)
 
 
@@ -181,8 +185,9 @@ def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: P
 @click.option(
     "--images",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="GLDv2 train.csv (counts images per landmark, to sort the review list).",
+    multiple=True,
+    help="GLDv2 train.csv and/or index_image_to_landmark.csv (count images per landmark, to sort "
+    "the review list); repeatable.",
 )
 @_file_option("--out", DEFAULT_OUT / "proposals.parquet")
 @_file_option("--pending", DEFAULT_OUT / "pending.csv")
@@ -191,7 +196,7 @@ def propose(
     resolved: Path,
     graph_dir: Path,
     clusters: Path,
-    images: Path | None,
+    images: tuple[Path, ...],
     out: Path,
     pending: Path,
     json_path: Path | None,
@@ -200,7 +205,7 @@ def propose(
     from hglv2.hierarchy.clusters import propose_files
 
     _require_stage_output(resolved, "resolve")
-    res = propose_files(resolved, graph_dir, clusters, images, out, pending)
+    res = propose_files(resolved, graph_dir, clusters, list(images) or None, out, pending)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
         f"({res['pending_rows']} review rows) -> {out}, {pending}"
@@ -237,6 +242,11 @@ def _print_coverage(cov: dict) -> None:
         c = cov[col]
         img = f", {c['image_fraction']:.1%} of images" if "image_fraction" in c else ""
         click.echo(f"  {col:24s} {c['landmarks']:6d}  {c['fraction']:.1%}{img}")
+    for n, part in cov.get("by_numbering", {}).items():
+        click.echo(
+            f"  {n} numbering: {part['landmarks']} landmarks, complete {part['complete']['landmarks']} "
+            f"({part['complete']['fraction']:.1%})"
+        )
 
 
 @hierarchy.command()
@@ -305,7 +315,7 @@ def apply_cmd(
 
 @hierarchy.command()
 @click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("b", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out-csv",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -322,25 +332,36 @@ def apply_cmd(
 @_json_option
 def diff(
     a: Path,
-    b: Path,
+    b: tuple[Path, ...],
     out_csv: Path | None,
     seed_decisions: Path | None,
     confusion_csv: Path | None,
     json_path: Path | None,
 ) -> None:
-    """Compare hierarchy tables A and B (ours: .parquet/.csv; published *_to_hierarchical.csv)."""
+    """Compare hierarchy table A with B (ours: .parquet/.csv; published *_label_to_hierarchical.csv).
+
+    B may be several tables (the published train_ and index_label_to_hierarchical.csv): each
+    numbering of A is compared with its own table, and the figures are printed per numbering too.
+    """
     from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary
 
     res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
-    lm = res["landmarks"]
-    click.echo(
-        f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
-        f"only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
-    )
-    click.echo(f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}")
-    for lev, s in res["levels"].items():
-        agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
-        click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
+    parts = [("all", res)] + (list(res["by_numbering"].items()) if len(res["by_numbering"]) > 1 else [])
+    for name, r in parts:
+        lm = r["landmarks"]
+        where = "" if name == "all" else f"[{name} numbering] "
+        click.echo(
+            f"{where}A={a} ({lm['a']} landmarks)  B={' '.join(map(str, b))} ({lm['b']})  common "
+            f"{lm['common']}, only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
+        )
+        click.echo(
+            f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}"
+        )
+        for lev, s in r["levels"].items():
+            agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
+            click.echo(
+                f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}"
+            )
     off = confusion_pairs(res["confusion"])
     if off:
         click.echo("  largest cluster confusions (A -> B: landmarks):")
