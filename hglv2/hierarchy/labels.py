@@ -17,15 +17,6 @@ from hglv2.errors import InputError
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS, PUBLISHED_HIERARCHY_COLUMNS
 
 
-def _read_csv_as_str(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path.name}: not a valid UTF-8 CSV file ({exc})") from None
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path.name}: empty file") from None
-
-
 def _parse_landmark_ids(df: pd.DataFrame, path: Path) -> pd.Series:
     ids = pd.to_numeric(df["landmark_id"].str.strip(), errors="coerce")
     bad = ids.isna()
@@ -125,7 +116,12 @@ def load_hierarchy_table(path: str | os.PathLike[str], numbering: str | None = N
         df = df.astype({c: "string" for c in df.columns if c != "landmark_id"})
         df["landmark_id"] = _parse_landmark_ids(df.astype({"landmark_id": "string"}), path)
     else:
-        df = _read_csv_as_str(path)
+        from hglv2.gldv2.readers import read_csv_strings, read_header
+
+        if "provenance" in read_header(path):  # ours; same validating CSV reader as the GLDv2 files
+            df = read_csv_strings(path, ["landmark_id"]).to_pandas()
+        else:
+            df = pd.DataFrame()
         if "provenance" not in df.columns:
             table = import_published(path)
             return (
