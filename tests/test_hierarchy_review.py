@@ -382,3 +382,50 @@ def test_validate_anchors_catches_wrong_qids_and_offline_misses(tmp_path, cli_ru
         res.exit_code == 2
         and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1 (1)" in res.output
     )
+
+
+def test_overrides_name_their_numbering(tmp_path, cli_runner):
+    """Both numberings in one run: an override with numbering=index changes the index landmark only,
+    never the train landmark with the same integer id; rows without a numbering mean train."""
+    work = tmp_path / "w"
+    for args in (
+        ["resolve", "--categories", SAMPLE / "train_label_to_category.csv", "--categories",
+         SAMPLE / "index_label_to_category.csv", "--out", work / "resolved.parquet", *NET],
+        ["graph", "--resolved", work / "resolved.parquet", "--out-dir", work, *NET],
+        ["propose", "--resolved", work / "resolved.parquet", "--graph-dir", work, "--clusters",
+         REVIEW / "clusters.csv", "--out", work / "proposals.parquet", "--pending", work / "pending.csv"],
+    ):  # fmt: skip
+        res = cli_runner.invoke(main, ["hierarchy", *map(str, args)])
+        assert res.exit_code == 0, res.output
+    props = pd.read_parquet(work / "proposals.parquet")
+    keys = set(zip(props["numbering"], props["landmark_id"], strict=True))
+    both = sorted({lid for n, lid in keys if n == "index"} & {lid for n, lid in keys if n == "train"})
+    assert both, "the sample has landmark ids in both numberings"
+    lid = both[0]
+    review = tmp_path / "review"
+    shutil.copytree(REVIEW, review)
+    (review / "landmark_overrides.csv").write_text(
+        "landmark_id,cluster,top,reason,numbering\n"
+        f"{lid},waterfall,natural,test index,index\n"
+        "6631,church,human-made,old row without numbering,\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "h.parquet"
+    res = apply(cli_runner, work / "proposals.parquet", review, out)
+    assert res.exit_code == 0, res.output
+    t = load_hierarchy_table(out).set_index(["numbering", "landmark_id"])
+    assert t.loc[("index", lid), "hierarchical_label"] == "waterfall"
+    assert t.loc[("index", lid), "provenance"] == "override"
+    assert t.loc[("train", lid), "provenance"] != "override"
+    assert t.loc[("train", 6631), "provenance"] == "override"
+    assert "index numbering" in res.output and "train numbering" in res.output
+    for text, message in (
+        (f"landmark_id,cluster,top,reason,numbering\n{lid},lake,natural,x,test\n", "numbering 'test' is not"),
+        (
+            "landmark_id,cluster,top,reason,numbering\n99999,lake,natural,x,index\n",
+            "landmark_overrides.csv:2: unknown landmark_id 99999 in the index numbering",
+        ),
+    ):
+        (review / "landmark_overrides.csv").write_text(text, encoding="utf-8")
+        res = apply(cli_runner, work / "proposals.parquet", review, tmp_path / "bad.parquet")
+        assert res.exit_code == 2 and message in res.output, res.output
