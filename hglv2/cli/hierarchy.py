@@ -343,15 +343,16 @@ def diff(
     B may be several tables (the published train_ and index_label_to_hierarchical.csv): each
     numbering of A is compared with its own table, and the figures are printed per numbering too.
     """
-    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary
+    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary, numbering_of_file
 
     res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
     parts = [("all", res)] + (list(res["by_numbering"].items()) if len(res["by_numbering"]) > 1 else [])
     for name, r in parts:
         lm = r["landmarks"]
         where = "" if name == "all" else f"[{name} numbering] "
+        shown = b if name == "all" else [p for p in b if numbering_of_file(p) == name] or b
         click.echo(
-            f"{where}A={a} ({lm['a']} landmarks)  B={' '.join(map(str, b))} ({lm['b']})  common "
+            f"{where}A={a} ({lm['a']} landmarks)  B={' '.join(map(str, shown))} ({lm['b']})  common "
             f"{lm['common']}, only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
         )
         click.echo(
