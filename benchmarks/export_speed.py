@@ -115,7 +115,7 @@ def side_in_subprocess(side: str, files: dict[str, Path], out: Path) -> dict:
 
 
 def bench_samplers(rows: int, landmarks: int) -> list[str]:
-    from hglv2.dataset import HierarchicalBatchSampler, MPerClassBatchSampler
+    from hglv2.samplers import HierarchicalBatchSampler, MPerClassBatchSampler
 
     rng = np.random.default_rng(1)
     lids = np.minimum((landmarks * rng.random(rows) ** 2).astype(np.int64), landmarks - 1)

@@ -1,10 +1,16 @@
 """Benchmarks: suites of (dataset, loss, seed) trainings -> ``results.json``, ``report.md``, plots.
 
-A suite is a training config (:func:`hglv2.train.load_config`) whose ``benchmark`` section lists
+A suite is a training config (:func:`hglv2.train.config.load_config`) whose ``benchmark`` section lists
 the losses to compare (name -> overrides of the ``loss`` section) and the seeds. Each (loss, seed)
 run trains in ``<out>/runs/<loss>/seed<k>/`` and is evaluated on the evaluation split with
-:func:`hglv2.metrics.evaluate`; a run whose ``metrics.json`` matches its config is reused, so an
-interrupted benchmark continues where it stopped.
+:func:`hglv2.metrics.evaluate`. A finished run is reused, and an interrupted one resumed from its
+checkpoint, only when its *run key* is unchanged: a sha256 over the content of every input (the
+resolved run config, the data -- manifest and split files, which record the hierarchy's sha256 --
+and the hglv2 source code), never over paths; :func:`run_key`. Anything else starts the run over.
+
+Parallel runs train in worker processes that die with the benchmark (:mod:`hglv2.processes`);
+Ctrl-C or SIGTERM stops them within seconds. In a terminal one progress bar follows the suite
+(runs done, training steps of the runs in flight).
 
 Outputs: ``results.json`` (every run's final metrics, learning curve and speed, plus mean/std per
 loss), ``report.md`` (rows: losses; columns: AP and R@1 per level, H-AP, ASI, NDCG, mAP@100 at the
@@ -15,10 +21,13 @@ per loss; ``learning_curve.png``: H-AP and level-0 AP against the step).
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +36,10 @@ import numpy as np
 import torch
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, write_json
-from hglv2.train import Trainer, config_digest, load_config, validate_config
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, commit_together, sha256_file, write_json
+from hglv2.train.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
+from hglv2.train.data import prepare_data
+from hglv2.train.trainer import Trainer, resolve_device
 
 REPORT_METRICS_MULTI = ("H-AP", "ASI", "NDCG")
 
@@ -45,19 +56,21 @@ def suite_runs(cfg: dict[str, Any], losses: list[str] | None = None, seeds: list
             raise InputError(f"--losses: {', '.join(unknown)} not in the suite ({', '.join(names)})")
         names = list(losses)
     seeds = list(seeds if seeds is not None else cfg["benchmark"]["seeds"])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise InputError("benchmark.seeds must be a non-empty list of integers")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise InputError("benchmark.seeds must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):  # one run would be counted twice in the mean and std
+        raise InputError(f"benchmark.seeds: {seeds} repeats a seed")
     runs = []
     for label in names:
         override = table[label]
         if not isinstance(override, dict):
             raise InputError(f"benchmark.losses.{label} must be a mapping (name, kwargs, ...)")
-        unknown = set(override) - {"name", "kwargs", "weight", "decomposability"}
+        unknown = set(override) - set(DEFAULTS["loss"])
         if unknown:
             raise InputError(f"benchmark.losses.{label}: unknown key(s) {sorted(unknown)}")
         for seed in seeds:
             run = copy.deepcopy(cfg)
-            run["loss"] = {"name": label, "kwargs": {}, "weight": 1.0, "decomposability": None, **override}
+            run["loss"] = {**copy.deepcopy(DEFAULTS["loss"]), "name": label, **override}
             run["seed"] = seed
             run["name"] = f"{cfg['name']}/{label}/seed{seed}"
             run["benchmark"] = {"seeds": [seed], "losses": {}}
@@ -86,18 +99,83 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 of the hglv2 package: its version and every ``.py``/``.yaml`` file under it."""
+    import hglv2
+
+    root = Path(hglv2.__file__).parent
+    h = hashlib.sha256(f"hglv2 {hglv2.__version__}\n".encode())
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def data_digest(cfg: dict[str, Any], root: str | os.PathLike[str]) -> str:
+    """sha256 of the data a run reads: ``manifest.json`` (when present), the split files it
+    trains and evaluates on, and for synthetic data the hierarchy file it was drawn from.
+
+    Content only (the file names inside the data folder, not its path). Image files are covered
+    through the manifest where it hashes them (synthetic data); a GLDv2 image folder is not
+    hashed (millions of files): replace it under a new export to force new runs.
+    """
+    d = cfg["data"]
+    root = Path(root)
+    h = hashlib.sha256()
+    names = ["manifest.json"] + [
+        f"{d[k]}.parquet" for k in ("train_split", "query_split", "index_split") if d.get(k)
+    ]
+    for name in dict.fromkeys(names):
+        path = root / name
+        h.update(f"{name}\0{sha256_file(path) if path.is_file() else '-'}\n".encode())
+    if d["kind"] == "synthetic":
+        hierarchy = (d.get("synthetic") or {}).get("hierarchy")
+        if hierarchy is None:
+            from hglv2.synthetic import default_hierarchy_path
+
+            hierarchy = default_hierarchy_path()
+        if hierarchy is not None and str(hierarchy) != "builtin" and Path(hierarchy).is_file():
+            h.update(f"hierarchy\0{sha256_file(hierarchy)}\n".encode())
+    return h.hexdigest()
+
+
+def run_key(run_cfg: dict[str, Any], data: str, code: str) -> str:
+    """The identity of a run's inputs: sha256 of (config digest, data digest, code digest)."""
+    text = json.dumps({"config": config_digest(run_cfg), "data": data, "code": code}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _worker_init() -> None:
+    """Initializer of the parallel-run worker processes: die with the benchmark process."""
+    from hglv2.processes import die_with_parent
+
+    die_with_parent()
+
+
 def _train_run(
-    run_cfg: dict[str, Any], run_dir: str, device: str | None, threads: int | None, progress: bool
+    run_cfg: dict[str, Any],
+    run_dir: str,
+    device: str | None,
+    threads: int | None,
+    progress: bool,
+    key: str | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
-    """Train one run (in this process or a worker process); returns its metrics and speed."""
+    """Train one run (in this process or a worker process); returns its metrics and speed.
+
+    ``key`` (:func:`run_key`) is recorded in ``metrics.json``; ``resume=False`` starts over even
+    when the run folder holds a checkpoint (made from other inputs).
+    """
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    trainer = Trainer(run_cfg, run_dir, device=device, resume=True, progress=progress)
+    trainer = Trainer(run_cfg, run_dir, device=device, resume=resume, progress=progress)
     metrics = trainer.fit()
     done = Path(run_dir) / "metrics.json"
     record = json.loads(done.read_text("utf-8"))
     record.update({"images_per_s": trainer.images_per_s, "train_seconds": trainer.train_seconds})
+    if key is not None:
+        record["run_key"] = key
     write_json(done, record)
     return {
         "metrics": metrics,
@@ -139,54 +217,48 @@ def run_suite(
     suite's config before the runs are derived from it. ``jobs``: runs trained in parallel worker
     processes (default: :func:`plan_jobs`); the results do not depend on it. Returns the results.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from hglv2.train import prepare_data, resolve_device, set_path
 
     cfg = suite if isinstance(suite, dict) else load_config(suite)
-    cfg = copy.deepcopy(cfg)
-    for key, value in (overrides or {}).items():
-        set_path(cfg, key, value)
-    validate_config(cfg, "suite")
+    cfg = apply_overrides(copy.deepcopy(cfg), overrides, "suite")
     resolve_device(device)  # a bad --device fails before any work
     plan = suite_runs(cfg, losses, seeds)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out_dir, "benchmark")  # never write runs into another command's folder
     t0 = time.perf_counter()
-    prepare_data(cfg, progress=progress)
+    data_root = prepare_data(cfg, progress=progress)
     data_s = time.perf_counter() - t0
 
+    data_dig, code_dig = data_digest(cfg, data_root), code_digest()
     finished: dict[int, dict[str, Any]] = {}
     todo = []
     for k, (label, seed, run_cfg) in enumerate(plan):
         run_dir = out / "runs" / _safe(label) / f"seed{seed}"
-        done = run_dir / "metrics.json"
-        if done.is_file():
-            prev = json.loads(done.read_text("utf-8"))
-            if prev.get("config_digest") == config_digest(run_cfg) and prev.get("metrics"):
-                finished[k] = {
-                    "metrics": prev["metrics"],
-                    "images_per_s": prev.get("images_per_s"),
-                    "train_seconds": prev.get("train_seconds"),
-                    "wall_seconds": 0.0,
-                    "reused": True,
-                }
-                continue
-        todo.append((k, run_cfg, str(run_dir)))
+        key = run_key(run_cfg, data_dig, code_dig)
+        prev = _read_json(run_dir / "metrics.json")
+        if prev.get("run_key") == key and prev.get("metrics"):
+            finished[k] = {
+                "metrics": prev["metrics"],
+                "images_per_s": prev.get("images_per_s"),
+                "train_seconds": prev.get("train_seconds"),
+                "wall_seconds": 0.0,
+                "reused": True,
+            }
+            continue
+        # a checkpoint is resumed only if it was made from these very inputs
+        resume = _read_json(run_dir / "inputs.json").get("run_key") == key
+        if not resume:
+            for stale in ("metrics.json", "model.pt"):
+                (run_dir / stale).unlink(missing_ok=True)
+        write_json(
+            run_dir / "inputs.json",
+            {"run_key": key, "config_digest": config_digest(run_cfg), "data": data_dig, "code": code_dig},
+        )
+        todo.append((k, run_cfg, str(run_dir), key, resume))
     n_jobs, threads = plan_jobs(len(todo), device, jobs)
     if n_jobs > 1:
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
-            futures = {k: pool.submit(_train_run, rc, rd, device, threads, False) for k, rc, rd in todo}
-            for k, fut in futures.items():
-                finished[k] = {**fut.result(), "reused": False}
-                if progress:
-                    label, seed, _ = plan[k]
-                    hap = 100 * finished[k]["metrics"].get("H-AP", float("nan"))
-                    print(f"{label} seed {seed}: H-AP {hap:.2f}", flush=True)
+        _run_parallel(plan, todo, finished, n_jobs, device, threads, progress)
     else:
-        for k, rc, rd in todo:
-            finished[k] = {**_train_run(rc, rd, device, None, progress), "reused": False}
+        for k, rc, rd, key, resume in todo:
+            finished[k] = {**_train_run(rc, rd, device, None, progress, key, resume), "reused": False}
     runs = []
     for k, (label, seed, run_cfg) in enumerate(plan):
         run_dir = out / "runs" / _safe(label) / f"seed{seed}"
@@ -223,6 +295,105 @@ def run_suite(
     }
     write_report(results, out)
     return results
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _last_step(run_dir: str) -> int:
+    """The last logged step of a run in flight (0 when none), from the tail of its log.jsonl."""
+    try:
+        with open(Path(run_dir) / "log.jsonl", "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = fh.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            return rec["step"]
+    return 0
+
+
+def _say(line: str) -> None:
+    """Print a line to stdout without tearing a progress bar on stderr."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _run_parallel(
+    plan: list,
+    todo: list,
+    finished: dict[int, dict[str, Any]],
+    n_jobs: int,
+    device: str | None,
+    threads: int | None,
+    progress: bool,
+) -> None:
+    """Train ``todo`` in ``n_jobs`` worker processes that die with this one.
+
+    Progress: one tqdm bar over the runs (off when stderr is not a terminal) whose postfix sums
+    the steps of the runs in flight (read from their ``log.jsonl``); each finished run prints one
+    line, in plan order. Any exception here (Ctrl-C, SIGTERM via the CLI, a failing run) stops
+    every worker before it propagates.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from hglv2.processes import stop_processes
+
+    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn"), initializer=_worker_init)
+    bar = None
+    try:
+        futures = {
+            k: (pool.submit(_train_run, rc, rd, device, threads, False, key, resume), rd, rc)
+            for k, rc, rd, key, resume in todo
+        }
+        steps_total = sum(rc["train"]["steps"] or 0 for _, _, rc in futures.values())
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(plan), initial=len(finished), desc="benchmark", unit="run", disable=None)
+        pending = dict(futures)
+        announce = [k for k, *_ in todo]
+        while pending:
+            wait([f for f, _, _ in pending.values()], timeout=1.0, return_when=FIRST_COMPLETED)
+            for k in [k for k, (f, _, _) in pending.items() if f.done()]:
+                fut = pending.pop(k)[0]
+                finished[k] = {**fut.result(), "reused": False}
+                if bar is not None:
+                    bar.update(1)
+            while progress and announce and announce[0] in finished:
+                k = announce.pop(0)
+                label, seed, _ = plan[k]
+                hap = 100 * (finished[k]["metrics"] or {}).get("H-AP", float("nan"))
+                _say(f"{label} seed {seed}: H-AP {hap:.2f}")
+            if bar is not None and steps_total:
+                done_steps = sum(
+                    rc["train"]["steps"] or 0 for k, (_, _, rc) in futures.items() if k in finished
+                )
+                done_steps += sum(_last_step(rd) for _, rd, _ in pending.values())
+                bar.set_postfix_str(f"steps {done_steps}/{steps_total}", refresh=True)
+    except BaseException:
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_processes(processes)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    pool.shutdown(wait=True)
 
 
 def _safe(label: str) -> str:
@@ -288,6 +459,12 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
         "per_level": out / "per_level.png",
         "learning_curve": out / "learning_curve.png",
     }
+    with commit_together():  # results.json, report.md and the plots: all new or all old
+        _write_report_files(results, paths)
+    return paths
+
+
+def _write_report_files(results: dict[str, Any], paths: dict[str, Path]) -> None:
     write_json(paths["results"], results)
     plot_per_level(results, paths["per_level"])
     plot_learning_curve(results, paths["learning_curve"])
@@ -330,7 +507,6 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> di
     ]
     with atomic_open(paths["report"]) as fh:
         fh.write("\n".join(lines))
-    return paths
 
 
 def _pyplot():

@@ -12,7 +12,8 @@ Two functions, on ``requests``:
   date; capped at ``retry_after_cap``) when it sends one. Retried: the statuses in
   ``retry_statuses`` (429 and 5xx by default), timeouts, connection errors and bodies cut short
   (shorter than their ``Content-Length``). Any other HTTP error status fails at once. After the last
-  try it raises :class:`hglv2.errors.NetworkError` naming the URL and the last failure.
+  try it raises :class:`hglv2.errors.NetworkError` naming the URL and the last failure. The first
+  retry towards a host is announced once on stderr (:func:`announce_retry`).
 
 Requests are serial (the callers never run them concurrently); the ``sleep`` argument lets tests
 run the retry loop without waiting. ``allowed_bases`` makes a caller refuse any URL outside its
@@ -22,6 +23,7 @@ configured base URLs (for example a file name with ``../`` joined onto a base).
 from __future__ import annotations
 
 import email.utils
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -97,6 +99,27 @@ def _normalise(url: str) -> str:
             segments.append(seg)
     path = "/".join(segments)
     return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def announce_retry(url: str, reason: str, tries_left: int) -> None:
+    """Say on stderr, once per host and process, that requests to it are being retried.
+
+    Without it a run without network sits silent through minutes of backoff.
+    """
+    host = urllib.parse.urlsplit(url).netloc or url
+    if host in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(host)
+    short = reason if len(reason) <= 100 else reason[:97] + "..."
+    print(
+        f"Note: {host} did not answer ({short}); retrying with backoff, up to {tries_left} more "
+        "tries per request (Ctrl-C stops; --max-tries/--max-retries and --offline change this)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -207,5 +230,6 @@ def request_with_retries(
             delay = min(retry_after, retry_after_cap)
         if on_retry is not None:
             on_retry(attempt, last, delay)
+        announce_retry(url, last, max_tries - attempt)
         sleep(delay)
     raise NetworkError(f"{method} {url}: failed after {max_tries} tries (last: {last})")

@@ -75,7 +75,7 @@ import pyarrow.csv as pacsv
 
 from hglv2 import __version__
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, sha256_file, write_json, write_parquet
+from hglv2.fileio import atomic_open, folder_transaction, sha256_file, write_json, write_parquet
 from hglv2.gldv2.readers import metadata_files, read_file
 from hglv2.hierarchy.labels import load_hierarchy_table, sort_table
 from hglv2.schema import HIERARCHY_COLUMNS, LEVEL_COLUMNS, NUMBERINGS, SPLIT_COLUMNS
@@ -475,6 +475,21 @@ def _validate_category_files(files: dict[str, Path], chosen: Sequence[str]) -> l
 def export(
     metadata: str | os.PathLike[str] | dict[str, Path],
     out_dir: str | os.PathLike[str],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Write Parquet splits, ``manifest.json`` and the dataset card ``README.md`` to ``out_dir``.
+
+    The folder is one commit (:func:`hglv2.fileio.folder_transaction`): it is written beside
+    ``out_dir`` and swapped into place whole, under a lock; ``out_dir`` must be new, empty or an
+    earlier export. Keyword arguments: those of :func:`export_into`.
+    """
+    with folder_transaction(out_dir, "export") as staging:
+        return export_into(metadata, staging, **kwargs)
+
+
+def export_into(
+    metadata: str | os.PathLike[str] | dict[str, Path],
+    out_dir: str | os.PathLike[str],
     *,
     hierarchy: Sequence[str | os.PathLike[str]] | None = None,
     splits: Sequence[str] | None = None,
@@ -483,7 +498,9 @@ def export(
     drop_incomplete: bool = False,
     mixed_ground_truth: str = "error",
 ) -> dict[str, Any]:
-    """Write Parquet splits, ``manifest.json`` and the dataset card ``README.md`` to ``out_dir``.
+    """Write Parquet splits, ``manifest.json`` and the dataset card ``README.md`` into ``out_dir``.
+
+    Files are written in place, one by one (:func:`export` wraps this in a folder transaction).
 
     Args:
         metadata: the folder holding the GLDv2 files (by their official names), or a mapping

@@ -41,7 +41,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_path, sha256_file, write_json, write_parquet
+from hglv2.fileio import atomic_path, folder_transaction, sha256_file, write_json, write_parquet
 from hglv2.schema import HIERARCHY_COLUMNS, SPLIT_COLUMNS, image_relpath
 
 FORMAT_VERSION = 1
@@ -466,7 +466,34 @@ def generate(
     params: SyntheticParams | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write the embedded dataset under ``out_dir`` and return its manifest.
+    """Write the embedded dataset to the folder ``out_dir`` as one commit; return its manifest.
+
+    The folder is written beside ``out_dir`` and swapped into place whole, under a lock
+    (:func:`hglv2.fileio.folder_transaction`); ``out_dir`` must be new, empty or earlier synthetic
+    data (an export or any other folder is an error, never overwritten). Contents: :func:`generate_into`.
+    """
+    params = params or SyntheticParams()
+    _check_params(params)
+    with folder_transaction(out_dir, "synthetic") as staging:
+        return generate_into(staging, hierarchy, params, progress)
+
+
+def _check_params(params: SyntheticParams) -> None:
+    if params.image_size < 16:
+        raise InputError(f"synthetic: image_size {params.image_size} is too small (minimum 16)")
+    if min(params.train_images, params.query_images, params.index_images) < 1:
+        raise InputError("synthetic: train_images, query_images and index_images must be >= 1")
+    if not 0.0 < params.train_fraction < 1.0:
+        raise InputError(f"synthetic: train_fraction {params.train_fraction} must be in (0, 1)")
+
+
+def generate_into(
+    out_dir: str | os.PathLike[str],
+    hierarchy: str | os.PathLike[str] | pd.DataFrame | None = None,
+    params: SyntheticParams | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write the embedded dataset into ``out_dir`` (file by file) and return its manifest.
 
     Layout: ``train.parquet``, ``query.parquet``, ``index.parquet`` (columns
     :data:`~hglv2.schema.SPLIT_COLUMNS`; ``query`` adds ``usage``), ``images/a/b/c/<id>.jpg`` and
@@ -477,12 +504,7 @@ def generate(
     ``index_images`` index images each.
     """
     params = params or SyntheticParams()
-    if params.image_size < 16:
-        raise InputError(f"synthetic: image_size {params.image_size} is too small (minimum 16)")
-    if min(params.train_images, params.query_images, params.index_images) < 1:
-        raise InputError("synthetic: train_images, query_images and index_images must be >= 1")
-    if not 0.0 < params.train_fraction < 1.0:
-        raise InputError(f"synthetic: train_fraction {params.train_fraction} must be in (0, 1)")
+    _check_params(params)
     table, source = load_table(hierarchy)
     specs = landmark_specs(table, params)
     level1 = _level_ids([s.cluster for s in specs])
@@ -538,12 +560,8 @@ def generate(
     for spec, v, rel in iterator:
         buf = io.BytesIO()
         render_image(spec, v, params.seed, params.image_size).save(buf, "JPEG", quality=params.jpeg_quality)
-        target = image_root / rel
-        data = buf.getvalue()
-        if target.is_file() and target.read_bytes() == data:
-            continue
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
+        with atomic_path(image_root / rel) as tmp:
+            tmp.write_bytes(buf.getvalue())
 
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

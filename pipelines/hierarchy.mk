@@ -3,6 +3,7 @@
 #
 #   make -f pipelines/hierarchy.mk                          # offline, on the embedded sample
 #   make -f pipelines/hierarchy.mk DATA=path ONLINE=1 CONTACT=you@example.org
+#   make -f pipelines/hierarchy.mk DATA=path DUMP=latest-all.json.bz2 [REDIRECTS=redirects.csv]
 #
 # DATA holds GLDv2 metadata in the release layout: train_label_to_category.csv and/or
 # index_label_to_category.csv (both numberings are resolved in ONE run: one cache, one class graph,
@@ -20,6 +21,8 @@ CONTACT    ?=
 API_URL    ?=
 SPARQL_URL ?=
 DEPTH      ?= 12
+DUMP       ?=
+REDIRECTS  ?=
 
 HG         := $(PY) -m hglv2.cli hierarchy
 CATEGORIES := $(wildcard $(DATA)/train_label_to_category.csv $(DATA)/index_label_to_category.csv)
@@ -41,8 +44,17 @@ else
   CACHE_DEP := $(DATA)/wikidata_cache.jsonl
 endif
 
+# The dump route: resolve, graph and validate-anchors read a Wikidata JSON dump instead of the API.
+ifneq ($(DUMP),)
+  NET       := --dump $(DUMP) $(if $(REDIRECTS),--redirects $(REDIRECTS))
+  CACHE_DEP := $(DUMP)
+endif
+
 .PHONY: all table review export clean
-.DELETE_ON_ERROR:
+# No .DELETE_ON_ERROR: every stage commits all its outputs together or none of them
+# (hglv2.fileio.commit_together), so a failed stage leaves the old outputs complete, older than the
+# inputs that changed, and make reruns it next time. GNU make 4.3 with .DELETE_ON_ERROR deleted the
+# untouched sibling targets of a failed grouped rule (hierarchy.csv beside hierarchy.parquet).
 
 all: $(OUT)/hierarchy.parquet $(OUT)/anchors.json $(if $(PUBLISHED),$(OUT)/diff.json) export
 

@@ -15,14 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hglv2.dataset import (
-    HGLDv2Dataset,
-    HierarchicalBatchSampler,
-    MPerClassBatchSampler,
-    collate_skip_none,
-)
+from hglv2.dataset import HGLDv2Dataset, collate_skip_none
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
+from hglv2.samplers import HierarchicalBatchSampler, MPerClassBatchSampler
 from hglv2.schema import SPLIT_COLUMNS, image_relpath
 
 

@@ -143,6 +143,7 @@ def test_export_is_byte_identical(tmp_path):
         export(meta, tmp_path / out, command=["hglv2", "export"], row_group_size=7)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == [
+        ".hglv2-owner.json",  # the owner marker of hglv2.fileio.folder_transaction
         "README.md",
         "index.parquet",
         "manifest.json",

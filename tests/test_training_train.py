@@ -265,7 +265,7 @@ def test_unknown_config_and_loss(tmp_path, cli_runner, data_root):
 
 
 def test_rows_with_unknown_levels_are_not_trained_on(data_root):
-    from hglv2.train import _batch_sampler
+    from hglv2.train import build_batch_sampler
 
     cfg = tiny_config(data_root)
     rng = np.random.default_rng(0)
@@ -274,7 +274,7 @@ def test_rows_with_unknown_levels_are_not_trained_on(data_root):
     labels[unknown, 1] = -1
     for kind in ("m_per_class", "hierarchical"):
         cfg["sampler"]["kind"] = kind
-        sampler = _batch_sampler(cfg, labels, seed=0)
+        sampler = build_batch_sampler(cfg, labels, seed=0)
         seen = {i for b in sampler.global_batches() for i in b}
         assert seen and not seen & set(unknown.tolist())
 

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE
 from hglv2.fileio import write_json
 
 
@@ -28,17 +29,32 @@ def _command_line(ctx: click.Context) -> list[str]:
     return out
 
 
-@click.command()
+class _MetadataByDefault(click.Group):
+    """``hglv2 download [NAMES...]`` means ``hglv2 download metadata [NAMES...]``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["metadata", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_MetadataByDefault, context_settings={"help_option_names": ["-h", "--help"]})
+def download() -> None:
+    """Fetch GLDv2 files: `download [metadata] [NAMES...]` or `download images --split ...`."""
+
+
+@download.command("metadata")
 @click.argument("names", nargs=-1)
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False),
+    type=OUTPUT_DIR,
     default="data/gldv2",
     show_default=True,
     help="Folder for the metadata files and the lock file.",
 )
 @click.option(
     "--base-url",
+    type=HTTP_URL,
     default=None,
     help="Server holding metadata/ and ground_truth/ (default: https://s3.amazonaws.com/google-landmark).",
 )
@@ -46,7 +62,7 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.option(
     "--lock",
     "lock_path",
-    type=click.Path(dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
 )
@@ -69,11 +85,11 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Also write the per-file results as JSON.",
 )
-def download(
+def download_metadata(
     names: tuple[str, ...],
     dest: str,
     base_url: str | None,
@@ -104,10 +120,19 @@ def download(
         timeout=timeout,
         progress=progress,
     )
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
     for r in records:
         click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
-    if json_path:
-        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
+
+
+def _register_images() -> None:
+    from hglv2.cli.images import download_images
+
+    download.add_command(download_images, "images")
+
+
+_register_images()
 
 
 @click.command()
@@ -120,7 +145,7 @@ def download(
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
+    type=OUTPUT_DIR,
     required=True,
     help="Output folder for the Parquet splits, manifest.json and README.md.",
 )
@@ -157,7 +182,7 @@ def download(
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Also write the manifest (rows, coverage, hashes) here.",
 )
@@ -184,6 +209,8 @@ def export(
         drop_incomplete=drop_incomplete,
         mixed_ground_truth=mixed_ground_truth,
     )
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, manifest)
     for name, info in manifest["splits"].items():
         cov = info["coverage"]
         click.echo(
@@ -194,5 +221,3 @@ def export(
     for name, n in manifest["dropped_incomplete"].items():
         click.echo(f"{name:10s} dropped {n:,d} rows with an incomplete hierarchy")
     click.echo(f"wrote {out_dir}/manifest.json and README.md")
-    if json_path:
-        write_json(json_path, manifest)

@@ -22,10 +22,13 @@ from typing import Any
 import click
 import numpy as np
 
+from hglv2.cli._options import OUTPUT_FILE_PATH
 from hglv2.errors import InputError
 from hglv2.fileio import write_json
 
 EXAMPLE_SHAPE = (2, 4, 5, 6)  # top classes x clusters x landmarks x images per landmark
+MAX_K = 10**9  # --recall-at values above any gallery size
+MAX_SCORE = 1e30  # largest |score| bound accepted (float32 max is 3.4e38)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,13 +241,25 @@ def _clean(obj: Any) -> Any:
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"--recall-at: expected comma-separated integers, got {text!r}") from None
-    if not ks or any(k < 1 for k in ks):
-        raise InputError(f"--recall-at: values must be >= 1, got {text!r}")
-    return ks
+    from hglv2.cli._options import parse_int_list
+
+    return tuple(parse_int_list(text, "--recall-at", minimum=1, maximum=MAX_K))
+
+
+def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_path: Path | None) -> None:
+    """Refuse embeddings whose float32 dot products can overflow (or lose all precision).
+
+    The scores are float32 dot products; |<q, g>| <= |q| |g|, so norms whose product passes
+    ``MAX_SCORE`` could give inf/NaN scores and rankings that change with the scale.
+    """
+    qn = float(np.linalg.norm(q_emb.astype(np.float64), axis=1).max())
+    gn = qn if g_emb is None else float(np.linalg.norm(g_emb.astype(np.float64), axis=1).max())
+    if qn * gn > MAX_SCORE:
+        where = q_path if g_emb is None or qn >= gn else g_path
+        raise InputError(
+            f"{where}: embedding norms up to {max(qn, gn):.3g} make float32 similarity scores "
+            "overflow; pass --normalize (cosine similarity) or rescale the embeddings"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,7 +294,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--submission", type=click.Path(path_type=Path), help="GLDv2 submission CSV.")
 @click.option("--task", type=click.Choice(["retrieval", "recognition"]), help="GLDv2 task (default: detect).")
 @click.option("--example", is_flag=True, help="Evaluate the embedded example case.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option("--json", "json_path", type=OUTPUT_FILE_PATH, help="Write the results as JSON.")
 def evaluate(
     embeddings,
     labels,
@@ -311,18 +326,20 @@ def evaluate(
     ks = _parse_ks(recall_at)
     columns = [c.strip() for c in label_columns.split(",")] if label_columns else None
 
+    lines: list[str] = []
+    say = lines.append
     if example:
         lab, models = example_case()
         out: dict[str, Any] = {"mode": "example", "results": {}}
         for name, emb in models.items():
             res = run_evaluate(emb, lab, recall_at=ks, relevance=relevance, alpha=alpha, ndcg_at=ndcg_at)
             out["results"][name] = res
-            click.echo(
+            say(
                 f"== example, {name} embeddings: {res['n_queries']} queries, gallery of "
                 f"{res['n_gallery']} (query excluded), {lab.shape[1]} levels, relevance {relevance}"
             )
-            click.echo(format_table(res, lab.shape[1], ks))
-            click.echo("")
+            say(format_table(res, lab.shape[1], ks))
+            say("")
     elif solution is not None or submission is not None:
         if solution is None or submission is None:
             raise InputError("--solution and --submission go together")
@@ -330,7 +347,7 @@ def evaluate(
 
         res = evaluate_files(solution, submission, task)
         out = {"mode": "gldv2", "solution": str(solution), "submission": str(submission), "results": res}
-        click.echo(format_gldv2(res))
+        say(format_gldv2(res))
     else:
         if embeddings is None:
             raise InputError("--labels needs --embeddings")
@@ -361,6 +378,8 @@ def evaluate(
                     f"{gallery_embeddings}: embeddings of size {g_emb.shape[1]} but "
                     f"{embeddings} has {q_emb.shape[1]}"
                 )
+        if not normalize:
+            _check_scale(q_emb, g_emb, embeddings, gallery_embeddings)
         if normalize:
             q_emb = q_emb / np.maximum(np.linalg.norm(q_emb, axis=1, keepdims=True), 1e-12)
             if g_emb is not None:
@@ -380,11 +399,11 @@ def evaluate(
         except ValueError as exc:
             raise InputError(str(exc)) from None
         gallery_text = "the queries, self excluded" if g_emb is None else str(gallery_embeddings)
-        click.echo(
+        say(
             f"{res['n_queries']} queries, gallery of {res['n_gallery']} ({gallery_text}), "
             f"{q_lab.shape[1]} levels, relevance {relevance} (alpha {alpha})"
         )
-        click.echo(format_table(res, q_lab.shape[1], ks))
+        say(format_table(res, q_lab.shape[1], ks))
         out = {
             "mode": "embeddings",
             "embeddings": str(embeddings),
@@ -400,6 +419,8 @@ def evaluate(
             },
             "results": res,
         }
-    if json_path is not None:
+    if json_path is not None:  # files first: a closed stdout (| head) must not lose them
         write_json(json_path, _clean(out))
-        click.echo(f"wrote {json_path}")
+        say(f"wrote {json_path}")
+    for line in lines:
+        click.echo(line)

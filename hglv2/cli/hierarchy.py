@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from hglv2.cli._options import HTTP_URL, OUTPUT_DIR_PATH, OUTPUT_FILE_PATH
 from hglv2.errors import InputError
 
 DEFAULT_OUT = Path("out/hierarchy")
@@ -29,37 +30,69 @@ def _client_options(f):
             help="Response cache: .sqlite (read/write) or a .jsonl recording (read-only).",
         ),
         click.option("--offline", is_flag=True, help="Only replay the cache; name what is missing."),
-        click.option("--api-url", default=None, help="Wikidata Action API URL [default: wikidata.org]."),
-        click.option("--sparql-url", default=None, help="SPARQL endpoint URL [default: query.wikidata.org]."),
+        click.option(
+            "--api-url", type=HTTP_URL, default=None, help="Wikidata Action API URL [default: wikidata.org]."
+        ),
+        click.option(
+            "--sparql-url",
+            type=HTTP_URL,
+            default=None,
+            help="SPARQL endpoint URL [default: query.wikidata.org].",
+        ),
         click.option(
             "--contact",
             envvar="HGLV2_CONTACT",
             default=None,
             help="Contact (e-mail or URL) added to the User-Agent [env HGLV2_CONTACT].",
         ),
-        click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request."),
-        click.option("--max-retries", type=int, default=8, show_default=True),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=60.0,
+            show_default=True,
+            help="Seconds per request.",
+        ),
+        click.option(
+            "--max-retries",
+            type=click.IntRange(0, 100),
+            default=8,
+            show_default=True,
+            help="Retries of a failing request (0: try once).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _file_option(name: str, default: Path, **kwargs: Any):
-    """A ``--name FILE`` option (a Path) whose default is shown in --help."""
-    return click.option(
-        name, type=click.Path(dir_okay=False, path_type=Path), default=default, show_default=True, **kwargs
-    )
+def _file_option(name: str, default: Path, output: bool = False, **kwargs: Any):
+    """A ``--name FILE`` option (a Path) whose default is shown in --help; ``output``: checked for
+    writability when the command line is parsed."""
+    kind = OUTPUT_FILE_PATH if output else click.Path(dir_okay=False, path_type=Path)
+    return click.option(name, type=kind, default=default, show_default=True, **kwargs)
 
 
 def _json_option(f):
     return click.option(
         "--json",
         "json_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=OUTPUT_FILE_PATH,
         default=None,
         help="Also write the results as JSON here.",
     )(f)
+
+
+def _check_client_options(cache_path: Path, offline: bool) -> None:
+    if not offline and cache_path.suffix == ".jsonl":
+        raise InputError(f"{cache_path}: a .jsonl recording is read-only; use it with --offline")
+    if offline and not cache_path.exists():
+        raise InputError(f"{cache_path}: no such cache (needed with --offline)")
+    if not offline:
+        from hglv2.cli._options import output_problem
+
+        problem = output_problem(cache_path)
+        if problem:
+            raise InputError(f"--cache: {problem}")
 
 
 def _make_client(
@@ -73,10 +106,7 @@ def _make_client(
 ):
     from hglv2.hierarchy.wikidata import DEFAULT_API_URL, DEFAULT_SPARQL_URL, ResponseCache, WikidataClient
 
-    if not offline and cache_path.suffix == ".jsonl":
-        raise InputError(f"{cache_path}: a .jsonl recording is read-only; use it with --offline")
-    if offline and not cache_path.exists():
-        raise InputError(f"{cache_path}: no such cache (needed with --offline)")
+    _check_client_options(cache_path, offline)
     return WikidataClient(
         ResponseCache(cache_path),
         api_url=api_url or DEFAULT_API_URL,
@@ -88,17 +118,73 @@ def _make_client(
     )
 
 
+class _LazyClient:
+    """The Wikidata client, made on first use: a command whose inputs are bad stops before the
+    response cache (a file) is created."""
+
+    def __init__(self, make) -> None:
+        self._make = make
+        self._client = None
+
+    def __getattr__(self, name: str):
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.cache.close()
+
+
 def _with_client(f):
     @_client_options
     @functools.wraps(f)
     def wrapper(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries, **kw):
-        client = _make_client(cache_path, offline, api_url, sparql_url, contact, timeout, max_retries)
+        if kw.get("dump") is not None:  # the dump route: the command builds its own client
+            return f(client=None, **kw)
+        args = (cache_path, offline, api_url, sparql_url, contact, timeout, max_retries)
+        _check_client_options(*args[:2])  # fail before any work
+        client = _LazyClient(functools.partial(_make_client, *args))
         try:
             return f(client=client, **kw)
         finally:
-            client.cache.close()
+            client.close()
 
     return wrapper
+
+
+_STAGE_COLUMNS = {  # stage -> (module, constant naming the columns of its Parquet output)
+    "resolve": ("hglv2.hierarchy.resolve", "RESOLVED_REQUIRED"),
+    "propose": ("hglv2.hierarchy.clusters", "PROPOSAL_REQUIRED"),
+}
+
+
+def _read_stage_output(path: Path, stage: str):
+    """The Parquet output of an earlier stage, checked (file, format, columns) -> pyarrow Table."""
+    import importlib
+
+    from hglv2.fileio import read_parquet_checked
+
+    module, name = _STAGE_COLUMNS[stage]
+    columns = getattr(importlib.import_module(module), name)
+    return read_parquet_checked(path, columns, f"run `hglv2 hierarchy {stage}` first")
+
+
+def _dump_options(f):
+    """``--dump`` (answer from a Wikidata JSON dump instead of the API) and ``--redirects``."""
+    f = click.option(
+        "--redirects",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="With --dump: old,new QID pairs (the JSON dump holds no redirects).",
+    )(f)
+    return click.option(
+        "--dump",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Answer from a Wikidata JSON dump (latest-all.json.bz2|.gz) instead of the API; "
+        "the cache and network options are then unused.",
+    )(f)
 
 
 def _require_stage_output(path: Path, stage: str) -> None:
@@ -128,27 +214,40 @@ def hierarchy() -> None:
     "resolved in one run. The numbering comes from the name (index* -> index, else train), or "
     "write NUMBERING=PATH.",
 )
-@_file_option("--out", DEFAULT_OUT / "resolved.parquet")
+@_file_option("--out", DEFAULT_OUT / "resolved.parquet", output=True)
 @_json_option
+@_dump_options
 @_with_client
-def resolve(client, categories: tuple[str, ...], out: Path, json_path: Path | None) -> None:
+def resolve(
+    client,
+    categories: tuple[str, ...],
+    out: Path,
+    json_path: Path | None,
+    dump: Path | None,
+    redirects: Path | None,
+) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
-    from hglv2.hierarchy.resolve import resolve_file
+    from hglv2.hierarchy.resolve import category_files, read_categories, resolve_file
 
+    if dump is not None:
+        from hglv2.hierarchy.dump import client_for_resolve
+
+        pairs = [pair for p in category_files(categories).values() for pair in read_categories(p)]
+        client = client_for_resolve(dump, pairs, redirects)
     res = resolve_file(client, categories, out)
+    if dump is not None:
+        res["source"] = client.index.provenance()
+    _write_json(json_path, res)  # files first: a closed stdout (| head) must not lose them
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
         click.echo(f"  {k:40s} {v}")
     for n, part in res["by_numbering"].items():
         click.echo(f"  {n} numbering: resolved {part['resolved']}/{part['landmarks']}")
-    _write_json(json_path, res)
 
 
 @hierarchy.command()
 @_file_option("--resolved", DEFAULT_OUT / "resolved.parquet")
-@click.option(
-    "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
-)
+@click.option("--out-dir", type=OUTPUT_DIR_PATH, default=DEFAULT_OUT, show_default=True)
 @click.option(
     "--depth",
     type=click.IntRange(0, 100),
@@ -156,24 +255,36 @@ def resolve(client, categories: tuple[str, ...], out: Path, json_path: Path | No
     help="Levels of P279 ancestors to fetch [default: 12].",
 )
 @_json_option
+@_dump_options
 @_with_client
-def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: Path | None) -> None:
+def graph(
+    client,
+    resolved: Path,
+    out_dir: Path,
+    depth: int | None,
+    json_path: Path | None,
+    dump: Path | None,
+    redirects: Path | None,
+) -> None:
     """Fetch P279 ancestors breadth-first; write the class graph (Parquet, GraphML) and its cycles."""
-    import pyarrow.parquet as pq
-
     from hglv2.hierarchy.graph import DEFAULT_DEPTH, fetch_graph, write_graph
 
-    _require_stage_output(resolved, "resolve")
-    rows = pq.read_table(resolved).to_pylist()
+    rows = _read_stage_output(resolved, "resolve").to_pylist()
+    if dump is not None:
+        from hglv2.hierarchy.dump import client_for_graph
+
+        client = client_for_graph(dump, rows, redirects)
     summary = write_graph(fetch_graph(client, rows, DEFAULT_DEPTH if depth is None else depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))
+    if dump is not None:
+        summary["source"] = client.index.provenance()
+    _write_json(json_path, summary)
     click.echo(
         f"class graph: {summary['nodes']} classes, {summary['edges']} P279 edges, "
         f"{summary['redirects']} redirects, {len(summary['cycles'])} cycle(s) -> {out_dir}"
     )
     for cyc in summary["cycles"]:
         click.echo("  cycle among: " + ", ".join(f"{c['qid']} ({c['label']})" for c in cyc))
-    _write_json(json_path, summary)
 
 
 @hierarchy.command()
@@ -189,8 +300,8 @@ def graph(client, resolved: Path, out_dir: Path, depth: int | None, json_path: P
     help="GLDv2 train.csv and/or index_image_to_landmark.csv (count images per landmark, to sort "
     "the review list); repeatable.",
 )
-@_file_option("--out", DEFAULT_OUT / "proposals.parquet")
-@_file_option("--pending", DEFAULT_OUT / "pending.csv")
+@_file_option("--out", DEFAULT_OUT / "proposals.parquet", output=True)
+@_file_option("--pending", DEFAULT_OUT / "pending.csv", output=True)
 @_json_option
 def propose(
     resolved: Path,
@@ -206,11 +317,11 @@ def propose(
 
     _require_stage_output(resolved, "resolve")
     res = propose_files(resolved, graph_dir, clusters, list(images) or None, out, pending)
+    _write_json(json_path, res)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
         f"({res['pending_rows']} review rows) -> {out}, {pending}"
     )
-    _write_json(json_path, res)
 
 
 def _review_inputs(f):
@@ -262,13 +373,6 @@ def review(
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
     cov = coverage(table, proposal_image_counts(props))
     open_, groups = open_groups(props, table)
-    click.echo(f"{len(open_)} landmark(s) without a cluster, in {len(groups)} group(s); largest first:")
-    for r in groups.head(n_top).itertuples(index=False):
-        click.echo(
-            f"  {r.key:16s} {str(r.label or ''):36.36s} {str(r.reason):28s} "
-            f"{r.n_landmarks:4d} lm {r.n_images:6d} img"
-        )
-    _print_coverage(cov)
     _write_json(
         json_path,
         {
@@ -277,15 +381,22 @@ def review(
             "open": groups.astype(object).where(groups.notna(), None).to_dict("records"),
         },
     )
+    click.echo(f"{len(open_)} landmark(s) without a cluster, in {len(groups)} group(s); largest first:")
+    for r in groups.head(n_top).itertuples(index=False):
+        click.echo(
+            f"  {r.key:16s} {str(r.label or ''):36.36s} {str(r.reason):28s} "
+            f"{r.n_landmarks:4d} lm {r.n_images:6d} img"
+        )
+    _print_coverage(cov)
 
 
 @hierarchy.command("apply")
 @_review_inputs
-@_file_option("--out", DEFAULT_OUT / "hierarchy.parquet")
+@_file_option("--out", DEFAULT_OUT / "hierarchy.parquet", output=True)
 @click.option(
     "--csv",
     "csv_out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE_PATH,
     default=None,
     help="Also write the table as CSV.",
 )
@@ -300,17 +411,19 @@ def apply_cmd(
     json_path: Path | None,
 ) -> None:
     """Validate the review CSVs and write the hierarchy table (with provenance)."""
+    from hglv2.fileio import commit_together
     from hglv2.hierarchy.clusters import coverage, proposal_image_counts
     from hglv2.hierarchy.labels import write_hierarchy_table
 
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
-    write_hierarchy_table(table, out)
-    if csv_out is not None:
-        write_hierarchy_table(table, csv_out)
+    with commit_together():  # the table and its CSV copy: both new or both old
+        write_hierarchy_table(table, out)
+        if csv_out is not None:
+            write_hierarchy_table(table, csv_out)
     cov = coverage(table, proposal_image_counts(props))
+    _write_json(json_path, {"coverage": cov, "warnings": warnings})
     click.echo(f"hierarchy table: {len(table)} landmarks -> {out}")
     _print_coverage(cov)
-    _write_json(json_path, {"coverage": cov, "warnings": warnings})
 
 
 @hierarchy.command()
@@ -318,17 +431,17 @@ def apply_cmd(
 @click.argument("b", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out-csv",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE_PATH,
     default=None,
     help="Write the disagreeing landmarks (one row per landmark and level) here.",
 )
 @click.option(
     "--seed-decisions",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE_PATH,
     default=None,
     help="Write decisions.csv rows suggested by B: classes where B is unanimous and A disagrees.",
 )
-@click.option("--confusion-csv", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--confusion-csv", type=OUTPUT_FILE_PATH, default=None)
 @_json_option
 def diff(
     a: Path,
@@ -346,6 +459,7 @@ def diff(
     from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary, numbering_of_file
 
     res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
+    _write_json(json_path, diff_summary(res))  # files first: a closed stdout (| head) must not lose them
     parts = [("all", res)] + (list(res["by_numbering"].items()) if len(res["by_numbering"]) > 1 else [])
     for name, r in parts:
         lm = r["landmarks"]
@@ -368,18 +482,24 @@ def diff(
         click.echo("  largest cluster confusions (A -> B: landmarks):")
         for ra, cb, n in off[:10]:
             click.echo(f"    {ra} -> {cb}: {n}")
-    _write_json(json_path, diff_summary(res))
 
 
 @hierarchy.command("validate-anchors")
 @_file_option("--clusters", Path("data/review/clusters.csv"))
 @_json_option
+@_dump_options
 @_with_client
-def validate_anchors_cmd(client, clusters: Path, json_path: Path | None) -> None:
+def validate_anchors_cmd(
+    client, clusters: Path, json_path: Path | None, dump: Path | None, redirects: Path | None
+) -> None:
     """Check that every QID in clusters.csv has the English label written beside it."""
     from hglv2.hierarchy.clusters import load_clusters, validate_anchors
 
     table = load_clusters(clusters)
+    if dump is not None:
+        from hglv2.hierarchy.dump import client_for_ids
+
+        client = client_for_ids(dump, [a.qid for a in table.anchors], redirects)
     problems = validate_anchors(client, table)
     _write_json(json_path, {"anchors": len(table.anchors), "problems": problems})
     for p in problems:

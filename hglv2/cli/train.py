@@ -7,34 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from hglv2.errors import InputError
+from hglv2.cli._options import OUTPUT_DIR, OUTPUT_FILE, parse_int_list
 from hglv2.fileio import write_json
 
 
 def _overrides(pairs: tuple[str, ...], random_init: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.steps=100")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise InputError(f"--set {pair!r}: the value is not valid YAML") from None
+    from hglv2.train.config import parse_overrides
+
+    out = parse_overrides(pairs)
     if random_init:
         out["model.pretrained"] = False
     return out
-
-
-def _apply(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    from hglv2.train import set_path, validate_config
-
-    for key, value in overrides.items():
-        set_path(cfg, key, value)
-    validate_config(cfg, "config (after --set)")
-    return cfg
 
 
 def _short(metrics: dict[str, Any]) -> str:
@@ -54,9 +38,7 @@ _COMMON = [
     click.option(
         "--random-init", is_flag=True, help="train from random initialisation (model.pretrained=false)"
     ),
-    click.option(
-        "--json", "json_path", type=click.Path(dir_okay=False), help="also write the result as JSON"
-    ),
+    click.option("--json", "json_path", type=OUTPUT_FILE, help="also write the result as JSON"),
     click.option("--quiet", is_flag=True, help="no progress bars"),
 ]
 
@@ -69,7 +51,7 @@ def _common(f):
 
 @click.command()
 @click.argument("config")
-@click.option("--out", type=click.Path(file_okay=False), help="run folder [default: runs/<config name>]")
+@click.option("--out", type=OUTPUT_DIR, help="run folder [default: runs/<config name>]")
 @click.option("--no-resume", is_flag=True, help="start over even if OUT holds a checkpoint")
 @click.option(
     "--threads",
@@ -93,10 +75,10 @@ def train(
     Resumes from OUT/checkpoints/last.pt when present. Under torchrun each process trains its shard
     of every global batch (gloo on CPU, nccl on GPU).
     """
-    from hglv2.train import load_config
     from hglv2.train import train as run_train
+    from hglv2.train.config import apply_overrides, load_config
 
-    cfg = _apply(load_config(config), _overrides(sets, random_init))
+    cfg = apply_overrides(load_config(config), _overrides(sets, random_init), "config (after --set)")
     out_dir = Path(out or Path("runs") / cfg["name"])
     if threads:
         import torch
@@ -105,17 +87,15 @@ def train(
     metrics = run_train(cfg, out_dir, device=device, resume=not no_resume, progress=not quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, {"config": cfg["name"], "out": str(out_dir), "metrics": metrics})
     click.echo(f"trained {cfg['name']}: {_short(metrics)}")
     click.echo(f"run folder: {out_dir} (log.jsonl, model.pt, metrics.json)")
-    if json_path:
-        write_json(json_path, {"config": cfg["name"], "out": str(out_dir), "metrics": metrics})
 
 
 @click.command()
 @click.argument("suite", required=False, default="synthetic")
-@click.option(
-    "--out", type=click.Path(file_okay=False), help="report folder [default: runs/benchmark/<suite>]"
-)
+@click.option("--out", type=OUTPUT_DIR, help="report folder [default: runs/benchmark/<suite>]")
 @click.option("--seeds", help="comma-separated seeds, e.g. 0,1,2 [default: the suite's]")
 @click.option("--losses", help="comma-separated subset of the suite's losses")
 @click.option("--steps", type=click.IntRange(min=1), help="training steps per run (overrides train.steps)")
@@ -143,18 +123,14 @@ def benchmark(
     Writes OUT/results.json, OUT/report.md and PNG plots; finished runs are reused.
     """
     from hglv2.benchmark import markdown_table, run_suite
-    from hglv2.train import load_config
+    from hglv2.train.config import load_config
 
     cfg = load_config(suite)
     overrides = _overrides(sets, random_init)
     if steps is not None:
         overrides["train.steps"] = steps
-    seed_list = None
-    if seeds:
-        try:
-            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        except ValueError:
-            raise InputError(f"--seeds {seeds!r}: expected integers separated by commas") from None
+    # seeds >= 0, each once (a repeated seed would be one run counted twice in the mean/std)
+    seed_list = None if seeds is None else parse_int_list(seeds, "--seeds", minimum=0, unique=True)
     loss_list = [s.strip() for s in losses.split(",") if s.strip()] if losses else None
     out_dir = Path(out or Path("runs") / "benchmark" / cfg["name"])
     results = run_suite(
@@ -167,10 +143,7 @@ def benchmark(
         progress=not quiet,
         jobs=jobs,
     )
-    click.echo(markdown_table(results))
-    click.echo(f"wall time {results['wall_seconds']:.1f} s")
-    click.echo(f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)")
-    if json_path:
+    if json_path:  # files first: a closed stdout (| head) must not lose them
         write_json(
             json_path,
             {
@@ -179,10 +152,13 @@ def benchmark(
                 "wall_seconds": results["wall_seconds"],
             },
         )
+    click.echo(markdown_table(results))
+    click.echo(f"wall time {results['wall_seconds']:.1f} s")
+    click.echo(f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)")
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False), default="runs/data/synthetic", show_default=True)
+@click.option("--out", type=OUTPUT_DIR, default="runs/data/synthetic", show_default=True)
 @click.option(
     "--hierarchy",
     help="hierarchy table (CSV/Parquet, ours or the published format) or 'builtin' "
@@ -200,7 +176,7 @@ def benchmark(
 @click.option(
     "--landmarks-per-cluster", type=click.IntRange(min=1), help="keep at most this many per cluster"
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the manifest here")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="also write the manifest here")
 @click.option("--quiet", is_flag=True)
 def synthesize(
     out: str,
@@ -230,9 +206,9 @@ def synthesize(
         landmarks_per_cluster=landmarks_per_cluster,
     )
     manifest = generate(out, hierarchy, params, progress=not quiet)
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, manifest)
     for name, s in manifest["splits"].items():
         click.echo(f"{name}: {s['rows']} images of {s['landmarks']} landmarks")
     click.echo(f"hierarchy: {manifest['hierarchy']['source']}")
     click.echo(f"written to {out} (manifest.json)")
-    if json_path:
-        write_json(json_path, manifest)

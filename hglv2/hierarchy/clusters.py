@@ -67,6 +67,8 @@ PROPOSAL_COLUMNS = (
     "revision",
     "n_images",
 )
+#: the columns a proposals table must have (tables written before ``numbering`` existed are train)
+PROPOSAL_REQUIRED = tuple(c for c in PROPOSAL_COLUMNS if c != "numbering")
 
 
 def read_review_csv(
@@ -416,6 +418,8 @@ def load_decisions(
                 f"{path}:{row}: cluster {r.cluster!r} is not in {table.path.name} "
                 f"(known: {', '.join(sorted(top_of))})"
             )
+        if not str(r.reason or "").strip():
+            raise InputError(f"{path}:{row}: empty reason (say why this class goes to {r.cluster!r})")
         if r.supercategory_qid in out:
             prev, prow = out[r.supercategory_qid]
             if prev != r.cluster:
@@ -593,7 +597,7 @@ def image_counts(
     ``index_image_to_landmark.csv`` (index numbering), read by :func:`hglv2.gldv2.readers.read_file`;
     the numbering comes from the file name (:func:`~hglv2.hierarchy.labels.numbering_of_file`).
     ``{}`` for None."""
-    from hglv2.gldv2.readers import read_file
+    from hglv2.gldv2.readers import read_file, read_header
     from hglv2.hierarchy.labels import numbering_of_file
 
     if paths is None:
@@ -601,8 +605,17 @@ def image_counts(
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: dict[tuple[str, int], int] = {}
     for p in paths:
-        name = Path(p).name
-        kind = "image_to_landmark" if name.endswith("_image_to_landmark.csv") else "train"
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file (--images)")
+        head = read_header(p)
+        missing = [c for c in ("id", "landmark_id") if c not in head]
+        if missing:  # e.g. a *_label_to_category.csv: one row per landmark, not per image
+            raise InputError(
+                f"{p}: missing column(s) {', '.join(missing)} (--images takes the GLDv2 train.csv: "
+                f"id,url,landmark_id, or index_image_to_landmark.csv: id,landmark_id; this file has: "
+                f"{', '.join(head)})"
+            )
+        kind = "train" if "url" in head else "image_to_landmark"
         numbering = numbering_of_file(p)
         lids = read_file(p, kind)["landmark_id"].to_numpy()
         ids, counts = np.unique(lids, return_counts=True)
@@ -629,15 +642,20 @@ def propose_files(
     """
     import pyarrow as pa
 
-    from hglv2.fileio import atomic_open, write_parquet
+    from hglv2.fileio import atomic_open, commit_together, read_parquet_checked, write_parquet
     from hglv2.hierarchy.graph import load_graph
+    from hglv2.hierarchy.resolve import RESOLVED_REQUIRED
 
+    counts = image_counts(images)
+    hint = "run `hglv2 hierarchy resolve` first"
+    resolved_df = read_parquet_checked(resolved, RESOLVED_REQUIRED, hint).to_pandas()
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
-    proposals, pend = propose(pd.read_parquet(resolved), g, aliases, table, image_counts(images))
-    write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
-    with atomic_open(pending) as fh:
-        pend.to_csv(fh, index=False, lineterminator="\n")
+    proposals, pend = propose(resolved_df, g, aliases, table, counts)
+    with commit_together():  # both outputs of the stage, or neither
+        write_parquet(pa.Table.from_pandas(proposals, preserve_index=False), out)
+        with atomic_open(pending) as fh:
+            pend.to_csv(fh, index=False, lineterminator="\n")
     status = proposals["status"].value_counts().to_dict()
     reasons = proposals["reason"].value_counts().sort_index().to_dict()
     return {
@@ -659,7 +677,12 @@ def apply_files(
     overrides: str | os.PathLike[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """:func:`apply_reviews` on the files: ``(proposals, hierarchy table, warnings)``."""
-    props = pd.read_parquet(proposals)
+    from hglv2.fileio import read_parquet_checked
+
+    hint = "run `hglv2 hierarchy propose` first"
+    props = read_parquet_checked(proposals, PROPOSAL_REQUIRED, hint).to_pandas()
+    if "numbering" not in props:  # written before both numberings were resolved: train
+        props.insert(1, "numbering", pd.Series("train", index=props.index, dtype="string"))
     table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
     return props, table, warnings
 

@@ -23,10 +23,8 @@ from typing import Any
 
 import networkx as nx
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from hglv2.errors import InputError
-from hglv2.fileio import atomic_path, write_json, write_parquet
+from hglv2.fileio import atomic_path, commit_together, read_parquet_checked, write_json, write_parquet
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
 
 DEFAULT_DEPTH = 12
@@ -162,10 +160,6 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
             "parent_label": pa.array([labels[p] or None for _, p in edges], pa.string()),
         }
     )
-    write_parquet(node_table, out_dir / "graph_nodes.parquet")
-    write_parquet(edge_table, out_dir / "graph_edges.parquet")
-    with atomic_path(out_dir / "graph.graphml") as tmp:
-        nx.write_graphml(g, tmp, encoding="utf-8", prettyprint=True)
     cycles = find_cycles(g)
     summary = {
         "nodes": g.number_of_nodes(),
@@ -174,18 +168,24 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
         "unexpanded": sum(1 for q in nodes if not g.nodes[q]["expanded"]),
         "cycles": [[{"qid": q, "label": labels[q] or None} for q in c] for c in cycles],
     }
-    write_json(out_dir / "cycles.json", summary["cycles"])
+    with commit_together():  # the four files of the stage: all new or all old
+        write_parquet(node_table, out_dir / "graph_nodes.parquet")
+        write_parquet(edge_table, out_dir / "graph_edges.parquet")
+        with atomic_path(out_dir / "graph.graphml") as tmp:
+            nx.write_graphml(g, tmp, encoding="utf-8", prettyprint=True)
+        write_json(out_dir / "cycles.json", summary["cycles"])
     return summary
 
 
 def load_graph(out_dir: str | os.PathLike[str]) -> tuple[nx.DiGraph, dict[str, str]]:
     """Read what :func:`write_graph` wrote: (DiGraph child -> parent with ``label``, aliases)."""
     out_dir = Path(out_dir)
-    try:
-        nodes = pq.read_table(out_dir / "graph_nodes.parquet").to_pylist()
-        edges = pq.read_table(out_dir / "graph_edges.parquet").to_pylist()
-    except FileNotFoundError as exc:
-        raise InputError(f"{exc.filename}: no such file (run `hglv2 hierarchy graph` first)") from None
+    hint = "run `hglv2 hierarchy graph` first"
+    nodes = read_parquet_checked(
+        out_dir / "graph_nodes.parquet", ("qid", "label", "depth", "redirect_to"), hint
+    )
+    edges = read_parquet_checked(out_dir / "graph_edges.parquet", ("child", "parent"), hint)
+    nodes, edges = nodes.to_pylist(), edges.to_pylist()
     g = nx.DiGraph()
     aliases = {}
     for row in nodes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from hglv2.errors import InputError
+from hglv2.fileio import read_parquet_checked
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS, PUBLISHED_HIERARCHY_COLUMNS
 
 
@@ -106,13 +107,12 @@ def load_hierarchy_table(path: str | os.PathLike[str], numbering: str | None = N
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, expected a hierarchy table (.parquet or .csv)")
     if path.suffix == ".parquet":
-        try:
-            df = pd.read_parquet(path)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path.name}: not a readable Parquet file ({exc})") from None
-        if "landmark_id" not in df.columns:
-            raise InputError(f"{path.name}: missing column(s) landmark_id")
+        # tables written before the numbering column existed have none (they are train)
+        required = [c for c in HIERARCHY_COLUMNS if c != "numbering"]
+        df = read_parquet_checked(path, required).to_pandas()
         df = df.astype({c: "string" for c in df.columns if c != "landmark_id"})
         df["landmark_id"] = _parse_landmark_ids(df.astype({"landmark_id": "string"}), path)
     else:
@@ -339,7 +339,7 @@ def diff_files(
     (``seed_decisions_csv``) and the confusion table (``confusion_csv``). Returns the result of
     :func:`diff_tables` over all compared numberings.
     """
-    from hglv2.fileio import atomic_open
+    from hglv2.fileio import atomic_open, commit_together
 
     paths = [b] if isinstance(b, (str, os.PathLike)) else list(b)
     if not paths:
@@ -365,13 +365,14 @@ def diff_files(
         )
         for n in numberings
     }
-    if out_csv is not None:
-        with atomic_open(out_csv) as fh:
-            res["disagreements"].to_csv(fh, index=False, lineterminator="\n")
-    if seed_decisions_csv is not None:
-        with atomic_open(seed_decisions_csv) as fh:
-            seed_decisions(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
-    if confusion_csv is not None:
-        with atomic_open(confusion_csv) as fh:
-            res["confusion"].to_csv(fh, lineterminator="\n")
+    with commit_together():  # the files of the stage: all new or all old
+        if out_csv is not None:
+            with atomic_open(out_csv) as fh:
+                res["disagreements"].to_csv(fh, index=False, lineterminator="\n")
+        if seed_decisions_csv is not None:
+            with atomic_open(seed_decisions_csv) as fh:
+                seed_decisions(table_a, table_b).to_csv(fh, index=False, lineterminator="\n")
+        if confusion_csv is not None:
+            with atomic_open(confusion_csv) as fh:
+                res["confusion"].to_csv(fh, lineterminator="\n")
     return res

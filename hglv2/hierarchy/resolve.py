@@ -9,20 +9,18 @@ read ``*_label_to_category.csv``, resolve, write the resolved table (Parquet, co
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from hglv2.errors import InputError, NetworkError
+from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
 from hglv2.hierarchy.wikidata import (
     ItemInfo,
     WikidataClient,
-    batched,
     fetch_items,
-    is_qid,
     parse_item,
     qid_number,
     run_batches,
@@ -41,6 +39,8 @@ RESOLVED_COLUMNS = (
     "p31",
     "p31_ranks",
 )
+#: the columns a resolved table must have (tables written before ``numbering`` existed are train)
+RESOLVED_REQUIRED = tuple(c for c in RESOLVED_COLUMNS if c != "numbering")
 
 
 def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
@@ -76,67 +76,15 @@ def category_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
 
 
 def _sparql_p373_query(names: Sequence[str]) -> str:
-    def lit(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    from hglv2.hierarchy.wikidata import sparql_p373_query
 
-    values = " ".join(lit(n) for n in names)
-    return (
-        "SELECT ?item ?commonscat WHERE { VALUES ?commonscat { "
-        + values
-        + " } ?item wdt:P373 ?commonscat . }"
-    )
+    return sparql_p373_query(names)
 
 
 def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> dict[str, str]:
-    """Commons category name -> QID through SPARQL (``VALUES`` batches); the smallest QID wins.
-
-    Cached one record per name (endpoint ``p373``, body ``{"qids": [...]}``), so a new landmark
-    sends only its own name; the uncached names go out ``batch`` per query."""
-    import json
-
-    from hglv2.hierarchy.wikidata import CacheMiss, request_key
-
-    def record(name: str) -> tuple[str, dict[str, str]]:
-        return "p373", {"name": name}
-
-    found: dict[str, list[str]] = {}
-    todo: list[str] = []
-    for name in sorted(set(names)):
-        cached = client.cache.get(request_key(*record(name)))
-        if cached is None:
-            todo.append(name)
-        else:
-            found[name] = list(json.loads(cached).get("qids") or [])
-    if todo and client.offline:
-        shown = "; ".join(todo[:3]) + ("; ..." if len(todo) > 3 else "")
-        raise CacheMiss(f"offline and not in cache: SPARQL P373 for {len(todo)} name(s): {shown}")
-
-    def call(chunk: list[str]) -> Callable[[], None]:
-        def run() -> None:
-            got: dict[str, list[str]] = {n: [] for n in chunk}
-            query = {"query": _sparql_p373_query(chunk), "format": "json"}
-            body = client.request("sparql", query, cache=False)
-            try:
-                bindings = list(body["results"]["bindings"])
-            except (KeyError, TypeError):
-                raise NetworkError("SPARQL: answer without results.bindings") from None
-            for b in bindings:
-                try:
-                    name, uri = b["commonscat"]["value"], b["item"]["value"]
-                except (KeyError, TypeError):
-                    continue
-                qid = uri.rsplit("/", 1)[-1]
-                if is_qid(qid) and name in got and qid not in got[name]:
-                    got[name].append(qid)
-            for name, qids in got.items():
-                endpoint, params = record(name)
-                text = json.dumps({"qids": sorted(qids, key=qid_number)})
-                client.cache.put(request_key(endpoint, params), endpoint, params, text)
-                found[name] = qids
-
-        return run
-
-    run_batches(call(c) for c in batched(todo, batch))
+    """Commons category name -> QID through SPARQL (``VALUES`` batches, cached per name by the
+    client: :meth:`WikidataClient.p373`); the smallest QID wins."""
+    found = client.p373(names, batch)
     return {name: min(qids, key=qid_number) for name, qids in found.items() if qids}
 
 

@@ -429,6 +429,35 @@ class WikidataClient:
                 out[w] = ent
         return out
 
+    def p373(self, names: Sequence[str], batch: int = 100) -> dict[str, list[str]]:
+        """Commons category name -> QIDs whose P373 (Commons category) is that name, through SPARQL
+        ``VALUES`` queries of ``batch`` names; cached one record per name (endpoint ``p373``), so a
+        new landmark sends only its own name. Offline, the misses raise one :class:`CacheMiss`."""
+        found: dict[str, list[str]] = {}
+        todo: list[str] = []
+        for name in sorted(set(names)):
+            cached = self.cache.get(request_key("p373", {"name": name}))
+            if cached is None:
+                todo.append(name)
+            else:
+                self._count("cache_hits")
+                found[name] = list(json.loads(cached).get("qids") or [])
+        if todo and self.offline:
+            shown = "; ".join(todo[:3]) + ("; ..." if len(todo) > 3 else "")
+            raise CacheMiss(f"offline and not in cache: SPARQL P373 for {len(todo)} name(s): {shown}")
+        for chunk in batched(todo, batch):
+            body = self.request("sparql", {"query": sparql_p373_query(chunk), "format": "json"}, cache=False)
+            try:
+                bindings = list(body["results"]["bindings"])
+            except (KeyError, TypeError):
+                raise NetworkError("SPARQL: answer without results.bindings") from None
+            for name, qids in p373_matches(bindings, chunk).items():
+                params = {"name": name}
+                text = json.dumps({"qids": qids})
+                self.cache.put(request_key("p373", params), "p373", params, text)
+                found[name] = qids
+        return found
+
     def sparql(self, query: str) -> list[dict[str, Any]]:
         """Bindings of a SPARQL SELECT query (``results.bindings``)."""
         body = self.request("sparql", {"query": query, "format": "json"})
@@ -458,6 +487,34 @@ def legacy_item_records(
         key = item_record_key(value, by_title, site, props)
         out.append((key, json.dumps({"entity": ent}, ensure_ascii=False, sort_keys=True)))
     return out
+
+
+def sparql_p373_query(names: Sequence[str]) -> str:
+    """``SELECT ?item ?commonscat`` for items whose P373 (Commons category) is one of ``names``."""
+
+    def lit(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    values = " ".join(lit(n) for n in names)
+    return (
+        "SELECT ?item ?commonscat WHERE { VALUES ?commonscat { "
+        + values
+        + " } ?item wdt:P373 ?commonscat . }"
+    )
+
+
+def p373_matches(bindings: Iterable[Any], names: Sequence[str]) -> dict[str, list[str]]:
+    """SPARQL bindings of :func:`sparql_p373_query` -> ``{name: QIDs (sorted)}`` for every asked name."""
+    got: dict[str, list[str]] = {n: [] for n in names}
+    for b in bindings:
+        try:
+            name, uri = b["commonscat"]["value"], b["item"]["value"]
+        except (KeyError, TypeError):
+            continue
+        qid = uri.rsplit("/", 1)[-1]
+        if is_qid(qid) and name in got and qid not in got[name]:
+            got[name].append(qid)
+    return {n: sorted(q, key=qid_number) for n, q in got.items()}
 
 
 def nfc(title: str) -> str:

@@ -1,5 +1,6 @@
 """Rank losses: the SupRank family (SupAP, SupRecall, SupHAP, SupNDCG), Smooth-AP, the
-decomposability losses, a cross-batch memory and a distributed all-gather.
+decomposability losses, the contrastive baseline, a cross-batch memory, a distributed all-gather
+and the registry that maps config names to losses (:mod:`hglv2.losses.registry`).
 
 Every loss has the call signature ``loss(embeddings, labels, ref_embeddings=None, ref_labels=None)``
 (pytorch-metric-learning style) and the rank losses return the mean over queries of
@@ -8,6 +9,7 @@ the same arguments plus the options as keywords.
 """
 
 from hglv2.losses.ap import SmoothAP, SupAP, sup_ap
+from hglv2.losses.contrastive import ContrastiveLoss, contrastive_loss
 from hglv2.losses.decomposability import (
     CalibrationLoss,
     NormalizedSoftmaxProxyLoss,
@@ -20,6 +22,7 @@ from hglv2.losses.memory import CrossBatchMemory
 from hglv2.losses.ndcg import SupNDCG, sup_ndcg
 from hglv2.losses.rank import StepConfig, heaviside, pair_ranks, sigmoid_step, suprank_step
 from hglv2.losses.recall import SupRecall, sup_recall
+from hglv2.losses.registry import LOSSES, build_loss, loss_factory, loss_names, register_loss
 
 __all__ = [
     "SupAP",
@@ -45,4 +48,11 @@ __all__ = [
     "suprank_step",
     "sigmoid_step",
     "heaviside",
+    "ContrastiveLoss",
+    "contrastive_loss",
+    "LOSSES",
+    "build_loss",
+    "loss_factory",
+    "loss_names",
+    "register_loss",
 ]

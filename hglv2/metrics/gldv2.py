@@ -53,7 +53,7 @@ def _rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
         raise InputError(f"{p}: no such file")
     try:
         with open(p, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, strict=True)  # strict: an unclosed quote is an error
             header = next(reader, None)
             if header is None:
                 raise InputError(f"{p}: empty file (expected a header line)")
@@ -138,6 +138,9 @@ def read_submission(
     rows = _rows(path)
     _, header = next(rows)
     _check_header(path, header, 2, "id,images|landmarks")
+    expected = "landmarks" if task == "recognition" else "images"
+    if header[0].lower() != "id" or header[1].lower() != expected:
+        raise InputError(f"{path}:1: expected the header id,{expected}, got {','.join(header)!r}")
     for line, row in rows:
         if not row:
             continue

@@ -1,350 +1,41 @@
-"""Training: YAML config -> model trained with a rank loss, evaluated with :mod:`hglv2.metrics`.
+"""The training loop: :class:`Trainer` (built from a resolved config) and :func:`train`.
 
-One step: the batch sampler (:mod:`hglv2.dataset`, M images per class, or hierarchical) gives a
-*global* batch of ``batch_size`` images; each of the W processes (``torchrun``; gloo on CPU, nccl
-on GPU) embeds its contiguous ``batch_size / W`` slice, the embeddings are all-gathered with
-gradients flowing back to their shard, and the rank loss is computed on the global batch, so W
-processes compute what one process computes on the whole batch. The decomposability loss (its
-proxies have their own optimizer and schedule) is added with its weight. Adam/AdamW, linear
-warm-up then cosine decay, gradient clipping, AMP (float16 + GradScaler) on CUDA.
-
-Checkpoints (``<out>/checkpoints/last.pt``, written atomically, read with
-``torch.load(weights_only=True)``) hold the model, both optimizers and schedulers, the AMP scaler,
-the position in the sampler (epoch, batch) and the RNG states, so a resumed run continues exactly
-where the interrupted one stopped (bit-identical parameters on the same machine). Random
-augmentation cannot break this: each image's transform runs under a seed derived from (run seed,
-epoch, position in the epoch), whatever the number of data-loader workers.
-
-Outputs under ``<out>``: ``config.yaml`` (resolved), ``log.jsonl`` (one JSON object per logged
-step / evaluation), ``checkpoints/last.pt``, ``model.pt`` (final weights) and ``metrics.json``.
+See :mod:`hglv2.train` for the step (global batch over W processes), the checkpoints (exact
+resume) and the files written under the run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
-import importlib.resources
-import inspect
 import json
-import math
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, write_json
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, write_json
+from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
+from hglv2.train.config import config_digest, load_config
+from hglv2.train.data import (
+    BatchList,
+    SeededItems,
+    build_batch_sampler,
+    build_dataset,
+    hash_seed,
+    prepare_data,
+)
+from hglv2.train.optim import decomposability_optimizer, lr_factor, model_optimizer
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# ----------------------------------------------------------------------------------------------
-# configuration
-
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "data": {
-        "kind": "synthetic",  # synthetic: generated under root; export: an existing split folder
-        "root": "runs/data/synthetic",
-        "image_root": None,  # default <root>/images
-        "train_split": "train",
-        "query_split": "query",
-        "index_split": "index",  # null: query split against itself (self excluded)
-        "levels": ["level0", "level1", "level2"],
-        "image_size": 64,
-        "resize": None,  # resize the shorter side to this before the (center/random) crop
-        "augment": False,  # random resized crop + horizontal flip for training
-        "num_workers": 0,
-        "synthetic": {
-            "hierarchy": None,  # null: data/sample/... when present, else the built-in table
-            "seed": 0,
-            "image_size": 64,
-            "train_images": 8,
-            "query_images": 2,
-            "index_images": 6,
-            "train_fraction": 0.5,
-            "max_clusters": None,
-            "landmarks_per_cluster": None,
-            "jpeg_quality": 90,
-        },
-    },
-    "model": {
-        "backbone": "resnet50",
-        "embedding_dim": 512,
-        "pretrained": True,
-        "gem_p": 3.0,
-        "gem_learnable": False,
-        "layernorm": True,
-        "width": 32,
-        "norm": "group",
-    },
-    "loss": {
-        "name": "SupHAP",
-        "kwargs": {},
-        "weight": 1.0,
-        "decomposability": None,  # {name, weight, kwargs, lr, weight_decay}
-    },
-    "sampler": {"kind": "m_per_class", "batch_size": 64, "m": 4, "clusters_per_batch": 2},
-    "optimizer": {"name": "adam", "lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999]},
-    "schedule": {"kind": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.0},
-    "train": {
-        "steps": None,  # total optimisation steps; or give epochs
-        "epochs": 1,
-        "clip_grad_norm": None,
-        "amp": True,  # only on CUDA
-        "eval_every": 0,  # steps; 0: only at the end
-        "checkpoint_every": 0,  # steps; 0: only at the end
-        "log_every": 10,
-        "eval_batch_size": 256,
-        "recall_at": [1, 10, 100],
-    },
-    "benchmark": {"seeds": [0], "losses": {}},
-}
-
-_OPEN_SECTIONS = {("loss", "kwargs"), ("benchmark", "losses"), ("loss", "decomposability")}
-
-
-def config_names() -> list[str]:
-    """Names of the configs shipped in ``hglv2/configs``."""
-    files = importlib.resources.files("hglv2") / "configs"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        path = f"{where}.{key}" if where else key
-        if key not in base:
-            raise InputError(f"config: unknown key {path!r}")
-        if isinstance(base[key], dict) and tuple(path.split(".")) not in _OPEN_SECTIONS:
-            if not isinstance(value, dict):
-                raise InputError(f"config: {path!r} must be a mapping, got {type(value).__name__}")
-            out[key] = _merge(base[key], value, path)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def set_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    """``set_path(cfg, "train.steps", 10)``; the key must exist in :data:`DEFAULTS`."""
-    keys = dotted.split(".")
-    node = cfg
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            raise InputError(f"config: unknown key {dotted!r}")
-        node = node[k]
-    if keys[-1] not in node and not any(dotted.startswith(".".join(s)) for s in _OPEN_SECTIONS):
-        raise InputError(f"config: unknown key {dotted!r}")
-    node[keys[-1]] = value
-
-
-def load_config(source: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
-    """Resolve a config: a shipped name (``synthetic``, ``h-gldv2``, ...), a YAML path or a dict.
-
-    The result is :data:`DEFAULTS` updated with the file's keys (unknown keys are an error) and
-    validated. Relative data paths stay relative to the working directory.
-    """
-    if isinstance(source, dict):
-        raw, where = source, "config"
-    else:
-        text = str(source)
-        path = Path(text)
-        if path.suffix in (".yaml", ".yml") or path.exists():
-            if not path.is_file():
-                raise InputError(f"{path}: no such config file")
-            body, where = path.read_text(encoding="utf-8"), str(path)
-        elif text in config_names():
-            body = (importlib.resources.files("hglv2") / "configs" / f"{text}.yaml").read_text("utf-8")
-            where = f"{text}.yaml"
-        else:
-            raise InputError(f"config {text!r}: not a file and not one of {', '.join(config_names())}")
-        try:
-            raw = yaml.safe_load(body) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"{where}: the config must be a mapping")
-    try:
-        cfg = _merge(DEFAULTS, raw)
-    except InputError as exc:
-        raise InputError(f"{where}: {str(exc).removeprefix('config: ')}") from None
-    validate_config(cfg, where)
-    return cfg
-
-
-def validate_config(cfg: dict[str, Any], where: str = "config") -> None:
-    """Check types and ranges; raise :class:`InputError` naming the field."""
-
-    def need(cond: bool, field: str, msg: str) -> None:
-        if not cond:
-            raise InputError(f"{where}: {field} {msg}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    d, m, s, o, t, sch = (
-        cfg["data"],
-        cfg["model"],
-        cfg["sampler"],
-        cfg["optimizer"],
-        cfg["train"],
-        cfg["schedule"],
-    )
-    need(is_int(cfg["seed"]), "seed", "must be an integer")
-    need(d["kind"] in ("synthetic", "export"), "data.kind", "must be synthetic or export")
-    need(isinstance(d["root"], str) and d["root"] != "", "data.root", "must be a path")
-    need(
-        d["image_root"] is None
-        or isinstance(d["image_root"], str)
-        or (isinstance(d["image_root"], dict) and all(isinstance(v, str) for v in d["image_root"].values())),
-        "data.image_root",
-        "must be null, a folder or a mapping split -> folder",
-    )
-    need(is_int(d["image_size"]) and d["image_size"] >= 16, "data.image_size", "must be an integer >= 16")
-    need(isinstance(d["levels"], list) and len(d["levels"]) >= 1, "data.levels", "must be a non-empty list")
-    need(is_int(d["num_workers"]) and d["num_workers"] >= 0, "data.num_workers", "must be >= 0")
-    need(
-        m["backbone"] in ("resnet18", "resnet50", "tiny"),
-        "model.backbone",
-        "must be resnet18, resnet50 or tiny",
-    )
-    need(is_int(m["embedding_dim"]) and m["embedding_dim"] >= 1, "model.embedding_dim", "must be >= 1")
-    need(isinstance(m["pretrained"], bool), "model.pretrained", "must be true or false")
-    need(isinstance(cfg["loss"]["name"], str), "loss.name", "must be a loss name")
-    need(isinstance(cfg["loss"]["kwargs"], dict), "loss.kwargs", "must be a mapping")
-    need(is_num(cfg["loss"]["weight"]), "loss.weight", "must be a number")
-    dec = cfg["loss"]["decomposability"]
-    if dec is not None:
-        need(
-            isinstance(dec, dict) and isinstance(dec.get("name"), str),
-            "loss.decomposability",
-            "must be null or a mapping with a name",
-        )
-        unknown = set(dec) - {"name", "weight", "kwargs", "lr", "weight_decay"}
-        need(not unknown, "loss.decomposability", f"has unknown key(s) {sorted(unknown)}")
-    need(s["kind"] in ("m_per_class", "hierarchical"), "sampler.kind", "must be m_per_class or hierarchical")
-    need(is_int(s["batch_size"]) and s["batch_size"] >= 2, "sampler.batch_size", "must be an integer >= 2")
-    need(
-        is_int(s["m"]) and s["m"] >= 1 and s["batch_size"] % s["m"] == 0,
-        "sampler.m",
-        "must be >= 1 and divide sampler.batch_size",
-    )
-    need(o["name"] in ("adam", "adamw", "sgd"), "optimizer.name", "must be adam, adamw or sgd")
-    need(is_num(o["lr"]) and o["lr"] > 0, "optimizer.lr", "must be a positive number")
-    need(is_num(o["weight_decay"]) and o["weight_decay"] >= 0, "optimizer.weight_decay", "must be >= 0")
-    need(sch["kind"] in ("cosine", "constant"), "schedule.kind", "must be cosine or constant")
-    need(is_int(sch["warmup_steps"]) and sch["warmup_steps"] >= 0, "schedule.warmup_steps", "must be >= 0")
-    need(
-        t["steps"] is None or (is_int(t["steps"]) and t["steps"] >= 1), "train.steps", "must be null or >= 1"
-    )
-    need(
-        t["steps"] is not None or (is_int(t["epochs"]) and t["epochs"] >= 1),
-        "train.epochs",
-        "must be >= 1 (or give train.steps)",
-    )
-    for key in ("eval_every", "checkpoint_every", "log_every"):
-        need(is_int(t[key]) and t[key] >= 0, f"train.{key}", "must be an integer >= 0")
-    need(
-        t["clip_grad_norm"] is None or (is_num(t["clip_grad_norm"]) and t["clip_grad_norm"] > 0),
-        "train.clip_grad_norm",
-        "must be null or a positive number",
-    )
-
-
-def config_digest(cfg: dict[str, Any]) -> str:
-    """Short sha256 of the resolved config (what a checkpoint was made with)."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------
-# losses
-
-
-def contrastive_loss(
-    embeddings: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0
-) -> torch.Tensor:
-    r"""Contrastive loss (Hadsell et al. 2006) on Euclidean distances of L2-normalised embeddings.
-
-    .. math:: L = \frac{\sum_{(i,j) \in P} [d_{ij} - m_+]_+}{|\{(i,j) \in P: d_{ij} > m_+\}|}
-              + \frac{\sum_{(i,j) \in N} [m_- - d_{ij}]_+}{|\{(i,j) \in N: d_{ij} < m_-\}|}
-
-    over ordered pairs i != j, positives P sharing the finest label (column 0), negatives N not;
-    each term is averaged over its non-zero pairs (0 when there are none), as pytorch-metric-
-    learning's ``ContrastiveLoss`` with its defaults. embeddings (B, D), labels (B,) or (B, L).
-    """
-    lab = labels[:, 0] if labels.dim() == 2 else labels
-    x = F.normalize(embeddings.float(), dim=-1)
-    sq = (2.0 - 2.0 * x @ x.T).clamp(min=0.0)
-    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
-    d = torch.where(eye, torch.ones_like(sq), sq).sqrt()  # no sqrt(0) on the diagonal
-    same = lab[:, None] == lab[None, :]
-    pos = (d - pos_margin).clamp(min=0)[same & ~eye]
-    neg = (neg_margin - d).clamp(min=0)[~same]
-
-    def avg_nonzero(v: torch.Tensor) -> torch.Tensor:
-        n = (v > 0).sum()
-        return v.sum() / n.clamp(min=1)
-
-    return avg_nonzero(pos) + avg_nonzero(neg)
-
-
-class ContrastiveLoss(nn.Module):
-    """Module wrapper of :func:`contrastive_loss` (the classic baseline of the benchmark)."""
-
-    def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0) -> None:
-        super().__init__()
-        self.pos_margin, self.neg_margin = pos_margin, neg_margin
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, **_: Any) -> torch.Tensor:
-        return contrastive_loss(embeddings, labels, self.pos_margin, self.neg_margin)
-
-
-LOCAL_LOSSES: dict[str, type[nn.Module]] = {"Contrastive": ContrastiveLoss}
-
-
-def _loss_class(name: str) -> type[nn.Module]:
-    if name in LOCAL_LOSSES:
-        return LOCAL_LOSSES[name]
-    import hglv2.losses as losses_mod
-
-    cls = getattr(losses_mod, name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        known = sorted(set(LOCAL_LOSSES) | {n for n in getattr(losses_mod, "__all__", [])})
-        raise InputError(f"loss {name!r} is unknown (available: {', '.join(known)})")
-    return cls
-
-
-def build_loss(name: str, kwargs: dict[str, Any], **context: Any) -> nn.Module:
-    """Instantiate loss ``name`` (from :mod:`hglv2.losses` or :data:`LOCAL_LOSSES`).
-
-    ``context`` (``num_classes``, ``embedding_dim``) fills constructor arguments of those names that
-    ``kwargs`` does not give (the proxy losses need them).
-    """
-    cls = _loss_class(name)
-    params = inspect.signature(cls).parameters
-    args = dict(kwargs)
-    for key, value in context.items():
-        if key in params and key not in args:
-            args[key] = value
-    try:
-        return cls(**args)
-    except TypeError as exc:
-        raise InputError(f"loss {name}: bad arguments {args} ({exc})") from None
+__all__ = ["Trainer", "embed", "resolve_device", "seed_everything", "train"]
 
 
 def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,118 +51,7 @@ def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
 
 # ----------------------------------------------------------------------------------------------
-# data
-
-
-def _transform(cfg: dict[str, Any], train: bool) -> Callable:
-    import torchvision.transforms as T
-
-    d = cfg["data"]
-    size = d["image_size"]
-    steps: list[Any] = []
-    if train and d["augment"]:
-        steps += [T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
-    else:
-        steps += [T.Resize(d["resize"] or size), T.CenterCrop(size)]
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return T.Compose(steps)
-
-
-class SeededItems(torch.utils.data.Dataset):
-    """Wraps a dataset: item ``(index, seed)`` is ``dataset[index]`` computed under ``seed``.
-
-    The global torch RNG is restored afterwards, so random transforms depend only on the seed
-    (exact resume, independent of the number of workers).
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        state = torch.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            return self.dataset[index]
-        finally:
-            torch.set_rng_state(state)
-
-
-def prepare_data(cfg: dict[str, Any], progress: bool = False) -> Path:
-    """Make sure the dataset of ``cfg`` exists; generate the synthetic one if needed. Returns root."""
-    d = cfg["data"]
-    root = Path(d["root"])
-    if d["kind"] == "synthetic":
-        from hglv2.synthetic import SyntheticParams, generate, load_table
-
-        syn = dict(d["synthetic"])
-        hierarchy = syn.pop("hierarchy")
-        try:
-            params = SyntheticParams(**syn)
-        except TypeError as exc:
-            raise InputError(f"config: data.synthetic: {exc}") from None
-        _, source = load_table(hierarchy)
-        manifest = root / "manifest.json"
-        current = False
-        if manifest.is_file():
-            try:
-                old = json.loads(manifest.read_text("utf-8"))
-                current = old.get("params") == json.loads(json.dumps(params.__dict__)) and (
-                    old.get("hierarchy", {}).get("source") == source
-                )
-            except (ValueError, OSError, AttributeError):
-                current = False
-        if not current:
-            generate(root, hierarchy, params, progress=progress)
-    for key in ("train_split", "query_split"):
-        if not (root / f"{d[key]}.parquet").is_file():
-            raise InputError(f"data.{key}: {root / (d[key] + '.parquet')} does not exist")
-    return root
-
-
-def _dataset(cfg: dict[str, Any], root: Path, split: str, train: bool):
-    from hglv2.dataset import HGLDv2Dataset
-
-    d = cfg["data"]
-    image_root = d["image_root"]
-    if isinstance(image_root, dict):  # one folder per split (GLDv2: train/, index/, test/)
-        image_root = image_root.get(split)
-        if image_root is None:
-            raise InputError(f"data.image_root: no image folder for split {split!r}")
-    image_root = Path(image_root) if image_root else root / "images"
-    return HGLDv2Dataset(
-        root / f"{split}.parquet", image_root, levels=d["levels"], transform=_transform(cfg, train)
-    )
-
-
-def _batch_sampler(cfg: dict[str, Any], labels: np.ndarray, seed: int):
-    """The configured batch sampler over the training labels (N, L).
-
-    Rows with an unknown level (-1, an incomplete hierarchy) are left out of training: a rank loss
-    would otherwise take two unknown clusters for the same one.
-    """
-    from hglv2.dataset import HierarchicalBatchSampler, MPerClassBatchSampler
-
-    s = cfg["sampler"]
-    masked = np.array(labels, dtype=np.int64, copy=True)
-    incomplete = (masked < 0).any(axis=1)
-    masked[incomplete] = -1
-    try:
-        if s["kind"] == "hierarchical":
-            return HierarchicalBatchSampler(
-                masked,
-                m=s["m"],
-                batch_size=s["batch_size"],
-                clusters_per_batch=s["clusters_per_batch"],
-                seed=seed,
-                ignore_label=-1,
-            )
-        return MPerClassBatchSampler(masked, m=s["m"], batch_size=s["batch_size"], seed=seed, ignore_label=-1)
-    except ValueError as exc:
-        raise InputError(f"sampler: {exc}") from None
+# evaluation and devices
 
 
 @torch.no_grad()
@@ -501,28 +81,7 @@ def _autocast(device: torch.device, amp: bool):
 
 
 # ----------------------------------------------------------------------------------------------
-# optimisation
-
-
-def lr_factor(step: int, total: int, warmup: int, kind: str = "cosine", min_ratio: float = 0.0) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    span = max(total - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _optimizer(
-    name: str, params, lr: float, weight_decay: float, betas=(0.9, 0.999)
-) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
+# random state
 
 
 def _rng_state() -> dict[str, Any]:
@@ -628,9 +187,9 @@ class Trainer:
         self.root = prepare_data(cfg, progress=self.progress) if self.rank == 0 else Path(cfg["data"]["root"])
         if self.distributed:
             dist.barrier()
-        self.train_set = _dataset(cfg, self.root, cfg["data"]["train_split"], train=True)
+        self.train_set = build_dataset(cfg, self.root, cfg["data"]["train_split"], train=True)
         labels = np.asarray(self.train_set.labels)
-        self.sampler = _batch_sampler(cfg, labels, seed=cfg["seed"])
+        self.sampler = build_batch_sampler(cfg, labels, seed=cfg["seed"])
         self.batches_per_epoch = len(self.sampler)
         t = cfg["train"]
         self.total_steps = t["steps"] if t["steps"] is not None else t["epochs"] * self.batches_per_epoch
@@ -649,10 +208,7 @@ class Trainer:
             num_classes=len(self.class_ids),
             embedding_dim=cfg["model"]["embedding_dim"],
         ).to(self.device)
-        o = cfg["optimizer"]
-        self.optimizer = _optimizer(
-            o["name"], self.model.parameters(), o["lr"], o["weight_decay"], o["betas"]
-        )
+        self.optimizer = model_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
         self.dec = None
         self.dec_optimizer = self.dec_scheduler = None
@@ -664,11 +220,8 @@ class Trainer:
                 num_classes=len(self.class_ids),
                 embedding_dim=cfg["model"]["embedding_dim"],
             ).to(self.device)
-            dec_params = [p for p in self.dec.parameters() if p.requires_grad]
-            if dec_params:
-                self.dec_optimizer = _optimizer(
-                    o["name"], dec_params, dc.get("lr", o["lr"]), dc.get("weight_decay", 0.0), o["betas"]
-                )
+            self.dec_optimizer = decomposability_optimizer(cfg, self.dec)
+            if self.dec_optimizer is not None:
                 self.dec_scheduler = torch.optim.lr_scheduler.LambdaLR(self.dec_optimizer, self._factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
@@ -836,10 +389,10 @@ class Trainer:
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]
-        q = _dataset(self.cfg, self.root, d["query_split"], train=False)
+        q = build_dataset(self.cfg, self.root, d["query_split"], train=False)
         qe, ql = embed(self.model, q, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
         if d["index_split"]:
-            g = _dataset(self.cfg, self.root, d["index_split"], train=False)
+            g = build_dataset(self.cfg, self.root, d["index_split"], train=False)
             ge, gl = embed(self.model, g, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
             res = evaluate(qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), recall_at=tuple(t["recall_at"]))
         else:
@@ -901,7 +454,7 @@ class Trainer:
         images_seen, t_start = 0, time.perf_counter()
         while self.step < stop:
             n_batches, shards = self._epoch_batches(self.epoch, self.batch_in_epoch)
-            gen = _BatchList(shards)
+            gen = BatchList(shards)
             if not len(gen):
                 raise InputError("sampler: the training split gives no batch")
             loader = torch.utils.data.DataLoader(
@@ -958,23 +511,6 @@ class Trainer:
         return self.last_eval or {}
 
 
-class _BatchList(torch.utils.data.Sampler):
-    def __init__(self, batches: list[list[tuple[int, int]]]) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def hash_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (per-image augmentation seeds)."""
-    h = hashlib.blake2b(b"\x1f".join(str(p).encode() for p in parts), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
-
-
 def train(
     cfg: dict[str, Any] | str,
     out_dir: str | os.PathLike[str],
@@ -989,6 +525,8 @@ def train(
     """
     if not isinstance(cfg, dict):
         cfg = load_config(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_folder(out_dir, "train")  # never train into another command's folder
     started = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dev = resolve_device(device)

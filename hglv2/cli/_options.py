@@ -1,0 +1,114 @@
+"""Click parameter types shared by every command: output paths checked before any work, URLs,
+and comma-separated integer lists.
+
+A bad value is a click ``BadParameter``; :func:`hglv2.cli.main` prints it as one ``Error:`` line
+(with the ``--help`` hint on the next line) and exits with code 2, before the command runs, so a
+command never computes for minutes and then fails to write its result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+
+def output_problem(path: str | os.PathLike[str], directory: bool = False) -> str | None:
+    """Why ``path`` cannot be written as an output file (``directory=False``) or folder, or None.
+
+    Checks, without creating anything: the path is not empty; it is not an existing folder (for
+    a file) or an existing file (for a folder); the nearest existing ancestor is a folder (not a
+    file) in which this process may create entries (not read-only, not permission-denied).
+    """
+    text = os.fspath(path)
+    if not text:
+        return "empty path"
+    p = Path(text)
+    if directory:
+        if p.exists() and not p.is_dir():
+            return f"{p} exists and is not a folder"
+        base = p
+    else:
+        if p.is_dir():
+            return f"{p} is a folder (give a file name)"
+        base = p.parent
+    while not base.exists() and not base.is_symlink():
+        if base == base.parent:
+            break
+        base = base.parent
+    if base.exists() and not base.is_dir():
+        return f"{base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"cannot write into {base} (read-only or permission denied)"
+    return None
+
+
+class OutputPath(click.ParamType):
+    """An output file or folder, checked for writability when the command line is parsed."""
+
+    name = "path"
+
+    def __init__(self, directory: bool = False, path_type: type = str) -> None:
+        self.directory = directory
+        self.path_type = path_type
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        problem = output_problem(value, self.directory)
+        if problem:
+            self.fail(problem, param, ctx)
+        return self.path_type(os.fspath(value))
+
+
+OUTPUT_FILE = OutputPath()
+OUTPUT_DIR = OutputPath(directory=True)
+OUTPUT_FILE_PATH = OutputPath(path_type=Path)
+OUTPUT_DIR_PATH = OutputPath(directory=True, path_type=Path)
+
+
+class HttpUrl(click.ParamType):
+    """An ``http://`` or ``https://`` URL with a host."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        try:
+            parts = urlsplit(text)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in text
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            ok = False
+        if not ok:
+            self.fail(f"{text!r} is not an http(s):// URL with a host", param, ctx)
+        return text
+
+
+HTTP_URL = HttpUrl()
+
+
+def parse_int_list(
+    text: str, option: str, minimum: int | None = None, maximum: int | None = None, unique: bool = False
+) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; a ``click.BadParameter`` naming ``option`` for anything else."""
+    items = [s.strip() for s in text.split(",")]
+    if not any(items):
+        raise click.BadParameter(f"{text!r}: expected integers separated by commas", param_hint=option)
+    out = []
+    for s in items:
+        if not s:
+            raise click.BadParameter(f"{text!r}: empty item between commas", param_hint=option)
+        try:
+            v = int(s)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: {s!r} is not an integer", param_hint=option) from None
+        if minimum is not None and v < minimum:
+            raise click.BadParameter(f"{text!r}: {v} is below {minimum}", param_hint=option)
+        if maximum is not None and v > maximum:
+            raise click.BadParameter(f"{text!r}: {v} is above {maximum}", param_hint=option)
+        if unique and v in out:
+            raise click.BadParameter(f"{text!r}: {v} is repeated", param_hint=option)
+        out.append(v)
+    return out

@@ -1,0 +1,123 @@
+"""The loss registry: names used in configs -> loss factories, and :func:`build_loss`.
+
+A training config names its loss (``loss.name``) and its optional decomposability loss
+(``loss.decomposability.name``); ``hglv2 train`` and ``hglv2 benchmark`` find both here.
+
+A *factory* is a loss class or any callable that returns a ``torch.nn.Module`` called as
+``loss(embeddings, labels, ...)``. Its keyword parameters are what the config's ``kwargs`` may set;
+parameters named like a key of the training *context* (``num_classes``, ``embedding_dim``, ...)
+are filled from the context when ``kwargs`` does not give them, so proxy losses need no
+dataset-specific numbers in the config.
+
+Adding a loss (ours, or an adapter to a pytorch-metric-learning baseline)::
+
+    from hglv2.losses.registry import register_loss
+
+    @register_loss("MyLoss")
+    class MyLoss(torch.nn.Module): ...
+
+    register_loss("pml.TripletMargin", make_triplet_adapter)   # a factory function works too
+
+Registering a name twice is an error unless ``replace=True`` (the same factory again is a no-op).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from torch import nn
+
+from hglv2.errors import InputError
+from hglv2.losses.ap import SmoothAP, SupAP
+from hglv2.losses.contrastive import ContrastiveLoss
+from hglv2.losses.decomposability import CalibrationLoss, NormalizedSoftmaxProxyLoss
+from hglv2.losses.hap import SupHAP
+from hglv2.losses.ndcg import SupNDCG
+from hglv2.losses.recall import SupRecall
+
+__all__ = ["LOSSES", "LossFactory", "build_loss", "loss_factory", "loss_names", "register_loss"]
+
+LossFactory = Callable[..., nn.Module]
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+_REGISTRY: dict[str, LossFactory] = {}
+
+LOSSES: Mapping[str, LossFactory] = MappingProxyType(_REGISTRY)
+"""Read-only view of the registry (name -> factory)."""
+
+
+def register_loss(name: str, factory: F | None = None, *, replace: bool = False) -> Any:
+    """Register ``factory`` under ``name``; without ``factory``, a decorator that does so.
+
+    Raises:
+        ValueError: ``name`` is empty or already names another factory (and not ``replace``).
+        TypeError: ``factory`` is not callable.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"loss name must be a non-empty string, got {name!r}")
+
+    def add(f: F) -> F:
+        if not callable(f):
+            raise TypeError(f"loss {name!r}: factory {f!r} is not callable")
+        old = _REGISTRY.get(name)
+        if old is not None and old is not f and not replace:
+            raise ValueError(f"loss {name!r} is already registered ({_qualname(old)})")
+        _REGISTRY[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def loss_names() -> list[str]:
+    """The registered loss names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def loss_factory(name: str) -> LossFactory:
+    """The factory registered as ``name``; :class:`InputError` naming the known ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InputError(f"loss {name!r} is unknown (available: {', '.join(loss_names())})") from None
+
+
+def build_loss(name: str, kwargs: Mapping[str, Any] | None = None, **context: Any) -> nn.Module:
+    """Instantiate loss ``name`` with ``kwargs``.
+
+    ``context`` (``num_classes``, ``embedding_dim``, ...) fills the factory's parameters of those
+    names that ``kwargs`` does not give; context keys the factory does not take are ignored.
+
+    Raises:
+        InputError: unknown name, or arguments the factory rejects.
+    """
+    factory = loss_factory(name)
+    params = inspect.signature(factory).parameters
+    args = dict(kwargs or {})
+    for key, value in context.items():
+        if key in params and key not in args:
+            args[key] = value
+    try:
+        return factory(**args)
+    except TypeError as exc:
+        raise InputError(f"loss {name}: bad arguments {args} ({exc})") from None
+
+
+def _qualname(f: Any) -> str:
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+for _name, _factory in (
+    ("SupAP", SupAP),
+    ("SupHAP", SupHAP),
+    ("SupRecall", SupRecall),
+    ("SupNDCG", SupNDCG),
+    ("SmoothAP", SmoothAP),
+    ("Contrastive", ContrastiveLoss),
+    ("CalibrationLoss", CalibrationLoss),
+    ("NormalizedSoftmaxProxyLoss", NormalizedSoftmaxProxyLoss),
+):
+    register_loss(_name, _factory)
+del _name, _factory

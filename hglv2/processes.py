@@ -1,0 +1,75 @@
+"""Child-process hygiene: every process hglv2 starts dies with the process that started it.
+
+* :func:`die_with_parent` runs in the child (e.g. as a ``ProcessPoolExecutor`` initializer): on
+  Linux it asks the kernel for a signal when the parent dies (``prctl(PR_SET_PDEATHSIG)``, which
+  also covers ``kill -9`` of the parent), and everywhere it starts a daemon thread that polls the
+  parent id and exits when the child has been re-parented (the fallback where ``prctl`` is
+  missing, and a guard against the parent having died before the call).
+* :func:`stop_processes` runs in the parent when it unwinds (Ctrl-C, SIGTERM, an error in one
+  run): SIGTERM to each child, then SIGKILL to those still alive after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(parent_pid: int | None = None, poll_s: float = 0.5, ignore_sigint: bool = True) -> None:
+    """Make this (child) process exit when ``parent_pid`` (default: the current parent) dies.
+
+    ``ignore_sigint``: leave Ctrl-C to the parent, which stops its children itself (a terminal
+    sends SIGINT to the whole foreground process group).
+    """
+    parent = os.getppid() if parent_pid is None else parent_pid
+    if ignore_sigint:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_pdeathsig(signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="hglv2-parent-watch", daemon=True).start()
+
+
+def stop_processes(processes: Iterable[Any], grace_s: float = 3.0) -> None:
+    """SIGTERM each ``multiprocessing.Process`` still alive, then SIGKILL after ``grace_s``."""
+    procs = [p for p in processes if p is not None]
+    for p in procs:
+        with contextlib.suppress(Exception):
+            if p.is_alive():
+                p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        with contextlib.suppress(Exception):
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)

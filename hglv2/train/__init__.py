@@ -1,0 +1,84 @@
+"""Training: YAML config -> model trained with a rank loss, evaluated with :mod:`hglv2.metrics`.
+
+One step: the batch sampler (:mod:`hglv2.samplers`, M images per class, or hierarchical) gives a
+*global* batch of ``batch_size`` images; each of the W processes (``torchrun``; gloo on CPU, nccl
+on GPU) embeds its contiguous ``batch_size / W`` slice, the embeddings are all-gathered with
+gradients flowing back to their shard, and the rank loss (found by name in the registry of
+:mod:`hglv2.losses`) is computed on the global batch, so W processes compute what one process
+computes on the whole batch. The decomposability loss (its proxies have their own optimizer and
+schedule) is added with its weight. Adam/AdamW, linear warm-up then cosine decay, gradient
+clipping, AMP (float16 + GradScaler) on CUDA.
+
+Modules:
+
+- :mod:`hglv2.train.config`: defaults, loading, ``--set`` overrides, validation, digests (used by
+  ``hglv2 train`` and ``hglv2 benchmark``);
+- :mod:`hglv2.train.data`: data preparation, transforms, datasets, seeded augmentation, samplers;
+- :mod:`hglv2.train.optim`: optimizers and the learning-rate schedule;
+- :mod:`hglv2.train.trainer`: :class:`Trainer` (loop, checkpoints, logging, evaluation) and
+  :func:`train`.
+
+Checkpoints (``<out>/checkpoints/last.pt``, written atomically, read with
+``torch.load(weights_only=True)``) hold the model, both optimizers and schedulers, the AMP scaler,
+the position in the sampler (epoch, batch) and the RNG states, so a resumed run continues exactly
+where the interrupted one stopped (bit-identical parameters on the same machine). Random
+augmentation cannot break this: each image's transform runs under a seed derived from (run seed,
+epoch, position in the epoch), whatever the number of data-loader workers.
+
+Outputs under ``<out>``: ``config.yaml`` (resolved), ``log.jsonl`` (one JSON object per logged
+step / evaluation), ``checkpoints/last.pt``, ``model.pt`` (final weights) and ``metrics.json``.
+"""
+
+from hglv2.losses.contrastive import ContrastiveLoss, contrastive_loss
+from hglv2.losses.registry import build_loss
+from hglv2.train.config import (
+    DEFAULTS,
+    apply_overrides,
+    config_digest,
+    config_names,
+    load_config,
+    parse_overrides,
+    set_path,
+    validate_config,
+)
+from hglv2.train.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SeededItems,
+    build_batch_sampler,
+    build_dataset,
+    build_transform,
+    hash_seed,
+    prepare_data,
+)
+from hglv2.train.optim import build_optimizer, lr_factor
+from hglv2.train.trainer import Trainer, embed, resolve_device, seed_everything, train
+
+__all__ = [
+    "DEFAULTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ContrastiveLoss",
+    "SeededItems",
+    "Trainer",
+    "apply_overrides",
+    "build_batch_sampler",
+    "build_dataset",
+    "build_loss",
+    "build_optimizer",
+    "build_transform",
+    "config_digest",
+    "config_names",
+    "contrastive_loss",
+    "embed",
+    "hash_seed",
+    "load_config",
+    "lr_factor",
+    "parse_overrides",
+    "prepare_data",
+    "resolve_device",
+    "seed_everything",
+    "set_path",
+    "train",
+    "validate_config",
+]

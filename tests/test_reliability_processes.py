@@ -1,0 +1,151 @@
+"""Process hygiene: the worker processes of `hglv2 benchmark` die with it.
+
+Each case starts a real `hglv2 benchmark --jobs 2` in its own session, waits until both runs
+train in worker processes, then kills the benchmark (SIGKILL, SIGTERM, or SIGINT to the whole
+process group as a terminal's Ctrl-C does) and checks that no descendant survives a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SUITE = """
+name: hygiene
+data:
+  root: {root}
+  image_size: 32
+  synthetic: {{hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
+              max_clusters: 2, landmarks_per_cluster: 4}}
+model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
+sampler: {{batch_size: 16, m: 4}}
+optimizer: {{lr: 0.001}}
+train: {{steps: 100000, eval_every: 0, log_every: 1, checkpoint_every: 0}}
+benchmark:
+  seeds: [0]
+  losses:
+    Contrastive: {{name: Contrastive}}
+    SupAP: {{name: SupAP}}
+"""
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: set[int] = set()
+    stack = [pid]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            if c not in out:
+                out.add(c)
+                stack.append(c)
+    return out
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hygiene")
+    path = tmp / "suite.yaml"
+    path.write_text(SUITE.format(root=tmp / "data"))
+    from hglv2.train import load_config, prepare_data
+
+    prepare_data(load_config(path))  # generate the data once, outside the timed part
+    return path
+
+
+def _start(suite: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hglv2.cli", "benchmark", str(suite), "--out", str(out), "--jobs", "2"]
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=out.parent,
+        start_new_session=True,  # its own process group: killpg reaches it, not pytest
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_training(proc: subprocess.Popen, out: Path, timeout: float = 240.0) -> set[int]:
+    """Wait until both runs log training steps; return the benchmark's descendants."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"benchmark ended early ({proc.returncode}): {proc.stderr.read().decode()}")
+        logs = list(out.glob("runs/*/seed0/log.jsonl"))
+        if len(logs) == 2 and all(p.stat().st_size > 0 for p in logs):
+            kids = _descendants(proc.pid)
+            if len(kids) >= 2:
+                return kids
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the runs did not start training in time")
+
+
+def _assert_all_gone(pids: set[int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    left = sorted(p for p in pids if _alive(p))
+    for p in left:  # do not leak them into the rest of the test session
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes outlived the benchmark: {left}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(
+    ("how", "expected_rc"),
+    [("SIGKILL", -signal.SIGKILL), ("SIGTERM", 143), ("Ctrl-C", 130)],
+)
+def test_benchmark_workers_die_with_the_benchmark(suite, tmp_path, how, expected_rc):
+    out = tmp_path / "bench"
+    proc = _start(suite, out)
+    try:
+        kids = _wait_training(proc, out)
+        if how == "Ctrl-C":
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal sends SIGINT to the whole group
+        else:
+            os.kill(proc.pid, getattr(signal, how))
+        rc = proc.wait(timeout=30)
+        _assert_all_gone(kids)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert rc == expected_rc, err
+    assert "Traceback" not in err, err
+
+
+def test_progress_reads_the_last_logged_step(tmp_path):
+    from hglv2.benchmark import _last_step
+
+    assert _last_step(str(tmp_path)) == 0  # no log yet
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(f'{{"step": {s}, "loss": 0.5}}\n' for s in range(1, 2000)) + '{"step": 20')
+    assert _last_step(str(tmp_path)) == 1999  # a line being written is skipped
