@@ -205,7 +205,10 @@ def evaluate(
         n_pos_all[ok, col] = counts[q_col[ok]]
         if same:
             n_pos_all[ok, col] -= 1
-    dev = torch.device(device) if device is not None else None
+    try:
+        dev = torch.device(device) if device is not None else None
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r}: {exc}") from None
     if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available")
 
