@@ -19,6 +19,8 @@ try:  # numba is optional: the torch implementation is used without it
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
+BLOCK = 32  # items per vectorised threshold test in top_k_select
+
 if HAVE_NUMBA:
 
     @njit(cache=True)
@@ -457,6 +459,7 @@ if HAVE_NUMBA:
         viewed as int32. Needs ``k <= N - (self excluded)``."""
         n_rows, n = scores.shape
         cap = 2 * k + 64
+        block = BLOCK
         for r in prange(n_rows):
             me = self_index[r]
             buf = np.empty(cap, dtype=np.int64)
@@ -464,28 +467,81 @@ if HAVE_NUMBA:
             full = False
             thr = np.float32(0.0)
             nan_seen = 0
-            for i in range(n):
-                s = scores[r, i]
-                if s != s:
-                    nan_seen = 1
-                    continue
-                if i == me:
-                    continue
-                if full and not (s > thr):
-                    continue
-                buf[cnt] = (_score_high(score_bits[r, i]) << 32) | i
-                cnt += 1
-                if cnt == cap:
-                    buf[:] = np.sort(buf)
-                    cnt = k
-                    full = True
-                    thr = scores[r, buf[k - 1] & 0xFFFFFFFF]
+            for lo in range(0, n, block):
+                hi = min(lo + block, n)
+                if full:  # vectorised test first: most blocks hold nothing above the threshold
+                    above = np.int32(0)
+                    for i in range(lo, hi):
+                        x = scores[r, i]
+                        above += np.int32(x > thr) | np.int32(x != x)  # NaN: take the slow path
+                    if above == 0:
+                        continue
+                for i in range(lo, hi):
+                    x = scores[r, i]
+                    if x != x:
+                        nan_seen = 1
+                        continue
+                    if i == me:
+                        continue
+                    if full and not (x > thr):
+                        continue
+                    buf[cnt] = (_score_high(score_bits[r, i]) << 32) | i
+                    cnt += 1
+                    if cnt == cap:
+                        buf[:] = np.sort(buf)
+                        cnt = k
+                        full = True
+                        thr = scores[r, buf[k - 1] & 0xFFFFFFFF]
             best = np.sort(buf[:cnt])
             for j in range(k):
                 gi = best[j] & 0xFFFFFFFF
                 top_index[r, j] = gi
                 top_tags[r, j] = _match_tag(q_codes, r, g_codes, gi, n_levels)
             bad[r] = nan_seen
+
+    @njit(cache=True, parallel=True)
+    def top_k_metrics(tags, n_positives, ks, map_k, out):  # pragma: no cover - compiled
+        """Per-level metrics from the first k items of each query (``tags`` (Q, k) match masks in
+        ranking order; ``n_positives`` (Q, L) exact R per level), accumulated in rank order exactly
+        as :func:`_row` does, so the values are bit-for-bit those of the full ranking. ``out``
+        (Q, L * (2 + 2 * len(ks))), per level: mAP@R (NaN when R = 0 or R > k), mAP@``map_k``
+        (``map_k`` = 0: skipped, left NaN), R@k..., P@k... (NaN when R = 0)."""
+        n_rows, k = tags.shape
+        n_levels = n_positives.shape[1]
+        nk = ks.shape[0]
+        per = 2 + 2 * nk
+        for r in prange(n_rows):
+            for col in range(n_levels):
+                o = col * per
+                npos = n_positives[r, col]
+                cnt = 0
+                mapr = 0.0
+                mapk = 0.0
+                first = k + 1
+                for p in range(k):
+                    if (tags[r, p] >> col) & 1:
+                        rk = p + 1
+                        cnt += 1
+                        prec = cnt / rk
+                        if rk <= npos:
+                            mapr += prec
+                        if rk <= map_k:
+                            mapk += prec
+                        if first > rk:
+                            first = rk
+                if npos == 0:
+                    for j in range(per):
+                        out[r, o + j] = np.nan
+                    continue
+                out[r, o] = mapr / npos if npos <= k else np.nan
+                out[r, o + 1] = mapk / min(npos, map_k) if map_k > 0 else np.nan
+                for j in range(nk):
+                    kk = ks[j]
+                    hits = 0
+                    for p in range(min(kk, k)):
+                        hits += (tags[r, p] >> col) & 1
+                    out[r, o + 2 + j] = 1.0 if first <= kk else 0.0
+                    out[r, o + 2 + nk + j] = hits / kk
 
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

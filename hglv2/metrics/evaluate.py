@@ -628,9 +628,25 @@ def _evaluate_top_k(
             return torch.from_numpy(tags)
 
     per_query: dict[str, list[torch.Tensor]] = {}
+    ks = np.asarray(recall_at, dtype=np.int64)
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
-        res = top_k_metrics(select(lo, hi), torch.from_numpy(n_pos_all[lo:hi]), recall_at, map_at)
+        tags = select(lo, hi)
+        if _fused.HAVE_NUMBA:  # the same function on every path: identical numbers
+            vals = np.empty((hi - lo, n_levels * (2 + 2 * len(ks))))
+            _fused.top_k_metrics(tags.numpy(), n_pos_all[lo:hi], ks, map_at or 0, vals)
+            res = {}
+            per = 2 + 2 * len(ks)
+            for lev in range(n_levels):
+                res[f"mAP@R_level{lev}"] = vals[:, lev * per]
+                if map_at is not None:
+                    res[f"mAP@{map_at}_level{lev}"] = vals[:, lev * per + 1]
+                for j, kk in enumerate(recall_at):
+                    res[f"R@{kk}_level{lev}"] = vals[:, lev * per + 2 + j]
+                    res[f"P@{kk}_level{lev}"] = vals[:, lev * per + 2 + len(ks) + j]
+            res = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in res.items()}
+        else:
+            res = top_k_metrics(tags, torch.from_numpy(n_pos_all[lo:hi]), recall_at, map_at)
         for name, val in res.items():
             per_query.setdefault(name, []).append(val)
     arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
