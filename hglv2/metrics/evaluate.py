@@ -352,6 +352,9 @@ def _chunk_torch(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         st = ranked[1]
         rows, p = torch.nonzero(st, as_tuple=True)
         ranks, masks = p + 1, st[rows, p].to(torch.int64)
+    elif ranked[0] == "counted":  # device engine: per-query counts, int32 ranks, uint8 masks
+        rows = torch.repeat_interleave(torch.arange(c), ranked[1])
+        ranks, masks = ranked[2].to(torch.int64), ranked[3].to(torch.int64)
     else:
         rows, ranks, masks = ranked[1], ranked[2], ranked[3]
     for lev in range(n_levels):
@@ -402,10 +405,10 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
     )
     if ranked[0] == "tagged":
         _fused.fused_metrics_tagged(ranked[1], ranked[2], *args)
-    elif ranked[0] == "lists":
-        rows, ranks, tags = ranked[1].numpy(), ranked[2].numpy(), ranked[3].numpy().astype(np.uint8)
+    elif ranked[0] == "counted":
+        per_row, ranks, tags = ranked[1].numpy(), ranked[2].numpy(), ranked[3].numpy()
         offsets = np.zeros(c + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=c), out=offsets[1:])
+        np.cumsum(per_row, out=offsets[1:])
         _fused.fused_metrics_lists(offsets, ranks, tags, *args)
     else:
         kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
@@ -444,9 +447,11 @@ class _DeviceRanker:
     increasing gallery index) and a stable sort of the k selected items.
     """
 
-    FULL_BYTES_PER_SCORE = 64  # scores 4, keys 8, sort values + indices 16, gather 5, masks 1, nonzero
+    # peak bytes per (query, gallery) pair: scores 4, keys 8, sort values + indices + workspace 32,
+    # gathered codes 5, masks 1, nonzero output 16 (worst case)
+    FULL_BYTES_PER_SCORE = 80
     TOP_K_BYTES_PER_SCORE = 24  # scores 4, two boolean masks 2, topk workspace, cumsum of tied rows
-    CUDA_MEMORY_FRACTION = 0.6
+    CUDA_MEMORY_FRACTION = 0.5
 
     def __init__(self, g_emb: torch.Tensor, q_codes: torch.Tensor, g_codes_t: torch.Tensor, dev, same: bool):
         self.dev = torch.device(dev)
@@ -464,6 +469,7 @@ class _DeviceRanker:
             else:
                 budget = int(memory_mb) << 20
             chunk_size = budget // (max(self.n, 1) * per_score)
+            chunk_size = min(chunk_size, (2**31 - 1) // max(self.n, 1))  # 32-bit element counts in kernels
         return int(min(max(chunk_size, 1), max(n_q, 1)))
 
     def scores(self, q_emb: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -506,8 +512,11 @@ class _DeviceRanker:
         if self.same:
             tags[:, -1] = 0  # the query itself
         rows, pos = torch.nonzero(tags, as_tuple=True)
-        vals = tags[rows, pos].to(torch.int64)
-        return ("lists", rows.cpu(), (pos + 1).cpu(), vals.cpu())
+        counts = torch.bincount(rows, minlength=hi - lo)
+        vals = tags[rows, pos]
+        del rows, tags
+        # compact transfer: 5 bytes per relevant item (int32 rank, uint8 mask) + a count per query
+        return ("counted", counts.cpu(), (pos + 1).to(torch.int32).cpu(), vals.cpu())
 
     def rank_top_k(self, q_emb: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
         """(chunk, k) uint8 match masks of the first k items of each query, in ranking order."""
