@@ -14,6 +14,7 @@ from test_metrics_oracle import evaluate_oracle
 from test_metrics_ranking import BACKENDS, retrieval_case
 
 from hglv2.cli import main
+from hglv2.errors import InputError
 from hglv2.metrics import evaluate
 from hglv2.metrics.evaluate import top_k_metrics
 from hglv2.metrics.ranking import order_keys
@@ -235,3 +236,47 @@ def test_cli_top_k_and_device(cli_runner, tmp_path):
     assert res.exit_code == 2 and "Error: recall_at value 5 is larger than top_k=3" in res.output
     res = cli_runner.invoke(main, [*base, "--device", "no-such-device"])
     assert res.exit_code == 2 and "Error: device 'no-such-device'" in res.output
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_nearest_neighbours_follow_the_ranking_rule(device):
+    from test_metrics_oracle import ranking
+
+    from hglv2.metrics.evaluate import nearest_neighbours
+
+    q, _, g, _ = _tied_case(4, 15, 600)
+    top = nearest_neighbours(q, g, 100, device=device, chunk_size=4)
+    assert top.shape == (15, 100)
+    for i in range(15):
+        assert top[i].tolist() == ranking(g @ q[i])[:100]
+    top = nearest_neighbours(q, None, 20, device=device)
+    assert top.shape == (15, 14)  # at most the 14 other queries
+    for i in range(15):
+        assert top[i].tolist() == ranking(q @ q[i], exclude=i)
+
+
+def test_gldv2_submission_from_embeddings_scores_like_top_k_evaluate(tmp_path):
+    """Embeddings -> top-100 submission file -> the official file metric = evaluate(top_k=100)."""
+    from hglv2.metrics.gldv2 import evaluate_files, retrieval_submission
+
+    q, ql, g, gl = _tied_case(6, 30, 400)
+    ql, gl = ql[:, 0], gl[:, 0]
+    qids = [f"{i:016x}" for i in range(30)]
+    gids = [f"{j + 1000:016x}" for j in range(400)]
+    lines = ["id,images,Usage"]
+    with_truth = []
+    for i in range(30):
+        truth = [gids[j] for j in range(400) if gl[j] == ql[i]]
+        usage = "Public" if i % 2 else "Private"
+        lines.append(f"{qids[i]},{' '.join(truth) if truth else 'None'},{usage if truth else 'Ignored'}")
+        with_truth.append(bool(truth))
+    (tmp_path / "solution.csv").write_text("\n".join(lines) + "\n")
+    retrieval_submission(tmp_path / "sub.csv", qids, q, gids, g)
+    res = evaluate_files(tmp_path / "solution.csv", tmp_path / "sub.csv")
+    per = evaluate(q, ql, g, gl, recall_at=(1,), top_k=100, reduce=False)["mAP@100_level0"]
+    for usage, rows in (("public", range(1, 30, 2)), ("private", range(0, 30, 2))):
+        vals = [per[i] for i in rows if with_truth[i]]
+        assert res[usage]["mAP@100"] == pytest.approx(float(np.mean(vals)), rel=1e-12)
+    with pytest.raises(InputError, match="separator"):
+        retrieval_submission(tmp_path / "bad.csv", ["a,b"] + qids[1:], q, gids, g)
+    assert not (tmp_path / "bad.csv").exists()

@@ -518,8 +518,8 @@ class _DeviceRanker:
         # compact transfer: 5 bytes per relevant item (int32 rank, uint8 mask) + a count per query
         return ("counted", counts.cpu(), (pos + 1).to(torch.int32).cpu(), vals.cpu())
 
-    def rank_top_k(self, q_emb: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
-        """(chunk, k) uint8 match masks of the first k items of each query, in ranking order."""
+    def top_k_index(self, q_emb: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
+        """(chunk, k) int64 gallery indices of the first k items of each query, in ranking order."""
         s = self.scores(q_emb, lo, hi)
         c = hi - lo
         if self.same:
@@ -540,7 +540,73 @@ class _DeviceRanker:
         del gt, eq
         idx = torch.nonzero(sel)[:, 1].view(c, k)  # increasing gallery index within each row
         order = torch.sort(s.gather(1, idx), dim=1, descending=True, stable=True).indices
-        return self._tags(idx.gather(1, order), lo, hi).cpu()
+        return idx.gather(1, order)
+
+    def rank_top_k(self, q_emb: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
+        """(chunk, k) uint8 match masks of the first k items of each query, in ranking order."""
+        return self._tags(self.top_k_index(q_emb, lo, hi, k), lo, hi).cpu()
+
+
+def _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes, g_codes, n_levels):
+    """CPU engine: matmul, then :func:`hglv2.metrics._fused.top_k_select` (index, masks)."""
+    s = (q_emb[lo:hi] @ g_emb.T).contiguous()
+    tags = np.empty((hi - lo, k), dtype=np.uint8)
+    index = np.empty((hi - lo, k), dtype=np.int64)
+    bad = np.zeros(hi - lo, dtype=np.uint8)
+    me = np.arange(lo, hi, dtype=np.int64) if same else np.full(hi - lo, -1, dtype=np.int64)
+    _fused.top_k_select(
+        s.numpy(), s.view(torch.int32).numpy(), q_codes, g_codes, me, k, n_levels, index, tags, bad
+    )
+    if bad.any():
+        raise ValueError(NAN_SCORES)
+    return index, tags
+
+
+def nearest_neighbours(
+    query_embeddings,
+    gallery_embeddings=None,
+    k: int = 100,
+    *,
+    device: str | torch.device | None = None,
+    memory_mb: int = 1024,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """The first ``k`` gallery items of each query's ranking (exact k-NN by dot product).
+
+    Same ranking rule as :func:`evaluate` (decreasing score, ties by increasing gallery index;
+    ``gallery_embeddings=None`` ranks the query set against itself with each query excluded by
+    index), without sorting a full row. Returns a (Q, min(k, ranked items)) int64 array of gallery
+    indices, best first. ``device`` as in :func:`evaluate`.
+    """
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q_emb = _as_embeddings(query_embeddings, "query_embeddings")
+    same = gallery_embeddings is None
+    g_emb = q_emb if same else _as_embeddings(gallery_embeddings, "gallery_embeddings")
+    if q_emb.shape[1] != g_emb.shape[1]:
+        raise ValueError(f"embedding sizes differ: queries {q_emb.shape[1]}, gallery {g_emb.shape[1]}")
+    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+    n_ranked = n_g - 1 if same else n_g
+    if n_q == 0 or n_ranked < 1:
+        raise ValueError("need at least one query and one gallery item to rank")
+    k = min(int(k), n_ranked)
+    no_codes_q = torch.zeros((n_q, 0), dtype=torch.int32)
+    no_codes_g = torch.zeros((0, n_g), dtype=torch.int32)
+    parts = []
+    if device is not None or not _fused.HAVE_NUMBA:
+        ranker = _DeviceRanker(g_emb, no_codes_q, no_codes_g, device if device is not None else "cpu", same)
+        chunk = ranker.chunk_size(n_q, chunk_size, memory_mb, _DeviceRanker.TOP_K_BYTES_PER_SCORE)
+        for lo in range(0, n_q, chunk):
+            parts.append(ranker.top_k_index(q_emb, lo, min(lo + chunk, n_q), k).cpu().numpy())
+    else:
+        chunk = chunk_size or max(1, (int(memory_mb) << 20) // (n_g * TOP_K_BYTES_PER_SCORE))
+        g_codes = np.zeros((n_g, 0), dtype=np.int32)
+        for lo in range(0, n_q, chunk):
+            hi = min(lo + chunk, n_q)
+            parts.append(
+                _top_k_numba(q_emb, g_emb, lo, hi, k, same, no_codes_q[lo:hi].numpy(), g_codes, 0)[0]
+            )
+    return np.concatenate(parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -615,25 +681,7 @@ def _evaluate_top_k(
         chunk_size = int(min(max(chunk_size, 1), n_q))
 
         def select(lo: int, hi: int) -> torch.Tensor:
-            s = (q_emb[lo:hi] @ g_emb.T).contiguous()
-            tags = np.empty((hi - lo, k), dtype=np.uint8)
-            index = np.empty((hi - lo, k), dtype=np.int64)
-            bad = np.zeros(hi - lo, dtype=np.uint8)
-            me = np.arange(lo, hi, dtype=np.int64) if same else np.full(hi - lo, -1, dtype=np.int64)
-            _fused.top_k_select(
-                s.numpy(),
-                s.view(torch.int32).numpy(),
-                q_codes[lo:hi].numpy(),
-                g_codes,
-                me,
-                k,
-                n_levels,
-                index,
-                tags,
-                bad,
-            )
-            if bad.any():
-                raise ValueError(NAN_SCORES)
+            tags = _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes[lo:hi].numpy(), g_codes, n_levels)[1]
             return torch.from_numpy(tags)
 
     per_query: dict[str, list[torch.Tensor]] = {}
