@@ -280,3 +280,24 @@ def test_gldv2_submission_from_embeddings_scores_like_top_k_evaluate(tmp_path):
     with pytest.raises(InputError, match="separator"):
         retrieval_submission(tmp_path / "bad.csv", ["a,b"] + qids[1:], q, gids, g)
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_without_numba_and_without_tagged_keys(monkeypatch):
+    """The torch fallbacks (top-k metrics, selection, order keys) and the plain-key + gather path
+    used when the index and mask do not fit 32 bits give the numbers of the default engine."""
+    import importlib
+
+    from hglv2.metrics import _fused
+
+    ev = importlib.import_module("hglv2.metrics.evaluate")  # the module (the package exports the function)
+    q, ql, g, gl = _tied_case(8, 40, 500)
+    full = evaluate(q, ql, g, gl, reduce=False, method="sort")
+    top = evaluate(q, ql, g, gl, recall_at=(1, 10), top_k=100, reduce=False)
+    monkeypatch.setattr(ev, "KEY_LOW_BITS", 0)
+    got = evaluate(q, ql, g, gl, reduce=False, method="sort")
+    for key in full:
+        np.testing.assert_array_equal(got[key], full[key], err_msg=key)
+    monkeypatch.setattr(_fused, "HAVE_NUMBA", False)
+    got = evaluate(q, ql, g, gl, recall_at=(1, 10), top_k=100, reduce=False)
+    for key in top:
+        np.testing.assert_allclose(got[key], top[key], rtol=1e-12, equal_nan=True, err_msg=key)

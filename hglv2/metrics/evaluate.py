@@ -43,6 +43,7 @@ from hglv2.metrics.relevance import (
 MAP_AT = 100  # GLDv2 retrieval metric
 BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
 TOP_K_BYTES_PER_SCORE = 8  # top-k mode on CPU: the float32 score chunk and its matmul output
+KEY_LOW_BITS = 32  # index + match mask must fit the low half of a sort key (else: plain keys + gather)
 NAN_SCORES = "scores contain NaN (with finite embeddings: the dot products overflowed)"
 
 
@@ -268,7 +269,7 @@ def evaluate(
         chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * BYTES_PER_SCORE))
     chunk_size = int(min(max(chunk_size, 1), max(n_q, 1)))
     # sort keys that carry the label match mask below the gallery index (one pass, no gather later)
-    tagged = backend == "numba" and (max(n_g - 1, 1)).bit_length() + n_levels <= 32
+    tagged = backend == "numba" and (max(n_g - 1, 1)).bit_length() + n_levels <= KEY_LOW_BITS
     g_codes_np = g_codes_t.numpy()
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
