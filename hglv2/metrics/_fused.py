@@ -447,7 +447,9 @@ if HAVE_NUMBA:
             )
 
     @njit(cache=True, parallel=True)
-    def top_k_select(scores, score_bits, q_codes, g_codes, self_index, k, n_levels, top_index, top_tags, bad):
+    def top_k_select(
+        scores, score_bits, block_max, q_codes, g_codes, self_index, k, n_levels, top_index, top_tags, bad
+    ):
         # pragma: no cover - compiled
         """The first ``k`` items of each row of a (Q, N) float32 score chunk in ranking order
         (decreasing score, ties by increasing gallery index; the item ``self_index[r]`` skipped),
@@ -456,10 +458,14 @@ if HAVE_NUMBA:
         later item ties with the threshold item only with a larger index: it qualifies iff its
         score is strictly greater. Fills ``top_index`` (Q, k) int64 and ``top_tags`` (Q, k) uint8
         (match masks); ``bad[r]`` = 1 when row ``r`` holds a NaN. ``score_bits`` is the same chunk
-        viewed as int32. Needs ``k <= N - (self excluded)``."""
+        viewed as int32; ``block_max[r, b]`` is the maximum of ``scores[r, b * BLOCK : (b + 1) * BLOCK]``
+        (NaN if the block holds one), computed by torch (vectorised), so that once the buffer is
+        full a block is skipped in one comparison; items past the last whole block are always
+        visited. Needs ``k <= N - (self excluded)``."""
         n_rows, n = scores.shape
         cap = 2 * k + 64
         block = BLOCK
+        n_blocks = block_max.shape[1]
         for r in prange(n_rows):
             me = self_index[r]
             buf = np.empty(cap, dtype=np.int64)
@@ -469,12 +475,9 @@ if HAVE_NUMBA:
             nan_seen = 0
             for lo in range(0, n, block):
                 hi = min(lo + block, n)
-                if full:  # vectorised test first: most blocks hold nothing above the threshold
-                    above = np.int32(0)
-                    for i in range(lo, hi):
-                        x = scores[r, i]
-                        above += np.int32(x > thr) | np.int32(x != x)  # NaN: take the slow path
-                    if above == 0:
+                if full and lo // block < n_blocks:  # most blocks hold nothing above the threshold
+                    m = block_max[r, lo // block]
+                    if m == m and not (m > thr):  # (a NaN maximum takes the slow path)
                         continue
                 for i in range(lo, hi):
                     x = scores[r, i]

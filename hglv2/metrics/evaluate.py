@@ -555,8 +555,20 @@ def _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes, g_codes, n_levels):
     index = np.empty((hi - lo, k), dtype=np.int64)
     bad = np.zeros(hi - lo, dtype=np.uint8)
     me = np.arange(lo, hi, dtype=np.int64) if same else np.full(hi - lo, -1, dtype=np.int64)
+    n_blocks = s.shape[1] // _fused.BLOCK
+    block_max = s.as_strided((s.shape[0], n_blocks, _fused.BLOCK), (s.shape[1], _fused.BLOCK, 1)).amax(2)
     _fused.top_k_select(
-        s.numpy(), s.view(torch.int32).numpy(), q_codes, g_codes, me, k, n_levels, index, tags, bad
+        s.numpy(),
+        s.view(torch.int32).numpy(),
+        block_max.numpy(),
+        q_codes,
+        g_codes,
+        me,
+        k,
+        n_levels,
+        index,
+        tags,
+        bad,
     )
     if bad.any():
         raise ValueError(NAN_SCORES)
