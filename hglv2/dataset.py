@@ -11,7 +11,10 @@ one row per image with the columns of :data:`hglv2.schema.SPLIT_COLUMNS`. Images
 
 An item is ``dict(image=Tensor, labels=LongTensor (L,), id=str)``; ``labels`` holds the chosen
 level columns (``level0`` = landmark id, coarser levels after it, -1 where unknown), so a batch's
-labels are the (B, L) matrix the hierarchical losses and metrics take.
+labels are the (B, L) matrix the hierarchical losses and metrics take. A transform with a
+``lazy_decode`` attribute (:class:`hglv2.train.data.ImageTransform`) receives the image opened but
+not decoded, and the generator given to :meth:`HGLDv2Dataset.load`, so it can decode a JPEG at a
+reduced scale (``Image.draft``) and draw its random crop from a per-item generator.
 
 The batch samplers (:class:`MPerClassBatchSampler`, :class:`HierarchicalBatchSampler`) live in
 :mod:`hglv2.samplers`; they are re-exported here for compatibility.
@@ -155,7 +158,10 @@ class HGLDv2Dataset(Dataset):
         levels: level columns to return, as names (``"level0"``) or level numbers (``0`` is
             ``"level0"``); default every ``level0, level1, ...`` column of the split (finest
             first: three for H-GLDv2, two for SOP, seven for iNaturalist...).
-        transform: called on the PIL RGB image; default: float32 tensor (3, H, W) in [0, 1].
+        transform: called on the PIL RGB image; default: float32 tensor (3, H, W) in [0, 1]. A
+            transform with a true ``lazy_decode`` attribute is called as
+            ``transform(image, generator)`` on the opened, not yet decoded image instead, and
+            decodes it (see :meth:`load`).
         on_error: ``"raise"`` (default): a missing or unreadable image raises
             :class:`~hglv2.errors.InputError` naming its id. ``"skip"``: the item is ``None``, it is
             counted in ``self.skipped`` and logged; use :func:`collate_skip_none` as the
@@ -256,25 +262,35 @@ class HGLDv2Dataset(Dataset):
             raise OSError(f"tar shard {self.shards[shard].name} is truncated")
         return data
 
-    def _load(self, index: int) -> Image.Image:
+    def _open(self, index: int) -> Image.Image:
+        """The image file of item ``index``, opened (header read) but not decoded."""
         if self._loc is not None:
             data = self._read_tar(index)
         else:
             assert self._paths is not None and self.image_root is not None
             data = (self.image_root / self._paths[index]).read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
+        return Image.open(io.BytesIO(data))
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
+        return self.load(index)
+
+    def load(self, index: int, generator: torch.Generator | None = None) -> dict[str, Any] | None:
+        """Item ``index``; a ``lazy_decode`` transform gets the undecoded image and ``generator``.
+
+        Reading and decoding errors (the decoding of a ``lazy_decode`` transform included) follow
+        ``on_error``; errors of any other transform propagate.
+        """
         image_id = self.ids[index]
+        lazy = getattr(self.transform, "lazy_decode", False)
         try:
-            img = self._load(index)
+            with self._open(index) as img:
+                image = self.transform(img, generator) if lazy else img.convert("RGB")
         except FileNotFoundError as exc:
             return self._fail(image_id, f"missing ({exc.strerror or exc})")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             return self._fail(image_id, f"unreadable ({type(exc).__name__}: {exc})")
         return {
-            "image": self.transform(img),
+            "image": image if lazy else self.transform(image),
             "labels": torch.from_numpy(self.labels[index].copy()),
             "id": image_id,
         }

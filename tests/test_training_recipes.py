@@ -375,21 +375,38 @@ def test_schedules_absolute_floor_multistep_and_freeze_hold():
 
 
 def test_transforms_crop_and_eval_resize_settings():
+    """The recipe's crop and resize settings give torchvision's transforms pixel for pixel (the
+    training randomness from a generator seeded s equals torchvision's after manual_seed(s))."""
     import torchvision.transforms as T
-
-    cfg = _cfg(data__image_size=224, data__augment=True, data__crop_scale=[0.16, 1.0], data__train_resize=256)
-    steps = build_transform(cfg, train=True).transforms
-    assert isinstance(steps[0], T.Resize) and steps[0].size == 256
-    assert isinstance(steps[1], T.RandomResizedCrop) and steps[1].scale == (0.16, 1.0)
-    assert steps[1].ratio == (0.75, 4 / 3)
-    cfg["data"].update(resize=256, eval_resize="square")
-    steps = build_transform(cfg, train=False).transforms
-    assert steps[0].size == (256, 256) and steps[1].size == (224, 224)
-    cfg["data"]["eval_resize"] = "shorter"
-    assert build_transform(cfg, train=False).transforms[0].size == 256
     from PIL import Image
 
-    img = Image.new("RGB", (300, 200))
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8))
+
+    def as_uint8(t):
+        return T.Compose(t + [T.PILToTensor()])
+
+    cfg = _cfg(data__image_size=224, data__augment=True, data__crop_scale=[0.16, 1.0], data__train_resize=256)
+    tf = build_transform(cfg, train=True)
+    assert (tf.train_resize, tf.scale, tf.ratio) == (256, (0.16, 1.0), (0.75, 4 / 3))
+    ref = as_uint8(
+        [
+            T.Resize(256),
+            T.RandomResizedCrop(224, scale=(0.16, 1.0), ratio=(0.75, 4 / 3)),
+            T.RandomHorizontalFlip(),
+        ]
+    )
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = ref(img)
+        assert torch.equal(tf(img, torch.Generator().manual_seed(seed)), expected)
+
+    cfg["data"].update(resize=256, eval_resize="square")
+    out = build_transform(cfg, train=False)(img)
+    assert torch.equal(out, as_uint8([T.Resize((256, 256)), T.CenterCrop(224)])(img))
+    cfg["data"]["eval_resize"] = "shorter"
+    out = build_transform(cfg, train=False)(img)
+    assert torch.equal(out, as_uint8([T.Resize(256), T.CenterCrop(224)])(img))
     cfg["data"].update(resize=224, eval_resize="square")
     assert build_transform(cfg, train=False)(img).shape == (3, 224, 224)
 

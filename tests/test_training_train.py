@@ -22,6 +22,7 @@ from hglv2.train import (
     load_config,
     lr_factor,
 )
+from hglv2.train.data import to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_one_step_changes_weights_and_lowers_the_loss(data_root, tmp_path, loss)
 
     def current_loss():
         with torch.no_grad():
-            return float(trainer.criterion(trainer.model(images), labels))
+            return float(trainer.criterion(trainer.model(to_model_input(images, "cpu")), labels))
 
     l0 = current_loss()
     out = trainer.train_step(images, labels)

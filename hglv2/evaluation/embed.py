@@ -65,6 +65,8 @@ def embed_images(
     CUDA when ``amp``; a tqdm bar when ``progress`` (off without a terminal)."""
     from tqdm import tqdm
 
+    from hglv2.train.data import to_model_input  # uint8 images of the trainer's transforms -> input
+
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -80,7 +82,7 @@ def embed_images(
         for batch in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True):
             ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with ctx:
-                e = model(batch["image"].to(device, non_blocking=True))
+                e = model(to_model_input(batch["image"], device))
             out.append(e.float().cpu())
     if not out:
         raise InputError(f"{desc}: no images to embed")

@@ -26,12 +26,14 @@ from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
 from hglv2.train.config import config_digest, legacy_config_digest, load_config
 from hglv2.train.data import (
-    BatchList,
+    EpochBatches,
     SeededItems,
     build_batch_sampler,
     build_dataset,
+    build_train_loader,
     hash_seed,
     prepare_data,
+    to_model_input,
 )
 from hglv2.train.optim import build_scheduler, decomposability_optimizer, model_optimizer
 
@@ -58,16 +60,21 @@ def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 def embed(
     model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0, amp: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, D) float32 and labels (N, L) of a dataset, in dataset order."""
+    """Embeddings (N, D) float32 and labels (N, L) of a dataset, in dataset order.
+
+    uint8 images are normalised on ``device`` (:func:`~hglv2.train.data.to_model_input`); on
+    CUDA the batches are pinned and NHWC (channels-last).
+    """
+    cuda = torch.device(device).type == "cuda"
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda
     )
     was_training = model.training
     model.eval()
     embs, labs = [], []
     for batch in loader:
         with _autocast(device, amp):
-            e = model(batch["image"].to(device, non_blocking=True))
+            e = model(to_model_input(batch["image"], device, channels_last=cuda))
         embs.append(e.float().cpu())
         labs.append(batch["labels"])
     model.train(was_training)
@@ -223,6 +230,9 @@ class Trainer:
 
         # model and optimisers (same init on every rank: seeded, then DDP broadcasts rank 0's)
         self.model = build_model(**cfg["model"]).to(self.device)
+        self.channels_last = self.device.type == "cuda"  # NHWC convolutions (tensor cores, AMP)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -372,7 +382,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimisation step on this rank's shard of the global batch."""
         self.train_model.train()
-        images = images.to(self.device, non_blocking=True)
+        images = to_model_input(images, self.device, channels_last=self.channels_last)
         labels = labels.to(self.device, non_blocking=True)
         with _autocast(self.device, self.amp):
             emb = self.train_model(images)
@@ -570,28 +580,20 @@ class Trainer:
                 dynamic_ncols=True,
                 disable=None,  # off when stderr is not a terminal (logs, CI)
             )
-        loader_set = SeededItems(self.train_set)
-        workers = self.cfg["data"]["num_workers"]
         t = self.cfg["train"]
         images_seen, t_start = 0, time.perf_counter()
-        while self.step < stop:
-            n_batches, shards = self._epoch_batches(self.epoch, self.batch_in_epoch)
-            gen = BatchList(shards)
-            if not len(gen):
-                raise InputError("sampler: the training split gives no batch")
-            loader = torch.utils.data.DataLoader(
-                loader_set,
-                batch_sampler=gen,
-                num_workers=workers,
-                generator=torch.Generator().manual_seed(0),
-                pin_memory=self.device.type == "cuda",
-            )
+        # one loader for the whole run: its workers keep loading across epoch boundaries
+        batches = EpochBatches(self._epoch_batches, self.epoch, self.batch_in_epoch)
+        loader = build_train_loader(
+            SeededItems(self.train_set), batches, self.cfg["data"]["num_workers"], self.device
+        )
+        if self.step < stop:
             for batch in loader:
                 out = self.train_step(batch["image"], batch["labels"])
                 self.step += 1
                 self.batch_in_epoch += 1
                 images_seen += len(batch["image"]) * self.world
-                epoch_done = self.batch_in_epoch >= n_batches
+                epoch_done = self.batch_in_epoch >= batches.lengths[self.epoch]
                 if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
