@@ -44,6 +44,17 @@ pass recomputes each chunk and accumulates ``dL/ds`` directly (the linear region
 by sorting). Peak memory is ``O(B x N + P x L + chunk_size)``; nothing of size ``P x N`` is kept
 for autograd. Scores and sums are float32 (float64 inputs stay float64), autocast-safe.
 
+**Two implementations, same values.** On CPU (numba installed) every rank comes from compiled
+kernels (:mod:`hglv2.losses._rank_kernels`), one parallel loop over query rows: each row's items are
+ordered by (level, score), the counts and prefix sums above come from pointers that move monotonically
+over the per-level runs, and the sigmoid is evaluated only for the less relevant items of each level
+inside the band ``-c tau <= t <= delta`` (``c = 50`` in float64, ``36`` in float32; an item below it
+adds under ``e^{-c}``), with no exponential per element. Work per row is
+``O(N log N + sum_k (L + band_k))`` instead of ``O(P_q N)`` element-wise passes, in one parallel region
+instead of thousands of small torch operations. On other devices (CUDA) the chunked torch path
+described above runs (chunks of ``DEFAULT_DEVICE_CHUNK`` elements by default there); tests check
+that both give the same ranks, rank+ and gradients (``tests/test_losses_kernels.py``).
+
 The linear region is tested as ``s_j > s_k + delta`` in floating point; the reference code tests
 ``s_j - s_k > delta``. The two differ only when they round differently, within an ulp of the kink.
 """
@@ -74,6 +85,7 @@ __all__ = [
 
 APPROXIMATIONS = ("suprank", "sigmoid", "exact")
 DEFAULT_CHUNK = 1 << 18  # elements (pair-rows x N) processed at once
+DEFAULT_DEVICE_CHUNK = 1 << 25  # the same on CUDA (about 128 MB per float32 temporary)
 KERNELS_ENABLED = True  # False: always the chunked torch path (tests and benchmarks compare both)
 
 
@@ -537,6 +549,8 @@ def pair_ranks(
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     pairs = (levels > 0).nonzero()
     pair_q, pair_k = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+    if scores.device.type != "cpu" and chunk_size == DEFAULT_CHUNK:
+        chunk_size = DEFAULT_DEVICE_CHUNK  # accelerators: fewer, larger element-wise launches
     rows = max(1, int(chunk_size) // max(1, scores.size(1)))
     fn = _SmoothPairRanks if cfg.approximation == "sigmoid" else _PairRanks
     rank, rank_plus = fn.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
