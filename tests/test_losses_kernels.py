@@ -38,10 +38,10 @@ def _case(seed, B, N, L, spread, ties):
 
 @pytest.mark.parametrize("L", [1, 2, 3, 4])
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("spread", [0.05, 0.5, 3.0])  # one block / several blocks / beyond the cut
+@pytest.mark.parametrize("spread", [0.05, 3.0])  # one block / several blocks and beyond the cut
 @pytest.mark.parametrize("approximation", ["suprank", "exact"])
 def test_pair_ranks_kernel_equals_torch(monkeypatch, L, ties, spread, approximation):
-    for seed in range(2):
+    for seed in range(1):
         scores, levels, table = _case(seed, B=7, N=40, L=L, spread=spread, ties=ties)
         cfg = StepConfig(approximation)
         w = torch.rand(levels.gt(0).sum().item(), dtype=torch.float64)
