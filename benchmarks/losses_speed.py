@@ -7,7 +7,13 @@ the same inputs: B = N (the batch is its own reference set), D = 512, 4 images p
 label levels (class, cluster of 8 classes, one of 2 super-groups, like H-GLDv2's landmark / cluster /
 natural-or-human-made).
 
-Run (not part of CI):  OMP_NUM_THREADS=2 python benchmarks/losses_speed.py [--quick]
+Run (not part of CI):  OMP_NUM_THREADS=2 python benchmarks/losses_speed.py [--table-only] [--full]
+                       OMP_NUM_THREADS=2 python benchmarks/losses_speed.py --ratios [--full]
+
+``--ratios`` measures SupAP, SupHAP and SupNDCG side by side at B = 256, 1024, 4096 (forward +
+backward, fresh subprocess each, time and peak RSS growth) with the compiled CPU kernels ("hglv2")
+and with the chunked torch path ("torch": the previous implementation, still the CUDA path; at
+B = 4096 only with ``--full``, minutes per step), and prints SupHAP/SupAP and SupNDCG/SupAP.
 
 Peak memory is the growth of the peak resident set size (VmHWM, reset just before) of a fresh
 subprocess during one forward + backward pass. The largest batch that fits in 8 GB is extrapolated
@@ -25,13 +31,18 @@ import subprocess
 import sys
 import time
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from hglv2.losses import SupAP, SupHAP  # noqa: E402
+# isort: off
+import hglv2  # noqa: E402, F401  (before torch: sets the OpenMP wait policy default)
+import torch  # noqa: E402
+
+# isort: on
+
+import hglv2.losses.rank as rank_mod  # noqa: E402
+from hglv2.losses import SupAP, SupHAP, SupNDCG  # noqa: E402
 
 TAU, RHO, DELTA, START, OFFSET = 0.01, 100.0, 0.05, 0.5, 1.44
 
@@ -118,11 +129,14 @@ def _peak_kb(before_kb: int) -> int:
 def run_one(impl: str, loss: str, B: int, repeats: int) -> dict:
     emb, labels = make_inputs(B)
     hier = loss == "SupHAP"
-    fn = (
-        (lambda e: dense_loss(e, labels, hier))
-        if impl == "dense"
-        else (lambda e: (SupHAP() if hier else SupAP())(e, labels))
-    )
+    rank_mod.KERNELS_ENABLED = impl != "torch"
+    if impl == "dense":
+        fn = lambda e: dense_loss(e, labels, hier)  # noqa: E731
+    else:
+        loss_fn = {"SupAP": SupAP, "SupHAP": SupHAP, "SupNDCG": SupNDCG}[loss]()
+        fn = lambda e: loss_fn(e, labels)  # noqa: E731
+        small = emb[:16].clone().requires_grad_(True)
+        loss_fn(small, labels[:16]).backward()  # compile / load the kernels outside the timed step
     rss_before = _reset_peak()
     x = emb.clone().requires_grad_(True)
     t0 = time.perf_counter()
@@ -145,6 +159,7 @@ def run_one(impl: str, loss: str, B: int, repeats: int) -> dict:
         "value": float(value.detach()),
         "grad": x.grad.flatten()[:4096].tolist(),
         "time_s": times[len(times) // 2],
+        "times": times,
         "peak_mb": max(peak_kb, 0) / 1024.0,
     }
 
@@ -167,12 +182,61 @@ def _fit_max_batch(points: list[dict], power: int, budget_mb: float) -> int:
     return int((budget_mb / a) ** (1.0 / power))
 
 
+def thread_check(procs: int = 4) -> None:
+    """Step-time spread between fresh processes (the same SupHAP step at B = 256, 3 steps each) for
+    1 vs 2 threads, OpenMP's default (active) vs passive waiting, kernels vs the torch path."""
+    print("\n== SupHAP B = 256 fwd + bwd: min / median / max step time over", procs, "processes x 3 steps")
+    for impl in ("hglv2", "torch"):
+        for threads, policy in ((1, None), (2, None), (2, "PASSIVE")):  # None: libgomp's default
+            # policy None: libgomp's default (an empty value, which hglv2's default leaves alone)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=policy or "")
+            times = []
+            for _ in range(procs):
+                out = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--child", impl, "SupHAP", "256", "3"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=env,
+                )
+                times += json.loads(out.stdout.strip().splitlines()[-1])["times"]
+            times.sort()
+            print(
+                f"{impl:6} threads={threads} OMP_WAIT_POLICY={policy or '(unset)':8} "
+                f"{times[0]:7.3f} {times[len(times) // 2]:7.3f} {times[-1]:7.3f} s",
+                flush=True,
+            )
+
+
+def ratios(th: int, full: bool) -> None:
+    """SupAP vs SupHAP vs SupNDCG (kernels, and the torch path), fwd + bwd, one run."""
+    print("\n== forward + backward, B = N, D = 512, L = 3; median of 3 steps (1 at B = 4096, torch B = 1024)")
+    print(f"{'impl':6} {'B':>5} {'loss':8} {'s/step':>9} {'peak MB':>9} {'/ SupAP':>8}")
+    for impl in ("hglv2", "torch"):
+        for B in (256, 1024, 4096):
+            if impl == "torch" and B == 4096 and not full:
+                continue
+            rep = "3" if B < 1024 or (B == 1024 and impl == "hglv2") else "1"
+            base = None
+            for loss in ("SupAP", "SupHAP", "SupNDCG"):
+                r = child([impl, loss, str(B), rep], th)
+                base = base or r["time_s"]
+                print(
+                    f"{impl:6} {B:5d} {loss:8} {r['time_s']:9.3f} {r['peak_mb']:9.1f} "
+                    f"{r['time_s'] / base:7.2f}x",
+                    flush=True,
+                )
+    print(f"\nload after: {os.getloadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "LOSS", "B", "REPEATS"))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--full", action="store_true", help="also run SupHAP at B = 4096 (minutes on CPU)")
     ap.add_argument("--table-only", action="store_true", help="only the B = 256 comparison")
+    ap.add_argument("--ratios", action="store_true", help="SupHAP/SupNDCG vs SupAP at B = 256, 1024, 4096")
+    ap.add_argument("--thread-check", action="store_true", help="step-time spread vs threads/OpenMP wait")
     a = ap.parse_args()
     if a.child:
         impl, loss, B, rep = a.child
@@ -180,6 +244,13 @@ def main() -> None:
         return
     th = a.threads
     print(f"torch {torch.__version__}, {th} thread(s), {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    if a.ratios:
+        ratios(th, a.full)
+        return
+    if a.thread_check:
+        thread_check()
+        return
     print("\n== B = N = 256, D = 512, 4 images/class, L = 3: forward + backward (median of 5)")
     print(
         f"{'loss':8} {'dense s':>9} {'hglv2 s':>9} {'speed-up':>9} {'dense MB':>9} {'hglv2 MB':>9} "

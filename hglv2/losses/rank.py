@@ -44,19 +44,36 @@ pass recomputes each chunk and accumulates ``dL/ds`` directly (the linear region
 by sorting). Peak memory is ``O(B x N + P x L + chunk_size)``; nothing of size ``P x N`` is kept
 for autograd. Scores and sums are float32 (float64 inputs stay float64), autocast-safe.
 
+**Two implementations, same values.** On CPU (numba installed) every rank comes from compiled
+kernels (:mod:`hglv2.losses._rank_kernels`), one parallel loop over query rows: each row's items are
+ordered by (level, score), the counts and prefix sums above come from pointers that move monotonically
+over the per-level runs, and the sigmoid is evaluated only for the less relevant items of each level
+inside the band ``-c tau <= t <= delta`` (``c = 50`` in float64, ``36`` in float32; an item below it
+adds under ``e^{-c}``), with no exponential per element. Work per row is
+``O(N log N + sum_k (L + band_k))`` instead of ``O(P_q N)`` element-wise passes, in one parallel region
+instead of thousands of small torch operations. On other devices (CUDA) the chunked torch path
+described above runs (chunks of ``DEFAULT_DEVICE_CHUNK`` elements by default there); tests check
+that both give the same ranks, rank+ and gradients (``tests/test_losses_kernels.py``).
+
 The linear region is tested as ``s_j > s_k + delta`` in floating point; the reference code tests
 ``s_j - s_k > delta``. The two differ only when they round differently, within an ulp of the kink.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from hglv2.errors import InputError
+from hglv2.losses import _rank_kernels as _rk
+
+if _rk.HAVE_NUMBA:
+    import numba
 
 __all__ = [
     "StepConfig",
@@ -68,6 +85,8 @@ __all__ = [
 
 APPROXIMATIONS = ("suprank", "sigmoid", "exact")
 DEFAULT_CHUNK = 1 << 18  # elements (pair-rows x N) processed at once
+DEFAULT_DEVICE_CHUNK = 1 << 25  # the same on CUDA (about 128 MB per float32 temporary)
+KERNELS_ENABLED = True  # False: always the chunked torch path (tests and benchmarks compare both)
 
 
 @dataclass(frozen=True)
@@ -230,19 +249,24 @@ class _PairRanks(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         num_levels = int(levels.max()) if levels.numel() else 0
         lk = levels[pair_q, pair_k]
-        rank, rank_plus, closed, n_lin = _exact_parts(
-            scores,
-            levels,
-            pair_q,
-            pair_k,
-            lk,
-            num_levels,
-            rel_table,
-            cfg,
-            need_plus,
-            4 * rows_per_chunk * scores.size(1),
-        )
-        if cfg.approximation == "suprank":
+        use_kernel = _use_kernel(scores, num_levels)
+        if use_kernel:
+            rank, rank_plus = _kernel_forward(scores, levels, pair_q, pair_k, rel_table, cfg, need_plus)
+            n_lin = rank.new_zeros(0)
+        else:
+            rank, rank_plus, closed, n_lin = _exact_parts(
+                scores,
+                levels,
+                pair_q,
+                pair_k,
+                lk,
+                num_levels,
+                rel_table,
+                cfg,
+                need_plus,
+                4 * rows_per_chunk * scores.size(1),
+            )
+        if cfg.approximation == "suprank" and not use_kernel:
             sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
             rank += closed - n_lin * sig_delta
             for lvl, sel in _level_groups(lk, num_levels):
@@ -259,6 +283,7 @@ class _PairRanks(torch.autograd.Function):
         ctx.cfg = cfg
         ctx.rows_per_chunk = rows_per_chunk
         ctx.num_levels = num_levels
+        ctx.use_kernel = use_kernel
         if cfg.approximation == "exact":
             ctx.mark_non_differentiable(rank, rank_plus)
         else:
@@ -270,7 +295,9 @@ class _PairRanks(torch.autograd.Function):
         scores, pair_q, pair_k, levels, lk, n_lin = ctx.saved_tensors
         cfg: StepConfig = ctx.cfg
         grad = torch.zeros_like(scores)
-        if cfg.approximation == "suprank":
+        if ctx.use_kernel and cfg.approximation == "suprank":
+            _kernel_backward(scores, levels, pair_q, pair_k, cfg, g_rank, grad)
+        elif cfg.approximation == "suprank":
             inv_tau = 1.0 / cfg.tau
             sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
             # slope of the linear region minus that of the clamped sigmoid there
@@ -291,6 +318,90 @@ class _PairRanks(torch.autograd.Function):
                     grad, scores, less, pair_q[sel], pair_k[sel], g_rank[sel] * extra, n_lin[sel], cfg
                 )
         return grad, None, None, None, None, None, None, None
+
+
+def _use_kernel(scores: Tensor, num_levels: int) -> bool:
+    """The compiled CPU kernels serve CPU scores (float32/float64) when numba is installed; CUDA
+    and other devices use the chunked torch path (same values)."""
+    return (
+        _rk.HAVE_NUMBA
+        and KERNELS_ENABLED
+        and scores.device.type == "cpu"
+        and scores.dtype in (torch.float32, torch.float64)
+        and num_levels < 127
+    )
+
+
+def _kernel_args(scores: Tensor, levels: Tensor, pair_q: Tensor, pair_k: Tensor, cfg: StepConfig):
+    S = scores.detach().contiguous().numpy()
+    B = scores.size(0)
+    row_ptr = torch.zeros(B + 1, dtype=torch.long)
+    row_ptr[1:] = torch.bincount(pair_q, minlength=B).cumsum(0)
+    c64, cd = _rk.kernel_constants(S.dtype, cfg.tau, cfg.rho, cfg.delta, cfg.start, cfg.resolved_offset)
+    n_lev = int(levels.max()) + 1 if levels.numel() else 1
+    lv = levels.to(torch.int8).contiguous().numpy()
+    return (S, lv, row_ptr.numpy(), pair_k.contiguous().numpy(), c64, cd), n_lev
+
+
+def _kernel_forward(
+    scores: Tensor,
+    levels: Tensor,
+    pair_q: Tensor,
+    pair_k: Tensor,
+    rel_table: Tensor | None,
+    cfg: StepConfig,
+    need_plus: bool,
+) -> tuple[Tensor, Tensor]:
+    """Rank and rank+ of every pair from the compiled kernels (:mod:`hglv2.losses._rank_kernels`):
+    the same quantities as :func:`_exact_parts` plus the sigmoid sums, one pass per query row."""
+    args, n_lev = _kernel_args(scores, levels, pair_q, pair_k, cfg)
+    P = pair_q.numel()
+    rank = np.zeros(P, dtype=np.float64)
+    rplus = np.zeros(P if need_plus else 0, dtype=np.float64)
+    tabs = (
+        np.zeros((0, 0), dtype=np.float64)
+        if rel_table is None
+        else rel_table.detach().to(torch.float64).contiguous().numpy()
+    )
+    mode = 0 if cfg.approximation == "suprank" else 1
+    with _kernel_threads(scores.size(0)):
+        _rk.ranks_forward(*args, tabs, mode, n_lev, rank, rplus)
+    rank_t = torch.from_numpy(rank).to(scores.dtype)
+    plus_t = torch.from_numpy(rplus).to(scores.dtype) if need_plus else scores.new_zeros(P)
+    return rank_t, plus_t
+
+
+def _kernel_backward(
+    scores: Tensor,
+    levels: Tensor,
+    pair_q: Tensor,
+    pair_k: Tensor,
+    cfg: StepConfig,
+    g_rank: Tensor,
+    grad: Tensor,
+) -> None:
+    """Add ``d(sum_c g_c rank_c) / d scores`` to ``grad`` (contiguous, CPU) with the compiled kernel."""
+    args, n_lev = _kernel_args(scores, levels, pair_q, pair_k, cfg)
+    g = g_rank.detach().to(torch.float64).contiguous().numpy()
+    S, lv, row_ptr, pk, c64, cd = args
+    with _kernel_threads(scores.size(0)):
+        _rk.ranks_backward(S, lv, row_ptr, pk, g, c64, cd, n_lev, grad.numpy())
+
+
+@contextlib.contextmanager
+def _kernel_threads(rows: int):
+    """Run a kernel with torch's thread count, handing rows out in small dynamic chunks (a thread
+    that the OS deschedules on a busy machine then delays at most one chunk, not half the rows),
+    and restore torch's OpenMP thread count afterwards (numba's OpenMP layer resets it)."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    old = numba.get_parallel_chunksize()
+    numba.set_parallel_chunksize(max(1, rows // (16 * threads)))
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(old)
+        torch.set_num_threads(threads)
 
 
 def _rowwise_search(sorted_rows: Tensor, q: Tensor, values: Tensor) -> Tensor:
@@ -438,6 +549,8 @@ def pair_ranks(
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     pairs = (levels > 0).nonzero()
     pair_q, pair_k = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+    if scores.device.type != "cpu" and chunk_size == DEFAULT_CHUNK:
+        chunk_size = DEFAULT_DEVICE_CHUNK  # accelerators: fewer, larger element-wise launches
     rows = max(1, int(chunk_size) // max(1, scores.size(1)))
     fn = _SmoothPairRanks if cfg.approximation == "sigmoid" else _PairRanks
     rank, rank_plus = fn.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
