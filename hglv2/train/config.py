@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from hglv2.errors import InputError
+from hglv2.train.memory import check_memory_spec
 
 __all__ = [
     "DEFAULTS",
@@ -80,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
         "kwargs": {},
         "weight": 1.0,
         "decomposability": None,  # {name, weight, kwargs, lr, weight_decay}
+        "lr": None,  # the loss's own parameters (ArcFace/ProxyNCA proxies); null: optimizer.lr
+        "weight_decay": None,  # null: optimizer.weight_decay
+        "memory": None,  # cross-batch memory {size, weight, batch_weight, start_epoch, start_step}
     },
     "sampler": {"kind": "m_per_class", "batch_size": 64, "m": 4, "clusters_per_batch": 2},
     "optimizer": {"name": "adam", "lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999]},
@@ -94,11 +98,17 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,
         "eval_batch_size": 256,
         "recall_at": [1, 10, 100],
+        "grad_cache_chunk": 0,  # > 0: gradient caching in sub-batches of this many images per process
     },
     "benchmark": {"seeds": [0], "losses": {}},
 }
 
-_OPEN_SECTIONS = {("loss", "kwargs"), ("benchmark", "losses"), ("loss", "decomposability")}
+_OPEN_SECTIONS = {
+    ("loss", "kwargs"),
+    ("benchmark", "losses"),
+    ("loss", "decomposability"),
+    ("loss", "memory"),
+}
 
 
 def config_names() -> list[str]:
@@ -222,6 +232,15 @@ def validate_config(cfg: dict[str, Any], where: str = "config") -> None:
         )
         unknown = set(dec) - {"name", "weight", "kwargs", "lr", "weight_decay"}
         need(not unknown, "loss.decomposability", f"has unknown key(s) {sorted(unknown)}")
+    for key in ("lr", "weight_decay"):
+        v = cfg["loss"][key]
+        need(v is None or (is_num(v) and v >= 0), f"loss.{key}", "must be null or a number >= 0")
+    check_memory_spec(cfg["loss"]["memory"], where)
+    need(
+        is_int(t["grad_cache_chunk"]) and t["grad_cache_chunk"] >= 0,
+        "train.grad_cache_chunk",
+        "must be an integer >= 0 (0: off)",
+    )
     need(s["kind"] in ("m_per_class", "hierarchical"), "sampler.kind", "must be m_per_class or hierarchical")
     need(is_int(s["batch_size"]) and s["batch_size"] >= 2, "sampler.batch_size", "must be an integer >= 2")
     need(

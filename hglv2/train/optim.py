@@ -19,7 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "decomposability_optimizer", "lr_factor", "model_optimizer"]
+__all__ = [
+    "build_optimizer",
+    "criterion_optimizer",
+    "decomposability_optimizer",
+    "lr_factor",
+    "model_optimizer",
+]
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str = "cosine", min_ratio: float = 0.0) -> float:
@@ -63,3 +69,20 @@ def decomposability_optimizer(cfg: dict[str, Any], dec: nn.Module) -> torch.opti
     if not params:
         return None
     return build_optimizer(o["name"], params, dc.get("lr", o["lr"]), dc.get("weight_decay", 0.0), o["betas"])
+
+
+def criterion_optimizer(cfg: dict[str, Any], criterion: nn.Module) -> torch.optim.Optimizer | None:
+    """The main loss's own optimizer (its trainable parameters: the proxies of ArcFace / ProxyNCA),
+    or None when it has none: same kind and betas as the model's, ``loss.lr`` / ``loss.weight_decay``
+    defaulting to the model's (the authors put these proxies on their head optimizer,
+    ``suprank/config/loss/arcface.yaml``, ``proxy_nca_pp.yaml``)."""
+    o, lc = cfg["optimizer"], cfg["loss"]
+    if hasattr(criterion, "param_group"):
+        params = criterion.param_group()["params"]
+    else:
+        params = [p for p in criterion.parameters() if p.requires_grad]
+    if not params:
+        return None
+    lr = o["lr"] if lc.get("lr") is None else lc["lr"]
+    wd = o["weight_decay"] if lc.get("weight_decay") is None else lc["weight_decay"]
+    return build_optimizer(o["name"], params, lr, wd, o["betas"])
