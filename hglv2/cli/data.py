@@ -29,7 +29,21 @@ def _command_line(ctx: click.Context) -> list[str]:
     return out
 
 
-@click.command()
+class _MetadataByDefault(click.Group):
+    """``hglv2 download [NAMES...]`` means ``hglv2 download metadata [NAMES...]``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["metadata", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_MetadataByDefault, context_settings={"help_option_names": ["-h", "--help"]})
+def download() -> None:
+    """Fetch GLDv2 files: `download [metadata] [NAMES...]` or `download images --split ...`."""
+
+
+@download.command("metadata")
 @click.argument("names", nargs=-1)
 @click.option(
     "--dest",
@@ -75,7 +89,7 @@ def _command_line(ctx: click.Context) -> list[str]:
     default=None,
     help="Also write the per-file results as JSON.",
 )
-def download(
+def download_metadata(
     names: tuple[str, ...],
     dest: str,
     base_url: str | None,
@@ -112,6 +126,15 @@ def download(
         click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
 
 
+def _register_images() -> None:
+    from hglv2.cli.images import download_images
+
+    download.add_command(download_images, "images")
+
+
+_register_images()
+
+
 @click.command()
 @click.option(
     "--metadata",
@@ -143,6 +166,20 @@ def download(
 )
 @click.option("--row-group-size", type=click.IntRange(1000, None), default=50_000, show_default=True)
 @click.option(
+    "--drop-incomplete",
+    is_flag=True,
+    help="Drop index and query rows whose hierarchy is incomplete (the authors' evaluation set); "
+    "default: keep them, flagged. Counts go to the manifest.",
+)
+@click.option(
+    "--mixed-ground-truth",
+    type=click.Choice(["error", "first"]),
+    default="error",
+    show_default=True,
+    help="A query whose ground-truth index images depict different landmarks: stop with an error, "
+    "or take the landmark of the first listed image (the authors' rule; counted in the manifest).",
+)
+@click.option(
     "--json",
     "json_path",
     type=OUTPUT_FILE,
@@ -155,6 +192,8 @@ def export(
     hierarchy: tuple[str, ...],
     splits: tuple[str, ...],
     row_group_size: int,
+    drop_incomplete: bool,
+    mixed_ground_truth: str,
     json_path: str | None,
 ) -> None:
     """Export validated Parquet splits (train, train_full, index, query) with the hierarchy joined."""
@@ -167,6 +206,8 @@ def export(
         splits=list(splits) or None,
         row_group_size=row_group_size,
         command=_command_line(click.get_current_context()),
+        drop_incomplete=drop_incomplete,
+        mixed_ground_truth=mixed_ground_truth,
     )
     if json_path:  # files first: a closed stdout (| head) must not lose them
         write_json(json_path, manifest)
@@ -177,4 +218,6 @@ def export(
             + " ".join(f"{k}={v:.1%}" for k, v in cov.items())
             + f"  incomplete landmarks {info['landmarks_hierarchy_incomplete']:,d}"
         )
+    for name, n in manifest["dropped_incomplete"].items():
+        click.echo(f"{name:10s} dropped {n:,d} rows with an incomplete hierarchy")
     click.echo(f"wrote {out_dir}/manifest.json and README.md")

@@ -9,6 +9,8 @@ embedded example.
 * ``hglv2 evaluate --solution retrieval_solution_v2.1.csv --submission sub.csv``: official GLDv2
   mAP@100 (retrieval) or GAP (recognition), Public and Private.
 * ``hglv2 evaluate --example``: a small deterministic hierarchical case, two embedding models.
+* ``hglv2 evaluate --checkpoint RUN_OR_FILE --data DIR [--query S --gallery S]``, ``--protocol
+  roxford5k|rparis6k`` and ``--landmark-table``: a trained model (:mod:`hglv2.cli._checkpoint`).
 
 Every mode prints a table; ``--json PATH`` also writes the numbers (NaN -> null).
 """
@@ -22,6 +24,7 @@ from typing import Any
 import click
 import numpy as np
 
+from hglv2.cli._checkpoint import checkpoint_options, run_checkpoint
 from hglv2.cli._options import OUTPUT_FILE_PATH
 from hglv2.errors import InputError
 from hglv2.fileio import write_json
@@ -266,6 +269,7 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
 # the command
 # ------------------------------------------------------------------------------------------------
 @click.command("evaluate")
+@checkpoint_options
 @click.option(
     "-e", "--embeddings", type=click.Path(path_type=Path), help="Query embeddings (.npy or Parquet)."
 )
@@ -280,6 +284,14 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
     "--relevance", type=click.Choice(["pop", "map"]), default="pop", show_default=True, help="H-AP relevance."
 )
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Level weight exponent.")
+@click.option(
+    "--hap-convention",
+    type=click.Choice(["hglv2", "reference"]),
+    default="hglv2",
+    show_default=True,
+    help="reference: the SupRank authors' evaluation (H-AP counts the query itself; queries without "
+    "positives score 0). See hglv2.metrics.conventions.",
+)
 @click.option("--ndcg-at", type=click.IntRange(min=1), help="Also report NDCG@k.")
 @click.option(
     "--normalize/--no-normalize",
@@ -304,6 +316,7 @@ def evaluate(
     recall_at,
     relevance,
     alpha,
+    hap_convention,
     ndcg_at,
     normalize,
     memory_mb,
@@ -312,23 +325,40 @@ def evaluate(
     task,
     example,
     json_path,
+    **checkpoint,
 ) -> None:
     """Compute retrieval metrics (AP, mAP@R, mAP@100, R@k, P@k per level; H-AP, NDCG, ASI)."""
-    from hglv2.metrics import evaluate as run_evaluate
+    from hglv2.metrics.conventions import evaluate_convention
+
+    def run_evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return evaluate_convention(*args, hap_convention=hap_convention, **kwargs)
 
     modes = [
+        checkpoint["checkpoint"] is not None or checkpoint["landmark_table"],
         example,
         solution is not None or submission is not None,
         embeddings is not None or labels is not None,
     ]
     if sum(modes) != 1:
-        raise InputError("give exactly one of: --embeddings/--labels, --solution/--submission, --example")
+        raise InputError(
+            "give exactly one of: --embeddings/--labels, --solution/--submission, --example, --checkpoint"
+        )
     ks = _parse_ks(recall_at)
     columns = [c.strip() for c in label_columns.split(",")] if label_columns else None
 
     lines: list[str] = []
     say = lines.append
-    if example:
+    if checkpoint["checkpoint"] is not None or checkpoint["landmark_table"]:
+        if checkpoint["checkpoint"] is None:
+            raise InputError("--landmark-table needs --checkpoint")
+        metric_options = {"recall_at": ks, "relevance": relevance, "alpha": alpha, "ndcg_at": ndcg_at}
+        metric_options["hap_convention"] = hap_convention
+        out = run_checkpoint(checkpoint, metric_options, say)
+        if out["mode"] == "checkpoint" and "mean" not in out["results"]:
+            res = out["results"]
+            n_levels = sum(1 for k in res if k.startswith("n_queries_level"))
+            say(format_table(res, n_levels, ks))
+    elif example:
         lab, models = example_case()
         out: dict[str, Any] = {"mode": "example", "results": {}}
         for name, emb in models.items():
@@ -414,6 +444,7 @@ def evaluate(
                 "recall_at": list(ks),
                 "relevance": relevance,
                 "alpha": alpha,
+                "hap_convention": hap_convention,
                 "ndcg_at": ndcg_at,
                 "normalize": normalize,
             },

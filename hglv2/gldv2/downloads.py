@@ -169,8 +169,15 @@ def _fetch(
     progress: bool,
     base_url: str,
     expected: dict[str, Any] | None,
+    verify: Callable[[Path], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> None:
-    """Stream ``url`` into ``path`` via ``.<name>.part``, resuming with ``Range`` after a cut."""
+    """Stream ``url`` into ``path`` via ``.<name>.part``, resuming with ``Range`` after a cut.
+
+    ``verify(part)`` (optional) checks the complete file before it is renamed into place; if it
+    raises, the partial file is removed and the error propagates. ``on_bytes(n)`` (optional) is
+    called with the size of each block received (for an overall progress bar).
+    """
     part = path.with_name(f".{path.name}.part")
     meta = path.with_name(f".{path.name}.part.json")
     etag: str | None = None
@@ -229,6 +236,8 @@ def _fetch(
                         for block in resp.iter_content(chunk_size):
                             fh.write(block)
                             bar.update(len(block))
+                            if on_bytes is not None:
+                                on_bytes(len(block))
                 except requests.exceptions.RequestException as exc:  # cut, reset, read timeout
                     now = part.stat().st_size if part.exists() else 0
                     failures = 0 if now > got_before else failures + 1
@@ -254,6 +263,13 @@ def _fetch(
                     f"the lock file (size {expected['size']}, sha256 {expected['sha256'][:12]}...); the "
                     "server copy changed or is corrupt — remove its lock entry to accept the new version"
                 )
+        if verify is not None:
+            try:
+                verify(part)
+            except Exception:  # a bad file; an interrupt keeps the complete part for the next run
+                part.unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
+                raise
         os.replace(part, path)
         meta.unlink(missing_ok=True)
     finally:

@@ -88,7 +88,8 @@ def detect_task(solution_path: str | os.PathLike[str]) -> str:
 
 
 def read_solution(path: str | os.PathLike[str], task: str) -> tuple[dict, dict, list[str]]:
-    """Read a solution CSV.
+    """Read a solution CSV through :func:`hglv2.gldv2.readers.read_file` (16-hex ids, unique, the
+    right number of fields per line; errors name ``FILE:LINE``).
 
     Returns:
         ``(public, private, ignored)``: dicts query id -> list of ground-truth ids (index image ids
@@ -97,40 +98,26 @@ def read_solution(path: str | os.PathLike[str], task: str) -> tuple[dict, dict, 
     """
     if task not in ("retrieval", "recognition"):
         raise ValueError(f"unknown task {task!r}")
+    from hglv2.gldv2.readers import read_file  # the one validating reader of the GLDv2 files
+
+    name = Path(path).name
+    t = read_file(path, "retrieval_solution" if task == "retrieval" else "recognition_solution")
     public: dict[str, list] = {}
     private: dict[str, list] = {}
     ignored: list[str] = []
-    seen: set[str] = set()
-    rows = _rows(path)
-    _, header = next(rows)
-    _check_header(path, header, 3, "id,images|landmarks,Usage")
-    for line, row in rows:
-        if not row:
-            continue
-        if len(row) < 3:
-            raise InputError(f"{path}:{line}: expected 3 fields (id, ground truth, Usage), got {len(row)}")
-        qid, truth, usage = row[0].strip(), row[1].strip(), row[2].strip()
-        if not qid:
-            raise InputError(f"{path}:{line}: empty id")
-        if qid in seen:
-            raise InputError(f"{path}:{line}: id {qid!r} is repeated")
-        seen.add(qid)
+    truths = t["images" if task == "retrieval" else "landmarks"].to_pylist()
+    for row, (qid, truth, usage) in enumerate(
+        zip(t["id"].to_pylist(), truths, t["usage"].to_pylist(), strict=True)
+    ):
+        line = row + 2
         if usage == "Ignored":
             ignored.append(qid)
             continue
         if usage not in USAGES:
-            raise InputError(f"{path}:{line}: Usage {usage!r} is not one of {', '.join(USAGES)}")
-        if task == "retrieval":
-            ids = truth.split()
-            if not ids or ids == ["None"]:
-                raise InputError(f"{path}:{line}: {usage} query {qid!r} has no ground-truth images")
-            gt: list = ids
-        else:
-            try:
-                gt = [int(x) for x in truth.split()]
-            except ValueError:
-                raise InputError(f"{path}:{line}: landmarks {truth!r} are not integers") from None
-        (public if usage == "Public" else private)[qid] = gt
+            raise InputError(f"{name}:{line}: Usage {usage!r} is not one of {', '.join(USAGES)}")
+        if task == "retrieval" and not truth:
+            raise InputError(f"{name}:{line}: {usage} query {qid!r} has no ground-truth images")
+        (public if usage == "Public" else private)[qid] = list(truth)
     return public, private, ignored
 
 
