@@ -42,7 +42,7 @@ from hglv2.losses import build_loss  # noqa: E402
 from hglv2.models import build_model  # noqa: E402
 from hglv2.train.config import load_config  # noqa: E402
 from hglv2.train.gradcache import grad_cache_backward  # noqa: E402
-from hglv2.train.optim import build_optimizer  # noqa: E402
+from hglv2.train.optim import decomposability_optimizer, model_optimizer  # noqa: E402
 
 OTHER_CHECKS = ("gpu_check_metrics", "gpu_check_losses", "gpu_check_train")
 
@@ -111,9 +111,11 @@ class Step:
             self.dec = build_loss(dc["name"], dc.get("kwargs") or {}, num_classes=classes, embedding_dim=dim)
             self.dec = self.dec.to(device)
             self.dec_weight = dc.get("weight", 0.1)
-        o = cfg["optimizer"]
-        params = list(self.model.parameters()) + (list(self.dec.parameters()) if self.dec is not None else [])
-        self.opt = build_optimizer(o["name"], params, o["lr"], o["weight_decay"], o["betas"])
+        # the recipe's optimizers: backbone / head groups, and the proxies' own
+        self.opts = [model_optimizer(cfg, self.model)]
+        if self.dec is not None:
+            self.opts.append(decomposability_optimizer(cfg, self.dec))
+        self.opts = [o for o in self.opts if o is not None]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     def autocast(self):
@@ -129,7 +131,8 @@ class Step:
         return loss
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, chunk: int = 0) -> float:
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
         if chunk:
             loss = grad_cache_backward(
                 self.model,
@@ -145,7 +148,8 @@ class Step:
                 emb = self.model(images)
             loss = self.loss(emb, labels)
             self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
+        for opt in self.opts:
+            self.scaler.step(opt)
         self.scaler.update()
         return float(loss.detach())
 
@@ -238,7 +242,8 @@ def _grad_cache_exact(cfg: dict, model_kw: dict, device: torch.device, b: int, s
         for mod in step.model.modules():  # frozen BatchNorm (the authors' recipe): exact equality
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                 mod.eval()
-        step.opt.zero_grad(set_to_none=True)
+        for opt in step.opts:
+            opt.zero_grad(set_to_none=True)
         if c:
             grad_cache_backward(step.model, images, lambda e, s=step: s.loss(e, labels), c, device=device)
         else:
