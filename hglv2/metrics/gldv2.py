@@ -27,6 +27,11 @@ or ``Ignored`` (Ignored rows, whose ground truth is ``None`` in retrieval_soluti
 left out of the scores and their submission rows are skipped). Submission: header then
 ``id,images`` (space-separated ids, best first) or ``id,landmarks`` (``"<landmark> <score>"``);
 empty lines are skipped, a repeated or unknown query id is an error.
+
+**From embeddings.** :func:`retrieval_submission` writes the retrieval submission of a model
+(the first 100 index images of each query) from a k-NN search in top-k mode
+(:func:`hglv2.metrics.evaluate.nearest_neighbours`: exact, ties by index order, no full sort), so
+the file metric reads exactly the ranking that ``evaluate(..., top_k=100)`` scores.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from hglv2.errors import InputError
+from hglv2.fileio import atomic_open
 
 USAGES = ("Public", "Private", "Ignored")
 MAX_PREDICTIONS = 100
@@ -293,3 +299,37 @@ def evaluate_files(
             res = {"GAP": global_average_precision(pred, sol), "top1_accuracy": top1_accuracy(pred, sol)}
         out[name] = res
     return out
+
+
+def retrieval_submission(
+    path: str | os.PathLike[str],
+    query_ids,
+    query_embeddings,
+    index_ids,
+    index_embeddings,
+    k: int = MAX_PREDICTIONS,
+    *,
+    device=None,
+    memory_mb: int = 1024,
+) -> None:
+    """Write a GLDv2 retrieval submission (``id,images``; the first ``k`` index ids of each query,
+    best first, space-separated) from embeddings, by top-k search (dot product; normalise the
+    embeddings for cosine). Rows follow ``query_ids``. The file is written atomically."""
+    from hglv2.metrics.evaluate import nearest_neighbours
+
+    query_ids = [str(x) for x in query_ids]
+    index_ids = [str(x) for x in index_ids]
+    for name, ids, emb in (("query", query_ids, query_embeddings), ("index", index_ids, index_embeddings)):
+        if len(ids) != len(emb):
+            raise InputError(f"{len(ids)} {name} ids but {len(emb)} {name} embeddings")
+        for row, x in enumerate(ids):
+            if not x or any(c in x for c in ', \t\r\n"'):
+                raise InputError(f"{name} id at row {row} is empty or holds a separator: {x!r}")
+    try:
+        top = nearest_neighbours(query_embeddings, index_embeddings, k, device=device, memory_mb=memory_mb)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with atomic_open(path, "w", newline="") as fh:
+        fh.write("id,images\n")
+        for qid, row in zip(query_ids, top, strict=True):
+            fh.write(f"{qid},{' '.join(index_ids[j] for j in row)}\n")
