@@ -55,7 +55,8 @@ def tiny_config(root, **train) -> dict:
 def _batch(trainer, k=0):
     keys = trainer._epoch_batches(0, 0)[1][k]
     items = [trainer.train_set[i] for i, _ in keys]
-    return torch.stack([it["image"] for it in items]), torch.stack([it["labels"] for it in items])
+    images = to_model_input(torch.stack([it["image"] for it in items]), "cpu")  # the model's input
+    return images, torch.stack([it["labels"] for it in items])
 
 
 @pytest.mark.parametrize("loss", ["SupAP", "SupHAP", "Contrastive"])

@@ -36,6 +36,7 @@ from hglv2.losses.contrastive import ContrastiveLoss
 from hglv2.losses.decomposability import CalibrationLoss, NormalizedSoftmaxProxyLoss
 from hglv2.losses.hap import SupHAP
 from hglv2.losses.ndcg import SupNDCG
+from hglv2.losses.pml import PML_LOSSES
 from hglv2.losses.recall import SupRecall
 
 __all__ = ["LOSSES", "LossFactory", "build_loss", "loss_factory", "loss_names", "register_loss"]
@@ -119,5 +120,7 @@ for _name, _factory in (
     ("CalibrationLoss", CalibrationLoss),
     ("NormalizedSoftmaxProxyLoss", NormalizedSoftmaxProxyLoss),
 ):
+    register_loss(_name, _factory)
+for _name, _factory in PML_LOSSES.items():  # baselines: adapters to pytorch-metric-learning
     register_loss(_name, _factory)
 del _name, _factory

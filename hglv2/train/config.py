@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from hglv2.errors import InputError
+from hglv2.train.memory import check_memory_spec
 
 __all__ = [
     "DEFAULTS",
@@ -94,6 +95,9 @@ DEFAULTS: dict[str, Any] = {
         "kwargs": {},
         "weight": 1.0,
         "decomposability": None,  # {name, weight, kwargs, lr, weight_decay, min_lr}
+        "lr": None,  # the loss's own parameters (ArcFace/ProxyNCA proxies); null: the head's
+        "weight_decay": None,  # null: the head's
+        "memory": None,  # cross-batch memory {size, weight, batch_weight, start_epoch, start_step}
     },
     "sampler": {
         "kind": "m_per_class",
@@ -133,6 +137,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 256,
         "recall_at": [1, 10, 100],
         "gap_batches": 0,  # decomposability gap over this many batches each epoch; 0: off
+        "grad_cache_chunk": 0,  # > 0: gradient caching in sub-batches of this many images per process
     },
     "benchmark": {"seeds": [0], "losses": {}},
 }
@@ -159,6 +164,10 @@ _ADDED_AFTER_V01 = (
     "schedule.gamma",
     "train.freeze_backbone_epochs",
     "train.gap_batches",
+    "loss.lr",
+    "loss.weight_decay",
+    "loss.memory",
+    "train.grad_cache_chunk",
 )
 
 # settings that cannot change a run's results (data-loader processes; how often it logs and
@@ -166,7 +175,12 @@ _ADDED_AFTER_V01 = (
 # the config identity, so a run resumes after they change
 RESULT_NEUTRAL = ("data.num_workers", "train.log_every", "train.checkpoint_every", "train.gap_batches")
 
-_OPEN_SECTIONS = {("loss", "kwargs"), ("benchmark", "losses"), ("loss", "decomposability")}
+_OPEN_SECTIONS = {
+    ("loss", "kwargs"),
+    ("benchmark", "losses"),
+    ("loss", "decomposability"),
+    ("loss", "memory"),
+}
 
 
 class _Loader(yaml.SafeLoader):
@@ -414,6 +428,8 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "loss.name": ((lambda v: isinstance(v, str) and v != ""), "must be a loss name"),
     "loss.kwargs": ((lambda v: isinstance(v, dict)), "must be a mapping"),
     "loss.weight": _num(),
+    "loss.lr": _opt(_num(0.0, strict=True)),
+    "loss.weight_decay": _opt(_num(0.0)),
     "sampler.kind": _one_of("m_per_class", "hierarchical"),
     "sampler.batch_size": _int(2),
     "sampler.m": _int(1),
@@ -454,6 +470,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
         "must be a non-empty list of integers >= 1",
     ),
     "train.gap_batches": _int(0),
+    "train.grad_cache_chunk": _int(0),
     "benchmark.seeds": (
         lambda v: isinstance(v, list) and len(v) >= 1 and all(_is_int(x) and x >= 0 for x in v),
         "must be a non-empty list of integers >= 0",
@@ -536,6 +553,10 @@ def config_errors(cfg: dict[str, Any]) -> list[str]:
                     errors.append(f"loss.decomposability.{key} {message} (got {dec[key]!r})")
             if "kwargs" in dec and not isinstance(dec["kwargs"], (dict, type(None))):
                 errors.append("loss.decomposability.kwargs must be a mapping")
+    try:
+        check_memory_spec(cfg.get("loss", {}).get("memory"), where="")
+    except InputError as exc:
+        errors.append(str(exc).removeprefix(": "))
     return errors
 
 

@@ -33,6 +33,7 @@ from torch import nn
 __all__ = [
     "build_optimizer",
     "build_scheduler",
+    "criterion_optimizer",
     "decomposability_optimizer",
     "lr_factor",
     "model_optimizer",
@@ -148,3 +149,24 @@ def build_scheduler(
             )
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def criterion_optimizer(cfg: dict[str, Any], criterion: nn.Module) -> torch.optim.Optimizer | None:
+    """The main loss's own optimizer (its trainable parameters: the proxies of ArcFace / ProxyNCA),
+    or None when it has none: same kind and options as the model's; ``loss.lr`` /
+    ``loss.weight_decay`` default to the head group's (``optimizer.head_lr`` /
+    ``head_weight_decay``, else ``lr`` / ``weight_decay``), as the authors put these proxies on
+    their head optimizer (``suprank/config/loss/arcface.yaml``, ``proxy_nca_pp.yaml``:
+    ``optimizer: ${optimizer.opt.head}``)."""
+    o, lc = cfg["optimizer"], cfg["loss"]
+    if hasattr(criterion, "param_group"):
+        params = criterion.param_group()["params"]
+    else:
+        params = [p for p in criterion.parameters() if p.requires_grad]
+    if not params:
+        return None
+    head_lr = o["lr"] if o.get("head_lr") is None else o["head_lr"]
+    head_wd = o["weight_decay"] if o.get("head_weight_decay") is None else o["head_weight_decay"]
+    lr = head_lr if lc.get("lr") is None else lc["lr"]
+    wd = head_wd if lc.get("weight_decay") is None else lc["weight_decay"]
+    return build_optimizer(o["name"], params, lr, wd, **_kind_options(o))

@@ -35,7 +35,9 @@ from hglv2.train.data import (
     prepare_data,
     to_model_input,
 )
-from hglv2.train.optim import build_scheduler, decomposability_optimizer, model_optimizer
+from hglv2.train.gradcache import grad_cache_backward
+from hglv2.train.memory import build_memory_bank
+from hglv2.train.optim import build_scheduler, criterion_optimizer, decomposability_optimizer, model_optimizer
 
 __all__ = ["Trainer", "batch_gap", "embed", "resolve_device", "seed_everything", "train"]
 
@@ -245,6 +247,7 @@ class Trainer:
             lc["kwargs"],
             num_classes=len(self.class_ids),
             embedding_dim=cfg["model"]["embedding_dim"],
+            class_ids=self.class_ids,
         ).to(self.device)
         self.optimizer = model_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.batches_per_epoch)
@@ -252,6 +255,19 @@ class Trainer:
         self.backbone_params = (
             list(self.model.backbone_parameters()) if hasattr(self.model, "backbone_parameters") else []
         )
+        # the loss's own parameters (proxies of ArcFace / ProxyNCA; the head's schedule), and the
+        # memory bank (XBM)
+        self.crit_optimizer = criterion_optimizer(cfg, self.criterion)
+        self.crit_scheduler = None
+        if self.crit_optimizer is not None:
+            self.crit_scheduler = build_scheduler(
+                cfg, self.crit_optimizer, self.total_steps, self.batches_per_epoch
+            )
+        self.memory = build_memory_bank(
+            lc["memory"], self.criterion, cfg["model"]["embedding_dim"], labels.shape[1]
+        )
+        if self.memory is not None:
+            self.memory.to(self.device)
         self.dec = None
         self.dec_optimizer = self.dec_scheduler = None
         dc = lc["decomposability"]
@@ -300,6 +316,11 @@ class Trainer:
         if self.dec_optimizer is not None:
             state["dec_optimizer"] = self.dec_optimizer.state_dict()
             state["dec_scheduler"] = self.dec_scheduler.state_dict()
+        if self.crit_optimizer is not None:
+            state["crit_optimizer"] = self.crit_optimizer.state_dict()
+            state["crit_scheduler"] = self.crit_scheduler.state_dict()
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
         return state
 
     def save_checkpoint(self) -> None:
@@ -325,6 +346,11 @@ class Trainer:
         if self.dec_optimizer is not None:
             self.dec_optimizer.load_state_dict(state["dec_optimizer"])
             self.dec_scheduler.load_state_dict(state["dec_scheduler"])
+        if self.crit_optimizer is not None:
+            self.crit_optimizer.load_state_dict(state["crit_optimizer"])
+            self.crit_scheduler.load_state_dict(state["crit_scheduler"])
+        if self.memory is not None:
+            self.memory.load_state_dict(state["memory"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng = state["rng"]
         rng["torch"] = rng["torch"].cpu()
@@ -379,23 +405,23 @@ class Trainer:
             out.append(keys[self.rank * b : (self.rank + 1) * b])
         return len(batches), out
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on this rank's shard of the global batch."""
-        self.train_model.train()
-        images = to_model_input(images, self.device, channels_last=self.channels_last)
-        labels = labels.to(self.device, non_blocking=True)
-        with _autocast(self.device, self.amp):
-            emb = self.train_model(images)
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The step's loss from this rank's embeddings (float32) and labels, and its log values."""
         emb = emb.float()
         if self.distributed:
             all_emb, all_lab = _gather_global_batch(emb, labels)
         else:
             all_emb, all_lab = emb, labels
         lc = self.cfg["loss"]
+        out: dict[str, float] = {}
         # every rank computes the same global-batch loss (see _gather_global_batch)
-        rank_loss = self.criterion(all_emb, all_lab)
+        if self.memory is not None:
+            rank_loss, mem_logs = self.memory.loss(self.criterion, all_emb, all_lab, self.epoch, self.step)
+            out.update(mem_logs)
+        else:
+            rank_loss = self.criterion(all_emb, all_lab)
         loss = lc["weight"] * rank_loss
-        out = {"rank_loss": float(rank_loss.detach())}
+        out["rank_loss"] = float(rank_loss.detach())
         if self.dec is not None:
             # per-sample proxy loss on the local shard (a mean; DDP's average makes it global)
             dense = np.searchsorted(self.class_ids, labels[:, 0].cpu().numpy())
@@ -403,10 +429,34 @@ class Trainer:
             loss = loss + lc["decomposability"].get("weight", 0.1) * dec_loss
             out["dec_loss"] = float(dec_loss.detach())
         out["loss"] = float(loss.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.dec_optimizer is not None:
-            self.dec_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        return loss, out
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on this rank's shard of the global batch (with gradient caching
+        in sub-batches of ``train.grad_cache_chunk`` images when it is > 0)."""
+        self.train_model.train()
+        # uint8 -> normalised float on the device (channels-last on CUDA) before any sub-batching
+        images = to_model_input(images, self.device, channels_last=self.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        for opt in (self.optimizer, self.dec_optimizer, self.crit_optimizer):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        chunk = self.cfg["train"]["grad_cache_chunk"]
+        if chunk:
+            _, out = grad_cache_backward(
+                self.train_model,
+                images,
+                lambda emb: self._loss(emb, labels),
+                chunk,
+                device=self.device,
+                backward=lambda loss: self.scaler.scale(loss).backward(),
+                autocast=lambda: _autocast(self.device, self.amp),
+            )
+        else:
+            with _autocast(self.device, self.amp):
+                emb = self.train_model(images)
+            loss, out = self._loss(emb, labels)
+            self.scaler.scale(loss).backward()
         if self.distributed and self.dec is not None:
             for p in self.dec.parameters():
                 if p.grad is not None:
@@ -424,10 +474,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         if self.dec_optimizer is not None:
             self.scaler.step(self.dec_optimizer)
+        if self.crit_optimizer is not None:
+            self.scaler.step(self.crit_optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.dec_scheduler is not None:
             self.dec_scheduler.step()
+        if self.crit_scheduler is not None:
+            self.crit_scheduler.step()
         return out
 
     def test_sets(self) -> list[dict[str, Any]]:
