@@ -106,3 +106,21 @@ def test_convert_train_evaluate(tmp_path, monkeypatch, name):
     assert {k: res[k] for k in evaluated_in_training} == pytest.approx(evaluated_in_training, rel=1e-5)
     emb = Path(f"runs/{name}/eval/{name}")
     assert any(emb.glob("*_embeddings.npy"))
+
+
+def test_inat_official_split_trains_with_query_split_val(tmp_path, monkeypatch):
+    """Without Brown et al.'s lists the official split gives train / val (README: train with
+    ``--set data.query_split=val``). Its val set here has one image per species: the species-level
+    metrics are undefined and written as null, not a crash on NaN."""
+    monkeypatch.chdir(tmp_path)
+    root = official_folder("inat2018", Path(FOLDERS["inat2018"]))
+    shutil.rmtree(root / "Inat_dataset_splits")
+    convert, train, evaluate = COMMANDS["inat2018"]
+    _run(convert)
+    assert json.loads(Path("data/inat2018/manifest.json").read_text())["protocol"] == "official"
+    _run(train, *TINY, "--set", "data.query_split=val", "--json", "train.json")
+    for path in ("train.json", "runs/inat2018/metrics.json"):
+        metrics = json.loads(Path(path).read_text())["metrics"]
+        assert metrics["AP_level0"] is None and math.isfinite(metrics["AP_level2"])  # families shared
+    _run(evaluate, "--json", "eval.json")
+    assert json.loads(Path("eval.json").read_text())["query"] == "val"

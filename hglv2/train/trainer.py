@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -663,11 +664,23 @@ class Trainer:
                     torch.save(self.model.state_dict(), tmp)
                 write_json(
                     self.out / "metrics.json",
-                    {"step": self.step, "metrics": self.last_eval, "config_digest": config_digest(self.cfg)},
+                    {
+                        "step": self.step,
+                        "metrics": json_metrics(self.last_eval),
+                        "config_digest": config_digest(self.cfg),
+                    },
                 )
         if self.distributed:
             dist.barrier()
         return self.last_eval or {}
+
+
+def json_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``metrics`` for a JSON file: an undefined metric (NaN: no query of a test set has a
+    positive at that level) becomes ``null``, as in ``hglv2 evaluate --json``."""
+    if metrics is None:
+        return None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def train(
