@@ -196,6 +196,7 @@ def _fmt(v: Any) -> str:
 def format_table(res: dict[str, Any], n_levels: int, recall_at: tuple[int, ...]) -> str:
     """The per-level metric table and the hierarchical metrics, as text."""
     rows = ["AP", "mAP@R", "mAP@100"] + [f"R@{k}" for k in recall_at] + [f"P@{k}" for k in recall_at]
+    rows = [name for name in rows if f"{name}_level0" in res]  # top-k mode reports a subset
     width = 10
     head = "metric".ljust(12) + "".join(f"level{lev}".rjust(width) for lev in range(n_levels))
     lines = [head, "-" * len(head)]
@@ -211,6 +212,16 @@ def format_table(res: dict[str, Any], n_levels: int, recall_at: tuple[int, ...])
         "skipped".ljust(12)
         + "".join(str(res[f"n_skipped_level{lev}"]).rjust(width) for lev in range(n_levels))
     )
+    if "top_k" in res:
+        lines.append(
+            "truncated".ljust(12)
+            + "".join(str(res[f"n_truncated_level{lev}"]).rjust(width) for lev in range(n_levels))
+        )
+        lines.append(
+            f"top-k mode (k = {res['top_k']}): mAP@R leaves out the 'truncated' queries (R > k); "
+            "AP, H-AP, NDCG, ASI need the full ranking"
+        )
+        return "\n".join(lines)
     multi = "   ".join(
         f"{k} {_fmt(res[k])}" for k in res if k in ("H-AP", "NDCG", "ASI") or k.startswith("NDCG@")
     )
@@ -302,6 +313,16 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
 @click.option(
     "--memory-mb", type=click.IntRange(min=1), default=1024, show_default=True, help="Working-memory budget."
 )
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    help="Top-k mode: rank only the first K items per query (k-NN) and report R@k, P@k (k <= K), "
+    "mAP@100 (K >= 100) and mAP@R (NaN where R > K, counted as 'truncated'); no AP, H-AP, NDCG, ASI.",
+)
+@click.option(
+    "--device",
+    help="Run the matmul and the ranking on this torch device (e.g. cuda, cuda:1; default: the CPU engine).",
+)
 @click.option("--solution", type=click.Path(path_type=Path), help="GLDv2 solution CSV.")
 @click.option("--submission", type=click.Path(path_type=Path), help="GLDv2 submission CSV.")
 @click.option("--task", type=click.Choice(["retrieval", "recognition"]), help="GLDv2 task (default: detect).")
@@ -320,6 +341,8 @@ def evaluate(
     ndcg_at,
     normalize,
     memory_mb,
+    top_k,
+    device,
     solution,
     submission,
     task,
@@ -362,7 +385,19 @@ def evaluate(
         lab, models = example_case()
         out: dict[str, Any] = {"mode": "example", "results": {}}
         for name, emb in models.items():
-            res = run_evaluate(emb, lab, recall_at=ks, relevance=relevance, alpha=alpha, ndcg_at=ndcg_at)
+            try:
+                res = run_evaluate(
+                    emb,
+                    lab,
+                    recall_at=ks,
+                    relevance=relevance,
+                    alpha=alpha,
+                    ndcg_at=ndcg_at,
+                    top_k=top_k,
+                    device=device,
+                )
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
             out["results"][name] = res
             say(
                 f"== example, {name} embeddings: {res['n_queries']} queries, gallery of "
@@ -425,6 +460,8 @@ def evaluate(
                 alpha=alpha,
                 ndcg_at=ndcg_at,
                 memory_mb=memory_mb,
+                top_k=top_k,
+                device=device,
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -447,6 +484,7 @@ def evaluate(
                 "hap_convention": hap_convention,
                 "ndcg_at": ndcg_at,
                 "normalize": normalize,
+                "top_k": top_k,
             },
             "results": res,
         }
