@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from hglv2.cli import main
 from hglv2.convert import convert
 from hglv2.dataset import HGLDv2Dataset
 from hglv2.errors import InputError
-
-
-def _img(path: Path, value: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (value, 0, 0)).save(path)
+from tests.fixtures.datasets import SOP_TRAIN, make_cub, make_dyml, make_inat, make_sop, write_image
 
 
 def _run(*args: str):
@@ -27,30 +21,6 @@ def _run(*args: str):
 
 
 # ------------------------------------------------------------------------------------------- SOP
-
-SOP_TRAIN = [
-    "image_id class_id super_class_id path",
-    "1 1 1 bicycle_final/111085122871_0.JPG",
-    "2 1 1 bicycle_final/111085122871_1.JPG",
-    "5 7 3 chair_final/ünïcode_0.JPG",  # ids not contiguous, a unicode path
-    "9 7 3 chair_final/ünïcode_1.JPG",
-]
-SOP_TEST = [
-    "image_id class_id super_class_id path",
-    "3 11319 1 bicycle_final/2_0.JPG",
-    "4 11319 1 bicycle_final/2_1.JPG",
-    "8 11400 3 chair_final/3_0.JPG",
-]
-
-
-def make_sop(root: Path, train=SOP_TRAIN, test=SOP_TEST, images: bool = False) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Ebay_train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
-    (root / "Ebay_test.txt").write_text("\n".join(test) + "\n", encoding="utf-8")
-    if images:
-        for line in train[1:] + test[1:]:
-            _img(root / line.split(" ")[3])
-    return root
 
 
 def test_sop_converts_and_loads(tmp_path):
@@ -117,26 +87,6 @@ def test_sop_missing_file(tmp_path):
 # ------------------------------------------------------------------------------------------- CUB
 
 
-def make_cub(root: Path, extra_label: str | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    # ids not contiguous; classes 1 and 2 (train under DML), 101 and 200 (test)
-    images = {
-        3: "001.Black_footed_Albatross/a_1.jpg",
-        10: "002.Laysan_Albatross/b_2.jpg",
-        11: "101.White_Pelican/c_3.jpg",
-        40: "200.Common_Yellowthroat/d_4.jpg",
-        41: "200.Common_Yellowthroat/e_5.jpg",
-    }
-    cls = {3: 1, 10: 2, 11: 101, 40: 200, 41: 200}
-    is_train = {3: 1, 10: 0, 11: 1, 40: 0, 41: 1}
-    (root / "images.txt").write_text("".join(f"{i} {p}\n" for i, p in images.items()))
-    lines = "".join(f"{i} {c}\n" for i, c in cls.items()) + (extra_label or "")
-    (root / "image_class_labels.txt").write_text(lines)
-    (root / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, t in is_train.items()))
-    (root / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
-    return root
-
-
 def test_cub_dml_and_classification(tmp_path):
     root = make_cub(tmp_path / "CUB_200_2011")
     m = convert("cub", root, tmp_path / "dml")
@@ -175,55 +125,6 @@ def test_cub_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- iNaturalist
-
-CATS = [
-    # id, supercategory, kingdom, phylum, class, order, family, genus (obfuscated names, as released)
-    (0, "Plantae", "K1", "P1", "C1", "O1", "F1", "G1"),
-    (5, "Plantae", "K1", "P1", "C1", "O1", "F1", "G2"),
-    (7, "Insecta", "K2", "P2", "C2", "O2", "F2", "G3"),
-    (9, "Insecta", "K2", "P2", "C2", "O3", "F3", "G1"),  # genus name shared with another family
-]
-
-
-def _coco(images, labels):
-    cats = [
-        dict(
-            zip(
-                ("id", "supercategory", "kingdom", "phylum", "class", "order", "family", "genus"),
-                c,
-                strict=True,
-            )
-        )
-        | {"name": f"S{c[0]}"}
-        for c in CATS
-    ]
-    return {
-        "info": {"year": 2018},
-        "images": [{"id": i, "file_name": p, "width": 8, "height": 8} for i, p in images.items()],
-        "annotations": [
-            {"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(labels.items())
-        ],
-        "categories": cats,
-        "licenses": [],
-    }
-
-
-def make_inat(root: Path, split_files: bool) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    train = {
-        10: "train_val2018/Plantae/0/a.jpg",
-        12: "train_val2018/Plantae/5/b.jpg",
-        40: "train_val2018/Insecta/7/c.jpg",
-    }
-    val = {3: "train_val2018/Insecta/9/d.jpg", 77: "train_val2018/Plantae/0/e.jpg"}
-    (root / "train2018.json").write_text(json.dumps(_coco(train, {10: 0, 12: 5, 40: 7})))
-    (root / "val2018.json").write_text(json.dumps(_coco(val, {3: 9, 77: 0})))
-    if split_files:
-        d = root / "Inat_dataset_splits"
-        d.mkdir()
-        (d / "Inaturalist_train_set1.txt").write_text(train[10] + "\n" + train[12] + "\n" + val[77] + "\n")
-        (d / "Inaturalist_test_set1.txt").write_text(train[40] + "\n" + val[3] + "\n")
-    return root
 
 
 def test_inat_retrieval_full_and_base(tmp_path):
@@ -273,32 +174,6 @@ def test_inat_errors(tmp_path):
 # ------------------------------------------------------------------------------------------- DyML
 
 
-def _dyml_csv(path: Path, header: list[str], rows: list[list], glued: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = [", ".join(str(v) for v in r) for r in rows]
-    if glued:  # the released files: no line end between the header and the first row
-        text = ", ".join(header) + body[0] + "\n" + "\n".join(body[1:]) + "\n"
-    else:
-        text = ", ".join(header) + "\n" + "\n".join(body) + "\n"
-    path.write_text(text)
-
-
-def make_dyml(root: Path, variant: str, glued: bool = True) -> Path:
-    head = ["fname", "coarse_id", "middle_id", "fine_id"]
-    _dyml_csv(
-        root / "train/label.csv", head, [["0.jpg", 1, 4, 30], ["1.jpg", 1, 4, 31], ["2.jpg", 2, 5, 32]], glued
-    )
-    if variant == "product":
-        _dyml_csv(
-            root / "mini-bmk_all_in_one/label.csv", head, [["0.jpg", 1, 6, 90], ["7.jpg", 1, 6, 90]], glued
-        )
-    else:
-        for g in ("fine", "middle", "coarse"):
-            _dyml_csv(root / f"bmk_{g}/query.csv", ["fname", "labels"], [["0.jpg", 3], ["1.jpg", 4]], glued)
-            _dyml_csv(root / f"bmk_{g}/gallery.csv", ["fname", "labels"], [["0.jpg", 3], ["5.jpg", 3]], glued)
-    return root
-
-
 @pytest.mark.parametrize("glued", [True, False])
 def test_dyml_vehicle(tmp_path, glued):
     root = make_dyml(tmp_path / "dyml_vehicle", "vehicle", glued)
@@ -340,7 +215,7 @@ def test_convert_levels_load_through_one_dataset(tmp_path):
         "train_val2018/Plantae/5/b.jpg",
         "train_val2018/Plantae/0/e.jpg",
     ]:
-        _img(root / p)
+        write_image(root / p)
     convert("inat2018", root, tmp_path / "o")
     ds = HGLDv2Dataset(tmp_path / "o" / "train.parquet", root)
     assert ds.labels.shape == (3, 7) and np.all(ds.labels >= 0)
@@ -378,3 +253,22 @@ def test_output_folder_is_one_commit_and_owned(tmp_path):
     convert("sop", root, out)
     convert("sop", root, out)  # an earlier conversion is replaced whole
     assert (out / "manifest.json").is_file() and not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_manifest_image_root_is_relative_so_the_output_is_relocatable(tmp_path, monkeypatch):
+    manifests = []
+    for where in ("a", "b/deeper"):  # the same layout under two different absolute places
+        base = tmp_path / where
+        make_sop(base / "sop", images=True)
+        monkeypatch.chdir(base)
+        res = _run("convert", "sop", "--root", "sop", "--out", "data/sop")
+        assert res.exit_code == 0, res.output
+        manifests.append((base / "data/sop/manifest.json").read_bytes())
+    assert manifests[0] == manifests[1]
+    m = json.loads(manifests[0])
+    assert m["image_root"] == "../../sop"
+    assert m["command"] == ["hglv2", "convert", "sop", "--root", "sop", "--out", "data/sop"]
+    # the training loader and hglv2 evaluate resolve it against the converted folder
+    from hglv2.train.data import manifest_image_root
+
+    assert manifest_image_root(tmp_path / "a/data/sop").resolve() == (tmp_path / "a/sop").resolve()

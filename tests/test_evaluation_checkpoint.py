@@ -319,7 +319,7 @@ def test_landmark_table(run, tmp_path):
 
 def test_checkpoint_on_a_converted_dataset(run, tmp_path):
     from hglv2.convert import convert
-    from tests.test_data_convert import make_sop
+    from tests.fixtures.datasets import make_sop
 
     root = make_sop(tmp_path / "Stanford_Online_Products", images=True)
     convert("sop", root, tmp_path / "sop")
@@ -346,7 +346,7 @@ def test_checkpoint_on_a_converted_dataset(run, tmp_path):
 @pytest.mark.parametrize("with_copies", [True, False])
 def test_dyml_three_test_sets(run, tmp_path, with_copies):
     from hglv2.convert import convert
-    from tests.test_data_convert import _dyml_csv
+    from tests.fixtures.datasets import dyml_csv as _dyml_csv
 
     root = tmp_path / "dyml_vehicle"
     rng = np.random.default_rng(0)

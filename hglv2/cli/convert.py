@@ -37,7 +37,9 @@ def convert(
         if dataset not in ("inat2018", "inat-base", "cub"):
             raise InputError(f"--protocol does not apply to {dataset}")
         options["protocol"] = protocol
-    manifest = run(dataset, root, out_dir, command=_command_line(ctx), **options)
+    command = _command_line(ctx)
+    command.insert(2, dataset)  # the argument (the shared helper lists the options only)
+    manifest = run(dataset, root, out_dir, command=command, **options)
     for name, info in manifest["splits"].items():
         click.echo(f"{name}: {info['rows']} images, {info['landmarks']} classes -> {out_dir}/{info['file']}")
     click.echo(f"levels: {', '.join(manifest['level_names'])}; wrote {out_dir}/manifest.json and README.md")

@@ -89,7 +89,9 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return
     if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, {"config": cfg["name"], "out": str(out_dir), "metrics": metrics})
+        from hglv2.train.trainer import json_metrics
+
+        write_json(json_path, {"config": cfg["name"], "out": str(out_dir), "metrics": json_metrics(metrics)})
     click.echo(f"trained {cfg['name']}: {_short(metrics)}")
     click.echo(f"run folder: {out_dir} (log.jsonl, model.pt, metrics.json)")
 

@@ -121,6 +121,19 @@ def check_unique_ids(ids: Sequence[str], where: Path, lines: Sequence[int] | Non
         seen[i] = k
 
 
+def image_root_entry(root: Path, out_dir: str | os.PathLike[str]) -> str:
+    """The manifest's ``image_root``: the dataset root as a POSIX path relative to the output folder
+    (``../Stanford_Online_Products``), so a converted folder moved together with its dataset still
+    finds the images and the manifest does not depend on where the tree lives (same bytes); the
+    absolute path only where no relative one exists (another drive). Readers resolve it against the
+    folder of ``manifest.json`` (``hglv2 train``'s ``data.image_root: null``, ``hglv2 evaluate``)."""
+    target, base = Path(root).resolve(), Path(out_dir).resolve()
+    try:
+        return Path(os.path.relpath(target, base)).as_posix()
+    except ValueError:  # no relative path between two drives
+        return target.as_posix()
+
+
 def write_converted(
     out_dir: str | os.PathLike[str],
     *,
@@ -167,7 +180,7 @@ def write_converted(
         "levels": levels,
         "level_names": list(level_names),
         "level_counts": counts,
-        "image_root": str(root.resolve()),
+        "image_root": image_root_entry(root, out_dir),
         "splits": {},
         "inputs": {
             p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}

@@ -203,6 +203,42 @@ def _reduce_rows(per: dict[str, np.ndarray], rows: np.ndarray, n_gallery: int) -
     return out
 
 
+def copies_in_gallery(
+    image_root: str | os.PathLike[str], query_paths: Sequence[str], gallery_paths: Sequence[str]
+) -> np.ndarray:
+    """For each query image, the index of the first gallery image with the same file content
+    (sha256), or -1: DyML's galleries hold a copy of every query under another name."""
+    root = Path(image_root)
+    first: dict[str, int] = {}
+    for j, h in enumerate(_file_hashes(root, gallery_paths)):
+        first.setdefault(h, j)
+    return np.array([first.get(h, -1) for h in _file_hashes(root, query_paths)], dtype=np.int64)
+
+
+def evaluate_with_copies(
+    q_emb: np.ndarray,
+    q_labels: np.ndarray,
+    g_emb: np.ndarray,
+    g_labels: np.ndarray,
+    copy: np.ndarray,
+    **metric_options: Any,
+) -> dict[str, Any]:
+    """Queries against a gallery, a query's own copy (``copy``, :func:`copies_in_gallery`) left out
+    of its ranking: when every query has a copy, each is ranked from its copy with that copy
+    excluded by index (the authors' drop of the first neighbour); otherwise the plain query vs
+    gallery metrics. Adds ``queries_with_copy_in_gallery``."""
+    from hglv2.metrics.conventions import evaluate_convention
+
+    n_copies = int((copy >= 0).sum())
+    if n_copies == len(copy) and n_copies > 0:
+        per = evaluate_convention(g_emb, g_labels, reduce=False, **metric_options)
+        res = _reduce_rows(per, copy, len(g_emb) - 1)
+    else:
+        res = evaluate_convention(q_emb, q_labels, g_emb, g_labels, **metric_options)
+    res["queries_with_copy_in_gallery"] = n_copies
+    return res
+
+
 def evaluate_dyml_sets(
     checkpoint: str | os.PathLike[str] | None,
     data: str | os.PathLike[str],
@@ -229,7 +265,6 @@ def evaluate_dyml_sets(
     none has, against the whole gallery. The number of queries with a copy is reported per set.
     """
     from hglv2.dataset import HGLDv2Dataset
-    from hglv2.metrics.conventions import evaluate_convention
     from hglv2.train.data import build_transform
     from hglv2.train.trainer import resolve_device
 
@@ -256,19 +291,8 @@ def evaluate_dyml_sets(
                     "embeddings": str(out / f"{name}_embeddings.npy"),
                     "labels": str(out / f"{name}_labels.npy"),
                 }
-        g_hash = {}
-        for j, h in enumerate(_file_hashes(root, _split_paths(data, f"gallery_{g}"))):
-            g_hash.setdefault(h, j)
-        q_hashes = _file_hashes(root, _split_paths(data, f"query_{g}"))
-        copy = np.array([g_hash.get(h, -1) for h in q_hashes], dtype=np.int64)
-        n_copies = int((copy >= 0).sum())
-        if n_copies == len(copy):
-            per = evaluate_convention(g_emb, gs.labels, reduce=False, **metric_options)
-            res = _reduce_rows(per, copy, len(g_emb) - 1)
-        else:
-            res = evaluate_convention(q_emb, qs.labels, g_emb, gs.labels, **metric_options)
-        res["queries_with_copy_in_gallery"] = n_copies
-        results[g] = res
+        copy = copies_in_gallery(root, _split_paths(data, f"query_{g}"), _split_paths(data, f"gallery_{g}"))
+        results[g] = evaluate_with_copies(q_emb, qs.labels, g_emb, gs.labels, copy, **metric_options)
     keys = [
         k
         for k, v in results["fine"].items()

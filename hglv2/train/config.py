@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "kind": "synthetic",  # synthetic: generated under root; export: an existing split folder
         "root": "runs/data/synthetic",
-        "image_root": None,  # default <root>/images
+        "image_root": None,  # null: <root>/manifest.json's image_root (hglv2 convert), else <root>/images
         "train_split": "train",
         "query_split": "query",
         "index_split": "index",  # null: query split against itself (self excluded)

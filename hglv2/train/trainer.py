@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import yaml
@@ -290,6 +292,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
         self._gap_set = None  # the training split with the evaluation transform (gap measurement)
+        self._copies: dict[tuple[str, str], np.ndarray] = {}  # test set -> query copies in its gallery
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -499,7 +502,32 @@ class Trainer:
             ]
         return [{"name": None, "query": d["query_split"], "index": d["index_split"], "levels": None}]
 
+    def _gallery_copies(self, ts: dict[str, Any]) -> np.ndarray:
+        """Index of each query's own copy (same file content) in the test set's gallery, -1 if
+        none (:func:`hglv2.evaluation.protocols.copies_in_gallery`; hashed once per run)."""
+        from hglv2.evaluation.protocols import copies_in_gallery
+
+        key = (ts["query"], ts["index"])
+        cache = self._copies
+        if key not in cache:
+            ds = build_dataset(
+                self.cfg, self.root, ts["query"], train=False, levels=ts["levels"] or ["level0"]
+            )
+            if ds.shards or ds.image_root is None:  # tar shards: no per-image files to compare
+                cache[key] = np.full(len(ds), -1, dtype=np.int64)
+            else:
+                paths = {
+                    s: pq.read_table(self.root / f"{s}.parquet", columns=["path"])["path"].to_pylist()
+                    for s in key
+                }
+                cache[key] = copies_in_gallery(ds.image_root, paths[key[0]], paths[key[1]])
+        return cache[key]
+
     def _evaluate_set(self, ts: dict[str, Any]) -> dict[str, Any]:
+        """One test set's metrics; for ``data.test_sets`` with a gallery, each query's own copy in
+        the gallery (DyML) is left out of its ranking, exactly as ``hglv2 evaluate --checkpoint``
+        (:func:`hglv2.evaluation.protocols.evaluate_with_copies`)."""
+        from hglv2.evaluation.protocols import evaluate_with_copies
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]
@@ -509,7 +537,14 @@ class Trainer:
             return embed(self.model, ds, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
 
         qe, ql = run(ts["query"])
-        if ts["index"]:
+        if ts["index"] and d["test_sets"]:  # DyML: a query's own copy in the gallery is left out
+            ge, gl = run(ts["index"])
+            copies = self._gallery_copies(ts)
+            res = evaluate_with_copies(
+                qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), copies, recall_at=tuple(t["recall_at"])
+            )
+            res.pop("queries_with_copy_in_gallery")
+        elif ts["index"]:
             ge, gl = run(ts["index"])
             res = evaluate(qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), recall_at=tuple(t["recall_at"]))
         else:
@@ -685,11 +720,23 @@ class Trainer:
                     torch.save(self.model.state_dict(), tmp)
                 write_json(
                     self.out / "metrics.json",
-                    {"step": self.step, "metrics": self.last_eval, "config_digest": config_digest(self.cfg)},
+                    {
+                        "step": self.step,
+                        "metrics": json_metrics(self.last_eval),
+                        "config_digest": config_digest(self.cfg),
+                    },
                 )
         if self.distributed:
             dist.barrier()
         return self.last_eval or {}
+
+
+def json_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``metrics`` for a JSON file: an undefined metric (NaN: no query of a test set has a
+    positive at that level) becomes ``null``, as in ``hglv2 evaluate --json``."""
+    if metrics is None:
+        return None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def train(
