@@ -127,7 +127,32 @@ CASES = [
         "afile.txt is a file, not a folder",
         "hierarchy diff {hierarchy} {hierarchy} --json {afile}/d.json",
     ),
+    (
+        "download images --dest inside a file",
+        "afile.txt is a file, not a folder",
+        "download images --split train --shards 0 --dest {afile}/g",
+    ),
+    (
+        "download images --json inside a file",
+        "afile.txt is a file, not a folder",
+        "download images --split train --shards 0 --dest {adir}/g --json {afile}/j.json",
+    ),
+    (
+        "prepare-images --out inside a file",
+        "afile.txt is a file, not a folder",
+        "prepare-images --source {adir} --out {afile}/p",
+    ),
+    (
+        "prepare-images --json onto a folder",
+        "adir is a folder",
+        "prepare-images --source {adir} --json {adir}",
+    ),
     # URLs, time-outs, retries
+    (
+        "download images --base-url not a url",
+        "'--base-url': 'notaurl' is not an http(s):// URL",
+        "download images --split train --shards 0 --dest {adir}/g --base-url notaurl",
+    ),
     (
         "download --base-url not a url",
         "'--base-url': 'not a url' is not an http(s):// URL",
