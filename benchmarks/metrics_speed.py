@@ -3,21 +3,28 @@
 One run, same inputs:
 
 1. the full hglv2 metric set (AP, mAP@R, mAP@100, R@k, P@k for every level; H-AP, NDCG, ASI) on
-   Q x N x D with L levels, against a bare argsort of the same score matrix (torch and numpy,
-   chunk by chunk, matmul not counted in the floor), plus the peak RSS after the hglv2 run;
-2. at a size the peers can hold in memory (``--peer-queries`` x ``--peer-gallery``), hglv2 against
+   Q x N x D with L levels, against its floor: the score matmul plus a sort of the same int64 keys
+   the engine sorts (``order_keys``, rows sorted in place over ``--threads`` threads, key building
+   not counted), chunk by chunk with the engine's chunk size; plus the peak RSS;
+2. top-k mode (``evaluate(..., top_k=K)``: mAP@100, R@k, P@k, mAP@R where R <= K) against the
+   matmul + ``torch.topk`` floor on the same chunks, and faiss ``IndexFlatIP`` search for reference;
+3. at a size the peers can hold in memory (``--peer-queries`` x ``--peer-gallery``, L = 1):
+   pytorch-metric-learning's AccuracyCalculator (mean_average_precision_at_r, precision_at_1 from a
+   faiss k-NN with k = the largest class) against hglv2's top-k mode with the same k, and
    torchmetrics (RetrievalMAP, RetrievalHitRate@k, RetrievalPrecision@k, RetrievalNormalizedDCG)
-   and pytorch-metric-learning's AccuracyCalculator (mean_average_precision_at_r, precision_at_1),
-   every side including its score computation; the numbers are compared too.
+   against the full hglv2 evaluate; every side includes its score computation and the numbers are
+   compared.
 
-Example (the issue's target size)::
+Example (the issue's sizes)::
 
-    OMP_NUM_THREADS=2 python benchmarks/metrics_speed.py --queries 2000 --gallery 200000 --dim 128 --levels 3
+    OMP_NUM_THREADS=2 python benchmarks/metrics_speed.py --queries 1000 --gallery 100000 --threads 2
+    OMP_NUM_THREADS=2 python benchmarks/metrics_speed.py --queries 200 --gallery 500000 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import sys
@@ -48,25 +55,54 @@ def make_case(n_q, n_g, dim, n_levels, seed=0, per_class=10):
 
 
 def bench_floor(q, g, chunk):
-    """Seconds for matmul and for a bare torch/numpy argsort of the same score matrix."""
-    import numpy as np
+    """Seconds for the matmul and for the row sort of the engine's int64 keys (not their building)."""
     import torch
 
+    from hglv2.metrics.ranking import _sort_rows_inplace, order_keys
+
     qt, gt = torch.from_numpy(q), torch.from_numpy(g)
-    t_mm = t_torch = t_np = 0.0
+    t_mm = t_sort = 0.0
     for lo in range(0, len(q), chunk):
         t0 = time.perf_counter()
         s = qt[lo : lo + chunk] @ gt.T
         t1 = time.perf_counter()
-        torch.argsort(s, dim=1, descending=True)
+        keys = order_keys(s).numpy()
+        del s
         t2 = time.perf_counter()
-        np.argsort(-s.numpy(), axis=1)
+        _sort_rows_inplace(keys)
         t3 = time.perf_counter()
         t_mm += t1 - t0
-        t_torch += t2 - t1
-        t_np += t3 - t2
+        t_sort += t3 - t2
+        del keys
+    return t_mm, t_sort
+
+
+def bench_topk_floor(q, g, chunk, k):
+    """Seconds for the matmul and for torch.topk on each chunk; faiss IndexFlatIP search (matmul
+    and selection together) for reference (None when faiss is missing)."""
+    import numpy as np
+    import torch
+
+    qt, gt = torch.from_numpy(q), torch.from_numpy(g)
+    t_mm = t_top = 0.0
+    for lo in range(0, len(q), chunk):
+        t0 = time.perf_counter()
+        s = qt[lo : lo + chunk] @ gt.T
+        t1 = time.perf_counter()
+        torch.topk(s, k, dim=1)
+        t2 = time.perf_counter()
+        t_mm += t1 - t0
+        t_top += t2 - t1
         del s
-    return t_mm, t_torch, t_np
+    try:
+        import faiss
+    except ImportError:
+        return t_mm, t_top, None
+    t0 = time.perf_counter()
+    index = faiss.IndexFlatIP(g.shape[1])
+    index.add(np.ascontiguousarray(g))
+    index.search(np.ascontiguousarray(q), k)
+    return t_mm, t_top, time.perf_counter() - t0
 
 
 def bench_torchmetrics(q, ql, g, gl, ks):
@@ -112,20 +148,27 @@ def bench_pml(q, ql, g, gl):
     return time.perf_counter() - t0, out
 
 
+def _max_class(labels) -> int:
+    import numpy as np
+
+    return int(np.bincount(np.unique(labels, return_inverse=True)[1]).max())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--gallery", type=int, default=200_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--gallery", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--levels", type=int, default=3)
-    ap.add_argument("--peer-queries", type=int, default=500)
-    ap.add_argument("--peer-gallery", type=int, default=50_000)
+    ap.add_argument("--top-k", type=int, default=100, help="k of the top-k mode section")
+    ap.add_argument("--peer-queries", type=int, default=1000)
+    ap.add_argument("--peer-gallery", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-mb", type=int, default=1024)
-    ap.add_argument(
-        "--skip-floor", action="store_true", help="only time hglv2 (e.g. for the 1M gallery check)"
-    )
-    ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--repeat", type=int, default=2, help="best of this many runs for each timing")
+    ap.add_argument("--skip-full", action="store_true", help="skip section 1 (full ranking)")
+    ap.add_argument("--skip-top-k", action="store_true", help="skip section 2 (top-k mode)")
+    ap.add_argument("--skip-peers", action="store_true", help="skip section 3 (peers)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
@@ -135,6 +178,10 @@ def main(argv=None) -> int:
     from hglv2.metrics import evaluate
     from hglv2.metrics._fused import HAVE_NUMBA
 
+    _ev = importlib.import_module("hglv2.metrics.evaluate")  # the module (the package exports the function)
+    BYTES_PER_SCORE = _ev.BYTES_PER_SCORE
+    TOP_K_BYTES_PER_SCORE = getattr(_ev, "TOP_K_BYTES_PER_SCORE", 8)  # (older versions: no top-k mode)
+
     torch.set_num_threads(args.threads)
     print(
         f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}, torch threads {args.threads}, "
@@ -142,65 +189,110 @@ def main(argv=None) -> int:
     )
     print(f"command: {' '.join([sys.executable.split('/')[-1]] + sys.argv)}")
 
+    def best(fn):
+        times, out = [], None
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return min(times), out
+
     # warm-up: numba compilation / caches, not timed
     wq, wl, wg, wgl = make_case(8, 2000, 16, args.levels, seed=1)
     for method in ("sort", "search"):
         evaluate(wq, wl, wg, wgl, method=method)
+    if not args.skip_top_k:
+        evaluate(wq, wl, wg, wgl, top_k=100)
 
     q, ql, g, gl = make_case(args.queries, args.gallery, args.dim, args.levels)
-    rss0 = _peak_rss_gb()
-    t0 = time.perf_counter()
-    res = evaluate(q, ql, g, gl, memory_mb=args.memory_mb)
-    t_ours = time.perf_counter() - t0
-    rss = _peak_rss_gb()
-    n_metrics = sum(1 for k in res if not k.startswith("n_"))
     classes = ", ".join(str(len(np.unique(gl[:, lev]))) for lev in range(args.levels))
-    print(
-        f"\n[1] Q={args.queries} N={args.gallery} D={args.dim} L={args.levels} (classes per level: {classes})"
-    )
-    print(
-        f"hglv2 evaluate, all {n_metrics} metrics: {t_ours:8.2f} s   peak RSS {rss:.2f} GB "
-        f"(inputs alone {rss0:.2f} GB)"
-    )
-    summary = ("H-AP", "NDCG", "ASI", "AP_level0")
-    print("  " + "  ".join(f"{k} {res[k]:.4f}" for k in summary))
-    if not args.skip_floor:
-        chunk = max(1, (args.memory_mb << 20) // (args.gallery * 48))
-        t_mm, t_torch, t_np = bench_floor(q, g, chunk)
-        floor = min(t_torch, t_np)
-        print(f"bare argsort of the same scores: torch {t_torch:.2f} s, numpy {t_np:.2f} s", end="")
-        print(f" (+ matmul {t_mm:.2f} s)")
+    print(f"\nQ={args.queries} N={args.gallery} D={args.dim} L={args.levels} (classes per level: {classes})")
+    if not args.skip_full:
+        rss0 = _peak_rss_gb()
+        chunk = max(1, (args.memory_mb << 20) // (args.gallery * BYTES_PER_SCORE))
+        t_ours = t_mm = t_sort = float("inf")
+        for _ in range(args.repeat):  # interleaved, so that both sides see the same load
+            t0 = time.perf_counter()
+            res = evaluate(q, ql, g, gl, memory_mb=args.memory_mb)
+            t_ours = min(t_ours, time.perf_counter() - t0)
+            mm, srt = bench_floor(q, g, chunk)
+            t_mm, t_sort = min(t_mm, mm), min(t_sort, srt)
+        rss = _peak_rss_gb()
+        n_metrics = sum(1 for k in res if not k.startswith("n_"))
         print(
-            f"ratio hglv2 all metrics / fastest bare argsort = {t_ours / floor:.2f}x "
-            f"(/ (matmul + argsort) = {t_ours / (floor + t_mm):.2f}x)"
+            f"[1] full ranking, all {n_metrics} metrics: {t_ours:8.2f} s   "
+            f"peak RSS {rss:.2f} GB (before {rss0:.2f})"
         )
+        print("  " + "  ".join(f"{k} {res[k]:.4f}" for k in ("H-AP", "NDCG", "ASI", "AP_level0")))
+        print(f"  floor: matmul {t_mm:.2f} s + int64 key sort {t_sort:.2f} s = {t_mm + t_sort:.2f} s")
+        print(f"  ratio hglv2 / (matmul + key sort) = {t_ours / (t_mm + t_sort):.2f}x")
+
+    if not args.skip_top_k:
+        k = args.top_k
+        ks = tuple(x for x in (1, 10, 100) if x <= k)
+        chunk = max(1, (args.memory_mb << 20) // (args.gallery * TOP_K_BYTES_PER_SCORE))
+        t_ours = t_mm = t_top = t_faiss = float("inf")
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            res = evaluate(q, ql, g, gl, memory_mb=args.memory_mb, top_k=k, recall_at=ks)
+            t_ours = min(t_ours, time.perf_counter() - t0)
+            mm, top, fa = bench_topk_floor(q, g, chunk, k)
+            t_mm, t_top = min(t_mm, mm), min(t_top, top)
+            t_faiss = min(t_faiss, fa) if fa is not None else t_faiss
+        print(
+            f"[2] top-k mode (k = {k}): {t_ours:8.3f} s   "
+            + "  ".join(
+                f"{n} {res[n]:.4f}" for n in ("mAP@100_level0", "R@1_level0", "mAP@R_level0") if n in res
+            )
+        )
+        print(
+            f"  floor: matmul {t_mm:.3f} s + torch.topk {t_top:.3f} s = {t_mm + t_top:.3f} s; "
+            f"faiss IndexFlatIP search {t_faiss:.3f} s"
+        )
+        print(f"  ratio hglv2 top-k / (matmul + topk) = {t_ours / (t_mm + t_top):.2f}x")
 
     if not args.skip_peers:
         ks = (1, 10)
         pq_, pql, pg, pgl = make_case(args.peer_queries, args.peer_gallery, args.dim, 1, seed=2)
         pql, pgl = pql[:, 0], pgl[:, 0]
-        t_mine = float("inf")
-        for _ in range(2):  # best of two (both sides get a warm run)
-            t0 = time.perf_counter()
-            mine = evaluate(pq_, pql, pg, pgl, recall_at=ks)
-            t_mine = min(t_mine, time.perf_counter() - t0)
+        kmax = _max_class(pgl)
         print(
-            f"\n[2] peers at Q={args.peer_queries} N={args.peer_gallery} D={args.dim} (L=1; hglv2 still "
-            f"computes its full set)"
+            f"\n[3] peers at Q={args.peer_queries} N={args.peer_gallery} D={args.dim} L=1 "
+            f"(largest class {kmax})"
         )
-        print(f"hglv2 evaluate: {t_mine:8.3f} s")
-        for name, fn in (
-            ("torchmetrics", lambda: bench_torchmetrics(pq_, pql, pg, pgl, ks)),
-            ("pytorch-metric-learning", lambda: bench_pml(pq_, pql, pg, pgl)),
-        ):
+        t_topk = t_pml = t_full = float("inf")
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            mine_k = evaluate(pq_, pql, pg, pgl, recall_at=(1,), top_k=kmax)
+            t_topk = min(t_topk, time.perf_counter() - t0)
             try:
-                t_peer, vals = fn()
-                t_peer = min(t_peer, fn()[0])
+                t, pml_vals = bench_pml(pq_, pql, pg, pgl)
+                t_pml = min(t_pml, t)
             except Exception as exc:  # noqa: BLE001 - report and go on
-                print(f"{name}: failed ({type(exc).__name__}: {exc})")
-                continue
-            diffs = ", ".join(f"{k} {v:.5f} vs ours {mine[k]:.5f}" for k, v in vals.items())
-            print(f"{name:24s} {t_peer:8.3f} s   hglv2 is {t_peer / t_mine:.1f}x faster   [{diffs}]")
+                print(f"pytorch-metric-learning: failed ({type(exc).__name__}: {exc})")
+                pml_vals = None
+        if pml_vals is not None:
+            diffs = ", ".join(f"{k} {v:.5f} vs ours {mine_k[k]:.5f}" for k, v in pml_vals.items())
+            print(
+                f"pytorch-metric-learning (mAP@R, P@1) {t_pml:8.3f} s; hglv2 top_k={kmax} {t_topk:8.3f} s: "
+                f"hglv2 is {t_pml / t_topk:.1f}x faster   [{diffs}]"
+            )
+        if args.peer_queries * args.peer_gallery <= 50_000_000:
+            t_full, mine = best(lambda: evaluate(pq_, pql, pg, pgl, recall_at=ks))
+            try:
+                t_tm, vals = bench_torchmetrics(pq_, pql, pg, pgl, ks)
+                diffs = ", ".join(f"{k} {v:.5f} vs ours {mine[k]:.5f}" for k, v in vals.items())
+                print(
+                    f"torchmetrics (AP, R@k, P@k, NDCG) {t_tm:8.3f} s; hglv2 full evaluate {t_full:8.3f} s: "
+                    f"hglv2 is {t_tm / t_full:.1f}x faster   [{diffs}]"
+                )
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"torchmetrics: failed ({type(exc).__name__}: {exc})")
+        else:
+            print(
+                "torchmetrics skipped (it holds Q x N scores, targets and indexes at once: "
+                "use a smaller peer size)"
+            )
     print(f"\nload average at the end {os.getloadavg()}")
     return 0
 

@@ -38,7 +38,6 @@ from torch.utils.data._utils.collate import default_collate
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
 from hglv2.samplers import HierarchicalBatchSampler, MPerClassBatchSampler
-from hglv2.schema import LEVEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +123,16 @@ def index_tar_shards(
     return index
 
 
-def _resolve_levels(levels: Sequence[int | str], columns: Sequence[str]) -> list[str]:
+def _resolve_levels(levels: Sequence[int | str] | None, columns: Sequence[str]) -> list[str]:
+    if levels is None:  # every level0, level1, ... column of the split, finest first
+        levels = []
+        while f"level{len(levels)}" in columns:
+            levels.append(f"level{len(levels)}")
+        if not levels:
+            raise InputError(f"the split has no level0 column (have {', '.join(columns)})")
     out = []
     for lev in levels:
-        name = LEVEL_COLUMNS[lev] if isinstance(lev, int) and 0 <= lev < len(LEVEL_COLUMNS) else lev
+        name = f"level{lev}" if isinstance(lev, int) and not isinstance(lev, bool) and lev >= 0 else lev
         if not isinstance(name, str) or name not in columns:
             raise InputError(f"level {lev!r} is not a column of the split (have {', '.join(columns)})")
         out.append(name)
@@ -147,8 +152,9 @@ class HGLDv2Dataset(Dataset):
         split: a split Parquet file (columns ``id``, ``path`` and the level columns).
         image_root: the image folder (GLDv2 ``a/b/c/<id>.jpg`` layout), a folder of tar shards,
             or a list of tar shard paths.
-        levels: level columns to return, as names (``"level0"``) or indices into
-            :data:`hglv2.schema.LEVEL_COLUMNS`; default all three (finest first).
+        levels: level columns to return, as names (``"level0"``) or level numbers (``0`` is
+            ``"level0"``); default every ``level0, level1, ...`` column of the split (finest
+            first: three for H-GLDv2, two for SOP, seven for iNaturalist...).
         transform: called on the PIL RGB image; default: float32 tensor (3, H, W) in [0, 1].
         on_error: ``"raise"`` (default): a missing or unreadable image raises
             :class:`~hglv2.errors.InputError` naming its id. ``"skip"``: the item is ``None``, it is
@@ -169,7 +175,7 @@ class HGLDv2Dataset(Dataset):
         self,
         split: str | os.PathLike[str],
         image_root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-        levels: Sequence[int | str] = LEVEL_COLUMNS,
+        levels: Sequence[int | str] | None = None,
         transform: Callable[[Image.Image], Any] | None = None,
         on_error: str = "raise",
         layout: str = "auto",

@@ -164,6 +164,7 @@ def request_with_retries(
     retry_after_cap: float = 600.0,
     accept_statuses: Iterable[int] = (),
     on_retry: Callable[[int, str, float], None] | None = None,
+    failures_before: int = 0,
 ) -> requests.Response:
     """Send ``method url`` with retries; return the response (status < 400 or accepted).
 
@@ -181,6 +182,9 @@ def request_with_retries(
         accept_statuses: error statuses returned to the caller instead of raised (e.g. 416 for a
             ``Range`` past the end of the file).
         on_retry: called as ``on_retry(attempt, reason, delay)`` before each wait (for logging).
+        failures_before: failures of the same logical request already counted by the caller (for
+            example body-level failures it retried itself): the k-th failure here waits as the
+            ``failures_before + k``-th, so one backoff schedule runs across both layers.
 
     Raises:
         NetworkError: a non-retried HTTP error status, or the last try failed.
@@ -221,7 +225,7 @@ def request_with_retries(
                     resp.close()
         if attempt == max_tries:
             break
-        delay = backoff_delay(attempt, backoff_base, backoff_cap)
+        delay = backoff_delay(failures_before + attempt, backoff_base, backoff_cap)
         if retry_after is not None:
             delay = min(retry_after, retry_after_cap)
         if on_retry is not None:

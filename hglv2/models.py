@@ -1,7 +1,10 @@
-"""Retrieval models: backbone -> GeM pooling -> (LayerNorm) -> linear projection -> L2 normalisation.
+"""Retrieval models: backbone -> pooling -> (LayerNorm) -> linear projection -> L2 normalisation.
 
-``build_model(backbone="resnet50", embedding_dim=512, pretrained=True)`` is the paper's model. The
-backbones are torchvision's ResNet-18/50 (ImageNet weights through torchvision's weight registry,
+``build_model(backbone="resnet50", embedding_dim=512, pretrained=True)`` is the paper's model (the
+authors' ``RetrievalNet``: pooling ``gem`` (learnable p), ``avg`` or ``max``; a LayerNorm without
+affine parameters; BatchNorm frozen). The model has two parts, ``backbone`` and ``head`` (pooling,
+LayerNorm, projection), which get their own learning rates (:meth:`EmbeddingModel.param_groups`).
+The backbones are torchvision's ResNet-18/34/50/101 (ImageNet weights through torchvision's weight registry,
 i.e. from the torch hub cache or a download) and ``tiny``, a small convolutional net for CPU demos
 on 64x64 images. Pretrained weights that cannot be had (no internet, no cached file) raise
 :class:`hglv2.errors.NetworkError` with the file to provide; random initialisation happens only when
@@ -16,7 +19,8 @@ from torch import nn
 
 from hglv2.errors import InputError, NetworkError
 
-BACKBONES = ("resnet18", "resnet50", "tiny")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "tiny")
+POOLINGS = ("gem", "avg", "max")
 
 
 class GeM(nn.Module):
@@ -93,9 +97,18 @@ def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, int]:
 
 
 class EmbeddingModel(nn.Module):
-    """Backbone -> GeM -> optional LayerNorm -> Linear(C, D) -> L2 normalise.
+    """Backbone -> pooling -> optional LayerNorm -> Linear(C, D) -> L2 normalise.
 
     Input images (B, 3, H, W) normalised with the ImageNet mean/std; output (B, D) unit vectors.
+
+    Args:
+        pooling: ``gem`` (:class:`GeM` with ``gem_p``, learnable when ``gem_learnable``), ``avg``
+            or ``max`` (global average / max over H x W).
+        layernorm, layernorm_affine: a LayerNorm over the pooled features, with or without its
+            scale and shift (the authors' ``resnet_ln`` models have none).
+        freeze_batchnorm: BatchNorm layers always run in eval mode (running statistics frozen, as
+            the authors do; their scale and shift still learn), so a sample's embedding does not
+            depend on the rest of its batch.
     """
 
     def __init__(
@@ -103,15 +116,20 @@ class EmbeddingModel(nn.Module):
         backbone: str = "resnet50",
         embedding_dim: int = 512,
         pretrained: bool = True,
+        pooling: str = "gem",
         gem_p: float = 3.0,
         gem_learnable: bool = False,
         layernorm: bool = True,
+        layernorm_affine: bool = True,
+        freeze_batchnorm: bool = False,
         width: int = 32,
         norm: str = "group",
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise InputError(f"model: unknown backbone {backbone!r} (expected one of {', '.join(BACKBONES)})")
+        if pooling not in POOLINGS:
+            raise InputError(f"model: unknown pooling {pooling!r} (expected one of {', '.join(POOLINGS)})")
         if embedding_dim < 1:
             raise InputError(f"model: embedding_dim must be >= 1, got {embedding_dim}")
         if backbone == "tiny":
@@ -121,12 +139,37 @@ class EmbeddingModel(nn.Module):
             channels = self.backbone.out_channels
         else:
             self.backbone, channels = _resnet(backbone, pretrained)
-        self.pool = GeM(gem_p, learnable=gem_learnable)
-        self.norm = nn.LayerNorm(channels) if layernorm else nn.Identity()
+        if pooling == "gem":
+            self.pool: nn.Module = GeM(gem_p, learnable=gem_learnable)
+        elif pooling == "avg":
+            self.pool = nn.AdaptiveAvgPool2d(1)
+        else:
+            self.pool = nn.AdaptiveMaxPool2d(1)
+        self.norm = (
+            nn.LayerNorm(channels, elementwise_affine=layernorm_affine) if layernorm else nn.Identity()
+        )
         self.proj = nn.Linear(channels, embedding_dim)
+        self.freeze_batchnorm = freeze_batchnorm
+        if freeze_batchnorm:
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> EmbeddingModel:
+        super().train(mode)
+        if self.freeze_batchnorm:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters after the backbone: pooling (learnable GeM p), LayerNorm, projection."""
+        return [p for m in (self.pool, self.norm, self.proj) for p in m.parameters() if p.requires_grad]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.backbone(images))
+        x = self.pool(self.backbone(images)).flatten(1)
         x = self.proj(self.norm(x))
         return F.normalize(x.float(), dim=-1)
 

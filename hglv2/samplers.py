@@ -30,11 +30,15 @@ from torch.utils.data import Sampler
 __all__ = ["MPerClassBatchSampler", "HierarchicalBatchSampler"]
 
 
-def _class_chunks(classes: np.ndarray, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _class_chunks(
+    classes: np.ndarray, m: int, rng: np.random.Generator, cap: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut every class's images, in a random order, into groups of exactly ``m`` row indices.
 
     Args:
         classes: (N,) dense class number of each row (0..C-1).
+        cap: use at most this many images of each class (the first ``cap`` of its random order,
+            so a different subset each epoch); None: all.
     Returns:
         chunks (G, m) row indices and chunk_class (G,). Class ``c`` with ``n_c`` images gets
         ``ceil(n_c / m)`` groups; its last group is topped up with the first images of its own
@@ -44,6 +48,8 @@ def _class_chunks(classes: np.ndarray, m: int, rng: np.random.Generator) -> tupl
     order = _argsort_random_within(classes, rng)  # by class, random within a class
     counts = np.bincount(classes)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    if cap is not None:
+        counts = np.minimum(counts, cap)
     n_groups = -(-counts // m)
     padded = n_groups * m
     # position p (0..padded_c-1) of class c takes its (p mod n_c)-th image in the random order
@@ -205,6 +211,8 @@ class MPerClassBatchSampler(_EpochBatchSampler):
             (wrapping around at the end so all get ``len(self)`` batches).
         level: label column of the class when ``labels`` is 2-D.
         ignore_label: rows with this class id are left out (default None: keep all).
+        max_per_class: at most this many images of a class per epoch (a fresh random subset
+            each epoch; the authors' ``reduce_per_class``); None: all.
     """
 
     def __init__(
@@ -217,7 +225,11 @@ class MPerClassBatchSampler(_EpochBatchSampler):
         rank: int = 0,
         level: int = 0,
         ignore_label: int | None = None,
+        max_per_class: int | None = None,
     ) -> None:
+        if max_per_class is not None and max_per_class < 1:
+            raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+        self.max_per_class = max_per_class
         if m < 1 or batch_size < m or batch_size % m:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         super().__init__(seed, num_replicas, rank)
@@ -237,7 +249,7 @@ class MPerClassBatchSampler(_EpochBatchSampler):
             )
 
     def _build(self, rng: np.random.Generator) -> np.ndarray:
-        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng)
+        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng, self.max_per_class)
         groups = _pack(chunk_class, self.per_batch, rng)  # (B, P) chunk numbers
         return self.rows[chunks[groups].reshape(len(groups), -1)]
 
@@ -256,6 +268,13 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
     is a few numpy sorts over the groups: there is no enumeration of cluster pairs, so tens of
     thousands of classes and hundreds of clusters are cheap.
 
+    With ``batches_per_super_tuple`` = T the epoch is instead the authors' (pytorch-metric-learning's
+    ``HierarchicalSampler``): for every combination of ``clusters_per_batch`` clusters, T batches,
+    each cluster giving ``P`` distinct classes drawn at random (with repetition only when it has
+    fewer) and ``m`` random images of each (with repetition only when the class has fewer); so an
+    epoch has C(n_clusters, clusters_per_batch) x T batches and need not cover every image. It
+    enumerates the combinations: meant for few clusters (SOP: 12 super-classes, 66 pairs).
+
     Rows whose cluster label is ``ignore_label`` (default -1, "hierarchy unknown") are left out;
     their number is ``n_excluded``.
 
@@ -265,7 +284,8 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         batch_size: a multiple of ``clusters_per_batch * m``.
         clusters_per_batch: distinct clusters per batch (>= 2 gives cluster-level negatives).
         class_level, cluster_level: label columns of the class and of the cluster.
-        seed, num_replicas, rank: as in :class:`MPerClassBatchSampler`.
+        seed, num_replicas, rank, max_per_class: as in :class:`MPerClassBatchSampler`.
+        batches_per_super_tuple: None (default: every image once per epoch, as above) or T.
     """
 
     def __init__(
@@ -280,7 +300,15 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         num_replicas: int = 1,
         rank: int = 0,
         ignore_label: int | None = -1,
+        max_per_class: int | None = None,
+        batches_per_super_tuple: int | None = None,
     ) -> None:
+        if max_per_class is not None and max_per_class < 1:
+            raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+        if batches_per_super_tuple is not None and batches_per_super_tuple < 1:
+            raise ValueError(f"batches_per_super_tuple must be >= 1, got {batches_per_super_tuple}")
+        self.max_per_class = max_per_class
+        self.batches_per_super_tuple = batches_per_super_tuple
         if m < 1 or clusters_per_batch < 1 or batch_size < 1 or batch_size % (m * clusters_per_batch):
             raise ValueError(
                 f"batch_size ({batch_size}) must be a multiple of clusters_per_batch * m "
@@ -309,8 +337,30 @@ class HierarchicalBatchSampler(_EpochBatchSampler):
         uniq, self.class_of_row = np.unique(pair, return_inverse=True)
         self.cluster_of_class = uniq // n_cls
 
+    def _build_tuples(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch of ``batches_per_super_tuple`` batches per combination of clusters."""
+        from itertools import combinations
+
+        by_class = np.argsort(self.class_of_row, kind="stable")
+        bounds = np.searchsorted(self.class_of_row[by_class], np.arange(len(self.cluster_of_class) + 1))
+        classes_of = [np.flatnonzero(self.cluster_of_class == k) for k in range(len(self.clusters))]
+        batches = []
+        for combo in combinations(range(len(self.clusters)), self.clusters_per_batch):
+            for _ in range(self.batches_per_super_tuple):
+                batch = []
+                for k in combo:
+                    cls = classes_of[k]
+                    for c in rng.choice(cls, self.per_slot, replace=len(cls) < self.per_slot):
+                        rows = by_class[bounds[c] : bounds[c + 1]]
+                        batch.append(rng.choice(rows, self.m, replace=len(rows) < self.m))
+                batches.append(rng.permutation(np.concatenate(batch)))
+        order = rng.permutation(len(batches))
+        return self.rows[np.stack(batches)[order]]
+
     def _build(self, rng: np.random.Generator) -> np.ndarray:
-        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng)
+        if self.batches_per_super_tuple is not None:
+            return self._build_tuples(rng)
+        chunks, chunk_class = _class_chunks(self.class_of_row, self.m, rng, self.max_per_class)
         chunk_cluster = self.cluster_of_class[chunk_class]
         by_cluster = np.argsort(chunk_cluster, kind="stable")
         bounds = np.searchsorted(chunk_cluster[by_cluster], np.arange(len(self.clusters) + 1))

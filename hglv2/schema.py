@@ -40,9 +40,16 @@ SPLIT_COLUMNS = (
 LEVEL_COLUMNS = ("level0", "level1", "level2")
 LEVEL_NAME_COLUMNS = ("landmark_id", "hierarchical_label", "natural_or_human_made")
 
-# The hierarchy table (hglv2.hierarchy.labels): one row per landmark.
+# The two landmark numberings of the GLDv2 release: train ids (train*.csv, train_label_to_*.csv,
+# recognition_solution_v2.1.csv) and index ids (index_image_to_landmark.csv, index_label_to_*.csv).
+# Their integer ranges overlap and mean different places ("the integer landmark id's mentioned here
+# are different from the ones in the train set", GLDv2 README, index section).
+NUMBERINGS = ("train", "index")
+
+# The hierarchy table (hglv2.hierarchy.labels): one row per (numbering, landmark_id).
 HIERARCHY_COLUMNS = (
     "landmark_id",
+    "numbering",
     "category",
     "qid",
     "supercategory",

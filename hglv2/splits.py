@@ -1,27 +1,53 @@
 """Export validated GLDv2 metadata as Parquet splits with the hierarchy joined in.
 
-Splits (one row per image, columns :data:`hglv2.schema.SPLIT_COLUMNS`, ``query`` adds ``usage``):
+Splits (one row per image, columns :data:`hglv2.schema.SPLIT_COLUMNS`, ``query`` adds ``usage``
+and ``recognition_landmark_id``):
 
 ==========  ==================================================================================
 split       rows
 ==========  ==================================================================================
 train       ``train_clean.csv`` exploded to one row per image (checked against ``train.csv``
-            when present: every image listed there, with the same landmark)
-train_full  ``train.csv``
-index       ``index.csv`` with landmarks from ``index_image_to_landmark.csv`` (-1 if absent)
+            when present: every image listed there, with the same landmark); train numbering
+train_full  ``train.csv``; train numbering
+index       ``index.csv`` with landmarks from ``index_image_to_landmark.csv`` (-1 if absent);
+            index numbering
 query       test images with a retrieval solution (``images`` not ``None``); ``landmark_id`` is
-            the first landmark of ``recognition_solution_v2.1.csv`` (-1 if none); ``usage`` is
-            the solution's Public/Private column
+            the landmark of its ground-truth index images (index numbering, as the authors label
+            queries: SupRank ``suprank/datasets/gldv2.py``); ``usage`` is the solution's
+            Public/Private column; ``recognition_landmark_id`` the first landmark of
+            ``recognition_solution_v2.1.csv`` (train numbering, -1 if none), for recognition/GAP
 ==========  ==================================================================================
 
-Hierarchy: one or more hierarchy tables (our own, or the published
-``*_label_to_hierarchical.csv``, read by :func:`hglv2.hierarchy.labels.load_hierarchy_table`)
-are combined (a landmark listed twice must agree) and left-joined on ``landmark_id``. Coarse level
-ids are dense in the sorted order of the names over the whole combined table
-(``level1 = rank(hierarchical_label)``, ``level2 = rank(natural_or_human_made)``), so every split
-shares the same integers; ``level0`` is the landmark id. A landmark missing from the table, or
-with an empty level, keeps its rows: unknown levels are -1 and ``hierarchy_complete`` is false.
-Per split, ``coverage[level]`` is the fraction of rows whose level is known.
+**Two numberings.** Train ids and index ids are different numberings whose integer ranges overlap
+("the integer landmark id's mentioned here are different from the ones in the train set", GLDv2
+README). Each split is joined to the hierarchy rows of its own numbering: train and train_full to
+the train rows, index and query to the index rows; a landmark id is never joined across them.
+
+**Query labels.** The retrieval solution lists, per query, the index images that are relevant.
+Every listed image must be in ``index.csv`` (or, without it, in ``index_image_to_landmark.csv``).
+Neither the GLDv2 README nor the authors' code says that these images can depict different
+landmarks: the authors take the landmark of the *first* listed image and never check the others.
+Here the images with a landmark must all agree; a query whose images disagree is an input error
+naming its line (``mixed_ground_truth="error"``, the default), or takes the authors' rule
+(``"first"``: the landmark of the first listed image that has one), with the number of such
+queries in the manifest (``query_ground_truth``). A query none of whose images has a landmark gets
+-1. So each query and its ground-truth index images carry the same labels at every level.
+
+**The authors' evaluation set.** ``drop_incomplete=True`` removes index and query rows whose
+hierarchy is incomplete (the authors drop rows whose cluster is unknown: ``remove_nan`` in
+``suprank/datasets/gldv2.py``); the counts are in the manifest (``dropped_incomplete``). By default
+such rows are kept and flagged.
+
+Hierarchy: one or more hierarchy tables (our own, keyed by ``numbering`` and ``landmark_id``, or
+the published ``train_``/``index_label_to_hierarchical.csv``, whose numbering comes from the file
+name; read by :func:`hglv2.hierarchy.labels.load_hierarchy_table`) are combined (a (numbering,
+landmark) listed twice must agree). Coarse level ids are dense in the sorted order of the names
+over the whole combined table, both numberings together (``level1 = rank(hierarchical_label)``,
+``level2 = rank(natural_or_human_made)``): one vocabulary, so every split shares the same
+integers (the authors number each file's clusters separately). ``level0`` is the landmark id (in
+the split's numbering). A landmark missing from its table, or with an empty level, keeps its rows:
+unknown levels are -1 and ``hierarchy_complete`` is false. Per split, ``coverage[level]`` is the
+fraction of rows whose level is known.
 
 Outputs in the output folder: ``<split>.parquet`` (zstd, row groups of ``row_group_size`` rows so
 streaming readers fetch one group at a time, no timestamps: identical inputs give identical bytes),
@@ -51,8 +77,8 @@ from hglv2 import __version__
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, folder_transaction, sha256_file, write_json, write_parquet
 from hglv2.gldv2.readers import metadata_files, read_file
-from hglv2.hierarchy.labels import load_hierarchy_table
-from hglv2.schema import HIERARCHY_COLUMNS, LEVEL_COLUMNS, SPLIT_COLUMNS
+from hglv2.hierarchy.labels import load_hierarchy_table, sort_table
+from hglv2.schema import HIERARCHY_COLUMNS, LEVEL_COLUMNS, NUMBERINGS, SPLIT_COLUMNS
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "train_full", "index", "query")
@@ -73,7 +99,14 @@ SPLIT_SCHEMA = pa.schema(
         pa.field("hierarchy_complete", pa.bool_(), nullable=False),
     ]
 )
-QUERY_SCHEMA = SPLIT_SCHEMA.append(pa.field("usage", pa.string(), nullable=False))
+QUERY_SCHEMA = SPLIT_SCHEMA.append(pa.field("usage", pa.string(), nullable=False)).append(
+    pa.field("recognition_landmark_id", pa.int64(), nullable=False)
+)
+#: the numbering of each split's landmark ids
+SPLIT_NUMBERING = {"train": "train", "train_full": "train", "index": "index", "query": "index"}
+#: the category file each numbering's hierarchy was resolved from (validated when present)
+CATEGORY_FILES = {n: f"{n}_label_to_category.csv" for n in NUMBERINGS}
+MIXED_GROUND_TRUTH_RULES = ("error", "first")
 assert tuple(SPLIT_SCHEMA.names) == SPLIT_COLUMNS
 
 # Which metadata files each split reads (required, optional).
@@ -81,7 +114,10 @@ SPLIT_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": (("train_clean.csv",), ("train.csv",)),
     "train_full": (("train.csv",), ()),
     "index": (("index_image_to_landmark.csv",), ("index.csv",)),
-    "query": (("retrieval_solution_v2.1.csv",), ("test.csv", "recognition_solution_v2.1.csv")),
+    "query": (
+        ("retrieval_solution_v2.1.csv", "index_image_to_landmark.csv"),
+        ("test.csv", "index.csv", "recognition_solution_v2.1.csv"),
+    ),
 }
 PUBLISHED_HIERARCHY_FILES = ("train_label_to_hierarchical.csv", "index_label_to_hierarchical.csv")
 
@@ -90,9 +126,10 @@ PUBLISHED_HIERARCHY_FILES = ("train_label_to_hierarchical.csv", "index_label_to_
 
 
 def combine_hierarchies(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Load and concatenate hierarchy tables; a landmark in several must have equal rows there.
+    """Load and concatenate hierarchy tables; a (numbering, landmark_id) in several must have equal
+    rows there.
 
-    Returns :data:`HIERARCHY_COLUMNS`, sorted by ``landmark_id``, one row per landmark.
+    Returns :data:`HIERARCHY_COLUMNS`, sorted by (numbering, landmark_id), one row per key.
     """
     frames = []
     for p in paths:
@@ -104,18 +141,22 @@ def combine_hierarchies(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame
             {c: pd.Series(dtype="int64" if c == "landmark_id" else "string") for c in HIERARCHY_COLUMNS}
         )
     df = pd.concat(frames, ignore_index=True)
+    key = ["numbering", "landmark_id"]
     levels = ["category", "supercategory", "hierarchical_label", "natural_or_human_made"]
-    dup = df.duplicated("landmark_id", keep=False)
+    dup = df.duplicated(key, keep=False)
     if dup.any():
         d = df[dup]
-        distinct = d.drop_duplicates(["landmark_id", *levels])
-        clash = distinct["landmark_id"].duplicated(keep=False)
+        distinct = d.drop_duplicates([*key, *levels])
+        clash = distinct.duplicated(key, keep=False)
         if clash.any():
-            lid = int(distinct.loc[clash, "landmark_id"].iloc[0])
-            srcs = ", ".join(sorted(set(d.loc[d["landmark_id"] == lid, "_source"])))
-            raise InputError(f"{srcs}: landmark_id {lid} has different hierarchy rows in these tables")
-    df = df.drop_duplicates("landmark_id", keep="first").drop(columns="_source")
-    return df.sort_values("landmark_id", kind="stable").reset_index(drop=True)
+            n, lid = distinct.loc[clash, key].iloc[0]
+            same = (d["numbering"] == n) & (d["landmark_id"] == lid)
+            srcs = ", ".join(sorted(set(d.loc[same, "_source"])))
+            raise InputError(
+                f"{srcs}: landmark_id {int(lid)} ({n} numbering) has different hierarchy rows in these tables"
+            )
+    df = df.drop_duplicates(key, keep="first").drop(columns="_source")
+    return sort_table(df)
 
 
 def table_hash(df: pd.DataFrame) -> str:
@@ -127,21 +168,30 @@ def table_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-def _dense_ids(values: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Dense integer id per value in the sorted order of the distinct names; -1 for missing."""
-    names = sorted(values.dropna().unique().tolist())
+def _dense_ids(values: pd.Series, names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Dense integer id per value in the sorted order of the distinct names (or of ``names``, the
+    shared vocabulary); -1 for missing."""
+    names = sorted(values.dropna().unique().tolist()) if names is None else list(names)
     codes = pd.Categorical(values, categories=names).codes.astype(np.int64)
     return codes, names
 
 
 class HierarchyIndex:
-    """A hierarchy table ready to be joined: landmark ids sorted, level ids precomputed."""
+    """A hierarchy table (one numbering) ready to be joined: landmark ids sorted, level ids
+    precomputed. ``level1_names``/``level2_names`` fix the vocabulary (default: the table's own
+    names), so the tables of both numberings can share one."""
 
-    def __init__(self, table: pd.DataFrame) -> None:
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        level1_names: Sequence[str] | None = None,
+        level2_names: Sequence[str] | None = None,
+    ) -> None:
+        table = table.sort_values("landmark_id", kind="stable").reset_index(drop=True)
         self.table = table
         self.landmarks = table["landmark_id"].to_numpy(dtype=np.int64)
-        self.level1, self.level1_names = _dense_ids(table["hierarchical_label"])
-        self.level2, self.level2_names = _dense_ids(table["natural_or_human_made"])
+        self.level1, self.level1_names = _dense_ids(table["hierarchical_label"], level1_names)
+        self.level2, self.level2_names = _dense_ids(table["natural_or_human_made"], level2_names)
         self.strings = {
             c: pa.array(table[c].astype(object).where(table[c].notna(), None).tolist(), pa.string())
             for c in ("category", "supercategory", "hierarchical_label", "natural_or_human_made")
@@ -166,6 +216,7 @@ class HierarchyIndex:
         ids: pa.Array | pa.ChunkedArray,
         landmark_ids: np.ndarray,
         usage: pa.Array | pa.ChunkedArray | None = None,
+        recognition: np.ndarray | None = None,
     ) -> pa.Table:
         """Rows (id, landmark_id) in their order -> a split table (:data:`SPLIT_SCHEMA`)."""
         landmark_ids = np.asarray(landmark_ids, dtype=np.int64)
@@ -191,8 +242,18 @@ class HierarchyIndex:
         schema = SPLIT_SCHEMA
         if usage is not None:
             cols["usage"] = usage
+            n_rec = np.full(n, -1, dtype=np.int64) if recognition is None else recognition
+            cols["recognition_landmark_id"] = pa.array(n_rec, pa.int64())
             schema = QUERY_SCHEMA
         return pa.table(cols).cast(schema)
+
+
+def hierarchy_indexes(table: pd.DataFrame) -> dict[str, HierarchyIndex]:
+    """One :class:`HierarchyIndex` per numbering over one shared vocabulary: level-1 and level-2
+    names are ranked over the whole table, so the integer ids mean the same in every split."""
+    l1 = sorted(table["hierarchical_label"].dropna().unique().tolist())
+    l2 = sorted(table["natural_or_human_made"].dropna().unique().tolist())
+    return {n: HierarchyIndex(table[table["numbering"] == n], l1, l2) for n in NUMBERINGS}
 
 
 def image_paths(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -286,18 +347,57 @@ def build_index(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray]:
     return ids, out
 
 
-def build_query(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray, pa.ChunkedArray]:
-    sol = read_file(files["retrieval_solution_v2.1.csv"])
+def build_query(
+    files: dict[str, Path], mixed_ground_truth: str = "error"
+) -> tuple[pa.ChunkedArray, np.ndarray, pa.ChunkedArray, np.ndarray, dict[str, Any]]:
+    """The retrieval queries: ``(ids, landmark ids (index numbering), usage, recognition landmark
+    ids (train numbering), ground-truth statistics)``; see the module docstring for the rules."""
+    if mixed_ground_truth not in MIXED_GROUND_TRUTH_RULES:
+        raise ValueError(f"mixed_ground_truth must be one of {MIXED_GROUND_TRUTH_RULES}")
+    name = "retrieval_solution_v2.1.csv"
+    sol = read_file(files[name])
     if "test.csv" in files:
         test_ids = read_file(files["test.csv"])["id"]
         row = _first_missing(sol["id"], test_ids)
         if row is not None:
-            raise InputError(
-                f"retrieval_solution_v2.1.csv:{row + 2}: image {sol['id'][row].as_py()} is not in test.csv"
-            )
+            raise InputError(f"{name}:{row + 2}: image {sol['id'][row].as_py()} is not in test.csv")
+    mapping = read_file(files["index_image_to_landmark.csv"])
+    if "index.csv" in files:
+        known, known_name = read_file(files["index.csv"])["id"], "index.csv"
+    else:
+        known, known_name = mapping["id"], "index_image_to_landmark.csv"
+    lines = np.flatnonzero(pc.is_valid(sol["images"]).to_numpy(zero_copy_only=False)) + 2
     sol = sol.filter(pc.is_valid(sol["images"]))
-    ids = sol["id"]
-    out = np.full(len(ids), -1, dtype=np.int64)
+    n = sol.num_rows
+    lists = sol["images"].combine_chunks() if n else pa.array([], pa.list_(pa.string()))
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy() if n else np.zeros(0, dtype=np.int64)
+    j = _first_missing(pa.chunked_array([flat]), known)
+    if j is not None:
+        raise InputError(
+            f"{name}:{int(lines[parents[j]])}: index image {flat[j].as_py()} is not in {known_name}"
+        )
+    pos = pc.index_in(flat, value_set=mapping["id"].combine_chunks())
+    have = ~pc.is_null(pos).to_numpy(zero_copy_only=False)
+    gt = np.full(len(flat), -1, dtype=np.int64)
+    gt[have] = mapping["landmark_id"].to_numpy()[pos.to_numpy(zero_copy_only=False)[have].astype(np.int64)]
+    out = np.full(n, -1, dtype=np.int64)
+    lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n, -1, dtype=np.int64)
+    v = gt >= 0
+    np.minimum.at(lo, parents[v], gt[v])
+    np.maximum.at(hi, parents[v], gt[v])
+    firsts, at = np.unique(parents[v], return_index=True)  # first listed image with a landmark
+    out[firsts] = gt[v][at]
+    mixed = np.flatnonzero((hi >= 0) & (lo != hi))
+    if len(mixed) and mixed_ground_truth == "error":
+        q = int(mixed[0])
+        lids = sorted(set(gt[(parents == q) & v].tolist()))
+        raise InputError(
+            f"{name}:{int(lines[q])}: the ground-truth images of query {sol['id'][q].as_py()} depict "
+            f"different landmarks ({', '.join(map(str, lids))} in index_image_to_landmark.csv)"
+        )
+    rec_out = np.full(n, -1, dtype=np.int64)
     if "recognition_solution_v2.1.csv" in files:
         rec = read_file(files["recognition_solution_v2.1.csv"])
         first = pc.list_element(
@@ -308,21 +408,32 @@ def build_query(files: dict[str, Path]) -> tuple[pa.ChunkedArray, np.ndarray, pa
             ),
             0,
         )
-        pos = pc.index_in(ids, value_set=rec["id"].combine_chunks())
-        have = ~pc.is_null(pos).to_numpy(zero_copy_only=False)
-        p = pos.to_numpy(zero_copy_only=False)
-        out[have] = first.to_numpy()[p[have].astype(np.int64)]
-    return ids, out, sol["usage"]
+        rpos = pc.index_in(sol["id"], value_set=rec["id"].combine_chunks())
+        rhave = ~pc.is_null(rpos).to_numpy(zero_copy_only=False)
+        rp = rpos.to_numpy(zero_copy_only=False)
+        rec_out[rhave] = first.to_numpy()[rp[rhave].astype(np.int64)]
+    stats = {
+        "queries": n,
+        "rule": mixed_ground_truth,
+        "queries_mixed_landmarks": len(mixed),
+        "queries_without_landmark": int((out < 0).sum()),
+    }
+    return sol["id"], out, sol["usage"], rec_out, stats
 
 
-def coverage(table: pa.Table) -> dict[str, Any]:
-    """Per-level fraction of rows with a known level, and landmark counts (complete / not)."""
+def coverage(
+    table: pa.Table, levels: Sequence[str] = LEVEL_COLUMNS, key: str = "landmark_id"
+) -> dict[str, Any]:
+    """Per-level fraction of rows with a known level, and landmark counts (complete / not).
+
+    ``levels``: the level columns; ``key``: the column whose distinct values are counted as
+    ``landmarks`` (the finest class; converted datasets use ``level0``).
+    """
     n = table.num_rows
     cov = {
-        lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0)
-        for lev in LEVEL_COLUMNS
+        lev: (float(pc.sum(pc.greater_equal(table[lev], 0)).as_py() or 0) / n if n else 0.0) for lev in levels
     }
-    lids = table["landmark_id"].to_numpy()
+    lids = table[key].to_numpy()
     complete = table["hierarchy_complete"].to_numpy()
     known = lids >= 0
     return {
@@ -333,6 +444,43 @@ def coverage(table: pa.Table) -> dict[str, Any]:
         "landmarks_hierarchy_incomplete": len(pd.unique(lids[known & ~complete])),
         "rows_without_landmark": int((~known).sum()),
     }
+
+
+def write_split_files(
+    out_dir: str | os.PathLike[str],
+    tables: dict[str, pa.Table],
+    *,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    levels: Sequence[str] = LEVEL_COLUMNS,
+    key: str = "landmark_id",
+) -> dict[str, Any]:
+    """Write each table to ``out_dir/<split>.parquet`` (atomic, deterministic bytes) and return the
+    manifest's ``splits`` section: :func:`coverage` plus file name, bytes, sha256 and columns.
+
+    Used by the converters of :mod:`hglv2.convert` (SOP, iNaturalist, DyML, CUB).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_info: dict[str, Any] = {}
+    for s, t in tables.items():
+        path = out_dir / f"{s}.parquet"
+        write_parquet(
+            t,
+            path,
+            row_group_size=row_group_size,
+            use_dictionary=[c for c in t.column_names if c not in ("id", "path")],
+        )
+        info = coverage(t, levels, key)
+        info.update(
+            {
+                "file": path.name,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "columns": t.column_names,
+            }
+        )
+        split_info[s] = info
+    return split_info
 
 
 def _resolve_inputs(
@@ -353,6 +501,17 @@ def _resolve_inputs(
         if missing:
             raise InputError(f"split {s} needs {', '.join(missing)}, not found in {metadata}")
     return files, list(dict.fromkeys(splits))
+
+
+def _validate_category_files(files: dict[str, Path], chosen: Sequence[str]) -> list[str]:
+    """Read (and so validate) the category files of the numberings the chosen splits use."""
+    used = []
+    for n in dict.fromkeys(SPLIT_NUMBERING[s] for s in chosen):
+        name = CATEGORY_FILES[n]
+        if name in files:
+            read_file(files[name], "label_to_category")
+            used.append(name)
+    return used
 
 
 def export(
@@ -378,6 +537,8 @@ def export_into(
     splits: Sequence[str] | None = None,
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     command: Sequence[str] | None = None,
+    drop_incomplete: bool = False,
+    mixed_ground_truth: str = "error",
 ) -> dict[str, Any]:
     """Write Parquet splits, ``manifest.json`` and the dataset card ``README.md`` into ``out_dir``.
 
@@ -386,12 +547,16 @@ def export_into(
     Args:
         metadata: the folder holding the GLDv2 files (by their official names), or a mapping
             file name -> path.
-        hierarchy: hierarchy table files; default: the published ``train_`` and
-            ``index_label_to_hierarchical.csv`` found among the metadata files (none: every
-            hierarchy level is unknown and flagged).
+        hierarchy: hierarchy table files (ours, with both numberings, or the published ones);
+            default: the published ``train_`` and ``index_label_to_hierarchical.csv`` found among
+            the metadata files (none: every hierarchy level is unknown and flagged).
         splits: which splits; default every split whose required files are present.
         row_group_size: Parquet rows per row group.
         command: the command line to record in the manifest.
+        drop_incomplete: remove index and query rows whose hierarchy is incomplete (the authors'
+            evaluation set); default: keep them, flagged.
+        mixed_ground_truth: ``"error"`` or ``"first"``: what a query whose ground-truth index
+            images depict different landmarks gets (see the module docstring).
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``).
@@ -401,41 +566,32 @@ def export_into(
         hierarchy = [files[f] for f in PUBLISHED_HIERARCHY_FILES if f in files]
     hier_paths = [Path(p) for p in hierarchy]
     table = combine_hierarchies(hier_paths)
-    index = HierarchyIndex(table)
+    indexes = hierarchy_indexes(table)
+    category_inputs = _validate_category_files(files, chosen)
 
     builders = {"train": build_train, "train_full": build_train_full, "index": build_index}
     tables: dict[str, pa.Table] = {}
+    dropped: dict[str, int] = {}
+    query_stats: dict[str, Any] | None = None
     for s in chosen:  # validate and build everything before writing anything
+        index = indexes[SPLIT_NUMBERING[s]]
         if s == "query":
-            ids, lids, usage = build_query(files)
-            tables[s] = index.join(ids, lids, usage)
+            ids, lids, usage, rec, query_stats = build_query(files, mixed_ground_truth)
+            t = index.join(ids, lids, usage, rec)
         else:
             ids, lids = builders[s](files)
-            tables[s] = index.join(ids, lids)
+            t = index.join(ids, lids)
+        if drop_incomplete and s in ("index", "query"):
+            keep = t["hierarchy_complete"]
+            dropped[s] = t.num_rows - int(pc.sum(keep).as_py() or 0)
+            t = t.filter(keep)
+        tables[s] = t
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    split_info: dict[str, Any] = {}
-    for s, t in tables.items():
-        path = out_dir / f"{s}.parquet"
-        write_parquet(
-            t,
-            path,
-            row_group_size=row_group_size,
-            use_dictionary=[c for c in t.column_names if c not in ("id", "path")],
-        )
-        info = coverage(t)
-        info.update(
-            {
-                "file": path.name,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "columns": t.column_names,
-            }
-        )
-        split_info[s] = info
+    split_info = write_split_files(out_dir, tables, row_group_size=row_group_size)
     used_inputs = sorted(
         {f for s in chosen for f in (*SPLIT_INPUTS[s][0], *SPLIT_INPUTS[s][1]) if f in files}
+        | set(category_inputs)
     )
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -448,10 +604,15 @@ def export_into(
             "sources": [{"file": p.name, "sha256": sha256_file(p)} for p in hier_paths],
             "table_sha256": table_hash(table),
             "landmarks": int(len(table)),
-            "level1_names": len(index.level1_names),
-            "level2_names": len(index.level2_names),
+            "landmarks_by_numbering": {n: int((table["numbering"] == n).sum()) for n in NUMBERINGS},
+            "level1_names": len(indexes["train"].level1_names),
+            "level2_names": len(indexes["train"].level2_names),
             "provenance": sorted(table["provenance"].dropna().unique().tolist()),
         },
+        "split_numbering": {s: SPLIT_NUMBERING[s] for s in chosen},
+        "drop_incomplete": drop_incomplete,
+        "dropped_incomplete": dropped,
+        "query_ground_truth": query_stats,
         "row_group_size": row_group_size,
         "command": list(command) if command is not None else None,
     }
@@ -463,13 +624,17 @@ def export_into(
 # ---------------------------------------------------------------------------------- dataset card
 
 
-def _front_matter(split_names: Iterable[str]) -> str:
+def _front_matter(
+    split_names: Iterable[str],
+    pretty_name: str = "Hierarchical Google Landmarks v2 (H-GLDv2) splits",
+    license: str = "cc-by-4.0",
+) -> str:
     names = list(split_names)
     plain = [s for s in names if s != "query"]
     lines = [
         "---",
-        "license: cc-by-4.0",
-        "pretty_name: Hierarchical Google Landmarks v2 (H-GLDv2) splits",
+        f"license: {license}",
+        f"pretty_name: {pretty_name}",
         "configs:",
     ]
     if plain:
@@ -541,7 +706,17 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
     out += [
         "",
         "Level columns give the share of rows whose level is known; unknown levels are -1 and "
-        "`hierarchy_complete` is false (such rows are kept, never dropped).\n",
+        "`hierarchy_complete` is false ("
+        + (
+            "index and query rows with an incomplete hierarchy were dropped: "
+            + ", ".join(f"{k} {v}" for k, v in manifest["dropped_incomplete"].items())
+            if manifest.get("drop_incomplete")
+            else "such rows are kept, never dropped"
+        )
+        + ").\n",
+        "Landmark ids come in two numberings (GLDv2 README): train and train_full use the train "
+        "ids, index and query the index ids; query rows take the landmark of their ground-truth "
+        "index images. Level-1 and level-2 ids are one vocabulary shared by all splits.\n",
         "## Hierarchy\n",
         f"Sources: {sources}; "
         f"{hier['landmarks']} landmarks, {hier['level1_names']} level-1 and {hier['level2_names']} "
@@ -550,7 +725,8 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
         "`id` (16 hex chars), `landmark_id` (int64, -1 if none), `path`, `category`, `supercategory`, "
         "`hierarchical_label`, `natural_or_human_made` (nullable strings), `level0` (= landmark_id), "
         "`level1`, `level2` (dense ids in the sorted order of the names; -1 unknown), "
-        "`hierarchy_complete`; `query` adds `usage` (Public/Private).\n",
+        "`hierarchy_complete`; `query` adds `usage` (Public/Private) and `recognition_landmark_id` "
+        "(the first landmark of the recognition solution, train numbering, -1 if none).\n",
         "## Loading\n",
         "```python",
         *_loading_lines(splits),
@@ -561,6 +737,62 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
         f"duckdb.sql(\"SELECT level1, count(*) FROM '{first}.parquet' GROUP BY level1\")",
         "from hglv2.dataset import HGLDv2Dataset",
         f'ds = HGLDv2Dataset("{first}.parquet", "/path/to/gldv2/images")',
+        "```",
+        "",
+        "File sizes and sha256 are in `manifest.json`.",
+        "",
+    ]
+    with atomic_open(path) as fh:
+        fh.write("\n".join(out))
+
+
+def write_converted_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """The dataset card of a converted dataset (:mod:`hglv2.convert`): the same front matter as
+    :func:`write_dataset_card`, then the source, the levels, per-split coverage and loading."""
+    splits = manifest["splits"]
+    ds = manifest["dataset"]
+    levels = manifest["levels"]
+    names = manifest["level_names"]
+    out = [
+        _front_matter(splits, pretty_name=f"{ds['title']} (hglv2 splits)", license="other"),
+        f"# {ds['title']}: hglv2 splits\n",
+        f"Image lists of {ds['title']} with their {len(levels)}-level labels, converted from the "
+        f"official files by `hglv2 convert {ds['name']}` (hglv2 {manifest['hglv2_version']}, format "
+        f"{manifest['format_version']}). Images are not included: `path` is relative to the "
+        "dataset's root folder. The images and annotations keep their own licence "
+        f"({ds['license']}).\n",
+        f"{ds['description']}\n",
+        "## Levels\n",
+        "| column | level | distinct values (all splits) |",
+        "|---|---|---:|",
+    ]
+    for lev, name in zip(levels, names, strict=True):
+        out.append(f"| `{lev}` | {name} | {manifest['level_counts'][lev]} |")
+    out += [
+        "",
+        "## Splits\n",
+        "| split | rows | classes | " + " | ".join(levels) + " |",
+        "|---|---:|---:|" + "---:|" * len(levels),
+    ]
+    for s, info in splits.items():
+        c = info["coverage"]
+        out.append(
+            f"| {s} | {info['rows']} | {info['landmarks']} | "
+            + " | ".join(f"{c[lev]:.2%}" if lev in c else "-" for lev in levels)
+            + " |"
+        )
+    out += [
+        "",
+        "## Columns\n",
+        "`id` (the dataset's image id), `path` (relative to the dataset root), "
+        + ", ".join(f"`{lev}`" for lev in levels)
+        + " (int64 labels, finest first; -1 unknown), "
+        + ", ".join(f"`{lev}_name`" for lev in levels)
+        + " (the label as the dataset names it), `hierarchy_complete`.\n",
+        "## Loading\n",
+        "```python",
+        "from hglv2.dataset import HGLDv2Dataset",
+        f'train = HGLDv2Dataset("{next(iter(splits), "train")}.parquet", "/path/to/{ds["name"]}")',
         "```",
         "",
         "File sizes and sha256 are in `manifest.json`.",

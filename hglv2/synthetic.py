@@ -145,7 +145,8 @@ def load_table(hierarchy: str | os.PathLike[str] | pd.DataFrame | None) -> tuple
     if str(hierarchy) == "builtin":
         return builtin_hierarchy(), "builtin"
     path = Path(hierarchy)
-    table = load_hierarchy_table(path)
+    # a table of both GLDv2 numberings (`make hierarchy`): the train landmarks (ids are per numbering)
+    table = load_hierarchy_table(path, numbering="train")
     return table, f"{path.name} sha256:{sha256_file(path)}"
 
 

@@ -39,10 +39,10 @@ def main() -> None:
         kinds: Counter[str] = Counter()
         orig = client.request
 
-        def counting(endpoint, params):
+        def counting(endpoint, params, cache=True):
             kind = "sparql" if endpoint == "sparql" else ("titles" if "titles" in params else "ids")
             kinds[kind] += 1
-            return orig(endpoint, params)
+            return orig(endpoint, params, cache=cache)
 
         client.request = counting
         rows = resolve_categories(client, [(lm["landmark_id"], lm["category"]) for lm in landmarks])

@@ -5,13 +5,15 @@
 #   make -f pipelines/hierarchy.mk DATA=path ONLINE=1 CONTACT=you@example.org
 #   make -f pipelines/hierarchy.mk DATA=path DUMP=latest-all.json.bz2 [REDIRECTS=redirects.csv]
 #
-# DATA holds GLDv2 metadata (<SPLIT>_label_to_category.csv, optional <SPLIT>.csv for image counts,
-# optional <SPLIT>_label_to_hierarchical.csv to diff against). Offline, answers come from the
-# recording $(DATA)/wikidata_cache.jsonl; online they are fetched and cached in $(OUT)/wikidata.sqlite.
+# DATA holds GLDv2 metadata in the release layout: train_label_to_category.csv and/or
+# index_label_to_category.csv (both numberings are resolved in ONE run: one cache, one class graph,
+# one cluster vocabulary; the tables are keyed by (numbering, landmark_id)), optional train.csv and
+# index_image_to_landmark.csv for image counts, optional train_/index_label_to_hierarchical.csv to
+# diff against (each numbering against its own file). Offline, answers come from the recording
+# $(DATA)/wikidata_cache.jsonl; online they are fetched and cached in $(OUT)/wikidata.sqlite.
 SHELL      := /bin/bash
 PY         ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA       ?= data/sample
-SPLIT      ?= train
 REVIEW     ?= data/review
 OUT        ?= out/hierarchy
 ONLINE     ?= 0
@@ -23,9 +25,12 @@ DUMP       ?=
 REDIRECTS  ?=
 
 HG         := $(PY) -m hglv2.cli hierarchy
-CATEGORIES := $(DATA)/$(SPLIT)_label_to_category.csv
-IMAGES     := $(wildcard $(DATA)/$(SPLIT).csv)
-PUBLISHED  := $(wildcard $(DATA)/$(SPLIT)_label_to_hierarchical.csv)
+CATEGORIES := $(wildcard $(DATA)/train_label_to_category.csv $(DATA)/index_label_to_category.csv)
+IMAGES     := $(wildcard $(DATA)/train.csv $(DATA)/index_image_to_landmark.csv)
+PUBLISHED  := $(wildcard $(DATA)/train_label_to_hierarchical.csv $(DATA)/index_label_to_hierarchical.csv)
+ifeq ($(CATEGORIES),)
+  $(error no train_ or index_label_to_category.csv in DATA=$(DATA))
+endif
 CLUSTERS   := $(REVIEW)/clusters.csv
 DECISIONS  := $(REVIEW)/decisions.csv
 OVERRIDES  := $(REVIEW)/landmark_overrides.csv
@@ -56,7 +61,7 @@ all: $(OUT)/hierarchy.parquet $(OUT)/anchors.json $(if $(PUBLISHED),$(OUT)/diff.
 table: $(OUT)/hierarchy.parquet
 
 $(OUT)/resolved.parquet: $(CATEGORIES) $(CACHE_DEP)
-	$(HG) resolve --categories $(CATEGORIES) --out $@ --json $(OUT)/resolve.json $(NET)
+	$(HG) resolve $(foreach c,$(CATEGORIES),--categories $(c)) --out $@ --json $(OUT)/resolve.json $(NET)
 
 $(OUT)/graph_nodes.parquet $(OUT)/graph_edges.parquet $(OUT)/graph.graphml &: $(OUT)/resolved.parquet $(CACHE_DEP)
 	$(HG) graph --resolved $< --out-dir $(OUT) --depth $(DEPTH) --json $(OUT)/graph.json $(NET)
@@ -67,7 +72,7 @@ $(OUT)/anchors.json: $(CLUSTERS) $(CACHE_DEP)
 $(OUT)/proposals.parquet $(OUT)/pending.csv &: $(OUT)/resolved.parquet $(OUT)/graph_edges.parquet \
 		$(OUT)/graph_nodes.parquet $(CLUSTERS) $(IMAGES)
 	$(HG) propose --resolved $(OUT)/resolved.parquet --graph-dir $(OUT) --clusters $(CLUSTERS) \
-		$(if $(IMAGES),--images $(IMAGES)) --out $(OUT)/proposals.parquet --pending $(OUT)/pending.csv \
+		$(foreach i,$(IMAGES),--images $(i)) --out $(OUT)/proposals.parquet --pending $(OUT)/pending.csv \
 		--json $(OUT)/propose.json
 
 $(OUT)/hierarchy.parquet $(OUT)/hierarchy.csv &: $(OUT)/proposals.parquet $(CLUSTERS) $(DECISIONS) $(OVERRIDES)

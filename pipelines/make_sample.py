@@ -325,8 +325,93 @@ def _url(title: str, rng: random.Random) -> str:
     return f"{scheme}://commons.wikimedia.org/wiki/{raw}"
 
 
-def build_world(n_landmarks: int = 300, seed: int = SEED):
-    """Return (World, landmarks) where landmarks are dicts with id, url, kind, path, n_images."""
+def _make_landmark(
+    rng: random.Random,
+    entities: dict[str, dict],
+    redirects: dict[str, str],
+    used: set[str],
+    lid: int,
+    qid_numbers: tuple[int, int, int],
+    kind: int | None = None,
+    path: str | None = None,
+) -> dict:
+    """One fictional landmark: its entities in the world and its GLDv2 row (the draws, in order:
+    kind, name, path, revision, country, URL, image count)."""
+    kinds_w = [w for *_, w in KINDS]
+    paths, paths_w = zip(*PATHS, strict=True)
+    k = rng.choices(range(len(KINDS)), kinds_w)[0]
+    p31, template, _ = KINDS[k if kind is None else kind]
+    label = template.format(n=_name(rng, used))
+    drawn = rng.choices(paths, paths_w)[0]
+    path = drawn if path is None else path
+    title = f"Category:{label}"
+    qid, cat_qid, old_qid = (f"Q{n}" for n in qid_numbers)
+    rev = 2_000_000_000 + rng.randint(0, 99_999_999)
+    claims = {"P31": list(p31), "P17": [("Q" + str(rng.choice([142, 183, 38, 29, 145])), "normal")]}
+    if path == "sitelink":
+        entities[qid] = _entity(qid, label, claims, rev, commons=title)
+    elif path in ("category", "category-redirect", "p373-category"):
+        target = old_qid if path == "category-redirect" else qid
+        if path == "category-redirect":
+            redirects[old_qid] = qid
+        entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev, commons=label)
+        cat_claims = {"P31": [(CATEGORY_ITEM, "normal")], "P301": [(target, "normal")]}
+        if path == "p373-category":
+            cat_claims["P373"] = [(label, "normal")]
+            del entities[qid]["claims"]["P373"]
+            entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1)
+        else:
+            entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1, commons=title)
+    elif path == "category-no-p301":
+        entities[cat_qid] = _entity(
+            cat_qid, f"Category:{label}", {"P31": [(CATEGORY_ITEM, "normal")]}, rev + 1, commons=title
+        )
+    elif path == "p373":
+        entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev)
+    # an invalid category: a Wikipedia page or a Commons file page (never a category)
+    url = (
+        _url(title, rng)
+        if path != "invalid"
+        else rng.choice(
+            [
+                f"http://commons.wikimedia.org/wiki/File:{label.replace(' ', '_')}.jpg",
+                f"http://en.wikipedia.org/wiki/{label.replace(' ', '_')}",
+            ]
+        )
+    )
+    n_images = min(40, 1 + int(rng.expovariate(1 / 5)))
+    return {
+        "landmark_id": lid,
+        "category": url,
+        "label": label,
+        "path": path,
+        "kind": k if kind is None else kind,
+        "p31": [q for q, r in p31 if r != "deprecated"],
+        "n_images": n_images,
+    }
+
+
+#: index landmarks in the embedded sample
+SAMPLE_INDEX_LANDMARKS = 60
+#: the share of index landmarks that are places of the train set too (same category, another id)
+SHARED_PLACES = 0.3
+#: the share of index landmark ids drawn from the train ids (same integer, another place)
+REUSED_IDS = 0.4
+_MOUNT_KIND = next(i for i, k in enumerate(KINDS) if k[1] == "Mount {n}")
+_CHURCH_KIND = 0
+
+
+def build_world(n_landmarks: int = 300, seed: int = SEED, n_index: int = 0):
+    """Return ``(World, landmarks)``; landmarks are dicts with landmark_id, category, label, path,
+    p31, n_images and ``numbering``.
+
+    The first ``n_landmarks`` are train landmarks (ids ``1000 + 37 i + r``). With ``n_index``, the
+    index numbering follows: its ids are drawn from the same range (they overlap the train ids and
+    mean other places, as in the GLDv2 release); about :data:`SHARED_PLACES` of them are places of
+    the train set under another id (same category; ``train_landmark_id`` names it), the others are
+    new places. Index landmark 0 takes the id of the first train landmark with a sitelink, and a kind
+    of another cluster (mountain vs church), so one id means two places with different clusters.
+    """
     rng = random.Random(seed)
     entities: dict[str, dict] = {}
     redirects = dict(CLASS_REDIRECTS)
@@ -334,94 +419,91 @@ def build_world(n_landmarks: int = 300, seed: int = SEED):
         entities[qid] = _entity(
             qid, label, {"P279": [(p, "normal") for p in parents]}, rev=1_000_000 + int(qid[1:]) % 997
         )
-    kinds_w = [w for *_, w in KINDS]
-    paths, paths_w = zip(*PATHS, strict=True)
     used: set[str] = set()
     landmarks = []
     for i in range(n_landmarks):
         lid = 1000 + 37 * i + rng.randint(0, 30)
-        p31, template, _ = KINDS[rng.choices(range(len(KINDS)), kinds_w)[0]]
-        label = template.format(n=_name(rng, used))
-        path = rng.choices(paths, paths_w)[0]
-        title = f"Category:{label}"
-        qid, cat_qid, old_qid = f"Q{991000000 + i}", f"Q{992000000 + i}", f"Q{993000000 + i}"
-        rev = 2_000_000_000 + rng.randint(0, 99_999_999)
-        claims = {"P31": list(p31), "P17": [("Q" + str(rng.choice([142, 183, 38, 29, 145])), "normal")]}
-        if path == "sitelink":
-            entities[qid] = _entity(qid, label, claims, rev, commons=title)
-        elif path in ("category", "category-redirect", "p373-category"):
-            target = old_qid if path == "category-redirect" else qid
-            if path == "category-redirect":
-                redirects[old_qid] = qid
-            entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev, commons=label)
-            cat_claims = {"P31": [(CATEGORY_ITEM, "normal")], "P301": [(target, "normal")]}
-            if path == "p373-category":
-                cat_claims["P373"] = [(label, "normal")]
-                del entities[qid]["claims"]["P373"]
-                entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1)
-            else:
-                entities[cat_qid] = _entity(cat_qid, f"Category:{label}", cat_claims, rev + 1, commons=title)
-        elif path == "category-no-p301":
-            entities[cat_qid] = _entity(
-                cat_qid, f"Category:{label}", {"P31": [(CATEGORY_ITEM, "normal")]}, rev + 1, commons=title
+        lm = _make_landmark(
+            rng, entities, redirects, used, lid, (991000000 + i, 992000000 + i, 993000000 + i)
+        )
+        lm["numbering"] = "train"
+        landmarks.append(lm)
+    irng = random.Random(seed + 11)
+    train = list(landmarks)
+    index_ids: set[int] = set()
+    for j in range(n_index):
+        lid = 1000 + 37 * j + irng.randint(0, 30)
+        if train and irng.random() < REUSED_IDS:  # the same integer as a train landmark, another place
+            lid = irng.choice([t["landmark_id"] for t in train])
+        while lid in index_ids or (j > 0 and train and lid == landmarks[n_landmarks]["landmark_id"]):
+            lid += 1  # index ids are unique within their numbering
+        if j == 0 and train:
+            t0 = next((t for t in train if t["path"] == "sitelink"), train[0])
+            kind = _CHURCH_KIND if "Q8502" in t0["p31"] else _MOUNT_KIND
+            lm = _make_landmark(
+                irng,
+                entities,
+                redirects,
+                used,
+                t0["landmark_id"],
+                (994000000, 995000000, 996000000),
+                kind,
+                "sitelink",
             )
-        elif path == "p373":
-            entities[qid] = _entity(qid, label, {**claims, "P373": [(label, "normal")]}, rev)
-        url = (
-            _url(title, rng)
-            if path != "invalid"
-            else rng.choice(["", f"http://en.wikipedia.org/wiki/{label.replace(' ', '_')}"])
-        )
-        n_images = min(40, 1 + int(rng.expovariate(1 / 5)))
-        landmarks.append(
-            {
-                "landmark_id": lid,
-                "category": url,
-                "label": label,
-                "path": path,
-                "p31": [q for q, r in p31 if r != "deprecated"],
-                "n_images": n_images,
-            }
-        )
+        elif train and irng.random() < SHARED_PLACES:
+            t = irng.choice([t for t in train if t["path"] not in ("missing", "invalid")])
+            lm = {**t, "landmark_id": lid, "train_landmark_id": t["landmark_id"]}
+            lm["n_images"] = 1 + irng.randint(0, 6)
+        else:
+            lm = _make_landmark(
+                irng, entities, redirects, used, lid, (994000000 + j, 995000000 + j, 996000000 + j)
+            )
+        lm["numbering"] = "index"
+        index_ids.add(lm["landmark_id"])
+        landmarks.append(lm)
     return World(entities, redirects), landmarks
 
 
-def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with atomic_open(path) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_sample(
+    out: Path, clusters: Path, n_landmarks: int = 300, n_index: int = SAMPLE_INDEX_LANDMARKS
+) -> None:
     from hglv2.hierarchy.clusters import load_clusters, validate_anchors
     from hglv2.hierarchy.graph import fetch_graph
-    from hglv2.hierarchy.resolve import resolve_categories
+    from hglv2.hierarchy.resolve import read_categories, resolve_numbered
     from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 
     rng = random.Random(SEED + 1)
-    world, landmarks = build_world(n_landmarks)
+    world, everything = build_world(n_landmarks, n_index=n_index)
+    landmarks = [lm for lm in everything if lm["numbering"] == "train"]
+    index_landmarks = [lm for lm in everything if lm["numbering"] == "index"]
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "train_label_to_category.csv") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["landmark_id", "category"])
-        for lm in landmarks:
-            w.writerow([lm["landmark_id"], lm["category"]])
+    _write_csv(
+        out / "train_label_to_category.csv",
+        ["landmark_id", "category"],
+        [[lm["landmark_id"], lm["category"]] for lm in landmarks],
+    )
     images: dict[int, list[str]] = {}
-    with atomic_open(out / "train.csv") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["id", "url", "landmark_id"])
-        for lm in landmarks:
-            for _ in range(lm["n_images"]):
-                iid = f"{rng.getrandbits(64):016x}"
-                images.setdefault(lm["landmark_id"], []).append(iid)
-                w.writerow(
-                    [
-                        iid,
-                        f"https://upload.wikimedia.org/sample/{iid[0]}/{iid[:2]}/{iid}.jpg",
-                        lm["landmark_id"],
-                    ]
-                )
-    with atomic_open(out / "train_clean.csv") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["landmark_id", "images"])
-        for lid, ids in images.items():
-            keep = [i for i in ids if rng.random() < 0.8]
-            if len(keep) >= 2:
-                w.writerow([lid, " ".join(keep)])
+    train_rows = []
+    for lm in landmarks:
+        for _ in range(lm["n_images"]):
+            iid = f"{rng.getrandbits(64):016x}"
+            images.setdefault(lm["landmark_id"], []).append(iid)
+            url = f"https://upload.wikimedia.org/sample/{iid[0]}/{iid[:2]}/{iid}.jpg"
+            train_rows.append([iid, url, lm["landmark_id"]])
+    _write_csv(out / "train.csv", ["id", "url", "landmark_id"], train_rows)
+    clean_rows = []
+    for lid, ids in images.items():
+        keep = [i for i in ids if rng.random() < 0.8]
+        if len(keep) >= 2:
+            clean_rows.append([lid, " ".join(keep)])
+    _write_csv(out / "train_clean.csv", ["landmark_id", "images"], clean_rows)
 
     table = load_clusters(clusters)
     cluster_of = {a.qid: (a.label, a.cluster, a.top) for a in table.anchors}
@@ -439,37 +521,95 @@ def write_sample(out: Path, clusters: Path, n_landmarks: int = 300) -> None:
         return None
 
     labels = {q: lab for q, (lab, _) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
-    with atomic_open(out / "train_label_to_hierarchical.csv") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(
-            ["landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made"]
-        )
-        for lm in landmarks:
-            if not lm["p31"] or rng.random() > 0.6:
+
+    def published(lms: list[dict], r: random.Random, always: set[int] = frozenset()) -> list[list]:
+        rows = []
+        for lm in lms:
+            if not lm["p31"] or (r.random() > 0.6 and lm["landmark_id"] not in always):
                 continue
             cls = lm["p31"][0] if lm["p31"][0] != "somevalue" else lm["p31"][-1]
             hit = PUBLISHED_SYSTEMATIC.get(cls) or nearest(cls)
             if hit is None:
                 continue
             cluster, top = hit
-            if rng.random() < 0.12 and cluster in CLUSTER_OF_CLASS_FOR_PUBLISHED:
+            if r.random() < 0.12 and cluster in CLUSTER_OF_CLASS_FOR_PUBLISHED:
                 cluster = CLUSTER_OF_CLASS_FOR_PUBLISHED[cluster]
-            w.writerow([lm["landmark_id"], lm["category"], labels[cls], cluster, top])
+            rows.append([lm["landmark_id"], lm["category"], labels[cls], cluster, top])
+        return rows
+
+    hier_header = ["landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made"]
+    clash = {index_landmarks[0]["landmark_id"]} if index_landmarks else set()
+    _write_csv(out / "train_label_to_hierarchical.csv", hier_header, published(landmarks, rng, clash))
+
+    # the index and test sets (their own random stream: the train files above do not change)
+    irng = random.Random(SEED + 2)
+    used = {row[0] for row in train_rows}
+
+    def new_id() -> str:
+        while True:
+            iid = f"{irng.getrandbits(64):016x}"
+            if iid not in used:
+                used.add(iid)
+                return iid
+
+    by_lid: dict[int, list[str]] = {}
+    for lm in index_landmarks:
+        by_lid[lm["landmark_id"]] = [new_id() for _ in range(max(1, min(8, lm["n_images"])))]
+    index_rows = [[i, lid] for lid, ids in by_lid.items() for i in ids]
+    irng.shuffle(index_rows)
+    _write_csv(out / "index.csv", ["id"], [[i] for i, _ in index_rows])
+    _write_csv(out / "index_image_to_landmark.csv", ["id", "landmark_id"], index_rows)
+    _write_csv(
+        out / "index_label_to_category.csv",
+        ["landmark_id", "category"],
+        [
+            [lm["landmark_id"], lm["category"]]
+            for lm in sorted(index_landmarks, key=lambda x: x["landmark_id"])
+        ],
+    )
+    index_pub = published(sorted(index_landmarks, key=lambda x: x["landmark_id"]), irng, clash)
+    _write_csv(out / "index_label_to_hierarchical.csv", hier_header, index_pub)
+    test_rows, retrieval, recognition = [], [], []
+    for lm in index_landmarks:
+        if irng.random() > 0.7:
+            continue
+        for _ in range(irng.randint(1, 2)):
+            qid = new_id()
+            usage = irng.choice(["Public", "Private"])
+            gt = list(by_lid[lm["landmark_id"]])
+            irng.shuffle(gt)
+            test_rows.append(qid)
+            retrieval.append([qid, " ".join(gt), usage])
+            recognition.append([qid, lm.get("train_landmark_id", ""), usage])
+    for _ in range(max(2, len(index_landmarks) // 4)):  # non-landmark test images
+        qid = new_id()
+        test_rows.append(qid)
+        retrieval.append([qid, "None", "Ignored"])
+        recognition.append([qid, "", irng.choice(["Public", "Private"])])
+    order = list(range(len(test_rows)))
+    irng.shuffle(order)
+    _write_csv(out / "test.csv", ["id"], [[test_rows[k]] for k in order])
+    _write_csv(out / "retrieval_solution_v2.1.csv", ["id", "images", "Usage"], [retrieval[k] for k in order])
+    _write_csv(
+        out / "recognition_solution_v2.1.csv", ["id", "landmarks", "Usage"], [recognition[k] for k in order]
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = ResponseCache(Path(tmp) / "cache.sqlite")
         with FakeWikidata(world) as server:
             client = WikidataClient(cache, api_url=server.api_url, sparql_url=server.sparql_url)
-            from hglv2.hierarchy.resolve import read_categories
-
-            resolved = resolve_categories(client, read_categories(out / "train_label_to_category.csv"))
+            resolved = resolve_numbered(
+                client,
+                {n: read_categories(out / f"{n}_label_to_category.csv") for n in ("train", "index")},
+            )
             fetch_graph(client, resolved)
             validate_anchors(client, table)
         n = cache.export_jsonl(out / "wikidata_cache.jsonl")
         cache.close()
     print(
-        f"wrote {len(landmarks)} landmarks, {sum(map(len, images.values()))} images, {n} recorded answers "
-        f"to {out}"
+        f"wrote {len(landmarks)} train and {len(index_landmarks)} index landmarks, "
+        f"{sum(map(len, images.values()))} train, {len(index_rows)} index and {len(test_rows)} test images, "
+        f"{n} recorded answers to {out}"
     )
 
 
@@ -478,8 +618,9 @@ def main() -> None:
     ap.add_argument("--out", default="data/sample", type=Path)
     ap.add_argument("--clusters", default="data/review/clusters.csv", type=Path)
     ap.add_argument("--landmarks", default=300, type=int)
+    ap.add_argument("--index-landmarks", default=SAMPLE_INDEX_LANDMARKS, type=int)
     args = ap.parse_args()
-    write_sample(args.out, args.clusters, args.landmarks)
+    write_sample(args.out, args.clusters, args.landmarks, args.index_landmarks)
 
 
 if __name__ == "__main__":

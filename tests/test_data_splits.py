@@ -26,14 +26,19 @@ def _csv(path):
 
 
 def _oracle(meta):
-    """The expected splits, computed directly from the CSV files with pandas."""
-    hier = pd.concat([_csv(meta / f"{s}_label_to_hierarchical.csv") for s in ("train", "index")])
-    hier["landmark_id"] = hier["landmark_id"].astype(int)
-    l1 = {n: k for k, n in enumerate(sorted(set(hier["hierarchical_label"]) - {""}))}
-    l2 = {n: k for k, n in enumerate(sorted(set(hier["natural_or_human_made"]) - {""}))}
-    hmap = hier.set_index("landmark_id")
+    """The expected splits, computed directly from the CSV files with pandas: each split joined to
+    the hierarchy of its own numbering, queries labelled by their ground-truth index images."""
+    hiers = {n: _csv(meta / f"{n}_label_to_hierarchical.csv") for n in ("train", "index")}
+    both = pd.concat(hiers.values())
+    l1 = {n: k for k, n in enumerate(sorted(set(both["hierarchical_label"]) - {""}))}
+    l2 = {n: k for k, n in enumerate(sorted(set(both["natural_or_human_made"]) - {""}))}
+    hmaps = {
+        n: h.assign(landmark_id=h["landmark_id"].astype(int)).set_index("landmark_id")
+        for n, h in hiers.items()
+    }
 
-    def rows(pairs):
+    def rows(pairs, numbering):
+        hmap = hmaps[numbering]
         out = []
         for i, lid in pairs:
             h = hmap.loc[lid] if lid in hmap.index else None
@@ -66,23 +71,25 @@ def _oracle(meta):
     )
     sol = _csv(meta / "retrieval_solution_v2.1.csv")
     rec = _csv(meta / "recognition_solution_v2.1.csv").set_index("id")
-    queries = [
-        (r.id, int(rec.loc[r.id, "landmarks"].split()[0]) if rec.loc[r.id, "landmarks"] else -1)
-        for r in sol.itertuples()
-        if r.images != "None"
-    ]
+    queries = [(r.id, i2l[r.images.split()[0]]) for r in sol.itertuples() if r.images != "None"]
     return {
-        "train": rows(exploded),
-        "train_full": rows([(r.id, int(r.landmark_id)) for r in train.itertuples()]),
-        "index": rows([(i, i2l.get(i, -1)) for i in _csv(meta / "index.csv")["id"]]),
-        "query": rows(queries),
+        "train": rows(exploded, "train"),
+        "train_full": rows([(r.id, int(r.landmark_id)) for r in train.itertuples()], "train"),
+        "index": rows([(i, i2l.get(i, -1)) for i in _csv(meta / "index.csv")["id"]], "index"),
+        "query": rows(queries, "index"),
         "query_usage": [r.Usage for r in sol.itertuples() if r.images != "None"],
+        "query_recognition": [
+            int(rec.loc[r.id, "landmarks"].split()[0]) if rec.loc[r.id, "landmarks"] else -1
+            for r in sol.itertuples()
+            if r.images != "None"
+        ],
     }
 
 
-def test_export_matches_oracle(tmp_path):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_export_matches_oracle(tmp_path, overlap):
     meta = tmp_path / "meta"
-    write_example(meta, n_landmarks=40, n_index_landmarks=15, seed=3)
+    write_example(meta, n_landmarks=40, n_index_landmarks=15, seed=3, overlap=overlap)
     # an index image without a landmark row, and a train landmark missing from the hierarchy
     with open(meta / "index.csv", "a") as fh:
         fh.write("00000000000000ff\n")
@@ -114,6 +121,7 @@ def test_export_matches_oracle(tmp_path):
             assert info["coverage"][lev] == pytest.approx(np.mean([r[lev] >= 0 for r in got]), abs=1e-6)
     q = pq.read_table(tmp_path / "out" / "query.parquet")
     assert q["usage"].to_pylist() == expected["query_usage"]
+    assert q["recognition_landmark_id"].to_pylist() == expected["query_recognition"]
     idx = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
     assert idx[-1]["id"] == "00000000000000ff" and idx[-1]["landmark_id"] == -1
     assert not idx[-1]["hierarchy_complete"]
@@ -183,7 +191,9 @@ def test_our_hierarchy_table_and_conflicts(tmp_path):
     other = ours.iloc[:1].copy()
     other["hierarchical_label"] = "castle"
     other.to_csv(tmp_path / "other.csv", index=False)
-    with pytest.raises(InputError, match=f"landmark_id {lids[0]} has different hierarchy rows"):
+    with pytest.raises(
+        InputError, match=rf"landmark_id {lids[0]} \(train numbering\) has different hierarchy"
+    ):
         export(meta, tmp_path / "out2", hierarchy=[tmp_path / "ours.csv", tmp_path / "other.csv"])
     assert not (tmp_path / "out2").exists()
     # the same row twice is fine

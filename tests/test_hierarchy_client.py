@@ -136,7 +136,7 @@ def test_second_run_makes_no_request_and_offline_replays(world, tmp_path):
 
 def test_offline_miss_names_the_requests(tmp_path):
     client = WikidataClient(ResponseCache(tmp_path / "c.sqlite"), offline=True)
-    with pytest.raises(CacheMiss, match=r"1 request\(s\) not in the cache: wbgetentities ids=Q1\|Q2"):
+    with pytest.raises(CacheMiss, match=r"1 request\(s\) not in the cache: wbgetentities ids=Q1\|Q2 \(2\)"):
         fetch_items(client, ["Q2", "Q1"])
 
 
@@ -150,9 +150,11 @@ def test_jsonl_recording_round_trip(world, tmp_path):
     with FakeWikidata(world) as srv:
         cache = ResponseCache(tmp_path / "c.sqlite")
         items = fetch_items(make_client(srv, cache), IDS)
-        assert cache.export_jsonl(tmp_path / "rec.jsonl") == 1
-    rec = json.loads((tmp_path / "rec.jsonl").read_text().splitlines()[0])
-    assert rec["endpoint"] == "api" and "Q16970" in rec["body"]["entities"]  # the API's own JSON
+        assert cache.export_jsonl(tmp_path / "rec.jsonl") == 3  # one record per item
+    recs = [json.loads(line) for line in (tmp_path / "rec.jsonl").read_text().splitlines()]
+    assert {r["endpoint"] for r in recs} == {"item"}
+    assert sorted(r["params"]["id"] for r in recs) == sorted(IDS)
+    assert all(r["body"]["entity"]["id"] == r["params"]["id"] for r in recs)  # the API's own JSON
     replay = ResponseCache(tmp_path / "rec.jsonl")
     assert replay.read_only
     assert fetch_items(WikidataClient(replay, offline=True), IDS) == items
@@ -167,7 +169,7 @@ def test_sqlite_cache_is_committed_per_response(world, tmp_path):
         fetch_items(make_client(srv, cache), IDS)
         # another connection (as after a kill) already sees the answer, without close()
         rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-    assert rows == 1
+    assert rows == 3  # one record per item
 
 
 def test_parse_item_ranks_and_redirects(world, tmp_path):
@@ -225,3 +227,102 @@ def test_p373_fallback_escapes_sparql_literals(tmp_path):
         ("Q42", "p373", "Q12518", 9),
         (None, "missing", None, None),
     ]
+
+
+def test_mixed_failures_share_one_growing_backoff(world, tmp_path):
+    """503, an HTML page, 503, a truncated answer: transport- and body-level failures of one
+    request count together, so the waits grow 1, 2, 4, 8 (never restarting at 1)."""
+    faults = ["503", "html", "503", "truncated"]
+    sleeps = []
+    with FakeWikidata(world, lambda n, key: faults[n] if n < len(faults) else None) as srv:
+        client = make_client(
+            srv, ResponseCache(tmp_path / "c.sqlite"), sleeps, backoff_base=1.0, backoff_cap=60
+        )
+        items = fetch_items(client, IDS)
+    assert items["Q16970"].label == "church building"
+    assert sleeps == [1, 2, 4, 8]
+    assert len(srv.log) == 5 and client.stats["http"] == 5
+
+
+def test_html_outage_uses_the_whole_retry_budget_with_growing_waits(world, tmp_path):
+    sleeps = []
+    with FakeWikidata(world, lambda n, key: "html") as srv:
+        client = make_client(srv, ResponseCache(tmp_path / "c.sqlite"), sleeps, max_retries=6, backoff_cap=20)
+        with pytest.raises(NetworkError, match="failed after 7 tries"):
+            fetch_items(client, IDS)
+    assert sleeps == [1, 2, 4, 8, 16, 20] and len(srv.log) == 7
+
+
+def _category_url(title):
+    return "http://commons.wikimedia.org/wiki/" + title.replace(" ", "_")
+
+
+def test_cache_is_per_title_so_one_new_landmark_fetches_one_title(tmp_path):
+    from hglv2.hierarchy.resolve import resolve_categories
+
+    world, landmarks = build_world(60)
+    sitelinked = [lm for lm in landmarks if lm["path"] == "sitelink"]
+    pairs = [(lm["landmark_id"], _category_url("Category:" + lm["label"])) for lm in sitelinked]
+    sent = []
+    with FakeWikidata(world) as srv:
+        client = make_client(srv, ResponseCache(tmp_path / "c.sqlite"))
+        orig = client.session.request
+
+        def spy(method, url, **kw):
+            sent.append(dict(kw.get("params") or {}))
+            return orig(method, url, **kw)
+
+        client.session.request = spy
+        first = resolve_categories(client, pairs[:-1])
+        assert len([p for p in sent if "titles" in p]) == -(-(len(pairs) - 1) // MAX_BATCH)
+        sent.clear()
+        again = resolve_categories(client, pairs)
+    title_requests = [p for p in sent if "titles" in p]
+    assert [p["titles"] for p in title_requests] == ["Category:" + sitelinked[-1]["label"]]
+    assert again[:-1] == first and again[-1]["qid"] is not None
+
+
+def test_titles_are_nfc_normalised(tmp_path):
+    from make_sample import _entity
+
+    from hglv2.hierarchy.resolve import resolve_categories
+
+    composed = "Category:\u00c9glise Saint-\u00c9tienne"  # as Commons stores it (NFC)
+    decomposed = "Category:E\u0301glise Saint-E\u0301tienne"  # the same title, NFD
+    ents = {
+        "Q16970": _entity("Q16970", "church building", {}, 1),
+        "Q77": _entity("Q77", "the church", {"P31": [("Q16970", "normal")]}, 5, commons=composed),
+    }
+    with FakeWikidata(World(ents)) as srv:
+        client = make_client(srv, ResponseCache(tmp_path / "c.sqlite"))
+        rows = resolve_categories(client, [(1, _category_url(decomposed)), (2, _category_url(composed))])
+    assert [r["qid"] for r in rows] == ["Q77", "Q77"] and rows[0]["title"] == composed
+    assert len(srv.log) == 1  # one title lookup: both spellings are one title
+
+
+def test_a_cache_of_whole_batches_still_replays(world, tmp_path):
+    """A recording in the old format (one record per 50-item wbgetentities call) is split into
+    per-item records when read, so it replays offline (JSON lines and SQLite)."""
+    params = {
+        "action": "wbgetentities",
+        "format": "json",
+        "props": "info|claims|labels|sitelinks",
+        "languages": "en",
+        "sitefilter": "commonswiki",
+        "ids": "|".join(IDS),
+    }
+    body = world.wbgetentities(params)
+    rec = {"endpoint": "api", "params": params, "body": body}
+    (tmp_path / "old.jsonl").write_text(json.dumps(rec) + "\n")
+    replay = fetch_items(WikidataClient(ResponseCache(tmp_path / "old.jsonl"), offline=True), IDS)
+    assert replay["Q23413"].label == "castle"
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, endpoint TEXT, params TEXT, body TEXT)")
+    db.execute(
+        "INSERT INTO responses VALUES (?, ?, ?, ?)",
+        (request_key("api", params), "api", json.dumps(params, sort_keys=True), json.dumps(body)),
+    )
+    db.commit()
+    db.close()
+    migrated = fetch_items(WikidataClient(ResponseCache(tmp_path / "old.sqlite"), offline=True), IDS)
+    assert migrated == replay

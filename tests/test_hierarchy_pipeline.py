@@ -24,7 +24,7 @@ SAMPLE = ROOT / "data" / "sample"
 REVIEW = ROOT / "data" / "review"
 sys.path.insert(0, str(ROOT / "pipelines"))
 from fake_wikidata import FAULTS, FakeWikidata, World  # noqa: E402
-from make_sample import build_world  # noqa: E402
+from make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
 
 OUTPUTS = (
     "resolved.parquet",
@@ -53,7 +53,7 @@ def no_sleep(monkeypatch):
 
 @pytest.fixture(scope="module")
 def world():
-    return build_world(300)
+    return build_world(300, n_index=SAMPLE_INDEX_LANDMARKS)  # the world of data/sample
 
 
 def invoke(runner, *args):
@@ -62,13 +62,14 @@ def invoke(runner, *args):
     return res
 
 
-def run_pipeline(
-    runner, work: Path, net: list, categories=SAMPLE / "train_label_to_category.csv", review: Path = REVIEW
-) -> dict:
+CATEGORIES = (SAMPLE / "train_label_to_category.csv", SAMPLE / "index_label_to_category.csv")
+
+
+def run_pipeline(runner, work: Path, net: list, categories=CATEGORIES, review: Path = REVIEW) -> dict:
+    """resolve (both numberings by default, as `make hierarchy` runs it), graph, propose, apply."""
     work.mkdir(parents=True, exist_ok=True)
-    invoke(
-        runner, "hierarchy", "resolve", "--categories", categories, "--out", work / "resolved.parquet", *net
-    )
+    cats = [a for c in categories for a in ("--categories", c)]
+    invoke(runner, "hierarchy", "resolve", *cats, "--out", work / "resolved.parquet", *net)
     invoke(runner, "hierarchy", "graph", "--resolved", work / "resolved.parquet", "--out-dir", work, *net)
     invoke(
         runner,
@@ -82,6 +83,8 @@ def run_pipeline(
         review / "clusters.csv",
         "--images",
         SAMPLE / "train.csv",
+        "--images",
+        SAMPLE / "index_image_to_landmark.csv",
         "--out",
         work / "proposals.parquet",
         "--pending",
@@ -156,7 +159,6 @@ def test_recorded_sample_replays_offline_to_the_same_output(world, tmp_path, cli
 
 
 def test_killed_run_restarts_without_repeating_requests(world, tmp_path, cli_runner):
-    cats = SAMPLE / "train_label_to_category.csv"
     with FakeWikidata(world[0]) as srv:
         clean = run_pipeline(cli_runner, tmp_path / "clean", online(srv, tmp_path / "clean.sqlite"))
         clean_keys = sorted(srv.answered)
@@ -179,8 +181,7 @@ def test_killed_run_restarts_without_repeating_requests(world, tmp_path, cli_run
                 "hglv2.cli",
                 "hierarchy",
                 "resolve",
-                "--categories",
-                str(cats),
+                *[a for c in CATEGORIES for a in ("--categories", str(c))],
                 "--out",
                 str(tmp_path / "k" / "resolved.parquet"),
                 *map(str, online(srv, cache)),
@@ -230,13 +231,18 @@ def test_editing_a_decision_changes_exactly_the_affected_landmarks(tmp_path, cli
         tmp_path / "w" / "after.parquet",
     )
     after = pd.read_parquet(tmp_path / "w" / "after.parquet")
-    overridden = set(pd.read_csv(review / "landmark_overrides.csv")["landmark_id"])
-    changed = set(before.loc[(before.fillna("-") != after.fillna("-")).any(axis=1), "landmark_id"])
-    expected = (
-        set(before.loc[before["supercategory_qid"].isin(["Q751876", "Q23397"]), "landmark_id"]) - overridden
-    )
+    assert set(before["numbering"]) == {"train", "index"}  # both numberings, one vocabulary
+
+    def keys(df):
+        return set(zip(df["numbering"], df["landmark_id"], strict=True))
+
+    ov = pd.read_csv(review / "landmark_overrides.csv", dtype=str, keep_default_na=False)
+    nums = ov["numbering"] if "numbering" in ov else ["train"] * len(ov)
+    overridden = {(n or "train", int(x)) for n, x in zip(nums, ov["landmark_id"], strict=True)}
+    changed = keys(before[(before.fillna("-") != after.fillna("-")).any(axis=1)])
+    expected = keys(before[before["supercategory_qid"].isin(["Q751876", "Q23397"])]) - overridden
     assert changed == expected and len(expected) > 5
-    sel = after["landmark_id"].isin(expected)
+    sel = pd.Series([k in expected for k in zip(after["numbering"], after["landmark_id"], strict=True)])
     assert set(after.loc[sel, "provenance"]) == {"decision"}
     assert set(after.loc[after["supercategory_qid"] == "Q23397", "hierarchical_label"]) == {"river"}
 

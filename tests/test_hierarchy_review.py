@@ -242,7 +242,7 @@ def test_propose_rules_on_a_small_graph():
             "revision": 7,
         }
     )
-    props, pending = propose(resolved, g, {}, table, {1: 5, 4: 100})
+    props, pending = propose(resolved, g, {}, table, {("train", 1): 5, ("train", 4): 100, ("index", 6): 999})
     p = props.set_index("landmark_id")
     assert (p.loc[1, "cluster"], p.loc[1, "status"], p.loc[1, "anchor_distance"]) == ("church", "rule", 1)
     assert p.loc[2, "reason"] == "tie" and p.loc[2, "top"] == "human-made" and pd.isna(p.loc[2, "cluster"])
@@ -283,7 +283,9 @@ values = st.sampled_from([None, "church", "Church", "castle", "lake"])
 def test_diff_matches_oracle(rows_a, rows_b):
     def table(rows, prov):
         df = pd.DataFrame({c: pd.Series([None] * len(rows), dtype="string") for c in HIERARCHY_COLUMNS})
-        df["landmark_id"] = pd.Series([r[0] for r in rows], dtype="int64")
+        # ids 16..30 are index landmarks 0..14: the same integers in two numberings, other places
+        df["landmark_id"] = pd.Series([r[0] - 16 if r[0] >= 16 else r[0] for r in rows], dtype="int64")
+        df["numbering"] = pd.Series(["index" if r[0] >= 16 else "train" for r in rows], dtype="string")
         df["hierarchical_label"] = pd.Series([r[1] for r in rows], dtype="string")
         df["natural_or_human_made"] = pd.Series([r[2] for r in rows], dtype="string")
         df["provenance"] = prov
@@ -378,5 +380,52 @@ def test_validate_anchors_catches_wrong_qids_and_offline_misses(tmp_path, cli_ru
     )
     assert (
         res.exit_code == 2
-        and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1|" in res.output
+        and "Error: offline and 1 request(s) not in the cache: wbgetentities ids=Q1 (1)" in res.output
     )
+
+
+def test_overrides_name_their_numbering(tmp_path, cli_runner):
+    """Both numberings in one run: an override with numbering=index changes the index landmark only,
+    never the train landmark with the same integer id; rows without a numbering mean train."""
+    work = tmp_path / "w"
+    for args in (
+        ["resolve", "--categories", SAMPLE / "train_label_to_category.csv", "--categories",
+         SAMPLE / "index_label_to_category.csv", "--out", work / "resolved.parquet", *NET],
+        ["graph", "--resolved", work / "resolved.parquet", "--out-dir", work, *NET],
+        ["propose", "--resolved", work / "resolved.parquet", "--graph-dir", work, "--clusters",
+         REVIEW / "clusters.csv", "--out", work / "proposals.parquet", "--pending", work / "pending.csv"],
+    ):  # fmt: skip
+        res = cli_runner.invoke(main, ["hierarchy", *map(str, args)])
+        assert res.exit_code == 0, res.output
+    props = pd.read_parquet(work / "proposals.parquet")
+    keys = set(zip(props["numbering"], props["landmark_id"], strict=True))
+    both = sorted({lid for n, lid in keys if n == "index"} & {lid for n, lid in keys if n == "train"})
+    assert both, "the sample has landmark ids in both numberings"
+    lid = both[0]
+    review = tmp_path / "review"
+    shutil.copytree(REVIEW, review)
+    (review / "landmark_overrides.csv").write_text(
+        "landmark_id,cluster,top,reason,numbering\n"
+        f"{lid},waterfall,natural,test index,index\n"
+        "6631,church,human-made,old row without numbering,\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "h.parquet"
+    res = apply(cli_runner, work / "proposals.parquet", review, out)
+    assert res.exit_code == 0, res.output
+    t = load_hierarchy_table(out).set_index(["numbering", "landmark_id"])
+    assert t.loc[("index", lid), "hierarchical_label"] == "waterfall"
+    assert t.loc[("index", lid), "provenance"] == "override"
+    assert t.loc[("train", lid), "provenance"] != "override"
+    assert t.loc[("train", 6631), "provenance"] == "override"
+    assert "index numbering" in res.output and "train numbering" in res.output
+    for text, message in (
+        (f"landmark_id,cluster,top,reason,numbering\n{lid},lake,natural,x,test\n", "numbering 'test' is not"),
+        (
+            "landmark_id,cluster,top,reason,numbering\n99999,lake,natural,x,index\n",
+            "landmark_overrides.csv:2: unknown landmark_id 99999 in the index numbering",
+        ),
+    ):
+        (review / "landmark_overrides.csv").write_text(text, encoding="utf-8")
+        res = apply(cli_runner, work / "proposals.parquet", review, tmp_path / "bad.parquet")
+        assert res.exit_code == 2 and message in res.output, res.output

@@ -102,8 +102,14 @@ def test_parquet_with_gallery(cli_runner, case):
 
 
 def test_gldv2_mode(cli_runner, tmp_path):
-    (tmp_path / "sol.csv").write_text("id,images,Usage\nq1,a b,Public\nq2,c,Private\nq3,None,Ignored\n")
-    (tmp_path / "sub.csv").write_text("id,images\nq1,x a b\nq2,c\nq3,a\n")
+    (tmp_path / "sol.csv").write_text(
+        "id,images,Usage\n0000000000000a01,00000000000000aa 00000000000000bb,Public\n"
+        "0000000000000a02,00000000000000cc,Private\n0000000000000a03,None,Ignored\n"
+    )
+    (tmp_path / "sub.csv").write_text(
+        "id,images\n0000000000000a01,00000000000000ee 00000000000000aa 00000000000000bb\n"
+        "0000000000000a02,00000000000000cc\n0000000000000a03,00000000000000aa\n"
+    )
     res = cli_runner.invoke(
         main,
         [
@@ -160,7 +166,7 @@ def test_bad_inputs(cli_runner, case):
     )
     _error(cli_runner, ["evaluate"], "give exactly one of")
     _error(cli_runner, ["evaluate", "--example", "--recall-at", "0"], "--recall-at")
-    (tmp / "sol.csv").write_text("id,images,Usage\nq1,a,Publik\n")
+    (tmp / "sol.csv").write_text("id,images,Usage\n0000000000000a01,00000000000000aa,Publik\n")
     (tmp / "sub.csv").write_text("id,images\n")
     _error(
         cli_runner,

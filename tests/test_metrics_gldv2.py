@@ -159,30 +159,49 @@ def test_read_recognition_files(tmp_path):
     assert res["public"]["GAP"] == pytest.approx(1.0) and res["private"]["GAP"] == 0.0
 
 
+Q1, Q9, IA, IB = "0000000000000a01", "0000000000000a09", "00000000000000aa", "00000000000000bb"
+
+
 @pytest.mark.parametrize(
     "sol_text, sub_text, message",
     [
-        ("id,images,Usage\nq1,a,Secret\n", "id,images\n", "sol.csv:2: Usage 'Secret'"),
-        ("id,images,Usage\nq1,a,Public\nq1,b,Public\n", "id,images\n", "sol.csv:3: id 'q1' is repeated"),
+        (f"id,images,Usage\n{Q1},{IA},Secret\n", "id,images\n", "sol.csv:2: Usage 'Secret'"),
         (
-            "id,images,Usage\nq1,None,Public\n",
+            f"id,images,Usage\n{Q1},{IA},Public\n{Q1},{IB},Public\n",
             "id,images\n",
-            "sol.csv:2: Public query 'q1' has no ground-truth",
-        ),
-        ("id,images,Usage\nq1,a,Public\n", "id,images\nq1,a\nq1,b\n", "sub.csv:3: query 'q1' is repeated"),
-        (
-            "id,images,Usage\nq1,a,Public\n",
-            "id,images\nq9,a\n",
-            "sub.csv:2: query 'q9' is not in the solution",
+            f"sol.csv:3: duplicate id '{Q1}'",
         ),
         (
-            "id,landmarks,Usage\nq1,1,Public\n",
-            "id,landmarks\nq1,1\n",
+            f"id,images,Usage\n{Q1},None,Public\n",
+            "id,images\n",
+            f"sol.csv:2: Public query '{Q1}' has no ground-truth",
+        ),
+        (
+            f"id,images,Usage\n{Q1},{IA},Public\n",
+            f"id,images\n{Q1},{IA}\n{Q1},{IB}\n",
+            f"sub.csv:3: query '{Q1}' is repeated",
+        ),
+        (
+            f"id,images,Usage\n{Q1},{IA},Public\n",
+            f"id,images\n{Q9},{IA}\n",
+            f"sub.csv:2: query '{Q9}' is not in the solution",
+        ),
+        (
+            f"id,landmarks,Usage\n{Q1},1,Public\n",
+            f"id,landmarks\n{Q1},1\n",
             "sub.csv:2: expected '<landmark_id> <score>'",
         ),
-        ("id,landmarks,Usage\nq1,x,Public\n", "id,landmarks\n", "sol.csv:2: landmarks 'x' are not integers"),
-        ("id,foo,Usage\nq1,x,Public\n", "id,landmarks\n", "sol.csv:1: second column"),
+        (
+            f"id,landmarks,Usage\n{Q1},x,Public\n",
+            "id,landmarks\n",
+            "sol.csv:2: landmark id 'x' is not an integer",
+        ),
+        (f"id,foo,Usage\n{Q1},x,Public\n", "id,landmarks\n", "sol.csv:1: second column"),
         ("", "id,images\n", "sol.csv: empty file"),
+        # the one GLDv2 reader: a short row or an extra field is one error line naming the line
+        (f"id,images,Usage\n{Q1},{IA},Public\n{Q9}\n", "id,images\n", "sol.csv:3: expected 3 fields, got 1"),
+        (f"id,images,Usage\n{Q1},{IA},Public,x\n", "id,images\n", "sol.csv:2: expected 3 fields, got 4"),
+        ("id,images,Usage\nq1,a,Public\n", "id,images\n", "sol.csv:2: id 'q1' is not a 16-character hex"),
     ],
 )
 def test_bad_files(tmp_path, sol_text, sub_text, message):

@@ -295,7 +295,7 @@ CASES = [
     ),
     # usage errors: one Error line, then the --help hint
     ("usage: unknown option", "No such option '--no-such-option'", "evaluate --no-such-option"),
-    ("usage: missing argument", "Missing argument 'B'", "hierarchy diff {hierarchy}"),
+    ("usage: missing argument", "Missing argument 'B", "hierarchy diff {hierarchy}"),
     ("usage: bad choice", "'nope' is not one of", "evaluate --example --relevance nope"),
 ]
 

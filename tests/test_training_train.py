@@ -154,8 +154,11 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_process_gloo_matches_one_process(data_root, tmp_path):
+@pytest.mark.parametrize("norm", ["group", pytest.param("frozen_batch", marks=pytest.mark.slow)])
+def test_two_process_gloo_matches_one_process(data_root, tmp_path, norm):
     cfg = tiny_config(data_root, steps=3)
+    if norm == "frozen_batch":  # frozen BatchNorm (the authors' ResNets): per-sample, so N == 1
+        cfg["model"].update(norm="batch", freeze_batchnorm=True)
     cfg["loss"].update(
         name="SupHAP",
         weight=0.9,

@@ -34,6 +34,7 @@ _COMMANDS = {
     "download": "hglv2.cli.data:download",
     "export": "hglv2.cli.data:export",
     "prepare-images": "hglv2.cli.images:prepare_images",
+    "convert": "hglv2.cli.convert:convert",
     "hierarchy": "hglv2.cli.hierarchy:hierarchy",
     "evaluate": "hglv2.cli.evaluate:evaluate",
     "train": "hglv2.cli.train:train",

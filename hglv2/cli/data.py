@@ -166,6 +166,20 @@ _register_images()
 )
 @click.option("--row-group-size", type=click.IntRange(1000, None), default=50_000, show_default=True)
 @click.option(
+    "--drop-incomplete",
+    is_flag=True,
+    help="Drop index and query rows whose hierarchy is incomplete (the authors' evaluation set); "
+    "default: keep them, flagged. Counts go to the manifest.",
+)
+@click.option(
+    "--mixed-ground-truth",
+    type=click.Choice(["error", "first"]),
+    default="error",
+    show_default=True,
+    help="A query whose ground-truth index images depict different landmarks: stop with an error, "
+    "or take the landmark of the first listed image (the authors' rule; counted in the manifest).",
+)
+@click.option(
     "--json",
     "json_path",
     type=OUTPUT_FILE,
@@ -178,6 +192,8 @@ def export(
     hierarchy: tuple[str, ...],
     splits: tuple[str, ...],
     row_group_size: int,
+    drop_incomplete: bool,
+    mixed_ground_truth: str,
     json_path: str | None,
 ) -> None:
     """Export validated Parquet splits (train, train_full, index, query) with the hierarchy joined."""
@@ -190,6 +206,8 @@ def export(
         splits=list(splits) or None,
         row_group_size=row_group_size,
         command=_command_line(click.get_current_context()),
+        drop_incomplete=drop_incomplete,
+        mixed_ground_truth=mixed_ground_truth,
     )
     if json_path:  # files first: a closed stdout (| head) must not lose them
         write_json(json_path, manifest)
@@ -200,4 +218,6 @@ def export(
             + " ".join(f"{k}={v:.1%}" for k, v in cov.items())
             + f"  incomplete landmarks {info['landmarks_hierarchy_incomplete']:,d}"
         )
+    for name, n in manifest["dropped_incomplete"].items():
+        click.echo(f"{name:10s} dropped {n:,d} rows with an incomplete hierarchy")
     click.echo(f"wrote {out_dir}/manifest.json and README.md")

@@ -9,6 +9,8 @@ embedded example.
 * ``hglv2 evaluate --solution retrieval_solution_v2.1.csv --submission sub.csv``: official GLDv2
   mAP@100 (retrieval) or GAP (recognition), Public and Private.
 * ``hglv2 evaluate --example``: a small deterministic hierarchical case, two embedding models.
+* ``hglv2 evaluate --checkpoint RUN_OR_FILE --data DIR [--query S --gallery S]``, ``--protocol
+  roxford5k|rparis6k`` and ``--landmark-table``: a trained model (:mod:`hglv2.cli._checkpoint`).
 
 Every mode prints a table; ``--json PATH`` also writes the numbers (NaN -> null).
 """
@@ -22,6 +24,7 @@ from typing import Any
 import click
 import numpy as np
 
+from hglv2.cli._checkpoint import checkpoint_options, run_checkpoint
 from hglv2.cli._options import OUTPUT_FILE_PATH
 from hglv2.errors import InputError
 from hglv2.fileio import write_json
@@ -193,6 +196,7 @@ def _fmt(v: Any) -> str:
 def format_table(res: dict[str, Any], n_levels: int, recall_at: tuple[int, ...]) -> str:
     """The per-level metric table and the hierarchical metrics, as text."""
     rows = ["AP", "mAP@R", "mAP@100"] + [f"R@{k}" for k in recall_at] + [f"P@{k}" for k in recall_at]
+    rows = [name for name in rows if f"{name}_level0" in res]  # top-k mode reports a subset
     width = 10
     head = "metric".ljust(12) + "".join(f"level{lev}".rjust(width) for lev in range(n_levels))
     lines = [head, "-" * len(head)]
@@ -208,6 +212,16 @@ def format_table(res: dict[str, Any], n_levels: int, recall_at: tuple[int, ...])
         "skipped".ljust(12)
         + "".join(str(res[f"n_skipped_level{lev}"]).rjust(width) for lev in range(n_levels))
     )
+    if "top_k" in res:
+        lines.append(
+            "truncated".ljust(12)
+            + "".join(str(res[f"n_truncated_level{lev}"]).rjust(width) for lev in range(n_levels))
+        )
+        lines.append(
+            f"top-k mode (k = {res['top_k']}): mAP@R leaves out the 'truncated' queries (R > k); "
+            "AP, H-AP, NDCG, ASI need the full ranking"
+        )
+        return "\n".join(lines)
     multi = "   ".join(
         f"{k} {_fmt(res[k])}" for k in res if k in ("H-AP", "NDCG", "ASI") or k.startswith("NDCG@")
     )
@@ -266,6 +280,7 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
 # the command
 # ------------------------------------------------------------------------------------------------
 @click.command("evaluate")
+@checkpoint_options
 @click.option(
     "-e", "--embeddings", type=click.Path(path_type=Path), help="Query embeddings (.npy or Parquet)."
 )
@@ -280,6 +295,14 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
     "--relevance", type=click.Choice(["pop", "map"]), default="pop", show_default=True, help="H-AP relevance."
 )
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Level weight exponent.")
+@click.option(
+    "--hap-convention",
+    type=click.Choice(["hglv2", "reference"]),
+    default="hglv2",
+    show_default=True,
+    help="reference: the SupRank authors' evaluation (H-AP counts the query itself; queries without "
+    "positives score 0). See hglv2.metrics.conventions.",
+)
 @click.option("--ndcg-at", type=click.IntRange(min=1), help="Also report NDCG@k.")
 @click.option(
     "--normalize/--no-normalize",
@@ -289,6 +312,16 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
 )
 @click.option(
     "--memory-mb", type=click.IntRange(min=1), default=1024, show_default=True, help="Working-memory budget."
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    help="Top-k mode: rank only the first K items per query (k-NN) and report R@k, P@k (k <= K), "
+    "mAP@100 (K >= 100) and mAP@R (NaN where R > K, counted as 'truncated'); no AP, H-AP, NDCG, ASI.",
+)
+@click.option(
+    "--device",
+    help="Run the matmul and the ranking on this torch device (e.g. cuda, cuda:1; default: the CPU engine).",
 )
 @click.option("--solution", type=click.Path(path_type=Path), help="GLDv2 solution CSV.")
 @click.option("--submission", type=click.Path(path_type=Path), help="GLDv2 submission CSV.")
@@ -304,35 +337,67 @@ def evaluate(
     recall_at,
     relevance,
     alpha,
+    hap_convention,
     ndcg_at,
     normalize,
     memory_mb,
+    top_k,
+    device,
     solution,
     submission,
     task,
     example,
     json_path,
+    **checkpoint,
 ) -> None:
     """Compute retrieval metrics (AP, mAP@R, mAP@100, R@k, P@k per level; H-AP, NDCG, ASI)."""
-    from hglv2.metrics import evaluate as run_evaluate
+    from hglv2.metrics.conventions import evaluate_convention
+
+    def run_evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return evaluate_convention(*args, hap_convention=hap_convention, **kwargs)
 
     modes = [
+        checkpoint["checkpoint"] is not None or checkpoint["landmark_table"],
         example,
         solution is not None or submission is not None,
         embeddings is not None or labels is not None,
     ]
     if sum(modes) != 1:
-        raise InputError("give exactly one of: --embeddings/--labels, --solution/--submission, --example")
+        raise InputError(
+            "give exactly one of: --embeddings/--labels, --solution/--submission, --example, --checkpoint"
+        )
     ks = _parse_ks(recall_at)
     columns = [c.strip() for c in label_columns.split(",")] if label_columns else None
 
     lines: list[str] = []
     say = lines.append
-    if example:
+    if checkpoint["checkpoint"] is not None or checkpoint["landmark_table"]:
+        if checkpoint["checkpoint"] is None:
+            raise InputError("--landmark-table needs --checkpoint")
+        metric_options = {"recall_at": ks, "relevance": relevance, "alpha": alpha, "ndcg_at": ndcg_at}
+        metric_options["hap_convention"] = hap_convention
+        out = run_checkpoint(checkpoint, metric_options, say)
+        if out["mode"] == "checkpoint" and "mean" not in out["results"]:
+            res = out["results"]
+            n_levels = sum(1 for k in res if k.startswith("n_queries_level"))
+            say(format_table(res, n_levels, ks))
+    elif example:
         lab, models = example_case()
         out: dict[str, Any] = {"mode": "example", "results": {}}
         for name, emb in models.items():
-            res = run_evaluate(emb, lab, recall_at=ks, relevance=relevance, alpha=alpha, ndcg_at=ndcg_at)
+            try:
+                res = run_evaluate(
+                    emb,
+                    lab,
+                    recall_at=ks,
+                    relevance=relevance,
+                    alpha=alpha,
+                    ndcg_at=ndcg_at,
+                    top_k=top_k,
+                    device=device,
+                )
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
             out["results"][name] = res
             say(
                 f"== example, {name} embeddings: {res['n_queries']} queries, gallery of "
@@ -395,6 +460,8 @@ def evaluate(
                 alpha=alpha,
                 ndcg_at=ndcg_at,
                 memory_mb=memory_mb,
+                top_k=top_k,
+                device=device,
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -414,8 +481,10 @@ def evaluate(
                 "recall_at": list(ks),
                 "relevance": relevance,
                 "alpha": alpha,
+                "hap_convention": hap_convention,
                 "ndcg_at": ndcg_at,
                 "normalize": normalize,
+                "top_k": top_k,
             },
             "results": res,
         }

@@ -154,8 +154,8 @@ def _with_client(f):
 
 
 _STAGE_COLUMNS = {  # stage -> (module, constant naming the columns of its Parquet output)
-    "resolve": ("hglv2.hierarchy.resolve", "RESOLVED_COLUMNS"),
-    "propose": ("hglv2.hierarchy.clusters", "PROPOSAL_COLUMNS"),
+    "resolve": ("hglv2.hierarchy.resolve", "RESOLVED_REQUIRED"),
+    "propose": ("hglv2.hierarchy.clusters", "PROPOSAL_REQUIRED"),
 }
 
 
@@ -208,24 +208,32 @@ def hierarchy() -> None:
 @hierarchy.command()
 @click.option(
     "--categories",
-    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
     required=True,
-    help="GLDv2 *_label_to_category.csv (landmark_id,category).",
+    help="GLDv2 train_ and/or index_label_to_category.csv (landmark_id,category); repeatable, all "
+    "resolved in one run. The numbering comes from the name (index* -> index, else train), or "
+    "write NUMBERING=PATH.",
 )
 @_file_option("--out", DEFAULT_OUT / "resolved.parquet", output=True)
 @_json_option
 @_dump_options
 @_with_client
 def resolve(
-    client, categories: Path, out: Path, json_path: Path | None, dump: Path | None, redirects: Path | None
+    client,
+    categories: tuple[str, ...],
+    out: Path,
+    json_path: Path | None,
+    dump: Path | None,
+    redirects: Path | None,
 ) -> None:
     """Commons category URL of each landmark -> Wikidata item (QID, P31, label, revision)."""
-    from hglv2.hierarchy.resolve import read_categories, resolve_file
+    from hglv2.hierarchy.resolve import category_files, read_categories, resolve_file
 
     if dump is not None:
         from hglv2.hierarchy.dump import client_for_resolve
 
-        client = client_for_resolve(dump, read_categories(categories), redirects)
+        pairs = [pair for p in category_files(categories).values() for pair in read_categories(p)]
+        client = client_for_resolve(dump, pairs, redirects)
     res = resolve_file(client, categories, out)
     if dump is not None:
         res["source"] = client.index.provenance()
@@ -233,6 +241,8 @@ def resolve(
     click.echo(f"resolved {res['resolved']}/{res['landmarks']} landmarks -> {out}")
     for k, v in res["resolution"].items():
         click.echo(f"  {k:40s} {v}")
+    for n, part in res["by_numbering"].items():
+        click.echo(f"  {n} numbering: resolved {part['resolved']}/{part['landmarks']}")
 
 
 @hierarchy.command()
@@ -286,8 +296,9 @@ def graph(
 @click.option(
     "--images",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="GLDv2 train.csv (counts images per landmark, to sort the review list).",
+    multiple=True,
+    help="GLDv2 train.csv and/or index_image_to_landmark.csv (count images per landmark, to sort "
+    "the review list); repeatable.",
 )
 @_file_option("--out", DEFAULT_OUT / "proposals.parquet", output=True)
 @_file_option("--pending", DEFAULT_OUT / "pending.csv", output=True)
@@ -296,7 +307,7 @@ def propose(
     resolved: Path,
     graph_dir: Path,
     clusters: Path,
-    images: Path | None,
+    images: tuple[Path, ...],
     out: Path,
     pending: Path,
     json_path: Path | None,
@@ -305,7 +316,7 @@ def propose(
     from hglv2.hierarchy.clusters import propose_files
 
     _require_stage_output(resolved, "resolve")
-    res = propose_files(resolved, graph_dir, clusters, images, out, pending)
+    res = propose_files(resolved, graph_dir, clusters, list(images) or None, out, pending)
     _write_json(json_path, res)
     click.echo(
         f"proposed: {res['status'].get('rule', 0)} by rule, {res['status'].get('pending', 0)} pending "
@@ -342,6 +353,11 @@ def _print_coverage(cov: dict) -> None:
         c = cov[col]
         img = f", {c['image_fraction']:.1%} of images" if "image_fraction" in c else ""
         click.echo(f"  {col:24s} {c['landmarks']:6d}  {c['fraction']:.1%}{img}")
+    for n, part in cov.get("by_numbering", {}).items():
+        click.echo(
+            f"  {n} numbering: {part['landmarks']} landmarks, complete {part['complete']['landmarks']} "
+            f"({part['complete']['fraction']:.1%})"
+        )
 
 
 @hierarchy.command()
@@ -412,7 +428,7 @@ def apply_cmd(
 
 @hierarchy.command()
 @click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("b", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out-csv",
     type=OUTPUT_FILE_PATH,
@@ -429,26 +445,38 @@ def apply_cmd(
 @_json_option
 def diff(
     a: Path,
-    b: Path,
+    b: tuple[Path, ...],
     out_csv: Path | None,
     seed_decisions: Path | None,
     confusion_csv: Path | None,
     json_path: Path | None,
 ) -> None:
-    """Compare hierarchy tables A and B (ours: .parquet/.csv; published *_to_hierarchical.csv)."""
-    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary
+    """Compare hierarchy table A with B (ours: .parquet/.csv; published *_label_to_hierarchical.csv).
+
+    B may be several tables (the published train_ and index_label_to_hierarchical.csv): each
+    numbering of A is compared with its own table, and the figures are printed per numbering too.
+    """
+    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary, numbering_of_file
 
     res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
     _write_json(json_path, diff_summary(res))  # files first: a closed stdout (| head) must not lose them
-    lm = res["landmarks"]
-    click.echo(
-        f"A={a} ({lm['a']} landmarks)  B={b} ({lm['b']})  common {lm['common']}, "
-        f"only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
-    )
-    click.echo(f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}")
-    for lev, s in res["levels"].items():
-        agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
-        click.echo(f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}")
+    parts = [("all", res)] + (list(res["by_numbering"].items()) if len(res["by_numbering"]) > 1 else [])
+    for name, r in parts:
+        lm = r["landmarks"]
+        where = "" if name == "all" else f"[{name} numbering] "
+        shown = b if name == "all" else [p for p in b if numbering_of_file(p) == name] or b
+        click.echo(
+            f"{where}A={a} ({lm['a']} landmarks)  B={' '.join(map(str, shown))} ({lm['b']})  common "
+            f"{lm['common']}, only in A {lm['only_in_a']}, only in B {lm['only_in_b']}"
+        )
+        click.echo(
+            f"  {'level':24s} {'both':>6s} {'agree':>6s} {'agreement':>9s} {'only A':>7s} {'only B':>7s}"
+        )
+        for lev, s in r["levels"].items():
+            agr = "-" if s["agreement"] is None else f"{s['agreement']:.1%}"
+            click.echo(
+                f"  {lev:24s} {s['both']:6d} {s['agree']:6d} {agr:>9s} {s['only_a']:7d} {s['only_b']:7d}"
+            )
     off = confusion_pairs(res["confusion"])
     if off:
         click.echo("  largest cluster confusions (A -> B: landmarks):")

@@ -71,7 +71,8 @@ def train(
     json_path: str | None,
     quiet: bool,
 ) -> None:
-    """Train a model with CONFIG (a shipped name: synthetic, h-gldv2, sop, inat2018; or a YAML file).
+    """Train a model with CONFIG (a shipped name: synthetic, h-gldv2, sop, inat2018, inat-base, cub,
+    dyml-vehicle, dyml-animal, dyml-product; or a YAML file).
 
     Resumes from OUT/checkpoints/last.pt when present. Under torchrun each process trains its shard
     of every global batch (gloo on CPU, nccl on GPU).

@@ -16,6 +16,7 @@ from hglv2.gldv2.readers import (
     metadata_files,
     read_csv_strings,
     read_file,
+    read_header,
 )
 from hglv2.gldv2.specs import DEFAULT_BASE_URL, FILES, KIND_COLUMNS, FileSpec, file_url, spec_for
 
@@ -35,6 +36,7 @@ __all__ = [
     "metadata_files",
     "read_csv_strings",
     "read_file",
+    "read_header",
     "read_lock",
     "spec_for",
 ]

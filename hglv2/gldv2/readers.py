@@ -40,6 +40,14 @@ def _header(path: Path) -> list[str]:
     return [c.strip() for c in next(csv.reader([first]))]
 
 
+def read_header(path: str | os.PathLike[str]) -> list[str]:
+    """The column names on line 1 of a CSV file (BOM and surrounding spaces removed)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    return _header(path)
+
+
 def _first_bad_utf8_line(path: Path) -> int:
     with open(path, "rb") as fh:
         for k, line in enumerate(fh, start=1):

@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pandas as pd
 
 from hglv2.errors import InputError
+from hglv2.hierarchy.labels import sort_table
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
-from hglv2.schema import HIERARCHY_COLUMNS
+from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS
 
 CLUSTER_COLUMNS = ("qid", "label", "cluster", "top")
 DECISION_COLUMNS = ("supercategory_qid", "supercategory", "cluster", "reason")
-OVERRIDE_COLUMNS = ("landmark_id", "cluster", "top", "reason")
+OVERRIDE_COLUMNS = ("landmark_id", "cluster", "top", "reason", "numbering")
 PENDING_COLUMNS = (
     "kind",
     "key",
@@ -50,6 +52,7 @@ PENDING_COLUMNS = (
 )
 PROPOSAL_COLUMNS = (
     "landmark_id",
+    "numbering",
     "category",
     "qid",
     "label",
@@ -64,6 +67,8 @@ PROPOSAL_COLUMNS = (
     "revision",
     "n_images",
 )
+#: the columns a proposals table must have (tables written before ``numbering`` existed are train)
+PROPOSAL_REQUIRED = tuple(c for c in PROPOSAL_COLUMNS if c != "numbering")
 
 
 def read_review_csv(
@@ -224,9 +229,13 @@ def propose(
     g: nx.DiGraph,
     aliases: Mapping[str, str],
     table: ClusterTable,
-    image_counts: Mapping[int, int] | None = None,
+    image_counts: Mapping[tuple[str, int], int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Supercategory, cluster and top per landmark; returns ``(proposals, pending)`` DataFrames."""
+    """Supercategory, cluster and top per landmark; returns ``(proposals, pending)`` DataFrames.
+
+    Rows are keyed by (numbering, landmark_id) (resolved tables without a ``numbering`` column are
+    in the train numbering); ``image_counts`` is keyed the same way. Both numberings share the
+    graph and the anchors, hence one cluster vocabulary."""
     anchors = table.by_qid
     image_counts = image_counts or {}
     hits: dict[str, AnchorHit] = {}
@@ -255,15 +264,17 @@ def propose(
     rows = []
     for r in resolved.to_dict("records"):
         lid = int(r["landmark_id"])
+        numbering = r.get("numbering") if isinstance(r.get("numbering"), str) else "train"
         out = {c: None for c in PROPOSAL_COLUMNS}
         out.update(
             landmark_id=lid,
+            numbering=numbering,
             category=r.get("category"),
             qid=r.get("qid"),
             label=r.get("label"),
             resolution=r.get("resolution"),
             revision=r.get("revision"),
-            n_images=int(image_counts.get(lid, 0)),
+            n_images=int(image_counts.get((numbering, lid), 0)),
             status="pending",
         )
         classes = sorted(dict.fromkeys(canon(q) for q in _split(r.get("p31"))), key=qid_number)
@@ -302,8 +313,23 @@ def propose(
     for c in PROPOSAL_COLUMNS:
         if c not in ("landmark_id", "n_images", "anchor_distance", "revision"):
             proposals[c] = proposals[c].astype("string")
-    proposals = proposals.sort_values("landmark_id", kind="stable").reset_index(drop=True)
+    proposals = sort_table(proposals)
     return proposals, pending_table(proposals, g, anchors, hits, label)
+
+
+def landmark_key(numbering: str, landmark_id: int) -> str:
+    """How review lists name a landmark: ``123`` in the train numbering, ``index:123`` in the index
+    numbering."""
+    return str(int(landmark_id)) if numbering == "train" else f"{numbering}:{int(landmark_id)}"
+
+
+def _parse_key(key: str) -> tuple[int, int]:
+    numbering, _, lid = key.rpartition(":")
+    return NUMBERINGS.index(numbering or "train"), int(lid)
+
+
+def _key_order(pair: tuple[str, int]) -> tuple[int, int]:
+    return NUMBERINGS.index(pair[0]), int(pair[1])
 
 
 def _s(value: Any) -> str | None:
@@ -327,7 +353,10 @@ def pending_table(
     for sup, grp in pend[pend["supercategory_qid"].notna()].groupby("supercategory_qid", sort=True):
         h = hits.get(sup, AnchorHit(None, (), ()))
         cands = sorted({f"{anchors[a].cluster} ({anchors[a].top})" for a in h.anchors})
-        lids = sorted(grp["landmark_id"].tolist())
+        lids = [
+            landmark_key(n, lid)
+            for n, lid in sorted(zip(grp["numbering"], grp["landmark_id"], strict=True), key=_key_order)
+        ]
         rows.append(
             {
                 "kind": "supercategory",
@@ -338,27 +367,27 @@ def pending_table(
                 "n_images": int(grp["n_images"].sum()),
                 "candidates": "|".join(cands),
                 "paths": " ; ".join(_path_text(p, label) for p in h.paths),
-                "landmarks": " ".join(map(str, lids[:20])) + (" ..." if len(lids) > 20 else ""),
+                "landmarks": " ".join(lids[:20]) + (" ..." if len(lids) > 20 else ""),
             }
         )
     for r in pend[pend["supercategory_qid"].isna()].itertuples(index=False):
         rows.append(
             {
                 "kind": "landmark",
-                "key": str(r.landmark_id),
+                "key": landmark_key(r.numbering, r.landmark_id),
                 "label": _s(r.label) or _s(r.category),
                 "reason": r.reason,
                 "n_landmarks": 1,
                 "n_images": int(r.n_images),
                 "candidates": "",
                 "paths": "",
-                "landmarks": str(r.landmark_id),
+                "landmarks": landmark_key(r.numbering, r.landmark_id),
             }
         )
     df = pd.DataFrame(rows, columns=list(PENDING_COLUMNS))
     if len(df):
         df["_k"] = [
-            (-n, k, qid_number(key) if is_qid(key) else int(key))
+            (-n, k, (qid_number(key), "", 0) if is_qid(key) else (0, *_parse_key(key)))
             for n, k, key in zip(df["n_images"], df["kind"], df["key"], strict=True)
         ]
         df = df.sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
@@ -405,20 +434,30 @@ def load_decisions(
 
 
 def load_overrides(
-    path: str | os.PathLike[str], table: ClusterTable, known: set[int]
-) -> dict[int, tuple[str | None, str | None, str, int]]:
-    """``landmark_overrides.csv`` -> {landmark_id: (cluster, top, reason, row)}; errors for bad rows."""
+    path: str | os.PathLike[str], table: ClusterTable, known: set[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[str | None, str | None, str, int]]:
+    """``landmark_overrides.csv`` -> {(numbering, landmark_id): (cluster, top, reason, row)}; errors
+    for bad rows.
+
+    The optional ``numbering`` column says which numbering the landmark_id is in (``train`` or
+    ``index``); files without it, and empty cells, mean ``train`` (the files written before both
+    numberings were resolved)."""
     path = Path(path)
-    df = read_review_csv(path, OVERRIDE_COLUMNS)
+    df = read_review_csv(path, OVERRIDE_COLUMNS, required=OVERRIDE_COLUMNS[:4])
     top_of, tops = table.top_of, table.tops
     out: dict[int, tuple[str | None, str | None, str, int]] = {}
     for i, r in enumerate(df.itertuples(index=False)):
         row = i + 2
         if not r.landmark_id.lstrip("-").isdigit():
             raise InputError(f"{path}:{row}: landmark_id {r.landmark_id!r} is not an integer")
+        numbering = r.numbering or "train"
+        if numbering not in NUMBERINGS:
+            raise InputError(f"{path}:{row}: numbering {numbering!r} is not one of {', '.join(NUMBERINGS)}")
         lid = int(r.landmark_id)
-        if lid not in known:
-            raise InputError(f"{path}:{row}: unknown landmark_id {lid}")
+        key = (numbering, lid)
+        if key not in known:
+            where = "" if numbering == "train" else f" in the {numbering} numbering"
+            raise InputError(f"{path}:{row}: unknown landmark_id {lid}{where}")
         cluster, top = r.cluster or None, r.top or None
         if cluster is None and top is None:
             raise InputError(f"{path}:{row}: give a cluster, a top or both")
@@ -433,11 +472,11 @@ def load_overrides(
         if not r.reason:
             raise InputError(f"{path}:{row}: empty reason (say why this landmark is overridden)")
         top = top or top_of[cluster]
-        if lid in out:
-            prev = out[lid]
+        if key in out:
+            prev = out[key]
             if (prev[0], prev[1]) != (cluster, top):
                 raise InputError(f"{path}:{row}: landmark {lid} conflicts with row {prev[3]}")
-        out.setdefault(lid, (cluster, top, r.reason, row))
+        out.setdefault(key, (cluster, top, r.reason, row))
     return out
 
 
@@ -453,7 +492,8 @@ def apply_reviews(
     """
     warnings: list[str] = []
     decisions = load_decisions(decisions_path, table, warnings)
-    overrides = load_overrides(overrides_path, table, set(proposals["landmark_id"].tolist()))
+    keys = zip(proposals["numbering"].fillna("train"), proposals["landmark_id"].astype(int), strict=True)
+    overrides = load_overrides(overrides_path, table, set(keys))
     top_of = table.top_of
     present = set(proposals["supercategory_qid"].dropna().tolist())
     sup_label = dict(zip(proposals["supercategory_qid"], proposals["supercategory"], strict=True))
@@ -475,13 +515,15 @@ def apply_reviews(
         if sup in decisions:
             cluster = decisions[sup][0]
             top, prov = top_of[cluster], "decision"
-        if r["landmark_id"] in overrides:
-            o_cluster, o_top, _, _ = overrides[r["landmark_id"]]
+        key = (r["numbering"] if isinstance(r["numbering"], str) else "train", int(r["landmark_id"]))
+        if key in overrides:
+            o_cluster, o_top, _, _ = overrides[key]
             cluster, top, prov = o_cluster, o_top, "override"
         rev = r["revision"]
         rows.append(
             {
                 "landmark_id": r["landmark_id"],
+                "numbering": key[0],
                 "category": r["category"],
                 "qid": r["qid"],
                 "supercategory": r["supercategory"],
@@ -496,14 +538,36 @@ def apply_reviews(
         {c: "string" for c in HIERARCHY_COLUMNS if c != "landmark_id"}
     )
     out["landmark_id"] = out["landmark_id"].astype("int64")
-    return out.sort_values("landmark_id", kind="stable").reset_index(drop=True), warnings
+    return sort_table(out), warnings
 
 
-def coverage(table: pd.DataFrame, image_counts: Mapping[int, int] | None = None) -> dict[str, Any]:
-    """Fraction of landmarks (and of images, if counts are given) with each level known."""
+ImageCounts = Mapping[tuple[str, int], int]
+
+
+def coverage(table: pd.DataFrame, image_counts: ImageCounts | None = None) -> dict[str, Any]:
+    """Fraction of landmarks (and of images, if counts keyed by (numbering, landmark_id) are given)
+    with each level known; with a ``numbering`` column, also ``by_numbering``: the same per
+    numbering."""
+    out = _coverage(table, image_counts)
+    if "numbering" in table:
+        out["by_numbering"] = {
+            n: _coverage(table[table["numbering"] == n], image_counts)
+            for n in NUMBERINGS
+            if (table["numbering"] == n).any()
+        }
+    return out
+
+
+def _coverage(table: pd.DataFrame, image_counts: Mapping[tuple[str, int], int] | None) -> dict[str, Any]:
     n = len(table)
     out: dict[str, Any] = {"landmarks": n}
-    weights = table["landmark_id"].map(lambda x: (image_counts or {}).get(int(x), 0)).astype("int64")
+    counts = image_counts or {}
+    nums = table["numbering"].fillna("train") if "numbering" in table else ["train"] * n
+    weights = pd.Series(
+        [counts.get((k, int(x)), 0) for k, x in zip(nums, table["landmark_id"], strict=True)],
+        index=table.index,
+        dtype="int64",
+    )
     total = int(weights.sum())
     out["images"] = total
     for col in ("qid", "supercategory", "hierarchical_label", "natural_or_human_made"):
@@ -526,45 +590,53 @@ def coverage(table: pd.DataFrame, image_counts: Mapping[int, int] | None = None)
 # the propose stage on files
 
 
-def image_counts(path: str | os.PathLike[str] | None) -> dict[int, int]:
-    """Images per landmark in a GLDv2 ``train.csv`` (its ``landmark_id`` column); ``{}`` for None."""
-    if path is None:
+def image_counts(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+) -> dict[tuple[str, int], int]:
+    """Images per (numbering, landmark_id) in GLDv2 image lists: ``train.csv`` (train numbering) and
+    ``index_image_to_landmark.csv`` (index numbering), read by :func:`hglv2.gldv2.readers.read_file`;
+    the numbering comes from the file name (:func:`~hglv2.hierarchy.labels.numbering_of_file`).
+    ``{}`` for None."""
+    from hglv2.gldv2.readers import read_file, read_header
+    from hglv2.hierarchy.labels import numbering_of_file
+
+    if paths is None:
         return {}
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such file (--images)")
-    try:
-        head = pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
-    missing = [c for c in ("id", "landmark_id") if c not in head]
-    if missing:  # e.g. a *_label_to_category.csv: one row per landmark, not per image
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (--images takes the GLDv2 train.csv: "
-            f"id,url,landmark_id; this file has: {', '.join(map(str, head))})"
-        )
-    try:
-        s = pd.read_csv(path, usecols=["landmark_id"], dtype={"landmark_id": "string"})["landmark_id"]
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: {exc}") from None
-    ids = pd.to_numeric(s, errors="coerce")
-    if ids.isna().any():
-        row = int(ids.isna().to_numpy().argmax())
-        raise InputError(f"{path}:{row + 2}: landmark_id {s.iloc[row]!r} is not an integer")
-    return {int(k): int(v) for k, v in ids.astype("int64").value_counts().items()}
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out: dict[tuple[str, int], int] = {}
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file (--images)")
+        head = read_header(p)
+        missing = [c for c in ("id", "landmark_id") if c not in head]
+        if missing:  # e.g. a *_label_to_category.csv: one row per landmark, not per image
+            raise InputError(
+                f"{p}: missing column(s) {', '.join(missing)} (--images takes the GLDv2 train.csv: "
+                f"id,url,landmark_id, or index_image_to_landmark.csv: id,landmark_id; this file has: "
+                f"{', '.join(head)})"
+            )
+        kind = "train" if "url" in head else "image_to_landmark"
+        numbering = numbering_of_file(p)
+        lids = read_file(p, kind)["landmark_id"].to_numpy()
+        ids, counts = np.unique(lids, return_counts=True)
+        for lid, c in zip(ids.tolist(), counts.tolist(), strict=True):
+            out[(numbering, lid)] = out.get((numbering, lid), 0) + c
+    return out
 
 
 def propose_files(
     resolved: str | os.PathLike[str],
     graph_dir: str | os.PathLike[str],
     clusters: str | os.PathLike[str],
-    images: str | os.PathLike[str] | None,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
     out: str | os.PathLike[str],
     pending: str | os.PathLike[str],
 ) -> dict[str, Any]:
     """The propose stage: :func:`propose` over the resolved table and the class graph on disk.
 
-    Writes the proposals (Parquet, ``out``) and the review list (CSV, ``pending``); ``images`` is
-    an optional ``train.csv`` whose image counts sort the review list. Returns the summary:
+    Writes the proposals (Parquet, ``out``) and the review list (CSV, ``pending``); ``images`` are
+    optional image lists (``train.csv``, ``index_image_to_landmark.csv``) whose image counts sort
+    the review list. Returns the summary:
     ``landmarks``, ``status`` (count per status), ``pending_reasons`` (count per reason),
     ``pending_rows``.
     """
@@ -572,11 +644,11 @@ def propose_files(
 
     from hglv2.fileio import atomic_open, commit_together, read_parquet_checked, write_parquet
     from hglv2.hierarchy.graph import load_graph
-    from hglv2.hierarchy.resolve import RESOLVED_COLUMNS
+    from hglv2.hierarchy.resolve import RESOLVED_REQUIRED
 
     counts = image_counts(images)
     hint = "run `hglv2 hierarchy resolve` first"
-    resolved_df = read_parquet_checked(resolved, RESOLVED_COLUMNS, hint).to_pandas()
+    resolved_df = read_parquet_checked(resolved, RESOLVED_REQUIRED, hint).to_pandas()
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
     proposals, pend = propose(resolved_df, g, aliases, table, counts)
@@ -608,14 +680,19 @@ def apply_files(
     from hglv2.fileio import read_parquet_checked
 
     hint = "run `hglv2 hierarchy propose` first"
-    props = read_parquet_checked(proposals, PROPOSAL_COLUMNS, hint).to_pandas()
+    props = read_parquet_checked(proposals, PROPOSAL_REQUIRED, hint).to_pandas()
+    if "numbering" not in props:  # written before both numberings were resolved: train
+        props.insert(1, "numbering", pd.Series("train", index=props.index, dtype="string"))
     table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
     return props, table, warnings
 
 
-def proposal_image_counts(proposals: pd.DataFrame) -> dict[int, int]:
-    """``landmark_id -> n_images`` of the proposals table (the weights of :func:`coverage`)."""
-    return dict(zip(proposals["landmark_id"].astype(int), proposals["n_images"].astype(int), strict=True))
+def proposal_image_counts(proposals: pd.DataFrame) -> dict[tuple[str, int], int]:
+    """``(numbering, landmark_id) -> n_images`` of the proposals table (the weights of
+    :func:`coverage`)."""
+    nums = proposals["numbering"].fillna("train") if "numbering" in proposals else ["train"] * len(proposals)
+    keys = zip(nums, proposals["landmark_id"].astype(int), strict=True)
+    return dict(zip(keys, proposals["n_images"].astype(int), strict=True))
 
 
 def open_groups(proposals: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -625,9 +702,15 @@ def open_groups(proposals: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFr
     none) with ``key``, ``label``, ``reason``, ``n_landmarks``, ``n_images``, sorted by images
     (largest first), then key.
     """
-    open_ = proposals.merge(table[["landmark_id", "hierarchical_label", "provenance"]], on="landmark_id")
+    cols = ["numbering", "landmark_id", "hierarchical_label", "provenance"]
+    open_ = proposals.merge(table[cols], on=["numbering", "landmark_id"])
     open_ = open_[open_["hierarchical_label"].isna()]
-    key = open_["supercategory_qid"].fillna("landmark " + open_["landmark_id"].astype(str))
+    names = pd.Series(
+        [landmark_key(n, lid) for n, lid in zip(open_["numbering"], open_["landmark_id"], strict=True)],
+        index=open_.index,
+        dtype="string",
+    )
+    key = open_["supercategory_qid"].fillna("landmark " + names)
     shown = open_["supercategory"].fillna(open_["label"]).fillna(open_["category"])
     groups = (
         open_.assign(key=key, supercategory=shown)

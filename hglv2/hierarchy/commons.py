@@ -6,7 +6,7 @@ sitelinks as MediaWiki page titles, so the URL is turned into the title MediaWik
 
 1. take the path after ``/wiki/`` (or the ``title=`` query parameter of ``index.php`` URLs),
    drop any ``#fragment``;
-2. percent-decode it (UTF-8);
+2. percent-decode it (UTF-8) and normalise it to Unicode NFC (MediaWiki's title normalisation);
 3. underscores become spaces, runs of whitespace collapse to one space, ends are stripped;
 4. the namespace prefix is written ``Category:`` whatever its case;
 5. the first letter of the page name is upper-cased (MediaWiki's ``$wgCapitalLinks``).
@@ -20,6 +20,7 @@ touches the network: the URL is only parsed, never fetched.
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _HOSTS = ("commons.wikimedia.org", "commons.m.wikimedia.org")
@@ -36,11 +37,12 @@ def _ucfirst(text: str) -> str:
 
 
 def normalize_title(title: str) -> str:
-    """Normalise a MediaWiki title: underscores/whitespace -> one space, first letter upper-cased.
+    """Normalise a MediaWiki title: Unicode NFC (as MediaWiki stores and compares titles),
+    underscores/whitespace -> one space, first letter upper-cased.
 
     A ``category:`` prefix in any case becomes ``Category:`` and the name after it is capitalised.
     """
-    title = _WS.sub(" ", title).strip()
+    title = _WS.sub(" ", unicodedata.normalize("NFC", title)).strip()
     if title.lower().startswith("category:"):
         name = _WS.sub(" ", title[len(_NAMESPACE) :]).strip()
         return _NAMESPACE + _ucfirst(name)

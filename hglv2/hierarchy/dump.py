@@ -320,6 +320,39 @@ class DumpClient:
                 out[qid] = self.index.get(qid)
         return out
 
+    def entities(
+        self,
+        *,
+        ids: Iterable[str] = (),
+        titles: Iterable[str] = (),
+        site: str = "commonswiki",
+        props: str = "info|claims|labels|sitelinks",
+    ) -> dict[str, dict[str, Any] | None]:
+        """:meth:`WikidataClient.entities` on the dump: ``{id or (NFC) title: entity or None}``."""
+        from hglv2.hierarchy.wikidata import _id_order, batched, nfc, split_entities
+
+        ids, titles = list(ids), list(titles)
+        if bool(ids) == bool(titles):
+            raise ValueError("give either ids or titles")
+        wanted = sorted({nfc(t) for t in titles}) if titles else sorted(set(ids), key=_id_order)
+        out: dict[str, dict[str, Any] | None] = {}
+        for chunk in batched(wanted, MAX_BATCH):
+            if titles:
+                ents = self.wbgetentities(titles=chunk, site=site, props=props)
+            else:
+                ents = self.wbgetentities(ids=chunk, props=props)
+            out.update(split_entities(ents, chunk, bool(titles), site))
+        return out
+
+    def p373(self, names: Iterable[str], batch: int = 100) -> dict[str, list[str]]:
+        """:meth:`WikidataClient.p373` on the dump: ``{name: QIDs}`` for every name."""
+        from hglv2.hierarchy.wikidata import batched, p373_matches, sparql_p373_query
+
+        found: dict[str, list[str]] = {}
+        for chunk in batched(sorted(set(names)), batch):
+            found.update(p373_matches(self.sparql(sparql_p373_query(chunk)), chunk))
+        return found
+
     def sparql(self, query: str) -> list[dict[str, Any]]:
         """The P373 lookup the resolve stage sends (``VALUES ?commonscat {...} ?item wdt:P373``)."""
         self._count()

@@ -9,7 +9,7 @@ read ``*_label_to_category.csv``, resolve, write the resolved table (Parquet, co
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,18 @@ import pyarrow as pa
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
 from hglv2.hierarchy.wikidata import (
-    MAX_BATCH,
     ItemInfo,
     WikidataClient,
-    batched,
     fetch_items,
-    is_qid,
     parse_item,
     qid_number,
     run_batches,
 )
+from hglv2.schema import NUMBERINGS
 
 RESOLVED_COLUMNS = (
     "landmark_id",
+    "numbering",
     "category",
     "title",
     "qid",
@@ -40,67 +39,53 @@ RESOLVED_COLUMNS = (
     "p31",
     "p31_ranks",
 )
+#: the columns a resolved table must have (tables written before ``numbering`` existed are train)
+RESOLVED_REQUIRED = tuple(c for c in RESOLVED_COLUMNS if c != "numbering")
 
 
 def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
-    """Read a GLDv2 ``*_label_to_category.csv`` (``landmark_id,category``) as sorted pairs."""
-    import pandas as pd
+    """Read a GLDv2 ``*_label_to_category.csv`` (``landmark_id,category``) as sorted pairs.
 
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a valid CSV file ({exc})") from None
-    for col in ("landmark_id", "category"):
-        if col not in df.columns:
-            raise InputError(f"{path}: missing column {col}")
-    seen: set[int] = set()
-    out = []
-    for row, (lid, cat) in enumerate(zip(df["landmark_id"], df["category"], strict=True), 2):
-        lid = lid.strip()
-        if not lid.lstrip("-").isdigit():
-            raise InputError(f"{path}:{row}: landmark_id {lid!r} is not an integer")
-        n = int(lid)
-        if n in seen:
-            raise InputError(f"{path}:{row}: duplicate landmark_id {n}")
-        seen.add(n)
-        out.append((n, cat.strip()))
-    return sorted(out)
+    Read by :func:`hglv2.gldv2.readers.read_file` (the one validating reader): a short row, an extra
+    field, a non-integer or duplicate landmark_id or an empty category is an error naming its line.
+    """
+    from hglv2.gldv2.readers import read_file
+
+    t = read_file(path, "label_to_category")
+    return sorted(zip(t["landmark_id"].to_pylist(), t["category"].to_pylist(), strict=True))
+
+
+def category_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
+    """Category files by numbering: ``NUMBERING=PATH`` or a path whose name says it
+    (``index_label_to_category.csv`` -> index, see :func:`~hglv2.hierarchy.labels.numbering_of_file`).
+    Each numbering at most once."""
+    from hglv2.hierarchy.labels import numbering_of_file
+
+    out: dict[str, Path] = {}
+    for p in paths:
+        text = os.fspath(p)
+        head, sep, tail = text.partition("=")
+        if sep and head in NUMBERINGS:
+            numbering, path = head, Path(tail)
+        else:
+            numbering, path = numbering_of_file(text), Path(text)
+        if numbering in out:
+            raise InputError(f"{path}: a second {numbering} category file (first: {out[numbering]})")
+        out[numbering] = path
+    return {n: out[n] for n in NUMBERINGS if n in out}
 
 
 def _sparql_p373_query(names: Sequence[str]) -> str:
-    def lit(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    from hglv2.hierarchy.wikidata import sparql_p373_query
 
-    values = " ".join(lit(n) for n in names)
-    return (
-        "SELECT ?item ?commonscat WHERE { VALUES ?commonscat { "
-        + values
-        + " } ?item wdt:P373 ?commonscat . }"
-    )
+    return sparql_p373_query(names)
 
 
 def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> dict[str, str]:
-    """Commons category name -> QID through SPARQL (``VALUES`` batches); the smallest QID wins."""
-    found: dict[str, list[str]] = {}
-
-    def call(chunk: list[str]) -> Callable[[], None]:
-        def run() -> None:
-            for b in client.sparql(_sparql_p373_query(chunk)):
-                try:
-                    name, uri = b["commonscat"]["value"], b["item"]["value"]
-                except (KeyError, TypeError):
-                    continue
-                qid = uri.rsplit("/", 1)[-1]
-                if is_qid(qid) and name in chunk:
-                    found.setdefault(name, []).append(qid)
-
-        return run
-
-    run_batches(call(c) for c in batched(sorted(names), batch))
-    return {name: min(qids, key=qid_number) for name, qids in found.items()}
+    """Commons category name -> QID through SPARQL (``VALUES`` batches, cached per name by the
+    client: :meth:`WikidataClient.p373`); the smallest QID wins."""
+    found = client.p373(names, batch)
+    return {name: min(qids, key=qid_number) for name, qids in found.items() if qids}
 
 
 def resolve_categories(
@@ -108,7 +93,8 @@ def resolve_categories(
 ) -> list[dict[str, Any]]:
     """Resolve ``(landmark_id, category URL)`` pairs to Wikidata items.
 
-    1. titles (normalised, unique, sorted) -> ``wbgetentities&sites=commonswiki``, 50 per call;
+    1. titles (normalised and NFC, unique, sorted) -> ``wbgetentities&sites=commonswiki``, 50 per
+       call, cached per title (:meth:`WikidataClient.entities`);
     2. titles without a sitelink -> P373 (Commons category) through SPARQL, ``sparql_batch`` names
        per ``VALUES`` query;
     3. a category item (P31 Q4167836) is replaced by its P301 main topic (at most ``max_hops``
@@ -120,33 +106,28 @@ def resolve_categories(
     """
     from hglv2.hierarchy.commons import category_name, category_title, normalize_title
 
-    titles: dict[int, str | None] = {}
-    for lid, url in categories:
+    titles: list[str | None] = []
+    for _, url in categories:
         try:
-            titles[lid] = category_title(url)
+            titles.append(category_title(url))
         except ValueError:
-            titles[lid] = None
-    uniq = sorted({t for t in titles.values() if t is not None})
+            titles.append(None)
+    uniq = sorted({t for t in titles if t is not None})
 
     by_title: dict[str, ItemInfo] = {}
 
-    def title_call(chunk: list[str]) -> Callable[[], None]:
-        def run() -> None:
-            wanted = set(chunk)
-            for ent in client.wbgetentities(titles=chunk).values():
-                if not isinstance(ent, dict) or "missing" in ent or "id" not in ent:
-                    continue
-                ent.setdefault("type", "item")
-                info = parse_item(ent)
-                if info.commons_title is None:
-                    continue
-                t = normalize_title(info.commons_title)
-                if t in wanted:
-                    by_title[t] = info
+    def title_call() -> None:
+        for t, ent in client.entities(titles=uniq).items():
+            if ent is None:
+                continue
+            ent = dict(ent)
+            ent.setdefault("type", "item")
+            info = parse_item(ent)
+            if info.commons_title is not None and normalize_title(info.commons_title) == t:
+                by_title[t] = info
 
-        return run
-
-    run_batches(title_call(c) for c in batched(uniq, MAX_BATCH))
+    if uniq:
+        run_batches([title_call])
     unmatched = [t for t in uniq if t not in by_title]
     by_name = _p373_lookup(client, [category_name(t) for t in unmatched], sparql_batch) if unmatched else {}
 
@@ -192,10 +173,9 @@ def resolve_categories(
         items.update(fetch_items(client, needs))
 
     out = []
-    for lid, url in categories:
-        title = titles[lid]
+    for (lid, url), title in zip(categories, titles, strict=True):
         row: dict[str, Any] = dict.fromkeys(RESOLVED_COLUMNS)
-        row.update(landmark_id=lid, category=url or None, title=title)
+        row.update(landmark_id=lid, numbering="train", category=url or None, title=title)
         if title is None:
             row["resolution"] = "invalid-category"
         else:
@@ -220,26 +200,61 @@ def resolved_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.string())) for c in RESOLVED_COLUMNS})
 
 
+def resolve_numbered(
+    client: WikidataClient, categories: Mapping[str, Sequence[tuple[int, str]]], **kwargs: Any
+) -> list[dict[str, Any]]:
+    """:func:`resolve_categories` over several numberings at once (one lookup per distinct title,
+    shared by the numberings): ``{numbering: [(landmark_id, url), ...]}`` -> rows with their
+    ``numbering``, in (numbering, landmark_id) order."""
+    pairs = [(lid, url) for n in NUMBERINGS for lid, url in categories.get(n, ())]
+    tags = [n for n in NUMBERINGS for _ in categories.get(n, ())]
+    unknown = sorted(set(categories) - set(NUMBERINGS))
+    if unknown:
+        raise InputError(f"unknown numbering(s) {', '.join(unknown)} (use {', '.join(NUMBERINGS)})")
+    rows = resolve_categories(client, pairs, **kwargs)
+    for row, n in zip(rows, tags, strict=True):
+        row["numbering"] = n
+    return rows
+
+
 def resolve_summary(rows: Sequence[dict[str, Any]], requests: dict[str, int]) -> dict[str, Any]:
-    """Landmarks, how many got an item, the count per ``resolution`` path and the requests made."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["resolution"]] = counts.get(r["resolution"], 0) + 1
-    return {
-        "landmarks": len(rows),
-        "resolved": sum(1 for r in rows if r["qid"]),
-        "resolution": dict(sorted(counts.items())),
-        "requests": dict(sorted(requests.items())),
+    """Landmarks, how many got an item, the count per ``resolution`` path (also per numbering) and
+    the requests made."""
+
+    def part(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for r in rs:
+            counts[r["resolution"]] = counts.get(r["resolution"], 0) + 1
+        return {
+            "landmarks": len(rs),
+            "resolved": sum(1 for r in rs if r["qid"]),
+            "resolution": dict(sorted(counts.items())),
+        }
+
+    out = part(rows)
+    out["by_numbering"] = {
+        n: part([r for r in rows if r.get("numbering", "train") == n])
+        for n in NUMBERINGS
+        if any(r.get("numbering", "train") == n for r in rows)
     }
+    out["requests"] = dict(sorted(requests.items()))
+    return out
 
 
 def resolve_file(
-    client: WikidataClient, categories: str | os.PathLike[str], out: str | os.PathLike[str]
+    client: WikidataClient,
+    categories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
 ) -> dict[str, Any]:
-    """The resolve stage: read ``categories``, resolve every landmark, write the table to ``out``.
+    """The resolve stage: read the category file(s), resolve every landmark, write the table to ``out``.
 
-    Returns :func:`resolve_summary` (its ``requests`` are the client's counts so far).
+    ``categories`` is one file or several (``train_label_to_category.csv`` and
+    ``index_label_to_category.csv``, or ``NUMBERING=PATH``; see :func:`category_files`); all are
+    resolved in one run sharing the client and its cache. Returns :func:`resolve_summary` (its
+    ``requests`` are the client's counts so far).
     """
-    rows = resolve_categories(client, read_categories(categories))
+    paths = [categories] if isinstance(categories, (str, os.PathLike)) else list(categories)
+    files = category_files(paths)
+    rows = resolve_numbered(client, {n: read_categories(p) for n, p in files.items()})
     write_parquet(resolved_table(rows), out)
     return resolve_summary(rows, client.stats)

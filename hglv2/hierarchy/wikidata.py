@@ -33,6 +33,7 @@ import os
 import re
 import sqlite3
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ class ResponseCache:
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, endpoint TEXT NOT NULL,"
                 " params TEXT NOT NULL, body TEXT NOT NULL)"
             )
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable SQLite cache ({exc})") from None
 
@@ -149,6 +151,29 @@ class ResponseCache:
                 except (ValueError, KeyError, TypeError) as exc:
                     raise InputError(f"{path}:{lineno}: not a cache record ({exc})") from None
                 self._mem[request_key(endpoint, params)] = json.dumps(body, ensure_ascii=False)
+                for (e, p), b in legacy_item_records(endpoint, params, body):
+                    self._mem.setdefault(request_key(e, p), b)
+
+    def _migrate(self) -> None:
+        """Caches written before entities were cached one per id/title hold whole
+        ``wbgetentities`` batches: split each into per-item records (once; existing records win)."""
+        assert self._db is not None
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        done = self._db.execute("SELECT value FROM meta WHERE name = 'item_records'").fetchone()
+        if done is not None:
+            return
+        rows = self._db.execute(
+            "SELECT endpoint, params, body FROM responses WHERE endpoint = 'api' ORDER BY key"
+        ).fetchall()
+        self._db.execute("BEGIN")
+        for endpoint, params, body in rows:
+            for (e, p), b in legacy_item_records(endpoint, json.loads(params), json.loads(body)):
+                canon = json.dumps(p, sort_keys=True, ensure_ascii=False)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?)", (request_key(e, p), e, canon, b)
+                )
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('item_records', '1')")
+        self._db.execute("COMMIT")
 
     def get(self, key: str) -> str | None:
         if self._db is not None:
@@ -235,17 +260,21 @@ class WikidataClient:
     def _count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
 
-    def request(self, endpoint: str, params: dict[str, str]) -> Any:
-        """Answer of one request (``endpoint`` is ``"api"`` or ``"sparql"``), from cache or HTTP."""
+    def request(self, endpoint: str, params: dict[str, str], cache: bool = True) -> Any:
+        """Answer of one request (``endpoint`` is ``"api"`` or ``"sparql"``), from cache or HTTP.
+
+        ``cache=False``: neither look the request up nor store its answer (the caller caches the
+        parts of it, see :meth:`entities`)."""
         key = request_key(endpoint, params)
-        cached = self.cache.get(key)
+        cached = self.cache.get(key) if cache else None
         if cached is not None:
             self._count("cache_hits")
             return json.loads(cached)
         if self.offline:
             raise CacheMiss(f"offline and not in cache: {describe_request(endpoint, params)}")
         body_text, body = self._fetch(endpoint, params)
-        self.cache.put(key, endpoint, params, body_text)
+        if cache:
+            self.cache.put(key, endpoint, params, body_text)
         self._count("fetched")
         return body
 
@@ -265,7 +294,7 @@ class WikidataClient:
             raise ValueError(endpoint)
         what = describe_request(endpoint, params)
         budget = self.max_retries + 1
-        used = 0
+        used = 0  # HTTP attempts so far; every attempt but a success is a failure of this request
         last = ""
         while used < budget:
             retries: list[str] = []
@@ -288,6 +317,7 @@ class WikidataClient:
                     retry_after_cap=self.max_wait,
                     allowed_bases=[url],
                     on_retry=on_retry,
+                    failures_before=used,
                 )
             except NetworkError as exc:
                 self._count("http", len(retries) + 1)
@@ -313,12 +343,11 @@ class WikidataClient:
                 last = f"API error {code}"
                 self._count(f"retry_{code}")
                 wait = retry_after_seconds(resp.headers.get("Retry-After"))
-                if wait is None and code == "maxlag":
-                    wait = float(self.maxlag)
             if used >= budget:
                 break
+            # `used` failures so far, of any kind: the same schedule as the transport's retries
             self.sleep(
-                backoff_delay(1, self.backoff_base, self.backoff_cap)
+                backoff_delay(used, self.backoff_base, self.backoff_cap)
                 if wait is None
                 else min(wait, self.max_wait)
             )
@@ -332,6 +361,7 @@ class WikidataClient:
         titles: Sequence[str] = (),
         site: str = "commonswiki",
         props: str = "info|claims|labels|sitelinks",
+        cache: bool = True,
     ) -> dict:
         """One ``wbgetentities`` call (at most :data:`MAX_BATCH` ids or titles); the ``entities``."""
         if bool(ids) == bool(titles):
@@ -347,12 +377,86 @@ class WikidataClient:
         else:
             params["sites"] = site
             params["titles"] = "|".join(items)
-        body = self.request("api", params)
+        body = self.request("api", params, cache=cache)
         ents = body.get("entities") if isinstance(body, dict) else None
         if not isinstance(ents, dict):
             what = describe_request("api", params)
             raise NetworkError(f"wbgetentities: no 'entities' in the answer for {what}")
         return ents
+
+    def entities(
+        self,
+        *,
+        ids: Sequence[str] = (),
+        titles: Sequence[str] = (),
+        site: str = "commonswiki",
+        props: str = "info|claims|labels|sitelinks",
+    ) -> dict[str, dict[str, Any] | None]:
+        """Entities by id or by (NFC-normalised) site title, cached one record per id or title.
+
+        Returns ``{id or title: entity JSON, or None when missing}``. Only the ids/titles not in
+        the cache are fetched (sorted, :data:`MAX_BATCH` per ``wbgetentities`` call), so adding one
+        landmark fetches only its title. A title maps to the entity whose ``site`` sitelink has
+        that (normalised) title. Offline, the misses raise one :class:`CacheMiss` naming them.
+        """
+        if bool(ids) == bool(titles):
+            raise ValueError("give either ids or titles")
+        by_title = bool(titles)
+        wanted = sorted({nfc(t) for t in titles}) if by_title else sorted(set(ids), key=_id_order)
+        out: dict[str, dict[str, Any] | None] = {}
+        missing: list[str] = []
+        for w in wanted:
+            endpoint, params = item_record_key(w, by_title, site, props)
+            cached = self.cache.get(request_key(endpoint, params))
+            if cached is None:
+                missing.append(w)
+            else:
+                self._count("cache_hits")
+                out[w] = json.loads(cached).get("entity")
+        if missing and self.offline:
+            kind = "titles" if by_title else "ids"
+            shown = "|".join(missing[:5]) + ("|..." if len(missing) > 5 else "")
+            raise CacheMiss(f"offline and not in cache: wbgetentities {kind}={shown} ({len(missing)})")
+        for chunk in batched(missing, MAX_BATCH):
+            if by_title:
+                ents = self.wbgetentities(titles=chunk, site=site, props=props, cache=False)
+            else:
+                ents = self.wbgetentities(ids=chunk, props=props, cache=False)
+            for w, ent in split_entities(ents, chunk, by_title, site).items():
+                endpoint, params = item_record_key(w, by_title, site, props)
+                body = json.dumps({"entity": ent}, ensure_ascii=False, sort_keys=True)
+                self.cache.put(request_key(endpoint, params), endpoint, params, body)
+                out[w] = ent
+        return out
+
+    def p373(self, names: Sequence[str], batch: int = 100) -> dict[str, list[str]]:
+        """Commons category name -> QIDs whose P373 (Commons category) is that name, through SPARQL
+        ``VALUES`` queries of ``batch`` names; cached one record per name (endpoint ``p373``), so a
+        new landmark sends only its own name. Offline, the misses raise one :class:`CacheMiss`."""
+        found: dict[str, list[str]] = {}
+        todo: list[str] = []
+        for name in sorted(set(names)):
+            cached = self.cache.get(request_key("p373", {"name": name}))
+            if cached is None:
+                todo.append(name)
+            else:
+                self._count("cache_hits")
+                found[name] = list(json.loads(cached).get("qids") or [])
+        if todo and self.offline:
+            shown = "; ".join(todo[:3]) + ("; ..." if len(todo) > 3 else "")
+            raise CacheMiss(f"offline and not in cache: SPARQL P373 for {len(todo)} name(s): {shown}")
+        for chunk in batched(todo, batch):
+            body = self.request("sparql", {"query": sparql_p373_query(chunk), "format": "json"}, cache=False)
+            try:
+                bindings = list(body["results"]["bindings"])
+            except (KeyError, TypeError):
+                raise NetworkError("SPARQL: answer without results.bindings") from None
+            for name, qids in p373_matches(bindings, chunk).items():
+                params = {"name": name}
+                text = json.dumps({"qids": qids})
+                self.cache.put(request_key("p373", params), "p373", params, text)
+                found[name] = qids
+        return found
 
     def sparql(self, query: str) -> list[dict[str, Any]]:
         """Bindings of a SPARQL SELECT query (``results.bindings``)."""
@@ -361,6 +465,102 @@ class WikidataClient:
             return list(body["results"]["bindings"])
         except (KeyError, TypeError):
             raise NetworkError("SPARQL: answer without results.bindings") from None
+
+
+def legacy_item_records(
+    endpoint: str, params: dict[str, str], body: Any
+) -> list[tuple[tuple[str, dict[str, str]], str]]:
+    """The per-item cache records hidden in one recorded ``wbgetentities`` batch answer (the cache
+    format before entities were cached per id/title): ``[((endpoint, params), body text), ...]``."""
+    if endpoint != "api" or params.get("action") != "wbgetentities" or not isinstance(body, dict):
+        return []
+    ents = body.get("entities")
+    if not isinstance(ents, dict) or "error" in body:
+        return []
+    props = params.get("props", "info|claims|labels|sitelinks")
+    by_title = "titles" in params
+    requested = (params.get("titles") if by_title else params.get("ids", "")) or ""
+    values = [v for v in requested.split("|") if v]
+    site = params.get("sites", "commonswiki")
+    out = []
+    for value, ent in split_entities(ents, values, by_title, site).items():
+        key = item_record_key(value, by_title, site, props)
+        out.append((key, json.dumps({"entity": ent}, ensure_ascii=False, sort_keys=True)))
+    return out
+
+
+def sparql_p373_query(names: Sequence[str]) -> str:
+    """``SELECT ?item ?commonscat`` for items whose P373 (Commons category) is one of ``names``."""
+
+    def lit(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    values = " ".join(lit(n) for n in names)
+    return (
+        "SELECT ?item ?commonscat WHERE { VALUES ?commonscat { "
+        + values
+        + " } ?item wdt:P373 ?commonscat . }"
+    )
+
+
+def p373_matches(bindings: Iterable[Any], names: Sequence[str]) -> dict[str, list[str]]:
+    """SPARQL bindings of :func:`sparql_p373_query` -> ``{name: QIDs (sorted)}`` for every asked name."""
+    got: dict[str, list[str]] = {n: [] for n in names}
+    for b in bindings:
+        try:
+            name, uri = b["commonscat"]["value"], b["item"]["value"]
+        except (KeyError, TypeError):
+            continue
+        qid = uri.rsplit("/", 1)[-1]
+        if is_qid(qid) and name in got and qid not in got[name]:
+            got[name].append(qid)
+    return {n: sorted(q, key=qid_number) for n, q in got.items()}
+
+
+def nfc(title: str) -> str:
+    """A title as MediaWiki compares it: Unicode NFC (MediaWiki normalises every title to NFC)."""
+    return unicodedata.normalize("NFC", title)
+
+
+def _id_order(qid: str) -> tuple[int, str]:
+    return (qid_number(qid), qid) if is_qid(qid) else (-1, qid)
+
+
+def item_record_key(
+    value: str, by_title: bool, site: str = "commonswiki", props: str = "info|claims|labels|sitelinks"
+) -> tuple[str, dict[str, str]]:
+    """``(endpoint, params)`` of the cache record of one entity: ``("title", {site, title, props})``
+    or ``("item", {id, props})``; its body is ``{"entity": <the API's JSON or null>}``."""
+    if by_title:
+        return "title", {"site": site, "title": nfc(value), "props": props}
+    return "item", {"id": value, "props": props}
+
+
+def split_entities(
+    entities: dict[str, Any], requested: Sequence[str], by_title: bool, site: str = "commonswiki"
+) -> dict[str, dict[str, Any] | None]:
+    """One ``wbgetentities`` answer -> ``{requested id or title: entity or None}``.
+
+    By id the answer is keyed by the requested id (a redirect carries ``redirects``). By title a
+    found entity is matched through its ``site`` sitelink title (NFC, MediaWiki-normalised); a
+    requested title matched by nothing is missing (None)."""
+    from hglv2.hierarchy.commons import normalize_title
+
+    if not by_title:
+        out: dict[str, dict[str, Any] | None] = {}
+        for q in requested:
+            ent = entities.get(q)
+            ok = isinstance(ent, dict) and "missing" not in ent and "id" in ent
+            out[q] = ent if ok else None
+        return out
+    found: dict[str, dict[str, Any]] = {}
+    for ent in entities.values():
+        if not isinstance(ent, dict) or "missing" in ent or "id" not in ent:
+            continue
+        link = (ent.get("sitelinks") or {}).get(site)
+        if isinstance(link, dict) and isinstance(link.get("title"), str):
+            found.setdefault(normalize_title(link["title"]), ent)
+    return {t: found.get(normalize_title(t)) for t in requested}
 
 
 def batched(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -453,25 +653,22 @@ def fetch_items(
     props: str = "info|claims|labels|sitelinks",
     batch: int = MAX_BATCH,
 ) -> dict[str, ItemInfo | None]:
-    """Fetch items by id (sorted, batched); redirects are followed: the value is the target item.
-
-    Missing ids map to ``None``.
+    """Fetch items by id (cached per id; the uncached ones sorted, ``batch`` per call); redirects
+    are followed: the value is the target item. Missing ids map to ``None``.
     """
     ids = sorted(set(ids), key=qid_number)
     out: dict[str, ItemInfo | None] = {}
 
-    def call(chunk: list[str]) -> Callable[[], None]:
-        def run() -> None:
-            ents = client.wbgetentities(ids=chunk, props=props)
-            for qid in chunk:
-                ent = ents.get(qid)
-                if not isinstance(ent, dict) or "missing" in ent or ent.get("type") not in (None, "item"):
-                    out[qid] = None
-                else:
-                    ent.setdefault("type", "item")
-                    out[qid] = parse_item(ent)
+    def run() -> None:
+        ents = client.entities(ids=ids, props=props)
+        for qid in ids:
+            ent = ents.get(qid)
+            if not isinstance(ent, dict) or "missing" in ent or ent.get("type") not in (None, "item"):
+                out[qid] = None
+            else:
+                ent = dict(ent)
+                ent.setdefault("type", "item")
+                out[qid] = parse_item(ent)
 
-        return run
-
-    run_batches(call(c) for c in batched(ids, batch))
+    run_batches([run])
     return out

@@ -19,6 +19,8 @@ try:  # numba is optional: the torch implementation is used without it
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
+BLOCK = 32  # items per vectorised threshold test in top_k_select
+
 if HAVE_NUMBA:
 
     @njit(cache=True)
@@ -81,14 +83,24 @@ if HAVE_NUMBA:
         ap = np.zeros(L)
         mapr = np.zeros(L)
         mapk = np.zeros(L)
-        first = np.zeros(L, dtype=np.int64)
+        first = np.full(L, np.iinfo(np.int64).max)  # rank of the first positive, if <= kmax
         pk = np.zeros((L, nk), dtype=np.int64)
         cum = np.zeros(L + 1, dtype=np.int64)
+        gains = np.empty(L + 1)  # NDCG gain 2^v - 1, a table (exact: small powers of two)
+        for v in range(L + 1):
+            gains[v] = 2.0**v - 1.0
         hnum = 0.0
         hden = 0.0
         dcg = 0.0
         dcgk = 0.0
         asi_sum = 0.0
+        kmax = map_k  # beyond this rank only AP, mAP@R and the multi-level sums change
+        for j in range(nk):
+            kmax = max(kmax, ks[j])
+        mrel = np.empty((L + 1, L + 1))  # min(rel[m], rel[v]): the H-rank weights
+        for v in range(L + 1):
+            for m in range(L + 1):
+                mrel[v, m] = min(rel[m], rel[v])
         for i in range(a, b):
             rk = ranks[i]
             t = tags[i]
@@ -101,24 +113,24 @@ if HAVE_NUMBA:
                     ap[col] += prec
                     if rk <= npos[col]:
                         mapr[col] += prec
-                    if rk <= map_k:
-                        mapk[col] += prec
-                    if first[col] == 0:
-                        first[col] = rk
-                    for j in range(nk):
-                        if rk <= ks[j]:
-                            pk[col, j] += 1
+                    if rk <= kmax:
+                        if rk <= map_k:
+                            mapk[col] += prec
+                        if first[col] > rk:
+                            first[col] = rk
+                        for j in range(nk):
+                            if rk <= ks[j]:
+                                pk[col, j] += 1
             cum[v] += 1
-            rv = rel[v]
             hr = 0.0
             for m in range(1, L + 1):
-                hr += min(rel[m], rv) * cum[m]
+                hr += mrel[v, m] * cum[m]
             hnum += hr / rk
-            hden += rv
-            gain = 2.0**v - 1.0
-            dcg += gain * disc[rk]
+            hden += rel[v]
+            gd = gains[v] * disc[rk]
+            dcg += gd
             if rk <= ndcg_k:
-                dcgk += gain * disc[rk]
+                dcgk += gd
             tt = max(rk, above[v] + cum[v])
             if tt <= big_r:
                 asi_sum += harm[big_r] - harm[tt - 1]
@@ -144,7 +156,7 @@ if HAVE_NUMBA:
         idcg = 0.0
         idcgk = 0.0
         for v in range(L, 0, -1):
-            gain = 2.0**v - 1.0
+            gain = gains[v]
             lo = above[v]
             hi = above[v] + nlev[v]
             idcg += gain * (disc_prefix[min(hi, n_ranked)] - disc_prefix[min(lo, n_ranked)])
@@ -302,6 +314,237 @@ if HAVE_NUMBA:
                 out,
                 counts_out,
             )
+
+    @njit(cache=True, inline="always")
+    def _score_high(bits):  # pragma: no cover - compiled
+        """High 32 bits of the order key of a float32 given as int32 bits (see :func:`_key`)."""
+        x = np.int64(bits)
+        if x == -2147483648:  # -0.0 is +0.0
+            x = 0
+        if x < 0:
+            x ^= 0x7FFFFFFF
+        return -1 - x
+
+    @njit(cache=True, parallel=True)
+    def build_tagged_keys(score_bits, q_codes, g_codes_t, self_index, n_levels, keys, bad):
+        # pragma: no cover - compiled
+        """One pass over a (Q, N) chunk of float32 scores (viewed as int32): ``keys[r, i]`` gets
+        the order key of :func:`hglv2.metrics.ranking.order_keys` with the label match mask packed
+        below the gallery index: high 32 bits = order image of the score, then ``i << n_levels``,
+        then the mask (bit ``l`` = column ``l`` equal; ``g_codes_t`` is (L, N)). Sorting these keys
+        gives the same order as sorting the plain keys (the index is unique), and the sorted row
+        carries the masks, so nothing has to be gathered afterwards. The item ``self_index[r]``
+        (-1: none) gets the largest key of its row and mask 0. ``bad[r]`` = 1 when row ``r`` holds
+        a NaN. The loops are branch-free so that they vectorise."""
+        n_rows, n = score_bits.shape
+        for r in prange(n_rows):
+            tag = np.zeros(n, dtype=np.int64)
+            for col in range(n_levels):
+                qc = q_codes[r, col]
+                for i in range(n):
+                    tag[i] |= np.int64(g_codes_t[col, i] == qc) << col
+            nan_seen = 0
+            for i in range(n):
+                x = np.int64(score_bits[r, i])
+                nan_seen |= (x & 0x7FFFFFFF) > 0x7F800000
+                x = 0 if x == -2147483648 else x  # -0.0 is +0.0
+                x ^= (x >> 32) & 0x7FFFFFFF  # negative floats: reverse their order
+                keys[r, i] = ((-1 - x) << 32) | (np.int64(i) << n_levels) | tag[i]
+            me = self_index[r]
+            if me >= 0:
+                keys[r, me] = (np.int64(0x7FFFFFFF) << 32) | (np.int64(me) << n_levels)
+            bad[r] = nan_seen
+
+    @njit(cache=True, parallel=True)
+    def fused_metrics_tagged(
+        sorted_keys,
+        tag_mask,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Input: row-sorted keys of :func:`build_tagged_keys` (the low bits ``tag_mask`` hold the
+        match mask; the excluded item, if any, is last with mask 0). Same outputs as
+        :func:`fused_metrics_keys`, reading the rows sequentially."""
+        n_rows, n = sorted_keys.shape
+        for r in prange(n_rows):
+            ranks = np.empty(n + 1, dtype=np.int64)
+            tags = np.empty(n + 1, dtype=np.uint8)
+            j = 0
+            for p in range(n):  # branch-free: the masks are random, a branch would mispredict
+                t = sorted_keys[r, p] & tag_mask
+                ranks[j] = p + 1
+                tags[j] = t
+                j += t != 0
+            _row(
+                r,
+                ranks[:j],
+                tags[:j],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
+    @njit(cache=True, parallel=True)
+    def fused_metrics_lists(
+        offsets,
+        ranks,
+        tags,
+        n_levels,
+        n_ranked,
+        ks,
+        map_k,
+        ndcg_k,
+        rel_kind,
+        w,
+        disc,
+        disc_prefix,
+        harm,
+        out,
+        counts_out,
+    ):  # pragma: no cover - compiled
+        """Input: the relevant items of each query as a ragged list (query ``r`` owns
+        ``ranks[offsets[r]:offsets[r + 1]]``, ascending, and their match masks ``tags``), as the
+        device ranking produces them. Same outputs as :func:`fused_metrics_keys`."""
+        n_rows = offsets.shape[0] - 1
+        for r in prange(n_rows):
+            a = offsets[r]
+            b = offsets[r + 1]
+            _row(
+                r,
+                ranks[a:b],
+                tags[a:b],
+                n_levels,
+                n_ranked,
+                ks,
+                map_k,
+                ndcg_k,
+                rel_kind,
+                w,
+                disc,
+                disc_prefix,
+                harm,
+                out,
+                counts_out,
+            )
+
+    @njit(cache=True, parallel=True)
+    def top_k_select(
+        scores, score_bits, block_max, q_codes, g_codes, self_index, k, n_levels, top_index, top_tags, bad
+    ):
+        # pragma: no cover - compiled
+        """The first ``k`` items of each row of a (Q, N) float32 score chunk in ranking order
+        (decreasing score, ties by increasing gallery index; the item ``self_index[r]`` skipped),
+        without sorting the row: one scan keeps a buffer of candidates and, when it is full, cuts
+        it to the best ``k`` and raises the threshold. Items are scanned by increasing index, so a
+        later item ties with the threshold item only with a larger index: it qualifies iff its
+        score is strictly greater. Fills ``top_index`` (Q, k) int64 and ``top_tags`` (Q, k) uint8
+        (match masks); ``bad[r]`` = 1 when row ``r`` holds a NaN. ``score_bits`` is the same chunk
+        viewed as int32; ``block_max[r, b]`` is the maximum of ``scores[r, b * BLOCK : (b + 1) * BLOCK]``
+        (NaN if the block holds one), computed by torch (vectorised), so that once the buffer is
+        full a block is skipped in one comparison; items past the last whole block are always
+        visited. Needs ``k <= N - (self excluded)``."""
+        n_rows, n = scores.shape
+        cap = 2 * k + 64
+        block = BLOCK
+        n_blocks = block_max.shape[1]
+        for r in prange(n_rows):
+            me = self_index[r]
+            buf = np.empty(cap, dtype=np.int64)
+            cnt = 0
+            full = False
+            thr = np.float32(0.0)
+            nan_seen = 0
+            for lo in range(0, n, block):
+                hi = min(lo + block, n)
+                if full and lo // block < n_blocks:  # most blocks hold nothing above the threshold
+                    m = block_max[r, lo // block]
+                    if m == m and not (m > thr):  # (a NaN maximum takes the slow path)
+                        continue
+                for i in range(lo, hi):
+                    x = scores[r, i]
+                    if x != x:
+                        nan_seen = 1
+                        continue
+                    if i == me:
+                        continue
+                    if full and not (x > thr):
+                        continue
+                    buf[cnt] = (_score_high(score_bits[r, i]) << 32) | i
+                    cnt += 1
+                    if cnt == cap:
+                        buf[:] = np.sort(buf)
+                        cnt = k
+                        full = True
+                        thr = scores[r, buf[k - 1] & 0xFFFFFFFF]
+            best = np.sort(buf[:cnt])
+            for j in range(k):
+                gi = best[j] & 0xFFFFFFFF
+                top_index[r, j] = gi
+                top_tags[r, j] = _match_tag(q_codes, r, g_codes, gi, n_levels)
+            bad[r] = nan_seen
+
+    @njit(cache=True, parallel=True)
+    def top_k_metrics(tags, n_positives, ks, map_k, out):  # pragma: no cover - compiled
+        """Per-level metrics from the first k items of each query (``tags`` (Q, k) match masks in
+        ranking order; ``n_positives`` (Q, L) exact R per level), accumulated in rank order exactly
+        as :func:`_row` does, so the values are bit-for-bit those of the full ranking. ``out``
+        (Q, L * (2 + 2 * len(ks))), per level: mAP@R (NaN when R = 0 or R > k), mAP@``map_k``
+        (``map_k`` = 0: skipped, left NaN), R@k..., P@k... (NaN when R = 0)."""
+        n_rows, k = tags.shape
+        n_levels = n_positives.shape[1]
+        nk = ks.shape[0]
+        per = 2 + 2 * nk
+        for r in prange(n_rows):
+            for col in range(n_levels):
+                o = col * per
+                npos = n_positives[r, col]
+                cnt = 0
+                mapr = 0.0
+                mapk = 0.0
+                first = k + 1
+                for p in range(k):
+                    if (tags[r, p] >> col) & 1:
+                        rk = p + 1
+                        cnt += 1
+                        prec = cnt / rk
+                        if rk <= npos:
+                            mapr += prec
+                        if rk <= map_k:
+                            mapk += prec
+                        if first > rk:
+                            first = rk
+                if npos == 0:
+                    for j in range(per):
+                        out[r, o + j] = np.nan
+                    continue
+                out[r, o] = mapr / npos if npos <= k else np.nan
+                out[r, o + 1] = mapk / min(npos, map_k) if map_k > 0 else np.nan
+                for j in range(nk):
+                    kk = ks[j]
+                    hits = 0
+                    for p in range(min(kk, k)):
+                        hits += (tags[r, p] >> col) & 1
+                    out[r, o + 2 + j] = 1.0 if first <= kk else 0.0
+                    out[r, o + 2 + nk + j] = hits / kk
 
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

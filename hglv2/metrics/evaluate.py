@@ -18,8 +18,12 @@ import torch
 
 from hglv2.metrics import _fused
 from hglv2.metrics.ranking import (
+    _LOW32,
+    _TOP_HIGH,
     SPARSE_MAX_RELEVANT,
+    _nan_where,
     _rank_chunk,
+    _sort_rows_inplace,
     asi_from_ranks,
     binary_metrics,
     hierarchical_ap_from_ranks,
@@ -38,11 +42,14 @@ from hglv2.metrics.relevance import (
 
 MAP_AT = 100  # GLDv2 retrieval metric
 BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
+TOP_K_BYTES_PER_SCORE = 8  # top-k mode on CPU: the float32 score chunk and its matmul output
+KEY_LOW_BITS = 32  # index + match mask must fit the low half of a sort key (else: plain keys + gather)
+NAN_SCORES = "scores contain NaN (with finite embeddings: the dot products overflowed)"
 
 
 def _as_embeddings(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        t = x.detach()
+        t = x.detach().cpu()
     else:
         arr = np.asarray(x)
         if arr.dtype.kind not in "fiu":
@@ -51,11 +58,12 @@ def _as_embeddings(x, name: str) -> torch.Tensor:
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.ndim != 2:
         raise ValueError(f"{name}: expected shape (N, D), got {tuple(t.shape)}")
-    t = t.to(torch.float32)
-    bad = ~torch.isfinite(t).all(1)
-    if bad.any():
-        raise ValueError(f"{name}: row {int(bad.nonzero()[0, 0])}: embedding is not finite (NaN or inf)")
-    return t.contiguous()
+    t = t.to(torch.float32).contiguous()
+    arr = t.numpy()
+    if not np.isfinite(arr).all():  # numpy: many times faster than torch.isfinite on CPU
+        row = int(np.flatnonzero(~np.isfinite(arr).all(1))[0])
+        raise ValueError(f"{name}: row {row}: embedding is not finite (NaN or inf)")
+    return t
 
 
 def _metric_names(n_levels: int, recall_at: Sequence[int], ndcg_at: int | None) -> list[str]:
@@ -106,6 +114,7 @@ def evaluate(
     device: str | torch.device | None = None,
     method: str = "auto",
     backend: str = "auto",
+    top_k: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate retrieval with binary per-level and hierarchical metrics.
 
@@ -125,10 +134,24 @@ def evaluate(
         ndcg_at: also report ``NDCG@{k}`` (``NDCG`` is always over the full ranking).
         memory_mb: working-memory budget that sets the query chunk size.
         chunk_size: queries per chunk (overrides ``memory_mb``).
-        device: where the score matmul runs (ranking runs on CPU).
-        method: ranking method of :func:`~hglv2.metrics.ranking.rank_relevant`.
+        device: None (default): the CPU engine (numba kernels). A torch device (``"cuda"``,
+            ``"cuda:1"``, ``"cpu"``): the matmul and the ranking run on that device with torch, in
+            query chunks sized to its free memory (CUDA: ``torch.cuda.mem_get_info``; CPU:
+            ``memory_mb``); only the ranks of the relevant items (full mode) or the (chunk, k)
+            match masks (top-k mode) come back, and the metrics are computed from them by the
+            same code as the CPU engine, so the numbers are identical. ``device="cpu"`` runs that
+            same code on the CPU (slower than the default; it exists to test it).
+        method: ranking method of :func:`~hglv2.metrics.ranking.rank_relevant` (CPU engine).
         backend: ``"numba"`` (fused one-pass kernel), ``"torch"`` (vectorised reference) or
             ``"auto"`` (numba when installed). Both give the same numbers.
+        top_k: top-k mode: rank only the first ``top_k`` items of each query (a k-NN search that
+            never sorts a full row) and report only the metrics they determine exactly, per level:
+            ``R@k`` and ``P@k`` (every k of ``recall_at`` must be <= ``top_k``), ``mAP@100`` (when
+            ``top_k >= 100`` or the gallery is no larger) and ``mAP@R``, which is NaN for a query
+            with R > ``top_k`` positives (counted in ``n_truncated_level{l}``; the reduced mean runs
+            over the other queries). R itself is exact (counted from the labels). ``AP``, ``H-AP``,
+            ``NDCG``, ``NDCG@k`` and ``ASI`` need the whole ranking and are left out (``ndcg_at`` is
+            refused). Values equal those of the full mode (same tie rule).
 
     Returns:
         dict with ``AP_level{l}``, ``mAP@R_level{l}``, ``mAP@100_level{l}``, ``R@{k}_level{l}``,
@@ -136,7 +159,9 @@ def evaluate(
         ``n_gallery``, ``n_queries_level{l}`` / ``n_skipped_level{l}`` (queries with / without a
         positive in column l; skipped ones are left out of that level's means) and
         ``n_queries_multilevel`` / ``n_skipped_multilevel`` (the same for H-AP, NDCG, ASI: queries
-        with / without any item of level >= 1).
+        with / without any item of level >= 1). In top-k mode: the metrics listed under ``top_k``,
+        ``n_queries``, ``n_gallery``, ``top_k``, ``n_queries_level{l}``, ``n_skipped_level{l}``,
+        ``n_truncated_level{l}``.
     """
     if relevance not in RELEVANCES:
         raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
@@ -171,11 +196,22 @@ def evaluate(
         raise ValueError("the gallery has no item to rank")
 
     q_codes, g_codes_t = encode_labels(q_lab, g_lab)
-    if chunk_size is None:
-        chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * BYTES_PER_SCORE))
-    chunk_size = int(min(max(chunk_size, 1), max(n_q, 1)))
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    g_dev = g_emb.to(dev)
+    # exact positives per query and column (self excluded): n_pos[q, l] = #gallery items with equal column l
+    n_pos_all = np.zeros((n_q, n_levels), dtype=np.int64)
+    for col in range(n_levels):
+        g_col = g_codes_t[col].numpy()
+        counts = np.bincount(g_col[g_col >= 0], minlength=max(int(q_codes[:, col].max()) + 1, 0))
+        q_col = q_codes[:, col].numpy()
+        ok = (q_col >= 0) & (q_col < len(counts))
+        n_pos_all[ok, col] = counts[q_col[ok]]
+        if same:
+            n_pos_all[ok, col] -= 1
+    try:
+        dev = torch.device(device) if device is not None else None
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r}: {exc}") from None
+    if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available")
 
     if backend == "auto":
         backend = "numba" if _fused.HAVE_NUMBA else "torch"
@@ -183,35 +219,61 @@ def evaluate(
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
     if backend == "numba" and not _fused.HAVE_NUMBA:
         raise ValueError("backend='numba' needs the numba package")
-    chunk_fn = _chunk_numba if backend == "numba" else _chunk_torch
-    ctx = {
+    ctx: dict[str, Any] = {
         "n_levels": n_levels,
         "n_ranked": n_ranked,
         "recall_at": recall_at,
         "ndcg_at": ndcg_at,
         "relevance": relevance,
         "alpha": alpha,
+        "same": same,
     }
+
+    if top_k is not None:
+        return _evaluate_top_k(
+            q_emb,
+            g_emb,
+            q_codes,
+            g_codes_t,
+            n_pos_all,
+            int(top_k),
+            ctx,
+            reduce,
+            memory_mb,
+            chunk_size,
+            dev,
+            backend,
+        )
+
+    chunk_fn = _chunk_numba if backend == "numba" else _chunk_torch
     if backend == "numba":
         ctx["tables"] = _fused.tables(n_ranked)
         ctx["w"] = level_weights(n_levels, alpha)
         ctx["g_codes"] = np.ascontiguousarray(g_codes_t.numpy().T)  # (N, L): one cache line per item
-    # upper bound on the relevant items of each query: sum over columns of the gallery count of its label
-    bound = np.zeros(n_q, dtype=np.int64)
-    for col in range(n_levels):
-        g_col = g_codes_t[col].numpy()
-        counts = np.bincount(g_col[g_col >= 0], minlength=max(int(q_codes[:, col].max()) + 1, 0))
-        q_col = q_codes[:, col].numpy()
-        ok = (q_col >= 0) & (q_col < len(counts))
-        bound[ok] += counts[q_col[ok]]
-
+    # upper bound on the relevant items of each query: sum over columns of its positives
+    bound = n_pos_all.sum(1)
     names = _metric_names(n_levels, recall_at, ndcg_at)
     per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     n_pos: dict[int, list[torch.Tensor]] = {lev: [] for lev in range(n_levels)}
     n_rel: list[torch.Tensor] = []
+    if dev is not None:
+        ranker = _DeviceRanker(g_emb, q_codes, g_codes_t, dev, same)
+        chunk_size = ranker.chunk_size(n_q, chunk_size, memory_mb, _DeviceRanker.FULL_BYTES_PER_SCORE)
+        for lo in range(0, n_q, chunk_size):
+            hi = min(lo + chunk_size, n_q)
+            ctx["q_codes"], ctx["self_index"] = q_codes[lo:hi], (torch.arange(lo, hi) if same else None)
+            chunk_fn(ranker.rank_full(q_emb, lo, hi), hi - lo, ctx, per_query, n_pos, n_rel)
+        return _finish(per_query, n_pos, n_rel, n_q, n_ranked, n_levels, reduce)
+
+    if chunk_size is None:
+        chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * BYTES_PER_SCORE))
+    chunk_size = int(min(max(chunk_size, 1), max(n_q, 1)))
+    # sort keys that carry the label match mask below the gallery index (one pass, no gather later)
+    tagged = backend == "numba" and (max(n_g - 1, 1)).bit_length() + n_levels <= KEY_LOW_BITS
+    g_codes_np = g_codes_t.numpy()
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
-        scores = (q_emb[lo:hi].to(dev) @ g_dev.T).float().cpu()
+        scores = (q_emb[lo:hi] @ g_emb.T).float()
         self_index = torch.arange(lo, hi) if same else None
         chunk_method = method
         if method == "auto":
@@ -222,8 +284,25 @@ def evaluate(
         ctx["q_codes"], ctx["self_index"] = qc, self_index
         if backend == "numba" and chunk_method == "search":
             if torch.isnan(scores).any():
-                raise ValueError("scores contain NaN (with finite embeddings: the dot products overflowed)")
+                raise ValueError(NAN_SCORES)
             ranked = ("score_bits", scores.contiguous().view(torch.int32))
+        elif tagged and chunk_method == "sort":
+            keys = np.empty(tuple(scores.shape), dtype=np.int64)
+            bad = np.zeros(hi - lo, dtype=np.uint8)
+            me = np.full(hi - lo, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+            _fused.build_tagged_keys(
+                scores.contiguous().view(torch.int32).numpy(),
+                qc.numpy(),
+                g_codes_np,
+                me,
+                n_levels,
+                keys,
+                bad,
+            )
+            if bad.any():
+                raise ValueError(NAN_SCORES)
+            _sort_rows_inplace(keys)
+            ranked = ("tagged", keys, (1 << n_levels) - 1)
         else:
             ranked = _rank_chunk(
                 scores,
@@ -234,7 +313,10 @@ def evaluate(
             )
         del scores
         chunk_fn(ranked, hi - lo, ctx, per_query, n_pos, n_rel)
+    return _finish(per_query, n_pos, n_rel, n_q, n_ranked, n_levels, reduce)
 
+
+def _finish(per_query, n_pos, n_rel, n_q, n_ranked, n_levels, reduce) -> dict[str, Any]:
     arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
     pos = {lev: torch.cat(v).numpy() for lev, v in n_pos.items()}
     rel_total = torch.cat(n_rel).numpy()
@@ -245,9 +327,7 @@ def evaluate(
         out["n_relevant"] = rel_total
         return out
     out = {"n_queries": int(n_q), "n_gallery": int(n_ranked)}
-    for name, arr in arrays.items():
-        ok = ~np.isnan(arr)
-        out[name] = float(arr[ok].mean()) if ok.any() else float("nan")
+    out.update(_means(arrays))
     for lev in range(n_levels):
         used = int((pos[lev] > 0).sum())
         out[f"n_queries_level{lev}"] = used
@@ -258,6 +338,14 @@ def evaluate(
     return out
 
 
+def _means(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {}
+    for name, arr in arrays.items():
+        ok = ~np.isnan(arr)
+        out[name] = float(arr[ok].mean()) if ok.any() else float("nan")
+    return out
+
+
 def _chunk_torch(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
     """Reference path: vectorised torch metrics on the ragged list of relevant items."""
     n_levels, recall_at, ndcg_at = ctx["n_levels"], ctx["recall_at"], ctx["ndcg_at"]
@@ -265,6 +353,9 @@ def _chunk_torch(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         st = ranked[1]
         rows, p = torch.nonzero(st, as_tuple=True)
         ranks, masks = p + 1, st[rows, p].to(torch.int64)
+    elif ranked[0] == "counted":  # device engine: per-query counts, int32 ranks, uint8 masks
+        rows = torch.repeat_interleave(torch.arange(c), ranked[1])
+        ranks, masks = ranked[2].to(torch.int64), ranked[3].to(torch.int64)
     else:
         rows, ranks, masks = ranked[1], ranked[2], ranked[3]
     for lev in range(n_levels):
@@ -313,10 +404,18 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         out,
         counts,
     )
-    kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
-    self_index = ctx["self_index"]
-    me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
-    kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
+    if ranked[0] == "tagged":
+        _fused.fused_metrics_tagged(ranked[1], ranked[2], *args)
+    elif ranked[0] == "counted":
+        per_row, ranks, tags = ranked[1].numpy(), ranked[2].numpy(), ranked[3].numpy()
+        offsets = np.zeros(c + 1, dtype=np.int64)
+        np.cumsum(per_row, out=offsets[1:])
+        _fused.fused_metrics_lists(offsets, ranks, tags, *args)
+    else:
+        kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
+        self_index = ctx["self_index"]
+        me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+        kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
     out_t = torch.from_numpy(out)
     for lev in range(n_levels):
         o = lev * per
@@ -334,3 +433,304 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
         per_query[f"NDCG@{ndcg_at}"].append(out_t[:, base + 2])
     per_query["ASI"].append(out_t[:, base + 3])
     n_rel.append(torch.from_numpy(counts[:, n_levels]))
+
+
+# ------------------------------------------------------------------------------------------------
+# torch device engine (CUDA; the same code runs on CPU for the tests)
+# ------------------------------------------------------------------------------------------------
+class _DeviceRanker:
+    """Score matmul and ranking of query chunks on a torch device.
+
+    Full mode: unique int64 order keys (score image, gallery index; the excluded query item gets
+    the largest key), a row sort, the match masks gathered in ranked order, and only the relevant
+    items (rows, 1-based ranks, masks) go back to the host. Top-k mode: ``torch.topk`` for the k-th
+    score, then an exact tie fix at that boundary (items above it, then the tied items by
+    increasing gallery index) and a stable sort of the k selected items.
+    """
+
+    # peak bytes per (query, gallery) pair: scores 4, keys 8, sort values + indices + workspace 32,
+    # gathered codes 5, masks 1, nonzero output 16 (worst case)
+    FULL_BYTES_PER_SCORE = 80
+    TOP_K_BYTES_PER_SCORE = 24  # scores 4, two boolean masks 2, topk workspace, cumsum of tied rows
+    CUDA_MEMORY_FRACTION = 0.5
+
+    def __init__(self, g_emb: torch.Tensor, q_codes: torch.Tensor, g_codes_t: torch.Tensor, dev, same: bool):
+        self.dev = torch.device(dev)
+        self.g = g_emb.to(self.dev)
+        self.q_codes = q_codes.to(self.dev)
+        self.g_codes = g_codes_t.to(self.dev)
+        self.same = same
+        self.n = int(g_emb.shape[0])
+
+    def chunk_size(self, n_q: int, chunk_size: int | None, memory_mb: int, per_score: int) -> int:
+        if chunk_size is None:
+            if self.dev.type == "cuda":
+                free, _total = torch.cuda.mem_get_info(self.dev)
+                budget = int(free * self.CUDA_MEMORY_FRACTION)
+            else:
+                budget = int(memory_mb) << 20
+            chunk_size = budget // (max(self.n, 1) * per_score)
+            chunk_size = min(chunk_size, (2**31 - 1) // max(self.n, 1))  # 32-bit element counts in kernels
+        return int(min(max(chunk_size, 1), max(n_q, 1)))
+
+    def scores(self, q_emb: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        s = q_emb[lo:hi].to(self.dev) @ self.g.T
+        s += 0.0  # -0.0 -> +0.0: the same score
+        if bool(torch.isnan(s).any()):
+            raise ValueError(NAN_SCORES)
+        return s
+
+    def _self(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(hi - lo, device=self.dev)
+        return rows, rows + lo
+
+    def _tags(self, idx: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Match masks (bit l: column l equal) of the gallery items ``idx`` (chunk, m)."""
+        qc = self.q_codes[lo:hi]
+        tags = torch.zeros(idx.shape, dtype=torch.uint8, device=self.dev)
+        for col in range(qc.shape[1]):
+            eq = (self.g_codes[col][idx] == qc[:, col : col + 1]).to(torch.uint8)
+            if col:
+                eq <<= col
+            tags |= eq
+        return tags
+
+    def rank_full(self, q_emb: torch.Tensor, lo: int, hi: int):
+        x = self.scores(q_emb, lo, hi).view(torch.int32)
+        x ^= (x >> 31) & 0x7FFFFFFF  # ascending int32 order == ascending float order
+        x.bitwise_not_()  # descending
+        keys = x.to(torch.int64)
+        del x
+        keys <<= 32
+        keys |= torch.arange(self.n, dtype=torch.int64, device=self.dev)
+        if self.same:
+            rows, me = self._self(lo, hi)
+            keys[rows, me] = (_TOP_HIGH << 32) | me  # last in its row
+        keys = torch.sort(keys, dim=1).values
+        keys &= _LOW32
+        tags = self._tags(keys, lo, hi)
+        del keys
+        if self.same:
+            tags[:, -1] = 0  # the query itself
+        rows, pos = torch.nonzero(tags, as_tuple=True)
+        counts = torch.bincount(rows, minlength=hi - lo)
+        vals = tags[rows, pos]
+        del rows, tags
+        # compact transfer: 5 bytes per relevant item (int32 rank, uint8 mask) + a count per query
+        return ("counted", counts.cpu(), (pos + 1).to(torch.int32).cpu(), vals.cpu())
+
+    def top_k_index(self, q_emb: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
+        """(chunk, k) int64 gallery indices of the first k items of each query, in ranking order."""
+        s = self.scores(q_emb, lo, hi)
+        c = hi - lo
+        if self.same:
+            rows, me = self._self(lo, hi)
+            s[rows, me] = float("-inf")
+        thr = torch.topk(s, k, dim=1, sorted=False).values.min(1, keepdim=True).values
+        gt = s > thr
+        eq = s == thr
+        if self.same:
+            gt[rows, me] = False
+            eq[rows, me] = False
+        need = k - gt.sum(1, keepdim=True)
+        sel = gt | eq
+        fix = torch.nonzero((eq.sum(1, keepdim=True) > need).squeeze(1)).squeeze(1)
+        if fix.numel():  # more items tie at the k-th score than fit: keep the lowest indices
+            e = eq[fix]
+            sel[fix] = gt[fix] | (e & (e.cumsum(1) <= need[fix]))
+        del gt, eq
+        idx = torch.nonzero(sel)[:, 1].view(c, k)  # increasing gallery index within each row
+        order = torch.sort(s.gather(1, idx), dim=1, descending=True, stable=True).indices
+        return idx.gather(1, order)
+
+    def rank_top_k(self, q_emb: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
+        """(chunk, k) uint8 match masks of the first k items of each query, in ranking order."""
+        return self._tags(self.top_k_index(q_emb, lo, hi, k), lo, hi).cpu()
+
+
+def _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes, g_codes, n_levels):
+    """CPU engine: matmul, then :func:`hglv2.metrics._fused.top_k_select` (index, masks)."""
+    s = (q_emb[lo:hi] @ g_emb.T).contiguous()
+    tags = np.empty((hi - lo, k), dtype=np.uint8)
+    index = np.empty((hi - lo, k), dtype=np.int64)
+    bad = np.zeros(hi - lo, dtype=np.uint8)
+    me = np.arange(lo, hi, dtype=np.int64) if same else np.full(hi - lo, -1, dtype=np.int64)
+    n_blocks = s.shape[1] // _fused.BLOCK
+    block_max = s.as_strided((s.shape[0], n_blocks, _fused.BLOCK), (s.shape[1], _fused.BLOCK, 1)).amax(2)
+    _fused.top_k_select(
+        s.numpy(),
+        s.view(torch.int32).numpy(),
+        block_max.numpy(),
+        q_codes,
+        g_codes,
+        me,
+        k,
+        n_levels,
+        index,
+        tags,
+        bad,
+    )
+    if bad.any():
+        raise ValueError(NAN_SCORES)
+    return index, tags
+
+
+def nearest_neighbours(
+    query_embeddings,
+    gallery_embeddings=None,
+    k: int = 100,
+    *,
+    device: str | torch.device | None = None,
+    memory_mb: int = 1024,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """The first ``k`` gallery items of each query's ranking (exact k-NN by dot product).
+
+    Same ranking rule as :func:`evaluate` (decreasing score, ties by increasing gallery index;
+    ``gallery_embeddings=None`` ranks the query set against itself with each query excluded by
+    index), without sorting a full row. Returns a (Q, min(k, ranked items)) int64 array of gallery
+    indices, best first. ``device`` as in :func:`evaluate`.
+    """
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q_emb = _as_embeddings(query_embeddings, "query_embeddings")
+    same = gallery_embeddings is None
+    g_emb = q_emb if same else _as_embeddings(gallery_embeddings, "gallery_embeddings")
+    if q_emb.shape[1] != g_emb.shape[1]:
+        raise ValueError(f"embedding sizes differ: queries {q_emb.shape[1]}, gallery {g_emb.shape[1]}")
+    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+    n_ranked = n_g - 1 if same else n_g
+    if n_q == 0 or n_ranked < 1:
+        raise ValueError("need at least one query and one gallery item to rank")
+    k = min(int(k), n_ranked)
+    no_codes_q = torch.zeros((n_q, 0), dtype=torch.int32)
+    no_codes_g = torch.zeros((0, n_g), dtype=torch.int32)
+    parts = []
+    if device is not None or not _fused.HAVE_NUMBA:
+        ranker = _DeviceRanker(g_emb, no_codes_q, no_codes_g, device if device is not None else "cpu", same)
+        chunk = ranker.chunk_size(n_q, chunk_size, memory_mb, _DeviceRanker.TOP_K_BYTES_PER_SCORE)
+        for lo in range(0, n_q, chunk):
+            parts.append(ranker.top_k_index(q_emb, lo, min(lo + chunk, n_q), k).cpu().numpy())
+    else:
+        chunk = chunk_size or max(1, (int(memory_mb) << 20) // (n_g * TOP_K_BYTES_PER_SCORE))
+        g_codes = np.zeros((n_g, 0), dtype=np.int32)
+        for lo in range(0, n_q, chunk):
+            hi = min(lo + chunk, n_q)
+            parts.append(
+                _top_k_numba(q_emb, g_emb, lo, hi, k, same, no_codes_q[lo:hi].numpy(), g_codes, 0)[0]
+            )
+    return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# top-k mode
+# ------------------------------------------------------------------------------------------------
+def top_k_metrics(
+    tags: torch.Tensor, n_positives: torch.Tensor, recall_at: Sequence[int], map_at: int | None = MAP_AT
+) -> dict[str, torch.Tensor]:
+    """Per-level metrics from the first k ranked items (formulas of :mod:`hglv2.metrics.ranking`).
+
+    Args:
+        tags: (Q, k) uint8 match masks of the first k items in ranking order (bit l: level-l positive).
+        n_positives: (Q, L) int64 exact number R of positives per query and level in the gallery.
+        recall_at: k values of R@k and P@k (a value above k, possible only when k is the whole
+            gallery, uses all k items).
+        map_at: the mAP@k cutoff (GLDv2: 100), None to skip it.
+
+    Returns:
+        (Q,) float64 tensors ``mAP@R_level{l}`` (NaN when R = 0 or R > k), ``mAP@{map_at}_level{l}``,
+        ``R@{k}_level{l}``, ``P@{k}_level{l}`` (NaN when R = 0).
+    """
+    n_rows, k = tags.shape
+    pos = torch.arange(1, k + 1, dtype=torch.int64)
+    out: dict[str, torch.Tensor] = {}
+    for lev in range(n_positives.shape[1]):
+        hit = ((tags >> lev) & 1).bool()
+        cum = hit.cumsum(1)
+        prec = torch.where(hit, cum.to(torch.float64) / pos.to(torch.float64), 0.0)
+        r = n_positives[:, lev]
+        none = r == 0
+        in_r = pos[None, :] <= r[:, None]
+        mapr = torch.where(in_r, prec, 0.0).sum(1) / r.clamp_min(1).to(torch.float64)
+        out[f"mAP@R_level{lev}"] = _nan_where(mapr, none | (r > k))
+        if map_at is not None:
+            m = min(map_at, k)
+            val = prec[:, :m].sum(1) / r.clamp(1, map_at).to(torch.float64)
+            out[f"mAP@{map_at}_level{lev}"] = _nan_where(val, none)
+        for kk in recall_at:
+            m = min(kk, k)
+            out[f"R@{kk}_level{lev}"] = _nan_where(hit[:, :m].any(1).to(torch.float64), none)
+            out[f"P@{kk}_level{lev}"] = _nan_where(cum[:, m - 1].to(torch.float64) / kk, none)
+    return out
+
+
+def _evaluate_top_k(
+    q_emb, g_emb, q_codes, g_codes_t, n_pos_all, top_k, ctx, reduce, memory_mb, chunk_size, dev, backend
+) -> dict[str, Any]:
+    n_levels, n_ranked, recall_at, same = ctx["n_levels"], ctx["n_ranked"], ctx["recall_at"], ctx["same"]
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    too_big = [k for k in recall_at if k > top_k]
+    if too_big:
+        raise ValueError(
+            f"recall_at value {too_big[0]} is larger than top_k={top_k} (R@k and P@k need k <= top_k)"
+        )
+    if ctx["ndcg_at"] is not None:
+        raise ValueError("ndcg_at needs the full ranking: leave top_k unset")
+    k = min(top_k, n_ranked)
+    map_at = MAP_AT if (top_k >= MAP_AT or k == n_ranked) else None
+    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+
+    if dev is not None or backend == "torch":
+        ranker = _DeviceRanker(g_emb, q_codes, g_codes_t, dev if dev is not None else "cpu", same)
+        chunk_size = ranker.chunk_size(n_q, chunk_size, memory_mb, _DeviceRanker.TOP_K_BYTES_PER_SCORE)
+
+        def select(lo: int, hi: int) -> torch.Tensor:
+            return ranker.rank_top_k(q_emb, lo, hi, k)
+    else:
+        g_codes = np.ascontiguousarray(g_codes_t.numpy().T)
+        if chunk_size is None:
+            chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * TOP_K_BYTES_PER_SCORE))
+        chunk_size = int(min(max(chunk_size, 1), n_q))
+
+        def select(lo: int, hi: int) -> torch.Tensor:
+            tags = _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes[lo:hi].numpy(), g_codes, n_levels)[1]
+            return torch.from_numpy(tags)
+
+    per_query: dict[str, list[torch.Tensor]] = {}
+    ks = np.asarray(recall_at, dtype=np.int64)
+    for lo in range(0, n_q, chunk_size):
+        hi = min(lo + chunk_size, n_q)
+        tags = select(lo, hi)
+        if _fused.HAVE_NUMBA:  # the same function on every path: identical numbers
+            vals = np.empty((hi - lo, n_levels * (2 + 2 * len(ks))))
+            _fused.top_k_metrics(tags.numpy(), n_pos_all[lo:hi], ks, map_at or 0, vals)
+            res = {}
+            per = 2 + 2 * len(ks)
+            for lev in range(n_levels):
+                res[f"mAP@R_level{lev}"] = vals[:, lev * per]
+                if map_at is not None:
+                    res[f"mAP@{map_at}_level{lev}"] = vals[:, lev * per + 1]
+                for j, kk in enumerate(recall_at):
+                    res[f"R@{kk}_level{lev}"] = vals[:, lev * per + 2 + j]
+                    res[f"P@{kk}_level{lev}"] = vals[:, lev * per + 2 + len(ks) + j]
+            res = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in res.items()}
+        else:
+            res = top_k_metrics(tags, torch.from_numpy(n_pos_all[lo:hi]), recall_at, map_at)
+        for name, val in res.items():
+            per_query.setdefault(name, []).append(val)
+    arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
+    if not reduce:
+        out: dict[str, Any] = dict(arrays)
+        for lev in range(n_levels):
+            out[f"n_positives_level{lev}"] = n_pos_all[:, lev].copy()
+        return out
+    out = {"n_queries": int(n_q), "n_gallery": int(n_ranked), "top_k": int(top_k)}
+    out.update(_means(arrays))
+    for lev in range(n_levels):
+        r = n_pos_all[:, lev]
+        used = int((r > 0).sum())
+        out[f"n_queries_level{lev}"] = used
+        out[f"n_skipped_level{lev}"] = int(n_q - used)
+        out[f"n_truncated_level{lev}"] = int((r > k).sum())
+    return out

@@ -27,6 +27,11 @@ or ``Ignored`` (Ignored rows, whose ground truth is ``None`` in retrieval_soluti
 left out of the scores and their submission rows are skipped). Submission: header then
 ``id,images`` (space-separated ids, best first) or ``id,landmarks`` (``"<landmark> <score>"``);
 empty lines are skipped, a repeated or unknown query id is an error.
+
+**From embeddings.** :func:`retrieval_submission` writes the retrieval submission of a model
+(the first 100 index images of each query) from a k-NN search in top-k mode
+(:func:`hglv2.metrics.evaluate.nearest_neighbours`: exact, ties by index order, no full sort), so
+the file metric reads exactly the ranking that ``evaluate(..., top_k=100)`` scores.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from hglv2.errors import InputError
+from hglv2.fileio import atomic_open
 
 USAGES = ("Public", "Private", "Ignored")
 MAX_PREDICTIONS = 100
@@ -88,7 +94,8 @@ def detect_task(solution_path: str | os.PathLike[str]) -> str:
 
 
 def read_solution(path: str | os.PathLike[str], task: str) -> tuple[dict, dict, list[str]]:
-    """Read a solution CSV.
+    """Read a solution CSV through :func:`hglv2.gldv2.readers.read_file` (16-hex ids, unique, the
+    right number of fields per line; errors name ``FILE:LINE``).
 
     Returns:
         ``(public, private, ignored)``: dicts query id -> list of ground-truth ids (index image ids
@@ -97,40 +104,26 @@ def read_solution(path: str | os.PathLike[str], task: str) -> tuple[dict, dict, 
     """
     if task not in ("retrieval", "recognition"):
         raise ValueError(f"unknown task {task!r}")
+    from hglv2.gldv2.readers import read_file  # the one validating reader of the GLDv2 files
+
+    name = Path(path).name
+    t = read_file(path, "retrieval_solution" if task == "retrieval" else "recognition_solution")
     public: dict[str, list] = {}
     private: dict[str, list] = {}
     ignored: list[str] = []
-    seen: set[str] = set()
-    rows = _rows(path)
-    _, header = next(rows)
-    _check_header(path, header, 3, "id,images|landmarks,Usage")
-    for line, row in rows:
-        if not row:
-            continue
-        if len(row) < 3:
-            raise InputError(f"{path}:{line}: expected 3 fields (id, ground truth, Usage), got {len(row)}")
-        qid, truth, usage = row[0].strip(), row[1].strip(), row[2].strip()
-        if not qid:
-            raise InputError(f"{path}:{line}: empty id")
-        if qid in seen:
-            raise InputError(f"{path}:{line}: id {qid!r} is repeated")
-        seen.add(qid)
+    truths = t["images" if task == "retrieval" else "landmarks"].to_pylist()
+    for row, (qid, truth, usage) in enumerate(
+        zip(t["id"].to_pylist(), truths, t["usage"].to_pylist(), strict=True)
+    ):
+        line = row + 2
         if usage == "Ignored":
             ignored.append(qid)
             continue
         if usage not in USAGES:
-            raise InputError(f"{path}:{line}: Usage {usage!r} is not one of {', '.join(USAGES)}")
-        if task == "retrieval":
-            ids = truth.split()
-            if not ids or ids == ["None"]:
-                raise InputError(f"{path}:{line}: {usage} query {qid!r} has no ground-truth images")
-            gt: list = ids
-        else:
-            try:
-                gt = [int(x) for x in truth.split()]
-            except ValueError:
-                raise InputError(f"{path}:{line}: landmarks {truth!r} are not integers") from None
-        (public if usage == "Public" else private)[qid] = gt
+            raise InputError(f"{name}:{line}: Usage {usage!r} is not one of {', '.join(USAGES)}")
+        if task == "retrieval" and not truth:
+            raise InputError(f"{name}:{line}: {usage} query {qid!r} has no ground-truth images")
+        (public if usage == "Public" else private)[qid] = list(truth)
     return public, private, ignored
 
 
@@ -306,3 +299,37 @@ def evaluate_files(
             res = {"GAP": global_average_precision(pred, sol), "top1_accuracy": top1_accuracy(pred, sol)}
         out[name] = res
     return out
+
+
+def retrieval_submission(
+    path: str | os.PathLike[str],
+    query_ids,
+    query_embeddings,
+    index_ids,
+    index_embeddings,
+    k: int = MAX_PREDICTIONS,
+    *,
+    device=None,
+    memory_mb: int = 1024,
+) -> None:
+    """Write a GLDv2 retrieval submission (``id,images``; the first ``k`` index ids of each query,
+    best first, space-separated) from embeddings, by top-k search (dot product; normalise the
+    embeddings for cosine). Rows follow ``query_ids``. The file is written atomically."""
+    from hglv2.metrics.evaluate import nearest_neighbours
+
+    query_ids = [str(x) for x in query_ids]
+    index_ids = [str(x) for x in index_ids]
+    for name, ids, emb in (("query", query_ids, query_embeddings), ("index", index_ids, index_embeddings)):
+        if len(ids) != len(emb):
+            raise InputError(f"{len(ids)} {name} ids but {len(emb)} {name} embeddings")
+        for row, x in enumerate(ids):
+            if not x or any(c in x for c in ', \t\r\n"'):
+                raise InputError(f"{name} id at row {row} is empty or holds a separator: {x!r}")
+    try:
+        top = nearest_neighbours(query_embeddings, index_embeddings, k, device=device, memory_mb=memory_mb)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with atomic_open(path, "w", newline="") as fh:
+        fh.write("id,images\n")
+        for qid, row in zip(query_ids, top, strict=True):
+            fh.write(f"{qid},{' '.join(index_ids[j] for j in row)}\n")

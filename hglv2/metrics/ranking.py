@@ -36,7 +36,6 @@ relevance values and double-counts in that case).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,25 +56,38 @@ SPARSE_MAX_RELEVANT = 256
 def order_keys(scores: torch.Tensor) -> torch.Tensor:
     """Unique int64 sort keys of a (Q, N) score matrix: ascending key = descending score, then
     ascending gallery index. High 32 bits: order-preserving image of the float32 score (negated);
-    low 32 bits: the gallery index."""
+    low 32 bits: the gallery index. Runs on the scores' device; on CPU with numba it is one
+    compiled pass (:func:`hglv2.metrics._fused.build_tagged_keys` without labels), same keys."""
     n_rows, n = scores.shape
     if n >= 1 << 31:
         raise ValueError("gallery too large (>= 2^31 items)")
-    s = scores.to(torch.float32) + 0.0  # new tensor; turns -0.0 into +0.0
+    s = scores.to(torch.float32)
+    if s.device.type == "cpu":
+        from hglv2.metrics import _fused
+
+        if _fused.HAVE_NUMBA and n_rows and n:
+            keys = torch.empty((n_rows, n), dtype=torch.int64)
+            none = np.zeros((n_rows, 0), dtype=np.int32)
+            bad = np.zeros(n_rows, dtype=np.uint8)
+            _fused.build_tagged_keys(
+                s.contiguous().view(torch.int32).numpy(),
+                none,
+                np.zeros((0, n), dtype=np.int32),
+                np.full(n_rows, -1, dtype=np.int64),
+                0,
+                keys.numpy(),
+                bad,
+            )
+            return keys
+    s = s + 0.0  # new tensor; turns -0.0 into +0.0
     x = s.view(torch.int32)
     sign = x >> 31
     sign &= 0x7FFFFFFF
     x ^= sign  # now ascending int32 order == ascending float order
     x.bitwise_not_()  # descending
-    if sys.byteorder == "little":
-        keys = torch.empty((n_rows, n), dtype=torch.int64)
-        halves = keys.view(torch.int32).view(n_rows, n, 2)
-        halves[:, :, 0] = torch.arange(n, dtype=torch.int32)
-        halves[:, :, 1] = x
-        return keys
-    keys = x.to(torch.int64)  # pragma: no cover - big-endian machines
+    keys = x.to(torch.int64)
     keys <<= 32
-    keys |= torch.arange(n, dtype=torch.int64)
+    keys |= torch.arange(n, dtype=torch.int64, device=s.device)
     return keys
 
 

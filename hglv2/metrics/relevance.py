@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 RELEVANCES = ("pop", "map")
@@ -64,8 +65,7 @@ def encode_labels(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple
     gcodes = np.empty(gallery_labels.shape, dtype=np.int32)
     for col in range(query_labels.shape[1]):
         both = np.concatenate([query_labels[:, col], gallery_labels[:, col]])
-        _, inv = np.unique(both, return_inverse=True)
-        inv = inv.astype(np.int32)
+        inv = pd.factorize(both)[0].astype(np.int32)  # hashing: several times faster than np.unique
         qc, gc = inv[:n_q], inv[n_q:]
         qc[query_labels[:, col] < 0] = -2
         gc[gallery_labels[:, col] < 0] = -1

@@ -22,15 +22,20 @@ deletion, AP uses the trapezoidal rule of the protocol's code (it differs from t
 position) and ``P = #{j : r_j < k'} / k'``. Queries without positives in a setup are left out of
 its mean and counted (``n_skipped_{setup}``). Values are fractions (the papers print x100).
 
-The original ground-truth files are Python pickles; hglv2 never unpickles user files, so convert
-them once to JSON (``{"gnd": [{"easy": [...], "hard": [...], "junk": [...]}, ...]}``) and load
-them with :func:`load_gnd_json`.
+The official ground truth files (``gnd_roxford5k.pkl``, ``gnd_rparis6k.pkl``: ``{'imlist': [...],
+'qimlist': [...], 'gnd': [{'easy', 'hard', 'junk', 'bbx'}, ...]}``) are Python pickles. They are
+read by :func:`load_gnd_pickle` with a restricted unpickler that builds only dicts, lists, tuples,
+numbers, strings, bytes and numpy arrays of numbers or strings (the globals a numpy array pickle
+names, listed in :data:`PICKLE_GLOBALS`, each mapped to a checked stand-in); any other global
+(``os.system``, ``builtins.eval``, ...) is refused with an :class:`~hglv2.errors.InputError` before
+it is looked up. :func:`gnd_to_json` writes the same content as JSON once, for :func:`load_gnd_json`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +50,149 @@ SETUPS = {
     "medium": (("easy", "hard"), ("junk",)),
     "hard": (("hard",), ("junk", "easy")),
 }
+
+
+def _safe_dtype(*args: Any) -> np.dtype:
+    dt = np.dtype(*args)
+    if dt.kind not in "biufUS":
+        raise pickle.UnpicklingError(f"numpy dtype {dt} is not allowed (numbers and strings only)")
+    return dt
+
+
+def _safe_encode(text: Any, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes: str -> latin-1 bytes only."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is allowed only for latin-1 text")
+    return text.encode("latin-1")
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError("only plain numpy arrays are allowed")
+    return _RECONSTRUCT(subtype, shape, _safe_dtype(dtype))
+
+
+def _safe_scalar(dtype: Any, *args: Any) -> Any:
+    return _SCALAR(_safe_dtype(dtype), *args)
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    return _FROMBUFFER(buf, _safe_dtype(dtype), shape, order)
+
+
+# numpy's own reconstructors, found from numpy itself (their module moved in numpy 2)
+_RECONSTRUCT = np.arange(1).__reduce__()[0]
+_SCALAR = np.float64(0).__reduce__()[0]
+_FROMBUFFER = np.arange(1).__reduce_ex__(5)[0]
+
+#: (module, name) -> stand-in: the globals numpy array and scalar pickles name (numpy 1 and 2
+#: module paths, protocols 0-5), plus bytes as protocol <= 2 writes them
+PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(m, "_reconstruct"): _safe_reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "scalar"): _safe_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): _safe_frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _safe_dtype,
+    ("_codecs", "encode"): _safe_encode,
+    ("builtins", "bytes"): bytes,
+    ("__builtin__", "bytes"): bytes,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return []
+    if arr.ndim != 1 or arr.dtype.kind not in "iub":
+        raise InputError(f"{where} must be a list of integers")
+    return [int(v) for v in arr]
+
+
+def load_gnd_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an official ``gnd_*.pkl`` with the restricted unpickler and validate it.
+
+    Returns ``{"imlist": [str], "qimlist": [str], "gnd": [{"easy", "hard", "junk": [int], "bbx":
+    [x0, y0, x1, y1] or None}]}`` (plain Python, JSON-ready).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = _RestrictedUnpickler(fh).load()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise InputError(f"{path}: not an accepted ground-truth pickle ({exc})") from None
+    return _check_gnd(data, str(path))
+
+
+def _check_gnd(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a dict with imlist, qimlist and gnd")
+    out: dict[str, Any] = {}
+    for key in ("imlist", "qimlist"):
+        names = data.get(key)
+        if not isinstance(names, (list, tuple, np.ndarray)) or not all(isinstance(n, str) for n in names):
+            raise InputError(f"{where}: {key} must be a list of image names")
+        out[key] = [str(n) for n in names]
+    gnd = data.get("gnd")
+    if not isinstance(gnd, (list, tuple)) or len(gnd) != len(out["qimlist"]):
+        raise InputError(f"{where}: gnd must be a list with one entry per query ({len(out['qimlist'])})")
+    n_gallery = len(out["imlist"])
+    entries = []
+    for i, q in enumerate(gnd):
+        if not isinstance(q, dict):
+            raise InputError(f"{where}: gnd[{i}] is not a dict")
+        entry: dict[str, Any] = {}
+        for key in ("easy", "hard", "junk"):
+            vals = _int_list(q.get(key, []), f"{where}: gnd[{i}].{key}")
+            if any(v < 0 or v >= n_gallery for v in vals):
+                raise InputError(f"{where}: gnd[{i}].{key} has an index outside imlist ({n_gallery} images)")
+            entry[key] = vals
+        bbx = q.get("bbx")
+        if bbx is not None:
+            box = np.asarray(bbx, dtype=object).ravel()
+            try:
+                box = [float(v) for v in box]
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: gnd[{i}].bbx must be 4 numbers") from None
+            if len(box) != 4 or not all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+                raise InputError(f"{where}: gnd[{i}].bbx must be 4 finite numbers x0 < x1, y0 < y1")
+            bbx = box
+        entry["bbx"] = bbx
+        entries.append(entry)
+    out["gnd"] = entries
+    return out
+
+
+def gnd_to_json(pkl: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Convert an official ground-truth pickle once to JSON (readable by :func:`load_gnd_json`)."""
+    from hglv2.fileio import write_json
+
+    data = load_gnd_pickle(pkl)
+    write_json(out, data)
+    return data
+
+
+def load_gnd(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ground truth from ``gnd_*.pkl`` (restricted unpickler) or its JSON conversion (with
+    ``imlist``/``qimlist``)."""
+    if str(path).endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        return _check_gnd(data, str(path))
+    return load_gnd_pickle(path)
 
 
 def load_gnd_json(path: str | os.PathLike[str], n_gallery: int | None = None) -> list[dict[str, list[int]]]:

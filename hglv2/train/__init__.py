@@ -6,8 +6,10 @@ on GPU) embeds its contiguous ``batch_size / W`` slice, the embeddings are all-g
 gradients flowing back to their shard, and the rank loss (found by name in the registry of
 :mod:`hglv2.losses`) is computed on the global batch, so W processes compute what one process
 computes on the whole batch. The decomposability loss (its proxies have their own optimizer and
-schedule) is added with its weight. Adam/AdamW, linear warm-up then cosine decay, gradient
-clipping, AMP (float16 + GradScaler) on CUDA.
+schedule) is added with its weight. Learning rates per group (backbone, head, proxies), Adam/AdamW
+or SGD (Nesterov), linear warm-up then cosine decay (or multistep), backbone-freeze warm-up,
+gradient clipping, AMP (float16 + GradScaler) on CUDA; optionally the decomposability gap logged
+per epoch. The shipped paper configs follow the authors' recipes value by value.
 
 Modules:
 
@@ -51,8 +53,8 @@ from hglv2.train.data import (
     hash_seed,
     prepare_data,
 )
-from hglv2.train.optim import build_optimizer, lr_factor
-from hglv2.train.trainer import Trainer, embed, resolve_device, seed_everything, train
+from hglv2.train.optim import build_optimizer, build_scheduler, lr_factor
+from hglv2.train.trainer import Trainer, batch_gap, embed, resolve_device, seed_everything, train
 
 __all__ = [
     "DEFAULTS",
@@ -62,10 +64,12 @@ __all__ = [
     "SeededItems",
     "Trainer",
     "apply_overrides",
+    "batch_gap",
     "build_batch_sampler",
     "build_dataset",
     "build_loss",
     "build_optimizer",
+    "build_scheduler",
     "build_transform",
     "config_digest",
     "config_names",

@@ -40,17 +40,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_transform(cfg: dict[str, Any], train: bool) -> Callable:
-    """The image transform of ``cfg``: random resized crop + flip when training with
-    ``data.augment``, else resize + center crop; then ImageNet normalisation."""
+    """The image transform of ``cfg``, then ImageNet normalisation.
+
+    Training with ``data.augment``: [Resize(``train_resize``)] + RandomResizedCrop(``image_size``,
+    ``crop_scale``, ``crop_ratio``) + horizontal flip. Otherwise Resize(``resize``) + CenterCrop
+    (``image_size``), where ``eval_resize: shorter`` resizes the shorter side and ``square`` resizes
+    to ``resize`` x ``resize`` (``resize`` null: ``image_size``).
+    """
     import torchvision.transforms as T
 
     d = cfg["data"]
     size = d["image_size"]
     steps: list[Any] = []
     if train and d["augment"]:
-        steps += [T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
+        if d.get("train_resize"):
+            steps.append(T.Resize(d["train_resize"]))
+        scale, ratio = tuple(d.get("crop_scale", (0.5, 1.0))), tuple(d.get("crop_ratio", (0.75, 4 / 3)))
+        steps += [T.RandomResizedCrop(size, scale=scale, ratio=ratio), T.RandomHorizontalFlip()]
     else:
-        steps += [T.Resize(d["resize"] or size), T.CenterCrop(size)]
+        r = d["resize"] or size
+        steps += [T.Resize((r, r) if d.get("eval_resize") == "square" else r), T.CenterCrop(size)]
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(steps)
 
@@ -110,8 +119,11 @@ def prepare_data(cfg: dict[str, Any], progress: bool = False) -> Path:
     return root
 
 
-def build_dataset(cfg: dict[str, Any], root: Path, split: str, train: bool) -> HGLDv2Dataset:
-    """The :class:`HGLDv2Dataset` of split ``split`` under ``root`` with the transform of ``cfg``."""
+def build_dataset(
+    cfg: dict[str, Any], root: Path, split: str, train: bool, levels: list[str] | None = None
+) -> HGLDv2Dataset:
+    """The :class:`HGLDv2Dataset` of split ``split`` under ``root`` with the transform of ``cfg``
+    (label columns ``levels``, default ``data.levels``)."""
     d = cfg["data"]
     image_root = d["image_root"]
     if isinstance(image_root, dict):  # one folder per split (GLDv2: train/, index/, test/)
@@ -120,7 +132,10 @@ def build_dataset(cfg: dict[str, Any], root: Path, split: str, train: bool) -> H
             raise InputError(f"data.image_root: no image folder for split {split!r}")
     image_root = Path(image_root) if image_root else root / "images"
     return HGLDv2Dataset(
-        root / f"{split}.parquet", image_root, levels=d["levels"], transform=build_transform(cfg, train)
+        root / f"{split}.parquet",
+        image_root,
+        levels=levels or d["levels"],
+        transform=build_transform(cfg, train),
     )
 
 
@@ -145,8 +160,17 @@ def build_batch_sampler(
                 clusters_per_batch=s["clusters_per_batch"],
                 seed=seed,
                 ignore_label=-1,
+                max_per_class=s.get("max_per_class"),
+                batches_per_super_tuple=s.get("batches_per_super_tuple"),
             )
-        return MPerClassBatchSampler(masked, m=s["m"], batch_size=s["batch_size"], seed=seed, ignore_label=-1)
+        return MPerClassBatchSampler(
+            masked,
+            m=s["m"],
+            batch_size=s["batch_size"],
+            seed=seed,
+            ignore_label=-1,
+            max_per_class=s.get("max_per_class"),
+        )
     except ValueError as exc:
         raise InputError(f"sampler: {exc}") from None
 

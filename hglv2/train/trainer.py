@@ -24,7 +24,7 @@ from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, atomic_path, claim_folder, write_json
 from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
-from hglv2.train.config import config_digest, load_config
+from hglv2.train.config import config_digest, legacy_config_digest, load_config
 from hglv2.train.data import (
     BatchList,
     SeededItems,
@@ -33,9 +33,9 @@ from hglv2.train.data import (
     hash_seed,
     prepare_data,
 )
-from hglv2.train.optim import decomposability_optimizer, lr_factor, model_optimizer
+from hglv2.train.optim import build_scheduler, decomposability_optimizer, model_optimizer
 
-__all__ = ["Trainer", "embed", "resolve_device", "seed_everything", "train"]
+__all__ = ["Trainer", "batch_gap", "embed", "resolve_device", "seed_everything", "train"]
 
 
 def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +78,29 @@ def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def batch_gap(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    batches: list[np.ndarray],
+    keys: tuple[str, ...] = ("AP_level0", "H-AP"),
+) -> dict[str, dict[str, float]]:
+    """Mean over ``batches`` (row-index arrays) of each metric computed within the batch, the metric
+    on all the rows, and their difference (the decomposability gap), per metric in ``keys``.
+
+    Each metric is :func:`hglv2.metrics.evaluate`'s with the set ranked against itself (a query's
+    own row excluded); a batch's value is the mean over its queries that have positives.
+    """
+    from hglv2.metrics import evaluate
+
+    whole = evaluate(embeddings, labels, recall_at=(1,))
+    per_batch = [evaluate(embeddings[b], labels[b], recall_at=(1,)) for b in batches]
+    out = {}
+    for key in keys:
+        mean = float(np.mean([r[key] for r in per_batch]))
+        out[key] = {"batch": mean, "whole": float(whole[key]), "gap": mean - float(whole[key])}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +210,10 @@ class Trainer:
         self.root = prepare_data(cfg, progress=self.progress) if self.rank == 0 else Path(cfg["data"]["root"])
         if self.distributed:
             dist.barrier()
+        for ts in self.test_sets():  # before training: a missing evaluation split fails now, not after
+            for split in (ts["query"], ts["index"]):
+                if split and not (self.root / f"{split}.parquet").is_file():
+                    raise InputError(f"data.test_sets: {self.root / (split + '.parquet')} does not exist")
         self.train_set = build_dataset(cfg, self.root, cfg["data"]["train_split"], train=True)
         labels = np.asarray(self.train_set.labels)
         self.sampler = build_batch_sampler(cfg, labels, seed=cfg["seed"])
@@ -201,7 +228,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         lc = cfg["loss"]
-        self.class_ids = np.unique(labels[:, 0])
+        # proxies only for the landmarks the sampler trains on (rows with a complete hierarchy)
+        self.class_ids = np.unique(labels[self.sampler.rows, 0])
         self.criterion = build_loss(
             lc["name"],
             lc["kwargs"],
@@ -209,7 +237,11 @@ class Trainer:
             embedding_dim=cfg["model"]["embedding_dim"],
         ).to(self.device)
         self.optimizer = model_optimizer(cfg, self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.batches_per_epoch)
+        self.freeze_epochs = t["freeze_backbone_epochs"]
+        self.backbone_params = (
+            list(self.model.backbone_parameters()) if hasattr(self.model, "backbone_parameters") else []
+        )
         self.dec = None
         self.dec_optimizer = self.dec_scheduler = None
         dc = lc["decomposability"]
@@ -222,17 +254,16 @@ class Trainer:
             ).to(self.device)
             self.dec_optimizer = decomposability_optimizer(cfg, self.dec)
             if self.dec_optimizer is not None:
-                self.dec_scheduler = torch.optim.lr_scheduler.LambdaLR(self.dec_optimizer, self._factor)
+                self.dec_scheduler = build_scheduler(
+                    cfg, self.dec_optimizer, self.total_steps, self.batches_per_epoch, dc.get("min_lr")
+                )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
-
-    def _factor(self, step: int) -> float:
-        sch = self.cfg["schedule"]
-        return lr_factor(step, self.total_steps, sch["warmup_steps"], sch["kind"], sch["min_lr_ratio"])
+        self._gap_set = None  # the training split with the evaluation transform (gap measurement)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -272,7 +303,7 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
             raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-        if state.get("config_digest") != config_digest(self.cfg):
+        if state.get("config_digest") not in (config_digest(self.cfg), legacy_config_digest(self.cfg)):
             raise InputError(f"{path}: checkpoint was made with a different config; use another --out")
         self.model.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
@@ -371,6 +402,11 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
+        if self.epoch < self.freeze_epochs:
+            # backbone-freeze warm-up: only the head and the proxies learn (the authors skip the
+            # backbone optimizer's step, so its moments and weight decay wait too)
+            for p in self.backbone_params:
+                p.grad = None
         clip = self.cfg["train"]["clip_grad_norm"]
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -384,16 +420,33 @@ class Trainer:
             self.dec_scheduler.step()
         return out
 
-    def evaluate(self) -> dict[str, Any]:
-        """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split."""
+    def test_sets(self) -> list[dict[str, Any]]:
+        """The evaluation sets: ``data.test_sets``, else one (``query_split``, ``index_split``)."""
+        d = self.cfg["data"]
+        if d["test_sets"]:
+            return [
+                {
+                    "name": ts.get("name") or ts["query"],
+                    "query": ts["query"],
+                    "index": ts.get("index"),
+                    "levels": ts.get("levels"),
+                }
+                for ts in d["test_sets"]
+            ]
+        return [{"name": None, "query": d["query_split"], "index": d["index_split"], "levels": None}]
+
+    def _evaluate_set(self, ts: dict[str, Any]) -> dict[str, Any]:
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]
-        q = build_dataset(self.cfg, self.root, d["query_split"], train=False)
-        qe, ql = embed(self.model, q, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
-        if d["index_split"]:
-            g = build_dataset(self.cfg, self.root, d["index_split"], train=False)
-            ge, gl = embed(self.model, g, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
+
+        def run(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            ds = build_dataset(self.cfg, self.root, split, train=False, levels=ts["levels"])
+            return embed(self.model, ds, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
+
+        qe, ql = run(ts["query"])
+        if ts["index"]:
+            ge, gl = run(ts["index"])
             res = evaluate(qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), recall_at=tuple(t["recall_at"]))
         else:
             res = evaluate(qe.numpy(), ql.numpy(), recall_at=tuple(t["recall_at"]))
@@ -402,6 +455,75 @@ class Trainer:
             for k, v in res.items()
             if np.ndim(v) == 0
         }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split.
+
+        With several ``data.test_sets`` (DyML's fine / middle / coarse sets) each set's metrics are
+        kept as ``<name>/<metric>`` and the plain names hold their mean over the sets (counts
+        ``n_*``: their sum), as the authors' overall accuracy averages the three test sets; a set
+        evaluated with a single level gives the binary ASI of DyML.
+        """
+        sets = self.test_sets()
+        if len(sets) == 1:
+            return self._evaluate_set(sets[0])
+        per = {ts["name"]: self._evaluate_set(ts) for ts in sets}
+        out: dict[str, Any] = {}
+        common = set.intersection(*(set(r) for r in per.values()))
+        for key in sorted(common):
+            values = [r[key] for r in per.values()]
+            out[key] = float(np.sum(values)) if key.startswith("n_") else float(np.mean(values))
+        for name, res in per.items():
+            out.update({f"{name}/{k}": v for k, v in res.items()})
+        return out
+
+    def decomposability_gap(self, epoch: int) -> dict[str, Any]:
+        r"""The decomposability gap on the first ``train.gap_batches`` batches of ``epoch``.
+
+        .. math:: \mathrm{DG} = \frac{1}{K} \sum_{k=1}^{K} \mathrm{mAP}(B_k)
+                  - \mathrm{mAP}\Big(\bigcup_k B_k\Big)
+
+        where mAP(S) ranks S against itself (each query's own index excluded), for AP at level 0
+        and H-AP, on the training images with the evaluation transform (the model in eval mode).
+        The K batches are the sampler's batches, so every query has positives in its batch; the
+        union is a subset of the training set (K x batch_size images) because the whole set would
+        cost one more pass over the training data per epoch. Runs under its own RNG state, so it
+        does not change the run's results.
+        """
+        k = self.cfg["train"]["gap_batches"]
+        self.sampler.set_epoch(epoch)
+        batches = [np.asarray(b) for b in self.sampler.global_batches()[:k]]
+        rows = np.unique(np.concatenate(batches))
+        if self._gap_set is None:
+            self._gap_set = build_dataset(self.cfg, self.root, self.cfg["data"]["train_split"], train=False)
+        with torch.random.fork_rng(devices=[]):
+            emb, lab = embed(
+                self.model,
+                torch.utils.data.Subset(self._gap_set, rows.tolist()),
+                self.cfg["train"]["eval_batch_size"],
+                self.device,
+                0,
+                self.amp,
+            )
+        gap = batch_gap(emb.numpy(), lab.numpy(), [np.searchsorted(rows, b) for b in batches])
+        return {"batches": len(batches), "images": int(len(rows)), **gap}
+
+    def _maybe_gap(self, epoch: int) -> None:
+        if not self.cfg["train"]["gap_batches"]:
+            return
+        if self.rank == 0:
+            t0 = time.perf_counter()
+            gap = self.decomposability_gap(epoch)
+            self._log(
+                {
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "decomposability_gap": gap,
+                    "gap_s": round(time.perf_counter() - t0, 3),
+                }
+            )
+        if self.distributed:
+            dist.barrier()
 
     def _maybe_eval(self, final: bool = False) -> None:
         every = self.cfg["train"]["eval_every"]
@@ -469,7 +591,8 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 images_seen += len(batch["image"]) * self.world
-                if self.batch_in_epoch >= n_batches:
+                epoch_done = self.batch_in_epoch >= n_batches
+                if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                 if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
@@ -488,6 +611,8 @@ class Trainer:
                 every_ckpt = t["checkpoint_every"]
                 if every_ckpt and self.step % every_ckpt == 0:
                     self.save_checkpoint()
+                if epoch_done:
+                    self._maybe_gap(self.epoch - 1)
                 if self.step < self.total_steps:
                     self._maybe_eval()
                 if self.step >= stop:
