@@ -21,6 +21,7 @@ per loss; ``learning_curve.png``: H-AP and level-0 AP against the step).
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import hashlib
 import json
@@ -324,12 +325,39 @@ def _last_step(run_dir: str) -> int:
     return 0
 
 
+_STDOUT_CLOSED = False
+
+
+def stdout_closed() -> bool:
+    """True once a progress line found stdout closed (``hglv2 benchmark | head -1``)."""
+    return _STDOUT_CLOSED
+
+
 def _say(line: str) -> None:
-    """Print a line to stdout without tearing a progress bar on stderr."""
+    """Print a line to stdout without tearing a progress bar on stderr.
+
+    A closed stdout (the reader of a pipe is gone) does not stop the suite: the line is dropped,
+    stdout is pointed at /dev/null and :func:`stdout_closed` turns true, so the caller writes its
+    files first and exits as a broken pipe after.
+    """
+    global _STDOUT_CLOSED
     from tqdm import tqdm
 
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
+    if _STDOUT_CLOSED:
+        return
+    try:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        _STDOUT_CLOSED = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file
+            pass
 
 
 def _run_parallel(

@@ -647,9 +647,43 @@ def _front_matter(
     return "\n".join(lines) + "\n"
 
 
+def _loading_lines(split_names: Iterable[str]) -> list[str]:
+    """The card's Hugging Face loading code: the exact call for each split.
+
+    The folder is named by its absolute path (``load_dataset(".")`` fails: the dataset name comes
+    from the folder's name). ``load_dataset(folder)`` reads the ``configs`` of the front matter; the generic
+    ``load_dataset("parquet", data_dir=folder)`` does not (it groups files by name, so
+    ``train.parquet`` and ``train_full.parquet`` land together in one ``train`` split), hence the
+    explicit ``data_files`` line.
+    """
+    names = list(split_names)
+    plain = [s for s in names if s != "query"]
+    lines = [
+        "import os",
+        "import datasets",
+        "folder = os.getcwd()  # this folder: run from it, or put its path here",
+    ]
+    if plain:
+        lines.append(f"splits = datasets.load_dataset(folder)  # DatasetDict: {', '.join(plain)}")
+    for s in plain:
+        lines.append(f'{s} = datasets.load_dataset(folder, split="{s}")')
+    if "query" in names:
+        lines.append('query = datasets.load_dataset(folder, "query", split="query")  # + `usage`')
+    if names:
+        s = "train_full" if "train_full" in names else names[0]
+        lines += [
+            "# the generic Parquet builder ignores this card: name the file of each split (data_dir= alone",
+            '# would merge train.parquet and train_full.parquet into one "train" split)',
+            f'{s}_again = datasets.load_dataset("parquet", data_files={{"{s}": f"{{folder}}/{s}.parquet"}}, '
+            f'split="{s}")',
+        ]
+    return lines
+
+
 def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
     """The dataset card: Hugging Face YAML front matter, then provenance, columns and coverage."""
     splits = manifest["splits"]
+    first = next(iter(splits), "train")
     hier = manifest["hierarchy"]
     sources = ", ".join(f"`{x['file']}`" for x in hier["sources"]) or "none"
     out = [
@@ -695,11 +729,14 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
         "(the first landmark of the recognition solution, train numbering, -1 if none).\n",
         "## Loading\n",
         "```python",
-        "import datasets, duckdb",
-        'ds = datasets.load_dataset("parquet", data_files={"train": "train.parquet"})',
-        "duckdb.sql(\"SELECT level1, count(*) FROM 'train.parquet' GROUP BY level1\")",
+        *_loading_lines(splits),
+        "```",
+        "",
+        "```python",
+        "import duckdb",
+        f"duckdb.sql(\"SELECT level1, count(*) FROM '{first}.parquet' GROUP BY level1\")",
         "from hglv2.dataset import HGLDv2Dataset",
-        'train = HGLDv2Dataset("train.parquet", "/path/to/gldv2/train")',
+        f'ds = HGLDv2Dataset("{first}.parquet", "/path/to/gldv2/images")',
         "```",
         "",
         "File sizes and sha256 are in `manifest.json`.",

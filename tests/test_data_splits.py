@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import types
 
 import numpy as np
 import pandas as pd
@@ -262,6 +265,57 @@ def test_hugging_face_datasets_and_duckdb_read_the_export(tmp_path, monkeypatch)
     index_file = tmp_path / "out" / "index.parquet"
     n = duckdb.sql(f"SELECT count(*) FROM '{index_file}' WHERE level1 >= 0").fetchall()[0][0]
     assert n == round(m["splits"]["index"]["coverage"]["level1"] * m["splits"]["index"]["rows"])
+
+
+def _run_card_loading_code(folder, datasets, cache):
+    """Run the Hugging Face lines of the card's Loading code in ``folder``; return the names they set."""
+    card = (folder / "README.md").read_text()
+    code = card.split("## Loading", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in code.splitlines() if not ln.startswith("import ")]
+    assert any("load_dataset(" in ln for ln in lines)
+    hf = types.SimpleNamespace(load_dataset=functools.partial(datasets.load_dataset, cache_dir=cache))
+    ns = {"datasets": hf, "os": os}
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        for ln in lines:
+            exec(ln, ns)  # the card's own documented call, verbatim
+    finally:
+        os.chdir(cwd)
+    return ns
+
+
+@pytest.mark.parametrize("kind", ["export", "export_without_query", "synthetic"])
+def test_dataset_card_loads_every_split_as_documented(tmp_path, monkeypatch, kind):
+    """Each split loads with the call the card gives for it, with exactly its rows (issue 12):
+    ``load_dataset(folder, "query")`` works on every folder with a query split, and the generic
+    Parquet builder is shown with ``data_files`` (its ``data_dir=`` merges train and train_full)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    if kind == "synthetic":
+        from hglv2.synthetic import SyntheticParams, generate
+
+        params = SyntheticParams(image_size=16, train_images=2, query_images=1, index_images=1)
+        m = generate(out, params=params)
+    else:
+        write_example(tmp_path / "m", seed=5)
+        splits = ["train", "train_full"] if kind == "export_without_query" else None
+        m = export(tmp_path / "m", out, splits=splits)
+    ns = _run_card_loading_code(out, datasets, str(tmp_path / "hf"))
+    rows = {name: info["rows"] for name, info in m["splits"].items()}
+    for name, n in rows.items():
+        assert ns[name].num_rows == n, name
+    again = [k for k in ns if k.endswith("_again")]
+    assert len(again) == 1 and ns[again[0]].num_rows == rows[again[0].removesuffix("_again")]
+    plain = sorted(s for s in rows if s != "query")
+    assert sorted(ns["splits"]) == plain
+    assert all(ns["splits"][s].num_rows == rows[s] for s in plain)
+    if "query" in rows:
+        assert "usage" in ns["query"].features
+        q = datasets.load_dataset(str(out), "query", cache_dir=str(tmp_path / "hf"))
+        assert q["query"].num_rows == rows["query"]
 
 
 @given(st.lists(st.text(alphabet="0123456789abcdefé/", min_size=3, max_size=18), max_size=30), st.booleans())

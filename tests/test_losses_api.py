@@ -54,6 +54,30 @@ def test_memory_bank_call(cls):
 
 
 @pytest.mark.parametrize("cls", RANK_LOSSES + [CalibrationLoss])
+def test_pytorch_metric_learning_call_spelling(cls):
+    """pytorch-metric-learning's ``ref_emb=`` and ``indices_tuple=None`` work; a miner's tuple is an error."""
+    emb, lab = _batch()
+    mem, mem_lab = _batch(B=32, seed=1)
+    loss = cls()
+    want = loss(emb, lab, ref_embeddings=mem, ref_labels=mem_lab)
+    assert torch.equal(loss(emb, lab, ref_emb=mem, ref_labels=mem_lab), want)
+    assert torch.equal(loss(emb, lab, indices_tuple=None, ref_emb=mem, ref_labels=mem_lab), want)
+    assert torch.equal(loss(emb, lab, None), loss(emb, lab))  # pml's positional indices_tuple=None
+    weighted = WeightedSum([cls(), CalibrationLoss()], [0.5, 0.5])
+    assert torch.equal(
+        weighted(emb, lab, ref_emb=mem, ref_labels=mem_lab),
+        weighted(emb, lab, ref_embeddings=mem, ref_labels=mem_lab),
+    )
+    pairs = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([4]))
+    with pytest.raises(InputError, match="indices_tuple .*miner"):
+        loss(emb, lab, indices_tuple=pairs)
+    with pytest.raises(InputError, match="indices_tuple .*miner"):
+        loss(emb, lab, pairs)  # positional, where pml puts it
+    with pytest.raises(InputError, match="not both"):
+        loss(emb, lab, ref_embeddings=mem, ref_emb=mem, ref_labels=mem_lab)
+
+
+@pytest.mark.parametrize("cls", RANK_LOSSES + [CalibrationLoss])
 def test_bad_inputs_raise_input_error(cls):
     emb, lab = _batch()
     loss = cls()

@@ -127,7 +127,32 @@ CASES = [
         "afile.txt is a file, not a folder",
         "hierarchy diff {hierarchy} {hierarchy} --json {afile}/d.json",
     ),
+    (
+        "download images --dest inside a file",
+        "afile.txt is a file, not a folder",
+        "download images --split train --shards 0 --dest {afile}/g",
+    ),
+    (
+        "download images --json inside a file",
+        "afile.txt is a file, not a folder",
+        "download images --split train --shards 0 --dest {adir}/g --json {afile}/j.json",
+    ),
+    (
+        "prepare-images --out inside a file",
+        "afile.txt is a file, not a folder",
+        "prepare-images --source {adir} --out {afile}/p",
+    ),
+    (
+        "prepare-images --json onto a folder",
+        "adir is a folder",
+        "prepare-images --source {adir} --json {adir}",
+    ),
     # URLs, time-outs, retries
+    (
+        "download images --base-url not a url",
+        "'--base-url': 'notaurl' is not an http(s):// URL",
+        "download images --split train --shards 0 --dest {adir}/g --base-url notaurl",
+    ),
     (
         "download --base-url not a url",
         "'--base-url': 'not a url' is not an http(s):// URL",
@@ -398,3 +423,26 @@ def test_closed_stdout_is_quiet_and_keeps_the_files(tmp_path, args):
     for a in args:
         if a.startswith(str(tmp_path)) and a.endswith((".json", ".csv")):
             assert Path(a).stat().st_size > 0, a
+
+
+@pytest.mark.slow
+def test_closed_stdout_does_not_stop_a_parallel_benchmark(tmp_path):
+    """``hglv2 benchmark | head -1``: the per-run lines meet a closed stdout, the suite still
+    finishes and writes its report and --json, then exits 141 quietly."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"name: piped\ndata:\n  root: {tmp_path / 'data'}\n  image_size: 32\n"
+        "  synthetic: {hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1,\n"
+        "              index_images: 2, max_clusters: 2, landmarks_per_cluster: 4}\n"
+        "model: {backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}\n"
+        "sampler: {batch_size: 16, m: 4}\n"
+        "train: {steps: 2, eval_every: 0, log_every: 1, checkpoint_every: 0}\n"
+        "benchmark: {seeds: [0], losses: {Contrastive: {name: Contrastive}, SupAP: {name: SupAP}}}\n"
+    )
+    out = tmp_path / "b"
+    args = ["benchmark", str(suite), "--out", str(out), "--jobs", "2", "--json", str(tmp_path / "b.json")]
+    rc, err = _piped(args, tmp_path)
+    assert rc == 141, err
+    assert err == ""
+    for f in (out / "report.md", out / "results.json", tmp_path / "b.json"):
+        assert f.stat().st_size > 0, f

@@ -149,3 +149,69 @@ def test_progress_reads_the_last_logged_step(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text("".join(f'{{"step": {s}, "loss": 0.5}}\n' for s in range(1, 2000)) + '{"step": 20')
     assert _last_step(str(tmp_path)) == 1999  # a line being written is skipped
+
+
+TTY_SUITE = """
+name: tty
+data:
+  root: {root}
+  image_size: 32
+  synthetic: {{hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
+              max_clusters: 2, landmarks_per_cluster: 4}}
+model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
+sampler: {{batch_size: 16, m: 4}}
+train: {{steps: 2, eval_every: 0, log_every: 1, checkpoint_every: 0}}
+benchmark:
+  seeds: [0]
+  losses:
+    Contrastive: {{name: Contrastive}}
+    SupAP: {{name: SupAP}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal")
+def test_parallel_benchmark_shows_one_progress_bar_in_a_terminal(tmp_path):
+    """Parallel runs in a terminal: one overall bar (runs done, steps), not minutes of silence."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(TTY_SUITE.format(root=tmp_path / "data"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hglv2.cli", "benchmark", str(suite), "--out", str(tmp_path / "b")]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm reads the width
+    proc = subprocess.Popen(
+        [*cmd, "--jobs", "2"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=slave
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        deadline = time.monotonic() + 280
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's last writer is gone
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert rc == 0, err
+    frames = [f for f in err.replace("\n", "\r").split("\r") if f.startswith("benchmark:")]
+    assert frames, err
+    assert "2/2" in frames[-1] and "run" in frames[-1], frames[-1]  # runs done / runs planned

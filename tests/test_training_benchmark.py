@@ -44,6 +44,7 @@ def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
     ]
     for run in results["runs"]:
         assert 0.0 <= run["metrics"]["H-AP"] <= 1.0 and run["images_per_s"] > 0
+        assert (out / "runs" / run["loss"] / f"seed{run['seed']}" / "metrics.json").is_file()  # as README
         assert [c["step"] for c in run["curve"] if "H-AP" in c] == [0, 2, 3]
     assert results["summary"]["SupHAP"]["H-AP"]["n"] == 2
     report = (out / "report.md").read_text()

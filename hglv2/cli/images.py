@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE
 from hglv2.errors import InputError, NetworkError
 from hglv2.fileio import write_json
 
@@ -32,7 +33,7 @@ from hglv2.fileio import write_json
     default=None,
     help="Folder of tar shards or image folder (a/b/c/<id>.jpg); default DEST/<split>.",
 )
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder.")
+@click.option("--out", "out_dir", type=OUTPUT_DIR, default=None, help="Output folder.")
 @click.option("--max-side", type=click.IntRange(16, 65535), default=512, show_default=True)
 @click.option("--quality", type=click.IntRange(1, 95), default=90, show_default=True, help="JPEG quality.")
 @click.option(
@@ -50,7 +51,7 @@ from hglv2.fileio import write_json
 )
 @click.option("--shards", "shard_spec", default=None, help="Only these shards, e.g. 0-9,42.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the summary.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, default=None, help="Write the summary.")
 def prepare_images(
     split: str,
     dest: str,
@@ -92,6 +93,8 @@ def prepare_images(
         shards=shards,
         progress=progress,
     )
+    if json_path:  # files first: a closed stdout (| head) must not lose them
+        write_json(json_path, res)
     click.echo(
         f"{out}: {len(res['shards'])} shards ({res['shards_skipped']} already done), "
         f"{res['images']:,d} images ({res['reencoded']:,d} re-encoded), {res['bytes_out'] / 1e6:,.1f} MB; "
@@ -101,8 +104,6 @@ def prepare_images(
         click.echo(f"skipped {f['shard']}:{f['member']}: {f['reason']}", err=True)
     if len(res["failed"]) > 10:
         click.echo(f"... and {len(res['failed']) - 10} more (see {out}/prepare.json)", err=True)
-    if json_path:
-        write_json(json_path, res)
 
 
 @click.command("images")
@@ -111,18 +112,19 @@ def prepare_images(
 @click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Files at once.")
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False),
+    type=OUTPUT_DIR,
     default="data/gldv2",
     show_default=True,
     help="Download folder: shards go to DEST/<split>/, the lock file is DEST/gldv2.lock.json.",
 )
 @click.option(
     "--base-url",
+    type=HTTP_URL,
     default=None,
     help="Server holding <split>/ and md5sum/ (default: https://s3.amazonaws.com/google-landmark).",
 )
 @click.option("--verify", is_flag=True, help="Re-hash every shard on disk (default: trust size + lock).")
-@click.option("--lock", "lock_path", type=click.Path(dir_okay=False), default=None, help="Lock file.")
+@click.option("--lock", "lock_path", type=OUTPUT_FILE, default=None, help="Lock file.")
 @click.option(
     "--contact",
     envvar="HGLV2_CONTACT",
@@ -133,7 +135,7 @@ def prepare_images(
 @click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1, None), default=60.0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Per-shard results.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, default=None, help="Per-shard results.")
 def download_images(
     split: str,
     shard_spec: str | None,
@@ -170,13 +172,13 @@ def download_images(
         progress=progress,
         raise_on_error=False,
     )
-    for r in records:
-        if r.status != "failed":
-            click.echo(f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}")
-    if json_path:
+    if json_path:  # files first: a closed stdout (| head) must not lose them
         write_json(
             json_path, {"dest": os.fspath(dest), "split": split, "shards": [r.as_dict() for r in records]}
         )
+    for r in records:
+        if r.status != "failed":
+            click.echo(f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}")
     failed = [r for r in records if r.status == "failed"]
     if failed:
         raise NetworkError(gimages.failure_summary(failed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def benchmark(
 
     Writes OUT/results.json, OUT/report.md and PNG plots; finished runs are reused.
     """
-    from hglv2.benchmark import markdown_table, run_suite
+    from hglv2.benchmark import markdown_table, run_suite, stdout_closed
     from hglv2.train.config import load_config
 
     cfg = load_config(suite)
@@ -155,6 +156,8 @@ def benchmark(
                 "wall_seconds": results["wall_seconds"],
             },
         )
+    if stdout_closed():  # a progress line met a closed stdout: the files are written, exit 141 now
+        raise BrokenPipeError(errno.EPIPE, "stdout closed")
     click.echo(markdown_table(results))
     click.echo(f"wall time {results['wall_seconds']:.1f} s")
     click.echo(f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)")

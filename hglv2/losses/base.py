@@ -20,6 +20,7 @@ from hglv2.errors import InputError
 __all__ = [
     "as_label_matrix",
     "check_inputs",
+    "pml_arguments",
     "level_matrix",
     "relevance_table",
     "reduce_queries",
@@ -201,8 +202,41 @@ def similarity(embeddings: Tensor, ref_embeddings: Tensor) -> Tensor:
         return embeddings.to(dtype) @ ref_embeddings.to(dtype).t()
 
 
+def pml_arguments(
+    loss_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Accept pytorch-metric-learning's call spelling, or say clearly why not.
+
+    pytorch-metric-learning calls ``loss(embeddings, labels, indices_tuple=None, ref_emb=None,
+    ref_labels=None)``. Here ``ref_emb`` is an alias of ``ref_embeddings``; a miner's
+    ``indices_tuple`` (by keyword, or a tuple where ``ref_embeddings`` goes) is refused with an
+    :class:`~hglv2.errors.InputError`: a rank loss ranks every reference item for each query, so
+    there is no subset of pairs to mine. ``indices_tuple=None`` is accepted.
+    """
+    if "ref_emb" in kwargs:
+        if kwargs.get("ref_embeddings") is not None:
+            raise InputError(f"{loss_name}: give ref_embeddings or its alias ref_emb, not both")
+        kwargs = dict(kwargs)
+        kwargs["ref_embeddings"] = kwargs.pop("ref_emb")
+    mined = kwargs.get("indices_tuple")
+    if mined is None and len(args) > 2 and isinstance(args[2], (tuple, list)):
+        mined = args[2]
+    if mined is not None:
+        raise InputError(
+            f"{loss_name}: indices_tuple (a pytorch-metric-learning miner's pairs or triplets) is not "
+            "supported: a rank loss ranks every reference item for each query; call "
+            "loss(embeddings, labels) or pass a reference set as ref_embeddings=/ref_emb=, ref_labels="
+        )
+    if "indices_tuple" in kwargs:
+        kwargs = {k: v for k, v in kwargs.items() if k != "indices_tuple"}
+    return args, kwargs
+
+
 class LossBase(torch.nn.Module):
     """Common call signature ``loss(embeddings, labels, ref_embeddings=None, ref_labels=None)``.
+
+    pytorch-metric-learning's spelling is accepted too (:func:`pml_arguments`): ``ref_emb=`` for
+    ``ref_embeddings=``, ``indices_tuple=None``; a miner's tuple is an error.
 
     A loss with a functional form sets ``functional`` (e.g. ``staticmethod(sup_ap)``) and returns
     that function's keyword options from :meth:`loss_options`; ``forward`` and ``extra_repr``
@@ -213,6 +247,10 @@ class LossBase(torch.nn.Module):
 
     takes_ref_embeddings: bool = True
     functional: Callable[..., Tensor] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = pml_arguments(type(self).__name__, args, kwargs)
+        return super().__call__(*args, **kwargs)
 
     def loss_options(self) -> dict[str, Any]:
         """Keyword arguments passed to :attr:`functional` (besides the tensors)."""
