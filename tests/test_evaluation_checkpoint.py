@@ -19,28 +19,15 @@ from hglv2.evaluation import ImageList, embed_images, load_trained_model
 from hglv2.evaluation.protocols import _revisited_transform
 from hglv2.metrics import evaluate
 from hglv2.metrics.revisited import gnd_to_json, load_gnd, load_gnd_pickle, revisited_map
-from hglv2.train import Trainer, load_config
+from hglv2.train import Trainer
+from tests.fixtures.training import tiny_synthetic_config
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run folder trained for 2 steps on tiny synthetic data (seconds on CPU)."""
     base = tmp_path_factory.mktemp("ckpt")
-    cfg = load_config("synthetic")
-    cfg["data"]["root"] = str(base / "data")
-    cfg["data"]["image_size"] = 32
-    cfg["data"]["synthetic"].update(
-        hierarchy="builtin",
-        image_size=32,
-        train_images=4,
-        query_images=1,
-        index_images=2,
-        max_clusters=2,
-        landmarks_per_cluster=4,
-    )
-    cfg["model"].update(width=8, embedding_dim=16)
-    cfg["sampler"].update(batch_size=16, m=4)
-    cfg["train"].update(steps=2, eval_every=0, log_every=1, checkpoint_every=0, eval_batch_size=64)
+    cfg = tiny_synthetic_config(base / "data", steps=2, log_every=1, checkpoint_every=0)
     Trainer(cfg, base / "run", progress=False, resume=False).fit()
     return base
 

@@ -17,6 +17,7 @@ from hglv2.train.config import (
     load_config,
     parse_overrides,
 )
+from tests.fixtures.training import tiny_synthetic_config
 
 # (--set KEY=VALUE, the key the message must name); each was a traceback or silently accepted
 BAD_VALUES = [
@@ -121,21 +122,7 @@ def test_result_neutral_settings_are_not_part_of_the_identity(key):
 def test_resume_after_changing_num_workers_only(tmp_path):
     from hglv2.train import Trainer
 
-    cfg = load_config("synthetic")
-    cfg["data"]["root"] = str(tmp_path / "data")
-    cfg["data"]["image_size"] = 32
-    cfg["data"]["synthetic"].update(
-        hierarchy="builtin",
-        image_size=32,
-        train_images=4,
-        query_images=1,
-        index_images=2,
-        max_clusters=2,
-        landmarks_per_cluster=4,
-    )
-    cfg["model"].update(width=8, embedding_dim=16)
-    cfg["sampler"].update(batch_size=16, m=4)
-    cfg["train"].update(steps=4, eval_every=0, checkpoint_every=1, eval_batch_size=64)
+    cfg = tiny_synthetic_config(tmp_path / "data", steps=4, checkpoint_every=1)
     part = Trainer(cfg, tmp_path / "run", progress=False, max_steps=2)
     part.fit()
     cfg2 = copy.deepcopy(cfg)

@@ -21,6 +21,7 @@ from hglv2.train.config import config_names
 from hglv2.train.data import build_batch_sampler, build_transform
 from hglv2.train.optim import build_scheduler, lr_factor, model_optimizer
 from hglv2.train.trainer import batch_gap
+from tests.fixtures.training import tiny_synthetic_config
 
 S = "suprank/config/"
 HAPPIER = {"tau": 0.01, "rho": 100.0, "offset": 1.44, "delta": 0.05, "start": 0.5}
@@ -466,22 +467,7 @@ def test_batch_gap_matches_a_brute_force_oracle():
 
 
 def _tiny_run_config(root) -> dict:
-    cfg = load_config("synthetic")
-    cfg["data"]["root"] = str(root)
-    cfg["data"]["image_size"] = 32
-    cfg["data"]["synthetic"].update(
-        hierarchy="builtin",
-        image_size=32,
-        train_images=4,
-        query_images=1,
-        index_images=2,
-        max_clusters=2,
-        landmarks_per_cluster=4,
-    )
-    cfg["model"].update(width=8, embedding_dim=16)
-    cfg["sampler"].update(batch_size=16, m=4)
-    cfg["train"].update(steps=5, eval_every=0, log_every=1, eval_batch_size=64)
-    return cfg
+    return tiny_synthetic_config(root, steps=5, log_every=1)
 
 
 def test_gap_is_logged_per_epoch_and_changes_no_result(tmp_path):

@@ -23,6 +23,7 @@ from hglv2.train import (
     lr_factor,
 )
 from hglv2.train.data import to_model_input
+from tests.fixtures.training import tiny_synthetic_config
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +33,8 @@ def data_root(tmp_path_factory):
 
 def tiny_config(root, **train) -> dict:
     """The shipped synthetic config shrunk to seconds: 32 px, 8 train landmarks, tiny net."""
-    cfg = load_config("synthetic")
-    cfg["data"]["root"] = str(root)
-    cfg["data"]["image_size"] = 32
-    cfg["data"]["synthetic"].update(
-        hierarchy="builtin",
-        image_size=32,
-        train_images=4,
-        query_images=1,
-        index_images=2,
-        max_clusters=2,
-        landmarks_per_cluster=4,
-    )
-    cfg["model"].update(width=8, embedding_dim=16)
-    cfg["sampler"].update(batch_size=16, m=4)
-    cfg["schedule"]["warmup_steps"] = 2
-    cfg["train"].update(steps=6, eval_every=0, log_every=1, checkpoint_every=0, eval_batch_size=64)
-    cfg["train"].update(train)
-    return cfg
+    base = {"steps": 6, "log_every": 1, "checkpoint_every": 0}
+    return tiny_synthetic_config(root, warmup_steps=2, **{**base, **train})
 
 
 def _batch(trainer, k=0):
