@@ -141,11 +141,20 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("norm", ["group", pytest.param("frozen_batch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "norm",
+    [
+        "group",
+        pytest.param("frozen_batch", marks=pytest.mark.slow),
+        pytest.param("resnet18", marks=pytest.mark.slow),
+    ],
+)
 def test_two_process_gloo_matches_one_process(data_root, tmp_path, norm):
     cfg = tiny_config(data_root, steps=3)
     if norm == "frozen_batch":  # frozen BatchNorm (the authors' ResNets): per-sample, so N == 1
         cfg["model"].update(norm="batch", freeze_batchnorm=True)
+    if norm == "resnet18":  # a torchvision ResNet (random init) with its BatchNorm frozen, as the recipes
+        cfg["model"].update(backbone="resnet18", pretrained=False, freeze_batchnorm=True)
     cfg["loss"].update(
         name="SupHAP",
         weight=0.9,
@@ -158,8 +167,11 @@ def test_two_process_gloo_matches_one_process(data_root, tmp_path, norm):
     two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
     moved = 0.0
     first = Trainer(cfg, tmp_path / "init", progress=False, resume=False).model.state_dict()
+    # ResNet-18: ~1e-6 of the weights (those whose gradient is near 0, where Adam divides by
+    # sqrt(v) + eps) differ by up to ~5e-5 from float32 summation order (all-reduce vs one process)
+    atol = 2e-4 if norm == "resnet18" else 1e-5
     for k in one:
-        assert torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5), k
+        assert torch.allclose(one[k], two[k], rtol=1e-4, atol=atol), k
         moved = max(moved, float((one[k].float() - first[k].float()).abs().max()))
     assert moved > 1e-3  # the runs did train
     log_one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
