@@ -232,14 +232,19 @@ if HAVE_NUMBA:
             )
 
     @njit(cache=True, inline="always")
-    def _key(bits, index):  # pragma: no cover - compiled
-        """Order key from a float32's int32 bits: ascending key = descending score, then index."""
+    def _score_high(bits):  # pragma: no cover - compiled
+        """High 32 bits of the order key of a float32 given as int32 bits (see :func:`_key`)."""
         x = np.int64(bits)
         if x == -2147483648:  # -0.0 is +0.0
             x = 0
         if x < 0:
             x ^= 0x7FFFFFFF
-        return ((-1 - x) << 32) | index
+        return -1 - x
+
+    @njit(cache=True, inline="always")
+    def _key(bits, index):  # pragma: no cover - compiled
+        """Order key from a float32's int32 bits: ascending key = descending score, then index."""
+        return (_score_high(bits) << 32) | index
 
     @njit(cache=True, parallel=True)
     def fused_metrics_search(
@@ -314,16 +319,6 @@ if HAVE_NUMBA:
                 out,
                 counts_out,
             )
-
-    @njit(cache=True, inline="always")
-    def _score_high(bits):  # pragma: no cover - compiled
-        """High 32 bits of the order key of a float32 given as int32 bits (see :func:`_key`)."""
-        x = np.int64(bits)
-        if x == -2147483648:  # -0.0 is +0.0
-            x = 0
-        if x < 0:
-            x ^= 0x7FFFFFFF
-        return -1 - x
 
     @njit(cache=True, parallel=True)
     def build_tagged_keys(score_bits, q_codes, g_codes_t, self_index, n_levels, keys, bad):
