@@ -29,6 +29,7 @@ over rows with dynamic chunks (robust when cores are shared), no ``P x N`` tempo
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -41,6 +42,11 @@ except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
 BAND_CUT = {np.dtype(np.float32): 36.0, np.dtype(np.float64): 50.0}
+SERIES_CUT = 0.0  # |t| <= SERIES_CUT * tau: direct sigmoid; beyond: series in e^{-|t|/tau}
+# relative error of the series per item, sigmoid and sigmoid'
+SERIES_TOL = {np.dtype(np.float32): 1e-10, np.dtype(np.float64): 1e-17}
+SERIES_COST = 2.0  # a series event costs about this many direct sigmoids per term
+UNDERFLOW = 600.0  # series terms below e^{-600} are dropped (no subnormal arithmetic)
 BLOCK_WIDTH = 40.0  # span of one block of targets, in units of tau
 
 if HAVE_NUMBA:
@@ -75,14 +81,232 @@ if HAVE_NUMBA:
         for i in range(n):
             vals[i] = s[perm[i]]
 
+    _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: -inf and 0 * inf stay IEEE
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _powers(p, n, pw):
+        """``pw[i] = p ** (i + 1)`` for ``i < n`` (four interleaved product chains)."""
+        if n > 0:
+            pw[0] = p
+        if n > 1:
+            pw[1] = p * p
+        if n > 2:
+            pw[2] = pw[1] * p
+        if n > 3:
+            pw[3] = pw[1] * pw[1]
+            p4 = pw[3]
+            for i in range(4, n):
+                pw[i] = pw[i - 4] * p4
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _terms(d, n_terms):
+        """How many powers ``e^{-(i+1) d}`` stay above ``e^{-UNDERFLOW}``."""
+        if d * n_terms <= UNDERFLOW:
+            return n_terms
+        return int(UNDERFLOW / d)
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _series_sweep(xs, ws, xq, lo, hi, sign, inv_tau, coef, n_terms, out, acc, pw):
+        """Exponential sums along one sweep: for every query ``q``
+
+        ``out[f, q] = sum_i coef[f, i] sum_{s in [lo[q], max(lo[q], hi[q]))} ws[s] e^{-(i+1) d_qs}``,
+        ``d_qs = sign (xq[q] - xs[s]) / tau``,
+
+        with queries and sources ordered by ``sign * x`` ascending and ``lo``, ``hi`` non-decreasing:
+        a source enters the window once (as the member nearest the query) and leaves it once (as
+        the farthest). The accumulators ``acc[i] = sum ws e^{-(i+1) d}`` are carried from one query
+        to the next by the factor ``e^{-(i+1) step}`` (terms only shrink), so the work is
+        ``O((Q + S) n_terms)``. Powers below ``e^{-UNDERFLOW}`` are dropped (exactly zero)."""
+        for i in range(n_terms):
+            acc[i] = 0.0
+        n_act = 0
+        a = 0  # members: sources [a, b)
+        b = 0
+        prev = 0.0
+        for q in range(xq.shape[0]):
+            x = xq[q]
+            L = lo[q]
+            H = max(hi[q], L)
+            if b > a and L >= b:  # every member leaves
+                for i in range(n_act):
+                    acc[i] = 0.0
+                n_act = 0
+            elif b > a:
+                step = sign * (x - prev) * inv_tau
+                if step > 0.0 and n_act > 0:
+                    keep = min(n_act, _terms(sign * (x - xs[b - 1]) * inv_tau, n_terms))
+                    _powers(math.exp(-step), keep, pw)
+                    for i in range(keep):
+                        acc[i] *= pw[i]
+                    for i in range(keep, n_act):
+                        acc[i] = 0.0
+                    n_act = keep
+                for s in range(a, L):  # leaving (the farthest members)
+                    k = min(n_act, _terms(sign * (x - xs[s]) * inv_tau, n_terms))
+                    if k > 0:
+                        _powers(math.exp(-sign * (x - xs[s]) * inv_tau), k, pw)
+                        w = ws[s]
+                        for i in range(k):
+                            acc[i] -= w * pw[i]
+            if b <= L:
+                b = L
+            a = L
+            for s in range(b, H):  # entering (each the nearest member so far)
+                d = sign * (x - xs[s]) * inv_tau
+                k = _terms(d, n_terms)
+                if k > 0:
+                    _powers(math.exp(-d), k, pw)
+                    w = ws[s]
+                    for i in range(k):
+                        acc[i] += w * pw[i]
+                    if k > n_act:
+                        n_act = k
+            if H > b:
+                b = H
+            for f in range(coef.shape[0]):
+                tot = 0.0
+                for i in range(n_act):
+                    tot += coef[f, i] * acc[i]
+                out[f, q] = tot
+            prev = x
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _target_series(vals, seg, ys, thr, lks, max_l, h, inv_tau, coef, n_terms, ser, dser):
+        """Add to ``ser[i]`` and ``dser[i]`` (targets in ascending score order) the series part of
+        ``sum_{m < l_i} sum_j f(t_j / tau)`` over items ``j`` of level ``m`` with ``t_j < -h`` (below
+        the direct window) or ``h < t_j``, ``s_j <= thr_i`` (above it, below the linear region);
+        ``f = sigmoid`` for ``ser``, ``sigmoid'`` for ``dser`` (skipped when it is empty).
+
+        With ``x = e^{-|u|}``: below, ``sigmoid(u) = p_0(x)``; above, ``1 - p_0(x)``;
+        ``sigmoid'(u) = p_1(x)``, ``p_f(x) = sum_n coef[f, n-1] x^n``."""
+        n_t = ys.shape[0]
+        qi = np.empty(n_t, dtype=np.int64)
+        xq = np.empty(n_t, dtype=np.float64)
+        xq_d = np.empty(n_t, dtype=np.float64)
+        nf = 2 if dser.shape[0] > 0 else 1
+        cf = coef[:nf]
+        out = np.empty((nf, n_t), dtype=np.float64)
+        acc = np.empty(n_terms, dtype=np.float64)
+        pw = np.empty(n_terms, dtype=np.float64)
+        for m in range(max_l):
+            a0, e = seg[m], seg[m + 1]
+            n_m = e - a0
+            Q = 0
+            for i in range(n_t):
+                if lks[i] > m:
+                    qi[Q] = i
+                    xq[Q] = ys[i]
+                    Q += 1
+            if n_m == 0 or Q == 0:
+                continue
+            xs = np.empty(n_m, dtype=np.float64)
+            xs_d = np.empty(n_m, dtype=np.float64)
+            for j in range(n_m):
+                xs[j] = np.float64(vals[a0 + j])
+                xs_d[n_m - 1 - j] = xs[j]
+            ws = np.ones(n_m, dtype=np.float64)
+            lo = np.zeros(Q, dtype=np.int64)
+            hi = np.empty(Q, dtype=np.int64)
+            p = 0
+            for q in range(Q):  # below the window: s_j < y - h, ascending sweep
+                lim = xq[q] - h
+                while p < n_m and xs[p] < lim:
+                    p += 1
+                hi[q] = p
+            _series_sweep(xs, ws, xq[:Q], lo, hi, 1.0, inv_tau, cf, n_terms, out, acc, pw)
+            for q in range(Q):
+                ser[qi[q]] += out[0, q]
+                if nf == 2:
+                    dser[qi[q]] += out[1, q]
+            pl = 0
+            pm = 0
+            for q in range(Q):  # above it: y + h < s_j <= thr, descending sweep
+                i = qi[Q - 1 - q]
+                xq_d[q] = ys[i]
+                t = thr[i]
+                lim = ys[i] + h
+                while pl < n_m and vals[e - 1 - pl] > t:
+                    pl += 1
+                while pm < n_m and xs_d[pm] > lim:
+                    pm += 1
+                lo[q] = pl
+                hi[q] = pm
+            _series_sweep(xs_d, ws, xq_d[:Q], lo, hi, -1.0, inv_tau, cf, n_terms, out, acc, pw)
+            for q in range(Q):
+                i = qi[Q - 1 - q]
+                ser[i] += max(0, hi[q] - lo[q]) - out[0, q]
+                if nf == 2:
+                    dser[i] += out[1, q]
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _item_series(vals, seg, ys, thr, lks, gs, max_l, h, inv_tau, coef, n_terms, ser):
+        """Add to ``ser[j]`` (items in (level, score) order) the series part of
+        ``sum_i g_i sigmoid'(t_ij / tau) / tau`` over targets ``i`` more relevant than item ``j``
+        whose window excludes ``j`` (the transpose of :func:`_target_series`, same membership tests)."""
+        n_t = ys.shape[0]
+        xs = np.empty(n_t, dtype=np.float64)
+        xs_d = np.empty(n_t, dtype=np.float64)
+        ws = np.empty(n_t, dtype=np.float64)
+        ws_d = np.empty(n_t, dtype=np.float64)
+        th = np.empty(n_t, dtype=thr.dtype)
+        acc = np.empty(n_terms, dtype=np.float64)
+        pw = np.empty(n_terms, dtype=np.float64)
+        for m in range(max_l):
+            a0, e = seg[m], seg[m + 1]
+            n_m = e - a0
+            T = 0
+            for i in range(n_t):
+                if lks[i] > m and gs[i] != 0.0:
+                    xs[T] = ys[i]
+                    ws[T] = gs[i]
+                    th[T] = thr[i]
+                    T += 1
+            if n_m == 0 or T == 0:
+                continue
+            for i in range(T):
+                xs_d[i] = xs[T - 1 - i]
+                ws_d[i] = ws[T - 1 - i]
+            xq = np.empty(n_m, dtype=np.float64)
+            xq_d = np.empty(n_m, dtype=np.float64)
+            for j in range(n_m):
+                xq[j] = np.float64(vals[a0 + j])
+                xq_d[n_m - 1 - j] = xq[j]
+            lo = np.zeros(n_m, dtype=np.int64)
+            hi = np.empty(n_m, dtype=np.int64)
+            out = np.empty((1, n_m), dtype=np.float64)
+            p = 0
+            for q in range(n_m):  # targets with s_j < y - h, items descending
+                while p < T and xs_d[p] - h > xq_d[q]:
+                    p += 1
+                hi[q] = p
+            _series_sweep(xs_d[:T], ws_d[:T], xq_d, lo, hi, -1.0, inv_tau, coef, n_terms, out, acc, pw)
+            for q in range(n_m):
+                ser[e - 1 - q] += out[0, q] * inv_tau
+            pl = 0
+            pm = 0
+            for q in range(n_m):  # targets with y + h < s_j <= thr, items ascending
+                v = vals[a0 + q]
+                while pl < T and th[pl] < v:
+                    pl += 1
+                while pm < T and xs[pm] + h < xq[q]:
+                    pm += 1
+                lo[q] = pl
+                hi[q] = pm
+            _series_sweep(xs[:T], ws[:T], xq, lo, hi, 1.0, inv_tau, coef, n_terms, out, acc, pw)
+            for q in range(n_m):
+                ser[a0 + q] += out[0, q] * inv_tau
+
     @njit(cache=True, fastmath=True, error_model="numpy")
-    def _row(s, lv, pk, g, p0, p1, c64, cd, tab, mode, n_lev, rank, rplus, grad):
+    def _row(s, lv, pk, g, p0, p1, c64, cd, coefs, tab, mode, n_lev, rank, rplus, dsum, grad):
         """One query row. ``mode`` 0: SupRank forward (rank, rank+), 1: exact forward, 2: SupRank
         backward (adds to ``grad`` the gradient of ``sum_c g_c rank_c``). ``tab``: the row's relevance
-        per level (empty: binary rank+; with ``rplus`` empty, no rank+)."""
+        per level (empty: binary rank+; with ``rplus`` empty, no rank+). ``dsum[c]``: the series part
+        of ``sum_j sigmoid'(t_j / tau)`` of pair ``c``, written by mode 0 (unless empty) and read
+        by mode 2."""
         n = s.shape[0]
         one = s.dtype.type(1.0)
-        inv_tau, cut, width, rho, start, offset = c64[0], c64[1], c64[2], c64[3], c64[4], c64[5]
+        inv_tau, c0, width, rho, start, offset = c64[0], c64[1], c64[2], c64[3], c64[4], c64[5]
+        n_terms, cut, series_cost = int(c64[6]), c64[7], c64[8]
         delta, emd = cd[0], cd[1]  # in the scores' dtype (same rounding as the torch path)
         max_l = 0
         for c in range(p0, p1):
@@ -98,12 +322,51 @@ if HAVE_NUMBA:
         for c in range(n_t):
             ts[c] = s[pk[p0 + c]]
         torder = np.argsort(ts)
+        ser = np.zeros(n_t, dtype=np.float64)  # series part per target (ascending score order)
+        item_ser = np.zeros(n if mode == 2 else 0, dtype=np.float64)  # ... per item (row order)
+        # series or direct band: direct work is at most sum_k #(less relevant items); the sweeps
+        # visit each (level, item) and (level, target) pair a few times with n_terms operations
+        use_series = False
+        if mode != 1:
+            direct = 0
+            for c in range(p0, p1):
+                direct += seg[lv[pk[c]]] - seg[0]
+            events = 0
+            for c in range(p0, p1):
+                events += 2 * lv[pk[c]]
+            events += 3 * (seg[max_l] - seg[0])
+            use_series = direct > series_cost * n_terms * events
+        # direct window |t| <= h around each target (series outside it), or the whole band
+        # -cut tau <= t (items below add under e^{-cut})
+        h = c0 / inv_tau if use_series else cut / inv_tau
+        if use_series:
+            ys = np.empty(n_t, dtype=np.float64)
+            thr_t = np.empty(n_t, dtype=s.dtype)
+            lks = np.empty(n_t, dtype=np.int64)
+            gs = np.empty(n_t, dtype=np.float64)
+            for i in range(n_t):
+                c = p0 + torder[i]
+                ys[i] = np.float64(ts[torder[i]])
+                thr_t[i] = ts[torder[i]] + cd[0]
+                lks[i] = lv[pk[c]]
+                gs[i] = g[c] if mode == 2 else 1.0
+            if mode == 0:
+                dser = np.zeros(n_t if dsum.shape[0] > 0 else 0, dtype=np.float64)
+                _target_series(vals, seg, ys, thr_t, lks, max_l, h, inv_tau, coefs, n_terms, ser, dser)
+                for i in range(dser.shape[0]):
+                    dsum[p0 + torder[i]] = dser[i]
+            else:  # the targets' own series parts were summed by the forward pass
+                for i in range(n_t):
+                    ser[i] = dsum[p0 + torder[i]]
+                _item_series(vals, seg, ys, thr_t, lks, gs, max_l, h, inv_tau, coefs[1:], n_terms, item_ser)
         # per-level pointers into the sorted runs; targets come in ascending score order, so each
-        # only moves forward: first v >= y, first v > y, first v > y + delta, first v >= y - cut tau
+        # only moves forward: first v >= y, first v > y, first v > y + delta, first v >= y - h,
+        # first v > y + h
         p_ge = seg[:n_lev].copy()
         p_gt = seg[:n_lev].copy()
         p_lin = seg[:n_lev].copy()
         p_low = seg[:n_lev].copy()
+        p_mid = seg[:n_lev].copy()
         e_hi = seg[:n_lev].copy()  # E[j] is valid for the current block on [p_low, e_hi)
         has_tab = tab.shape[0] > 0
         need_plus = rplus.shape[0] > 0
@@ -154,7 +417,8 @@ if HAVE_NUMBA:
                 continue
             a = s.dtype.type(math.exp((y64 - ref64) * inv_tau))
             thr = y + delta  # s_j > s_k + delta (rounded as the torch path does) is the linear region
-            low = y64 - cut / inv_tau
+            low = y64 - h
+            mid = y64 + h if use_series else np.inf
             closed = 0.0
             band = 0.0
             nl_all = 0
@@ -166,19 +430,21 @@ if HAVE_NUMBA:
                     p_lin[m] += 1
                 while p_low[m] < e and np.float64(vals[p_low[m]]) < low:
                     p_low[m] += 1
-                lo, hi = p_low[m], p_lin[m]
+                while p_mid[m] < e and np.float64(vals[p_mid[m]]) <= mid:
+                    p_mid[m] += 1
+                lo, hi = p_low[m], min(p_mid[m], p_lin[m])  # the direct window
                 if e_hi[m] < lo:
                     e_hi[m] = lo
                 for j in range(e_hi[m], hi):
                     E[j] = math.exp((ref64 - np.float64(vals[j])) * inv_tau)
                 if hi > e_hi[m]:
                     e_hi[m] = hi
-                nl = e - hi
+                nl = e - p_lin[m]
                 part = s.dtype.type(0.0)
                 if mode == 0:
                     while p_gt[m] < e and vals[p_gt[m]] <= y:
                         p_gt[m] += 1
-                    sl = suf[hi] if nl > 0 else 0.0
+                    sl = suf[p_lin[m]] if nl > 0 else 0.0
                     lin = rho * (sl - nl * np.float64(thr)) + offset * nl
                     closed += lin + start * (e - p_gt[m] - nl)
                     for j in range(lo, hi):
@@ -190,22 +456,22 @@ if HAVE_NUMBA:
                         gacc[j] += d
                         part += d
                     if nl > 0:  # linear region: slope rho for every item above the threshold
-                        dlin[hi] += gk * rho
+                        dlin[p_lin[m]] += gk * rho
                         dlin[e] -= gk * rho
                         nl_all += nl
                 band += part
             if mode == 0:
-                rank[c] = r + closed + band
+                rank[c] = r + closed + band + ser[i]
             else:
-                grad[k] -= band + gk * rho * nl_all
+                grad[k] -= band + gk * rho * nl_all + gk * inv_tau * ser[i]
         if mode == 2:
             run = 0.0
             for j in range(n):
                 run += dlin[j]
-                grad[perm[j]] += gacc[j] + run
+                grad[perm[j]] += gacc[j] + run + item_ser[j]
 
     @njit(cache=True, parallel=True, error_model="numpy")
-    def ranks_forward(S, LV, row_ptr, pk, c64, cd, tabs, mode, n_lev, rank, rplus):
+    def ranks_forward(S, LV, row_ptr, pk, c64, cd, coefs, tabs, mode, n_lev, rank, rplus, dsum):
         """Rank (SupRank ``mode=0`` or exact ``mode=1``) and exact rank+ of every pair; rows in
         parallel. ``tabs``: (B, L + 1) relevances or (0, 0) for binary rank+."""
         B = S.shape[0]
@@ -216,26 +482,56 @@ if HAVE_NUMBA:
             p0, p1 = row_ptr[r], row_ptr[r + 1]
             if p1 > p0:
                 tab = tabs[r] if tabs.shape[0] > 0 else empty
-                _row(S[r], LV[r], pk, g, p0, p1, c64, cd, tab, mode, n_lev, rank, rplus, dummy)
+                _row(S[r], LV[r], pk, g, p0, p1, c64, cd, coefs, tab, mode, n_lev, rank, rplus, dsum, dummy)
 
     @njit(cache=True, parallel=True, error_model="numpy")
-    def ranks_backward(S, LV, row_ptr, pk, g, c64, cd, n_lev, grad):
+    def ranks_backward(S, LV, row_ptr, pk, g, c64, cd, coefs, n_lev, dsum, grad):
         """``grad += d(sum_c g_c rank_c) / dS`` for the SupRank rank; rows in parallel."""
         B = S.shape[0]
         empty = np.empty(0, dtype=np.float64)
         for r in prange(B):
             p0, p1 = row_ptr[r], row_ptr[r + 1]
             if p1 > p0:
-                _row(S[r], LV[r], pk, g, p0, p1, c64, cd, empty, 2, n_lev, empty, empty, grad[r])
+                _row(S[r], LV[r], pk, g, p0, p1, c64, cd, coefs, empty, 2, n_lev, empty, empty, dsum, grad[r])
+
+
+@functools.cache
+def series_coefficients(dtype: np.dtype) -> np.ndarray:
+    r"""``(2, N)`` coefficients ``c[f, n-1]`` of ``x^n``, ``n = 1..N``, with
+    ``sigmoid(-d) ~ sum_n c[0, n-1] x^n`` and ``sigmoid'(d) ~ sum_n c[1, n-1] x^n`` for
+    ``x = e^{-d}``, ``d >= SERIES_CUT``: ``x q(x)`` where ``q`` is the Chebyshev interpolant of
+    ``1 / (1 + x)`` (resp. ``1 / (1 + x)^2``) on ``[0, e^{-SERIES_CUT}]``, computed in 40-digit
+    arithmetic, of the lowest degree whose relative error is below ``SERIES_TOL[dtype]``.
+    Far items (``x -> 0``) keep the same relative error; the Taylor series
+    ``sum (-1)^{n+1} x^n`` would need far more terms near ``x = 1`` and diverges there."""
+    import mpmath
+
+    tol = SERIES_TOL[np.dtype(dtype)]
+    a = math.exp(-SERIES_CUT)
+    t0 = 1.0 + 2.0 / a  # the poles at x = -1, mapped onto the Chebyshev interval's axis
+    rho = t0 + math.sqrt(t0 * t0 - 1.0)  # Bernstein ellipse: the error decays as rho^-degree
+    degree = max(1, int(math.log(1.0 / tol) / math.log(rho)) - 1)
+    with mpmath.workdps(40):
+        while True:
+            q1, e1 = mpmath.chebyfit(lambda x: 1 / (1 + x), [0, a], degree + 1, error=True)
+            q2, e2 = mpmath.chebyfit(lambda x: 1 / (1 + x) ** 2, [0, a], degree + 1, error=True)
+            if e1 * (1 + a) < tol and e2 * (1 + a) ** 2 < tol:
+                break
+            degree += 1
+        return np.array([[float(c) for c in q1[::-1]], [float(c) for c in q2[::-1]]], dtype=np.float64)
 
 
 def kernel_constants(
     dtype: np.dtype, tau: float, rho: float, delta: float, start: float, offset: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``([1/tau, cut, block width, rho, start, offset]`` in float64, ``[delta, e^{-delta/tau}]`` in
-    the scores' dtype)."""
-    cut = BAND_CUT[np.dtype(dtype)]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``c64 = [1/tau, c0, block width, rho, start, offset, n_terms, band cut, series cost]``
+    (float64), ``cd = [delta, e^{-delta/tau}]`` in the scores' dtype and ``coefs`` (2, n_terms),
+    :func:`series_coefficients`."""
+    coefs = series_coefficients(np.dtype(dtype))
+    c64 = [1.0 / tau, SERIES_CUT, BLOCK_WIDTH, rho, start, offset, coefs.shape[1]]
+    c64 += [BAND_CUT[np.dtype(dtype)], SERIES_COST]
     return (
-        np.array([1.0 / tau, cut, BLOCK_WIDTH, rho, start, offset], dtype=np.float64),
+        np.array(c64, dtype=np.float64),
         np.array([delta, math.exp(-delta / tau)], dtype=dtype),
+        coefs,
     )

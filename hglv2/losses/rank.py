@@ -251,9 +251,13 @@ class _PairRanks(torch.autograd.Function):
         lk = levels[pair_q, pair_k]
         use_kernel = _use_kernel(scores, num_levels)
         if use_kernel:
-            rank, rank_plus = _kernel_forward(scores, levels, pair_q, pair_k, rel_table, cfg, need_plus)
+            need_dsum = cfg.approximation == "suprank" and ctx.needs_input_grad[0]
+            rank, rank_plus, dsum = _kernel_forward(
+                scores, levels, pair_q, pair_k, rel_table, cfg, need_plus, need_dsum
+            )
             n_lin = rank.new_zeros(0)
         else:
+            dsum = None
             rank, rank_plus, closed, n_lin = _exact_parts(
                 scores,
                 levels,
@@ -279,7 +283,8 @@ class _PairRanks(torch.autograd.Function):
                     # which the closed form removed again (n_lin of them)
                     S = less_scores.index_select(0, q).sub_(scores[q, k][:, None])
                     rank[idx] += S.clamp_(max=cfg.delta).mul_(1.0 / cfg.tau).sigmoid_().sum(1)
-        ctx.save_for_backward(scores, pair_q, pair_k, levels, lk, n_lin)
+        # the kernels' backward needs the forward's series sums, the torch path the n_lin counts
+        ctx.save_for_backward(scores, pair_q, pair_k, levels, lk, dsum if use_kernel else n_lin)
         ctx.cfg = cfg
         ctx.rows_per_chunk = rows_per_chunk
         ctx.num_levels = num_levels
@@ -292,11 +297,11 @@ class _PairRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_rank: Tensor, g_plus: Tensor):  # type: ignore[override]
-        scores, pair_q, pair_k, levels, lk, n_lin = ctx.saved_tensors
+        scores, pair_q, pair_k, levels, lk, n_lin = ctx.saved_tensors  # n_lin: dsum for kernels
         cfg: StepConfig = ctx.cfg
         grad = torch.zeros_like(scores)
         if ctx.use_kernel and cfg.approximation == "suprank":
-            _kernel_backward(scores, levels, pair_q, pair_k, cfg, g_rank, grad)
+            _kernel_backward(scores, levels, pair_q, pair_k, cfg, g_rank, n_lin, grad)
         elif cfg.approximation == "suprank":
             inv_tau = 1.0 / cfg.tau
             sig_delta = _clamped_sigmoid_at_delta(cfg, scores.dtype)
@@ -337,10 +342,10 @@ def _kernel_args(scores: Tensor, levels: Tensor, pair_q: Tensor, pair_k: Tensor,
     B = scores.size(0)
     row_ptr = torch.zeros(B + 1, dtype=torch.long)
     row_ptr[1:] = torch.bincount(pair_q, minlength=B).cumsum(0)
-    c64, cd = _rk.kernel_constants(S.dtype, cfg.tau, cfg.rho, cfg.delta, cfg.start, cfg.resolved_offset)
+    consts = _rk.kernel_constants(S.dtype, cfg.tau, cfg.rho, cfg.delta, cfg.start, cfg.resolved_offset)
     n_lev = int(levels.max()) + 1 if levels.numel() else 1
     lv = levels.to(torch.int8).contiguous().numpy()
-    return (S, lv, row_ptr.numpy(), pair_k.contiguous().numpy(), c64, cd), n_lev
+    return (S, lv, row_ptr.numpy(), pair_k.contiguous().numpy(), *consts), n_lev
 
 
 def _kernel_forward(
@@ -351,9 +356,12 @@ def _kernel_forward(
     rel_table: Tensor | None,
     cfg: StepConfig,
     need_plus: bool,
-) -> tuple[Tensor, Tensor]:
+    need_dsum: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Rank and rank+ of every pair from the compiled kernels (:mod:`hglv2.losses._rank_kernels`):
-    the same quantities as :func:`_exact_parts` plus the sigmoid sums, one pass per query row."""
+    the same quantities as :func:`_exact_parts` plus the sigmoid sums, one pass per query row; with
+    ``need_dsum`` also the series part of each pair's ``sum sigmoid'`` for the backward pass
+    (float64, ``(P,)``; empty otherwise)."""
     args, n_lev = _kernel_args(scores, levels, pair_q, pair_k, cfg)
     P = pair_q.numel()
     rank = np.zeros(P, dtype=np.float64)
@@ -364,11 +372,12 @@ def _kernel_forward(
         else rel_table.detach().to(torch.float64).contiguous().numpy()
     )
     mode = 0 if cfg.approximation == "suprank" else 1
+    dsum = np.zeros(P if need_dsum else 0, dtype=np.float64)
     with _kernel_threads(scores.size(0)):
-        _rk.ranks_forward(*args, tabs, mode, n_lev, rank, rplus)
+        _rk.ranks_forward(*args, tabs, mode, n_lev, rank, rplus, dsum)
     rank_t = torch.from_numpy(rank).to(scores.dtype)
     plus_t = torch.from_numpy(rplus).to(scores.dtype) if need_plus else scores.new_zeros(P)
-    return rank_t, plus_t
+    return rank_t, plus_t, torch.from_numpy(dsum)
 
 
 def _kernel_backward(
@@ -378,14 +387,16 @@ def _kernel_backward(
     pair_k: Tensor,
     cfg: StepConfig,
     g_rank: Tensor,
+    dsum: Tensor,
     grad: Tensor,
 ) -> None:
-    """Add ``d(sum_c g_c rank_c) / d scores`` to ``grad`` (contiguous, CPU) with the compiled kernel."""
+    """Add ``d(sum_c g_c rank_c) / d scores`` to ``grad`` (contiguous, CPU) with the compiled kernel;
+    ``dsum``: the series sums saved by :func:`_kernel_forward`."""
     args, n_lev = _kernel_args(scores, levels, pair_q, pair_k, cfg)
     g = g_rank.detach().to(torch.float64).contiguous().numpy()
-    S, lv, row_ptr, pk, c64, cd = args
+    S, lv, row_ptr, pk, c64, cd, coefs = args
     with _kernel_threads(scores.size(0)):
-        _rk.ranks_backward(S, lv, row_ptr, pk, g, c64, cd, n_lev, grad.numpy())
+        _rk.ranks_backward(S, lv, row_ptr, pk, g, c64, cd, coefs, n_lev, dsum.numpy(), grad.numpy())
 
 
 @contextlib.contextmanager
