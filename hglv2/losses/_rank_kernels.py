@@ -495,19 +495,23 @@ if HAVE_NUMBA:
                 _row(S[r], LV[r], pk, g, p0, p1, c64, cd, coefs, empty, 2, n_lev, empty, empty, dsum, grad[r])
 
 
-@functools.cache
-def series_coefficients(dtype: np.dtype) -> np.ndarray:
+def series_coefficients(dtype: np.dtype, cut: float | None = None) -> np.ndarray:
     r"""``(2, N)`` coefficients ``c[f, n-1]`` of ``x^n``, ``n = 1..N``, with
     ``sigmoid(-d) ~ sum_n c[0, n-1] x^n`` and ``sigmoid'(d) ~ sum_n c[1, n-1] x^n`` for
     ``x = e^{-d}``, ``d >= SERIES_CUT``: ``x q(x)`` where ``q`` is the Chebyshev interpolant of
     ``1 / (1 + x)`` (resp. ``1 / (1 + x)^2``) on ``[0, e^{-SERIES_CUT}]``, computed in 40-digit
     arithmetic, of the lowest degree whose relative error is below ``SERIES_TOL[dtype]``.
     Far items (``x -> 0``) keep the same relative error; the Taylor series
-    ``sum (-1)^{n+1} x^n`` would need far more terms near ``x = 1`` and diverges there."""
+    ``sum (-1)^{n+1} x^n`` would need far more terms near ``x = 1`` and diverges there.
+    ``cut`` overrides ``SERIES_CUT``."""
+    return _chebyshev_coefficients(SERIES_TOL[np.dtype(dtype)], SERIES_CUT if cut is None else cut)
+
+
+@functools.cache
+def _chebyshev_coefficients(tol: float, cut: float) -> np.ndarray:
     import mpmath
 
-    tol = SERIES_TOL[np.dtype(dtype)]
-    a = math.exp(-SERIES_CUT)
+    a = math.exp(-cut)
     t0 = 1.0 + 2.0 / a  # the poles at x = -1, mapped onto the Chebyshev interval's axis
     rho = t0 + math.sqrt(t0 * t0 - 1.0)  # Bernstein ellipse: the error decays as rho^-degree
     degree = max(1, int(math.log(1.0 / tol) / math.log(rho)) - 1)
