@@ -63,8 +63,8 @@ def test_series_sweep_equals_double_sum(seed):
     lo = np.array([np.sum(sign * (x - xs) > width) for x in xq], dtype=np.int64)
     coefs = _rk.series_coefficients(np.dtype(np.float64))
     out = np.empty((2, Q))
-    acc, pw = np.empty(coefs.shape[1]), np.empty(coefs.shape[1])
-    _rk._series_sweep(xs, ws, xq, lo, hi, sign, 100.0, coefs, coefs.shape[1], out, acc, pw)
+    acc = np.empty(coefs.shape[1])
+    _rk._series_sweep(xs, ws, xq, lo, hi, sign, 100.0, coefs, coefs.shape[1], out, acc)
     ref = _brute_sweep(xs, ws, xq, lo, hi, sign, 100.0, coefs)
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(ws).sum()))
 

@@ -84,19 +84,57 @@ if HAVE_NUMBA:
     _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: -inf and 0 * inf stay IEEE
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _powers(p, n, pw):
-        """``pw[i] = p ** (i + 1)`` for ``i < n`` (four interleaved product chains)."""
-        if n > 0:
-            pw[0] = p
-        if n > 1:
-            pw[1] = p * p
-        if n > 2:
-            pw[2] = pw[1] * p
-        if n > 3:
-            pw[3] = pw[1] * pw[1]
-            p4 = pw[3]
-            for i in range(4, n):
-                pw[i] = pw[i - 4] * p4
+    def _add_powers(acc, w, p, k):
+        """``acc[i] += w p^(i+1)`` for ``i < k`` (four interleaved product chains, no temporaries)."""
+        p1 = w * p
+        p2 = p1 * p
+        p3 = p2 * p
+        p4 = p3 * p
+        q4 = p * p
+        q4 = q4 * q4
+        i = 0
+        while i + 4 <= k:
+            acc[i] += p1
+            acc[i + 1] += p2
+            acc[i + 2] += p3
+            acc[i + 3] += p4
+            p1 *= q4
+            p2 *= q4
+            p3 *= q4
+            p4 *= q4
+            i += 4
+        if i < k:
+            acc[i] += p1
+        if i + 1 < k:
+            acc[i + 1] += p2
+        if i + 2 < k:
+            acc[i + 2] += p3
+
+    @njit(cache=True, fastmath=_FM, error_model="numpy")
+    def _scale_powers(acc, r, k):
+        """``acc[i] *= r^(i+1)`` for ``i < k``."""
+        p1 = r
+        p2 = p1 * r
+        p3 = p2 * r
+        p4 = p3 * r
+        q4 = p4
+        i = 0
+        while i + 4 <= k:
+            acc[i] *= p1
+            acc[i + 1] *= p2
+            acc[i + 2] *= p3
+            acc[i + 3] *= p4
+            p1 *= q4
+            p2 *= q4
+            p3 *= q4
+            p4 *= q4
+            i += 4
+        if i < k:
+            acc[i] *= p1
+        if i + 1 < k:
+            acc[i + 1] *= p2
+        if i + 2 < k:
+            acc[i + 2] *= p3
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _terms(d, n_terms):
@@ -106,7 +144,7 @@ if HAVE_NUMBA:
         return int(UNDERFLOW / d)
 
     @njit(cache=True, fastmath=_FM, error_model="numpy")
-    def _series_sweep(xs, ws, xq, lo, hi, sign, inv_tau, coef, n_terms, out, acc, pw):
+    def _series_sweep(xs, ws, xq, lo, hi, sign, inv_tau, coef, n_terms, out, acc):
         """Exponential sums along one sweep: for every query ``q``
 
         ``out[f, q] = sum_i coef[f, i] sum_{s in [lo[q], max(lo[q], hi[q]))} ws[s] e^{-(i+1) d_qs}``,
@@ -135,19 +173,15 @@ if HAVE_NUMBA:
                 step = sign * (x - prev) * inv_tau
                 if step > 0.0 and n_act > 0:
                     keep = min(n_act, _terms(sign * (x - xs[b - 1]) * inv_tau, n_terms))
-                    _powers(math.exp(-step), keep, pw)
-                    for i in range(keep):
-                        acc[i] *= pw[i]
+                    _scale_powers(acc, math.exp(-step), keep)
                     for i in range(keep, n_act):
                         acc[i] = 0.0
                     n_act = keep
                 for s in range(a, L):  # leaving (the farthest members)
-                    k = min(n_act, _terms(sign * (x - xs[s]) * inv_tau, n_terms))
+                    d = sign * (x - xs[s]) * inv_tau
+                    k = min(n_act, _terms(d, n_terms))
                     if k > 0:
-                        _powers(math.exp(-sign * (x - xs[s]) * inv_tau), k, pw)
-                        w = ws[s]
-                        for i in range(k):
-                            acc[i] -= w * pw[i]
+                        _add_powers(acc, -ws[s], math.exp(-d), k)
             if b <= L:
                 b = L
             a = L
@@ -155,10 +189,7 @@ if HAVE_NUMBA:
                 d = sign * (x - xs[s]) * inv_tau
                 k = _terms(d, n_terms)
                 if k > 0:
-                    _powers(math.exp(-d), k, pw)
-                    w = ws[s]
-                    for i in range(k):
-                        acc[i] += w * pw[i]
+                    _add_powers(acc, ws[s], math.exp(-d), k)
                     if k > n_act:
                         n_act = k
             if H > b:
@@ -187,7 +218,6 @@ if HAVE_NUMBA:
         cf = coef[:nf]
         out = np.empty((nf, n_t), dtype=np.float64)
         acc = np.empty(n_terms, dtype=np.float64)
-        pw = np.empty(n_terms, dtype=np.float64)
         for m in range(max_l):
             a0, e = seg[m], seg[m + 1]
             n_m = e - a0
@@ -213,7 +243,7 @@ if HAVE_NUMBA:
                 while p < n_m and xs[p] < lim:
                     p += 1
                 hi[q] = p
-            _series_sweep(xs, ws, xq[:Q], lo, hi, 1.0, inv_tau, cf, n_terms, out, acc, pw)
+            _series_sweep(xs, ws, xq[:Q], lo, hi, 1.0, inv_tau, cf, n_terms, out, acc)
             for q in range(Q):
                 ser[qi[q]] += out[0, q]
                 if nf == 2:
@@ -231,7 +261,7 @@ if HAVE_NUMBA:
                     pm += 1
                 lo[q] = pl
                 hi[q] = pm
-            _series_sweep(xs_d, ws, xq_d[:Q], lo, hi, -1.0, inv_tau, cf, n_terms, out, acc, pw)
+            _series_sweep(xs_d, ws, xq_d[:Q], lo, hi, -1.0, inv_tau, cf, n_terms, out, acc)
             for q in range(Q):
                 i = qi[Q - 1 - q]
                 ser[i] += max(0, hi[q] - lo[q]) - out[0, q]
@@ -250,7 +280,6 @@ if HAVE_NUMBA:
         ws_d = np.empty(n_t, dtype=np.float64)
         th = np.empty(n_t, dtype=thr.dtype)
         acc = np.empty(n_terms, dtype=np.float64)
-        pw = np.empty(n_terms, dtype=np.float64)
         for m in range(max_l):
             a0, e = seg[m], seg[m + 1]
             n_m = e - a0
@@ -279,7 +308,7 @@ if HAVE_NUMBA:
                 while p < T and xs_d[p] - h > xq_d[q]:
                     p += 1
                 hi[q] = p
-            _series_sweep(xs_d[:T], ws_d[:T], xq_d, lo, hi, -1.0, inv_tau, coef, n_terms, out, acc, pw)
+            _series_sweep(xs_d[:T], ws_d[:T], xq_d, lo, hi, -1.0, inv_tau, coef, n_terms, out, acc)
             for q in range(n_m):
                 ser[e - 1 - q] += out[0, q] * inv_tau
             pl = 0
@@ -292,7 +321,7 @@ if HAVE_NUMBA:
                     pm += 1
                 lo[q] = pl
                 hi[q] = pm
-            _series_sweep(xs[:T], ws[:T], xq, lo, hi, 1.0, inv_tau, coef, n_terms, out, acc, pw)
+            _series_sweep(xs[:T], ws[:T], xq, lo, hi, 1.0, inv_tau, coef, n_terms, out, acc)
             for q in range(n_m):
                 ser[a0 + q] += out[0, q] * inv_tau
 
