@@ -9,22 +9,44 @@ count or a prefix sum is
     \qquad t_j = s_j - s_k,
 
 (the less relevant items ``j`` below the linear region; those above it are counted in closed form).
-The kernels use the per-level structure: each row's items are ordered by (level, score), so for
-every level ``m < l_k`` the items in the sigmoid band ``-c\,\tau \le t_j \le \delta`` form one
-contiguous run found by binary search. Items below the band (``t_j < -c\,\tau``) are skipped:
-each would add ``\sigma(-c) < e^{-c}`` (``c = 50`` in float64, where the reference code's clamped
-sigmoid is constant and has no gradient; ``c = 36`` in float32, ``e^{-36} < 2.4\cdot 10^{-16}``,
-far below one float32 ulp of a rank ``\ge 1`` for any batch size). Inside the band no exponential is
-evaluated per element: with a reference score ``r`` per block of targets (sorted, spanning at most
-``40\,\tau``), ``\sigma(t_j/\tau) = 1 / (1 + a_k E_j)`` with ``a_k = e^{(s_k - r)/\tau}`` and
-``E_j = e^{(r - s_j)/\tau}`` computed once per block; both stay within float32 range. The clamp
-``\min(t_j, \delta)`` is ``a_k E_j \ge e^{-\delta/\tau}``.
+Each row's items are ordered by (level, score), so every level is a sorted run and the counts, the
+linear region and its prefix sums come from pointers that only move forward as the targets are
+visited in ascending score order.
 
-The backward kernel recomputes the band and accumulates ``dL/ds`` directly: ``g_k \sigma'/\tau`` for
-each band item (``-\sum`` of it on ``s_k``), and ``g_k \rho`` for each item in the linear region
-(``s_j > s_k + \delta``, through a difference array over the sorted run; ``-g_k \rho\, n_{lin}`` on
-``s_k``). Work per row is ``O(N \log N + \sum_k (L \log N + \mathrm{band}_k))``, one parallel loop
-over rows with dynamic chunks (robust when cores are shared), no ``P x N`` temporaries.
+**Direct band** (rows with few targets, e.g. SupAP's): for every level ``m < l_k`` the items in
+the band ``-c\,\tau \le t_j \le \delta`` form one contiguous run. Items below it are skipped: each
+would add ``\sigma(-c) < e^{-c}`` (``c = 50`` in float64, where the reference code's clamped sigmoid
+is constant and has no gradient; ``c = 36`` in float32, far below one float32 ulp of a rank
+``\ge 1``). No exponential is evaluated per element: with a reference score ``r`` per block of
+targets (spanning at most ``40\,\tau``), ``\sigma(t_j/\tau) = 1 / (1 + a_k E_j)`` with
+``a_k = e^{(s_k - r)/\tau}`` and ``E_j = e^{(r - s_j)/\tau}``. Work ``O(\sum_k \mathrm{band}_k)``.
+
+**Series** (rows with many targets, e.g. SupHAP's and SupNDCG's, where the band work grows as
+``B^3``): with ``x = e^{-|t|/\tau} \in (0, 1]``,
+
+.. math::
+
+    \sigma(-|u|) = \frac{x}{1 + x} \approx \sum_{n=1}^{N} c_n x^n, \qquad
+    \sigma'(u) = \frac{x}{(1 + x)^2} \approx \sum_{n=1}^{N} c'_n x^n,
+
+with ``x q(x)``, ``q`` the Chebyshev interpolant of ``1/(1+x)`` (``1/(1+x)^2``) on ``[0, 1]``
+(:func:`series_coefficients`: ``N = 16`` in float32, ``26`` in float64, relative error below
+``1e-10`` / ``1e-17`` for every ``x``, far items included). ``x^n = e^{-n (s_k - s_j)/\tau}``
+factorises over the target and the item, so per level an ascending sweep over the targets carries
+``A_n = \sum_{s_j < s_k} e^{-n (s_k - s_j)/\tau}`` from one target to the next (multiply by
+``e^{-n \Delta/\tau}``, add the items that enter) and a descending sweep does the same for the items
+in ``s_k < s_j \le s_k + \delta`` (``\sigma = 1 - \sigma(-u)``; items leave past the linear region):
+:func:`_series_sweep`. Exact ties (``t_j = 0``) are evaluated directly. Work per row
+``O((N_{items} + P_q) L N)`` instead of ``O(P_q N_{items})``. The forward pass also sums the
+targets' ``\sigma'`` series for the backward pass, which adds the transposed sweeps (items as
+queries, targets weighted by ``g_k`` as sources) for ``dL/ds_j``. The choice is made per row from
+the work estimates (``SERIES_COST``).
+
+The backward kernel accumulates ``dL/ds`` directly: ``g_k \sigma'/\tau`` for each band item
+(``-\sum`` of it on ``s_k``), and ``g_k \rho`` for each item in the linear region (``s_j > s_k +
+\delta``, through a difference array over the sorted run; ``-g_k \rho\, n_{lin}`` on ``s_k``). One
+parallel loop over rows with dynamic chunks (robust when cores are shared), no ``P x N``
+temporaries.
 """
 
 from __future__ import annotations

@@ -47,13 +47,15 @@ for autograd. Scores and sums are float32 (float64 inputs stay float64), autocas
 **Two implementations, same values.** On CPU (numba installed) every rank comes from compiled
 kernels (:mod:`hglv2.losses._rank_kernels`), one parallel loop over query rows: each row's items are
 ordered by (level, score), the counts and prefix sums above come from pointers that move monotonically
-over the per-level runs, and the sigmoid is evaluated only for the less relevant items of each level
-inside the band ``-c tau <= t <= delta`` (``c = 50`` in float64, ``36`` in float32; an item below it
-adds under ``e^{-c}``), with no exponential per element. Work per row is
-``O(N log N + sum_k (L + band_k))`` instead of ``O(P_q N)`` element-wise passes, in one parallel region
-instead of thousands of small torch operations. On other devices (CUDA) the chunked torch path
-described above runs (chunks of ``DEFAULT_DEVICE_CHUNK`` elements by default there); tests check
-that both give the same ranks, rank+ and gradients (``tests/test_losses_kernels.py``).
+over the per-level runs. Rows with few relevant items evaluate the sigmoid only for the less relevant
+items inside the band ``-c tau <= t <= delta`` (``c = 50`` in float64, ``36`` in float32; an item
+below it adds under ``e^{-c}``); rows with many use a series in ``x = e^{-|t|/tau}`` whose powers
+factorise, carried along sorted sweeps (relative error below 1e-10 in float32, 1e-17 in float64).
+Work per row is ``O(N log N + (N + P_q) L n_terms)`` instead of ``O(P_q N)`` element-wise passes,
+in one parallel region instead of thousands of small torch operations. On other devices (CUDA) the
+chunked torch path described above runs (chunks of ``DEFAULT_DEVICE_CHUNK`` elements by default
+there); tests check that both give the same ranks, rank+ and gradients
+(``tests/test_losses_kernels.py``, ``tests/test_losses_series.py``).
 
 The linear region is tested as ``s_j > s_k + delta`` in floating point; the reference code tests
 ``s_j - s_k > delta``. The two differ only when they round differently, within an ulp of the kink.
