@@ -24,6 +24,7 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -172,6 +173,23 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by ``None``, through dicts, lists and
+    tuples: what strict JSON (``null``) can hold, e.g. an undefined metric in a log record."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def jsonl_line(record: Any) -> str:
+    """One strict-JSON line (non-finite floats as ``null``, sorted keys), newline included."""
+    return json.dumps(finite_or_none(record), sort_keys=True, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -568,3 +568,26 @@ def test_train_and_benchmark_never_write_into_another_commands_folder(tmp_path, 
     for folder, owner in ((run, "train"), (legacy, "train")):
         res = cli_runner.invoke(main, _export_args(meta, folder))
         assert res.exit_code == 2 and f"holds the output of hglv2 {owner}, not export" in res.stderr
+
+
+def test_log_records_with_undefined_metrics_are_strict_json(tmp_path):
+    """An eval record whose metric is NaN (e.g. no query has a relevant item at some level) is
+    written as null: every line of log.jsonl parses as strict JSON and nothing else changes."""
+    from types import SimpleNamespace
+
+    from hglv2.train.trainer import Trainer
+
+    run = SimpleNamespace(history=[], rank=0, log_path=tmp_path / "log.jsonl")
+    rec = {"step": 3, "eval": {"H-AP": float("nan"), "AP_level1": 0.5, "per_level": [1.0, float("inf")]}}
+    Trainer._log(run, rec)
+    line = (tmp_path / "log.jsonl").read_text("utf-8")
+
+    def strict(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    assert json.loads(line, parse_constant=strict) == {
+        "step": 3,
+        "eval": {"H-AP": None, "AP_level1": 0.5, "per_level": [1.0, None]},
+    }
+    assert run.history == [rec]  # the in-memory history keeps the floats
+    assert fileio.finite_or_none((1, float("-inf"), {"a": 2.0})) == [1, None, {"a": 2.0}]

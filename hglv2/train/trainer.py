@@ -23,7 +23,7 @@ import yaml
 from torch import nn
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, claim_folder, write_json
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, jsonl_line, write_json
 from hglv2.losses.registry import build_loss
 from hglv2.models import build_model
 from hglv2.train.config import config_digest, legacy_config_digest, load_config
@@ -371,7 +371,7 @@ class Trainer:
         self.history.append(record)
         if self.rank == 0:
             with open(self.log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
+                fh.write(jsonl_line(record))  # an undefined metric (NaN) is written as null
 
     def _truncate_log(self) -> None:
         """On resume, drop log records written after the checkpoint's step."""
@@ -387,7 +387,7 @@ class Trainer:
                 keep.append(rec)
         with atomic_open(self.log_path) as fh:
             for rec in keep:
-                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+                fh.write(jsonl_line(rec))
         self.history = keep
 
     # -- the loop --------------------------------------------------------------------------------
