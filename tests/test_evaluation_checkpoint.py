@@ -394,3 +394,23 @@ def test_dyml_three_test_sets(run, tmp_path, with_copies):
         assert out["middle"]["AP_level0"] == pytest.approx(evaluate(q, ql, ge, gl)["AP_level0"])
     mean = np.mean([out[g]["R@1_level0"] for g in ("fine", "middle", "coarse")])
     assert out["mean"]["R@1_level0"] == pytest.approx(mean)
+
+
+def test_checkpoint_recall_at_defaults_to_the_runs_own(tmp_path):
+    """Without --recall-at, --checkpoint reports the k values the run evaluated itself with
+    (train.recall_at); an explicit --recall-at still wins."""
+    cfg = tiny_synthetic_config(tmp_path / "data", steps=1, log_every=1, checkpoint_every=0)
+    cfg["train"]["recall_at"] = [1, 3, 7]
+    Trainer(cfg, tmp_path / "run", progress=False, resume=False).fit()
+    args = ("evaluate", "--checkpoint", tmp_path / "run", "--data", tmp_path / "data", "--json")
+    res = _cli(*args, tmp_path / "own.json")
+    assert res.exit_code == 0, res.output
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert own["recall_at"] == [1, 3, 7]
+    assert {"R@3_level0", "R@7_level0"} <= set(own["results"]) and "R@10_level0" not in own["results"]
+    assert "R@7" in res.output and "R@10" not in res.output
+    res = _cli(*args, tmp_path / "given.json", "--recall-at", "2")
+    assert res.exit_code == 0, res.output
+    given = json.loads((tmp_path / "given.json").read_text())
+    assert given["recall_at"] == [2] and "R@2_level0" in given["results"]
+    assert "R@3_level0" not in given["results"]

@@ -290,7 +290,12 @@ def _check_scale(q_emb: np.ndarray, g_emb: np.ndarray | None, q_path: Path, g_pa
 )
 @click.option("--gallery-labels", type=click.Path(path_type=Path), help="Gallery labels.")
 @click.option("--label-columns", help="Comma-separated Parquet label columns, finest first.")
-@click.option("--recall-at", default="1,10,100", show_default=True, help="k values for R@k and P@k.")
+@click.option(
+    "--recall-at",
+    default="1,10,100",
+    show_default=True,
+    help="k values for R@k and P@k (with --checkpoint, default: the run's train.recall_at).",
+)
 @click.option(
     "--relevance", type=click.Choice(["pop", "map"]), default="pop", show_default=True, help="H-AP relevance."
 )
@@ -374,13 +379,16 @@ def evaluate(
     if checkpoint["checkpoint"] is not None or checkpoint["landmark_table"]:
         if checkpoint["checkpoint"] is None:
             raise InputError("--landmark-table needs --checkpoint")
-        metric_options = {"recall_at": ks, "relevance": relevance, "alpha": alpha, "ndcg_at": ndcg_at}
+        # without --recall-at, the k values of the run's own evaluations (train.recall_at)
+        given = click.get_current_context().get_parameter_source("recall_at")
+        run_ks = None if given is click.core.ParameterSource.DEFAULT else ks
+        metric_options = {"recall_at": run_ks, "relevance": relevance, "alpha": alpha, "ndcg_at": ndcg_at}
         metric_options["hap_convention"] = hap_convention
         out = run_checkpoint(checkpoint, metric_options, say)
         if out["mode"] == "checkpoint" and "mean" not in out["results"]:
             res = out["results"]
             n_levels = sum(1 for k in res if k.startswith("n_queries_level"))
-            say(format_table(res, n_levels, ks))
+            say(format_table(res, n_levels, tuple(out["recall_at"])))
     elif example:
         lab, models = example_case()
         out: dict[str, Any] = {"mode": "example", "results": {}}

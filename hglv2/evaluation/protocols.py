@@ -101,7 +101,9 @@ def evaluate_splits(
     (N, L) int64 there, reusable with ``hglv2 evaluate -e ... -l ...``. A query and a gallery split
     with different numbers of level columns are compared on their common finest levels.
     ``metric_options`` go to :func:`~hglv2.metrics.conventions.evaluate_convention`
-    (``recall_at``, ``relevance``, ``alpha``, ``hap_convention``, ``ndcg_at``...).
+    (``recall_at``, ``relevance``, ``alpha``, ``hap_convention``, ``ndcg_at``...); ``recall_at``
+    absent or None: the run's ``train.recall_at``, as its own evaluations used (returned as
+    ``"recall_at"``).
     """
     from hglv2.dataset import HGLDv2Dataset
     from hglv2.metrics.conventions import evaluate_convention
@@ -110,6 +112,8 @@ def evaluate_splits(
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
+    if metric_options.get("recall_at") is None:
+        metric_options["recall_at"] = tuple(cfg["train"]["recall_at"])
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
@@ -167,7 +171,8 @@ def evaluate_splits(
         res = evaluate_convention(embs[query], q_lab, embs[gallery], g_lab, **metric_options)
     else:
         res = evaluate_convention(embs[query], q_lab, **metric_options)
-    return {"query": query, "gallery": gallery, "files": files, "results": res}
+    recall_at = list(metric_options["recall_at"])
+    return {"query": query, "gallery": gallery, "files": files, "recall_at": recall_at, "results": res}
 
 
 def _split_paths(data: Path, split: str) -> list[str]:
