@@ -303,3 +303,40 @@ def test_offline_mode(tmp_path):
         download(["test.csv"], tmp_path, offline=True, progress=False)
     with pytest.raises(InputError, match="not a GLDv2 metadata file"):
         download(["../../etc/passwd"], tmp_path, offline=True, progress=False)
+
+
+_LOCK_WRITER = """
+import sys
+from hglv2.gldv2.downloads import update_lock
+path, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    update_lock(path, f"{prefix}{i:03d}", {"size": i, "sha256": prefix * 8})
+"""
+
+
+def test_concurrent_lock_file_writers_keep_each_others_entries(tmp_path):
+    """A metadata download and an image download in one folder update gldv2.lock.json at once:
+    every entry either writes survives (each update re-reads the file under a flock)."""
+    import subprocess
+    import sys
+
+    from hglv2.gldv2.images import _Shared
+
+    lock = tmp_path / LOCK_NAME
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _LOCK_WRITER, str(lock), prefix, "60"])
+        for prefix in ("train_label_to_category.csv.", "train/images_")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    files = read_lock(lock)
+    assert len(files) == 120 and files["train/images_059"] == {"size": 59, "sha256": "train/images_" * 8}
+    # the image downloader's in-memory copy does not overwrite what another writer added meanwhile
+    shared = _Shared(lock, bar=None)
+    from hglv2.gldv2.downloads import update_lock
+
+    update_lock(lock, "index_label_to_category.csv", {"size": 1, "sha256": "x"})
+    shared.record("index/images_000.tar", 2, "y", "z")
+    shared.forget("train/images_000")
+    files = read_lock(lock)
+    assert "index_label_to_category.csv" in files and "index/images_000.tar" in files
+    assert "train/images_000" not in files and len(files) == 121

@@ -10,10 +10,11 @@ what is on disk against the lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,38 @@ def read_lock(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 def _write_lock(path: Path, files: dict[str, dict[str, Any]]) -> None:
     write_json(path, {"format": LOCK_FORMAT, "files": dict(sorted(files.items()))})
+
+
+@contextlib.contextmanager
+def _lock_file_mutex(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.<lock name>.flock`` beside the lock file (blocking): the
+    metadata and image downloads, in one process or several, update it one at a time."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.flock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def update_lock(
+    path: str | os.PathLike[str], name: str, entry: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """Set the lock entry ``name`` (remove it when ``entry`` is None) and return the ``files``
+    mapping now on disk. The file is re-read under an inter-process mutex, so concurrent writers
+    (a metadata download and an image download into one folder) keep each other's entries."""
+    path = Path(path)
+    with _lock_file_mutex(path):
+        files = read_lock(path)
+        if entry is not None:
+            files[name] = entry
+        elif files.pop(name, None) is None:
+            return files
+        _write_lock(path, files)
+        return files
 
 
 def _check_against_lock(name: str, path: Path, lock: dict[str, dict[str, Any]]) -> tuple[int, str, bool]:
@@ -118,8 +151,7 @@ def download(
             if ok:
                 status = "verified" if name in lock else ("unverified" if offline else "recorded")
                 if status == "recorded":
-                    lock[name] = {"size": size, "sha256": digest}
-                    _write_lock(lock_path, lock)
+                    lock = update_lock(lock_path, name, {"size": size, "sha256": digest})
                 records.append(FileRecord(name, str(path), size, digest, status))
                 continue
             if offline:
@@ -149,8 +181,7 @@ def download(
         )
         size, digest = path.stat().st_size, sha256_file(path)
         if name not in lock:
-            lock[name] = {"size": size, "sha256": digest}
-            _write_lock(lock_path, lock)
+            lock = update_lock(lock_path, name, {"size": size, "sha256": digest})
         records.append(FileRecord(name, str(path), size, digest, "downloaded"))
     return records
 

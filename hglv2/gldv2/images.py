@@ -43,7 +43,7 @@ import requests
 from tqdm.auto import tqdm
 
 from hglv2.errors import InputError, NetworkError
-from hglv2.gldv2.downloads import LOCK_NAME, _fetch, _write_lock, read_lock
+from hglv2.gldv2.downloads import LOCK_NAME, _fetch, read_lock, update_lock
 from hglv2.gldv2.specs import DEFAULT_BASE_URL
 from hglv2.http import make_session, request_with_retries
 
@@ -149,14 +149,13 @@ class _Shared:
         self._mutex = threading.Lock()
 
     def record(self, key: str, size: int, sha256: str, md5: str) -> None:
-        with self._mutex:
-            self.files[key] = {"size": size, "sha256": sha256, "md5": md5}
-            _write_lock(self.lock_path, self.files)
+        with self._mutex:  # update_lock re-reads the file: other writers' entries are kept
+            self.files = update_lock(self.lock_path, key, {"size": size, "sha256": sha256, "md5": md5})
 
     def forget(self, key: str) -> None:
         with self._mutex:
-            if self.files.pop(key, None) is not None:
-                _write_lock(self.lock_path, self.files)
+            if key in self.files:
+                self.files = update_lock(self.lock_path, key, None)
 
     def entry(self, key: str) -> dict[str, Any] | None:
         with self._mutex:
