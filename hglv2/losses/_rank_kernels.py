@@ -36,7 +36,7 @@ factorises over the target and the item, so per level an ascending sweep over th
 ``A_n = \sum_{s_j < s_k} e^{-n (s_k - s_j)/\tau}`` from one target to the next (multiply by
 ``e^{-n \Delta/\tau}``, add the items that enter) and a descending sweep does the same for the items
 in ``s_k < s_j \le s_k + \delta`` (``\sigma = 1 - \sigma(-u)``; items leave past the linear region):
-:func:`_series_sweep`. Exact ties (``t_j = 0``) are evaluated directly. Work per row
+:func:`_series_sweep` (ties, ``t_j = 0``, are the point ``x = 1`` of the lower sweep). Work per row
 ``O((N_{items} + P_q) L N)`` instead of ``O(P_q N_{items})``. The forward pass also sums the
 targets' ``\sigma'`` series for the backward pass, which adds the transposed sweeps (items as
 queries, targets weighted by ``g_k`` as sources) for ``dL/ds_j``. The choice is made per row from
@@ -226,7 +226,7 @@ if HAVE_NUMBA:
     @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _target_series(vals, seg, ys, thr, lks, max_l, h, inv_tau, coef, n_terms, ser, dser):
         """Add to ``ser[i]`` and ``dser[i]`` (targets in ascending score order) the series part of
-        ``sum_{m < l_i} sum_j f(t_j / tau)`` over items ``j`` of level ``m`` with ``t_j < -h`` (below
+        ``sum_{m < l_i} sum_j f(t_j / tau)`` over items ``j`` of level ``m`` with ``t_j <= -h`` (below
         the direct window) or ``h < t_j``, ``s_j <= thr_i`` (above it, below the linear region);
         ``f = sigmoid`` for ``ser``, ``sigmoid'`` for ``dser`` (skipped when it is empty).
 
@@ -260,9 +260,9 @@ if HAVE_NUMBA:
             lo = np.zeros(Q, dtype=np.int64)
             hi = np.empty(Q, dtype=np.int64)
             p = 0
-            for q in range(Q):  # below the window: s_j < y - h, ascending sweep
+            for q in range(Q):  # below the window: s_j <= y - h, ascending sweep
                 lim = xq[q] - h
-                while p < n_m and xs[p] < lim:
+                while p < n_m and xs[p] <= lim:
                     p += 1
                 hi[q] = p
             _series_sweep(xs, ws, xq[:Q], lo, hi, 1.0, inv_tau, cf, n_terms, out, acc)
@@ -326,8 +326,8 @@ if HAVE_NUMBA:
             hi = np.empty(n_m, dtype=np.int64)
             out = np.empty((1, n_m), dtype=np.float64)
             p = 0
-            for q in range(n_m):  # targets with s_j < y - h, items descending
-                while p < T and xs_d[p] - h > xq_d[q]:
+            for q in range(n_m):  # targets with s_j <= y - h, items descending
+                while p < T and xs_d[p] - h >= xq_d[q]:
                     p += 1
                 hi[q] = p
             _series_sweep(xs_d[:T], ws_d[:T], xq_d, lo, hi, -1.0, inv_tau, coef, n_terms, out, acc)
@@ -387,9 +387,10 @@ if HAVE_NUMBA:
                 events += 2 * lv[pk[c]]
             events += 3 * (seg[max_l] - seg[0])
             use_series = direct > series_cost * n_terms * events
-        # direct window |t| <= h around each target (series outside it), or the whole band
-        # -cut tau <= t (items below add under e^{-cut})
+        # direct window -h < t <= h around each target (series outside it; empty for h = 0), or the
+        # whole band -cut tau < t (items below add under e^{-cut})
         h = c0 / inv_tau if use_series else cut / inv_tau
+        window = not use_series or h > 0.0
         if use_series:
             ys = np.empty(n_t, dtype=np.float64)
             thr_t = np.empty(n_t, dtype=s.dtype)
@@ -411,7 +412,7 @@ if HAVE_NUMBA:
                     ser[i] = dsum[p0 + torder[i]]
                 _item_series(vals, seg, ys, thr_t, lks, gs, max_l, h, inv_tau, coefs[1:], n_terms, item_ser)
         # per-level pointers into the sorted runs; targets come in ascending score order, so each
-        # only moves forward: first v >= y, first v > y, first v > y + delta, first v >= y - h,
+        # only moves forward: first v >= y, first v > y, first v > y + delta, first v > y - h,
         # first v > y + h
         p_ge = seg[:n_lev].copy()
         p_gt = seg[:n_lev].copy()
@@ -466,7 +467,7 @@ if HAVE_NUMBA:
                     continue
             if mode == 2 and g[c] == 0.0:
                 continue
-            a = s.dtype.type(math.exp((y64 - ref64) * inv_tau))
+            a = s.dtype.type(math.exp((y64 - ref64) * inv_tau)) if window else one
             thr = y + delta  # s_j > s_k + delta (rounded as the torch path does) is the linear region
             low = y64 - h
             mid = y64 + h if use_series else np.inf
@@ -479,17 +480,19 @@ if HAVE_NUMBA:
                 e = seg[m + 1]
                 while p_lin[m] < e and vals[p_lin[m]] <= thr:
                     p_lin[m] += 1
-                while p_low[m] < e and np.float64(vals[p_low[m]]) < low:
-                    p_low[m] += 1
-                while p_mid[m] < e and np.float64(vals[p_mid[m]]) <= mid:
-                    p_mid[m] += 1
-                lo, hi = p_low[m], min(p_mid[m], p_lin[m])  # the direct window
-                if e_hi[m] < lo:
-                    e_hi[m] = lo
-                for j in range(e_hi[m], hi):
-                    E[j] = math.exp((ref64 - np.float64(vals[j])) * inv_tau)
-                if hi > e_hi[m]:
-                    e_hi[m] = hi
+                lo = hi = 0
+                if window:
+                    while p_low[m] < e and np.float64(vals[p_low[m]]) <= low:
+                        p_low[m] += 1
+                    while p_mid[m] < e and np.float64(vals[p_mid[m]]) <= mid:
+                        p_mid[m] += 1
+                    lo, hi = p_low[m], min(p_mid[m], p_lin[m])  # the direct window
+                    if e_hi[m] < lo:
+                        e_hi[m] = lo
+                    for j in range(e_hi[m], hi):
+                        E[j] = math.exp((ref64 - np.float64(vals[j])) * inv_tau)
+                    if hi > e_hi[m]:
+                        e_hi[m] = hi
                 nl = e - p_lin[m]
                 part = s.dtype.type(0.0)
                 if mode == 0:
