@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from test_data_network import TEST, TRAIN, FlakyServer
+from test_data_network import TEST, TRAIN
 
 from hglv2.cli import main
 from tests.fixtures.gldv2_example import write_example
+from tests.fixtures.http_server import FileServer
 
 
 def _err(res):
@@ -81,7 +82,7 @@ def test_export_cli_bad_input_is_one_error_line(cli_runner, tmp_path):
 
 def test_download_cli_against_local_server(cli_runner, tmp_path):
     files = {"/g/metadata/train.csv": TRAIN, "/g/metadata/test.csv": TEST}
-    with FlakyServer(files, {"/g/metadata/test.csv": ["drop"]}) as srv:
+    with FileServer(files, {"/g/metadata/test.csv": ["drop"]}) as srv:
         args = [
             "download",
             "train.csv",
@@ -101,7 +102,7 @@ def test_download_cli_against_local_server(cli_runner, tmp_path):
         out = json.loads((tmp_path / "dl.json").read_text())
         assert [f["status"] for f in out["files"]] == ["downloaded", "downloaded"]
         assert (tmp_path / "d" / "test.csv").read_bytes() == TEST
-        assert all(ua.startswith("hglv2/") and "tests@example.org" in ua for _, _, ua in srv.log)
+        assert all(r.user_agent.startswith("hglv2/") and "tests@example.org" in r.user_agent for r in srv.log)
         res = cli_runner.invoke(main, ["download", "train.csv", "--dest", str(tmp_path / "d"), "--offline"])
         assert res.exit_code == 0 and "verified" in res.stdout
         # a file the server does not have: one error line, exit 2

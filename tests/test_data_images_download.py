@@ -6,8 +6,6 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow as pa
@@ -28,85 +26,7 @@ from hglv2.gldv2.images import (
     shard_url,
 )
 from hglv2.schema import image_relpath
-
-
-class ShardServer:
-    """Serves ``files`` (URL path -> bytes) with GET, HEAD and ``Range: bytes=N-``.
-
-    ``plan[path]`` lists one action per GET: ``"ok"``, ``"drop"`` (headers + half the bytes, then
-    the connection closes) or ``"corrupt"`` (flip a byte of the body). Unknown paths are 404.
-    """
-
-    def __init__(self, files: dict[str, bytes], plan: dict[str, list[str]] | None = None):
-        self.files = files
-        self.plan = {k: list(v) for k, v in (plan or {}).items()}
-        self.log: list[tuple[str, str, str | None]] = []
-        self._mutex = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, head: bool) -> None:
-                with server._mutex:
-                    server.log.append(("HEAD" if head else "GET", self.path, self.headers.get("Range")))
-                    queue = server.plan.get(self.path, []) if not head else []
-                    action = queue.pop(0) if queue else "ok"
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and not head:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                if action == "corrupt":
-                    body = body[:10] + bytes([body[10] ^ 0xFF]) + body[11:]
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
-                if action == "drop":
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def do_GET(self):  # noqa: N802
-                self._answer(head=False)
-
-            def do_HEAD(self):  # noqa: N802
-                self._answer(head=True)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def gets(self, path: str) -> list[str | None]:
-        return [rng for method, p, rng in self.log if method == "GET" and p == path]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+from tests.fixtures.http_server import FileServer
 
 
 def _shard(k: int, n: int = 3) -> tuple[bytes, list[str]]:
@@ -165,7 +85,7 @@ def test_urls_and_spec_parsing():
 
 def test_download_verifies_records_and_rerun_trusts_the_lock(tmp_path):
     files, ids = _site()
-    with ShardServer(files) as srv:
+    with FileServer(files) as srv:
         recs = download_images("test", tmp_path, shards=[0, 1, 3], base_url=srv.url, **_fast())
         assert [r.status for r in recs] == ["downloaded"] * 3
         lock = read_lock(tmp_path / "gldv2.lock.json")
@@ -203,7 +123,7 @@ def test_download_verifies_records_and_rerun_trusts_the_lock(tmp_path):
 def test_cut_transfer_resumes_with_range(tmp_path):
     files, _ = _site(shards=[2])
     path = "/test/images_002.tar"
-    with ShardServer(files, plan={path: ["drop", "drop"]}) as srv:
+    with FileServer(files, plan={path: ["drop", "drop"]}) as srv:
         recs = download_images("test", tmp_path, shards=[2], base_url=srv.url, chunk_size=512, **_fast())
         ranges = srv.gets(path)
     size = len(files[path])
@@ -216,7 +136,7 @@ def test_cut_transfer_resumes_with_range(tmp_path):
 
 def test_corrupt_tar_fails_its_md5_and_is_not_recorded(tmp_path, cli_runner):
     files, _ = _site(shards=[0, 1])
-    with ShardServer(files, plan={"/test/images_001.tar": ["corrupt"]}) as srv:
+    with FileServer(files, plan={"/test/images_001.tar": ["corrupt"]}) as srv:
         args = ["download", "images", "--split", "test", "--shards", "0-1", "--dest", str(tmp_path)]
         res = cli_runner.invoke(main, [*args, "--base-url", srv.url, "--no-progress", "--max-tries", "2"])
         assert res.exit_code == 2
@@ -238,7 +158,7 @@ def test_corrupt_tar_fails_its_md5_and_is_not_recorded(tmp_path, cli_runner):
 
 def test_a_corrupt_shard_on_disk_is_replaced(tmp_path):
     files, _ = _site(shards=[0])
-    with ShardServer(files) as srv:
+    with FileServer(files) as srv:
         download_images("test", tmp_path, shards=[0], base_url=srv.url, **_fast())
         p = tmp_path / "test" / "images_000.tar"
         data = bytearray(p.read_bytes())
@@ -258,7 +178,7 @@ def test_a_corrupt_shard_on_disk_is_replaced(tmp_path):
 
 def test_missing_shard_is_named_and_others_complete(tmp_path):
     files, _ = _site(shards=[0, 1, 2], missing=[1])
-    with ShardServer(files) as srv:
+    with FileServer(files) as srv:
         with pytest.raises(NetworkError) as exc:
             download_images("test", tmp_path, shards=[0, 1, 2], base_url=srv.url, **_fast())
         recs = download_images(
@@ -272,9 +192,9 @@ def test_missing_shard_is_named_and_others_complete(tmp_path):
 def test_free_disk_space_is_checked_before_any_transfer(tmp_path):
     files, _ = _site(shards=[0, 1])
     need = sum(len(files[f"/test/images_{k:03d}.tar"]) for k in (0, 1))
-    with ShardServer(files) as srv:
+    with FileServer(files) as srv:
         with pytest.raises(InputError, match=f"need {need:,d} bytes of free disk space, only 1,000 bytes"):
             download_images(
                 "test", tmp_path, shards=[0, 1], base_url=srv.url, free_bytes=lambda p: 1000, **_fast()
             )
-        assert not [m for m, _, _ in srv.log if m == "GET"]
+        assert not [r for r in srv.log if r.method == "GET"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -21,76 +19,7 @@ from hglv2.http import (
     retry_after_seconds,
     user_agent,
 )
-
-
-class FlakyServer:
-    """Serves ``files`` (path -> bytes); ``plan[path]`` is a list of actions used one per request.
-
-    Actions: ``"ok"``, ``"503"``, ``"429"`` (with Retry-After: 7), ``"404"``, ``"drop"`` (send the
-    headers and half of the requested bytes, then close the connection), ``"ignore-range"`` (answer
-    200 with the whole file). Honours ``Range: bytes=N-`` otherwise.
-    """
-
-    def __init__(self, files: dict[str, bytes], plan: dict[str, list[str]] | None = None):
-        self.files = files
-        self.plan = {k: list(v) for k, v in (plan or {}).items()}
-        self.log: list[tuple[str, str | None, str | None]] = []  # (path, Range, User-Agent)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # silence
-                pass
-
-            def do_GET(self):  # noqa: N802 - http.server API
-                server.log.append((self.path, self.headers.get("Range"), self.headers.get("User-Agent")))
-                queue = server.plan.get(self.path, [])
-                action = queue.pop(0) if queue else "ok"
-                if action in ("503", "404", "429") or self.path not in server.files:
-                    code = 404 if self.path not in server.files else int(action)
-                    self.send_response(code)
-                    if code == 429:
-                        self.send_header("Retry-After", "7")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = server.files[self.path]
-                start = 0
-                rng = self.headers.get("Range")
-                if action == "ignore-range":
-                    rng = None
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                if action == "drop":
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+from tests.fixtures.http_server import FileServer
 
 
 def _fast(**kw):
@@ -131,16 +60,16 @@ def test_check_url():
 
 
 def test_retries_503_then_succeeds_and_sends_user_agent():
-    with FlakyServer({"/f": b"hello"}, {"/f": ["503", "503"]}) as srv:
+    with FileServer({"/f": b"hello"}, {"/f": ["503", "503"]}) as srv:
         sleeps, kw = _fast()
         resp = request_with_retries(make_session("t@example.org"), "GET", srv.url + "/f", **kw)
         assert resp.content == b"hello"
         assert sleeps == [1.0, 2.0]
-        assert len(srv.log) == 3 and all(ua.startswith("hglv2/") for _, _, ua in srv.log)
+        assert len(srv.log) == 3 and all(r.user_agent.startswith("hglv2/") for r in srv.log)
 
 
 def test_retry_after_is_honoured_and_capped():
-    with FlakyServer({"/f": b"x"}, {"/f": ["429", "429"]}) as srv:
+    with FileServer({"/f": b"x"}, {"/f": ["429", "429"]}) as srv:
         sleeps, kw = _fast(retry_after_cap=5.0)
         request_with_retries(make_session("t@example.org"), "GET", srv.url + "/f", **kw)
         assert sleeps == [5.0, 5.0]
@@ -151,14 +80,14 @@ def test_retry_after_is_honoured_and_capped():
 
 
 def test_truncated_body_is_retried():
-    with FlakyServer({"/f": b"0123456789" * 100}, {"/f": ["drop", "drop"]}) as srv:
+    with FileServer({"/f": b"0123456789" * 100}, {"/f": ["drop", "drop"]}) as srv:
         sleeps, kw = _fast()
         resp = request_with_retries(make_session("t@example.org"), "GET", srv.url + "/f", **kw)
         assert resp.content == b"0123456789" * 100 and len(sleeps) == 2
 
 
 def test_gives_up_with_network_error():
-    with FlakyServer({"/f": b"x"}, {"/f": ["503"] * 10}) as srv:
+    with FileServer({"/f": b"x"}, {"/f": ["503"] * 10}) as srv:
         sleeps, kw = _fast(max_tries=3)
         with pytest.raises(NetworkError, match="failed after 3 tries.*HTTP 503"):
             request_with_retries(make_session("t@example.org"), "GET", srv.url + "/f", **kw)
@@ -166,7 +95,7 @@ def test_gives_up_with_network_error():
 
 
 def test_404_fails_at_once():
-    with FlakyServer({}) as srv:
+    with FileServer({}) as srv:
         sleeps, kw = _fast()
         with pytest.raises(NetworkError, match="404"):
             request_with_retries(make_session("t@example.org"), "GET", srv.url + "/nope", **kw)
@@ -174,7 +103,7 @@ def test_404_fails_at_once():
 
 
 def test_connection_refused_is_retried_then_fails():
-    with FlakyServer({}) as srv:
+    with FileServer({}) as srv:
         url = srv.url
     sleeps, kw = _fast(max_tries=2, timeout=1)
     with pytest.raises(NetworkError, match="ConnectionError"):
@@ -183,7 +112,7 @@ def test_connection_refused_is_retried_then_fails():
 
 
 def test_allowed_bases_refuses_before_sending():
-    with FlakyServer({"/f": b"x"}) as srv:
+    with FileServer({"/f": b"x"}) as srv:
         sleeps, kw = _fast(allowed_bases=[srv.url + "/meta"])
         with pytest.raises(InputError):
             request_with_retries(make_session("t@example.org"), "GET", srv.url + "/f", **kw)
@@ -230,14 +159,14 @@ def test_download_survives_drops_and_503_then_verifies(tmp_path):
         "/gl/metadata/train.csv": ["503", "drop", "drop", "503", "drop"],
         "/gl/ground_truth/retrieval_solution_v2.1.csv": ["429"],
     }
-    with FlakyServer(_server_files(), plan) as srv:
+    with FileServer(_server_files(), plan) as srv:
         recs, sleeps = _dl(srv, tmp_path)
         assert [r.status for r in recs] == ["downloaded"] * 3
         assert (tmp_path / "train.csv").read_bytes() == TRAIN
         assert (tmp_path / "test.csv").read_bytes() == TEST
         assert (tmp_path / "retrieval_solution_v2.1.csv").read_bytes() == SOL
         # resumed with Range after each cut (the 503 in between is retried with the same range)
-        ranges = [r for p, r, _ in srv.log if p == "/gl/metadata/train.csv"]
+        ranges = srv.gets("/gl/metadata/train.csv")
         assert ranges[:2] == [None, None] and len(ranges) == 6
         starts = [int(r.split("=")[1].rstrip("-")) for r in ranges[2:]]
         assert starts == sorted(starts) and starts[0] > 0 and starts[1] == starts[2]
@@ -263,26 +192,26 @@ def test_download_survives_drops_and_503_then_verifies(tmp_path):
 
 
 def test_download_resumes_a_previous_partial_file(tmp_path):
-    with FlakyServer(_server_files()) as srv:
+    with FileServer(_server_files()) as srv:
         part = tmp_path / ".train.csv.part"
         part.write_bytes(TRAIN[:1000])
         url = srv.url + "/gl/metadata/train.csv"
         (tmp_path / ".train.csv.part.json").write_text(json.dumps({"etag": None, "url": url}))
         _dl(srv, tmp_path, names=["train.csv"])
-        assert srv.log[0][1] == "bytes=1000-"
+        assert srv.log[0].range == "bytes=1000-"
         assert (tmp_path / "train.csv").read_bytes() == TRAIN
 
 
 def test_download_restarts_when_the_server_ignores_range(tmp_path):
     plan = {"/gl/metadata/train.csv": ["drop", "ignore-range"]}
-    with FlakyServer(_server_files(), plan) as srv:
+    with FileServer(_server_files(), plan) as srv:
         _dl(srv, tmp_path, names=["train.csv"])
         assert (tmp_path / "train.csv").read_bytes() == TRAIN
-        assert [r is not None for p, r, _ in srv.log] == [False, True]
+        assert [r.range is not None for r in srv.log] == [False, True]
 
 
 def test_download_gives_up_after_max_tries(tmp_path):
-    with FlakyServer(_server_files(), {"/gl/metadata/test.csv": ["drop"] * 50}) as srv:
+    with FileServer(_server_files(), {"/gl/metadata/test.csv": ["drop"] * 50}) as srv:
         with pytest.raises(NetworkError):
             _dl(srv, tmp_path, names=["test.csv"], max_tries=3)
     assert not (tmp_path / "test.csv").exists()
@@ -294,7 +223,7 @@ def test_offline_mode(tmp_path):
     (tmp_path / "test.csv").write_bytes(TEST)
     recs = download(["test.csv"], tmp_path, offline=True, progress=False)
     assert recs[0].status == "unverified" and not (tmp_path / LOCK_NAME).exists()
-    with FlakyServer(_server_files()) as srv:
+    with FileServer(_server_files()) as srv:
         recs, _ = _dl(srv, tmp_path, names=["test.csv"])  # on disk, no lock entry: recorded
         assert recs[0].status == "recorded" and srv.log == []
     assert download(["test.csv"], tmp_path, offline=True, progress=False)[0].status == "verified"
