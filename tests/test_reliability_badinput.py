@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hglv2.cli import main
+from tests.fixtures.training import write_tiny_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_HIERARCHY = ROOT / "data/sample/train_label_to_hierarchical.csv"
@@ -430,15 +431,7 @@ def test_closed_stdout_does_not_stop_a_parallel_benchmark(tmp_path):
     """``hglv2 benchmark | head -1``: the per-run lines meet a closed stdout, the suite still
     finishes and writes its report and --json, then exits 141 quietly."""
     suite = tmp_path / "suite.yaml"
-    suite.write_text(
-        f"name: piped\ndata:\n  root: {tmp_path / 'data'}\n  image_size: 32\n"
-        "  synthetic: {hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1,\n"
-        "              index_images: 2, max_clusters: 2, landmarks_per_cluster: 4}\n"
-        "model: {backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}\n"
-        "sampler: {batch_size: 16, m: 4}\n"
-        "train: {steps: 2, eval_every: 0, log_every: 1, checkpoint_every: 0}\n"
-        "benchmark: {seeds: [0], losses: {Contrastive: {name: Contrastive}, SupAP: {name: SupAP}}}\n"
-    )
+    write_tiny_suite(suite, tmp_path / "data", "piped", checkpoint_every=0)
     out = tmp_path / "b"
     args = ["benchmark", str(suite), "--out", str(out), "--jobs", "2", "--json", str(tmp_path / "b.json")]
     rc, err = _piped(args, tmp_path)

@@ -16,25 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures.training import write_tiny_suite
 
-SUITE = """
-name: hygiene
-data:
-  root: {root}
-  image_size: 32
-  synthetic: {{hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
-              max_clusters: 2, landmarks_per_cluster: 4}}
-model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
-sampler: {{batch_size: 16, m: 4}}
-optimizer: {{lr: 0.001}}
-train: {{steps: 100000, eval_every: 0, log_every: 1, checkpoint_every: 0}}
-benchmark:
-  seeds: [0]
-  losses:
-    Contrastive: {{name: Contrastive}}
-    SupAP: {{name: SupAP}}
-"""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _alive(pid: int) -> bool:
@@ -70,7 +54,7 @@ def _descendants(pid: int) -> set[int]:
 def suite(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hygiene")
     path = tmp / "suite.yaml"
-    path.write_text(SUITE.format(root=tmp / "data"))
+    write_tiny_suite(path, tmp / "data", "hygiene", steps=100000, checkpoint_every=0)
     from hglv2.train import load_config, prepare_data
 
     prepare_data(load_config(path))  # generate the data once, outside the timed part
@@ -151,24 +135,6 @@ def test_progress_reads_the_last_logged_step(tmp_path):
     assert _last_step(str(tmp_path)) == 1999  # a line being written is skipped
 
 
-TTY_SUITE = """
-name: tty
-data:
-  root: {root}
-  image_size: 32
-  synthetic: {{hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
-              max_clusters: 2, landmarks_per_cluster: 4}}
-model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
-sampler: {{batch_size: 16, m: 4}}
-train: {{steps: 2, eval_every: 0, log_every: 1, checkpoint_every: 0}}
-benchmark:
-  seeds: [0]
-  losses:
-    Contrastive: {{name: Contrastive}}
-    SupAP: {{name: SupAP}}
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal")
 def test_parallel_benchmark_shows_one_progress_bar_in_a_terminal(tmp_path):
@@ -180,7 +146,7 @@ def test_parallel_benchmark_shows_one_progress_bar_in_a_terminal(tmp_path):
     import termios
 
     suite = tmp_path / "suite.yaml"
-    suite.write_text(TTY_SUITE.format(root=tmp_path / "data"))
+    write_tiny_suite(suite, tmp_path / "data", "tty", checkpoint_every=0)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hglv2.cli", "benchmark", str(suite), "--out", str(tmp_path / "b")]
     master, slave = pty.openpty()

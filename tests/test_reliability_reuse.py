@@ -7,25 +7,9 @@ import shutil
 from pathlib import Path
 
 from hglv2.cli import main
+from tests.fixtures.training import write_tiny_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SUITE = """
-name: reuse
-data:
-  root: {root}
-  image_size: 32
-  synthetic: {{hierarchy: {hierarchy}, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
-              max_clusters: 2, landmarks_per_cluster: 4}}
-model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
-sampler: {{batch_size: 16, m: 4}}
-optimizer: {{lr: 0.001}}
-train: {{steps: 2, eval_every: 0, log_every: 1}}
-benchmark:
-  seeds: [0]
-  losses:
-    SupAP: {{name: SupAP}}
-"""
 
 
 def _bench(cli_runner, suite: Path, out: Path) -> dict:
@@ -38,7 +22,9 @@ def test_editing_the_hierarchy_file_retrains_the_runs(tmp_path, cli_runner):
     hierarchy = tmp_path / "hierarchy.csv"
     shutil.copy(ROOT / "data/sample/train_label_to_hierarchical.csv", hierarchy)
     suite = tmp_path / "suite.yaml"
-    suite.write_text(SUITE.format(root=tmp_path / "data", hierarchy=hierarchy))
+    write_tiny_suite(
+        suite, tmp_path / "data", "reuse", losses={"SupAP": {"name": "SupAP"}}, hierarchy=hierarchy
+    )
     out = tmp_path / "bench"
 
     first = _bench(cli_runner, suite, out)

@@ -7,29 +7,18 @@ import json
 import yaml
 
 from hglv2.cli import main
+from tests.fixtures.training import write_tiny_suite
 
-TINY_SUITE = """
-name: tiny
-data:
-  root: {root}
-  image_size: 32
-  synthetic: {{hierarchy: builtin, image_size: 32, train_images: 4, query_images: 1, index_images: 2,
-              max_clusters: 2, landmarks_per_cluster: 4}}
-model: {{backbone: tiny, pretrained: false, width: 8, embedding_dim: 16, layernorm: false}}
-sampler: {{batch_size: 16, m: 4}}
-optimizer: {{lr: 0.001}}
-train: {{steps: 3, eval_every: 2, log_every: 1}}
-benchmark:
-  seeds: [0, 1]
-  losses:
-    Contrastive: {{name: Contrastive}}
-    SupHAP: {{name: SupHAP, kwargs: {{alpha: 1.0}}}}
-"""
+
+def _tiny_suite(path, root):
+    """Two seeds of Contrastive and SupHAP, 3 steps, evaluated at step 2."""
+    losses = {"Contrastive": {"name": "Contrastive"}, "SupHAP": {"name": "SupHAP", "kwargs": {"alpha": 1.0}}}
+    return write_tiny_suite(path, root, losses=losses, seeds=(0, 1), steps=3, eval_every=2)
 
 
 def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
     suite = tmp_path / "tiny.yaml"
-    suite.write_text(TINY_SUITE.format(root=tmp_path / "data"))
+    _tiny_suite(suite, tmp_path / "data")
     out = tmp_path / "report"
     args = ["benchmark", str(suite), "--out", str(out), "--quiet", "--json", str(tmp_path / "b.json")]
     res = cli_runner.invoke(main, args)
@@ -92,7 +81,7 @@ def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
 
 
 def test_train_command(tmp_path, cli_runner):
-    cfg = yaml.safe_load(TINY_SUITE.format(root=tmp_path / "data"))
+    cfg = yaml.safe_load(open(_tiny_suite(tmp_path / "suite.yaml", tmp_path / "data")))
     del cfg["benchmark"]
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
