@@ -516,6 +516,37 @@ def test_freeze_warmup_trains_only_the_head_and_proxies_trained_landmarks(tmp_pa
     assert not all(torch.equal(a, b) for a, b in zip(body0, trainer.model.backbone_parameters(), strict=True))
 
 
+@pytest.mark.parametrize("grad_cache_chunk", [0, 8])
+def test_freeze_warmup_skips_the_backbone_backward_with_the_same_updates(
+    tmp_path, monkeypatch, grad_cache_chunk
+):
+    """During the warm-up the backbone's parameters require no gradient, so no backbone gradient is
+    ever computed; the model after two epochs equals the one trained by computing and dropping
+    those gradients (the behaviour under DDP)."""
+    cfg = _tiny_run_config(tmp_path / "data")
+    cfg["train"].update(steps=None, epochs=2, freeze_backbone_epochs=1, grad_cache_chunk=grad_cache_chunk)
+    cfg["schedule"]["warmup_steps"] = 0
+
+    def train(name, toggle):
+        if not toggle:
+            monkeypatch.setattr(Trainer, "_freeze_backbone", lambda self, frozen: None)
+        trainer = Trainer(cfg, tmp_path / name, progress=False, resume=False)
+        computed = []
+        for i, p in enumerate(trainer.model.backbone_parameters()):
+            p.register_hook(lambda g, i=i: computed.append((trainer.epoch, i)))
+        trainer.fit()
+        monkeypatch.undo()
+        return trainer, computed
+
+    fast, computed_fast = train("toggle", True)
+    slow, computed_slow = train("drop", False)
+    assert computed_fast and {e for e, _ in computed_fast} == {1}  # none in the frozen epoch 0
+    assert {e for e, _ in computed_slow} == {0, 1}
+    assert all(p.requires_grad for p in fast.model.backbone_parameters())  # restored afterwards
+    for a, b in zip(fast.model.state_dict().values(), slow.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_several_test_sets_are_averaged_like_the_authors_overall_accuracy(tmp_path):
     cfg = _tiny_run_config(tmp_path / "data")
     cfg["data"]["test_sets"] = [

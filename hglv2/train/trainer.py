@@ -257,6 +257,8 @@ class Trainer:
         self.backbone_params = (
             list(self.model.backbone_parameters()) if hasattr(self.model, "backbone_parameters") else []
         )
+        self._backbone_requires_grad = [p.requires_grad for p in self.backbone_params]
+        self._backbone_frozen = False
         # the loss's own parameters (proxies of ArcFace / ProxyNCA; the head's schedule), and the
         # memory bank (XBM)
         self.crit_optimizer = criterion_optimizer(cfg, self.criterion)
@@ -434,10 +436,26 @@ class Trainer:
         out["loss"] = float(loss.detach())
         return loss, out
 
+    def _freeze_backbone(self, frozen: bool) -> None:
+        """Backbone-freeze warm-up: its parameters stop requiring gradients, so autograd skips the
+        backbone's backward pass (and gradient caching its graph) instead of computing gradients
+        that the step then drops. Under DDP, which expects the same parameters to receive gradients
+        at every step, and for a model whose other parameters are all frozen, the gradients are
+        still computed and dropped (:meth:`train_step`); the update is the same either way."""
+        if self.distributed or frozen == self._backbone_frozen:
+            return
+        backbone = {id(p) for p in self.backbone_params}
+        if frozen and not any(p.requires_grad and id(p) not in backbone for p in self.model.parameters()):
+            return
+        for p, trainable in zip(self.backbone_params, self._backbone_requires_grad, strict=True):
+            p.requires_grad_(trainable and not frozen)
+        self._backbone_frozen = frozen
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimisation step on this rank's shard of the global batch (with gradient caching
         in sub-batches of ``train.grad_cache_chunk`` images when it is > 0)."""
         self.train_model.train()
+        self._freeze_backbone(self.epoch < self.freeze_epochs)
         # uint8 -> normalised float on the device (channels-last on CUDA) before any sub-batching
         images = to_model_input(images, self.device, channels_last=self.channels_last)
         labels = labels.to(self.device, non_blocking=True)
@@ -676,38 +694,41 @@ class Trainer:
         loader = build_train_loader(
             SeededItems(self.train_set), batches, self.cfg["data"]["num_workers"], self.device
         )
-        if self.step < stop:
-            for batch in loader:
-                out = self.train_step(batch["image"], batch["labels"])
-                self.step += 1
-                self.batch_in_epoch += 1
-                images_seen += len(batch["image"]) * self.world
-                epoch_done = self.batch_in_epoch >= batches.lengths[self.epoch]
-                if epoch_done:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
-                    elapsed = time.perf_counter() - t_start
-                    rec = {
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
-                        **out,
-                    }
-                    self._log(rec)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{out['loss']:.4f}")
-                every_ckpt = t["checkpoint_every"]
-                if every_ckpt and self.step % every_ckpt == 0:
-                    self.save_checkpoint()
-                if epoch_done:
-                    self._maybe_gap(self.epoch - 1)
-                if self.step < self.total_steps:
-                    self._maybe_eval()
-                if self.step >= stop:
-                    break
+        try:
+            if self.step < stop:
+                for batch in loader:
+                    out = self.train_step(batch["image"], batch["labels"])
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    images_seen += len(batch["image"]) * self.world
+                    epoch_done = self.batch_in_epoch >= batches.lengths[self.epoch]
+                    if epoch_done:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                    if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
+                        elapsed = time.perf_counter() - t_start
+                        rec = {
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
+                            **out,
+                        }
+                        self._log(rec)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{out['loss']:.4f}")
+                    every_ckpt = t["checkpoint_every"]
+                    if every_ckpt and self.step % every_ckpt == 0:
+                        self.save_checkpoint()
+                    if epoch_done:
+                        self._maybe_gap(self.epoch - 1)
+                    if self.step < self.total_steps:
+                        self._maybe_eval()
+                    if self.step >= stop:
+                        break
+        finally:
+            self._freeze_backbone(False)  # the model leaves fit() trainable, as it came
         if bar is not None:
             bar.close()
         self.train_seconds = time.perf_counter() - t_start
