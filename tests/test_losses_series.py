@@ -79,9 +79,10 @@ def _case(seed, B, N, L, spread, dtype=torch.float64):
     return scores, levels, table
 
 
-def _ranks_and_grad(scores, levels, table, w):
+def _ranks_and_grad(scores, levels, table, w, cfg=None):
     s = scores.clone().requires_grad_(True)
-    q, k, rank, plus = pair_ranks(s, levels, table, StepConfig("suprank"), chunk_size=1 << 20)
+    cfg = cfg or StepConfig("suprank")
+    q, k, rank, plus = pair_ranks(s, levels, table, cfg, chunk_size=1 << 20)
     return q, k, rank.detach(), plus, torch.autograd.grad((rank * w).sum(), s)[0]
 
 
@@ -140,3 +141,25 @@ def test_float32_large_batch_sup_hap_close_to_torch(monkeypatch):
     (v1, g1), (v2, g2) = out
     torch.testing.assert_close(v1, v2, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        StepConfig(tau=0.002, delta=0.0),  # no window above the target; ties at sigmoid(0)
+        StepConfig(tau=0.05, delta=0.2, rho=10.0, start=0.3, offset=None),  # wide window, other steps
+    ],
+    ids=["delta0-small-tau", "wide"],
+)
+def test_forced_series_rows_equal_torch_for_other_step_parameters(monkeypatch, cfg):
+    monkeypatch.setattr(_rk, "SERIES_COST", 0.0)
+    scores, levels, table = _case(2, B=5, N=120, L=2, spread=0.1)
+    w = torch.rand(levels.gt(0).sum().item(), dtype=torch.float64)
+    out = []
+    for enabled in (True, False):
+        monkeypatch.setattr(rank_mod, "KERNELS_ENABLED", enabled)
+        out.append(_ranks_and_grad(scores, levels, table, w, cfg))
+    (_, _, r1, p1, g1), (_, _, r2, p2, g2) = out
+    torch.testing.assert_close(r1, r2, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(p1, p2, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-10)
