@@ -247,7 +247,8 @@ _RUNNER = (
 )
 
 
-def make_cmd(data: Path, out: Path, cache: Path, srv: FakeWikidata, target: str) -> list[str]:
+def _make(data: Path, out: Path) -> list[str]:
+    """``make -f pipelines/hierarchy.mk`` with this interpreter and the data/out/review folders."""
     return [
         "make",
         "--no-print-directory",
@@ -257,6 +258,12 @@ def make_cmd(data: Path, out: Path, cache: Path, srv: FakeWikidata, target: str)
         f"DATA={data}",
         f"OUT={out}",
         f"REVIEW={data.parent / 'review'}",
+    ]
+
+
+def make_cmd(data: Path, out: Path, cache: Path, srv: FakeWikidata, target: str) -> list[str]:
+    return [
+        *_make(data, out),
         "ONLINE=1",
         "CONTACT=hglv2-benchmark@example.org",
         f"API_URL={srv.api_url}",
@@ -267,14 +274,7 @@ def make_cmd(data: Path, out: Path, cache: Path, srv: FakeWikidata, target: str)
 
 def dump_cmd(data: Path, out: Path, dump: Path, redirects: Path) -> list[str]:
     return [
-        "make",
-        "--no-print-directory",
-        "-f",
-        str(ROOT / "pipelines" / "hierarchy.mk"),
-        f"PY={sys.executable}",
-        f"DATA={data}",
-        f"OUT={out}",
-        f"REVIEW={data.parent / 'review'}",
+        *_make(data, out),
         f"DUMP={dump}",
         f"REDIRECTS={redirects}",
         "all",

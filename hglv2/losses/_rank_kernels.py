@@ -223,6 +223,16 @@ if HAVE_NUMBA:
                 out[f, q] = tot
             prev = x
 
+    @njit(cache=True, error_model="numpy")
+    def _run_float64(vals, a0, n_m):
+        """The sorted run ``vals[a0:a0 + n_m]`` in float64, ascending and descending."""
+        asc = np.empty(n_m, dtype=np.float64)
+        desc = np.empty(n_m, dtype=np.float64)
+        for j in range(n_m):
+            asc[j] = np.float64(vals[a0 + j])
+            desc[n_m - 1 - j] = asc[j]
+        return asc, desc
+
     @njit(cache=True, fastmath=_FM, error_model="numpy")
     def _target_series(vals, seg, ys, thr, lks, max_l, h, inv_tau, coef, n_terms, ser, dser):
         """Add to ``ser[i]`` and ``dser[i]`` (targets in ascending score order) the series part of
@@ -251,11 +261,7 @@ if HAVE_NUMBA:
                     Q += 1
             if n_m == 0 or Q == 0:
                 continue
-            xs = np.empty(n_m, dtype=np.float64)
-            xs_d = np.empty(n_m, dtype=np.float64)
-            for j in range(n_m):
-                xs[j] = np.float64(vals[a0 + j])
-                xs_d[n_m - 1 - j] = xs[j]
+            xs, xs_d = _run_float64(vals, a0, n_m)
             ws = np.ones(n_m, dtype=np.float64)
             lo = np.zeros(Q, dtype=np.int64)
             hi = np.empty(Q, dtype=np.int64)
@@ -317,11 +323,7 @@ if HAVE_NUMBA:
             for i in range(T):
                 xs_d[i] = xs[T - 1 - i]
                 ws_d[i] = ws[T - 1 - i]
-            xq = np.empty(n_m, dtype=np.float64)
-            xq_d = np.empty(n_m, dtype=np.float64)
-            for j in range(n_m):
-                xq[j] = np.float64(vals[a0 + j])
-                xq_d[n_m - 1 - j] = xq[j]
+            xq, xq_d = _run_float64(vals, a0, n_m)
             lo = np.zeros(n_m, dtype=np.int64)
             hi = np.empty(n_m, dtype=np.int64)
             out = np.empty((1, n_m), dtype=np.float64)
@@ -380,12 +382,10 @@ if HAVE_NUMBA:
         use_series = False
         if mode != 1:
             direct = 0
+            events = 3 * (seg[max_l] - seg[0])
             for c in range(p0, p1):
                 direct += seg[lv[pk[c]]] - seg[0]
-            events = 0
-            for c in range(p0, p1):
                 events += 2 * lv[pk[c]]
-            events += 3 * (seg[max_l] - seg[0])
             use_series = direct > series_cost * n_terms * events
         # direct window -h < t <= h around each target (series outside it; empty for h = 0), or the
         # whole band -cut tau < t (items below add under e^{-cut})
