@@ -23,7 +23,8 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 
 # The main job on the embedded data: the hierarchy pipeline on data/sample (offline), synthetic
 # landmark images drawn from that hierarchy, four losses trained and evaluated, report + plots.

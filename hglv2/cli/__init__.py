@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from hglv2 import __version__
+from hglv2.cli._options import JSON_META_KEY, Output
 from hglv2.errors import InputError, NetworkError
 
 # subcommand name -> "module:attribute"; each stage owns its module.
@@ -125,6 +126,18 @@ class _BrokenPipe(Exception):
     """stdout was closed by the reader; raised past click, which would exit 1 itself."""
 
 
+def _emit(ctx: click.Context, out: Output) -> int:
+    """Write a command's ``--json`` file (first: a closed stdout must not lose it), then print."""
+    json_path = ctx.meta.get(JSON_META_KEY)
+    if json_path is not None and out.data is not None:
+        from hglv2.fileio import finite_or_none, write_json  # pyarrow: not for --help
+
+        write_json(json_path, finite_or_none(out.data))
+    for line in out.lines:
+        click.echo(line)
+    return out.exit_code
+
+
 class _LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand runs (keeps --help fast)."""
 
@@ -140,7 +153,10 @@ class _LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         try:
-            return super().invoke(ctx)
+            rv = super().invoke(ctx)
+            if isinstance(rv, Output):
+                return _emit(ctx, rv)
+            return rv
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 raise _BrokenPipe() from None

@@ -1,5 +1,6 @@
-"""Click parameter types shared by every command: output paths checked before any work, URLs,
-and comma-separated integer lists.
+"""Click parameter types and options shared by every command: output paths checked before any
+work, URLs, comma-separated integer lists, and the ``--json`` option with the :class:`Output` a
+command returns.
 
 A bad value is a click ``BadParameter``; :func:`hglv2.cli.main` prints it as one ``Error:`` line
 (with the ``--help`` hint on the next line) and exits with code 2, before the command runs, so a
@@ -8,7 +9,10 @@ command never computes for minutes and then fails to write its result.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,3 +116,35 @@ def parse_int_list(
             raise click.BadParameter(f"{text!r}: {v} is repeated", param_hint=option)
         out.append(v)
     return out
+
+
+JSON_META_KEY = "hglv2.json_path"
+
+
+@dataclass
+class Output:
+    """What a command returns: ``data`` for ``--json`` and the ``lines`` it prints.
+
+    :class:`hglv2.cli._LazyGroup` writes ``data`` to the ``--json`` path first (non-finite floats
+    as ``null``, atomically), then prints ``lines``: a closed stdout (``| head``) cannot lose the
+    file. ``exit_code`` is the command's exit status.
+    """
+
+    data: Any = None
+    lines: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+
+def json_option(help: str = "Also write the results here as JSON.") -> Callable:
+    """The ``--json PATH`` option; the path is kept for the group, which writes the command's
+    :class:`Output` data there."""
+
+    def decorator(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args: Any, json_path: Path | None = None, **kwargs: Any) -> Any:
+            click.get_current_context().meta[JSON_META_KEY] = json_path
+            return f(*args, **kwargs)
+
+        return click.option("--json", "json_path", type=OUTPUT_FILE_PATH, default=None, help=help)(wrapper)
+
+    return decorator
