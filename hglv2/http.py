@@ -116,7 +116,7 @@ def announce_retry(url: str, reason: str, tries_left: int) -> None:
     short = reason if len(reason) <= 100 else reason[:97] + "..."
     print(
         f"Note: {host} did not answer ({short}); retrying with backoff, up to {tries_left} more "
-        "tries per request (Ctrl-C stops; --max-tries/--max-retries and --offline change this)",
+        "tries per request (Ctrl-C stops; --max-tries and --offline change this)",
         file=sys.stderr,
         flush=True,
     )

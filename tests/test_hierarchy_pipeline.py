@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import hglv2.cli.hierarchy as cli_hierarchy
 from hglv2.cli import main
 from hglv2.hierarchy.clusters import load_clusters, propose
 from hglv2.hierarchy.graph import fetch_graph, find_cycles
 from hglv2.hierarchy.resolve import resolve_categories
+from hglv2.hierarchy.sources import ApiSource
 from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +41,14 @@ OUTPUTS = (
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
     """Backoff waits become no-ops in CLI runs (the waits asked for are checked in the client tests)."""
-    orig = cli_hierarchy._make_client
+    orig = ApiSource.open_client
 
-    def make(*args, **kw):
-        client = orig(*args, **kw)
+    def open_client(self):
+        client = orig(self)
         client.sleep = lambda s: None
         return client
 
-    monkeypatch.setattr(cli_hierarchy, "_make_client", make)
+    monkeypatch.setattr(ApiSource, "open_client", open_client)
 
 
 @pytest.fixture(scope="module")

@@ -127,12 +127,14 @@ class Output:
 
     :class:`hglv2.cli._LazyGroup` writes ``data`` to the ``--json`` path first (non-finite floats
     as ``null``, atomically), then prints ``lines``: a closed stdout (``| head``) cannot lose the
-    file. ``exit_code`` is the command's exit status.
+    file. ``exit_code`` is the command's exit status. ``error``: the command failed after computing
+    ``data``; it ends, after the file and the lines, with this ``Error:`` line (exit code 2).
     """
 
     data: Any = None
     lines: list[str] = field(default_factory=list)
     exit_code: int = 0
+    error: str | None = None
 
 
 def json_option(help: str = "Also write the results here as JSON.") -> Callable:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from hglv2.errors import InputError
 from hglv2.hierarchy.labels import sort_table
+from hglv2.hierarchy.sources import WikidataSource
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS
 
@@ -172,6 +173,14 @@ def validate_anchors(client: WikidataClient, table: ClusterTable) -> list[dict[s
         elif (info.label or "").casefold() != a.label.casefold():
             problems.append({**base, "wikidata": info.label, "problem": "label differs"})
     return problems
+
+
+def validate_anchors_file(source: WikidataSource, clusters: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validate-anchors stage: :func:`validate_anchors` on ``clusters.csv`` with a client from
+    ``source`` (:mod:`hglv2.hierarchy.sources`): ``{"anchors": count, "problems": [...]}``."""
+    table = load_clusters(clusters)
+    client = source.for_ids([a.qid for a in table.anchors])
+    return {"anchors": len(table.anchors), "problems": validate_anchors(client, table)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,9 +655,9 @@ def propose_files(
     from hglv2.hierarchy.graph import load_graph
     from hglv2.hierarchy.resolve import RESOLVED_REQUIRED
 
-    counts = image_counts(images)
     hint = "run `hglv2 hierarchy resolve` first"
     resolved_df = read_parquet_checked(resolved, RESOLVED_REQUIRED, hint).to_pandas()
+    counts = image_counts(images)
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
     proposals, pend = propose(resolved_df, g, aliases, table, counts)

@@ -25,6 +25,7 @@ import networkx as nx
 import pyarrow as pa
 
 from hglv2.fileio import atomic_path, commit_together, read_parquet_checked, write_json, write_parquet
+from hglv2.hierarchy.sources import WikidataSource, with_provenance
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
 
 DEFAULT_DEPTH = 12
@@ -175,6 +176,26 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
             nx.write_graphml(g, tmp, encoding="utf-8", prettyprint=True)
         write_json(out_dir / "cycles.json", summary["cycles"])
     return summary
+
+
+def graph_file(
+    source: WikidataSource,
+    resolved: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    depth: int = DEFAULT_DEPTH,
+) -> dict[str, Any]:
+    """The graph stage: the class graph of the resolved table ``resolved`` (Parquet), from ``source``
+    (:mod:`hglv2.hierarchy.sources`), written to ``out_dir``. Returns :func:`write_graph`'s summary
+    with the client's request counts (``requests``) and the source's provenance (``source``, a dump)."""
+    from hglv2.hierarchy.resolve import RESOLVED_REQUIRED
+
+    rows = read_parquet_checked(
+        resolved, RESOLVED_REQUIRED, "run `hglv2 hierarchy resolve` first"
+    ).to_pylist()
+    client = source.for_graph(rows)
+    summary = write_graph(fetch_graph(client, rows, depth), out_dir)
+    summary["requests"] = dict(sorted(client.stats.items()))
+    return with_provenance(summary, source)
 
 
 def load_graph(out_dir: str | os.PathLike[str]) -> tuple[nx.DiGraph, dict[str, str]]:

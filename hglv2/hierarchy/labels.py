@@ -188,6 +188,19 @@ def write_hierarchy_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Non
         raise InputError(f"{path}: write .parquet or .csv")
 
 
+def write_hierarchy_tables(
+    df: pd.DataFrame, path: str | os.PathLike[str], csv_path: str | os.PathLike[str] | None = None
+) -> None:
+    """:func:`write_hierarchy_table` to ``path`` and, when given, to ``csv_path``: both files new, or
+    both old after a failure."""
+    from hglv2.fileio import commit_together
+
+    with commit_together():
+        write_hierarchy_table(df, path)
+        if csv_path is not None:
+            write_hierarchy_table(df, csv_path)
+
+
 def _norm(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().str.casefold()
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
+from hglv2.hierarchy.sources import WikidataSource, with_provenance
 from hglv2.hierarchy.wikidata import (
     ItemInfo,
     WikidataClient,
@@ -73,12 +74,6 @@ def category_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
             raise InputError(f"{path}: a second {numbering} category file (first: {out[numbering]})")
         out[numbering] = path
     return {n: out[n] for n in NUMBERINGS if n in out}
-
-
-def _sparql_p373_query(names: Sequence[str]) -> str:
-    from hglv2.hierarchy.wikidata import sparql_p373_query
-
-    return sparql_p373_query(names)
 
 
 def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> dict[str, str]:
@@ -242,7 +237,7 @@ def resolve_summary(rows: Sequence[dict[str, Any]], requests: dict[str, int]) ->
 
 
 def resolve_file(
-    client: WikidataClient,
+    source: WikidataSource,
     categories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
 ) -> dict[str, Any]:
@@ -250,11 +245,13 @@ def resolve_file(
 
     ``categories`` is one file or several (``train_label_to_category.csv`` and
     ``index_label_to_category.csv``, or ``NUMBERING=PATH``; see :func:`category_files`); all are
-    resolved in one run sharing the client and its cache. Returns :func:`resolve_summary` (its
-    ``requests`` are the client's counts so far).
+    resolved in one run sharing one client from ``source`` (:mod:`hglv2.hierarchy.sources`).
+    Returns :func:`resolve_summary` (its ``requests`` are the client's counts so far), with the
+    source's provenance as ``source`` when it has one (a dump).
     """
     paths = [categories] if isinstance(categories, (str, os.PathLike)) else list(categories)
-    files = category_files(paths)
-    rows = resolve_numbered(client, {n: read_categories(p) for n, p in files.items()})
+    by_numbering = {n: read_categories(p) for n, p in category_files(paths).items()}
+    client = source.for_resolve([pair for pairs in by_numbering.values() for pair in pairs])
+    rows = resolve_numbered(client, by_numbering)
     write_parquet(resolved_table(rows), out)
-    return resolve_summary(rows, client.stats)
+    return with_provenance(resolve_summary(rows, client.stats), source)
