@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from hglv2.fileio import atomic_path, commit_together, read_parquet_checked, write_json, write_parquet
 from hglv2.hierarchy.sources import WikidataSource, with_provenance
-from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
+from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, follow_redirects, is_qid, qid_number
 
 DEFAULT_DEPTH = 12
 
@@ -40,11 +40,7 @@ class ClassGraph:
     aliases: dict[str, str] = field(default_factory=dict)
 
     def canonical(self, qid: str) -> str:
-        seen = set()
-        while qid in self.aliases and qid not in seen:
-            seen.add(qid)
-            qid = self.aliases[qid]
-        return qid
+        return follow_redirects(self.aliases, qid)
 
     def to_networkx(self) -> nx.DiGraph:
         g = nx.DiGraph()
@@ -187,11 +183,9 @@ def graph_file(
     """The graph stage: the class graph of the resolved table ``resolved`` (Parquet), from ``source``
     (:mod:`hglv2.hierarchy.sources`), written to ``out_dir``. Returns :func:`write_graph`'s summary
     with the client's request counts (``requests``) and the source's provenance (``source``, a dump)."""
-    from hglv2.hierarchy.resolve import RESOLVED_REQUIRED
+    from hglv2.hierarchy.resolve import RESOLVED_COLUMNS
 
-    rows = read_parquet_checked(
-        resolved, RESOLVED_REQUIRED, "run `hglv2 hierarchy resolve` first"
-    ).to_pylist()
+    rows = read_parquet_checked(resolved, RESOLVED_COLUMNS, "run `hglv2 hierarchy resolve` first").to_pylist()
     client = source.for_graph(rows)
     summary = write_graph(fetch_graph(client, rows, depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))

@@ -30,7 +30,7 @@ def _parse_landmark_ids(df: pd.DataFrame, path: Path) -> pd.Series:
 
 
 def _parse_numbering(df: pd.DataFrame, path: Path) -> pd.Series:
-    """The ``numbering`` column (``train``/``index``); tables written before it existed are train."""
+    """The ``numbering`` column (``train``/``index``); a table without one is in the train numbering."""
     if "numbering" not in df.columns:
         return pd.Series("train", index=df.index, dtype="string")
     num = df["numbering"].astype("string").str.strip()
@@ -101,8 +101,8 @@ def load_hierarchy_table(path: str | os.PathLike[str], numbering: str | None = N
     """Load a hierarchy table from our Parquet/CSV output or a published-format CSV.
 
     Returns a DataFrame with exactly :data:`HIERARCHY_COLUMNS` (``landmark_id`` int64, the rest
-    nullable strings), sorted by (numbering, landmark_id). Tables written before the ``numbering``
-    column existed are in the train numbering. ``numbering`` keeps only that numbering's rows.
+    nullable strings), sorted by (numbering, landmark_id). A table without a ``numbering``
+    column is in the train numbering. ``numbering`` keeps only that numbering's rows.
     """
     path = Path(path)
     if not path.exists():
@@ -110,7 +110,7 @@ def load_hierarchy_table(path: str | os.PathLike[str], numbering: str | None = N
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a hierarchy table (.parquet or .csv)")
     if path.suffix == ".parquet":
-        # tables written before the numbering column existed have none (they are train)
+        # a table without a numbering column is in the train numbering
         required = [c for c in HIERARCHY_COLUMNS if c != "numbering"]
         df = read_parquet_checked(path, required).to_pandas()
         df = df.astype({c: "string" for c in df.columns if c != "landmark_id"})

@@ -35,7 +35,7 @@ import sqlite3
 import time
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,16 @@ def request_key(endpoint: str, params: dict[str, str]) -> str:
     canon = {k: str(v) for k, v in sorted(params.items()) if k not in _VOLATILE_PARAMS}
     blob = json.dumps([endpoint, canon], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def follow_redirects(redirects: Mapping[str, str], qid: str) -> str:
+    """Where ``qid`` ends up through the ``old -> new`` map ``redirects`` (a cycle stops where it
+    closes)."""
+    seen = set()
+    while qid in redirects and qid not in seen:
+        seen.add(qid)
+        qid = redirects[qid]
+    return qid
 
 
 def describe_request(endpoint: str, params: dict[str, str], width: int = 160) -> str:
@@ -375,10 +385,7 @@ class WikidataClient:
         landmark fetches only its title. A title maps to the entity whose ``site`` sitelink has
         that (normalised) title. Offline, the misses raise one :class:`CacheMiss` naming them.
         """
-        if bool(ids) == bool(titles):
-            raise ValueError("give either ids or titles")
-        by_title = bool(titles)
-        wanted = sorted({nfc(t) for t in titles}) if by_title else sorted(set(ids), key=_id_order)
+        by_title, wanted = requested_keys(ids, titles)
         out: dict[str, dict[str, Any] | None] = {}
         missing: list[str] = []
         for w in wanted:
@@ -478,6 +485,17 @@ def nfc(title: str) -> str:
 
 def _id_order(qid: str) -> tuple[int, str]:
     return (qid_number(qid), qid) if is_qid(qid) else (-1, qid)
+
+
+def requested_keys(ids: Iterable[str], titles: Iterable[str]) -> tuple[bool, list[str]]:
+    """``(by_title, the unique ids in QID order or the unique NFC titles sorted)`` of an entities
+    request; exactly one of ``ids`` and ``titles`` may be non-empty."""
+    ids, titles = list(ids), list(titles)
+    if bool(ids) == bool(titles):
+        raise ValueError("give either ids or titles")
+    if titles:
+        return True, sorted({nfc(t) for t in titles})
+    return False, sorted(set(ids), key=_id_order)
 
 
 def item_record_key(
