@@ -65,6 +65,18 @@ def invoke(runner, *args):
 CATEGORIES = (SAMPLE / "train_label_to_category.csv", SAMPLE / "index_label_to_category.csv")
 
 
+def apply_args(proposals: Path, review: Path, out: Path) -> list:
+    """``hierarchy apply`` with the review files of the folder ``review``."""
+    return [
+        "hierarchy",
+        "apply",
+        "--proposals",
+        proposals,
+        *("--clusters", review / "clusters.csv", "--decisions", review / "decisions.csv"),
+        *("--overrides", review / "landmark_overrides.csv", "--out", out),
+    ]
+
+
 def run_pipeline(runner, work: Path, net: list, categories=CATEGORIES, review: Path = REVIEW) -> dict:
     """resolve (both numberings by default, as `make hierarchy` runs it), graph, propose, apply."""
     work.mkdir(parents=True, exist_ok=True)
@@ -92,18 +104,7 @@ def run_pipeline(runner, work: Path, net: list, categories=CATEGORIES, review: P
     )
     invoke(
         runner,
-        "hierarchy",
-        "apply",
-        "--proposals",
-        work / "proposals.parquet",
-        "--clusters",
-        review / "clusters.csv",
-        "--decisions",
-        review / "decisions.csv",
-        "--overrides",
-        review / "landmark_overrides.csv",
-        "--out",
-        work / "hierarchy.parquet",
+        *apply_args(work / "proposals.parquet", review, work / "hierarchy.parquet"),
     )
     return {name: (work / name).read_bytes() for name in OUTPUTS}
 
@@ -217,18 +218,7 @@ def test_editing_a_decision_changes_exactly_the_affected_landmarks(tmp_path, cli
     pd.concat([dec, extra]).to_csv(review / "decisions.csv", index=False)
     invoke(
         cli_runner,
-        "hierarchy",
-        "apply",
-        "--proposals",
-        tmp_path / "w" / "proposals.parquet",
-        "--clusters",
-        review / "clusters.csv",
-        "--decisions",
-        review / "decisions.csv",
-        "--overrides",
-        review / "landmark_overrides.csv",
-        "--out",
-        tmp_path / "w" / "after.parquet",
+        *apply_args(tmp_path / "w" / "proposals.parquet", review, tmp_path / "w" / "after.parquet"),
     )
     after = pd.read_parquet(tmp_path / "w" / "after.parquet")
     assert set(before["numbering"]) == {"train", "index"}  # both numberings, one vocabulary
