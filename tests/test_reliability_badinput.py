@@ -232,7 +232,7 @@ CASES = [
     ),
     (
         "hierarchy graph foreign resolved",
-        "foreign.parquet: missing column(s) landmark_id, category, title",
+        "foreign.parquet: missing column(s) landmark_id, numbering, category, title",
         "hierarchy graph --resolved {foreign} --out-dir {adir}/g",
     ),
     (
