@@ -85,14 +85,12 @@ def _source_options(f):
     ]
 
     @functools.wraps(f)
-    def wrapper(cache_path, offline, api_url, sparql_url, contact, timeout, max_tries, dump, redirects, **kw):
+    def wrapper(dump, redirects, cache_path, **kw):
         from hglv2.hierarchy.sources import open_source
 
-        api = dict(offline=offline, api_url=api_url, sparql_url=sparql_url, contact=contact)
-        with open_source(
-            dump=dump, redirects=redirects, cache_path=cache_path, timeout=timeout, max_tries=max_tries, **api
-        ) as source:
-            if dump is None and not offline:
+        api = {k: kw.pop(k) for k in ("offline", "api_url", "sparql_url", "contact", "timeout", "max_tries")}
+        with open_source(dump=dump, redirects=redirects, cache_path=cache_path, **api) as source:
+            if dump is None and not api["offline"]:
                 problem = output_problem(cache_path)
                 if problem:
                     raise InputError(f"--cache: {problem}")

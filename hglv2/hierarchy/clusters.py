@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -33,9 +33,11 @@ import pandas as pd
 
 from hglv2.errors import InputError
 from hglv2.hierarchy.labels import sort_table
-from hglv2.hierarchy.sources import WikidataSource
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, follow_redirects, is_qid, qid_number
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS
+
+if TYPE_CHECKING:
+    from hglv2.hierarchy.sources import WikidataSource
 
 CLUSTER_COLUMNS = ("qid", "label", "cluster", "top")
 DECISION_COLUMNS = ("supercategory_qid", "supercategory", "cluster", "reason")

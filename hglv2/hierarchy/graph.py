@@ -19,14 +19,16 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import pyarrow as pa
 
 from hglv2.fileio import atomic_path, commit_together, read_parquet_checked, write_json, write_parquet
-from hglv2.hierarchy.sources import WikidataSource, with_provenance
 from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, follow_redirects, is_qid, qid_number
+
+if TYPE_CHECKING:
+    from hglv2.hierarchy.sources import WikidataSource
 
 DEFAULT_DEPTH = 12
 
@@ -189,7 +191,7 @@ def graph_file(
     client = source.for_graph(rows)
     summary = write_graph(fetch_graph(client, rows, depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))
-    return with_provenance(summary, source)
+    return source.with_provenance(summary)
 
 
 def load_graph(out_dir: str | os.PathLike[str]) -> tuple[nx.DiGraph, dict[str, str]]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
-from hglv2.hierarchy.sources import WikidataSource, with_provenance
 from hglv2.hierarchy.wikidata import (
     ItemInfo,
     WikidataClient,
@@ -27,6 +26,9 @@ from hglv2.hierarchy.wikidata import (
     run_batches,
 )
 from hglv2.schema import NUMBERINGS
+
+if TYPE_CHECKING:
+    from hglv2.hierarchy.sources import WikidataSource
 
 RESOLVED_COLUMNS = (
     "landmark_id",
@@ -278,4 +280,4 @@ def resolve_file(
     client = source.for_resolve([pair for pairs in by_numbering.values() for pair in pairs])
     rows = resolve_numbered(client, by_numbering)
     write_parquet(resolved_table(rows), out)
-    return with_provenance(resolve_summary(rows, client.stats), source)
+    return source.with_provenance(resolve_summary(rows, client.stats))

@@ -101,6 +101,10 @@ class ApiSource:
         """What the answers were read from, for a stage's summary (None: the API and its cache)."""
         return None
 
+    def with_provenance(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """A stage's ``summary``; the API source adds nothing."""
+        return summary
+
     def close(self) -> None:
         if self._client is not None:
             self._client.cache.close()
@@ -150,6 +154,13 @@ class DumpSource:
         """The dump's name and date and what the last pass kept (:meth:`DumpIndex.provenance`)."""
         return None if self._client is None else self._client.index.provenance()
 
+    def with_provenance(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """A stage's ``summary`` with :meth:`provenance` added as ``source``."""
+        provenance = self.provenance()
+        if provenance is not None:
+            summary["source"] = provenance
+        return summary
+
     def close(self) -> None:
         pass
 
@@ -161,14 +172,6 @@ class DumpSource:
 
 
 WikidataSource = ApiSource | DumpSource
-
-
-def with_provenance(summary: dict[str, Any], source: WikidataSource) -> dict[str, Any]:
-    """``summary`` with the source's provenance added as ``source`` when it has one."""
-    provenance = source.provenance()
-    if provenance is not None:
-        summary["source"] = provenance
-    return summary
 
 
 def open_source(

@@ -228,7 +228,7 @@ class WikidataClient:
     offline: bool = False
     contact: str | None = None
     timeout: float = 60.0
-    max_tries: int = 9
+    max_tries: int = 9  # as hglv2.hierarchy.sources.DEFAULT_MAX_TRIES (a light module the CLI reads)
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     max_wait: float = 300.0
