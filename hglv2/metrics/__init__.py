@@ -19,7 +19,7 @@ from hglv2.metrics.ranking import (
     rank_relevant,
     recall_at_k,
 )
-from hglv2.metrics.relevance import pair_levels, relevance_table
+from hglv2.metrics.labels import pair_levels, relevance_table
 
 __all__ = [
     "asi",
