@@ -16,9 +16,12 @@ import torch
 from torch import Tensor
 
 from hglv2.errors import InputError
+from hglv2.losses.rank import StepConfig
 from hglv2.relevance import check_relevance, level_weights, pair_levels, relevance_columns
 
 __all__ = [
+    "LossBase",
+    "RankLossBase",
     "as_label_matrix",
     "check_inputs",
     "pml_arguments",
@@ -239,3 +242,29 @@ class LossBase(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.loss_options().items())
+
+
+class RankLossBase(LossBase):
+    """A loss on SupRank ranks: its step functions (``config``), ``chunk_size`` and ``reduction``.
+
+    Subclasses call :meth:`set_rank_options` and put their own options before these in
+    :meth:`loss_options`.
+    """
+
+    def set_rank_options(
+        self,
+        approximation: str,
+        tau: float,
+        rho: float,
+        delta: float,
+        start: float,
+        offset: float | None,
+        chunk_size: int,
+        reduction: str,
+    ) -> None:
+        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
+        self.chunk_size = chunk_size
+        self.reduction = reduction
+
+    def loss_options(self) -> dict[str, Any]:
+        return {"config": self.config, "chunk_size": self.chunk_size, "reduction": self.reduction}
