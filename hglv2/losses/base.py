@@ -213,7 +213,7 @@ class LossBase(torch.nn.Module):
 
     A loss with a functional form sets ``functional`` (e.g. ``staticmethod(sup_ap)``) and returns
     that function's keyword options from :meth:`loss_options`; ``forward`` and ``extra_repr``
-    follow from them. Losses without one (proxies, wrappers) override ``forward`` instead.
+    follow from them. Losses without one (proxies, wrappers) override :meth:`compute` instead.
     ``takes_ref_embeddings`` tells :class:`~hglv2.losses.WeightedSum` whether to pass the
     reference set (memory bank / gathered batch) on.
     """
@@ -236,8 +236,14 @@ class LossBase(torch.nn.Module):
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Tensor:
+        return self.compute(embeddings, labels, ref_embeddings, ref_labels)
+
+    def compute(
+        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
+    ) -> Tensor:
+        """The loss value: :attr:`functional` called with :meth:`loss_options` unless overridden."""
         if self.functional is None:
-            raise NotImplementedError(f"{type(self).__name__} must set `functional` or override forward")
+            raise NotImplementedError(f"{type(self).__name__} must set `functional` or override compute")
         return self.functional(embeddings, labels, ref_embeddings, ref_labels, **self.loss_options())
 
     def extra_repr(self) -> str:
