@@ -16,8 +16,6 @@ Queries with no positive in the reference set are left out of the mean.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
 from hglv2.errors import InputError
@@ -86,10 +84,8 @@ class SupAP(RankLossBase):
         self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
         self.level = level
 
+    own_options = ("level",)
     functional = staticmethod(sup_ap)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {"level": self.level, **super().loss_options()}
 
 
 class SmoothAP(SupAP):

@@ -253,9 +253,11 @@ class LossBase(torch.nn.Module):
 class RankLossBase(LossBase):
     """A loss on SupRank ranks: its step functions (``config``), ``chunk_size`` and ``reduction``.
 
-    Subclasses call :meth:`set_rank_options` and put their own options before these in
-    :meth:`loss_options`.
+    Subclasses call :meth:`set_rank_options` and name their own options (attributes passed to
+    :attr:`functional` before these) in :attr:`own_options`.
     """
+
+    own_options: tuple[str, ...] = ()
 
     def set_rank_options(
         self,
@@ -273,4 +275,5 @@ class RankLossBase(LossBase):
         self.reduction = reduction
 
     def loss_options(self) -> dict[str, Any]:
-        return {"config": self.config, "chunk_size": self.chunk_size, "reduction": self.reduction}
+        own = {name: getattr(self, name) for name in self.own_options}
+        return {**own, "config": self.config, "chunk_size": self.chunk_size, "reduction": self.reduction}

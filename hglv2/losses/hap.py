@@ -21,7 +21,6 @@ queries of ``1 - SupHAP_q``; with ``approximation="exact"`` it is exactly ``1 - 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor
 
@@ -98,11 +97,5 @@ class SupHAP(RankLossBase):
         self.alpha = alpha
         self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
 
+    own_options = ("relevance", "alpha")
     functional = staticmethod(sup_hap)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {
-            "relevance": self.relevance,
-            "alpha": self.alpha,
-            **super().loss_options(),
-        }

@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -265,6 +266,15 @@ def _exact_block(
         n_lin.copy_(nl.to(dtype))
 
 
+class _Pairs(NamedTuple):
+    """The (query, relevant item) pairs of a score matrix and what ranking them needs."""
+
+    pair_q: Tensor
+    pair_k: Tensor
+    levels: Tensor
+    rel_table: Tensor | None
+
+
 class _PairRanks(torch.autograd.Function):
     """SupRank (or exact) rank and exact rank+ of every (query, relevant item) pair.
 
@@ -276,16 +286,9 @@ class _PairRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx,
-        scores: Tensor,
-        pair_q: Tensor,
-        pair_k: Tensor,
-        levels: Tensor,
-        rel_table: Tensor | None,
-        cfg: StepConfig,
-        rows_per_chunk: int,
-        need_plus: bool,
+        ctx, scores: Tensor, pairs: _Pairs, cfg: StepConfig, rows_per_chunk: int, need_plus: bool
     ) -> tuple[Tensor, Tensor]:
+        pair_q, pair_k, levels, rel_table = pairs
         num_levels = int(levels.max()) if levels.numel() else 0
         lk = levels[pair_q, pair_k]
         use_kernel = _use_kernel(scores, num_levels)
@@ -361,7 +364,7 @@ class _PairRanks(torch.autograd.Function):
                 _linear_region_grad(
                     grad, scores, less, pair_q[sel], pair_k[sel], g_rank[sel] * extra, n_lin[sel], cfg
                 )
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _use_kernel(scores: Tensor, num_levels: int) -> bool:
@@ -514,16 +517,9 @@ class _SmoothPairRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx,
-        scores: Tensor,
-        pair_q: Tensor,
-        pair_k: Tensor,
-        levels: Tensor,
-        rel_table: Tensor | None,
-        cfg: StepConfig,
-        rows_per_chunk: int,
-        need_plus: bool,
+        ctx, scores: Tensor, pairs: _Pairs, cfg: StepConfig, rows_per_chunk: int, need_plus: bool
     ) -> tuple[Tensor, Tensor]:
+        pair_q, pair_k, levels, rel_table = pairs
         P = pair_q.numel()
         rank = scores.new_zeros(P)
         rank_plus = scores.new_zeros(P)
@@ -556,7 +552,7 @@ class _SmoothPairRanks(torch.autograd.Function):
             # the self term j = k contributes +coef and -coef to s_k: it cancels
             grad.index_add_(0, q, coef)
             grad.index_put_((q, k), -coef.sum(1), accumulate=True)
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _plus_weights(levels: Tensor, rel_table: Tensor | None, q: Tensor, k: Tensor, dtype) -> Tensor:
@@ -603,5 +599,5 @@ def pair_ranks(
         chunk_size = DEFAULT_DEVICE_CHUNK  # accelerators: fewer, larger element-wise launches
     rows = max(1, int(chunk_size) // max(1, scores.size(1)))
     fn = _SmoothPairRanks if cfg.approximation == "sigmoid" else _PairRanks
-    rank, rank_plus = fn.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
+    rank, rank_plus = fn.apply(scores, _Pairs(pair_q, pair_k, levels, rel_table), cfg, rows, need_plus)
     return pair_q, pair_k, rank, rank_plus

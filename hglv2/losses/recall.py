@@ -14,7 +14,6 @@ query itself included when the batch is the reference set. Loss: mean over queri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,12 +84,5 @@ class SupRecall(RankLossBase):
         self.level = level
         self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
 
+    own_options = ("at_k", "temperature", "level")
     functional = staticmethod(sup_recall)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {
-            "at_k": self.at_k,
-            "temperature": self.temperature,
-            "level": self.level,
-            **super().loss_options(),
-        }
