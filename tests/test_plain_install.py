@@ -76,9 +76,14 @@ def test_pml_loss_without_the_extra_is_a_one_line_error():
             print(exc)
         else:
             raise SystemExit("no error")
+        try:
+            import hglv2.losses.pml  # noqa: F401
+        except ModuleNotFoundError as exc:
+            print(exc)
         """
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "pytorch-metric-learning is needed for loss 'pml.Triplet': pip install 'hglv2[pml]'"
+        "pytorch-metric-learning is needed for loss 'pml.Triplet': pip install 'hglv2[pml]'",
+        "pytorch-metric-learning is needed for the pml.* losses: pip install 'hglv2[pml]'",
     ]

@@ -26,7 +26,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pytorch_metric_learning import distances, losses, miners
+
+try:
+    from pytorch_metric_learning import distances, losses, miners
+except ModuleNotFoundError as exc:  # the optional extra `pml`
+    if (exc.name or "").split(".")[0] != "pytorch_metric_learning":
+        raise
+    raise ModuleNotFoundError(
+        "pytorch-metric-learning is needed for the pml.* losses: pip install 'hglv2[pml]'", name=exc.name
+    ) from None
 from torch import Tensor, nn
 
 from hglv2.errors import InputError
