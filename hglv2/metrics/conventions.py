@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from hglv2.metrics.evaluate import BYTES_PER_SCORE, _as_embeddings, evaluate
+from hglv2.metrics.labels import as_label_matrix, encode_labels, match_mask, popcount, relevance_table
 from hglv2.metrics.ranking import hierarchical_ap_from_ranks, level_counts_from, rank_relevant
-from hglv2.metrics.relevance import as_label_matrix, encode_labels, match_mask, popcount, relevance_table
 
 HAP_CONVENTIONS = ("hglv2", "reference")
 

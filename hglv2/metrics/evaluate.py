@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hglv2.metrics import _fused
+from hglv2.metrics.labels import as_label_matrix, encode_labels, match_mask, popcount, relevance_table
 from hglv2.metrics.ranking import (
     _LOW32,
     _TOP_HIGH,
@@ -30,15 +31,7 @@ from hglv2.metrics.ranking import (
     level_counts_from,
     ndcg_from_ranks,
 )
-from hglv2.metrics.relevance import (
-    RELEVANCES,
-    as_label_matrix,
-    encode_labels,
-    level_weights,
-    match_mask,
-    popcount,
-    relevance_table,
-)
+from hglv2.relevance import RELEVANCES, level_weights
 
 MAP_AT = 100  # GLDv2 retrieval metric
 BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
