@@ -28,20 +28,13 @@ if HAVE_NUMBA:
         r,
         ranks,
         tags,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
+        params,
         out,
         counts_out,
     ):  # pragma: no cover - compiled
-        """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags)."""
+        """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags);
+        ``params`` as :func:`metric_params` builds them."""
+        n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm = params
         nk = ks.shape[0]
         L = n_levels
         per = 3 + 2 * nk
@@ -180,16 +173,7 @@ if HAVE_NUMBA:
         q_codes,
         g_codes,
         self_index,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
+        params,
         out,
         counts_out,
     ):  # pragma: no cover - compiled
@@ -198,6 +182,7 @@ if HAVE_NUMBA:
         the item whose index is ``self_index[r]`` (-1: none) is skipped. Fills ``out``
         (Q, L * (3 + 2 * len(ks)) + 4) and ``counts_out`` (Q, L + 1), laid out as read by
         ``hglv2.metrics.evaluate._chunk_numba``."""
+        n_levels = params[0]
         n_rows, n = sorted_keys.shape
         for r in prange(n_rows):
             ranks = np.empty(n, dtype=np.int64)
@@ -217,16 +202,7 @@ if HAVE_NUMBA:
                 r,
                 ranks[:cnt],
                 tags[:cnt],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
+                params,
                 out,
                 counts_out,
             )
@@ -252,16 +228,7 @@ if HAVE_NUMBA:
         q_codes,
         g_codes,
         self_index,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
+        params,
         out,
         counts_out,
     ):  # pragma: no cover - compiled
@@ -271,6 +238,7 @@ if HAVE_NUMBA:
         item is placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
         The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
         :func:`fused_metrics_keys`."""
+        n_levels = params[0]
         n_rows, n = score_bits.shape
         for r in prange(n_rows):
             me = self_index[r]
@@ -306,16 +274,7 @@ if HAVE_NUMBA:
                 r,
                 ranks,
                 sorted_tags,
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
+                params,
                 out,
                 counts_out,
             )
@@ -354,16 +313,7 @@ if HAVE_NUMBA:
     def fused_metrics_tagged(
         sorted_keys,
         tag_mask,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
+        params,
         out,
         counts_out,
     ):  # pragma: no cover - compiled
@@ -384,16 +334,7 @@ if HAVE_NUMBA:
                 r,
                 ranks[:j],
                 tags[:j],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
+                params,
                 out,
                 counts_out,
             )
@@ -403,16 +344,7 @@ if HAVE_NUMBA:
         offsets,
         ranks,
         tags,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
+        params,
         out,
         counts_out,
     ):  # pragma: no cover - compiled
@@ -427,16 +359,7 @@ if HAVE_NUMBA:
                 r,
                 ranks[a:b],
                 tags[a:b],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
+                params,
                 out,
                 counts_out,
             )
@@ -540,6 +463,14 @@ if HAVE_NUMBA:
                         hits += (tags[r, p] >> col) & 1
                     out[r, o + 2 + j] = 1.0 if first <= kk else 0.0
                     out[r, o + 2 + nk + j] = hits / kk
+
+
+def metric_params(n_levels, n_ranked, ks, map_k, ndcg_k, relevance, w, tables) -> tuple:
+    """The ``params`` tuple of the fused kernels: L, the number of ranked items, the k of R@k/P@k
+    (int64 array), the mAP@k cutoff, the NDCG@k cutoff, the relevance (0: ``pop``, 1: ``map``),
+    the L level weights and the three :func:`tables`."""
+    disc, disc_prefix, harm = tables
+    return (n_levels, n_ranked, ks, map_k, ndcg_k, 0 if relevance == "pop" else 1, w, disc, disc_prefix, harm)
 
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -111,8 +111,8 @@ class _Problem:
     same: bool
     n_ranked: int
     recall_at: tuple[int, ...]
-    dev: torch.device | None
-    backend: str
+    dev: torch.device | None = None  # None: the CPU engine
+    backend: str = "torch"  # "numba" or "torch"
 
     @property
     def n_levels(self) -> int:
@@ -194,25 +194,10 @@ def evaluate(
         ``n_truncated_level{l}``.
     """
     p = _validate(
-        query_embeddings,
-        query_labels,
-        gallery_embeddings,
-        gallery_labels,
-        recall_at,
-        relevance,
-        alpha,
-        device,
-        backend,
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels, recall_at, relevance, alpha
     )
-    ctx: dict[str, Any] = {
-        "n_levels": p.n_levels,
-        "n_ranked": p.n_ranked,
-        "recall_at": p.recall_at,
-        "ndcg_at": ndcg_at,
-        "relevance": relevance,
-        "alpha": alpha,
-        "same": p.same,
-    }
+    p.dev, p.backend = _torch_device(device), _pick_backend(backend)
+    ctx = _context(p, ndcg_at, relevance, alpha)
     if top_k is not None:
         return _evaluate_top_k(p, int(top_k), ctx, reduce, memory_mb, chunk_size)
     acc = _full_ranking(p, ctx, method, memory_mb, chunk_size)
@@ -230,10 +215,9 @@ def _validate(
     recall_at,
     relevance,
     alpha,
-    device,
-    backend,
 ) -> _Problem:
-    """Check every argument of :func:`evaluate` (in this order) and encode the labels."""
+    """Check the inputs and metric arguments of :func:`evaluate` and encode the labels (the engine
+    arguments, ``device`` and ``backend``, are checked after these)."""
     if relevance not in RELEVANCES:
         raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
     recall_at = tuple(dict.fromkeys(int(k) for k in recall_at))
@@ -260,8 +244,6 @@ def _validate(
         same=same,
         n_ranked=n_ranked,
         recall_at=recall_at,
-        dev=_torch_device(device),
-        backend=_pick_backend(backend),
     )
 
 
@@ -324,6 +306,19 @@ def _pick_backend(backend: str) -> str:
     return backend
 
 
+def _context(p: _Problem, ndcg_at: int | None, relevance: str, alpha) -> dict[str, Any]:
+    """What the per-chunk metric code reads (the ranking adds each chunk's codes and self index)."""
+    return {
+        "n_levels": p.n_levels,
+        "n_ranked": p.n_ranked,
+        "recall_at": p.recall_at,
+        "ndcg_at": ndcg_at,
+        "relevance": relevance,
+        "alpha": alpha,
+        "same": p.same,
+    }
+
+
 # ------------------------------------------------------------------------------------------------
 # chunked ranking (full mode)
 # ------------------------------------------------------------------------------------------------
@@ -332,8 +327,17 @@ def _full_ranking(p: _Problem, ctx: dict[str, Any], method: str, memory_mb: int,
     returns the accumulated per-query values ``(per_query, n_pos, n_rel)`` for :func:`_finish`."""
     chunk_fn = _chunk_numba if p.backend == "numba" else _chunk_torch
     if p.backend == "numba":
-        ctx["tables"] = _fused.tables(p.n_ranked)
-        ctx["w"] = level_weights(p.n_levels, ctx["alpha"])
+        ndcg_at, n_ranked = ctx["ndcg_at"], p.n_ranked
+        ctx["params"] = _fused.metric_params(
+            p.n_levels,
+            n_ranked,
+            np.asarray(p.recall_at, dtype=np.int64),
+            MAP_AT,
+            n_ranked if ndcg_at is None else min(int(ndcg_at), n_ranked),
+            ctx["relevance"],
+            level_weights(p.n_levels, ctx["alpha"]),
+            _fused.tables(n_ranked),
+        )
         ctx["g_codes"] = np.ascontiguousarray(p.g_codes_t.numpy().T)  # (N, L): one cache line per item
     names = _metric_names(p.n_levels, p.recall_at, ctx["ndcg_at"])
     per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -528,28 +532,11 @@ def _chunk_torch(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
 def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
     """Fast path: one fused numba pass per query (hglv2.metrics._fused)."""
     n_levels, recall_at, ndcg_at = ctx["n_levels"], ctx["recall_at"], ctx["ndcg_at"]
-    n_ranked = ctx["n_ranked"]
-    ks = np.asarray(recall_at, dtype=np.int64)
     nk = len(recall_at)
     per = 3 + 2 * nk
     out = np.empty((c, n_levels * per + 4), dtype=np.float64)
     counts = np.empty((c, n_levels + 1), dtype=np.int64)
-    disc, disc_prefix, harm = ctx["tables"]
-    cutoff = n_ranked if ndcg_at is None else min(int(ndcg_at), n_ranked)
-    args = (
-        n_levels,
-        n_ranked,
-        ks,
-        MAP_AT,
-        cutoff,
-        0 if ctx["relevance"] == "pop" else 1,
-        ctx["w"],
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts,
-    )
+    args = (ctx["params"], out, counts)
     if ranked[0] == "tagged":
         _fused.fused_metrics_tagged(ranked[1], ranked[2], *args)
     elif ranked[0] == "counted":
