@@ -5,6 +5,10 @@ with one torch matmul, the relevant items are ranked exactly (:func:`hglv2.metri
 and every metric is computed from their ranks. Memory is bounded by ``memory_mb`` (about 48 bytes
 per score), independent of the number of queries, so Q = 10,000 queries against N = 1,000,000
 gallery items runs in a few GB.
+
+Per-query values become means in one place, :func:`reduce_per_query`, with the policy for
+undefined values (a query without positives) as a parameter: ``"skip"`` (hglv2: left out of the
+mean and counted) or ``"zero"`` (the SupRank authors: scored 0).
 """
 
 from __future__ import annotations
