@@ -193,21 +193,6 @@ def _file_hashes(root: Path, paths: Sequence[str]) -> list[str]:
     return out
 
 
-def _reduce_rows(per: dict[str, np.ndarray], rows: np.ndarray, n_gallery: int) -> dict[str, Any]:
-    """The reduced result of :func:`hglv2.metrics.evaluate` restricted to query ``rows``."""
-    out: dict[str, Any] = {"n_queries": int(len(rows)), "n_gallery": int(n_gallery)}
-    for key, v in per.items():
-        if key.startswith("n_positives_level") or key == "n_relevant":
-            used = int((np.asarray(v)[rows] > 0).sum())
-            name = "multilevel" if key == "n_relevant" else f"level{key.removeprefix('n_positives_level')}"
-            out[f"n_queries_{name}"], out[f"n_skipped_{name}"] = used, int(len(rows) - used)
-        else:
-            vals = np.asarray(v, dtype=np.float64)[rows]
-            ok = ~np.isnan(vals)
-            out[key] = float(vals[ok].mean()) if ok.any() else float("nan")
-    return out
-
-
 def copies_in_gallery(
     image_root: str | os.PathLike[str], query_paths: Sequence[str], gallery_paths: Sequence[str]
 ) -> np.ndarray:
@@ -233,11 +218,12 @@ def evaluate_with_copies(
     excluded by index (the authors' drop of the first neighbour); otherwise the plain query vs
     gallery metrics. Adds ``queries_with_copy_in_gallery``."""
     from hglv2.metrics.conventions import evaluate_convention
+    from hglv2.metrics.evaluate import reduce_per_query
 
     n_copies = int((copy >= 0).sum())
     if n_copies == len(copy) and n_copies > 0:
         per = evaluate_convention(g_emb, g_labels, reduce=False, **metric_options)
-        res = _reduce_rows(per, copy, len(g_emb) - 1)
+        res = {"n_queries": len(copy), "n_gallery": len(g_emb) - 1, **reduce_per_query(per, rows=copy)}
     else:
         res = evaluate_convention(q_emb, q_labels, g_emb, g_labels, **metric_options)
     res["queries_with_copy_in_gallery"] = n_copies
