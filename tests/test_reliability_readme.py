@@ -5,20 +5,24 @@ Every command of a ``bash`` code block in ``README.md`` and ``docs/**/*.md`` is 
 * each ``hglv2`` command is parsed by the CLI (its subcommand and every option exist);
 * each ``make`` target exists, each benchmark script exists and takes the flags shown;
 * each ``python`` block compiles and its imports resolve;
-* each command is then classified by ``RULES`` (first match): ``run`` (run here, verbatim, in a
-  scratch folder, plus size-only options where ``SIZE`` names them), ``covered`` (run by the named
-  test, which exists), or ``skip`` with the reason (the network, a GPU, the full release, hours,
-  or the same code path as a command run here). A command that no rule matches fails the test, so
-  a new command in the docs must be given a rule.
+* each command is then classified by ``RULES`` (first match): ``run`` (run here, verbatim and once
+  even when several pages show it, in a scratch folder, plus size-only options where ``SIZE`` names
+  them; a ``make`` target that would build a venv runs as its recipe, ``RUN_AS``), ``covered``
+  (run by the named test, which exists), or ``skip`` with the reason (the network, a GPU, the full
+  release, hours, or the same code path as a command run here). A command that no rule matches
+  fails the test, so a new command in the docs must be given a rule.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +91,10 @@ SIZE = {
     "hglv2 benchmark synthetic": ["--steps", "2", "--jobs", "1", "--quiet"],
 }
 
+# A make target that would build a venv (`make install`) runs as the recipe it then runs, with the
+# test's own Python.
+RUN_AS = {"make hierarchy": "make -f pipelines/hierarchy.mk all"}
+
 DATASETS = "tests/test_integration_datasets.py"
 NETWORK = "skip: the network (the transfer is tested against servers on 127.0.0.1: {})"
 # (regex on the command, what happens to it). First match wins.
@@ -103,12 +111,12 @@ RULES: list[tuple[str, str]] = [
     # run by other tests
     (r"^make test$", "skip: the test suite itself"),
     (r"^make demo$", "skip: minutes; its two steps are `make hierarchy` and `hglv2 benchmark`"),
-    (r"^make hierarchy$", "covered: tests/test_hierarchy_pipeline.py::test_make_reruns_only_what_changed"),
-    (r"^make -f pipelines/hierarchy\.mk review$", "covered: tests/test_hierarchy_pipeline.py"),
+    (r"^make hierarchy$", "run"),  # as RUN_AS: its recipe after `make install`
+    (r"^make -f pipelines/hierarchy\.mk review$", "run"),
+    (r"^hglv2 evaluate --solution retrieval_solution_v2\.1\.csv --submission submission\.csv$", "run"),
     (r"^make -f pipelines/hierarchy\.mk .*ONLINE=1", "skip: Wikidata over the network (hours)"),
     (r"^hglv2 evaluate --checkpoint runs/(sop|inat2018|inat-base|dyml-\w+|cub) ", f"covered: {DATASETS}"),
     (r"^hglv2 (convert|train) (sop|inat2018|inat-base|dyml-\w+|cub)\b", f"covered: {DATASETS}"),
-    (r"^hglv2 evaluate --solution", "covered: tests/test_metrics_gldv2.py (the official worked cases)"),
     (r"^hglv2 download --dest", NETWORK.format("tests/test_data_network.py")),
     (r"^hglv2 download images", NETWORK.format("tests/test_data_images_download.py")),
     (r"^hglv2 prepare-images", "covered: tests/test_data_images.py (the downloaded shards are the input)"),
@@ -230,6 +238,11 @@ def test_python_blocks_compile_and_import(block):
 def _scratch(folder: Path) -> None:
     """The inputs the run commands name: GLDv2 metadata (the embedded sample) and embeddings."""
     shutil.copytree(ROOT / "data" / "sample", folder / "data" / "gldv2")
+    solution = (ROOT / "data" / "sample" / "retrieval_solution_v2.1.csv").read_text(encoding="utf-8")
+    (folder / "retrieval_solution_v2.1.csv").write_text(solution, encoding="utf-8")
+    rows = [line.split(",")[:2] for line in solution.splitlines()[1:]]  # a perfect submission
+    lines = ["id,images", *(f"{i},{'' if images == 'None' else images}" for i, images in rows)]
+    (folder / "submission.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8)).astype(np.float32)
     labels = np.stack([np.arange(40) // 4, np.arange(40) // 8, np.arange(40) // 20], axis=1)
@@ -248,10 +261,17 @@ def test_run_commands(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = {c.text: c for c in reversed(COMMANDS) if _rule(c) == "run"}  # a repeat on another page runs once
     for cmd in sorted(run.values(), key=COMMANDS.index):
+        if cmd.text.startswith("make "):  # from the repository root, into the scratch folder
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "PY": sys.executable, "OUT": str(tmp_path / "out")}
+            words = shlex.split(RUN_AS.get(cmd.text, cmd.text))
+            res = subprocess.run(words, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            assert res.returncode == 0, f"{cmd}: {res.stdout}{res.stderr}"
+            continue
         args = _hglv2_args(cmd)
         extra = next((v for k, v in SIZE.items() if cmd.text.startswith(k)), [])
         res = CliRunner().invoke(main, [*args, *extra], catch_exceptions=False)
         assert res.exit_code == 0, f"{cmd}: {res.output}"
+    assert (tmp_path / "out" / "hierarchy.parquet").is_file() and (tmp_path / "out" / "splits").is_dir()
     assert json.loads(Path("eval.json").read_text())["results"]
     assert (tmp_path / "runs" / "my-bench" / "report.md").is_file()
 
