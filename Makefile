@@ -43,3 +43,8 @@ hierarchy: install
 
 clean:
 	rm -rf out runs .pytest_cache .ruff_cache
+
+# The documentation site (MkDocs + Material + mkdocstrings), built offline into site/.
+.PHONY: docs
+docs: install
+	$(VENV)/bin/mkdocs build --strict -d site
