@@ -456,7 +456,8 @@ def diff(
     B may be several tables (the published train_ and index_label_to_hierarchical.csv): each
     numbering of A is compared with its own table, and the figures are printed per numbering too.
     """
-    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary, numbering_of_file
+    from hglv2.gldv2.specs import numbering_of_file
+    from hglv2.hierarchy.labels import confusion_pairs, diff_files, diff_summary
 
     res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
     _write_json(json_path, diff_summary(res))  # files first: a closed stdout (| head) must not lose them
