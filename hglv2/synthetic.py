@@ -310,11 +310,18 @@ def _trees(g: tuple[float, ...], base: float) -> list[Part]:
     return parts
 
 
+def _block(
+    g: tuple[float, ...], base: float, width: tuple[float, float], height: tuple[float, float]
+) -> tuple[float, float, list[Part]]:
+    """A block standing on the ground line, centred: half-width ``width[0] + width[1] * g[0]``,
+    height ``height[0] + height[1] * g[1]``; returns (half-width, height, [the block])."""
+    w = width[0] + width[1] * g[0]
+    h = height[0] + height[1] * g[1]
+    return w, h, [(_rect(-w, base - h, w, base), "main")]
+
+
 def _tower(g: tuple[float, ...], base: float) -> list[Part]:
-    parts: list[Part] = []
-    w = 0.12 + 0.16 * g[0]
-    h = 0.75 + 0.45 * g[1]
-    parts.append((_rect(-w, base - h, w, base), "main"))
+    w, h, parts = _block(g, base, (0.12, 0.16), (0.75, 0.45))
     if g[2] > 0.5:
         parts.append(
             ([(-w * 1.2, base - h), (0.0, base - h - 0.25 - 0.2 * g[3]), (w * 1.2, base - h)], "second")
@@ -346,10 +353,7 @@ def _arches(g: tuple[float, ...], base: float) -> list[Part]:
 
 
 def _gable(g: tuple[float, ...], base: float) -> list[Part]:
-    parts: list[Part] = []
-    w = 0.3 + 0.3 * g[0]
-    h = 0.35 + 0.25 * g[1]
-    parts.append((_rect(-w, base - h, w, base), "main"))
+    w, h, parts = _block(g, base, (0.3, 0.3), (0.35, 0.25))
     roof = 0.2 + 0.25 * g[2]
     parts.append(([(-w - 0.06, base - h), (0.0, base - h - roof), (w + 0.06, base - h)], "second"))
     parts.append((_rect(-0.07, base - 0.22, 0.07, base), "dark"))
@@ -370,10 +374,7 @@ def _gable(g: tuple[float, ...], base: float) -> list[Part]:
 
 
 def _crenels(g: tuple[float, ...], base: float) -> list[Part]:
-    parts: list[Part] = []
-    w = 0.45 + 0.3 * g[0]
-    h = 0.3 + 0.25 * g[1]
-    parts.append((_rect(-w, base - h, w, base), "main"))
+    w, h, parts = _block(g, base, (0.45, 0.3), (0.3, 0.25))
     n = 3 + int(g[2] * 5)
     for k in range(n):
         x = -w + 2 * w * k / n
