@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw
 
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_path, folder_transaction, sha256_file
+from hglv2.gldv2.specs import hierarchy_file
 from hglv2.schema import (
     HIERARCHY_COLUMNS,
     LEVEL_COLUMNS,
@@ -64,7 +65,7 @@ BUILTIN_LANDMARKS_PER_CLUSTER = 12
 NATURAL_FAMILIES = ("peaks", "water", "cascade", "trees")
 BUILT_FAMILIES = ("tower", "arches", "gable", "crenels")
 #: the published sample hierarchy, relative to the repository root (used when present)
-DEFAULT_SAMPLE_HIERARCHY = Path("data") / "sample" / "train_label_to_hierarchical.csv"
+DEFAULT_SAMPLE_HIERARCHY = Path("data") / "sample" / hierarchy_file("train")
 
 
 @dataclass(frozen=True)

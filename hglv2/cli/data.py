@@ -7,7 +7,6 @@ import os
 import click
 
 from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE, Output, json_option
-from hglv2.fileio import write_json
 
 
 def command_line(ctx: click.Context) -> list[str]:
@@ -82,13 +81,7 @@ def download() -> None:
     help="Seconds to wait for the server on each read.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--json",
-    "json_path",
-    type=OUTPUT_FILE,
-    default=None,
-    help="Also write the per-file results as JSON.",
-)
+@json_option(help="Also write the per-file results as JSON.")
 def download_metadata(
     names: tuple[str, ...],
     dest: str,
@@ -99,8 +92,7 @@ def download_metadata(
     max_tries: int,
     timeout: float,
     progress: bool,
-    json_path: str | None,
-) -> None:
+) -> Output:
     """Fetch (or check) the GLDv2 metadata files NAMES (default: all of them).
 
     Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
@@ -120,10 +112,10 @@ def download_metadata(
         timeout=timeout,
         progress=progress,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
-    for r in records:
-        click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
+    return Output(
+        {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]},
+        [f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}" for r in records],
+    )
 
 
 def _register_images() -> None:
