@@ -495,8 +495,8 @@ def _level_ids(values: Sequence[str]) -> dict[str, int]:
     return {name: k for k, name in enumerate(sorted(set(values)))}
 
 
-#: the split schema's types (:data:`hglv2.schema.QUERY_SCHEMA`), every column nullable as the
-#: synthetic files have always been written
+#: the split schema's types (:data:`hglv2.schema.QUERY_SCHEMA`); the synthetic files declare every
+#: column nullable (optional Parquet columns)
 _SCHEMA = pa.schema([f.with_nullable(True) for f in QUERY_SCHEMA])
 
 
