@@ -385,6 +385,8 @@ def split_tables(
 def resolve_inputs(
     metadata: str | os.PathLike[str] | dict[str, Path], splits: Sequence[str] | None
 ) -> tuple[dict[str, Path], list[str]]:
+    """The metadata files by name and the splits to build: ``splits`` (each needs its required
+    files) or, for None, every split whose required files are present."""
     files = dict(metadata) if isinstance(metadata, dict) else metadata_files(metadata)
     files = {k: Path(v) for k, v in files.items()}
     if splits is None:
