@@ -15,9 +15,6 @@ labels are the (B, L) matrix the hierarchical losses and metrics take. A transfo
 ``lazy_decode`` attribute (:class:`hglv2.train.data.ImageTransform`) receives the image opened but
 not decoded, and the generator given to :meth:`HGLDv2Dataset.load`, so it can decode a JPEG at a
 reduced scale (``Image.draft``) and draw its random crop from a per-item generator.
-
-The batch samplers (:class:`MPerClassBatchSampler`, :class:`HierarchicalBatchSampler`) live in
-:mod:`hglv2.samplers`; they are re-exported here for compatibility.
 """
 
 from __future__ import annotations
@@ -40,14 +37,11 @@ from torch.utils.data._utils.collate import default_collate
 
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
-from hglv2.samplers import HierarchicalBatchSampler, MPerClassBatchSampler
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "HGLDv2Dataset",
-    "MPerClassBatchSampler",
-    "HierarchicalBatchSampler",
     "collate_skip_none",
     "index_tar_shards",
 ]

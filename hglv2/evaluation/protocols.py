@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from hglv2.errors import InputError
 from hglv2.evaluation.checkpoint import load_trained_model
 from hglv2.evaluation.embed import ImageList, embed_images
 from hglv2.fileio import atomic_path
+from hglv2.splits import manifest_image_root
 
 REVISITED = ("roxford5k", "rparis6k")
 
@@ -36,26 +36,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, arr, allow_pickle=False)
 
 
-def _manifest(data: Path) -> dict[str, Any]:
-    path = data / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        out = json.loads(path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return out if isinstance(out, dict) else {}
-
-
-def _image_root(data: Path, manifest: dict[str, Any], image_root: str | os.PathLike[str] | None) -> Path:
-    if image_root is not None:
-        root = Path(image_root)
-    elif isinstance(manifest.get("image_root"), str):
-        root = Path(manifest["image_root"])
-        if not root.is_absolute():
-            root = data / root
-    else:
-        raise InputError(f"{data}: the manifest names no image folder; give --image-root")
+def _image_root(data: Path, image_root: str | os.PathLike[str] | None) -> Path:
+    if image_root is None:
+        return manifest_image_root(data, option="--image-root")
+    root = Path(image_root)
     if not root.is_dir():
         raise InputError(f"{root}: no such image folder")
     return root
@@ -134,7 +118,7 @@ def evaluate_splits(
     query, gallery = _pick_splits(data, query, gallery)
     if gallery == query:  # one split against itself: each query excluded from its own ranking
         gallery = None
-    root = _image_root(data, _manifest(data), image_root)
+    root = _image_root(data, image_root)
     transform = build_transform(cfg, train=False)
     embs, labs = {}, {}
     for split in (query, gallery):
@@ -262,7 +246,7 @@ def evaluate_dyml_sets(
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
     data = Path(data)
-    root = _image_root(data, _manifest(data), image_root)
+    root = _image_root(data, image_root)
     transform = build_transform(cfg, train=False)
     kw = dict(batch_size=batch_size, device=dev, num_workers=num_workers, amp=amp, progress=progress)
     results: dict[str, Any] = {}

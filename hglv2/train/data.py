@@ -31,6 +31,7 @@ from PIL import Image
 from hglv2.dataset import HGLDv2Dataset
 from hglv2.errors import InputError
 from hglv2.samplers import HierarchicalBatchSampler, MPerClassBatchSampler
+from hglv2.splits import manifest_image_root
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -44,7 +45,6 @@ __all__ = [
     "build_train_loader",
     "build_transform",
     "hash_seed",
-    "manifest_image_root",
     "prepare_data",
     "to_model_input",
 ]
@@ -295,32 +295,19 @@ def prepare_data(cfg: dict[str, Any], progress: bool = False) -> Path:
     return root
 
 
-def manifest_image_root(root: Path) -> Path:
-    """The image folder of a split folder when ``data.image_root`` is null: the ``image_root`` its
-    ``manifest.json`` records (``hglv2 convert``: the dataset's own folder; relative paths are
-    relative to ``root``), else ``<root>/images`` (the synthetic data, an export with its images)."""
-    try:
-        recorded = json.loads((root / "manifest.json").read_text("utf-8")).get("image_root")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if isinstance(recorded, str) and recorded:
-        return root / recorded  # an absolute recorded path replaces root
-    return root / "images"
-
-
 def build_dataset(
     cfg: dict[str, Any], root: Path, split: str, train: bool, levels: list[str] | None = None
 ) -> HGLDv2Dataset:
     """The :class:`HGLDv2Dataset` of split ``split`` under ``root`` with the transform of ``cfg``
     (label columns ``levels``, default ``data.levels``; images under ``data.image_root``, else
-    :func:`manifest_image_root`)."""
+    :func:`hglv2.splits.manifest_image_root`)."""
     d = cfg["data"]
     image_root = d["image_root"]
     if isinstance(image_root, dict):  # one folder per split (GLDv2: train/, index/, test/)
         image_root = image_root.get(split)
         if image_root is None:
             raise InputError(f"data.image_root: no image folder for split {split!r}")
-    image_root = Path(image_root) if image_root else manifest_image_root(root)
+    image_root = Path(image_root) if image_root else manifest_image_root(root, option="data.image_root")
     return HGLDv2Dataset(
         root / f"{split}.parquet",
         image_root,
