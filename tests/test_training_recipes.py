@@ -14,13 +14,14 @@ import pytest
 import torch
 from torch import nn
 
+from hglv2.config import config_names, load_config
 from hglv2.errors import InputError
 from hglv2.models import GeM, build_model
-from hglv2.train import Trainer, load_config
-from hglv2.train.config import config_names
-from hglv2.train.data import build_batch_sampler, build_transform
+from hglv2.train import Trainer
+from hglv2.train.data import build_batch_sampler
 from hglv2.train.optim import build_scheduler, lr_factor, model_optimizer
 from hglv2.train.trainer import batch_gap
+from hglv2.transforms import build_transform
 from tests.fixtures.training import tiny_synthetic_config
 
 S = "suprank/config/"

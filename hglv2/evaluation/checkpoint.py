@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hglv2.config import load_config
 from hglv2.errors import InputError
+from hglv2.models import build_model
 
 
 def _find_config(path: Path) -> Path | None:
@@ -55,9 +57,6 @@ def load_trained_model(
     config: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained :class:`~hglv2.models.EmbeddingModel` (eval mode, on ``device``) and its config."""
-    from hglv2.models import build_model
-    from hglv2.train.config import load_config
-
     weights, cfg_path = resolve_checkpoint(run_or_file, config)
     cfg = load_config(cfg_path)
     try:

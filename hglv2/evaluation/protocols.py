@@ -27,6 +27,8 @@ from hglv2.errors import InputError
 from hglv2.evaluation.checkpoint import load_trained_model
 from hglv2.evaluation.embed import ImageList, embed_images
 from hglv2.fileio import atomic_path
+from hglv2.models import resolve_device
+from hglv2.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 REVISITED = ("roxford5k", "rparis6k")
 
@@ -107,8 +109,6 @@ def evaluate_splits(
     """
     from hglv2.dataset import HGLDv2Dataset
     from hglv2.metrics.conventions import evaluate_convention
-    from hglv2.train.data import build_transform
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
@@ -175,7 +175,8 @@ def evaluate_splits(
     return {"query": query, "gallery": gallery, "files": files, "recall_at": recall_at, "results": res}
 
 
-def _split_paths(data: Path, split: str) -> list[str]:
+def split_paths(data: Path, split: str) -> list[str]:
+    """The ``path`` column of split ``split`` under ``data``."""
     import pyarrow.parquet as pq
 
     return pq.read_table(data / f"{split}.parquet", columns=["path"])["path"].to_pylist()
@@ -270,8 +271,6 @@ def evaluate_dyml_sets(
     none has, against the whole gallery. The number of queries with a copy is reported per set.
     """
     from hglv2.dataset import HGLDv2Dataset
-    from hglv2.train.data import build_transform
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
@@ -296,7 +295,7 @@ def evaluate_dyml_sets(
                     "embeddings": str(out / f"{name}_embeddings.npy"),
                     "labels": str(out / f"{name}_labels.npy"),
                 }
-        copy = copies_in_gallery(root, _split_paths(data, f"query_{g}"), _split_paths(data, f"gallery_{g}"))
+        copy = copies_in_gallery(root, split_paths(data, f"query_{g}"), split_paths(data, f"gallery_{g}"))
         results[g] = evaluate_with_copies(q_emb, qs.labels, g_emb, gs.labels, copy, **metric_options)
     keys = [
         k
@@ -309,8 +308,6 @@ def evaluate_dyml_sets(
 
 def _revisited_transform(imsize: int):
     import torchvision.transforms as T
-
-    from hglv2.train.data import IMAGENET_MEAN, IMAGENET_STD
 
     steps: list[Any] = [T.Resize((imsize, imsize))] if imsize > 0 else []
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -334,7 +331,6 @@ def evaluate_revisited(
     """Revisited Oxford/Paris ``name`` under ``data`` (module docstring); returns the metrics of
     :func:`~hglv2.metrics.revisited.revisited_map` (``mAP_medium``, ``mAP_hard``, ...)."""
     from hglv2.metrics.revisited import load_gnd, revisited_map
-    from hglv2.train.trainer import resolve_device
 
     if name not in REVISITED:
         raise InputError(f"--protocol {name!r}: expected one of {', '.join(REVISITED)}")
@@ -383,7 +379,6 @@ def landmark_table(
     hap_convention: str = "hglv2",
 ) -> dict[str, Any]:
     """The paper's landmark table for one checkpoint (module docstring), fractions (x100 in the paper)."""
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     loaded = load_trained_model(checkpoint, dev, config)

@@ -6,9 +6,7 @@ resume) and the files written under the run folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import random
 import time
@@ -16,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
 
+from hglv2.config import config_digest, load_config
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, claim_folder, jsonl_line, write_json
+from hglv2.evaluation.embed import embed_images
+from hglv2.evaluation.protocols import copies_in_gallery, evaluate_with_copies, split_paths
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, finite_or_none, jsonl_line, write_json
 from hglv2.losses.registry import build_loss
-from hglv2.models import build_model
-from hglv2.train.config import config_digest, legacy_config_digest, load_config
+from hglv2.models import autocast, build_model, resolve_device
 from hglv2.train.data import (
     EpochBatches,
     SeededItems,
@@ -35,13 +34,13 @@ from hglv2.train.data import (
     build_train_loader,
     hash_seed,
     prepare_data,
-    to_model_input,
 )
 from hglv2.train.gradcache import grad_cache_backward
 from hglv2.train.memory import build_memory_bank
 from hglv2.train.optim import build_scheduler, criterion_optimizer, decomposability_optimizer, model_optimizer
+from hglv2.transforms import to_model_input
 
-__all__ = ["Trainer", "batch_gap", "embed", "resolve_device", "seed_everything", "train"]
+__all__ = ["Trainer", "batch_gap", "seed_everything", "train"]
 
 
 def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,38 +56,7 @@ def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
 
 # ----------------------------------------------------------------------------------------------
-# evaluation and devices
-
-
-@torch.no_grad()
-def embed(
-    model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0, amp: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, D) float32 and labels (N, L) of a dataset, in dataset order.
-
-    uint8 images are normalised on ``device`` (:func:`~hglv2.train.data.to_model_input`); on
-    CUDA the batches are pinned and NHWC (channels-last).
-    """
-    cuda = torch.device(device).type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda
-    )
-    was_training = model.training
-    model.eval()
-    embs, labs = [], []
-    for batch in loader:
-        with _autocast(device, amp):
-            e = model(to_model_input(batch["image"], device, channels_last=cuda))
-        embs.append(e.float().cpu())
-        labs.append(batch["labels"])
-    model.train(was_training)
-    return torch.cat(embs), torch.cat(labs)
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+# evaluation
 
 
 def batch_gap(
@@ -153,23 +121,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto``/None -> cuda when available else cpu; anything else as given (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: not a torch device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"--device {device!r}: expected cpu or cuda[:N]")
-    return dev
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +290,7 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
             raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-        if state.get("config_digest") not in (config_digest(self.cfg), legacy_config_digest(self.cfg)):
+        if state.get("config_digest") != config_digest(self.cfg):
             raise InputError(f"{path}: checkpoint was made with a different config; use another --out")
         self.model.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
@@ -471,10 +422,10 @@ class Trainer:
                 chunk,
                 device=self.device,
                 backward=lambda loss: self.scaler.scale(loss).backward(),
-                autocast=lambda: _autocast(self.device, self.amp),
+                autocast=lambda: autocast(self.device, self.amp),
             )
         else:
-            with _autocast(self.device, self.amp):
+            with autocast(self.device, self.amp):
                 emb = self.train_model(images)
             loss, out = self._loss(emb, labels)
             self.scaler.scale(loss).backward()
@@ -523,8 +474,6 @@ class Trainer:
     def _gallery_copies(self, ts: dict[str, Any]) -> np.ndarray:
         """Index of each query's own copy (same file content) in the test set's gallery, -1 if
         none (:func:`hglv2.evaluation.protocols.copies_in_gallery`; hashed once per run)."""
-        from hglv2.evaluation.protocols import copies_in_gallery
-
         key = (ts["query"], ts["index"])
         cache = self._copies
         if key not in cache:
@@ -534,39 +483,49 @@ class Trainer:
             if ds.shards or ds.image_root is None:  # tar shards: no per-image files to compare
                 cache[key] = np.full(len(ds), -1, dtype=np.int64)
             else:
-                paths = {
-                    s: pq.read_table(self.root / f"{s}.parquet", columns=["path"])["path"].to_pylist()
-                    for s in key
-                }
+                paths = {s: split_paths(self.root, s) for s in key}
                 cache[key] = copies_in_gallery(ds.image_root, paths[key[0]], paths[key[1]])
         return cache[key]
+
+    def _embed(self, dataset: torch.utils.data.Dataset, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and labels of ``dataset`` with the model being trained
+        (:func:`~hglv2.evaluation.embed.embed_images`: NHWC on CUDA, no finite check)."""
+        return embed_images(
+            self.model,
+            dataset,
+            batch_size=self.cfg["train"]["eval_batch_size"],
+            device=self.device,
+            num_workers=num_workers,
+            amp=self.amp,
+            progress=False,
+            channels_last=self.device.type == "cuda",
+            check_finite=False,
+            with_labels=True,
+        )
 
     def _evaluate_set(self, ts: dict[str, Any]) -> dict[str, Any]:
         """One test set's metrics; for ``data.test_sets`` with a gallery, each query's own copy in
         the gallery (DyML) is left out of its ranking, exactly as ``hglv2 evaluate --checkpoint``
         (:func:`hglv2.evaluation.protocols.evaluate_with_copies`)."""
-        from hglv2.evaluation.protocols import evaluate_with_copies
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]
 
-        def run(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(split: str) -> tuple[np.ndarray, np.ndarray]:
             ds = build_dataset(self.cfg, self.root, split, train=False, levels=ts["levels"])
-            return embed(self.model, ds, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
+            return self._embed(ds, d["num_workers"])
 
         qe, ql = run(ts["query"])
+        recall_at = tuple(t["recall_at"])
         if ts["index"] and d["test_sets"]:  # DyML: a query's own copy in the gallery is left out
             ge, gl = run(ts["index"])
-            copies = self._gallery_copies(ts)
-            res = evaluate_with_copies(
-                qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), copies, recall_at=tuple(t["recall_at"])
-            )
+            res = evaluate_with_copies(qe, ql, ge, gl, self._gallery_copies(ts), recall_at=recall_at)
             res.pop("queries_with_copy_in_gallery")
         elif ts["index"]:
             ge, gl = run(ts["index"])
-            res = evaluate(qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), recall_at=tuple(t["recall_at"]))
+            res = evaluate(qe, ql, ge, gl, recall_at=recall_at)
         else:
-            res = evaluate(qe.numpy(), ql.numpy(), recall_at=tuple(t["recall_at"]))
+            res = evaluate(qe, ql, recall_at=recall_at)
         return {
             k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
             for k, v in res.items()
@@ -614,15 +573,8 @@ class Trainer:
         if self._gap_set is None:
             self._gap_set = build_dataset(self.cfg, self.root, self.cfg["data"]["train_split"], train=False)
         with torch.random.fork_rng(devices=[]):
-            emb, lab = embed(
-                self.model,
-                torch.utils.data.Subset(self._gap_set, rows.tolist()),
-                self.cfg["train"]["eval_batch_size"],
-                self.device,
-                0,
-                self.amp,
-            )
-        gap = batch_gap(emb.numpy(), lab.numpy(), [np.searchsorted(rows, b) for b in batches])
+            emb, lab = self._embed(torch.utils.data.Subset(self._gap_set, rows.tolist()), 0)
+        gap = batch_gap(emb, lab, [np.searchsorted(rows, b) for b in batches])
         return {"batches": len(batches), "images": int(len(rows)), **gap}
 
     def _maybe_gap(self, epoch: int) -> None:
@@ -743,21 +695,13 @@ class Trainer:
                     self.out / "metrics.json",
                     {
                         "step": self.step,
-                        "metrics": json_metrics(self.last_eval),
+                        "metrics": finite_or_none(self.last_eval),
                         "config_digest": config_digest(self.cfg),
                     },
                 )
         if self.distributed:
             dist.barrier()
         return self.last_eval or {}
-
-
-def json_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``metrics`` for a JSON file: an undefined metric (NaN: no query of a test set has a
-    positive at that level) becomes ``null``, as in ``hglv2 evaluate --json``."""
-    if metrics is None:
-        return None
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def train(
