@@ -38,6 +38,14 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, arr, allow_pickle=False)
 
 
+def _save_embeddings(out: Path, name: str, emb: np.ndarray, labels: np.ndarray) -> dict[str, str]:
+    """Write ``<name>_embeddings.npy`` and ``<name>_labels.npy`` under ``out``; returns their paths."""
+    files = {"embeddings": out / f"{name}_embeddings.npy", "labels": out / f"{name}_labels.npy"}
+    _save_npy(files["embeddings"], emb)
+    _save_npy(files["labels"], labels)
+    return {k: str(v) for k, v in files.items()}
+
+
 def _manifest(data: Path) -> dict[str, Any]:
     path = data / "manifest.json"
     if not path.is_file():
@@ -117,6 +125,7 @@ def evaluate_splits(
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
+    embed_options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress)
     if query is None and gallery is None and (data / "query_fine.parquet").is_file():
         return evaluate_dyml_sets(
             None,
@@ -124,11 +133,8 @@ def evaluate_splits(
             image_root=image_root,
             out_dir=out_dir,
             device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            amp=amp,
-            progress=progress,
             model_and_config=(model, cfg),
+            **embed_options,
             **metric_options,
         )
     query, gallery = _pick_splits(data, query, gallery)
@@ -141,27 +147,12 @@ def evaluate_splits(
         if split is None:
             continue
         ds = HGLDv2Dataset(data / f"{split}.parquet", root, transform=transform)
-        embs[split] = embed_images(
-            model,
-            ds,
-            batch_size=batch_size,
-            device=dev,
-            num_workers=num_workers,
-            amp=amp,
-            progress=progress,
-            desc=split,
-        )
+        embs[split] = embed_images(model, ds, device=dev, desc=split, **embed_options)
         labs[split] = ds.labels
     files = {}
     if out_dir is not None:
-        out = Path(out_dir)
         for split in embs:
-            _save_npy(out / f"{split}_embeddings.npy", embs[split])
-            _save_npy(out / f"{split}_labels.npy", labs[split])
-            files[split] = {
-                "embeddings": str(out / f"{split}_embeddings.npy"),
-                "labels": str(out / f"{split}_labels.npy"),
-            }
+            files[split] = _save_embeddings(Path(out_dir), split, embs[split], labs[split])
     q_lab = labs[query]
     if gallery is not None:
         g_lab = labs[gallery]
@@ -287,14 +278,8 @@ def evaluate_dyml_sets(
         q_emb = embed_images(model, qs, desc=f"query_{g}", **kw)
         g_emb = embed_images(model, gs, desc=f"gallery_{g}", **kw)
         if out_dir is not None:
-            out = Path(out_dir)
             for name, emb, lab in ((f"query_{g}", q_emb, qs.labels), (f"gallery_{g}", g_emb, gs.labels)):
-                _save_npy(out / f"{name}_embeddings.npy", emb)
-                _save_npy(out / f"{name}_labels.npy", lab)
-                files[name] = {
-                    "embeddings": str(out / f"{name}_embeddings.npy"),
-                    "labels": str(out / f"{name}_labels.npy"),
-                }
+                files[name] = _save_embeddings(Path(out_dir), name, emb, lab)
         copy = copies_in_gallery(root, split_paths(data, f"query_{g}"), split_paths(data, f"gallery_{g}"))
         results[g] = evaluate_with_copies(q_emb, qs.labels, g_emb, gs.labels, copy, **metric_options)
     keys = [
