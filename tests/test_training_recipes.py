@@ -335,7 +335,7 @@ def test_per_group_learning_rates_and_sgd_nesterov():
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 1e-4]
     assert len(opt.param_groups[1]["params"]) == len(model.head_parameters())
     single = model_optimizer(_cfg(optimizer__lr=0.01), model)
-    assert len(single.param_groups) == 1  # same settings: one group (v0.1 checkpoints load)
+    assert len(single.param_groups) == 1  # same settings: one group
     sgd = model_optimizer(_cfg(optimizer__name="sgd", optimizer__nesterov=True, optimizer__lr=0.1), model)
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9

@@ -29,6 +29,16 @@ def _find_config(path: Path) -> Path | None:
     return None
 
 
+def default_eval_dir(run_or_file: str | os.PathLike[str], data: str | os.PathLike[str]) -> Path:
+    """Where the embeddings of ``data`` go by default: ``<run>/eval/<data folder name>``, the run
+    being the folder itself, or the folder of a checkpoint file (above ``checkpoints/``)."""
+    ckpt = Path(run_or_file)
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    if run.name == "checkpoints":
+        run = run.parent
+    return run / "eval" / Path(data).resolve().name
+
+
 def resolve_checkpoint(
     run_or_file: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
 ) -> tuple[Path, Path]:
