@@ -38,9 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hglv2.config import load_config  # noqa: E402
 from hglv2.losses import build_loss  # noqa: E402
 from hglv2.models import build_model  # noqa: E402
-from hglv2.train.config import load_config  # noqa: E402
 from hglv2.train.gradcache import grad_cache_backward  # noqa: E402
 from hglv2.train.optim import decomposability_optimizer, model_optimizer  # noqa: E402
 

@@ -43,8 +43,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from hglv2.config import load_config  # noqa: E402
 from hglv2.fileio import write_json  # noqa: E402
-from hglv2.train import Trainer, load_config, prepare_data  # noqa: E402
+from hglv2.train import Trainer, prepare_data  # noqa: E402
 
 
 def _photo(args: tuple[str, str, int, int]) -> int:
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         steady = _steady(trainer.log_path, batch, args.warmup)
 
         # the same step on one batch already on the device: the compute-only rate
-        from hglv2.train.data import SeededItems, to_model_input
+        from hglv2.train.data import SeededItems
+        from hglv2.transforms import to_model_input
 
         items = SeededItems(trainer.train_set)
         keys = trainer._epoch_batches(0, 0)[1][0]

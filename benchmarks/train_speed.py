@@ -50,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from hglv2.config import load_config  # noqa: E402
 from hglv2.fileio import write_json  # noqa: E402
 from hglv2.losses.registry import build_loss  # noqa: E402
 from hglv2.models import build_model  # noqa: E402
@@ -59,18 +60,11 @@ from hglv2.train import (  # noqa: E402
     build_batch_sampler,
     build_dataset,
     hash_seed,
-    load_config,
     prepare_data,
     seed_everything,
 )
-from hglv2.train.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hglv2.train.optim import lr_factor  # noqa: E402
-
-try:  # this branch's per-batch conversion (absent before it)
-    from hglv2.train.data import to_model_input
-except ImportError:  # pragma: no cover - older code
-    to_model_input = None
-
+from hglv2.transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # the bare loop

@@ -12,7 +12,7 @@ one row per image with the columns of :data:`hglv2.schema.SPLIT_COLUMNS`. Images
 An item is ``dict(image=Tensor, labels=LongTensor (L,), id=str)``; ``labels`` holds the chosen
 level columns (``level0`` = landmark id, coarser levels after it, -1 where unknown), so a batch's
 labels are the (B, L) matrix the hierarchical losses and metrics take. A transform with a
-``lazy_decode`` attribute (:class:`hglv2.train.data.ImageTransform`) receives the image opened but
+``lazy_decode`` attribute (:class:`hglv2.transforms.ImageTransform`) receives the image opened but
 not decoded, and the generator given to :meth:`HGLDv2Dataset.load`, so it can decode a JPEG at a
 reduced scale (``Image.draft``) and draw its random crop from a per-item generator.
 """

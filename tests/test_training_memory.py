@@ -7,9 +7,10 @@ import copy
 import pytest
 import torch
 
+from hglv2.config import load_config
 from hglv2.errors import InputError
 from hglv2.losses import build_loss
-from hglv2.train import Trainer, load_config
+from hglv2.train import Trainer
 from hglv2.train.memory import MemoryBank, build_memory_bank
 from tests.test_training_train import _batch, tiny_config
 

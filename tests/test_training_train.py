@@ -13,16 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hglv2.config import config_names, load_config
 from hglv2.errors import InputError
-from hglv2.train import (
-    ContrastiveLoss,
-    Trainer,
-    config_names,
-    contrastive_loss,
-    load_config,
-    lr_factor,
-)
-from hglv2.train.data import to_model_input
+from hglv2.losses import ContrastiveLoss, contrastive_loss
+from hglv2.train import Trainer, lr_factor
+from hglv2.transforms import to_model_input
 from tests.fixtures.training import tiny_synthetic_config
 
 
