@@ -6,7 +6,14 @@ import os
 
 import click
 
-from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE
+from hglv2.cli._options import (
+    OUTPUT_DIR,
+    OUTPUT_FILE,
+    Output,
+    download_target_options,
+    json_option,
+    network_options,
+)
 from hglv2.fileio import write_json
 
 
@@ -45,19 +52,7 @@ def download() -> None:
 
 @download.command("metadata")
 @click.argument("names", nargs=-1)
-@click.option(
-    "--dest",
-    type=OUTPUT_DIR,
-    default="data/gldv2",
-    show_default=True,
-    help="Folder for the metadata files and the lock file.",
-)
-@click.option(
-    "--base-url",
-    type=HTTP_URL,
-    default=None,
-    help="Server holding metadata/ and ground_truth/ (default: https://s3.amazonaws.com/google-landmark).",
-)
+@download_target_options("Folder for the metadata files and the lock file.", "metadata/ and ground_truth/")
 @click.option("--offline", is_flag=True, help="Download nothing; check the files on disk against the lock.")
 @click.option(
     "--lock",
@@ -66,29 +61,8 @@ def download() -> None:
     default=None,
     help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
 )
-@click.option(
-    "--contact",
-    envvar="HGLV2_CONTACT",
-    default="anonymous",
-    show_default=True,
-    help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
-)
-@click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.1, None),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the server on each read.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--json",
-    "json_path",
-    type=OUTPUT_FILE,
-    default=None,
-    help="Also write the per-file results as JSON.",
-)
+@network_options(timeout_help="Seconds to wait for the server on each read.")
+@json_option(help="Also write the per-file results as JSON.")
 def download_metadata(
     names: tuple[str, ...],
     dest: str,
@@ -99,8 +73,7 @@ def download_metadata(
     max_tries: int,
     timeout: float,
     progress: bool,
-    json_path: str | None,
-) -> None:
+) -> Output:
     """Fetch (or check) the GLDv2 metadata files NAMES (default: all of them).
 
     Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
@@ -108,6 +81,7 @@ def download_metadata(
     """
     from hglv2.gldv2.downloads import download
     from hglv2.gldv2.specs import DEFAULT_BASE_URL
+    from hglv2.http import Retries
 
     records = download(
         names or None,
@@ -116,14 +90,13 @@ def download_metadata(
         offline=offline,
         lock_path=lock_path,
         contact=contact,
-        max_tries=max_tries,
-        timeout=timeout,
+        retries=Retries(timeout=timeout, max_tries=max_tries),
         progress=progress,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
-    for r in records:
-        click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
+    return Output(
+        data={"dest": os.fspath(dest), "files": [r.as_dict() for r in records]},
+        lines=[f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}" for r in records],
+    )
 
 
 def _register_images() -> None:
