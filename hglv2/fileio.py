@@ -14,6 +14,10 @@ Outputs are transactions at three sizes:
 - a whole folder (``hglv2 export``, ``hglv2 synthesize``): :func:`folder_transaction` writes into a
   hidden staging folder beside ``out`` under a lock and swaps it into place; the folder carries an
   owner marker (:data:`OWNER_FILE`) so that a command only ever replaces a folder it wrote itself.
+
+:func:`file_lock` is the one inter-process lock (``flock``; waiting or failing at once), and
+:func:`write_json` / :func:`jsonl_line` the JSON writers, which write non-finite floats as ``null``
+(:func:`finite_or_none`).
 """
 
 from __future__ import annotations
