@@ -2,7 +2,7 @@
 
 1. Preparation, images/s per core: generated official-shaped tar shards (``images_NNN.tar``,
    members ``a/b/c/<id>.jpg``; default 800x600 JPEGs of ~100-150 KB, the GLDv2 average being
-   ~120 KB) re-encoded to ``--max-side`` by ``hglv2.images.prepare_images`` with one worker,
+   ~120 KB) re-encoded to ``--max-side`` by ``hglv2.reencode.prepare_images`` with one worker,
    beside a plain PIL loop doing the same per image without draft mode (full decode, bicubic
    resize, same JPEG settings), in the same run; then with ``--jobs`` workers for the scaling.
 2. Training data-loader throughput before/after: ``HGLDv2Dataset`` over the official-sized shards
@@ -69,7 +69,7 @@ def plain_pil_loop(source: Path, max_side: int, quality: int) -> float:
     """The peer: same output per image without draft mode, one process; returns images/s."""
     from PIL import Image
 
-    from hglv2.images import target_size
+    from hglv2.reencode import target_size
 
     count, t0 = 0, time.perf_counter()
     for shard in sorted(source.glob("*.tar")):
@@ -88,10 +88,10 @@ def plain_pil_loop(source: Path, max_side: int, quality: int) -> float:
 
 
 def draft_effect(size: tuple[int, int], max_side: int, quality: int, n: int = 20) -> tuple[float, float]:
-    """images/s of a full decode + resize vs :func:`hglv2.images.resize_image` on 2x-sized JPEGs."""
+    """images/s of a full decode + resize vs :func:`hglv2.reencode.resize_image` on 2x-sized JPEGs."""
     from PIL import Image
 
-    from hglv2.images import PrepareSettings, resize_image, target_size
+    from hglv2.reencode import PrepareSettings, resize_image, target_size
 
     rng = np.random.default_rng(1)
     datas = []
@@ -150,7 +150,7 @@ def main() -> None:
     import pyarrow as pa
 
     from hglv2.fileio import write_parquet
-    from hglv2.images import prepare_images
+    from hglv2.reencode import prepare_images
     from hglv2.schema import image_relpath
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
