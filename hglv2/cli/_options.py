@@ -152,18 +152,6 @@ def json_option(help: str = "Also write the results here as JSON.") -> Callable:
     return decorator
 
 
-def fail_after_output(error: Exception) -> None:
-    """Make the command end with ``error`` (one ``Error:`` line, exit code 2) after its
-    :class:`Output` is written and printed: for a command whose results, partial failures
-    included, belong in ``--json`` and on stdout before it fails."""
-    ctx = click.get_current_context().find_root()
-
-    def fail() -> None:
-        raise error
-
-    ctx.call_on_close(fail)
-
-
 #: The image splits of the GLDv2 release (each a folder of tar shards).
 IMAGE_SPLIT = click.Choice(["train", "index", "test"])
 

@@ -15,12 +15,11 @@ from hglv2.cli._options import (
     OUTPUT_FILE,
     Output,
     download_target_options,
-    fail_after_output,
     json_option,
     network_options,
     progress_option,
 )
-from hglv2.errors import InputError, NetworkError
+from hglv2.errors import InputError
 
 
 @click.command("prepare-images")
@@ -164,9 +163,8 @@ def download_images(
         raise_on_error=False,
     )
     failed = [r for r in records if r.status == "failed"]
-    if failed:
-        fail_after_output(NetworkError(gshards.failure_summary(failed)))
     return Output(
+        error=gshards.failure_summary(failed) if failed else None,
         data={"dest": os.fspath(dest), "split": split, "shards": [r.as_dict() for r in records]},
         lines=[
             f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}"
