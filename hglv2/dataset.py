@@ -38,6 +38,7 @@ from torch.utils.data._utils.collate import default_collate
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
 from hglv2.reencode import TAR_INDEX_SCHEMA
+from hglv2.schema import present_level_columns
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ def index_tar_shards(
 
 def _resolve_levels(levels: Sequence[int | str] | None, columns: Sequence[str]) -> list[str]:
     if levels is None:  # every level0, level1, ... column of the split, finest first
-        levels = []
-        while f"level{len(levels)}" in columns:
-            levels.append(f"level{len(levels)}")
+        levels = present_level_columns(columns)
         if not levels:
             raise InputError(f"the split has no level0 column (have {', '.join(columns)})")
     out = []
