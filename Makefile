@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	touch $(STAMP)
 
-test: install
-	$(VENV)/bin/ruff check .
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# ruff, the layer contracts of DESIGN.md (import-linter) and declared vs imported dependencies (deptry)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
