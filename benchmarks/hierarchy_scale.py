@@ -74,6 +74,9 @@ LM_BASE, CAT_BASE, OLD_BASE = 1_000_000_000, 1_400_000_000, 1_800_000_000
 
 # ------------------------------------------------------------------------------------------ world
 
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"scale": 0.001, "latency": 0.0}
+
 
 def build_classes(n_classes: int, rng: random.Random) -> tuple[dict[str, dict], dict[str, str], list[str]]:
     """Class entities (real upper classes + synthetic DAG), redirects, and the synthetic QIDs."""
@@ -411,7 +414,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args()
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"images": 40, "per_shard": 20}
+
 
 def _photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A colour image with smooth structure and fine texture (compresses like a photo)."""
@@ -162,7 +165,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="workers for the scaling run")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,10 @@ class PlainImages(torch.utils.data.Dataset):
             return self.transform(img.convert("RGB")), self.labels[i]
 
 
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"steps": 5, "rounds": 1, "workers": "0", "items": 32}
+
+
 def plain_transform(cfg: dict) -> T.Compose:
     d = cfg["data"]
     size = d["image_size"]
@@ -296,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-floor", action="store_true", help="skip the compute-only floor")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
