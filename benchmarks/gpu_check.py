@@ -44,7 +44,7 @@ def run_metrics(device: torch.device, small: bool) -> dict[str, Any]:
     from _gpu_metrics import check_metrics
 
     if small:
-        return check_metrics(device=str(device), queries=300, gallery=20_000, subset=50)
+        return check_metrics(device=str(device), queries=100, gallery=5_000, subset=20)
     return check_metrics(device=str(device), queries=10_000, gallery=1_000_000, subset=200)
 
 
