@@ -31,7 +31,7 @@ import sys
 import time
 
 # --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
-QUICK = {"queries": 200, "gallery": 20_000, "peer_queries": 200, "peer_gallery": 20_000, "repeat": 1}
+QUICK = {"queries": 200, "gallery": 20_000, "peer_queries": 100, "peer_gallery": 10_000, "repeat": 1}
 
 
 def _peak_rss_gb() -> float:
