@@ -50,9 +50,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "pipelines"))
 
-from fake_wikidata import FakeWikidata, World  # noqa: E402
 from make_sample import (  # noqa: E402
     CATEGORY_ITEM,
     CLASS_REDIRECTS,
@@ -64,6 +62,8 @@ from make_sample import (  # noqa: E402
     _entity,
     _url,
 )
+
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
 
 RELEASE_LANDMARKS = 300_000
 RELEASE_CLASSES = 50_000

@@ -2,11 +2,10 @@
 
 import json
 import sqlite3
-import sys
-from pathlib import Path
 
 import pytest
 import requests
+from make_sample import build_world  # noqa: E402
 
 from hglv2.errors import NetworkError
 from hglv2.hierarchy.wikidata import (
@@ -19,10 +18,7 @@ from hglv2.hierarchy.wikidata import (
     request_key,
     user_agent,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-from make_sample import build_world  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
 
 
 @pytest.fixture(scope="module")
