@@ -51,7 +51,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from make_sample import (  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import (  # noqa: E402
     CATEGORY_ITEM,
     CLASS_REDIRECTS,
     KINDS,
@@ -62,8 +63,6 @@ from make_sample import (  # noqa: E402
     _entity,
     _url,
 )
-
-from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
 
 RELEASE_LANDMARKS = 300_000
 RELEASE_CLASSES = 50_000

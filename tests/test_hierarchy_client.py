@@ -5,7 +5,6 @@ import sqlite3
 
 import pytest
 import requests
-from make_sample import build_world  # noqa: E402
 
 from hglv2.errors import NetworkError
 from hglv2.hierarchy.wikidata import (
@@ -19,6 +18,7 @@ from hglv2.hierarchy.wikidata import (
     user_agent,
 )
 from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import build_world  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from make_sample import build_world  # noqa: E402
-
 from hglv2.cli import main  # noqa: E402
 from hglv2.errors import InputError  # noqa: E402
 from hglv2.hierarchy.dump import (  # noqa: E402
@@ -26,6 +24,7 @@ from hglv2.hierarchy.graph import fetch_graph, write_graph  # noqa: E402
 from hglv2.hierarchy.resolve import read_categories, resolve_categories  # noqa: E402
 from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient  # noqa: E402
 from pipelines.fake_wikidata import FakeWikidata  # noqa: E402
+from pipelines.make_sample import build_world  # noqa: E402
 
 
 def write_dump(world, path: Path) -> None:

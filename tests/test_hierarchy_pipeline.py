@@ -22,9 +22,8 @@ from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 REVIEW = ROOT / "data" / "review"
-from make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
-
 from pipelines.fake_wikidata import FAULTS, FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
 
 OUTPUTS = (
     "resolved.parquet",
