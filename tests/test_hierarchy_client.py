@@ -204,7 +204,7 @@ def test_parse_item_ranks_and_redirects(world, tmp_path):
 
 
 def test_p373_fallback_escapes_sparql_literals(tmp_path):
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     from hglv2.hierarchy.resolve import resolve_categories
 
@@ -279,7 +279,7 @@ def test_cache_is_per_title_so_one_new_landmark_fetches_one_title(tmp_path):
 
 
 def test_titles_are_nfc_normalised(tmp_path):
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     from hglv2.hierarchy.resolve import resolve_categories
 
