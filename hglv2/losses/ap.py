@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from hglv2.errors import InputError
-from hglv2.losses.base import RankLossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.base import (
+    RankLossBase,
+    reduce_queries,
+    scores_and_levels,
+)
 from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 
 __all__ = ["sup_ap", "SupAP", "SmoothAP"]
@@ -46,13 +49,7 @@ def sup_ap(
         chunk_size: score elements processed at once (memory bound).
         reduction: ``"mean"`` (0-d tensor) or ``"none"`` ((B,) per-query losses).
     """
-    embeddings, labels, ref_embeddings, ref_labels = check_inputs(
-        embeddings, labels, ref_embeddings, ref_labels
-    )
-    if not 0 <= level < labels.size(1):
-        raise InputError(f"level: {level} out of range for labels with {labels.size(1)} columns")
-    scores = similarity(embeddings, ref_embeddings)
-    levels = level_matrix(labels[:, level : level + 1], ref_labels[:, level : level + 1])
+    scores, levels, _ = scores_and_levels(embeddings, labels, ref_embeddings, ref_labels, level)
     pair_q, _, rank, rank_plus = pair_ranks(scores, levels, None, config, chunk_size)
     n_pos = levels.sum(1, dtype=scores.dtype)
     ap = scores.new_zeros(scores.size(0)).index_add(0, pair_q, rank_plus / rank)

@@ -119,6 +119,30 @@ def level_matrix(labels: Tensor, ref_labels: Tensor) -> Tensor:
     return pair_levels(labels, ref_labels, out)
 
 
+def scores_and_levels(
+    embeddings: object,
+    labels: object,
+    ref_embeddings: object | None = None,
+    ref_labels: object | None = None,
+    level: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Checked inputs -> ``(scores, levels, labels)``: the (B, N) similarities, the (B, N) relevance
+    levels (:func:`level_matrix`) and the (B, L) labels they came from.
+
+    With ``level``, only that label column defines relevance (a binary metric): ``levels`` is 0/1
+    and ``labels`` is that one column, (B, 1).
+    """
+    embeddings, labels, ref_embeddings, ref_labels = check_inputs(
+        embeddings, labels, ref_embeddings, ref_labels
+    )
+    if level is not None:
+        if not 0 <= level < labels.size(1):
+            raise InputError(f"level: {level} out of range for labels with {labels.size(1)} columns")
+        labels, ref_labels = labels[:, level : level + 1], ref_labels[:, level : level + 1]
+    scores = similarity(embeddings, ref_embeddings)
+    return scores, level_matrix(labels, ref_labels), labels
+
+
 def relevance_table(
     levels: Tensor,
     num_levels: int,

@@ -26,11 +26,9 @@ from torch import Tensor
 
 from hglv2.losses.base import (
     RankLossBase,
-    check_inputs,
-    level_matrix,
     reduce_queries,
     relevance_table,
-    similarity,
+    scores_and_levels,
 )
 from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 from hglv2.relevance import check_relevance
@@ -60,11 +58,7 @@ def sup_hap(
         config: step functions; ``approximation="exact"`` gives exactly ``1 - H-AP``.
         reduction: ``"mean"`` or ``"none"``.
     """
-    embeddings, labels, ref_embeddings, ref_labels = check_inputs(
-        embeddings, labels, ref_embeddings, ref_labels
-    )
-    scores = similarity(embeddings, ref_embeddings)
-    levels = level_matrix(labels, ref_labels)
+    scores, levels, labels = scores_and_levels(embeddings, labels, ref_embeddings, ref_labels)
     table, norm = relevance_table(levels, labels.size(1), relevance, alpha, scores.dtype)
     pair_q, _, rank, hrank = pair_ranks(scores, levels, table, config, chunk_size)
     hap = scores.new_zeros(scores.size(0)).index_add(0, pair_q, hrank / rank)

@@ -18,7 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hglv2.losses.base import RankLossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.base import (
+    RankLossBase,
+    reduce_queries,
+    scores_and_levels,
+)
 from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 
 __all__ = ["sup_ndcg", "SupNDCG", "ideal_dcg"]
@@ -49,11 +53,7 @@ def sup_ndcg(
     reduction: str = "mean",
 ) -> Tensor:
     """``1 - SupNDCG`` averaged over queries (see module docstring). Labels (B, L)."""
-    embeddings, labels, ref_embeddings, ref_labels = check_inputs(
-        embeddings, labels, ref_embeddings, ref_labels
-    )
-    scores = similarity(embeddings, ref_embeddings)
-    levels = level_matrix(labels, ref_labels)
+    scores, levels, labels = scores_and_levels(embeddings, labels, ref_embeddings, ref_labels)
     pair_q, pair_k, rank, _ = pair_ranks(scores, levels, None, config, chunk_size, need_plus=False)
     gain = torch.pow(2.0, levels[pair_q, pair_k].to(scores.dtype)) - 1.0
     dcg = scores.new_zeros(scores.size(0)).index_add(0, pair_q, gain / torch.log2(1.0 + rank))

@@ -19,7 +19,11 @@ import torch
 from torch import Tensor
 
 from hglv2.errors import InputError
-from hglv2.losses.base import RankLossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.base import (
+    RankLossBase,
+    reduce_queries,
+    scores_and_levels,
+)
 from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 
 __all__ = ["sup_recall", "SupRecall"]
@@ -39,18 +43,12 @@ def sup_recall(
     reduction: str = "mean",
 ) -> Tensor:
     """``1 - SupRecall`` averaged over queries (see module docstring)."""
-    embeddings, labels, ref_embeddings, ref_labels = check_inputs(
-        embeddings, labels, ref_embeddings, ref_labels
-    )
     ks = [int(k) for k in at_k]
     if not ks or min(ks) < 1:
         raise InputError(f"at_k: expected positive integers, got {list(at_k)}")
     if not temperature > 0:
         raise InputError(f"temperature: must be > 0, got {temperature}")
-    if not 0 <= level < labels.size(1):
-        raise InputError(f"level: {level} out of range for labels with {labels.size(1)} columns")
-    scores = similarity(embeddings, ref_embeddings)
-    levels = level_matrix(labels[:, level : level + 1], ref_labels[:, level : level + 1])
+    scores, levels, _ = scores_and_levels(embeddings, labels, ref_embeddings, ref_labels, level)
     pair_q, _, rank, _ = pair_ranks(scores, levels, None, config, chunk_size, need_plus=False)
     n_pos = levels.sum(1, dtype=scores.dtype)
     recall = scores.new_zeros(scores.size(0))
