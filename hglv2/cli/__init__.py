@@ -32,7 +32,7 @@ from hglv2.errors import InputError, NetworkError
 
 # subcommand name -> "module:attribute"; each stage owns its module.
 _COMMANDS = {
-    "download": "hglv2.cli.data:download",
+    "download": "hglv2.cli.download:download",
     "export": "hglv2.cli.data:export",
     "prepare-images": "hglv2.cli.images:prepare_images",
     "convert": "hglv2.cli.convert:convert",

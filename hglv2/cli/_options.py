@@ -161,11 +161,29 @@ def progress_option(f: Callable) -> Callable:
     return click.option("--progress/--no-progress", default=True, show_default=True)(f)
 
 
+@dataclass(frozen=True)
+class Network:
+    """The network options of a download command: the User-Agent ``contact``, the ``retries``
+    policy (:class:`hglv2.http.Retries`: timeout and tries) and whether to show ``progress``."""
+
+    contact: str
+    retries: Any
+    progress: bool
+
+
 def network_options(timeout_help: str | None = None) -> Callable:
     """The options of every download, in this order: ``--contact`` (the User-Agent contact),
-    ``--max-tries`` (tries of each request), ``--timeout`` and ``--progress/--no-progress``."""
+    ``--max-tries`` (tries of each request), ``--timeout`` and ``--progress/--no-progress``; the
+    command receives them as one ``network`` argument (:class:`Network`)."""
 
-    def decorator(f: Callable) -> Callable:
+    def decorator(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def f(*args: Any, contact: str, max_tries: int, timeout: float, progress: bool, **kwargs: Any) -> Any:
+            from hglv2.http import Retries
+
+            network = Network(contact, Retries(timeout=timeout, max_tries=max_tries), progress)
+            return command(*args, network=network, **kwargs)
+
         f = progress_option(f)
         f = click.option(
             "--timeout", type=click.FloatRange(0.1, None), default=60.0, show_default=True, help=timeout_help

@@ -1,19 +1,10 @@
-"""``hglv2 download`` and ``hglv2 export``: GLDv2 metadata in, Parquet splits out."""
+"""``hglv2 export``: GLDv2 metadata in, Parquet splits out."""
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from hglv2.cli._options import (
-    OUTPUT_DIR,
-    OUTPUT_FILE,
-    Output,
-    download_target_options,
-    json_option,
-    network_options,
-)
+from hglv2.cli._options import OUTPUT_DIR, Output, json_option
 
 
 def command_line(ctx: click.Context) -> list[str]:
@@ -33,78 +24,6 @@ def command_line(ctx: click.Context) -> list[str]:
         elif value is not None:
             out += [flag, str(value)]
     return out
-
-
-class _MetadataByDefault(click.Group):
-    """``hglv2 download [NAMES...]`` means ``hglv2 download metadata [NAMES...]``."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
-            args = ["metadata", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=_MetadataByDefault, context_settings={"help_option_names": ["-h", "--help"]})
-def download() -> None:
-    """Fetch GLDv2 files: `download [metadata] [NAMES...]` or `download images --split ...`."""
-
-
-@download.command("metadata")
-@click.argument("names", nargs=-1)
-@download_target_options("Folder for the metadata files and the lock file.", "metadata/ and ground_truth/")
-@click.option("--offline", is_flag=True, help="Download nothing; check the files on disk against the lock.")
-@click.option(
-    "--lock",
-    "lock_path",
-    type=OUTPUT_FILE,
-    default=None,
-    help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
-)
-@network_options(timeout_help="Seconds to wait for the server on each read.")
-@json_option(help="Also write the per-file results as JSON.")
-def download_metadata(
-    names: tuple[str, ...],
-    dest: str,
-    base_url: str | None,
-    offline: bool,
-    lock_path: str | None,
-    contact: str,
-    max_tries: int,
-    timeout: float,
-    progress: bool,
-) -> Output:
-    """Fetch (or check) the GLDv2 metadata files NAMES (default: all of them).
-
-    Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
-    size and sha256 recorded in the lock file at its first download.
-    """
-    from hglv2.gldv2.downloads import download
-    from hglv2.gldv2.specs import DEFAULT_BASE_URL
-    from hglv2.http import Retries
-
-    records = download(
-        names or None,
-        dest,
-        base_url=base_url or DEFAULT_BASE_URL,
-        offline=offline,
-        lock_path=lock_path,
-        contact=contact,
-        retries=Retries(timeout=timeout, max_tries=max_tries),
-        progress=progress,
-    )
-    return Output(
-        data={"dest": os.fspath(dest), "files": [r.as_dict() for r in records]},
-        lines=[f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}" for r in records],
-    )
-
-
-def _register_images() -> None:
-    from hglv2.cli.images import download_images
-
-    download.add_command(download_images, "images")
-
-
-_register_images()
 
 
 @click.command()

@@ -1,6 +1,5 @@
-"""``hglv2 prepare-images`` (re-encode a split's image shards to a bounded size, see
-:mod:`hglv2.reencode`) and ``hglv2 download images`` (the official shards, see
-:mod:`hglv2.gldv2.shards`)."""
+"""``hglv2 prepare-images``: re-encode a split's image shards to a bounded size (see
+:mod:`hglv2.reencode`)."""
 
 from __future__ import annotations
 
@@ -12,11 +11,8 @@ import click
 from hglv2.cli._options import (
     IMAGE_SPLIT,
     OUTPUT_DIR,
-    OUTPUT_FILE,
     Output,
-    download_target_options,
     json_option,
-    network_options,
     progress_option,
 )
 from hglv2.errors import InputError
@@ -113,62 +109,3 @@ def prepare_images(
         f"{res['images_prepared_now']:,d} images now at {res['images_per_s']:,.1f}/s with {jobs} jobs"
     )
     return Output(data=res, lines=[summary])
-
-
-@click.command("images")
-@click.option("--split", type=IMAGE_SPLIT, required=True)
-@click.option("--shards", "shard_spec", default=None, help="Shard numbers, e.g. 0-9,42 (default: all).")
-@click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Files at once.")
-@download_target_options(
-    "Download folder: shards go to DEST/<split>/, the lock file is DEST/gldv2.lock.json.",
-    "<split>/ and md5sum/",
-)
-@click.option("--verify", is_flag=True, help="Re-hash every shard on disk (default: trust size + lock).")
-@click.option("--lock", "lock_path", type=OUTPUT_FILE, default=None, help="Lock file.")
-@network_options()
-@json_option(help="Per-shard results.")
-def download_images(
-    split: str,
-    shard_spec: str | None,
-    jobs: int,
-    dest: str,
-    base_url: str | None,
-    verify: bool,
-    lock_path: str | None,
-    contact: str,
-    max_tries: int,
-    timeout: float,
-    progress: bool,
-) -> Output:
-    """Fetch the image tar shards of a split, each checked against its official md5 (never extracted).
-
-    Resumes cut transfers with HTTP Range, checks the free disk space first, and records verified
-    shards in the lock file so a re-run does not re-hash them (unless --verify).
-    """
-    from hglv2.gldv2 import shards as gshards
-    from hglv2.gldv2.specs import DEFAULT_BASE_URL
-    from hglv2.http import Retries
-
-    records = gshards.download_images(
-        split,
-        dest,
-        shards=gshards.parse_shards(shard_spec, split),
-        jobs=jobs,
-        verify=verify,
-        base_url=base_url or DEFAULT_BASE_URL,
-        lock_path=lock_path,
-        contact=contact,
-        retries=Retries(timeout=timeout, max_tries=max_tries),
-        progress=progress,
-        raise_on_error=False,
-    )
-    failed = [r for r in records if r.status == "failed"]
-    return Output(
-        error=gshards.failure_summary(failed) if failed else None,
-        data={"dest": os.fspath(dest), "split": split, "shards": [r.as_dict() for r in records]},
-        lines=[
-            f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}"
-            for r in records
-            if r.status != "failed"
-        ],
-    )
