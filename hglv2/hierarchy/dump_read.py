@@ -1,0 +1,369 @@
+"""Reading a Wikidata JSON dump once: decompression, framing, and the compact facts of each entity.
+
+The dump (``latest-all.json[.gz|.bz2]``) is a JSON array with one entity per line: ``[``, then
+lines ``{...},``, the last entity without the comma, then ``]``. :func:`read_facts` streams it and
+yields Arrow record batches of :data:`FACTS_SCHEMA`, one row per item (``Q`` id):
+
+- ``.gz`` is inflated by rapidgzip (parallel, multi-member), ``.bz2`` by indexed_bzip2 (parallel,
+  multi-stream), ``.json`` is read as is; each with ``threads`` decompression threads;
+- the decompressed bytes are cut into blocks of whole lines; each block is decoded in one call by
+  msgspec into structs that name only the fields kept (labels ``en``/``mul``; claims P31, P279,
+  P301, P373 with their ranks; sitelinks ``enwiki``/``commonswiki``; ``lastrevid``): msgspec
+  validates and skips everything else (descriptions, aliases, other claims, qualifiers,
+  references) without building Python objects for it;
+- with ``workers`` > 0 the blocks are decoded by that many worker processes (which die with the
+  parent, :mod:`hglv2.processes`), the parent only decompresses and cuts.
+
+Nothing is silently partial: a corrupt or truncated compressed stream, a file that is not a dump
+(an HTML page, another format), a first line other than ``[``, a line that is not an entity, or a
+stream that ends without the closing ``]`` raise :class:`DumpError` naming the file and the byte
+offset (in the decompressed JSON) where reading broke.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from hglv2.errors import InputError
+
+#: bytes of decompressed JSON per block (a block is decoded in one call)
+BLOCK_BYTES = 4 << 20
+#: the ranks as stored (``rank`` column of a claim): deprecated < normal < preferred
+RANKS = ("deprecated", "normal", "preferred")
+CLAIM_PROPS = ("P31", "P279", "P301", "P373")
+
+_CLAIM = pa.list_(pa.struct([("value", pa.string()), ("rank", pa.int8())]))
+FACTS_SCHEMA = pa.schema(
+    [
+        ("qid", pa.int64()),
+        ("lastrevid", pa.int64()),
+        ("label_en", pa.string()),
+        ("label_mul", pa.string()),
+        ("enwiki", pa.string()),
+        ("commonswiki", pa.string()),
+        *[(p, _CLAIM) for p in CLAIM_PROPS],
+    ]
+)
+_MAGIC = {".gz": (b"\x1f\x8b", "gzip"), ".bz2": (b"BZh", "bzip2")}
+_FORMAT = {".gz": "gzip", ".bz2": "bzip2"}
+_AT_BYTE = re.compile(r"\(?at byte ([0-9]+)\)?|\(byte ([0-9]+)\)")
+
+
+class DumpError(InputError):
+    """The dump is damaged or not a dump; the message names the file and the byte offset."""
+
+
+# -- what msgspec decodes of an entity line (everything else is validated and skipped) --------
+
+
+class _Text(msgspec.Struct):
+    value: str
+
+
+class _Labels(msgspec.Struct):
+    en: _Text | None = None
+    mul: _Text | None = None
+
+
+class _Link(msgspec.Struct):
+    title: str
+
+
+class _Sitelinks(msgspec.Struct):
+    enwiki: _Link | None = None
+    commonswiki: _Link | None = None
+
+
+class _Value(msgspec.Struct):
+    value: Any = None
+
+
+class _Snak(msgspec.Struct):
+    snaktype: str = "value"
+    datavalue: _Value | None = None
+
+
+class _Claim(msgspec.Struct):
+    mainsnak: _Snak
+    rank: str = "normal"
+
+
+class _Claims(msgspec.Struct, rename={"p31": "P31", "p279": "P279", "p301": "P301", "p373": "P373"}):
+    p31: list[_Claim] = []
+    p279: list[_Claim] = []
+    p301: list[_Claim] = []
+    p373: list[_Claim] = []
+
+
+class _Entity(msgspec.Struct):
+    id: str
+    labels: _Labels | list[Any] | None = None
+    claims: _Claims | list[Any] | None = None
+    sitelinks: _Sitelinks | list[Any] | None = None
+    lastrevid: int | None = None
+
+
+_BLOCK = msgspec.json.Decoder(list[_Entity])
+_LINE = msgspec.json.Decoder(_Entity)
+
+
+# -- decompression ---------------------------------------------------------------------------
+
+
+def check_dump_path(path: str) -> None:
+    """The dump exists and is named like one (``.json``, ``.json.gz``, ``.json.bz2``)."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such dump file")
+    if not path.endswith((".json", ".json.gz", ".json.bz2")):
+        raise InputError(f"{path}: a Wikidata JSON dump ends in .json, .json.gz or .json.bz2")
+
+
+def open_stream(path: str, threads: int) -> Any:
+    """A binary stream of the dump's JSON (``threads`` decompression threads); the compressed
+    format's magic bytes are checked first."""
+    suffix = Path(path).suffix
+    if suffix in _MAGIC:
+        magic, name = _MAGIC[suffix]
+        with open(path, "rb") as fh:
+            head = fh.read(len(magic))
+        if head != magic:
+            raise DumpError(f"{path}: not a {name} file (it starts with {head!r}) at byte 0")
+    try:
+        if suffix == ".gz":
+            import rapidgzip
+
+            return rapidgzip.open(path, parallelization=max(1, threads))
+        if suffix == ".bz2":
+            import indexed_bzip2
+
+            return indexed_bzip2.open(path, parallelization=max(1, threads))
+        return open(path, "rb")  # noqa: SIM115 (closed by the caller)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise DumpError(f"{path}: cannot open the compressed stream ({exc}) at byte 0") from None
+
+
+def decompressed_blocks(path: str, threads: int, size: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` of the dump's JSON in blocks of whole lines (the last one may lack its
+    newline); a decompression error (corrupt, truncated) is a :class:`DumpError` at the offset
+    reached."""
+    stream = open_stream(path, threads)
+    offset, carry = 0, b""
+    try:
+        while True:
+            try:
+                data = stream.read(size)
+            except (RuntimeError, ValueError, OSError, EOFError) as exc:
+                why = str(exc) if str(exc) and str(exc) != "std::exception" else "bad compressed data"
+                raise DumpError(
+                    f"{path}: corrupt or truncated {_FORMAT.get(Path(path).suffix, 'compressed')} stream "
+                    f"({why}) at byte {offset + len(carry)} of the JSON"
+                ) from None
+            if not data:
+                break
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            yield offset, data[:cut]
+            offset += cut
+            carry = data[cut:]
+    finally:
+        stream.close()
+    if carry.strip() and not carry.strip().endswith(b"]"):
+        raise DumpError(
+            f"{path}: the dump ends in the middle of an entity (truncated dump) at byte {offset + len(carry)}"
+        )
+    if carry:
+        yield offset, carry
+
+
+# -- framing: '[' ... ']' --------------------------------------------------------------------
+
+
+class Framing:
+    """Checks the array's frame across blocks: ``[`` first, ``]`` last, nothing after it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.opened = False
+        self.closed = False
+        self.end = 0
+
+    def body(self, offset: int, block: bytes) -> tuple[int, bytes]:
+        """The entity lines of ``block`` (starting at ``offset``) without the frame lines."""
+        start = 0
+        if not self.opened:
+            stripped = block.lstrip()
+            start = len(block) - len(stripped)
+            if not stripped.startswith(b"["):
+                head = stripped[:40]
+                raise DumpError(
+                    f"{self.path}: not a Wikidata JSON dump (expected '[', found {head!r}) "
+                    f"at byte {offset + start}"
+                )
+            start += 1
+            self.opened = True
+        if self.closed:
+            if block.strip():
+                raise DumpError(f"{self.path}: data after the closing ']' at byte {offset}")
+            return offset, b""
+        stop = len(block)
+        tail = block.rstrip()
+        if tail.endswith(b"]") and (len(tail) == 1 or tail[-2:-1] in (b"\n", b"[")):
+            stop = len(tail) - 1
+            self.closed = True
+        self.end = offset + len(block)
+        return offset + start, block[start:stop]
+
+    def finish(self) -> None:
+        if not self.opened:
+            raise DumpError(f"{self.path}: empty: not a Wikidata JSON dump at byte 0")
+        if not self.closed:
+            raise DumpError(
+                f"{self.path}: the JSON array ends without its closing ']' (truncated dump) "
+                f"at byte {self.end}"
+            )
+
+
+# -- decoding a block into fact columns ------------------------------------------------------
+
+
+def _decode_error(path: str, offset: int, body: bytes) -> DumpError:
+    """The first line of ``body`` that is not an entity, as a :class:`DumpError`."""
+    pos = 0
+    for line in body.split(b"\n"):
+        text = line.strip().rstrip(b",")
+        if text:
+            try:
+                _LINE.decode(text)
+            except msgspec.DecodeError as exc:
+                m = _AT_BYTE.search(str(exc))
+                lead = len(line) - len(line.lstrip())
+                at = offset + pos + lead + (int(m.group(1) or m.group(2)) if m else 0)
+                msg = _AT_BYTE.sub("", str(exc)).strip().rstrip(" -")
+                return DumpError(f"{path}: a line that is not a Wikidata entity ({msg}) at byte {at}")
+        pos += len(line) + 1
+    return DumpError(
+        f"{path}: lines not separated as in a JSON array (',' between entities) at byte {offset}"
+    )
+
+
+def _claims(claims: list[_Claim], values: list[str | None], ranks: list[int], offsets: list[int]) -> None:
+    for c in claims:
+        snak = c.mainsnak
+        v = snak.datavalue.value if snak.snaktype == "value" and snak.datavalue is not None else None
+        if isinstance(v, dict):
+            v = v.get("id")
+        values.append(v if isinstance(v, str) else None)
+        ranks.append(2 if c.rank == "preferred" else 0 if c.rank == "deprecated" else 1)
+    offsets.append(len(values))
+
+
+class _Columns:
+    """Column lists of one record batch of :data:`FACTS_SCHEMA`."""
+
+    def __init__(self) -> None:
+        self.plain: dict[str, list[Any]] = {k: [] for k in FACTS_SCHEMA.names[:6]}
+        self.claims = {p: ([], [], [0]) for p in CLAIM_PROPS}
+
+    def add(self, ent: _Entity) -> None:
+        qid = ent.id
+        if len(qid) < 2 or qid[0] != "Q" or not qid[1:].isdigit():
+            return  # properties, lexemes: not items
+        labels = ent.labels if isinstance(ent.labels, _Labels) else _Labels()
+        links = ent.sitelinks if isinstance(ent.sitelinks, _Sitelinks) else _Sitelinks()
+        claims = ent.claims if isinstance(ent.claims, _Claims) else _Claims()
+        p = self.plain
+        p["qid"].append(int(qid[1:]))
+        p["lastrevid"].append(ent.lastrevid)
+        p["label_en"].append(labels.en.value if labels.en else None)
+        p["label_mul"].append(labels.mul.value if labels.mul else None)
+        p["enwiki"].append(links.enwiki.title if links.enwiki else None)
+        p["commonswiki"].append(links.commonswiki.title if links.commonswiki else None)
+        for prop, group in zip(CLAIM_PROPS, (claims.p31, claims.p279, claims.p301, claims.p373), strict=True):
+            _claims(group, *self.claims[prop])
+
+    def batch(self) -> pa.RecordBatch:
+        arrays = [pa.array(self.plain[k], FACTS_SCHEMA.field(k).type) for k in self.plain]
+        for prop in CLAIM_PROPS:
+            values, ranks, offsets = self.claims[prop]
+            inner = pa.StructArray.from_arrays(
+                [pa.array(values, pa.string()), pa.array(ranks, pa.int8())], names=["value", "rank"]
+            )
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=_CLAIM))
+        return pa.RecordBatch.from_arrays(arrays, schema=FACTS_SCHEMA)
+
+
+def decode_block(path: str, offset: int, body: bytes) -> tuple[pa.RecordBatch, int]:
+    """The facts of the entity lines ``body`` (at ``offset`` of the JSON) and how many lines
+    were entities; a line that is not an entity is a :class:`DumpError`."""
+    text = body.strip().rstrip(b",")
+    cols = _Columns()
+    if not text:
+        return cols.batch(), 0
+    try:
+        ents = _BLOCK.decode(b"[" + text + b"]")
+    except msgspec.DecodeError:
+        raise _decode_error(path, offset, body) from None
+    for ent in ents:
+        cols.add(ent)
+    return cols.batch(), len(ents)
+
+
+def _decode_job(job: tuple[str, int, bytes]) -> tuple[pa.RecordBatch, int]:
+    return decode_block(*job)
+
+
+def framed_bodies(path: str, threads: int) -> Iterator[tuple[str, int, bytes]]:
+    """``(path, offset, entity lines)`` of the dump, its frame checked (:class:`Framing`)."""
+    frame = Framing(path)
+    for offset, block in decompressed_blocks(path, threads):
+        start, body = frame.body(offset, block)
+        if body.strip():
+            yield path, start, body
+    frame.finish()
+
+
+def read_facts(
+    path: str | os.PathLike[str], *, threads: int = 2, workers: int = 0
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """``(facts batch, entity lines)`` for the whole dump, in dump order (see the module doc)."""
+    path = os.fspath(path)
+    check_dump_path(path)
+    if workers <= 0:
+        for job in framed_bodies(path, threads):
+            yield _decode_job(job)
+        return
+    yield from _pooled(framed_bodies(path, threads), workers)
+
+
+def _pooled(jobs: Iterator[tuple[str, int, bytes]], workers: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """:func:`decode_block` of ``jobs`` in ``workers`` processes, results in order (at most
+    ``2 * workers`` blocks in flight)."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from hglv2.processes import die_with_parent, stop_processes
+
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=die_with_parent)
+    pending: deque[Any] = deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(_decode_job, job))
+            while len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        procs = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_processes(procs)
