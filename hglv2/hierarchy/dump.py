@@ -103,7 +103,7 @@ def build_facts(
 
     key = dump_key(dump)
     schema = FACTS_SCHEMA.with_metadata(key)
-    stats = {"lines": 0, "entities": 0, "json_bytes": 0}
+    stats = {"lines": 0, "entities": 0}
     t0 = time.perf_counter()
     bar = tqdm(desc="reading the dump", unit=" entities", disable=None if progress else True)
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:

@@ -52,6 +52,7 @@ FACTS_SCHEMA = pa.schema(
     ]
 )
 _MAGIC = {".gz": (b"\x1f\x8b", "gzip"), ".bz2": (b"BZh", "bzip2")}
+_NON_SPACE = re.compile(rb"[^ \t\r\n]")
 _FORMAT = {".gz": "gzip", ".bz2": "bzip2"}
 _AT_BYTE = re.compile(r"\(?at byte ([0-9]+)\)?|\(byte ([0-9]+)\)")
 
@@ -63,46 +64,48 @@ class DumpError(InputError):
 # -- what msgspec decodes of an entity line (everything else is validated and skipped) --------
 
 
-class _Text(msgspec.Struct):
+class _Text(msgspec.Struct, gc=False):
     value: str
 
 
-class _Labels(msgspec.Struct):
+class _Labels(msgspec.Struct, gc=False):
     en: _Text | None = None
     mul: _Text | None = None
 
 
-class _Link(msgspec.Struct):
+class _Link(msgspec.Struct, gc=False):
     title: str
 
 
-class _Sitelinks(msgspec.Struct):
+class _Sitelinks(msgspec.Struct, gc=False):
     enwiki: _Link | None = None
     commonswiki: _Link | None = None
 
 
-class _Value(msgspec.Struct):
+class _Value(msgspec.Struct, gc=False):
     value: Any = None
 
 
-class _Snak(msgspec.Struct):
+class _Snak(msgspec.Struct, gc=False):
     snaktype: str = "value"
     datavalue: _Value | None = None
 
 
-class _Claim(msgspec.Struct):
+class _Claim(msgspec.Struct, gc=False):
     mainsnak: _Snak
     rank: str = "normal"
 
 
-class _Claims(msgspec.Struct, rename={"p31": "P31", "p279": "P279", "p301": "P301", "p373": "P373"}):
+class _Claims(
+    msgspec.Struct, rename={"p31": "P31", "p279": "P279", "p301": "P301", "p373": "P373"}, gc=False
+):
     p31: list[_Claim] = []
     p279: list[_Claim] = []
     p301: list[_Claim] = []
     p373: list[_Claim] = []
 
 
-class _Entity(msgspec.Struct):
+class _Entity(msgspec.Struct, gc=False):
     id: str
     labels: _Labels | list[Any] | None = None
     claims: _Claims | list[Any] | None = None
@@ -201,10 +204,9 @@ class Framing:
         """The entity lines of ``block`` (starting at ``offset``) without the frame lines."""
         start = 0
         if not self.opened:
-            stripped = block.lstrip()
-            start = len(block) - len(stripped)
-            if not stripped.startswith(b"["):
-                head = stripped[:40]
+            start = _first_non_space(block)
+            if not block.startswith(b"[", start):
+                head = block[start : start + 40]
                 raise DumpError(
                     f"{self.path}: not a Wikidata JSON dump (expected '[', found {head!r}) "
                     f"at byte {offset + start}"
@@ -212,13 +214,13 @@ class Framing:
             start += 1
             self.opened = True
         if self.closed:
-            if block.strip():
+            if _first_non_space(block) < len(block):
                 raise DumpError(f"{self.path}: data after the closing ']' at byte {offset}")
             return offset, b""
         stop = len(block)
-        tail = block.rstrip()
-        if tail.endswith(b"]") and (len(tail) == 1 or tail[-2:-1] in (b"\n", b"[")):
-            stop = len(tail) - 1
+        tail = block[-64:].rstrip()  # (a slice: the block is not copied)
+        if tail.endswith(b"]") and tail[-2:-1] in (b"\n", b"[", b""):
+            stop = len(block) - (len(block[-64:]) - len(tail)) - 1
             self.closed = True
         self.end = offset + len(block)
         return offset + start, block[start:stop]
@@ -231,6 +233,12 @@ class Framing:
                 f"{self.path}: the JSON array ends without its closing ']' (truncated dump) "
                 f"at byte {self.end}"
             )
+
+
+def _first_non_space(data: bytes) -> int:
+    """Index of the first byte of ``data`` that is not JSON whitespace (``len(data)``: none)."""
+    m = _NON_SPACE.search(data)
+    return len(data) if m is None else m.start()
 
 
 # -- decoding a block into fact columns ------------------------------------------------------
@@ -305,12 +313,20 @@ class _Columns:
 def decode_block(path: str, offset: int, body: bytes) -> tuple[pa.RecordBatch, int]:
     """The facts of the entity lines ``body`` (at ``offset`` of the JSON) and how many lines
     were entities; a line that is not an entity is a :class:`DumpError`."""
-    text = body.strip().rstrip(b",")
     cols = _Columns()
-    if not text:
+    doc = bytearray(b"[")
+    doc += body  # the one copy: the lines become a JSON array in place
+    last = len(doc) - 1
+    while last > 0 and doc[last] in b" \t\r\n":
+        last -= 1
+    if last == 0:
         return cols.batch(), 0
+    if doc[last] == ord(","):
+        doc[last] = ord("]")
+    else:
+        doc.append(ord("]"))
     try:
-        ents = _BLOCK.decode(b"[" + text + b"]")
+        ents = _BLOCK.decode(doc)
     except msgspec.DecodeError:
         raise _decode_error(path, offset, body) from None
     for ent in ents:
@@ -327,7 +343,7 @@ def framed_bodies(path: str, threads: int) -> Iterator[tuple[str, int, bytes]]:
     frame = Framing(path)
     for offset, block in decompressed_blocks(path, threads):
         start, body = frame.body(offset, block)
-        if body.strip():
+        if _first_non_space(body) < len(body):
             yield path, start, body
     frame.finish()
 
