@@ -170,13 +170,13 @@ def decompressed_blocks(path: str, threads: int, size: int = BLOCK_BYTES) -> Ite
                 ) from None
             if not data:
                 break
-            data = carry + data
             cut = data.rfind(b"\n") + 1
             if cut == 0:
-                carry = data
+                carry += data
                 continue
-            yield offset, data[:cut]
-            offset += cut
+            block = b"".join((carry, memoryview(data)[:cut]))  # one copy
+            yield offset, block
+            offset += len(block)
             carry = data[cut:]
     finally:
         stream.close()
@@ -264,63 +264,70 @@ def _decode_error(path: str, offset: int, body: bytes) -> DumpError:
     )
 
 
-def _claims(claims: list[_Claim], values: list[str | None], ranks: list[int], offsets: list[int]) -> None:
-    for c in claims:
-        snak = c.mainsnak
-        v = snak.datavalue.value if snak.snaktype == "value" and snak.datavalue is not None else None
-        if isinstance(v, dict):
-            v = v.get("id")
-        values.append(v if isinstance(v, str) else None)
-        ranks.append(2 if c.rank == "preferred" else 0 if c.rank == "deprecated" else 1)
-    offsets.append(len(values))
+_EMPTY_LABELS, _EMPTY_LINKS, _EMPTY_CLAIMS = _Labels(), _Sitelinks(), _Claims()
+_RANK = {"preferred": 2, "deprecated": 0}
 
 
-class _Columns:
-    """Column lists of one record batch of :data:`FACTS_SCHEMA`."""
+def _value(claim: _Claim) -> str | None:
+    """The stored value of a statement: an entity id or a string; None for no value."""
+    snak = claim.mainsnak
+    v = snak.datavalue.value if snak.snaktype == "value" and snak.datavalue is not None else None
+    if isinstance(v, dict):
+        v = v.get("id")
+    return v if isinstance(v, str) else None
 
-    def __init__(self) -> None:
-        self.plain: dict[str, list[Any]] = {k: [] for k in FACTS_SCHEMA.names[:6]}
-        self.claims = {p: ([], [], [0]) for p in CLAIM_PROPS}
 
-    def add(self, ent: _Entity) -> None:
-        qid = ent.id
-        if len(qid) < 2 or qid[0] != "Q" or not qid[1:].isdigit():
-            return  # properties, lexemes: not items
-        labels = ent.labels if isinstance(ent.labels, _Labels) else _Labels()
-        links = ent.sitelinks if isinstance(ent.sitelinks, _Sitelinks) else _Sitelinks()
-        claims = ent.claims if isinstance(ent.claims, _Claims) else _Claims()
-        p = self.plain
-        p["qid"].append(int(qid[1:]))
-        p["lastrevid"].append(ent.lastrevid)
-        p["label_en"].append(labels.en.value if labels.en else None)
-        p["label_mul"].append(labels.mul.value if labels.mul else None)
-        p["enwiki"].append(links.enwiki.title if links.enwiki else None)
-        p["commonswiki"].append(links.commonswiki.title if links.commonswiki else None)
-        for prop, group in zip(CLAIM_PROPS, (claims.p31, claims.p279, claims.p301, claims.p373), strict=True):
-            _claims(group, *self.claims[prop])
+def _claim_column(groups: list[list[_Claim]]) -> pa.ListArray:
+    """One claim column (a list of ``{value, rank}`` per entity) from the entities' groups."""
+    offsets = [0]
+    for g in groups:
+        offsets.append(offsets[-1] + len(g))
+    flat = [c for g in groups for c in g]
+    inner = pa.StructArray.from_arrays(
+        [
+            pa.array([_value(c) for c in flat], pa.string()),
+            pa.array([_RANK.get(c.rank, 1) for c in flat], pa.int8()),
+        ],
+        names=["value", "rank"],
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=_CLAIM)
 
-    def batch(self) -> pa.RecordBatch:
-        arrays = [pa.array(self.plain[k], FACTS_SCHEMA.field(k).type) for k in self.plain]
-        for prop in CLAIM_PROPS:
-            values, ranks, offsets = self.claims[prop]
-            inner = pa.StructArray.from_arrays(
-                [pa.array(values, pa.string()), pa.array(ranks, pa.int8())], names=["value", "rank"]
-            )
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=_CLAIM))
-        return pa.RecordBatch.from_arrays(arrays, schema=FACTS_SCHEMA)
+
+def _batch(ents: list[_Entity]) -> pa.RecordBatch:
+    """The facts of the items among ``ents`` (properties and lexemes are left out), built by
+    column: one comprehension per column rather than one Python call per entity."""
+    items = [e for e in ents if e.id[:1] == "Q" and e.id[1:].isdigit()]
+    labels = [e.labels if type(e.labels) is _Labels else _EMPTY_LABELS for e in items]
+    links = [e.sitelinks if type(e.sitelinks) is _Sitelinks else _EMPTY_LINKS for e in items]
+    claims = [e.claims if type(e.claims) is _Claims else _EMPTY_CLAIMS for e in items]
+    plain = {
+        "qid": [int(e.id[1:]) for e in items],
+        "lastrevid": [e.lastrevid for e in items],
+        "label_en": [x.en.value if x.en is not None else None for x in labels],
+        "label_mul": [x.mul.value if x.mul is not None else None for x in labels],
+        "enwiki": [x.enwiki.title if x.enwiki is not None else None for x in links],
+        "commonswiki": [x.commonswiki.title if x.commonswiki is not None else None for x in links],
+    }
+    arrays = [pa.array(v, FACTS_SCHEMA.field(k).type) for k, v in plain.items()]
+    arrays += [
+        _claim_column([c.p31 for c in claims]),
+        _claim_column([c.p279 for c in claims]),
+        _claim_column([c.p301 for c in claims]),
+        _claim_column([c.p373 for c in claims]),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=FACTS_SCHEMA)
 
 
 def decode_block(path: str, offset: int, body: bytes) -> tuple[pa.RecordBatch, int]:
     """The facts of the entity lines ``body`` (at ``offset`` of the JSON) and how many lines
     were entities; a line that is not an entity is a :class:`DumpError`."""
-    cols = _Columns()
     doc = bytearray(b"[")
     doc += body  # the one copy: the lines become a JSON array in place
     last = len(doc) - 1
     while last > 0 and doc[last] in b" \t\r\n":
         last -= 1
     if last == 0:
-        return cols.batch(), 0
+        return _batch([]), 0
     if doc[last] == ord(","):
         doc[last] = ord("]")
     else:
@@ -329,9 +336,7 @@ def decode_block(path: str, offset: int, body: bytes) -> tuple[pa.RecordBatch, i
         ents = _BLOCK.decode(doc)
     except msgspec.DecodeError:
         raise _decode_error(path, offset, body) from None
-    for ent in ents:
-        cols.add(ent)
-    return cols.batch(), len(ents)
+    return _batch(ents), len(ents)
 
 
 def _decode_job(job: tuple[str, int, bytes]) -> tuple[pa.RecordBatch, int]:
@@ -346,6 +351,15 @@ def framed_bodies(path: str, threads: int) -> Iterator[tuple[str, int, bytes]]:
         if _first_non_space(body) < len(body):
             yield path, start, body
     frame.finish()
+
+
+def default_parallelism() -> tuple[int, int]:
+    """``(decompression threads, decoding processes)`` for this machine: on up to 3 usable cores
+    everything runs in this process (a worker's start and the copies cost more than they give),
+    else half the cores decode and the other half decompress."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = 0 if cores < 4 else cores // 2
+    return max(1, cores - workers), workers
 
 
 def read_facts(

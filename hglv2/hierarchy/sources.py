@@ -122,7 +122,8 @@ class DumpSource:
 
     The dump is read once into its facts table (``facts``: default beside the dump), which every
     stage on the same dump reuses; ``threads``: decompression threads; ``workers``: decoding
-    processes (0: decode in this process).
+    processes (0: decode in this process); by default
+    :func:`~hglv2.hierarchy.dump_read.default_parallelism`.
     """
 
     def __init__(
@@ -132,8 +133,8 @@ class DumpSource:
         progress: bool = True,
         *,
         facts: str | os.PathLike[str] | None = None,
-        threads: int = 2,
-        workers: int = 0,
+        threads: int | None = None,
+        workers: int | None = None,
     ) -> None:
         self.dump = dump
         self.redirects = redirects
@@ -147,11 +148,17 @@ class DumpSource:
         """The client over the dump's facts table (read or built on the first call)."""
         if self._client is None:
             from hglv2.hierarchy.dump import DumpClient, open_facts
+            from hglv2.hierarchy.dump_read import default_parallelism
             from hglv2.hierarchy.dump_redirects import read_redirects
 
             redirects = read_redirects(self.redirects) if self.redirects else None
+            threads, workers = default_parallelism()
             facts = open_facts(
-                self.dump, self.facts, threads=self.threads, workers=self.workers, progress=self.progress
+                self.dump,
+                self.facts,
+                threads=threads if self.threads is None else self.threads,
+                workers=workers if self.workers is None else self.workers,
+                progress=self.progress,
             )
             self._client = DumpClient(facts, redirects)
         return self._client
