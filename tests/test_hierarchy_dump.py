@@ -21,6 +21,7 @@ from make_sample import _claim, _entity, build_world  # noqa: E402
 
 from hglv2.cli import main  # noqa: E402
 from hglv2.errors import InputError  # noqa: E402
+from hglv2.hierarchy import dump as dump_module  # noqa: E402
 from hglv2.hierarchy import dump_read  # noqa: E402
 from hglv2.hierarchy.dump import DumpFacts, dump_date, entity_of, open_facts  # noqa: E402
 from hglv2.hierarchy.graph import fetch_graph, write_graph  # noqa: E402
@@ -308,3 +309,15 @@ def test_inputs_are_checked(tmp_path):
     latest = tmp_path / "latest-all.json.bz2"
     latest.touch()
     assert re.fullmatch(r"20[0-9]{2}-[0-9]{2}-[0-9]{2}", dump_date(latest))
+
+
+def test_lookups_across_row_groups(world_files, tmp_path, monkeypatch):
+    data = _small_dump(world_files)
+    dump = tmp_path / "latest-all.json"
+    dump.write_bytes(data)
+    whole = open_facts(dump, tmp_path / "one.parquet", progress=False)
+    monkeypatch.setattr(dump_module, "ROW_GROUP", 7)
+    split = open_facts(dump, tmp_path / "many.parquet", progress=False)
+    assert split._file.num_row_groups > 20 and whole._file.num_row_groups == 1
+    ids = [json.loads(line.rstrip(b","))["id"] for line in data.split(b"\n")[1:-2:13]]
+    assert split.by_ids(ids) == whole.by_ids(ids) and len(whole.by_ids(ids)) == len(ids)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -49,6 +50,8 @@ from hglv2.hierarchy.wikidata import MAX_BATCH, follow_redirects, is_qid, qid_nu
 #: version of the facts table's layout; a table of another version is rebuilt
 FACTS_VERSION = "1"
 HEAD_BYTES = 1 << 20
+#: rows per row group of the facts table (a lookup by id reads the row groups that hold the ids)
+ROW_GROUP = 1 << 17
 _DATE = re.compile(r"(?<![0-9])(20[0-9]{6})(?![0-9])")
 _VALUES = re.compile(r"VALUES\s+\?commonscat\s*\{(.*?)\}", re.S)
 _LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -106,13 +109,18 @@ def build_facts(
     stats = {"lines": 0, "entities": 0}
     t0 = time.perf_counter()
     bar = tqdm(desc="reading the dump", unit=" entities", disable=None if progress else True)
+    pending: list[pa.RecordBatch] = []
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for batch, lines in dump_read.read_facts(dump, threads=threads, workers=workers):
             stats["lines"] += lines
             stats["entities"] += batch.num_rows
             bar.update(lines)
-            if batch.num_rows:
-                writer.write_batch(batch.replace_schema_metadata(key))
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= ROW_GROUP:
+                writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=ROW_GROUP)
+                pending = []
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=ROW_GROUP)
     bar.close()
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return stats
@@ -198,7 +206,7 @@ class DumpFacts:
         self._file = pq.ParquetFile(path, memory_map=True)
         self._columns: dict[str, pa.ChunkedArray] = {}
         sizes = [self._file.metadata.row_group(i).num_rows for i in range(self._file.num_row_groups)]
-        self._starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self._starts = list(itertools.accumulate(sizes, initial=0))[:-1]
         self.entities = self._file.metadata.num_rows
 
     def _column(self, name: str) -> pa.ChunkedArray:
