@@ -19,9 +19,10 @@ table's size per million entities, the machine's load average, and a projection 
 assuming the CPU cost per byte measured here and a linear split over cores (rapidgzip and the
 decoding processes both split by blocks).
 
-Usage: ``python benchmarks/dump_speed.py [--full] [--json results.json] [--workdir DIR]``; quick by
-default (a ~60 MB dump, a few seconds a run), ``--full`` writes ~600 MB of JSON. Generated dumps
-are kept in the work folder and reused.
+Usage: ``python benchmarks/dump_speed.py [--full] [--json results.json] [--workdir DIR]``; the
+results go to ``WORKDIR/dump_speed.json`` unless ``--json`` says where. Quick by default (a ~60 MB
+dump, a few seconds a run), ``--full`` writes ~600 MB of JSON. Generated dumps are kept in the
+work folder and reused.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="decompression threads (default 2)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hglv2_dump_speed")
     ap.add_argument("--real-json-tb", type=float, default=1.4, help="JSON size of the real dump (TB)")
-    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--json", type=Path, default=None, help="results file [default: WORKDIR/dump_speed.json]")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -303,8 +304,9 @@ def main() -> None:
             f"{r['ratio_to_floor_wall']:6.2f} {r['ratio_to_floor_cpu'] or 0:10.2f} {r['peak_rss_mib']:7.0f}  "
             f"{hours['2_cores']}/{hours['16_cores']}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    results = args.json or args.workdir / "dump_speed.json"
+    results.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"results -> {results}")
 
 
 if __name__ == "__main__":
