@@ -102,3 +102,20 @@ def test_qid_pairs(tmp_path):
     r.write_text("Q1,Q2\nQ1,x\n")
     with pytest.raises(InputError, match="r.csv:2"):
         read_redirects(r)
+
+
+def test_table_dumps_are_parsed_once(tmp_path, monkeypatch):
+    from hglv2.hierarchy import dump_redirects
+
+    red = tmp_path / "wikidatawiki-20240601-redirect.sql.gz"
+    red.write_bytes(gzip.compress(_sql("redirect", REDIRECT_ROWS).encode()))
+    page = tmp_path / "wikidatawiki-20240601-page.sql.gz"
+    page.write_bytes(gzip.compress(_sql("page", PAGE_ROWS).encode()))
+    cache = tmp_path / "facts.redirects.parquet"
+    assert dump_redirects.cached_redirects(red, cache) == EXPECTED
+    parsed = []
+    real = dump_redirects.read_table_dumps
+    monkeypatch.setattr(dump_redirects, "read_table_dumps", lambda p: parsed.append(p) or real(p))
+    assert dump_redirects.cached_redirects(red, cache) == EXPECTED and parsed == []
+    page.write_bytes(gzip.compress(_sql("page", PAGE_ROWS[:1]).encode()))  # another page table
+    assert dump_redirects.cached_redirects(red, cache) == {"Q1000": "Q42", "Q1001": "Q5"} and parsed == [red]

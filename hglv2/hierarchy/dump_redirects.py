@@ -102,9 +102,14 @@ def read_qid_pairs(path: Path) -> dict[str, str]:
     return out
 
 
+def page_table(redirect: Path) -> Path:
+    """The page table dump beside the redirect table dump ``redirect`` (same name, ``page``)."""
+    return redirect.with_name(_TABLE_NAME.sub("page", redirect.name))
+
+
 def read_table_dumps(redirect: Path) -> dict[str, str]:
     """``old -> new`` QIDs from the ``redirect`` table dump and the ``page`` table dump beside it."""
-    page = redirect.with_name(_TABLE_NAME.sub("page", redirect.name))
+    page = page_table(redirect)
     if not page.is_file():
         raise InputError(
             f"{redirect}: the page table dump {page.name} must lie beside it (page ids -> titles)"
@@ -119,6 +124,48 @@ def read_table_dumps(redirect: Path) -> dict[str, str]:
         if ns == 0 and page_id in targets and is_qid(title):
             out[title] = targets[page_id]
     return out
+
+
+def _files_key(paths: list[Path]) -> dict[str, str]:
+    """Size, modification time and sha256 of the first MiB of each file (what a cache is keyed by)."""
+    import hashlib
+
+    key = {}
+    for k, path in enumerate(paths):
+        st = path.stat()
+        with open(path, "rb") as fh:
+            head = hashlib.sha256(fh.read(1 << 20)).hexdigest()
+        key[f"file{k}"] = f"{path.name} {st.st_size} {st.st_mtime_ns} {head}"
+    return key
+
+
+def cached_redirects(path: str | os.PathLike[str], cache: str | os.PathLike[str]) -> dict[str, str]:
+    """:func:`read_redirects`; the pairs read from table dumps are kept in ``cache`` (Parquet,
+    keyed by both files) so that later stages do not parse the page table again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hglv2.fileio import atomic_path
+
+    path, cache = Path(path), Path(cache)
+    if not _TABLE_NAME.search(path.name):
+        return read_redirects(path)
+    key = _files_key([path, page_table(path)]) if page_table(path).is_file() else None
+    if key is not None and cache.is_file():
+        try:
+            stored = {k.decode(): v.decode() for k, v in (pq.read_schema(cache).metadata or {}).items()}
+            if all(stored.get(k) == v for k, v in key.items()):
+                t = pq.read_table(cache)
+                return dict(zip(t.column("from").to_pylist(), t.column("to").to_pylist(), strict=True))
+        except (OSError, pa.ArrowInvalid):
+            pass
+    pairs = read_redirects(path)  # checks that the page table is there
+    table = pa.table({"from": list(pairs), "to": list(pairs.values())})
+    with atomic_path(cache) as tmp:
+        pq.write_table(
+            table.replace_schema_metadata(_files_key([path, page_table(path)])), tmp, compression="zstd"
+        )
+    return pairs
 
 
 def read_redirects(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -147,19 +147,21 @@ class DumpSource:
     def client(self) -> DumpClient:
         """The client over the dump's facts table (read or built on the first call)."""
         if self._client is None:
-            from hglv2.hierarchy.dump import DumpClient, open_facts
+            from hglv2.hierarchy.dump import DumpClient, default_facts_path, open_facts
             from hglv2.hierarchy.dump_read import default_parallelism
-            from hglv2.hierarchy.dump_redirects import read_redirects
+            from hglv2.hierarchy.dump_redirects import cached_redirects
 
-            redirects = read_redirects(self.redirects) if self.redirects else None
+            facts_path = Path(self.facts) if self.facts is not None else default_facts_path(self.dump)
             threads, workers = default_parallelism()
             facts = open_facts(
                 self.dump,
-                self.facts,
+                facts_path,
                 threads=threads if self.threads is None else self.threads,
                 workers=workers if self.workers is None else self.workers,
                 progress=self.progress,
             )
+            cache = facts_path.with_name(facts_path.name.removesuffix(".parquet") + ".redirects.parquet")
+            redirects = cached_redirects(self.redirects, cache) if self.redirects else None
             self._client = DumpClient(facts, redirects)
         return self._client
 
