@@ -22,6 +22,7 @@ offset (in the decompressed JSON) where reading broke.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -272,29 +273,22 @@ _EMPTY_LABELS, _EMPTY_LINKS, _EMPTY_CLAIMS = _Labels(), _Sitelinks(), _Claims()
 _RANK = {"preferred": 2, "deprecated": 0}
 
 
-def _value(claim: _Claim) -> str | None:
-    """The stored value of a statement: an entity id or a string; None for no value."""
-    snak = claim.mainsnak
-    v = snak.datavalue.value if snak.snaktype == "value" and snak.datavalue is not None else None
-    if isinstance(v, dict):
-        v = v.get("id")
-    return v if isinstance(v, str) else None
-
-
 def _claim_column(groups: list[list[_Claim]]) -> pa.ListArray:
-    """One claim column (a list of ``{value, rank}`` per entity) from the entities' groups."""
-    offsets = [0]
-    for g in groups:
-        offsets.append(offsets[-1] + len(g))
+    """One claim column (a list of ``{value, rank}`` per entity) from the entities' groups; the
+    value is an entity id or a string, None for no value (novalue, somevalue, other types)."""
+    offsets = pa.array(itertools.accumulate(map(len, groups), initial=0), pa.int32())
     flat = [c for g in groups for c in g]
+    snaks = [c.mainsnak for c in flat]
+    raw = [s.datavalue.value if s.snaktype == "value" and s.datavalue is not None else None for s in snaks]
+    values = [v if type(v) is str else v.get("id") if type(v) is dict else None for v in raw]
     inner = pa.StructArray.from_arrays(
         [
-            pa.array([_value(c) for c in flat], pa.string()),
+            pa.array([v if type(v) is str else None for v in values], pa.string()),
             pa.array([_RANK.get(c.rank, 1) for c in flat], pa.int8()),
         ],
         names=["value", "rank"],
     )
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=_CLAIM)
+    return pa.ListArray.from_arrays(offsets, inner, type=_CLAIM)
 
 
 def _batch(ents: list[_Entity]) -> pa.RecordBatch:
