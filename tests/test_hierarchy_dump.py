@@ -321,3 +321,20 @@ def test_lookups_across_row_groups(world_files, tmp_path, monkeypatch):
     assert split._file.num_row_groups > 20 and whole._file.num_row_groups == 1
     ids = [json.loads(line.rstrip(b","))["id"] for line in data.split(b"\n")[1:-2:13]]
     assert split.by_ids(ids) == whole.by_ids(ids) and len(whole.by_ids(ids)) == len(ids)
+
+
+def test_decoding_processes_give_the_same_table(world_files, tmp_path, monkeypatch):
+    """With a decoding process the table is the same; a damaged block stops the process too."""
+    monkeypatch.setattr(dump_read, "BLOCK_BYTES", 1 << 16)  # several blocks in flight
+    data = _small_dump(world_files)
+    dump = tmp_path / "latest-all.json.gz"
+    dump.write_bytes(gzip.compress(data))
+    here = open_facts(dump, tmp_path / "here.parquet", workers=0, progress=False)
+    pooled = open_facts(dump, tmp_path / "pooled.parquet", workers=1, progress=False)
+    assert pooled._file.read().equals(here._file.read()) and here._file.metadata.num_rows == 400
+    bad_at = data.index(b"\n", len(data) // 2) + 1
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(data[:bad_at] + b'{"id":"Q1",\n' + data[bad_at:])
+    with pytest.raises(dump_read.DumpError, match=rf"not a Wikidata entity .* at byte {bad_at}$"):
+        open_facts(bad, tmp_path / "bad.parquet", workers=1, progress=False)
+    assert not (tmp_path / "bad.parquet").exists()

@@ -157,7 +157,7 @@ def open_stream(path: str, threads: int) -> Any:
         raise DumpError(f"{path}: cannot open the compressed stream ({exc}) at byte 0") from None
 
 
-def decompressed_blocks(path: str, threads: int, size: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
+def decompressed_blocks(path: str, threads: int) -> Iterator[tuple[int, bytes]]:
     """``(offset, bytes)`` of the dump's JSON in blocks of whole lines (the last one may lack its
     newline); a decompression error (corrupt, truncated) is a :class:`DumpError` at the offset
     reached."""
@@ -166,7 +166,7 @@ def decompressed_blocks(path: str, threads: int, size: int = BLOCK_BYTES) -> Ite
     try:
         while True:
             try:
-                data = stream.read(size)
+                data = stream.read(BLOCK_BYTES)
             except (RuntimeError, ValueError, OSError, EOFError) as exc:
                 why = str(exc) if str(exc) and str(exc) != "std::exception" else "bad compressed data"
                 raise DumpError(
