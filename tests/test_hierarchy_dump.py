@@ -264,7 +264,14 @@ def test_damaged_dumps_one_line_error_nothing_written(world_files, tmp_path, cli
         res = cli_runner.invoke(
             main,
             ["hierarchy", "resolve", "--categories", str(cats), "--out", str(out / "resolved.parquet")]
-            + ["--json", str(out / "r.json"), "--dump", str(dump)],
+            + [
+                "--json",
+                str(out / "r.json"),
+                "--dump",
+                str(dump),
+                "--dump-facts",
+                str(out / "f" / "facts.parquet"),
+            ],
         )
         assert res.exit_code == 2, (name, res.output)
         text = res.output.strip()

@@ -27,6 +27,7 @@ file name, else its modification date) is recorded as provenance.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -141,7 +142,14 @@ def open_facts(
     out = default_facts_path(path) if out is None else Path(out)
     passes = 0
     if _stored_key(out) != dump_key(path):
-        build_facts(path, out, threads=threads, workers=workers, progress=progress)
+        made = [p for p in out.parents if not p.exists()]
+        try:
+            build_facts(path, out, threads=threads, workers=workers, progress=progress)
+        except BaseException:
+            for folder in made:  # deepest first: a failed read leaves no folder behind either
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         passes = 1
     return DumpFacts(path, out, passes)
 
