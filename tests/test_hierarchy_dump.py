@@ -8,26 +8,21 @@ import copy
 import gzip
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "pipelines"))
-
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-from make_sample import _claim, _entity, build_world  # noqa: E402
-
-from hglv2.cli import main  # noqa: E402
-from hglv2.errors import InputError  # noqa: E402
-from hglv2.hierarchy import dump as dump_module  # noqa: E402
-from hglv2.hierarchy import dump_read  # noqa: E402
-from hglv2.hierarchy.dump import DumpFacts, dump_date, entity_of, open_facts  # noqa: E402
-from hglv2.hierarchy.graph import fetch_graph, write_graph  # noqa: E402
-from hglv2.hierarchy.resolve import read_categories, resolve_categories  # noqa: E402
-from hglv2.hierarchy.sources import DumpSource  # noqa: E402
-from hglv2.hierarchy.wikidata import CATEGORY_ITEM, ResponseCache, WikidataClient, parse_item  # noqa: E402
+from hglv2.cli import main
+from hglv2.errors import InputError
+from hglv2.hierarchy import dump as dump_module
+from hglv2.hierarchy import dump_read
+from hglv2.hierarchy.dump import DumpFacts, dump_date, entity_of, open_facts
+from hglv2.hierarchy.graph import fetch_graph, write_graph
+from hglv2.hierarchy.resolve import read_categories, resolve_categories
+from hglv2.hierarchy.sources import DumpSource
+from hglv2.hierarchy.wikidata import CATEGORY_ITEM, ResponseCache, WikidataClient, parse_item
+from pipelines.fake_wikidata import FakeWikidata, World
+from pipelines.make_sample import _claim, _entity, build_world
 
 CHAIN = ("Q990000001", "Q990000002")  # category items inserted into one P301 link of the world
 

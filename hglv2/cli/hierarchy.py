@@ -331,7 +331,8 @@ def diff(
 
 
 def _diff_lines(res: dict, a: Path, b: tuple[Path, ...]) -> list[str]:
-    from hglv2.hierarchy.labels import confusion_pairs, numbering_of_file
+    from hglv2.gldv2.specs import numbering_of_file
+    from hglv2.hierarchy.labels import confusion_pairs
 
     lines = []
     parts = [("all", res)] + (list(res["by_numbering"].items()) if len(res["by_numbering"]) > 1 else [])

@@ -612,10 +612,10 @@ def image_counts(
 ) -> dict[tuple[str, int], int]:
     """Images per (numbering, landmark_id) in GLDv2 image lists: ``train.csv`` (train numbering) and
     ``index_image_to_landmark.csv`` (index numbering), read by :func:`hglv2.gldv2.readers.read_file`;
-    the numbering comes from the file name (:func:`~hglv2.hierarchy.labels.numbering_of_file`).
+    the numbering comes from the file name (:func:`~hglv2.gldv2.specs.numbering_of_file`).
     ``{}`` for None."""
     from hglv2.gldv2.readers import read_file, read_header
-    from hglv2.hierarchy.labels import numbering_of_file
+    from hglv2.gldv2.specs import numbering_of_file
 
     if paths is None:
         return {}

@@ -15,6 +15,7 @@ import pandas as pd
 
 from hglv2.errors import InputError
 from hglv2.fileio import read_parquet_checked
+from hglv2.gldv2.specs import numbering_of_file
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS, PUBLISHED_HIERARCHY_COLUMNS
 
 
@@ -53,12 +54,6 @@ def _check_unique_keys(df: pd.DataFrame, path: Path) -> None:
         )
 
 
-def numbering_of_file(path: str | os.PathLike[str]) -> str:
-    """The numbering of a GLDv2 file, from its name: ``index*`` files are in the index numbering,
-    every other file (``train*``, ``recognition_solution*``, renamed copies) in the train one."""
-    return "index" if Path(path).name.startswith("index") else "train"
-
-
 def sort_table(df: pd.DataFrame) -> pd.DataFrame:
     """Rows in key order: numbering (train, then index), then landmark_id."""
     order = df["numbering"].map({n: i for i, n in enumerate(NUMBERINGS)}).astype("int64")
@@ -74,7 +69,8 @@ def import_published(path: str | os.PathLike[str], numbering: str | None = None)
     """Read a published ``*_label_to_hierarchical.csv`` into the hierarchy table.
 
     The file is read by :func:`hglv2.gldv2.readers.read_file` (a short row or an extra field is an
-    error naming its line). ``numbering`` defaults to :func:`numbering_of_file`. Empty fields
+    error naming its line). ``numbering`` defaults to
+    :func:`~hglv2.gldv2.specs.numbering_of_file`. Empty fields
     become missing values; ``provenance`` is ``"published"``; ``qid``, ``supercategory_qid`` and
     ``revision`` are missing (the published files carry none).
     """

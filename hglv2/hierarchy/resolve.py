@@ -58,9 +58,9 @@ def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
 
 def category_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
     """Category files by numbering: ``NUMBERING=PATH`` or a path whose name says it
-    (``index_label_to_category.csv`` -> index, see :func:`~hglv2.hierarchy.labels.numbering_of_file`).
+    (``index_label_to_category.csv`` -> index, see :func:`~hglv2.gldv2.specs.numbering_of_file`).
     Each numbering at most once."""
-    from hglv2.hierarchy.labels import numbering_of_file
+    from hglv2.gldv2.specs import numbering_of_file
 
     out: dict[str, Path] = {}
     for p in paths:
