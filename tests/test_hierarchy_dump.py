@@ -10,20 +10,23 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from hglv2.cli import main
 from hglv2.errors import InputError
 from hglv2.hierarchy import dump as dump_module
 from hglv2.hierarchy import dump_read
+from hglv2.hierarchy.clusters import validate_anchors_file
 from hglv2.hierarchy.dump import DumpFacts, dump_date, entity_of, open_facts
-from hglv2.hierarchy.graph import fetch_graph, write_graph
-from hglv2.hierarchy.resolve import read_categories, resolve_categories
-from hglv2.hierarchy.sources import DumpSource
-from hglv2.hierarchy.wikidata import CATEGORY_ITEM, ResponseCache, WikidataClient, parse_item
+from hglv2.hierarchy.graph import graph_file
+from hglv2.hierarchy.resolve import read_categories, resolve_categories, resolve_file
+from hglv2.hierarchy.sources import ApiSource, DumpSource
+from hglv2.hierarchy.wikidata import CATEGORY_ITEM, parse_item
 from pipelines.fake_wikidata import FakeWikidata, World
 from pipelines.make_sample import _claim, _entity, build_world
 
+ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ("Q990000001", "Q990000002")  # category items inserted into one P301 link of the world
 
 
@@ -100,32 +103,48 @@ def count_reads(monkeypatch):
     return reads
 
 
+STAGE_FILES = (
+    "resolved.parquet",
+    "graph_nodes.parquet",
+    "graph_edges.parquet",
+    "graph.graphml",
+    "cycles.json",
+)
+
+
+def run_stages(source, cats: Path, out: Path) -> dict:
+    """resolve, graph and validate-anchors, each with its own opened source as separate commands
+    have; returns validate-anchors' result."""
+    with source() as s:
+        resolve_file(s, cats, out / "resolved.parquet")
+    with source() as s:
+        graph_file(s, out / "resolved.parquet", out)
+    with source() as s:
+        return validate_anchors_file(s, ROOT / "data" / "review" / "clusters.csv")
+
+
 def test_dump_route_equals_api_route_in_one_pass(world_files, tmp_path, count_reads):
+    """The stage outputs are byte-identical to the API route's, and the three stages read the
+    dump once, on a world with a 3-hop P301 chain."""
     world, cats, dump, redirects = world_files
     with FakeWikidata(world) as srv:
-        api = WikidataClient(
-            ResponseCache(tmp_path / "c.sqlite"), api_url=srv.api_url, sparql_url=srv.sparql_url
-        )
-        api_rows = resolve_categories(api, read_categories(cats))
-        write_graph(fetch_graph(api, api_rows), tmp_path / "api")
+        api = {"api_url": srv.api_url, "sparql_url": srv.sparql_url}
+        api_anchors = run_stages(lambda: ApiSource(tmp_path / "c.sqlite", **api), cats, tmp_path / "api")
     facts = tmp_path / "facts.parquet"
-    # each stage opens its own source, as separate commands do
-    with DumpSource(dump, redirects, progress=False, facts=facts) as source:
-        dump_rows = resolve_categories(source.for_resolve(read_categories(cats)), read_categories(cats))
-        assert source.provenance()["passes"] == 1 and source.provenance()["dump_date"] == "2024-06-01"
-    assert dump_rows == api_rows
-    paths = {r["resolution"] for r in api_rows}
-    assert {"sitelink>p301>redirect", "p373", "missing", "sitelink"} <= paths
-    assert any(p.startswith("sitelink>p301>p301>p301") for p in paths), paths  # the 3-hop chain
-    with DumpSource(dump, redirects, progress=False, facts=facts) as source:
-        write_graph(fetch_graph(source.for_graph(dump_rows), dump_rows), tmp_path / "dump")
-        assert source.provenance()["passes"] == 0
-    for name in ("graph_nodes.parquet", "graph_edges.parquet", "graph.graphml", "cycles.json"):
+    dump_anchors = run_stages(
+        lambda: DumpSource(dump, redirects, progress=False, facts=facts), cats, tmp_path / "dump"
+    )
+    assert count_reads == [str(dump)]  # resolve, graph and validate-anchors: one pass in all
+    for name in STAGE_FILES:
         assert (tmp_path / "dump" / name).read_bytes() == (tmp_path / "api" / name).read_bytes(), name
+    assert dump_anchors == api_anchors
+    paths = set(pq.read_table(tmp_path / "api" / "resolved.parquet").column("resolution").to_pylist())
+    assert {"sitelink>p301>redirect", "p373", "missing", "sitelink"} <= paths  # every route exercised
+    assert any(p.startswith("sitelink>p301>p301>p301") for p in paths), paths  # the 3-hop chain
     with DumpSource(dump, redirects, progress=False, facts=facts) as source:
         got = source.for_ids(["Q8502", "Q1", CHAIN[1]]).entities(ids=["Q8502", "Q1", CHAIN[1]])
         assert got["Q1"] is None and got[CHAIN[1]]["id"] == CHAIN[1]
-    assert count_reads == [str(dump)]  # resolve, graph and the id lookups: one pass in all
+        assert source.provenance()["passes"] == 0 and source.provenance()["dump_date"] == "2024-06-01"
     assert DumpFacts(str(dump), facts, 0).entities == len(world.entities)
 
 
