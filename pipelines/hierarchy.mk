@@ -3,7 +3,7 @@
 #
 #   make -f pipelines/hierarchy.mk                          # offline, on the embedded sample
 #   make -f pipelines/hierarchy.mk DATA=path ONLINE=1 CONTACT=you@example.org
-#   make -f pipelines/hierarchy.mk DATA=path DUMP=latest-all.json.bz2 [REDIRECTS=redirects.csv]
+#   make -f pipelines/hierarchy.mk DATA=path DUMP=latest-all.json.gz [REDIRECTS=redirects.csv|...-redirect.sql.gz]
 #
 # DATA holds GLDv2 metadata in the release layout: train_label_to_category.csv and/or
 # index_label_to_category.csv (both numberings are resolved in ONE run: one cache, one class graph,
@@ -45,8 +45,10 @@ else
 endif
 
 # The dump route: resolve, graph and validate-anchors read a Wikidata JSON dump instead of the API.
+# The first of them reads the dump once into $(OUT)/dump_facts.parquet; the others reuse it.
+# REDIRECTS: old,new QID pairs or wikidatawiki-*-redirect.sql.gz (with the -page.sql.gz beside it).
 ifneq ($(DUMP),)
-  NET       := --dump $(DUMP) $(if $(REDIRECTS),--redirects $(REDIRECTS))
+  NET       := --dump $(DUMP) $(if $(REDIRECTS),--redirects $(REDIRECTS)) --dump-facts $(OUT)/dump_facts.parquet
   CACHE_DEP := $(DUMP)
 endif
 

@@ -42,7 +42,15 @@ def _source_options(f):
             "--redirects",
             type=click.Path(dir_okay=False, exists=True, path_type=Path),
             default=None,
-            help="With --dump: old,new QID pairs (the JSON dump holds no redirects).",
+            help="With --dump: old,new QID pairs, or the redirect table dump "
+            "(wikidatawiki-*-redirect.sql.gz or .tsv, the page table dump beside it).",
+        ),
+        click.option(
+            "--dump-facts",
+            type=OUTPUT_FILE_PATH,
+            default=None,
+            help="With --dump: the dump's facts table (read once, reused by later stages) "
+            "[default: DUMP.facts.parquet].",
         ),
         click.option(
             "--cache",
@@ -85,11 +93,13 @@ def _source_options(f):
     ]
 
     @functools.wraps(f)
-    def wrapper(dump, redirects, cache_path, **kw):
+    def wrapper(dump, redirects, dump_facts, cache_path, **kw):
         from hglv2.hierarchy.sources import open_source
 
         api = {k: kw.pop(k) for k in ("offline", "api_url", "sparql_url", "contact", "timeout", "max_tries")}
-        with open_source(dump=dump, redirects=redirects, cache_path=cache_path, **api) as source:
+        with open_source(
+            dump=dump, redirects=redirects, dump_facts=dump_facts, cache_path=cache_path, **api
+        ) as source:
             if dump is None and not api["offline"]:
                 problem = output_problem(cache_path)
                 if problem:

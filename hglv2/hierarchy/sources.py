@@ -5,7 +5,7 @@ holding what it needs (:meth:`~ApiSource.for_resolve`, :meth:`~ApiSource.for_gra
 :meth:`~ApiSource.for_ids`) and records :meth:`~ApiSource.provenance` beside its summary. The API
 source checks its options when it is opened, but creates the client (and with it the cache file)
 only when a stage first asks for it, so a stage whose inputs are bad stops before any file is
-made. The dump source reads the dump once per stage, keeping only what that stage asks about.
+made. The dump source reads the dump once into a facts table that later stages reuse.
 """
 
 from __future__ import annotations
@@ -117,42 +117,67 @@ class ApiSource:
 
 
 class DumpSource:
-    """A Wikidata JSON dump (``latest-all.json.bz2|.gz``) and an optional redirect list
-    (``old,new`` QID pairs), read by :mod:`hglv2.hierarchy.dump`; no cache, no network."""
+    """A Wikidata JSON dump (``latest-all.json.bz2|.gz``) and optional redirects (QID pairs or the
+    ``redirect`` table dump), read by :mod:`hglv2.hierarchy.dump`; no cache, no network.
+
+    The dump is read once into its facts table (``facts``: default beside the dump), which every
+    stage on the same dump reuses; ``threads``: decompression threads; ``workers``: decoding
+    processes (0: decode in this process); by default
+    :func:`~hglv2.hierarchy.dump_read.default_parallelism`.
+    """
 
     def __init__(
         self,
         dump: str | os.PathLike[str],
         redirects: str | os.PathLike[str] | None = None,
         progress: bool = True,
+        *,
+        facts: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        workers: int | None = None,
     ) -> None:
         self.dump = dump
         self.redirects = redirects
         self.progress = progress
+        self.facts = facts
+        self.threads = threads
+        self.workers = workers
         self._client: DumpClient | None = None
 
-    def _keep(self, client: DumpClient) -> DumpClient:
-        self._client = client
-        return client
+    def client(self) -> DumpClient:
+        """The client over the dump's facts table (read or built on the first call)."""
+        if self._client is None:
+            from hglv2.hierarchy.dump import DumpClient, default_facts_path, open_facts
+            from hglv2.hierarchy.dump_read import default_parallelism
+            from hglv2.hierarchy.dump_redirects import cached_redirects
+
+            facts_path = Path(self.facts) if self.facts is not None else default_facts_path(self.dump)
+            threads, workers = default_parallelism()
+            facts = open_facts(
+                self.dump,
+                facts_path,
+                threads=threads if self.threads is None else self.threads,
+                workers=workers if self.workers is None else self.workers,
+                progress=self.progress,
+            )
+            cache = facts_path.with_name(facts_path.name.removesuffix(".parquet") + ".redirects.parquet")
+            redirects = cached_redirects(self.redirects, cache) if self.redirects else None
+            self._client = DumpClient(facts, redirects)
+        return self._client
 
     def for_resolve(self, categories: Iterable[tuple[int, str]]) -> DumpClient:
-        from hglv2.hierarchy.dump import client_for_resolve
-
-        return self._keep(client_for_resolve(self.dump, categories, self.redirects, self.progress))
+        return self.client()
 
     def for_graph(self, resolved: Iterable[dict[str, Any]]) -> DumpClient:
-        from hglv2.hierarchy.dump import client_for_graph
-
-        return self._keep(client_for_graph(self.dump, resolved, self.redirects, self.progress))
+        return self.client()
 
     def for_ids(self, ids: Iterable[str]) -> DumpClient:
-        from hglv2.hierarchy.dump import client_for_ids
-
-        return self._keep(client_for_ids(self.dump, ids, self.redirects, self.progress))
+        return self.client()
 
     def provenance(self) -> dict[str, Any] | None:
-        """The dump's name and date and what the last pass kept (:meth:`DumpIndex.provenance`)."""
-        return None if self._client is None else self._client.index.provenance()
+        """The dump's name and date, the passes this stage made over it and what its lookups
+        missed (:meth:`DumpClient.provenance`)."""
+        return None if self._client is None else self._client.provenance()
 
     def with_provenance(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A stage's ``summary`` with :meth:`provenance` added as ``source``."""
@@ -179,13 +204,15 @@ def open_source(
     dump: str | os.PathLike[str] | None = None,
     redirects: str | os.PathLike[str] | None = None,
     cache_path: str | os.PathLike[str] | None = None,
+    dump_facts: str | os.PathLike[str] | None = None,
     **api: Any,
 ) -> WikidataSource:
     """A :class:`DumpSource` when ``dump`` is given (the API options are then unused), else an
     :class:`ApiSource` over ``cache_path`` with the API options ``api`` (``offline``, ``api_url``,
-    ``sparql_url``, ``contact``, ``timeout``, ``max_tries``). Use it as a context manager."""
+    ``sparql_url``, ``contact``, ``timeout``, ``max_tries``); ``dump_facts``: where the dump's
+    facts table goes (default beside the dump). Use it as a context manager."""
     if dump is not None:
-        return DumpSource(dump, redirects)
+        return DumpSource(dump, redirects, facts=dump_facts)
     if cache_path is None:
         raise ValueError("give a dump or a cache path")
     return ApiSource(cache_path, **api)

@@ -1,0 +1,330 @@
+"""Speed of reading a Wikidata JSON dump into its facts table, beside the decompression floor.
+
+A dump in the official format (``[``, one entity per line followed by ``,``, ``]``; several gzip
+members / bz2 streams) is generated with entities of the real dump's size distribution (a few KB
+to tens of KB: labels, descriptions and aliases in many languages, claims with qualifiers and
+references, sitelinks; ~10 KB on average). Side by side, each in its own subprocess (so peak RSS
+and CPU time are its own), on the same file:
+
+- ``floor``: the same decompressor the route uses (rapidgzip / indexed_bzip2 with ``--threads``
+  threads) reading the whole dump and dropping the bytes (the ``/dev/null`` floor);
+- ``gzip -dc``, ``pigz -dc``, ``lbzip2 -dc`` to ``/dev/null`` where installed (references);
+- ``route``: :func:`hglv2.hierarchy.dump.build_facts` (decompress, frame, decode, write Parquet)
+  with ``workers`` 0 (decoding in the main process) and 1 (one decoding process).
+
+Each run is repeated (``--repeat``, 2 by default, 1 with ``--full``) and the one with the least CPU
+time kept: on a shared machine the others lost time to other jobs. Reported per run: MB/s of JSON
+(wall), MB of JSON per CPU-second (per core: what one core gives
+when it is not shared), CPU cores used (CPU time / wall), ratios to the floor, peak RSS, the facts
+table's size per million entities, the machine's load average, and a projection for the real dump
+(default 1.4 TB of JSON, 140 GB gzip) on 2 and 16 cores: JSON bytes x CPU-seconds per byte / cores,
+assuming the CPU cost per byte measured here and a linear split over cores (rapidgzip and the
+decoding processes both split by blocks).
+
+Usage: ``python benchmarks/dump_speed.py [--full] [--json results.json] [--workdir DIR]``; the
+results go to ``WORKDIR/dump_speed.json`` unless ``--json`` says where. Quick by default (a ~60 MB
+dump, a few seconds a run), ``--full`` writes ~600 MB of JSON. Generated dumps are kept in the
+work folder and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LANGS = [f"{a}{b}" for a in "abcdefghiklmnoprstuvz" for b in "aeiklnorsu"][:200]
+WORDS = (
+    "church castle river mountain museum station bridge tower lake village saint palace park "
+    "cathedral temple garden island valley street square house hall abbey chapel fort market "
+    "school library theatre harbour lighthouse monument cemetery mill farm hill forest bay"
+).split()
+PROPS = [f"P{p}" for p in (17, 131, 625, 18, 373, 571, 1435, 856, 646, 214, 227, 244, 8189, 2163, 1566, 3417)]
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + f" {rng.randrange(10**6)}"
+
+
+def _snak(rng: random.Random, prop: str, value: object | None = None) -> dict:
+    """A value snak; item values are drawn from a skewed pool and the hash follows the value,
+    as in the real dump (a few classes and sources carry most statements)."""
+    if value is None:
+        num = int(10 ** (rng.random() ** 2 * 8)) + 1
+        value = {"entity-type": "item", "numeric-id": num, "id": f"Q{num}"}
+    kind = "string" if isinstance(value, str) else "wikibase-entityid"
+    return {
+        "snaktype": "value",
+        "property": prop,
+        "hash": hashlib.sha1(f"{prop}{value}".encode()).hexdigest(),
+        "datavalue": {"value": value, "type": kind},
+        "datatype": "string" if kind == "string" else "wikibase-item",
+    }
+
+
+def _statement(rng: random.Random, qid: str, prop: str, value: object | None = None) -> dict:
+    st = {
+        "mainsnak": _snak(rng, prop, value),
+        "type": "statement",
+        "id": f"{qid}${rng.getrandbits(128):032X}",
+        "rank": rng.choices(["normal", "preferred", "deprecated"], [90, 7, 3])[0],
+    }
+    if rng.random() < 0.3:
+        st["qualifiers"] = {"P580": [_snak(rng, "P580", f"+{rng.randrange(1500, 2024)}-00-00T00:00:00Z")]}
+        st["qualifiers-order"] = ["P580"]
+    refs = []
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):
+        snaks = {"P248": [_snak(rng, "P248")], "P813": [_snak(rng, "P813", "+2024-01-01T00:00:00Z")]}
+        digest = hashlib.sha1("".join(v[0]["hash"] for v in snaks.values()).encode()).hexdigest()
+        refs.append({"hash": digest, "snaks": snaks, "snaks-order": ["P248", "P813"]})
+    if refs:
+        st["references"] = refs
+    return st
+
+
+def make_entity(rng: random.Random, n: int) -> dict:
+    """One item of the real dump's size distribution (lognormal number of languages and claims)."""
+    qid = f"Q{n}"
+    n_lang = min(len(LANGS), max(1, int(rng.lognormvariate(2.6, 1.0))))
+    langs = (
+        rng.sample(LANGS, n_lang)
+        + (["en"] if rng.random() < 0.7 else [])
+        + (["mul"] if rng.random() < 0.1 else [])
+    )
+    label = _text(rng, 3)
+    ent: dict = {"type": "item", "id": qid}
+    ent["labels"] = {lg: {"language": lg, "value": label} for lg in langs}
+    ent["descriptions"] = {
+        lg: {"language": lg, "value": _text(rng, 4)} for lg in langs[: max(1, n_lang // 2)]
+    }
+    ent["aliases"] = {lg: [{"language": lg, "value": _text(rng, 2)}] for lg in langs[: n_lang // 4]}
+    claims: dict[str, list] = {"P31": [_statement(rng, qid, "P31") for _ in range(rng.choice([1, 1, 1, 2]))]}
+    if rng.random() < 0.05:
+        claims["P279"] = [_statement(rng, qid, "P279")]
+    if rng.random() < 0.03:
+        claims["P301"] = [_statement(rng, qid, "P301")]
+    if rng.random() < 0.08:
+        claims["P373"] = [_statement(rng, qid, "P373", label)]
+    for prop in rng.sample(PROPS, min(len(PROPS), max(1, int(rng.lognormvariate(1.6, 0.8))))):
+        claims.setdefault(prop, []).append(_statement(rng, qid, prop))
+    ent["claims"] = claims
+    sites = [f"{lg}wiki" for lg in langs[: int(n_lang * rng.random() * 0.6)]]
+    if rng.random() < 0.1:
+        sites.append("commonswiki")
+    ent["sitelinks"] = {s: {"site": s, "title": label, "badges": []} for s in sites}
+    ent["lastrevid"] = rng.randrange(10**9, 2 * 10**9)
+    return ent
+
+
+def generate(folder: Path, json_mb: int, seed: int = 0) -> dict[str, Path]:
+    """``dump.json.gz`` (gzip members of ~32 MB of JSON) and ``dump.json.bz2`` (bz2 streams)."""
+    import msgspec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"gz": folder / f"dump-{json_mb}mb.json.gz", "bz2": folder / f"dump-{json_mb}mb.json.bz2"}
+    if all(p.exists() for p in out.values()):
+        return out
+    rng = random.Random(seed)
+    enc = msgspec.json.Encoder()
+    tmp = {k: p.with_suffix(p.suffix + ".tmp") for k, p in out.items()}
+    with open(tmp["gz"], "wb") as gz, open(tmp["bz2"], "wb") as bz:
+        part, size, n = [b"[\n"], 2, 0
+        while True:
+            done = size >= json_mb * 10**6
+            if done:
+                part[-1] = part[-1][:-2] + b"\n"  # no comma after the last entity
+                part.append(b"]\n")
+            if done or sum(map(len, part)) >= 32 * 10**6:
+                data = b"".join(part)
+                comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+                gz.write(comp.compress(data) + comp.flush())
+                bz.write(bz2.compress(data, 9))
+                part = []
+            if done:
+                break
+            n += 1
+            line = enc.encode(make_entity(rng, n)) + b",\n"
+            part.append(line)
+            size += len(line)
+    for k in out:
+        os.replace(tmp[k], out[k])
+    return out
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (all threads) and of its waited-for children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _child(mode: str, path: str, threads: int, workers: int) -> None:
+    """Run one measurement in this (child) process; print ``{json_bytes, work_wall_s, work_cpu_s}``
+    (the work only: the interpreter's start and imports are left out)."""
+    sys.path.insert(0, str(ROOT))
+    # imported before the clock starts (fixed costs, not per byte): tqdm, pyarrow's pandas shim
+    import pandas  # noqa: F401
+    import tqdm.auto  # noqa: F401
+
+    import hglv2.fileio  # noqa: F401
+    from hglv2.hierarchy import dump_read
+    from hglv2.hierarchy.dump import build_facts
+
+    t0, c0 = time.perf_counter(), _cpu()
+    if mode == "floor":
+        stream, n = dump_read.open_stream(path, threads), 0
+        while block := stream.read(4 << 20):
+            n += len(block)
+        stream.close()
+        res: dict = {"json_bytes": n}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            facts = Path(tmp) / "facts.parquet"
+            res = build_facts(path, facts, threads=threads, workers=workers, progress=False)
+            res["facts_bytes"] = facts.stat().st_size
+    print(json.dumps({**res, "work_wall_s": time.perf_counter() - t0, "work_cpu_s": _cpu() - c0}))
+
+
+def measure(cmd: list[str], stdout_json: bool) -> dict:
+    """Run ``cmd``; wall and CPU seconds, peak RSS (its own, through wait4) and its JSON line."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if stdout_json else subprocess.DEVNULL)
+    out = proc.stdout.read() if stdout_json else b""
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed with {proc.returncode}")
+    res = json.loads(out) if stdout_json else {}
+    cpu = ru.ru_utime + ru.ru_stime
+    return {
+        **res,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
+    }
+
+
+def _commands(fmt: str, path: Path, threads: int) -> dict[str, tuple[list[str], bool]]:
+    """The runs of one dump: ``{name: (command, prints its JSON line)}``."""
+    py = [sys.executable, __file__, "--child"]
+    cmds = {f"{fmt} floor": ([*py, "floor", str(path), str(threads), "0"], True)}
+    for workers in (0, 1):
+        cmds[f"{fmt} route workers={workers}"] = ([*py, "route", str(path), str(threads), str(workers)], True)
+    for tool in {"gz": ["gzip", "pigz"], "bz2": ["lbzip2", "bzip2"]}[fmt]:
+        if shutil.which(tool):
+            cmds[f"{fmt} {tool} -dc"] = (["sh", "-c", f"{tool} -dc {path} > /dev/null"], False)
+    return cmds
+
+
+def runs(dumps: dict[str, Path], threads: int, repeat: int) -> dict[str, dict]:
+    """Every run ``repeat`` times, interleaved; the one with the least CPU time is kept (on a
+    shared machine the others lost time to the other jobs)."""
+    res: dict[str, dict] = {}
+    for fmt, path in dumps.items():
+        cmds = _commands(fmt, path, threads)
+        for _ in range(repeat):
+            for name, (cmd, prints) in cmds.items():
+                r = measure(cmd, prints)
+                best = res.get(name)
+                if best is None or r.get("work_cpu_s", r["cpu_s"]) < best.get("work_cpu_s", best["cpu_s"]):
+                    res[name] = r
+        json_bytes = res[f"{fmt} floor"]["json_bytes"]
+        for name in cmds:
+            res[name].setdefault("json_bytes", json_bytes)
+    return res
+
+
+def summarize(res: dict[str, dict], real_json_tb: float) -> dict[str, dict]:
+    """Rates from the work's own wall and CPU time where the child measured them (else the
+    process's), ratios to the floor of the same format, the projection for the real dump."""
+    for r in res.values():
+        r["wall"] = r.get("work_wall_s", r["wall_s"])
+        r["cpu"] = r.get("work_cpu_s", r["cpu_s"])
+    for name, r in res.items():
+        mb = r["json_bytes"] / 1e6
+        floor = res[name.split()[0] + " floor"]
+        r["mb_per_s"] = round(mb / r["wall"], 1)
+        r["mb_per_cpu_s"] = round(mb / r["cpu"], 1)
+        r["cores_used"] = round(r["cpu"] / r["wall"], 2)
+        r["ratio_to_floor_wall"] = round(floor["wall"] / r["wall"], 3)
+        r["ratio_to_floor_cpu"] = round(floor["cpu"] / r["cpu"], 3)
+        if r.get("entities"):
+            r["facts_mb_per_million_entities"] = round(r["facts_bytes"] / r["entities"], 1)
+        cpu_per_byte = r["cpu"] / r["json_bytes"]
+        r["projected_hours"] = {
+            f"{cores}_cores": round(real_json_tb * 1e12 * cpu_per_byte / cores / 3600, 2) for cores in (2, 16)
+        }
+    for r in res.values():
+        r["wall"], r["cpu"] = round(r["wall"], 3), round(r["cpu"], 3)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="~600 MB of JSON instead of ~60 MB")
+    ap.add_argument("--threads", type=int, default=2, help="decompression threads (default 2)")
+    ap.add_argument(
+        "--repeat", type=int, default=None, help="runs of each (best kept) [default: 2, --full 1]"
+    )
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hglv2_dump_speed")
+    ap.add_argument("--real-json-tb", type=float, default=1.4, help="JSON size of the real dump (TB)")
+    ap.add_argument("--json", type=Path, default=None, help="results file [default: WORKDIR/dump_speed.json]")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        mode, path, threads, workers = args.child
+        _child(mode, path, int(threads), int(workers))
+        return
+    t0 = time.perf_counter()
+    dumps = generate(args.workdir, 600 if args.full else 60)
+    gen_s = time.perf_counter() - t0
+    load_before = os.getloadavg()
+    repeat = args.repeat or (1 if args.full else 2)
+    res = summarize(runs(dumps, args.threads, repeat), args.real_json_tb)
+    load_after = os.getloadavg()
+    payload = {
+        "dumps": {k: {"path": str(p), "compressed_bytes": p.stat().st_size} for k, p in dumps.items()},
+        "generate_s": round(gen_s, 1),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "repeat": repeat,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "real_json_tb": args.real_json_tb,
+        "runs": res,
+    }
+    print(
+        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs; "
+        f"threads={args.threads}"
+    )
+    print(
+        f"{'run':26s} {'MB/s':>7s} {'MB/cpu-s':>8s} {'cores':>5s} {'xfloor':>6s} {'xfloor cpu':>10s} "
+        f"{'RSS MiB':>7s}  h 2/16 cores"
+    )
+    for name, r in res.items():
+        hours = r["projected_hours"]
+        print(
+            f"{name:26s} {r['mb_per_s']:7.1f} {r['mb_per_cpu_s'] or 0:8.1f} {r['cores_used']:5.2f} "
+            f"{r['ratio_to_floor_wall']:6.2f} {r['ratio_to_floor_cpu'] or 0:10.2f} {r['peak_rss_mib']:7.0f}  "
+            f"{hours['2_cores']}/{hours['16_cores']}"
+        )
+    results = args.json or args.workdir / "dump_speed.json"
+    results.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"results -> {results}")
+
+
+if __name__ == "__main__":
+    main()
