@@ -1,0 +1,413 @@
+"""open_clip image and text features for the hierarchy vote (:mod:`hglv2.hierarchy.vote`).
+
+- **Model and weights** (:func:`load_clip`): an open_clip architecture by name (``ViT-L-14`` by
+  default; a JSON config registers another) and its weights from a local file (``weights``) or
+  from open_clip's cache for a pretrained tag (``laion2b_s32b_b82k``). Nothing is downloaded unless
+  ``download=True``; missing weights are an :class:`~hglv2.errors.InputError` saying how to get
+  them. ``random_seed`` builds untrained weights instead (tests and demos: the votes mean nothing).
+- **Images** are read by :class:`hglv2.dataset.HGLDv2Dataset` from official or prepared tar shards
+  (or an image folder in the ``a/b/c/<id>.jpg`` layout), decoded with the model's preprocessing,
+  in batches with a tqdm bar, float16 autocast on CUDA.
+- **Resumable per shard** (:func:`image_features`): the features of each tar shard's images are
+  written to ``cache_dir/<model key>/<shard>.npz`` (atomically) as soon as the shard is done; a
+  rerun reads the finished shards and embeds only the rest. Data-loader workers exit with the
+  command (``PR_SET_PDEATHSIG`` via :func:`hglv2.processes.die_with_parent`).
+- **Deterministic**: eval mode, a fixed image order (shard, then id), the same preprocessing;
+  features are L2-normalised float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from hglv2.errors import InputError
+from hglv2.fileio import atomic_path, write_parquet
+from hglv2.hierarchy.vote import DEFAULT_MODEL, DEFAULT_PRETRAINED, PROMPT
+
+EXTRA_HINT = "pip install 'hglv2[vote]'"
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        raise InputError(f"the vote needs open_clip: {EXTRA_HINT}") from None
+    return open_clip
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model with its preprocessing, tokenizer and a key naming its weights."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    key: str
+    name: str
+    weights: str
+
+
+def register_config(path: str | os.PathLike[str]) -> str:
+    """Register an open_clip model config (JSON); returns its model name (the file's stem)."""
+    path = Path(path)
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON model config ({exc})") from None
+    _open_clip().add_model_config(path)
+    return path.stem
+
+
+def cached_weights(
+    name: str, pretrained: str, cache_dir: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """The weights file of a pretrained tag in open_clip's cache (Hugging Face hub cache, or the
+    URL cache ``~/.cache/clip``), or None; never downloads."""
+    open_clip = _open_clip()
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise InputError(f"open_clip has no pretrained tag {pretrained!r} for {name} (known: {known})")
+    hub = cfg.get("hf_hub") or ""
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        parts = hub.split("/")
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        for fname in (filename,) if filename else WEIGHT_FILES:
+            hit = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit)
+    url = cfg.get("url") or ""
+    if url:
+        root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "clip"
+        hit = root / os.path.basename(url)
+        if hit.is_file():
+            return hit
+    return None
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def load_clip(
+    name: str = DEFAULT_MODEL,
+    pretrained: str = DEFAULT_PRETRAINED,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    random_seed: int | None = None,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ClipModel:
+    """The model in eval mode on ``device``; see the module docstring for where weights come from."""
+    open_clip = _open_clip()
+    if name not in open_clip.list_models():
+        raise InputError(f"open_clip has no model {name!r} (register a JSON config with --model-config)")
+    if random_seed is not None:
+        source, desc = None, f"random:{random_seed}"
+    elif weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise InputError(f"{path}: no such weights file (--weights)")
+        source, desc = str(path), _stamp(path)
+    else:
+        hit = cached_weights(name, pretrained, cache_dir)
+        if hit is None and not download:
+            raise InputError(
+                f"no weights for {name} {pretrained} in open_clip's cache: pass --weights FILE, or "
+                f"--download to fetch them once from open_clip's hub"
+            )
+        source = str(hit) if hit is not None else pretrained
+        desc = _stamp(hit) if hit is not None else f"{pretrained}"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if random_seed is None else random_seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=source,
+                device=device,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+            )
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        raise InputError(f"open_clip could not load {name} from {desc}: {str(exc).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
+    key = hashlib.sha256(f"{name}\x1f{desc}".encode()).hexdigest()[:16]
+    return ClipModel(model, preprocess, open_clip.get_tokenizer(name), key, name, desc)
+
+
+def text_features(
+    clip: ClipModel, texts: Sequence[str], device: str = "cpu", batch_size: int = 256
+) -> np.ndarray:
+    """(T, D) L2-normalised float32 features of the prompts."""
+    out = []
+    with torch.no_grad(), _autocast(device):
+        for i in range(0, len(texts), batch_size):
+            tokens = clip.tokenizer(list(texts[i : i + batch_size])).to(device)
+            out.append(_normalise(clip.model.encode_text(tokens)))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _autocast(device: str):
+    return (
+        torch.autocast("cuda", dtype=torch.float16)
+        if str(device).startswith("cuda")
+        else contextlib.nullcontext()
+    )
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    x = x.float()
+    return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy().astype(np.float32)
+
+
+def _worker_init(parent: int, _worker_id: int) -> None:
+    from hglv2.processes import die_with_parent
+
+    die_with_parent(parent)
+
+
+def _image_dataset(ids: Sequence[str], roots: Sequence[Path], transform, folder: Path):
+    """A dataset over ``ids`` in the given shards/folder (a small split file in ``folder``)."""
+    from hglv2.dataset import HGLDv2Dataset
+    from hglv2.schema import image_relpath
+
+    split = folder / "images.parquet"
+    write_parquet(pa.table({"id": list(ids), "path": [image_relpath(i) for i in ids]}), split)
+    shards = sorted(p for r in roots for p in (r.glob("*.tar") if r.is_dir() else [r]) if p.suffix == ".tar")
+    if shards:
+        return HGLDv2Dataset(split, shards, levels=[], transform=transform, on_error="skip", layout="tar")
+    if len(roots) != 1:
+        raise InputError("image folders: give one folder (or tar shards)")
+    return HGLDv2Dataset(split, roots[0], levels=[], transform=transform, on_error="skip", layout="folder")
+
+
+def _groups(ds, chunk: int) -> list[tuple[str, np.ndarray]]:
+    """(name, item indices) per tar shard (or per ``chunk`` images of a folder), in shard order."""
+    if ds.shards:
+        loc = ds._loc[:, 0]
+        groups = [(ds.shards[k].stem, np.flatnonzero(loc == k)) for k in range(len(ds.shards))]
+        missing = np.flatnonzero(loc < 0)
+        groups = [g for g in groups if len(g[1])]
+        return groups + ([("missing", missing)] if len(missing) else [])
+    n = len(ds)
+    return [(f"folder_{i // chunk:05d}", np.arange(i, min(n, i + chunk))) for i in range(0, n, chunk)]
+
+
+def image_features(
+    clip: ClipModel,
+    ids: Sequence[str],
+    roots: Sequence[str | os.PathLike[str]],
+    cache_dir: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    batch_size: int = 128,
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    """Features of the images ``ids`` (sorted, unique): ``(ids embedded, (N, D) float32, counts)``.
+
+    Images that are missing or unreadable are skipped and counted (``counts["skipped"]``);
+    ``counts["shards_cached"]`` shards were read from the cache instead of embedded.
+    """
+    from tqdm import tqdm
+
+    ids = sorted(set(ids))
+    folder = Path(cache_dir) / clip.key
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = _image_dataset(ids, [Path(r) for r in roots], clip.preprocess, folder)
+    got_ids: list[str] = []
+    feats: list[np.ndarray] = []
+    counts = {"images": len(ids), "skipped": 0, "shards": 0, "shards_cached": 0}
+    bar = tqdm(total=len(ids), desc="vote: embedding", unit="img", disable=None if progress else True)
+    for name, idx in _groups(ds, chunk=4096):
+        wanted = [ds.ids[i] for i in idx]
+        cached = _read_shard(folder / f"{name}.npz", wanted)
+        counts["shards"] += 1
+        if cached is None:
+            cached = _embed_shard(clip, ds, idx, device, batch_size, workers, bar)
+            _write_shard(folder / f"{name}.npz", wanted, *cached)
+        else:
+            counts["shards_cached"] += 1
+            bar.update(len(idx))
+        sid, sf, skipped = cached
+        got_ids += sid
+        feats.append(sf)
+        counts["skipped"] += skipped
+    bar.close()
+    dim = next((f.shape[1] for f in feats if f.ndim == 2 and f.shape[0]), 0)
+    arr = np.concatenate([f.reshape(-1, dim) for f in feats]) if feats else np.zeros((0, dim), np.float32)
+    order = np.argsort(np.array(got_ids, dtype=object), kind="stable") if got_ids else np.zeros(0, int)
+    return [got_ids[i] for i in order], arr[order], counts
+
+
+def _embed_shard(clip: ClipModel, ds, idx: np.ndarray, device: str, batch_size: int, workers: int, bar):
+    from hglv2.dataset import collate_skip_none
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, idx.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skip_none,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
+        pin_memory=str(device).startswith("cuda"),
+    )
+    ids, out, skipped = [], [], 0
+    with torch.no_grad(), _autocast(device):
+        for batch in loader:
+            skipped += int(batch["n_skipped"])
+            if batch["id"]:
+                out.append(_normalise(clip.model.encode_image(batch["image"].to(device))))
+                ids += list(batch["id"])
+            bar.update(len(batch["id"]) + int(batch["n_skipped"]))
+    feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return ids, feats, skipped
+
+
+def _write_shard(path: Path, wanted: list[str], ids: list[str], feats: np.ndarray, skipped: int) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, wanted=np.array(wanted), ids=np.array(ids), feats=feats, skipped=np.array(skipped))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _read_shard(path: Path, wanted: list[str]):
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if z["wanted"].tolist() != wanted:
+                return None
+            return z["ids"].tolist(), z["feats"], int(z["skipped"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# the vote stage on files
+
+
+@dataclass(frozen=True)
+class VoteSettings:
+    """How :func:`vote_files` embeds and decides (the CLI options of ``hglv2 hierarchy vote``)."""
+
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    weights: str | None = None
+    download: bool = False
+    random_seed: int | None = None
+    prompt: str = PROMPT
+    method: str = "argmax"
+    device: str = "cpu"
+    batch_size: int = 128
+    workers: int = 0
+    accept_above: float | None = None
+    progress: bool = True
+
+
+def _vote_rows(images, ids: list[str], table) -> tuple[Any, list[str | None]]:
+    """The (image, landmark) rows whose image was embedded, with the feature row of each and the
+    landmark's known top (None where unknown)."""
+    import pandas as pd
+
+    pos = {i: k for k, i in enumerate(ids)}
+    rows = images[images["id"].isin(pos)].reset_index(drop=True)
+    rows["image"] = rows["id"].map(pos).astype("int64")
+    tops = zip(table["numbering"], table["landmark_id"], table["natural_or_human_made"], strict=True)
+    top = {(str(n), int(lid)): (None if pd.isna(t) else str(t)) for n, lid, t in tops}
+    return rows, [
+        top.get((str(n), int(lid))) for n, lid in zip(rows["numbering"], rows["landmark_id"], strict=True)
+    ]
+
+
+def vote_files(
+    review_inputs: tuple[str | os.PathLike[str], ...],
+    metadata: str | os.PathLike[str],
+    roots: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    review_csv: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str],
+    settings: VoteSettings = VoteSettings(),
+) -> dict[str, Any]:
+    """The vote stage: the landmarks still without a cluster after the rules and reviews
+    (``review_inputs`` = proposals, clusters, decisions, overrides files) -> votes table ``out``
+    (and the pending rows as ``review_csv``). Returns the summary (counts, shares, images/s)."""
+    import time
+
+    import pandas as pd
+
+    from hglv2.gldv2.readers import metadata_files
+    from hglv2.hierarchy import vote as hv
+    from hglv2.hierarchy.clusters import apply_files, load_clusters
+
+    _, table, warnings = apply_files(*review_inputs)
+    anchors = load_clusters(review_inputs[1])
+    prompts = hv.build_prompts(table, {a.label: a.cluster for a in anchors.anchors}, anchors.top_of)
+    open_ = hv.open_landmarks(table)
+    images = hv.voting_images(metadata_files(metadata), open_)
+    clip = load_clip(
+        settings.model,
+        settings.pretrained,
+        weights=settings.weights,
+        download=settings.download,
+        random_seed=settings.random_seed,
+        device=settings.device,
+    )
+    t0 = time.perf_counter()
+    ids, feats, counts = image_features(
+        clip,
+        images["id"].tolist(),
+        roots,
+        cache_dir,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        progress=settings.progress,
+    )
+    seconds = time.perf_counter() - t0
+    text = text_features(clip, prompts.texts(settings.prompt), settings.device)
+    rows, tops = _vote_rows(images, ids, table)
+    preds = hv.predict_images(
+        feats[rows["image"].to_numpy()], text, prompts, method=settings.method, tops=tops
+    )
+    rows["image"] = np.arange(len(rows))
+    votes = hv.votes_table(rows, preds, prompts, settings.accept_above) if len(rows) else hv.empty_votes()
+    hv.write_votes(votes, out, review_csv)
+    summary = hv.vote_summary(votes, len(open_))
+    embedded = counts["images"] - counts["skipped"]
+    summary.update(
+        open_by_numbering={n: int((open_["numbering"] == n).sum()) for n in pd.unique(open_["numbering"])},
+        prompts=len(prompts.names),
+        clusters_prompted=len(prompts.clusters),
+        embedding={
+            **counts,
+            "seconds": seconds,
+            "images_per_s": (embedded / seconds) if seconds > 0 else None,
+        },
+        model={
+            "name": clip.name,
+            "weights": clip.weights,
+            "method": settings.method,
+            "prompt": settings.prompt,
+        },
+        accept_above=settings.accept_above,
+        warnings=warnings,
+    )
+    return summary
