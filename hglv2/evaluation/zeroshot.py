@@ -198,6 +198,28 @@ def _image_dataset(ids: Sequence[str], roots: Sequence[Path], transform, folder:
     return HGLDv2Dataset(split, roots[0], levels=[], transform=transform, on_error="skip", layout="folder")
 
 
+def _small(img, side: int):
+    img = img.copy()
+    img.thumbnail((side, side))
+    return img
+
+
+def read_images(
+    ids: Sequence[str], roots: Sequence[str | os.PathLike[str]], side: int = 128
+) -> dict[str, Any]:
+    """The images ``ids`` from tar shards or an image folder, as PIL images at most ``side`` px;
+    missing or unreadable images are left out (the review page's thumbnails)."""
+    import tempfile
+
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="hglv2-images-") as tmp:
+        ds = _image_dataset(ids, [Path(r) for r in roots], functools.partial(_small, side=side), Path(tmp))
+        items = (ds[i] for i in range(len(ds)))
+        return {it["id"]: it["image"] for it in items if it is not None}
+
+
 def _groups(ds, chunk: int) -> list[tuple[str, np.ndarray]]:
     """(name, item indices) per tar shard (or per ``chunk`` images of a folder), in shard order."""
     if ds.shards:

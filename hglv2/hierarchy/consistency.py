@@ -173,3 +173,33 @@ def align(table: pd.DataFrame, compared: pd.DataFrame, rule: str) -> tuple[pd.Da
         out.loc[i, ["hierarchical_label", "natural_or_human_made", "provenance"]] = [cluster, top, "aligned"]
         counts["changed"] += 1
     return out, counts
+
+
+def consistency_files(
+    table: pd.DataFrame, metadata: str | os.PathLike[str]
+) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """:func:`compare_numberings` of ``table`` through the queries of the GLDv2 files in
+    ``metadata``; None when the folder lacks one of :data:`LINK_FILES`."""
+    files = link_files(metadata)
+    if len(files) < len(LINK_FILES):
+        return None
+    compared = compare_numberings(table, place_pairs(query_links(files)))
+    return compared, consistency_summary(compared)
+
+
+def summary_lines(summary: dict[str, Any], limit: int = 10) -> list[str]:
+    """The printed report: counts per status, then the disagreeing pairs."""
+    st = summary["status"]
+    lines = [
+        f"cross-numbering: {summary['pairs']} places with a train and an index id ({summary['queries']} "
+        f"queries): {st['agree']} agree, {st['cluster differs']} cluster differs, {st['top differs']} top "
+        f"differs, {st['one side unlabelled']} one side unlabelled, {st['both unlabelled']} both unlabelled"
+    ]
+    for d in summary["disagreements"][:limit]:
+        lines.append(
+            f"  train {d['train_landmark_id']} {d['train_cluster']} ({d['train_top']}) <> index "
+            f"{d['index_landmark_id']} {d['index_cluster']} ({d['index_top']}): {d['status']}"
+        )
+    if len(summary["disagreements"]) > limit:
+        lines.append(f"  ... {len(summary['disagreements']) - limit} more")
+    return lines

@@ -14,10 +14,11 @@ from disk. Everything shown is also in the ``data-*`` attributes, which the brow
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,12 +52,13 @@ def _s(v: Any) -> str | None:
     return None if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
 
 
-def thumbnail_uri(data: bytes, side: int = THUMB_SIDE) -> str | None:
-    """A small JPEG ``data:`` URI of an encoded image (None if it cannot be decoded)."""
+def thumbnail_uri(data: Any, side: int = THUMB_SIDE) -> str | None:
+    """A small JPEG ``data:`` URI of an image (encoded bytes or a PIL image; None if it cannot be
+    decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) if isinstance(data, bytes) else contextlib.nullcontext(data) as im:
             im = im.convert("RGB")
             im.thumbnail((side, side))
             buf = io.BytesIO()
@@ -137,6 +139,7 @@ def report_counts(rows: pd.DataFrame) -> dict[str, Any]:
 
     return {
         "total": count(rows),
+        "provenance": {str(k): int(v) for k, v in rows["provenance"].value_counts().items()},
         "tops": {k: count(g) for k, g in rows.groupby("top", sort=True)},
         "clusters": {f"{a}/{b}": count(g) for (a, b), g in rows.groupby(["top", "cluster"], sort=True)},
     }
@@ -182,8 +185,9 @@ def _landmark_html(r: Mapping[str, Any], thumbs: Sequence[bytes]) -> str:
 
 def _group_html(level: str, name: str, rows: pd.DataFrame, inner: str, thumbs: str = "") -> str:
     n, img, rev = len(rows), int(rows["images"].sum()), int(rows["needs_review"].sum())
+    opened = " open" if level == "top" else ""
     return (
-        f'<details class="g {level}" data-name="{_e(name)}" data-landmarks="{n}" data-images="{img}" '
+        f'<details class="g {level}"{opened} data-name="{_e(name)}" data-landmarks="{n}" data-images="{img}" '
         f'data-review="{rev}"><summary><b>{_e(name)}</b> <span class="count">'
         f'<span class="c-lm">{n}</span> landmarks, <span class="c-img">{img}</span> images, '
         f'<span class="c-rev">{rev}</span> to review</span></summary>'
@@ -250,6 +254,8 @@ def _summary_html(counts: dict[str, Any], inp: ReportInputs) -> str:
         f'<tr><td>images</td><td id="total-images">{t["images"]}</td></tr>',
         f'<tr><td>need review</td><td id="total-review">{t["review"]}</td></tr>',
     ]
+    prov = ", ".join(f"{k} {v}" for k, v in sorted(counts["provenance"].items()))
+    lines.append(f'<tr><td>labels by</td><td id="provenance">{_e(prov)}</td></tr>')
     if inp.votes is not None:
         lines.append(f'<tr><td>votes</td><td id="total-votes">{len(inp.votes)}</td></tr>')
     if inp.numberings is not None:
@@ -283,3 +289,65 @@ def write_report(path: str | os.PathLike[str], page: str) -> None:
 
     with atomic_open(path, encoding="utf-8") as fh:
         fh.write(page)
+
+
+def report_files(
+    hierarchy: str | os.PathLike[str],
+    *,
+    proposals: str | os.PathLike[str] | None = None,
+    votes: str | os.PathLike[str] | None = None,
+    published: Sequence[str | os.PathLike[str]] = (),
+    metadata: str | os.PathLike[str] | None = None,
+    load_images: Callable[[list[str]], Mapping[str, Any]] | None = None,
+    per_landmark: int = 3,
+) -> tuple[str, dict[str, Any]]:
+    """The page for the files of a pipeline run, and its counts.
+
+    ``hierarchy``: the table of ``hglv2 hierarchy apply``; ``proposals`` give the image counts;
+    ``votes`` the vote lines; ``published`` tables the disagreements (:func:`diff_files`);
+    ``metadata`` (a GLDv2 folder) the cross-numbering check and, with ``load_images`` (image ids ->
+    images), the thumbnails: the first ``per_landmark`` images of each landmark.
+    """
+    from hglv2.hierarchy.consistency import consistency_files
+    from hglv2.hierarchy.labels import diff_files, load_hierarchy_table
+
+    inp = ReportInputs(load_hierarchy_table(hierarchy))
+    if proposals is not None:
+        from hglv2.fileio import read_parquet_checked
+        from hglv2.hierarchy.clusters import PROPOSAL_REQUIRED, proposal_image_counts
+
+        props = read_parquet_checked(proposals, PROPOSAL_REQUIRED, "run `hglv2 hierarchy propose` first")
+        inp.image_counts = proposal_image_counts(props.to_pandas())
+    if votes is not None:
+        from hglv2.hierarchy.vote import read_votes
+
+        inp.votes = read_votes(votes)
+    if published:
+        inp.disagreements = diff_files(hierarchy, list(published))["disagreements"]
+    if metadata is not None:
+        found = consistency_files(inp.table, metadata)
+        inp.numberings = None if found is None else found[0]
+        if load_images is not None:
+            inp.thumbnails = _thumbnails(inp.table, metadata, load_images, per_landmark)
+    rows = landmark_rows(inp)
+    summary = report_counts(rows)
+    summary["thumbnails"] = sum(len(v) for v in inp.thumbnails.values())
+    return build_report(inp), summary
+
+
+def _thumbnails(table, metadata, load_images, per_landmark: int) -> dict[tuple[str, int], list[Any]]:
+    from hglv2.gldv2.readers import metadata_files
+    from hglv2.hierarchy.vote import voting_images
+
+    images = voting_images(metadata_files(metadata), table)
+    images = (
+        images[images["source"] != "query"]
+        .groupby(["numbering", "landmark_id"], sort=False)
+        .head(per_landmark)
+    )
+    loaded = load_images(images["id"].tolist())
+    out: dict[tuple[str, int], list[Any]] = {}
+    for i, n, lid in zip(images["id"], images["numbering"], images["landmark_id"], strict=True):
+        if i in loaded:
+            out.setdefault((str(n), int(lid)), []).append(loaded[i])
+    return out

@@ -437,3 +437,34 @@ def write_votes(
         if review_csv is not None:
             with atomic_open(review_csv) as fh:
                 review_rows(votes).to_csv(fh, index=False, lineterminator="\n")
+
+
+def apply_vote_files(
+    table: pd.DataFrame,
+    votes: str | os.PathLike[str],
+    decisions: str | os.PathLike[str] | None,
+) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
+    """The apply stage's vote step on files: ``(table with accepted votes, counts, warnings)``.
+
+    Counts: ``votes``, ``accepted`` (automatically and not rejected, or by a reviewer),
+    ``auto_accepted``, ``rejected``, ``pending`` (no decision yet), ``applied`` (labels changed)."""
+    v = read_votes(votes)
+    warnings: list[str] = []
+    dec = load_vote_decisions(decisions, v, warnings) if decisions is not None else {}
+    acc = accepted_votes(v, dec)
+    out, applied = apply_votes(table, acc)
+    decided = {k for k, (d, _) in dec.items()}
+    keys = list(zip(v["numbering"].astype(str), v["landmark_id"].astype(int), strict=True))
+    counts = {
+        "votes": len(v),
+        "accepted": len(acc),
+        "auto_accepted": int(
+            ((v["status"] == "accepted").to_numpy() & [k not in decided for k in keys]).sum()
+        ),
+        "rejected": sum(1 for d, _ in dec.values() if d == "reject"),
+        "pending": sum(
+            1 for k, s in zip(keys, v["status"], strict=True) if s == "pending" and k not in decided
+        ),
+        "applied": applied,
+    }
+    return out, counts, warnings
