@@ -118,6 +118,8 @@ def load_clip(
 ) -> ClipModel:
     """The model in eval mode on ``device``; see the module docstring for where weights come from."""
     open_clip = _open_clip()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device here (use --device cpu)")
     if name not in open_clip.list_models():
         raise InputError(f"open_clip has no model {name!r} (register a JSON config with --model-config)")
     if random_seed is not None:
