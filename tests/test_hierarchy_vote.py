@@ -219,23 +219,19 @@ def tiny(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("model"))
 
 
-def _run(world, tmp_path, weights, **kw):
-    from hglv2.evaluation.zeroshot import VoteSettings, vote_files
+def _run(world, tmp_path, weights, accept_above=None):
+    from hglv2.evaluation.zeroshot import ModelSettings, vote_features
     from tests.fixtures.vote import TINY_NAME
 
     inputs = (world["proposals"], world["clusters"], world["decisions"], world["overrides"])
-    settings = VoteSettings(model=TINY_NAME, weights=str(weights), batch_size=4, progress=False, **kw)
+    plan = hv.plan_vote(inputs, world["metadata"])
+    settings = ModelSettings(model=TINY_NAME, weights=str(weights), batch_size=4, progress=False)
+    f = vote_features(plan.prompts.texts(), plan.image_ids, [world["shards"]], tmp_path / "cache", settings)
     out = tmp_path / "votes.parquet"
-    summary = vote_files(
-        inputs,
-        world["metadata"],
-        [world["shards"]],
-        out,
-        tmp_path / "review.csv",
-        tmp_path / "cache",
-        settings,
+    summary = hv.finish_vote(
+        plan, f.ids, f.images, f.text, out, tmp_path / "review.csv", accept_above=accept_above
     )
-    return summary, out
+    return {**summary, "embedding": f.counts}, out
 
 
 def test_tiny_model_votes_are_deterministic_and_resume_from_the_shard_cache(tiny, tmp_path):

@@ -35,8 +35,9 @@ import torch
 
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_path, write_parquet
-from hglv2.hierarchy.vote import DEFAULT_MODEL, DEFAULT_PRETRAINED, PROMPT
 
+DEFAULT_MODEL = "ViT-L-14"
+DEFAULT_PRETRAINED = "laion2b_s32b_b82k"
 EXTRA_HINT = "pip install 'hglv2[vote]'"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -258,7 +259,7 @@ def image_features(
     ds = _image_dataset(ids, [Path(r) for r in roots], clip.preprocess, folder)
     got_ids: list[str] = []
     feats: list[np.ndarray] = []
-    counts = {"images": len(ids), "skipped": 0, "shards": 0, "shards_cached": 0}
+    counts = {"images": len(ids), "skipped": 0, "shards": 0, "shards_cached": 0, "embedded": 0}
     bar = tqdm(total=len(ids), desc="vote: embedding", unit="img", disable=None if progress else True)
     for name, idx in _groups(ds, chunk=4096):
         wanted = [ds.ids[i] for i in idx]
@@ -266,6 +267,7 @@ def image_features(
         counts["shards"] += 1
         if cached is None:
             cached = _embed_shard(clip, ds, idx, device, batch_size, workers, bar)
+            counts["embedded"] += len(cached[0])
             _write_shard(folder / f"{name}.npz", wanted, *cached)
         else:
             counts["shards_cached"] += 1
@@ -325,67 +327,46 @@ def _read_shard(path: Path, wanted: list[str]):
 
 
 # --------------------------------------------------------------------------------------------
-# the vote stage on files
+# the vote's features
 
 
 @dataclass(frozen=True)
-class VoteSettings:
-    """How :func:`vote_files` embeds and decides (the CLI options of ``hglv2 hierarchy vote``)."""
+class ModelSettings:
+    """Which model embeds, from which weights, where (the vote's model options)."""
 
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     weights: str | None = None
     download: bool = False
     random_seed: int | None = None
-    prompt: str = PROMPT
-    method: str = "argmax"
     device: str = "cpu"
     batch_size: int = 128
     workers: int = 0
-    accept_above: float | None = None
     progress: bool = True
 
 
-def _vote_rows(images, ids: list[str], table) -> tuple[Any, list[str | None]]:
-    """The (image, landmark) rows whose image was embedded, with the feature row of each and the
-    landmark's known top (None where unknown)."""
-    import pandas as pd
+@dataclass
+class VoteFeatures:
+    """What :func:`vote_features` returns: prompt and image features, and how they were made."""
 
-    pos = {i: k for k, i in enumerate(ids)}
-    rows = images[images["id"].isin(pos)].reset_index(drop=True)
-    rows["image"] = rows["id"].map(pos).astype("int64")
-    tops = zip(table["numbering"], table["landmark_id"], table["natural_or_human_made"], strict=True)
-    top = {(str(n), int(lid)): (None if pd.isna(t) else str(t)) for n, lid, t in tops}
-    return rows, [
-        top.get((str(n), int(lid))) for n, lid in zip(rows["numbering"], rows["landmark_id"], strict=True)
-    ]
+    text: np.ndarray
+    ids: list[str]
+    images: np.ndarray
+    counts: dict[str, Any]
+    model: dict[str, str]
 
 
-def vote_files(
-    review_inputs: tuple[str | os.PathLike[str], ...],
-    metadata: str | os.PathLike[str],
+def vote_features(
+    texts: Sequence[str],
+    ids: Sequence[str],
     roots: Sequence[str | os.PathLike[str]],
-    out: str | os.PathLike[str],
-    review_csv: str | os.PathLike[str] | None,
     cache_dir: str | os.PathLike[str],
-    settings: VoteSettings = VoteSettings(),
-) -> dict[str, Any]:
-    """The vote stage: the landmarks still without a cluster after the rules and reviews
-    (``review_inputs`` = proposals, clusters, decisions, overrides files) -> votes table ``out``
-    (and the pending rows as ``review_csv``). Returns the summary (counts, shares, images/s)."""
+    settings: ModelSettings = ModelSettings(),
+) -> VoteFeatures:
+    """Load the model, embed the prompts and the images (resumable per shard); ``counts`` adds
+    ``seconds`` and ``images_per_s`` of the image step."""
     import time
 
-    import pandas as pd
-
-    from hglv2.gldv2.readers import metadata_files
-    from hglv2.hierarchy import vote as hv
-    from hglv2.hierarchy.clusters import apply_files, load_clusters
-
-    _, table, warnings = apply_files(*review_inputs)
-    anchors = load_clusters(review_inputs[1])
-    prompts = hv.build_prompts(table, {a.label: a.cluster for a in anchors.anchors}, anchors.top_of)
-    open_ = hv.open_landmarks(table)
-    images = hv.voting_images(metadata_files(metadata), open_)
     clip = load_clip(
         settings.model,
         settings.pretrained,
@@ -395,9 +376,9 @@ def vote_files(
         device=settings.device,
     )
     t0 = time.perf_counter()
-    ids, feats, counts = image_features(
+    got, feats, counts = image_features(
         clip,
-        images["id"].tolist(),
+        ids,
         roots,
         cache_dir,
         device=settings.device,
@@ -406,32 +387,7 @@ def vote_files(
         progress=settings.progress,
     )
     seconds = time.perf_counter() - t0
-    text = text_features(clip, prompts.texts(settings.prompt), settings.device)
-    rows, tops = _vote_rows(images, ids, table)
-    preds = hv.predict_images(
-        feats[rows["image"].to_numpy()], text, prompts, method=settings.method, tops=tops
-    )
-    rows["image"] = np.arange(len(rows))
-    votes = hv.votes_table(rows, preds, prompts, settings.accept_above) if len(rows) else hv.empty_votes()
-    hv.write_votes(votes, out, review_csv)
-    summary = hv.vote_summary(votes, len(open_))
-    embedded = counts["images"] - counts["skipped"]
-    summary.update(
-        open_by_numbering={n: int((open_["numbering"] == n).sum()) for n in pd.unique(open_["numbering"])},
-        prompts=len(prompts.names),
-        clusters_prompted=len(prompts.clusters),
-        embedding={
-            **counts,
-            "seconds": seconds,
-            "images_per_s": (embedded / seconds) if seconds > 0 else None,
-        },
-        model={
-            "name": clip.name,
-            "weights": clip.weights,
-            "method": settings.method,
-            "prompt": settings.prompt,
-        },
-        accept_above=settings.accept_above,
-        warnings=warnings,
-    )
-    return summary
+    rate = counts["embedded"] / seconds if seconds > 0 and counts["embedded"] else None
+    counts.update(seconds=seconds, images_per_s=rate)
+    text = text_features(clip, texts, settings.device)
+    return VoteFeatures(text, got, feats, counts, {"name": clip.name, "weights": clip.weights})

@@ -46,8 +46,6 @@ from hglv2.errors import InputError
 from hglv2.schema import NUMBERINGS
 
 PROMPT = "A picture of a {}"
-DEFAULT_MODEL = "ViT-L-14"
-DEFAULT_PRETRAINED = "laion2b_s32b_b82k"
 TEMPERATURE = 100.0
 KNN_K = 5
 METHODS = ("argmax", "knn")
@@ -468,3 +466,81 @@ def apply_vote_files(
         "applied": applied,
     }
     return out, counts, warnings
+
+
+# --------------------------------------------------------------------------------------------
+# the vote stage on files: plan (which landmarks, prompts and images), then finish (decide, write)
+
+
+@dataclass
+class VotePlan:
+    """What the vote needs embedded: ``images`` (one row per image and landmark it votes for,
+    :func:`voting_images`), the ``prompts``, the hierarchy ``table`` before votes, the open rows."""
+
+    table: pd.DataFrame
+    open: pd.DataFrame
+    prompts: Prompts
+    images: pd.DataFrame
+    warnings: list[str]
+
+    @property
+    def image_ids(self) -> list[str]:
+        return sorted(set(self.images["id"]))
+
+
+def plan_vote(review_inputs: Sequence[str | os.PathLike[str]], metadata: str | os.PathLike[str]) -> VotePlan:
+    """The landmarks without a cluster after the rules and reviews (``review_inputs`` = the
+    proposals, clusters, decisions and overrides files), the prompts and the voting images."""
+    from hglv2.gldv2.readers import metadata_files
+    from hglv2.hierarchy.clusters import apply_files, load_clusters
+
+    _, table, warnings = apply_files(*review_inputs)
+    anchors = load_clusters(review_inputs[1])
+    prompts = build_prompts(table, {a.label: a.cluster for a in anchors.anchors}, anchors.top_of)
+    open_ = open_landmarks(table)
+    return VotePlan(table, open_, prompts, voting_images(metadata_files(metadata), open_), warnings)
+
+
+def _rows_with_features(plan: VotePlan, ids: Sequence[str]) -> tuple[pd.DataFrame, list[str | None]]:
+    """The (image, landmark) rows whose image was embedded (``image`` = its feature row), and the
+    known top of each row's landmark (None where unknown)."""
+    pos = {i: k for k, i in enumerate(ids)}
+    rows = plan.images[plan.images["id"].isin(pos)].reset_index(drop=True)
+    rows["image"] = rows["id"].map(pos).astype("int64")
+    t = plan.table
+    tops = zip(t["numbering"], t["landmark_id"], t["natural_or_human_made"], strict=True)
+    top = {(str(n), int(lid)): (None if pd.isna(v) else str(v)) for n, lid, v in tops}
+    keys = zip(rows["numbering"], rows["landmark_id"], strict=True)
+    return rows, [top.get((str(n), int(lid))) for n, lid in keys]
+
+
+def finish_vote(
+    plan: VotePlan,
+    ids: Sequence[str],
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    out: str | os.PathLike[str],
+    review_csv: str | os.PathLike[str] | None,
+    *,
+    method: str = "argmax",
+    accept_above: float | None = None,
+) -> dict[str, Any]:
+    """Decide per image, vote per landmark, write the votes (and the review rows); the summary."""
+    rows, tops = _rows_with_features(plan, ids)
+    if len(rows):
+        feats = np.asarray(image_features)[rows["image"].to_numpy()]
+        preds = predict_images(feats, text_features, plan.prompts, method=method, tops=tops)
+        votes = votes_table(rows.assign(image=np.arange(len(rows))), preds, plan.prompts, accept_above)
+    else:
+        votes = empty_votes()
+    write_votes(votes, out, review_csv)
+    summary = vote_summary(votes, len(plan.open))
+    summary.update(
+        open_by_numbering={n: int((plan.open["numbering"] == n).sum()) for n in NUMBERINGS},
+        prompts=len(plan.prompts.names),
+        clusters_prompted=len(plan.prompts.clusters),
+        method=method,
+        accept_above=accept_above,
+        warnings=plan.warnings,
+    )
+    return summary
