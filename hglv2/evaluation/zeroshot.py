@@ -254,12 +254,14 @@ def image_features(
     from tqdm import tqdm
 
     ids = sorted(set(ids))
+    counts = {"images": len(ids), "skipped": 0, "shards": 0, "shards_cached": 0, "embedded": 0}
+    if not ids:
+        return [], np.zeros((0, 0), np.float32), counts
     folder = Path(cache_dir) / clip.key
     folder.mkdir(parents=True, exist_ok=True)
     ds = _image_dataset(ids, [Path(r) for r in roots], clip.preprocess, folder)
     got_ids: list[str] = []
     feats: list[np.ndarray] = []
-    counts = {"images": len(ids), "skipped": 0, "shards": 0, "shards_cached": 0, "embedded": 0}
     bar = tqdm(total=len(ids), desc="vote: embedding", unit="img", disable=None if progress else True)
     for name, idx in _groups(ds, chunk=4096):
         wanted = [ds.ids[i] for i in idx]
