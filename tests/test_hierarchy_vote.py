@@ -223,8 +223,7 @@ def _run(world, tmp_path, weights, accept_above=None):
     from hglv2.evaluation.zeroshot import ModelSettings, vote_features
     from tests.fixtures.vote import TINY_NAME
 
-    inputs = (world["proposals"], world["clusters"], world["decisions"], world["overrides"])
-    plan = hv.plan_vote(inputs, world["metadata"])
+    plan = hv.plan_vote(world["proposals"], world["clusters"], world["metadata"])
     settings = ModelSettings(model=TINY_NAME, weights=str(weights), batch_size=4, progress=False)
     f = vote_features(plan.prompts.texts(), plan.image_ids, [world["shards"]], tmp_path / "cache", settings)
     out = tmp_path / "votes.parquet"

@@ -1,4 +1,4 @@
-"""Image-model votes for the landmarks that the rules and the reviews leave without a cluster.
+"""Image-model votes for the landmarks that the rules leave without a cluster.
 
 The recipe follows the SupRank authors' labelling code (``gldv2_labels.py``), split into a part
 with no model (this module: prompts, per-image decisions, per-landmark votes, the review rows)
@@ -28,7 +28,8 @@ A vote is a *proposal*: :func:`votes_table` marks it ``accepted`` only when ``ac
 given and the winner's share reaches it with a strict majority over the runner-up; the other rows
 are ``pending`` until a reviewer accepts or rejects them in ``data/review/vote_decisions.csv``
 (:func:`load_vote_decisions`). :func:`apply_votes` then fills the clusters of accepted votes with
-provenance ``vote``; labels set by a rule, a decision or an override are never changed.
+provenance ``vote``; labels set by a rule, a decision or an override are never changed. The vote
+reads the proposals, not the review files, so editing a decision never reruns the image step.
 """
 
 from __future__ import annotations
@@ -475,30 +476,41 @@ def apply_vote_files(
 @dataclass
 class VotePlan:
     """What the vote needs embedded: ``images`` (one row per image and landmark it votes for,
-    :func:`voting_images`), the ``prompts``, the hierarchy ``table`` before votes, the open rows."""
+    :func:`voting_images`), the ``prompts``, the proposals as a ``table`` (hierarchy column names)
+    and its ``open`` rows (no cluster)."""
 
     table: pd.DataFrame
     open: pd.DataFrame
     prompts: Prompts
     images: pd.DataFrame
-    warnings: list[str]
 
     @property
     def image_ids(self) -> list[str]:
         return sorted(set(self.images["id"]))
 
 
-def plan_vote(review_inputs: Sequence[str | os.PathLike[str]], metadata: str | os.PathLike[str]) -> VotePlan:
-    """The landmarks without a cluster after the rules and reviews (``review_inputs`` = the
-    proposals, clusters, decisions and overrides files), the prompts and the voting images."""
-    from hglv2.gldv2.readers import metadata_files
-    from hglv2.hierarchy.clusters import apply_files, load_clusters
+def plan_vote(
+    proposals: str | os.PathLike[str], clusters: str | os.PathLike[str], metadata: str | os.PathLike[str]
+) -> VotePlan:
+    """The landmarks the rules leave without a cluster (``proposals`` of ``hglv2 hierarchy
+    propose``), the prompts (``clusters.csv`` and the rule-clustered supercategories) and the
+    voting images of the GLDv2 files in ``metadata``.
 
-    _, table, warnings = apply_files(*review_inputs)
-    anchors = load_clusters(review_inputs[1])
+    The reviews (decisions, overrides) are not read: the image step then never reruns when a
+    reviewer edits them, and ``apply`` uses a vote only where the reviews left the cluster open.
+    """
+    from hglv2.fileio import read_parquet_checked
+    from hglv2.gldv2.readers import metadata_files
+    from hglv2.hierarchy.clusters import PROPOSAL_REQUIRED, load_clusters
+
+    props = read_parquet_checked(
+        proposals, PROPOSAL_REQUIRED, "run `hglv2 hierarchy propose` first"
+    ).to_pandas()
+    table = props.rename(columns={"cluster": "hierarchical_label", "top": "natural_or_human_made"})
+    anchors = load_clusters(clusters)
     prompts = build_prompts(table, {a.label: a.cluster for a in anchors.anchors}, anchors.top_of)
     open_ = open_landmarks(table)
-    return VotePlan(table, open_, prompts, voting_images(metadata_files(metadata), open_), warnings)
+    return VotePlan(table, open_, prompts, voting_images(metadata_files(metadata), open_))
 
 
 def _rows_with_features(plan: VotePlan, ids: Sequence[str]) -> tuple[pd.DataFrame, list[str | None]]:
@@ -541,6 +553,5 @@ def finish_vote(
         clusters_prompted=len(plan.prompts.clusters),
         method=method,
         accept_above=accept_above,
-        warnings=plan.warnings,
     )
     return summary
