@@ -276,3 +276,23 @@ def test_missing_weights_stop_with_one_line_and_never_download(tiny, monkeypatch
     assert "--weights FILE" in msg and "--download" in msg and "\n" not in msg
     with pytest.raises(InputError, match="no such weights file"):
         zeroshot.load_clip("ViT-B-32", weights=tmp_path / "nope.pt")
+
+
+def test_sample_images_draw_every_listed_image_deterministically(tmp_path):
+    import tarfile
+
+    from pipelines.sample_images import render_sample
+    from tests.fixtures.gldv2_example import write_example
+
+    files = write_example(tmp_path / "meta", n_landmarks=8, n_index_landmarks=4, max_images=2)
+    counts = render_sample(tmp_path / "meta", tmp_path / "a", size=32)
+    render_sample(tmp_path / "meta", tmp_path / "b", size=32)
+    for folder in ("train", "index", "test"):
+        a, b = (sorted((tmp_path / x / folder).glob("*.tar")) for x in ("a", "b"))
+        assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    with tarfile.open(tmp_path / "a" / "train" / "images_000.tar") as tf:
+        names = {m.name.rsplit("/", 1)[1][:-4] for m in tf}
+    train_ids = set(pd.read_csv(files["train.csv"], dtype=str)["id"])
+    assert names == train_ids and counts["train"] == len(train_ids)
+    truth = pd.read_csv(tmp_path / "a" / "truth.csv")
+    assert truth["cluster"].notna().all() and set(truth["source"]) <= {"published", "hidden"}
