@@ -212,9 +212,8 @@ def voting_images(files: Mapping[str, str | os.PathLike[str]], landmarks: pd.Dat
     from hglv2.gldv2.readers import read_file
     from hglv2.hierarchy.consistency import LINK_FILES, query_links
 
-    wanted = {
-        (str(n), int(lid)) for n, lid in zip(landmarks["numbering"], landmarks["landmark_id"], strict=True)
-    }
+    lids = landmarks["landmark_id"].astype("int64").to_numpy()
+    wanted = {n: np.unique(lids[(landmarks["numbering"] == n).to_numpy()]) for n in NUMBERINGS}
     parts = []
     for name, numbering, kind in (
         ("train.csv", "train", "train"),
@@ -222,31 +221,23 @@ def voting_images(files: Mapping[str, str | os.PathLike[str]], landmarks: pd.Dat
     ):
         if name in files:
             t = read_file(files[name], kind)
+            t = t.filter(np.isin(t["landmark_id"].to_numpy(), wanted[numbering]))
+            ids, got = t["id"].to_pylist(), t["landmark_id"].to_numpy()
             parts.append(
-                pd.DataFrame(
-                    {
-                        "id": t["id"].to_pylist(),
-                        "numbering": numbering,
-                        "landmark_id": t["landmark_id"].to_numpy(),
-                        "source": numbering,
-                    }
-                )
+                pd.DataFrame({"id": ids, "numbering": numbering, "landmark_id": got, "source": numbering})
             )
     if all(n in files for n in LINK_FILES):
         links = query_links(files)
         for numbering in NUMBERINGS:
-            col = f"{numbering}_landmark_id"
-            q = links[links[col] >= 0]
+            q = links[np.isin(links[f"{numbering}_landmark_id"].to_numpy(), wanted[numbering])]
+            got = q[f"{numbering}_landmark_id"]
             parts.append(
-                pd.DataFrame(
-                    {"id": q["id"], "numbering": numbering, "landmark_id": q[col], "source": "query"}
-                )
+                pd.DataFrame({"id": q["id"], "numbering": numbering, "landmark_id": got, "source": "query"})
             )
     if not parts:
         raise InputError("no image list: give train.csv and/or index_image_to_landmark.csv")
     df = pd.concat(parts, ignore_index=True).astype({"landmark_id": "int64"})
-    keep = [(n, int(lid)) in wanted for n, lid in zip(df["numbering"], df["landmark_id"], strict=True)]
-    df = df[np.array(keep, dtype=bool)].drop_duplicates(["id", "numbering", "landmark_id"])
+    df = df.drop_duplicates(["id", "numbering", "landmark_id"])
     order = df["numbering"].map({n: i for i, n in enumerate(NUMBERINGS)}).astype("int64")
     return (
         df.assign(_n=order)
