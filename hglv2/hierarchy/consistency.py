@@ -203,3 +203,16 @@ def summary_lines(summary: dict[str, Any], limit: int = 10) -> list[str]:
     if len(summary["disagreements"]) > limit:
         lines.append(f"  ... {len(summary['disagreements']) - limit} more")
     return lines
+
+
+def align_files(
+    table: pd.DataFrame, metadata: str | os.PathLike[str], rule: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`align` with the pairs linked by the GLDv2 files in ``metadata``."""
+    found = consistency_files(table, metadata)
+    if found is None:
+        missing = [n for n in LINK_FILES if n not in link_files(metadata)]
+        raise InputError(
+            f"--align needs {', '.join(missing)} in {metadata} (the queries link the numberings)"
+        )
+    return align(table, found[0], rule)
