@@ -314,9 +314,9 @@ def report_files(
     inp = ReportInputs(load_hierarchy_table(hierarchy))
     if proposals is not None:
         from hglv2.fileio import read_parquet_checked
-        from hglv2.hierarchy.clusters import PROPOSAL_REQUIRED, proposal_image_counts
+        from hglv2.hierarchy.clusters import PROPOSAL_COLUMNS, proposal_image_counts
 
-        props = read_parquet_checked(proposals, PROPOSAL_REQUIRED, "run `hglv2 hierarchy propose` first")
+        props = read_parquet_checked(proposals, PROPOSAL_COLUMNS, "run `hglv2 hierarchy propose` first")
         inp.image_counts = proposal_image_counts(props.to_pandas())
     if votes is not None:
         from hglv2.hierarchy.vote import read_votes

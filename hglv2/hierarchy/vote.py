@@ -492,10 +492,10 @@ def plan_vote(
     """
     from hglv2.fileio import read_parquet_checked
     from hglv2.gldv2.readers import metadata_files
-    from hglv2.hierarchy.clusters import PROPOSAL_REQUIRED, load_clusters
+    from hglv2.hierarchy.clusters import PROPOSAL_COLUMNS, load_clusters
 
     props = read_parquet_checked(
-        proposals, PROPOSAL_REQUIRED, "run `hglv2 hierarchy propose` first"
+        proposals, PROPOSAL_COLUMNS, "run `hglv2 hierarchy propose` first"
     ).to_pandas()
     table = props.rename(columns={"cluster": "hierarchical_label", "top": "natural_or_human_made"})
     anchors = load_clusters(clusters)
