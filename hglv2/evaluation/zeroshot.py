@@ -102,6 +102,21 @@ def cached_weights(
     return None
 
 
+@contextlib.contextmanager
+def _quiet_random_init(quiet: bool):
+    """Silence open_clip's "no pretrained weights loaded" warning when random weights are asked for."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _stamp(path: Path) -> str:
     st = path.stat()
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
@@ -140,7 +155,7 @@ def load_clip(
         source = str(hit) if hit is not None else pretrained
         desc = _stamp(hit) if hit is not None else f"{pretrained}"
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init(random_seed is not None):
             torch.manual_seed(0 if random_seed is None else random_seed)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name,

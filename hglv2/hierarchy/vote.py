@@ -436,25 +436,31 @@ def apply_vote_files(
 ) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
     """The apply stage's vote step on files: ``(table with accepted votes, counts, warnings)``.
 
-    Counts: ``votes``, ``accepted`` (automatically and not rejected, or by a reviewer),
-    ``auto_accepted``, ``rejected``, ``pending`` (no decision yet), ``applied`` (labels changed)."""
+    Only votes for landmarks still without a cluster count; the others are ``moot`` (a decision
+    or an override labelled the landmark after the vote). Counts: ``votes``, ``moot``,
+    ``accepted`` (automatically and not rejected, or by a reviewer), ``auto_accepted``,
+    ``rejected``, ``pending`` (no decision yet), ``applied`` (labels changed)."""
     v = read_votes(votes)
     warnings: list[str] = []
     dec = load_vote_decisions(decisions, v, warnings) if decisions is not None else {}
-    acc = accepted_votes(v, dec)
-    out, applied = apply_votes(table, acc)
-    decided = {k for k, (d, _) in dec.items()}
+    still_open = open_landmarks(table)
+    open_keys = set(
+        zip(still_open["numbering"].astype(str), still_open["landmark_id"].astype(int), strict=True)
+    )
     keys = list(zip(v["numbering"].astype(str), v["landmark_id"].astype(int), strict=True))
+    live = np.array([k in open_keys for k in keys], dtype=bool)
+    acc = accepted_votes(v[live].reset_index(drop=True), dec)
+    out, applied = apply_votes(table, acc)
+    live_keys = [k for k, keep in zip(keys, live, strict=True) if keep]
+    status = dict(zip(keys, v["status"], strict=True))
+    decided = {k: d for k, (d, _) in dec.items()}
     counts = {
         "votes": len(v),
+        "moot": int((~live).sum()),
         "accepted": len(acc),
-        "auto_accepted": int(
-            ((v["status"] == "accepted").to_numpy() & [k not in decided for k in keys]).sum()
-        ),
-        "rejected": sum(1 for d, _ in dec.values() if d == "reject"),
-        "pending": sum(
-            1 for k, s in zip(keys, v["status"], strict=True) if s == "pending" and k not in decided
-        ),
+        "auto_accepted": sum(1 for k in live_keys if status[k] == "accepted" and k not in decided),
+        "rejected": sum(1 for k in live_keys if decided.get(k) == "reject"),
+        "pending": sum(1 for k in live_keys if status[k] == "pending" and k not in decided),
         "applied": applied,
     }
     return out, counts, warnings
