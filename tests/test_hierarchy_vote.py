@@ -225,7 +225,7 @@ def _run(world, tmp_path, weights, accept_above=None):
 
     plan = hv.plan_vote(world["proposals"], world["clusters"], world["metadata"])
     settings = ModelSettings(model=TINY_NAME, weights=str(weights), batch_size=4, progress=False)
-    f = vote_features(plan.prompts.texts(), plan.image_ids, [world["shards"]], tmp_path / "cache", settings)
+    f = vote_features(plan.prompts.texts(), plan.image_ids, world["images"], tmp_path / "cache", settings)
     out = tmp_path / "votes.parquet"
     summary = hv.finish_vote(
         plan, f.ids, f.images, f.text, out, tmp_path / "review.csv", accept_above=accept_above

@@ -238,11 +238,17 @@ def read_images(
         return {it["id"]: it["image"] for it in items if it is not None}
 
 
+def _shard_key(path: Path) -> str:
+    """A cache name per shard: shards of several folders share names (``images_000.tar``)."""
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
+    return f"{Path(path).parent.name}-{Path(path).stem}-{digest}"
+
+
 def _groups(ds, chunk: int) -> list[tuple[str, np.ndarray]]:
     """(name, item indices) per tar shard (or per ``chunk`` images of a folder), in shard order."""
     if ds.shards:
         loc = ds._loc[:, 0]
-        groups = [(ds.shards[k].stem, np.flatnonzero(loc == k)) for k in range(len(ds.shards))]
+        groups = [(_shard_key(ds.shards[k]), np.flatnonzero(loc == k)) for k in range(len(ds.shards))]
         missing = np.flatnonzero(loc < 0)
         groups = [g for g in groups if len(g[1])]
         return groups + ([("missing", missing)] if len(missing) else [])
