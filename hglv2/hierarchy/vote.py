@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from hglv2.errors import InputError
+from hglv2.hierarchy.labels import sort_table
 from hglv2.schema import NUMBERINGS
 
 PROMPT = "A picture of a {}"
@@ -237,14 +238,8 @@ def voting_images(files: Mapping[str, str | os.PathLike[str]], landmarks: pd.Dat
     if not parts:
         raise InputError("no image list: give train.csv and/or index_image_to_landmark.csv")
     df = pd.concat(parts, ignore_index=True).astype({"landmark_id": "int64"})
-    df = df.drop_duplicates(["id", "numbering", "landmark_id"])
-    order = df["numbering"].map({n: i for i, n in enumerate(NUMBERINGS)}).astype("int64")
-    return (
-        df.assign(_n=order)
-        .sort_values(["_n", "landmark_id", "id"], kind="stable")
-        .drop(columns="_n")
-        .reset_index(drop=True)
-    )
+    df = df.drop_duplicates(["id", "numbering", "landmark_id"]).sort_values("id", kind="stable")
+    return sort_table(df)
 
 
 def empty_votes() -> pd.DataFrame:
@@ -258,13 +253,7 @@ def sort_votes(df: pd.DataFrame) -> pd.DataFrame:
     df["runner_up_share"] = df["runner_up_share"].astype("float64")
     for c in ("numbering", "cluster", "top", "runner_up", "status"):
         df[c] = df[c].astype("string")
-    order = df["numbering"].map({n: i for i, n in enumerate(NUMBERINGS)}).astype("int64")
-    return (
-        df.assign(_n=order)
-        .sort_values(["_n", "landmark_id"], kind="stable")
-        .drop(columns="_n")
-        .reset_index(drop=True)
-    )
+    return sort_table(df)
 
 
 def vote_summary(votes: pd.DataFrame, open_landmarks: int | None = None) -> dict[str, Any]:
