@@ -40,7 +40,7 @@ def _inputs() -> hr.ReportInputs:
     for i, (n, lid, sup, c, top, p) in enumerate(rows):
         t.loc[i, ["numbering", "landmark_id", "supercategory", "hierarchical_label", "natural_or_human_made",
                   "provenance"]] = [n, lid, sup, c, top, p]  # fmt: skip
-    t["qid"] = [f"Q{100 + i}" for i in range(len(t))]
+    t["qid"] = [f"Q{100 + i}" for i in range(len(t) - 1)] + [None]
     t["category"] = [f"http://commons.wikimedia.org/wiki/Category:L{i}" for i in range(len(t))]
     t = t.astype({c: "string" for c in HIERARCHY_COLUMNS if c != "landmark_id"}).astype(
         {"landmark_id": "int64"}
@@ -112,7 +112,7 @@ def test_page_is_self_contained_and_flags_what_needs_review(tmp_path):
         ("train", 5),
     ]
     assert "vote bridge 90% of 10 images, runner-up church 10% (accepted)" in page
-    assert "https://www.wikidata.org/wiki/Q100" in page
+    assert "https://www.wikidata.org/wiki/Q100" in page and ">nan<" not in page and "Q108" not in page
     out = tmp_path / "r.html"
     hr.write_report(out, page)
     assert out.read_text(encoding="utf-8") == page

@@ -124,7 +124,9 @@ def landmark_rows(inp: ReportInputs) -> pd.DataFrame:
                 "needs_review": needs,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object).astype(
+        {"landmark_id": "int64", "images": "int64", "needs_review": bool}
+    )
 
 
 def report_counts(rows: pd.DataFrame) -> dict[str, Any]:
@@ -150,14 +152,14 @@ def _e(v: Any) -> str:
 
 
 def _links(r: Mapping[str, Any]) -> str:
+    qid, category, sup = _s(r["qid"]), _s(r["category"]), _s(r["supercategory_qid"])
     parts = []
-    if r["qid"]:
-        parts.append(f'<a href="https://www.wikidata.org/wiki/{_e(r["qid"])}">{_e(r["qid"])}</a>')
-    if r["category"]:
-        parts.append(f'<a href="{_e(r["category"])}">Commons</a>')
-    if r["supercategory_qid"]:
-        q = _e(r["supercategory_qid"])
-        parts.append(f'class <a href="https://www.wikidata.org/wiki/{q}">{q}</a>')
+    if qid:
+        parts.append(f'<a href="https://www.wikidata.org/wiki/{_e(qid)}">{_e(qid)}</a>')
+    if category:
+        parts.append(f'<a href="{_e(category)}">Commons</a>')
+    if sup:
+        parts.append(f'class <a href="https://www.wikidata.org/wiki/{_e(sup)}">{_e(sup)}</a>')
     return " · ".join(parts)
 
 
