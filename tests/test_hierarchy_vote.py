@@ -296,3 +296,156 @@ def test_sample_images_draw_every_listed_image_deterministically(tmp_path):
     assert names == train_ids and counts["train"] == len(train_ids)
     truth = pd.read_csv(tmp_path / "a" / "truth.csv")
     assert truth["cluster"].notna().all() and set(truth["source"]) <= {"published", "hidden"}
+
+
+# --------------------------------------------------------------------------------------------
+# the commands: vote -> review rows -> apply (accept / reject) -> export; weights; consistency
+
+
+def _images(w):
+    return [x for p in w["images"] for x in ("--images", p)]
+
+
+def _cli(runner, *args):
+    from hglv2.cli import main
+
+    return runner.invoke(main, ["hierarchy", *map(str, args)], catch_exceptions=False)
+
+
+def test_vote_apply_export_on_the_command_line(tiny, tmp_path, cli_runner):
+    import pyarrow.parquet as pq
+
+    from hglv2.cli import main
+    from tests.fixtures.vote import vote_world
+
+    config, weights = tiny
+    w = vote_world(tmp_path / "w")
+    vote_args = [
+        "vote", "--proposals", w["proposals"], "--clusters", w["clusters"], "--metadata", w["metadata"],
+        *_images(w), "--out", tmp_path / "votes.parquet", "--review-csv", tmp_path / "review.csv",
+        "--cache-dir", tmp_path / "cache", "--model-config", config, "--weights", weights,
+        "--batch-size", 4, "--json", tmp_path / "vote.json",
+    ]  # fmt: skip
+    r = _cli(cli_runner, *vote_args)
+    assert r.exit_code == 0, r.output
+    assert "vote: 3 of 3 landmarks without a cluster voted (train 2, index 1 open)" in r.output
+    assert "pending review: 3" in r.output
+    first = (tmp_path / "votes.parquet").read_bytes()
+    assert _cli(cli_runner, *vote_args).exit_code == 0 and (tmp_path / "votes.parquet").read_bytes() == first
+    votes = hv.read_votes(tmp_path / "votes.parquet").set_index(["numbering", "landmark_id"])
+    decisions = tmp_path / "vote_decisions.csv"
+    decisions.write_text(
+        "numbering,landmark_id,cluster,decision,reason\n"
+        f"train,12,{votes.loc[('train', 12), 'cluster']},accept,the photos agree\n"
+        f"train,13,{votes.loc[('train', 13), 'cluster']},reject,not what the photos show\n"
+    )
+    apply_args = [
+        "apply", "--proposals", w["proposals"], "--clusters", w["clusters"], "--decisions", w["decisions"],
+        "--overrides", w["overrides"], "--votes", tmp_path / "votes.parquet", "--vote-decisions", decisions,
+        "--out", tmp_path / "hierarchy.parquet", "--json", tmp_path / "apply.json",
+    ]  # fmt: skip
+    r = _cli(cli_runner, *apply_args)
+    assert r.exit_code == 0, r.output
+    assert "votes: 3 (0 moot: labelled by a review), accepted 1 (0 automatically), rejected 1" in r.output
+    assert "pending 1; 1 label(s) set by votes" in r.output
+    export = ["export", "--metadata", w["metadata"], "--hierarchy", tmp_path / "hierarchy.parquet"]
+    r = cli_runner.invoke(main, [*map(str, export), "--out", str(tmp_path / "splits")])
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(tmp_path / "splits" / "train_full.parquet").to_pandas()
+    by = t.groupby("landmark_id")["hierarchical_label"].first()
+    assert by[12] == votes.loc[("train", 12), "cluster"]  # accepted: exported
+    assert pd.isna(by[13])  # rejected: still unknown
+    # auto-accept: every vote with a strict majority
+    r = _cli(cli_runner, *vote_args, "--accept-above", "0.0")
+    assert r.exit_code == 0 and "accepted automatically (share >= 0): " in r.output
+
+
+def test_vote_without_weights_is_one_error_line(tiny, tmp_path, cli_runner, monkeypatch):
+    from tests.fixtures.vote import vote_world
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    w = vote_world(tmp_path / "w")
+    args = [
+        "vote", "--proposals", w["proposals"], "--clusters", w["clusters"], "--metadata", w["metadata"],
+        *_images(w), "--out", tmp_path / "votes.parquet", "--model", "ViT-B-32",
+        "--pretrained", "laion2b_s34b_b79k",
+    ]  # fmt: skip
+    r = _cli(cli_runner, *args)
+    assert r.exit_code == 2
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: no weights for ViT-B-32 laion2b_s34b_b79k")
+    assert "--weights FILE" in lines[0] and "--download" in lines[0]
+    assert not (tmp_path / "votes.parquet").exists()
+
+
+def test_diff_align_and_report_show_the_two_numberings(tiny, tmp_path, cli_runner):
+    from tests.fixtures.vote import vote_world
+
+    config, weights = tiny
+    w = vote_world(tmp_path / "w")
+    review = ["--proposals", w["proposals"], "--clusters", w["clusters"], "--decisions", w["decisions"]]
+    review += ["--overrides", w["overrides"]]
+    r = _cli(cli_runner, "apply", *review, "--out", tmp_path / "h.parquet")
+    assert r.exit_code == 0, r.output
+    published = tmp_path / "train_label_to_hierarchical.csv"
+    published.write_text(
+        "landmark_id,category,supercategory,hierarchical_label,natural_or_human_made\n"
+        "10,c,church building,church,human-made\n11,c,lake,mountain,natural\n"
+    )
+    r = _cli(
+        cli_runner,
+        "diff",
+        tmp_path / "h.parquet",
+        published,
+        "--metadata",
+        w["metadata"],
+        "--json",
+        tmp_path / "d.json",
+    )
+    assert r.exit_code == 0, r.output
+    assert (
+        "cross-numbering: 1 places with a train and an index id (1 queries): 0 agree, 1 cluster differs"
+        in r.output
+    )
+    assert "  train 10 church (human-made) <> index 10 bridge (human-made): cluster differs" in r.output
+    # the authors' rule: the index side takes the query's (train) labels
+    r = _cli(
+        cli_runner,
+        "apply",
+        *review,
+        "--out",
+        tmp_path / "a.parquet",
+        "--align",
+        "index-to-query",
+        "--metadata",
+        w["metadata"],
+    )
+    assert (
+        r.exit_code == 0
+        and "align index-to-query: 1 landmark(s) changed, 0 unchanged, 0 ambiguous" in r.output
+    )
+    from hglv2.hierarchy.labels import load_hierarchy_table
+
+    t = load_hierarchy_table(tmp_path / "a.parquet").set_index(["numbering", "landmark_id"])
+    assert tuple(t.loc[("index", 10), ["hierarchical_label", "provenance"]]) == ("church", "aligned")
+    r = _cli(cli_runner, "apply", *review, "--out", tmp_path / "x.parquet", "--align", "index-to-query")
+    assert r.exit_code == 2 and "Error: --align needs --metadata DIR" in r.output
+    # the review page, with thumbnails from the shards
+    vote = ["vote", "--proposals", w["proposals"], "--clusters", w["clusters"], "--metadata", w["metadata"]]
+    vote += [*_images(w), "--out", tmp_path / "v.parquet", "--cache-dir", tmp_path / "c"]
+    vote += ["--review-csv", tmp_path / "v.csv", "--model-config", config, "--weights", weights]
+    assert _cli(cli_runner, *vote).exit_code == 0
+    page = tmp_path / "review.html"
+    report = ["report", "--hierarchy", tmp_path / "h.parquet", "--proposals", w["proposals"]]
+    report += ["--votes", tmp_path / "v.parquet", "--published", published, "--metadata", w["metadata"]]
+    r = _cli(cli_runner, *report, *_images(w), "--out", page, "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    assert "review page: 6 landmarks, 18 images, 6 to review, 18 thumbnails" in r.output
+    text = page.read_text(encoding="utf-8")
+    assert (
+        text.count("data:image/jpeg;base64,") >= 12
+        and "train 10: church (human-made) / index 10: bridge" in text
+    )

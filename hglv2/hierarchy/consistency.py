@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from hglv2.errors import InputError
+from hglv2.gldv2 import specs
 
 ALIGN_RULES = ("index-to-query", "query-to-index")
-LINK_FILES = ("recognition_solution_v2.1.csv", "retrieval_solution_v2.1.csv", "index_image_to_landmark.csv")
+LINK_FILES = (specs.RECOGNITION_SOLUTION, specs.RETRIEVAL_SOLUTION, specs.INDEX_IMAGE_TO_LANDMARK)
 PAIR_COLUMNS = ("train_landmark_id", "index_landmark_id", "queries")
 STATUSES = ("agree", "cluster differs", "top differs", "one side unlabelled", "both unlabelled")
 COMPARE_COLUMNS = (
@@ -44,27 +45,17 @@ COMPARE_COLUMNS = (
 def query_links(files: Mapping[str, str | os.PathLike[str]]) -> pd.DataFrame:
     """One row per retrieval query: ``id``, ``train_landmark_id`` (its first recognition landmark),
     ``index_landmark_id`` (the landmark of its first ground-truth index image that has one); -1
-    where missing. ``files`` maps the :data:`LINK_FILES` names to paths."""
-    from hglv2.gldv2.readers import read_file
+    where missing. ``files`` maps the :data:`LINK_FILES` names to paths; the join is the export's
+    (:func:`hglv2.gldv2.export.query_rows`)."""
+    from hglv2.gldv2.export import query_rows
 
     missing = [n for n in LINK_FILES if n not in files]
     if missing:
         raise InputError(f"cross-numbering links need {', '.join(missing)}")
-    rec = read_file(files["recognition_solution_v2.1.csv"]).to_pandas()
-    sol = read_file(files["retrieval_solution_v2.1.csv"]).to_pandas()
-    mapping = read_file(files["index_image_to_landmark.csv"])
-    lid_of = dict(zip(mapping["id"].to_pylist(), mapping["landmark_id"].to_pylist(), strict=True))
-    train_of = {
-        q: int(lms[0]) if lms is not None and len(lms) else -1
-        for q, lms in zip(rec["id"], rec["landmarks"], strict=True)
-    }
-    rows = []
-    for q, images in zip(sol["id"], sol["images"], strict=True):
-        index_lid = next((lid_of[i] for i in (images if images is not None else []) if i in lid_of), -1)
-        rows.append((q, train_of.get(q, -1), int(index_lid)))
-    return pd.DataFrame(rows, columns=["id", "train_landmark_id", "index_landmark_id"]).astype(
-        {"train_landmark_id": "int64", "index_landmark_id": "int64"}
-    )
+    ids, index_lids, _, train_lids, _ = query_rows({k: Path(v) for k, v in files.items()}, "first")
+    return pd.DataFrame(
+        {"id": ids.to_pylist(), "train_landmark_id": train_lids, "index_landmark_id": index_lids}
+    ).astype({"train_landmark_id": "int64", "index_landmark_id": "int64"})
 
 
 def link_files(folder: str | os.PathLike[str]) -> dict[str, Path]:

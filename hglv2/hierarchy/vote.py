@@ -210,6 +210,7 @@ def voting_images(files: Mapping[str, str | os.PathLike[str]], landmarks: pd.Dat
     landmark): ``id``, ``numbering``, ``landmark_id``, ``source`` (``train``, ``index``, ``query``),
     sorted by numbering, landmark and id.
     """
+    from hglv2.gldv2 import specs
     from hglv2.gldv2.readers import read_file
     from hglv2.hierarchy.consistency import LINK_FILES, query_links
 
@@ -217,8 +218,8 @@ def voting_images(files: Mapping[str, str | os.PathLike[str]], landmarks: pd.Dat
     wanted = {n: np.unique(lids[(landmarks["numbering"] == n).to_numpy()]) for n in NUMBERINGS}
     parts = []
     for name, numbering, kind in (
-        ("train.csv", "train", "train"),
-        ("index_image_to_landmark.csv", "index", "image_to_landmark"),
+        (specs.TRAIN, "train", "train"),
+        (specs.INDEX_IMAGE_TO_LANDMARK, "index", "image_to_landmark"),
     ):
         if name in files:
             t = read_file(files[name], kind)
