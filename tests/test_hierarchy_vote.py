@@ -3,6 +3,7 @@ check, and the open_clip stage end to end on a tiny model (CPU, random weights, 
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -431,6 +432,22 @@ def test_diff_align_and_report_show_the_two_numberings(tiny, tmp_path, cli_runne
 
     t = load_hierarchy_table(tmp_path / "a.parquet").set_index(["numbering", "landmark_id"])
     assert tuple(t.loc[("index", 10), ["hierarchical_label", "provenance"]]) == ("church", "aligned")
+    # the export manifest lists the disagreement too
+    from hglv2.cli import main
+
+    export = [
+        "export",
+        "--metadata",
+        w["metadata"],
+        "--hierarchy",
+        tmp_path / "h.parquet",
+        "--out",
+        tmp_path / "s",
+    ]
+    assert cli_runner.invoke(main, [*map(str, export)]).exit_code == 0
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())["numberings"]
+    assert m["status"]["cluster differs"] == 1 and m["pairs"] == 1
+    assert [(d["train_landmark_id"], d["index_landmark_id"]) for d in m["disagreements"]] == [(10, 10)]
     r = _cli(cli_runner, "apply", *review, "--out", tmp_path / "x.parquet", "--align", "index-to-query")
     assert r.exit_code == 2 and "Error: --align needs --metadata DIR" in r.output
     # the review page, with thumbnails from the shards

@@ -167,12 +167,13 @@ def align(table: pd.DataFrame, compared: pd.DataFrame, rule: str) -> tuple[pd.Da
 
 
 def consistency_files(
-    table: pd.DataFrame, metadata: str | os.PathLike[str]
+    table: pd.DataFrame, metadata: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
 ) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     """:func:`compare_numberings` of ``table`` through the queries of the GLDv2 files in
-    ``metadata``; None when the folder lacks one of :data:`LINK_FILES`."""
-    files = link_files(metadata)
-    if len(files) < len(LINK_FILES):
+    ``metadata`` (a folder, or a mapping file name -> path); None when one of :data:`LINK_FILES`
+    is missing."""
+    files = link_files(metadata) if isinstance(metadata, (str, os.PathLike)) else dict(metadata)
+    if any(n not in files for n in LINK_FILES):
         return None
     compared = compare_numberings(table, place_pairs(query_links(files)))
     return compared, consistency_summary(compared)
