@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from hglv2.fileio import atomic_open, atomic_path
+from hglv2.gldv2 import specs
 from hglv2.gldv2.readers import metadata_files, read_file
 from hglv2.hierarchy.consistency import LINK_FILES, query_links
 from hglv2.schema import HIERARCHY_COLUMNS, image_relpath
@@ -42,8 +43,8 @@ def truth_table(files: dict[str, Path]) -> pd.DataFrame:
     """(numbering, landmark_id) -> cluster, top for every landmark with images."""
     published, lists = [], []
     for numbering, pub, images, kind in (
-        ("train", "train_label_to_hierarchical.csv", "train.csv", "train"),
-        ("index", "index_label_to_hierarchical.csv", "index_image_to_landmark.csv", "image_to_landmark"),
+        ("train", specs.hierarchy_file("train"), specs.TRAIN, "train"),
+        ("index", specs.hierarchy_file("index"), specs.INDEX_IMAGE_TO_LANDMARK, "image_to_landmark"),
     ):
         if pub in files:
             t = (
@@ -101,8 +102,8 @@ def render_sample(metadata: Path, out: Path, size: int = 64, seed: int = 0) -> d
     files = metadata_files(metadata)
     truth = truth_table(files)
     specs = _specs(truth, seed)
-    lists = {"train": read_file(files["train.csv"]).to_pandas()[["id", "landmark_id"]]}
-    lists["index"] = read_file(files["index_image_to_landmark.csv"]).to_pandas()
+    lists = {"train": read_file(files[specs.TRAIN]).to_pandas()[["id", "landmark_id"]]}
+    lists["index"] = read_file(files[specs.INDEX_IMAGE_TO_LANDMARK]).to_pandas()
     if all(n in files for n in LINK_FILES):
         links = query_links(files)
         pairs = links[(links["train_landmark_id"] >= 0) & (links["index_landmark_id"] >= 0)]
