@@ -101,15 +101,15 @@ def render_sample(metadata: Path, out: Path, size: int = 64, seed: int = 0) -> d
     """Write the shards and ``truth.csv``; returns the image count per folder."""
     files = metadata_files(metadata)
     truth = truth_table(files)
-    specs = _specs(truth, seed)
+    drawn = _specs(truth, seed)
     lists = {"train": read_file(files[specs.TRAIN]).to_pandas()[["id", "landmark_id"]]}
     lists["index"] = read_file(files[specs.INDEX_IMAGE_TO_LANDMARK]).to_pandas()
     if all(n in files for n in LINK_FILES):
         links = query_links(files)
         pairs = links[(links["train_landmark_id"] >= 0) & (links["index_landmark_id"] >= 0)]
         for t, i in zip(pairs["train_landmark_id"], pairs["index_landmark_id"], strict=True):
-            if ("train", int(t)) in specs:  # the same place: draw it the same way
-                specs[("index", int(i))] = specs[("train", int(t))]
+            if ("train", int(t)) in drawn:  # the same place: draw it the same way
+                drawn[("index", int(i))] = drawn[("train", int(t))]
         q = links[links["index_landmark_id"] >= 0]
         lists["test"] = pd.DataFrame({"id": q["id"], "landmark_id": q["index_landmark_id"]})
     counts = {}
@@ -117,7 +117,7 @@ def render_sample(metadata: Path, out: Path, size: int = 64, seed: int = 0) -> d
         numbering = "train" if folder == "train" else "index"
         items, views = [], {}
         for image_id, lid in sorted(zip(df["id"], df["landmark_id"].astype(int), strict=True)):
-            spec = specs.get((numbering, lid))
+            spec = drawn.get((numbering, lid))
             if spec is None:
                 continue
             view = views[lid] = views.get(lid, -1) + 1
