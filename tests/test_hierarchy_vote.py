@@ -466,3 +466,13 @@ def test_diff_align_and_report_show_the_two_numberings(tiny, tmp_path, cli_runne
         text.count("data:image/jpeg;base64,") >= 12
         and "train 10: church (human-made) / index 10: bridge" in text
     )
+
+
+def test_without_open_clip_the_vote_names_its_extra(monkeypatch):
+    import sys
+
+    from hglv2.evaluation import zeroshot
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip -> ImportError
+    with pytest.raises(InputError, match=re.escape("the vote needs open_clip: pip install 'hglv2[vote]'")):
+        zeroshot.load_clip("ViT-B-32", random_seed=0)
