@@ -6,12 +6,13 @@
   ``download=True``; missing weights are an :class:`~hglv2.errors.InputError` saying how to get
   them. ``random_seed`` builds untrained weights instead (tests and demos: the votes mean nothing).
 - **Images** are read by :class:`hglv2.dataset.HGLDv2Dataset` from official or prepared tar shards
-  (or an image folder in the ``a/b/c/<id>.jpg`` layout), decoded with the model's preprocessing,
-  in batches with a tqdm bar, float16 autocast on CUDA.
+  (or an image folder in the ``a/b/c/<id>.jpg`` layout), decoded with the model's preprocessing
+  and embedded by the one embedder (:func:`hglv2.evaluation.embed.embed_images`: batches with a
+  tqdm bar, float16 autocast on CUDA).
 - **Resumable per shard** (:func:`image_features`): the features of each tar shard's images are
   written to ``cache_dir/<model key>/<shard>.npz`` (atomically) as soon as the shard is done; a
-  rerun reads the finished shards and embeds only the rest. Data-loader workers exit with the
-  command (``PR_SET_PDEATHSIG`` via :func:`hglv2.processes.die_with_parent`).
+  rerun reads the finished shards and embeds only the rest. Data-loader workers are torch's,
+  which exit when the command does.
 - **Deterministic**: eval mode, a fixed image order (shard, then id), the same preprocessing;
   features are L2-normalised float32.
 """
@@ -34,7 +35,9 @@ import pyarrow as pa
 import torch
 
 from hglv2.errors import InputError
+from hglv2.evaluation.embed import embed_images
 from hglv2.fileio import atomic_path, write_parquet
+from hglv2.schema import image_relpath
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "laion2b_s32b_b82k"
@@ -195,25 +198,56 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
     return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy().astype(np.float32)
 
 
-def _worker_init(parent: int, _worker_id: int) -> None:
-    from hglv2.processes import die_with_parent
+def _root_groups(
+    root: Path, ids: list[str], transform, folder: Path, chunk: int
+) -> list[tuple[str, Any, np.ndarray]]:
+    """The images of ``ids`` that one folder holds: ``(cache name, dataset, item indices)`` per tar
+    shard (or per ``chunk`` images of an image folder). Each folder has its own tar index (the
+    official train, index and test folders all hold an ``images_000.tar``)."""
+    from hglv2.dataset import HGLDv2Dataset, index_tar_shards
 
-    die_with_parent(parent)
-
-
-def _image_dataset(ids: Sequence[str], roots: Sequence[Path], transform, folder: Path):
-    """A dataset over ``ids`` in the given shards/folder (a small split file in ``folder``)."""
-    from hglv2.dataset import HGLDv2Dataset
-    from hglv2.schema import image_relpath
-
-    split = folder / "images.parquet"
-    write_parquet(pa.table({"id": list(ids), "path": [image_relpath(i) for i in ids]}), split)
-    shards = sorted(p for r in roots for p in (r.glob("*.tar") if r.is_dir() else [r]) if p.suffix == ".tar")
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    shards = sorted(root.glob("*.tar")) if root.is_dir() else ([root] if root.suffix == ".tar" else [])
     if shards:
-        return HGLDv2Dataset(split, shards, levels=[], transform=transform, on_error="skip", layout="tar")
-    if len(roots) != 1:
-        raise InputError("image folders: give one folder (or tar shards)")
-    return HGLDv2Dataset(split, roots[0], levels=[], transform=transform, on_error="skip", layout="folder")
+        cache = folder / f"tar_index-{tag}.parquet"
+        where = index_tar_shards(shards, cache=cache)
+        here = [i for i in ids if i in where]
+    else:
+        if not root.is_dir():
+            raise InputError(f"{root}: no tar shards and not an image folder (--images)")
+        here = [i for i in ids if (root / image_relpath(i)).is_file()]
+    if not here:
+        return []
+    split = folder / f"images-{tag}.parquet"
+    write_parquet(pa.table({"id": here, "path": [image_relpath(i) for i in here]}), split)
+    if shards:
+        ds = HGLDv2Dataset(split, shards, levels=[], transform=transform, layout="tar", tar_index=cache)
+        loc = np.array([where[i][0] for i in here], dtype=np.int64)
+        return [
+            (_shard_key(shards[k]), ds, np.flatnonzero(loc == k))
+            for k in range(len(shards))
+            if (loc == k).any()
+        ]
+    ds = HGLDv2Dataset(split, root, levels=[], transform=transform, layout="folder")
+    n = len(here)
+    return [
+        (f"{root.name}-{tag}-{i // chunk:05d}", ds, np.arange(i, min(n, i + chunk)))
+        for i in range(0, n, chunk)
+    ]
+
+
+def _groups(
+    ids: list[str], roots: Sequence[Path], transform, folder: Path, chunk: int = 4096
+) -> tuple[list[tuple[str, Any, np.ndarray]], list[str]]:
+    """The groups of every folder (an id held by several folders is read from the first), and the
+    ids found in none."""
+    left, groups = list(ids), []
+    for root in roots:
+        found = _root_groups(Path(root), left, transform, folder, chunk)
+        taken = {g[1].ids[i] for g in found for i in g[2]}
+        left = [i for i in left if i not in taken]
+        groups += found
+    return groups, left
 
 
 def _small(img, side: int):
@@ -233,27 +267,20 @@ def read_images(
     if not ids:
         return {}
     with tempfile.TemporaryDirectory(prefix="hglv2-images-") as tmp:
-        ds = _image_dataset(ids, [Path(r) for r in roots], functools.partial(_small, side=side), Path(tmp))
-        items = (ds[i] for i in range(len(ds)))
-        return {it["id"]: it["image"] for it in items if it is not None}
+        groups, _ = _groups(ids, [Path(r) for r in roots], functools.partial(_small, side=side), Path(tmp))
+        out = {}
+        for _, ds, idx in groups:
+            for i in idx.tolist():
+                with contextlib.suppress(InputError):  # unreadable: no thumbnail
+                    item = ds[i]
+                    out[item["id"]] = item["image"]
+        return out
 
 
 def _shard_key(path: Path) -> str:
     """A cache name per shard: shards of several folders share names (``images_000.tar``)."""
     digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
     return f"{Path(path).parent.name}-{Path(path).stem}-{digest}"
-
-
-def _groups(ds, chunk: int) -> list[tuple[str, np.ndarray]]:
-    """(name, item indices) per tar shard (or per ``chunk`` images of a folder), in shard order."""
-    if ds.shards:
-        loc = ds._loc[:, 0]
-        groups = [(_shard_key(ds.shards[k]), np.flatnonzero(loc == k)) for k in range(len(ds.shards))]
-        missing = np.flatnonzero(loc < 0)
-        groups = [g for g in groups if len(g[1])]
-        return groups + ([("missing", missing)] if len(missing) else [])
-    n = len(ds)
-    return [(f"folder_{i // chunk:05d}", np.arange(i, min(n, i + chunk))) for i in range(0, n, chunk)]
 
 
 def image_features(
@@ -269,70 +296,63 @@ def image_features(
 ) -> tuple[list[str], np.ndarray, dict[str, int]]:
     """Features of the images ``ids`` (sorted, unique): ``(ids embedded, (N, D) float32, counts)``.
 
-    Images that are missing or unreadable are skipped and counted (``counts["skipped"]``);
-    ``counts["shards_cached"]`` shards were read from the cache instead of embedded.
+    Each shard goes through the one embedder (:func:`hglv2.evaluation.embed.embed_images`: a
+    progress bar per shard, AMP on CUDA, an unreadable image is an error naming it). Images found
+    in no shard are skipped and counted (``counts["skipped"]``); ``counts["shards_cached"]`` shards
+    were read from the cache instead of embedded.
     """
-    from tqdm import tqdm
-
     ids = sorted(set(ids))
     counts = {"images": len(ids), "skipped": 0, "shards": 0, "shards_cached": 0, "embedded": 0}
     if not ids:
         return [], np.zeros((0, 0), np.float32), counts
     folder = Path(cache_dir) / clip.key
     folder.mkdir(parents=True, exist_ok=True)
-    ds = _image_dataset(ids, [Path(r) for r in roots], clip.preprocess, folder)
+    groups, missing = _groups(ids, [Path(r) for r in roots], clip.preprocess, folder)
+    counts["skipped"] = len(missing)
     got_ids: list[str] = []
     feats: list[np.ndarray] = []
-    bar = tqdm(total=len(ids), desc="vote: embedding", unit="img", disable=None if progress else True)
-    for name, idx in _groups(ds, chunk=4096):
+    encoder = _ImageEncoder(clip.model)
+    for name, ds, idx in groups:
         wanted = [ds.ids[i] for i in idx]
         cached = _read_shard(folder / f"{name}.npz", wanted)
         counts["shards"] += 1
         if cached is None:
-            cached = _embed_shard(clip, ds, idx, device, batch_size, workers, bar)
-            counts["embedded"] += len(cached[0])
-            _write_shard(folder / f"{name}.npz", wanted, *cached)
+            cached = embed_images(
+                encoder,
+                torch.utils.data.Subset(ds, idx.tolist()),
+                batch_size=batch_size,
+                device=device,
+                num_workers=workers,
+                progress=progress,
+                desc=f"vote: {name}",
+            )
+            counts["embedded"] += len(wanted)
+            _write_shard(folder / f"{name}.npz", wanted, cached)
         else:
             counts["shards_cached"] += 1
-            bar.update(len(idx))
-        sid, sf, skipped = cached
-        got_ids += sid
-        feats.append(sf)
-        counts["skipped"] += skipped
-    bar.close()
+        got_ids += wanted
+        feats.append(cached)
     dim = next((f.shape[1] for f in feats if f.ndim == 2 and f.shape[0]), 0)
     arr = np.concatenate([f.reshape(-1, dim) for f in feats]) if feats else np.zeros((0, dim), np.float32)
     order = np.argsort(np.array(got_ids, dtype=object), kind="stable") if got_ids else np.zeros(0, int)
     return [got_ids[i] for i in order], arr[order], counts
 
 
-def _embed_shard(clip: ClipModel, ds, idx: np.ndarray, device: str, batch_size: int, workers: int, bar):
-    from hglv2.dataset import collate_skip_none
+class _ImageEncoder(torch.nn.Module):
+    """open_clip's image tower as a module for :func:`hglv2.evaluation.embed.embed_images`."""
 
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(ds, idx.tolist()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skip_none,
-        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
-        pin_memory=str(device).startswith("cuda"),
-    )
-    ids, out, skipped = [], [], 0
-    with torch.no_grad(), _autocast(device):
-        for batch in loader:
-            skipped += int(batch["n_skipped"])
-            if batch["id"]:
-                out.append(_normalise(clip.model.encode_image(batch["image"].to(device))))
-                ids += list(batch["id"])
-            bar.update(len(batch["id"]) + int(batch["n_skipped"]))
-    feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-    return ids, feats, skipped
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.model.encode_image(x).float()
+        return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _write_shard(path: Path, wanted: list[str], ids: list[str], feats: np.ndarray, skipped: int) -> None:
+def _write_shard(path: Path, wanted: list[str], feats: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, wanted=np.array(wanted), ids=np.array(ids), feats=feats, skipped=np.array(skipped))
+    np.savez(buf, wanted=np.array(wanted), feats=feats)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 
@@ -344,7 +364,7 @@ def _read_shard(path: Path, wanted: list[str]):
         with np.load(path, allow_pickle=False) as z:
             if z["wanted"].tolist() != wanted:
                 return None
-            return z["ids"].tolist(), z["feats"], int(z["skipped"])
+            return z["feats"]
     except (OSError, ValueError, KeyError):
         return None
 
