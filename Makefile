@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@# the review page's browser test drives Debian's chromium (never downloaded at test time)
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (the review page's browser test)"; \
+	  { apt-get install -y -qq chromium chromium-driver || { apt-get update -qq && \
+	    apt-get install -y -qq chromium chromium-driver; }; } >/dev/null 2>&1 || \
+	  echo "chromium: not installed (the browser test will skip)"; \
+	fi
 	touch $(STAMP)
 
 test: lint
@@ -26,11 +33,14 @@ lint: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .
 
-# The main job on the embedded data: the hierarchy pipeline on data/sample (offline), synthetic
-# landmark images drawn from that hierarchy, four losses trained and evaluated, report + plots.
+# The main job on the embedded data: the hierarchy pipeline on data/sample (offline) with its
+# review page, synthetic landmark images drawn from that hierarchy, four losses trained and
+# evaluated, report + plots.
 DEMO_HIERARCHY := out/hierarchy/hierarchy.parquet
+REVIEW_PAGE    := out/hierarchy/review.html
 demo: hierarchy
 	$(HGLV2) benchmark --set data.synthetic.hierarchy=$(DEMO_HIERARCHY) --out runs/benchmark/demo
+	@echo "review page: $(abspath $(REVIEW_PAGE))"
 
 # Every benchmark at small sizes (a few minutes on 2 cores; the GPU check runs on the CPU without
 # CUDA); FULL=1 runs each at the sizes of its published figures.
@@ -42,6 +52,7 @@ hierarchy: install
 	@if [ -f pipelines/hierarchy.mk ]; then \
 	  $(MAKE) --no-print-directory -f pipelines/hierarchy.mk PY=$(abspath $(PY)) all; \
 	else echo "hierarchy pipeline: not built yet"; fi
+	@if [ -f $(REVIEW_PAGE) ]; then echo "review page: $(abspath $(REVIEW_PAGE))"; fi
 
 clean:
 	rm -rf out runs .pytest_cache .ruff_cache

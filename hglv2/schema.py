@@ -73,7 +73,7 @@ HIERARCHY_COLUMNS = (
     "provenance",
     "revision",
 )
-PROVENANCES = ("rule", "decision", "override", "published")
+PROVENANCES = ("rule", "decision", "override", "vote", "aligned", "published")
 
 # Columns of the published GLDv2 *_label_to_hierarchical.csv files.
 PUBLISHED_HIERARCHY_COLUMNS = (

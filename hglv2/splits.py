@@ -439,12 +439,23 @@ def export_into(
         "drop_incomplete": drop_incomplete,
         "dropped_incomplete": dropped,
         "query_ground_truth": query_stats,
+        "numberings": _numberings_entry(table, files),
         "row_group_size": row_group_size,
         "command": list(command) if command is not None else None,
     }
     return write_split_folder(
         out_dir, tables, manifest, export_card, SplitFormat(row_group_size=row_group_size)
     )
+
+
+def _numberings_entry(table: pd.DataFrame, files: Mapping[str, Path]) -> dict[str, Any] | None:
+    """The manifest's ``numberings``: the places with a train and an index id (linked by the
+    queries) whose two numberings give different clusters or tops
+    (:mod:`hglv2.hierarchy.consistency`); None without the solution files."""
+    from hglv2.hierarchy.consistency import consistency_files
+
+    found = consistency_files(table, files)
+    return None if found is None else found[1]
 
 
 def _hierarchy_entry(

@@ -11,6 +11,15 @@
 # index_image_to_landmark.csv for image counts, optional train_/index_label_to_hierarchical.csv to
 # diff against (each numbering against its own file). Offline, answers come from the recording
 # $(DATA)/wikidata_cache.jsonl; online they are fetched and cached in $(OUT)/wikidata.sqlite.
+#
+# The vote: an open_clip image model proposes clusters for the landmarks still without one
+# (`hglv2 hierarchy vote`); the proposals wait in $(OUT)/votes_review.csv until a reviewer accepts
+# or rejects them in $(REVIEW)/vote_decisions.csv (VOTE_ACCEPT=SHARE accepts clear majorities).
+#   make -f pipelines/hierarchy.mk DATA=path VOTE_IMAGES="shards/train shards/index shards/test" \
+#        VOTE_ARGS="--weights ViT-L-14.bin --device cuda"
+# Without VOTE_IMAGES the vote is skipped with a note, except on the embedded sample: there images
+# are drawn for its landmarks (pipelines/sample_images.py) and a tiny untrained model votes, which
+# shows the mechanics only (its votes mean nothing and stay pending).
 SHELL      := /bin/bash
 PY         ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA       ?= data/sample
@@ -23,6 +32,9 @@ SPARQL_URL ?=
 DEPTH      ?= 12
 DUMP       ?=
 REDIRECTS  ?=
+VOTE_IMAGES ?=
+VOTE_ARGS  ?=
+VOTE_ACCEPT ?=
 
 HG         := $(PY) -m hglv2.cli hierarchy
 CATEGORIES := $(wildcard $(DATA)/train_label_to_category.csv $(DATA)/index_label_to_category.csv)
@@ -34,6 +46,16 @@ endif
 CLUSTERS   := $(REVIEW)/clusters.csv
 DECISIONS  := $(REVIEW)/decisions.csv
 OVERRIDES  := $(REVIEW)/landmark_overrides.csv
+VOTE_DECISIONS := $(wildcard $(REVIEW)/vote_decisions.csv)
+SAMPLE_IMAGES := $(OUT)/sample_images
+ifeq ($(VOTE_IMAGES)$(abspath $(DATA)),$(abspath data/sample))
+  VOTE_IMAGES := $(SAMPLE_IMAGES)/train $(SAMPLE_IMAGES)/index $(SAMPLE_IMAGES)/test
+  VOTE_ARGS   := --model-config pipelines/hglv2-demo-tiny.json --random-weights 0 --batch-size 64 $(VOTE_ARGS)
+  VOTE_INPUTS := $(SAMPLE_IMAGES)/truth.csv
+endif
+# the vote runs when images are configured and open_clip is installed
+VOTE       := $(if $(VOTE_IMAGES),$(shell $(PY) -c "import open_clip" >/dev/null 2>&1 && echo 1))
+VOTES      := $(if $(VOTE),$(OUT)/votes.parquet)
 
 ifeq ($(ONLINE),1)
   NET       := --cache $(OUT)/wikidata.sqlite $(if $(CONTACT),--contact "$(CONTACT)") \
@@ -52,13 +74,14 @@ ifneq ($(DUMP),)
   CACHE_DEP := $(DUMP)
 endif
 
-.PHONY: all table review export clean
+.PHONY: all table review export clean vote-note
 # No .DELETE_ON_ERROR: every stage commits all its outputs together or none of them
 # (hglv2.fileio.commit_together), so a failed stage leaves the old outputs complete, older than the
 # inputs that changed, and make reruns it next time. GNU make 4.3 with .DELETE_ON_ERROR deleted the
 # untouched sibling targets of a failed grouped rule (hierarchy.csv beside hierarchy.parquet).
 
-all: $(OUT)/hierarchy.parquet $(OUT)/anchors.json $(if $(PUBLISHED),$(OUT)/diff.json) export
+all: vote-note $(OUT)/hierarchy.parquet $(OUT)/anchors.json $(if $(PUBLISHED),$(OUT)/diff.json) export \
+	$(OUT)/review.html
 
 table: $(OUT)/hierarchy.parquet
 
@@ -77,13 +100,33 @@ $(OUT)/proposals.parquet $(OUT)/pending.csv &: $(OUT)/resolved.parquet $(OUT)/gr
 		$(foreach i,$(IMAGES),--images $(i)) --out $(OUT)/proposals.parquet --pending $(OUT)/pending.csv \
 		--json $(OUT)/propose.json
 
-$(OUT)/hierarchy.parquet $(OUT)/hierarchy.csv &: $(OUT)/proposals.parquet $(CLUSTERS) $(DECISIONS) $(OVERRIDES)
+vote-note:
+	@$(if $(VOTE_IMAGES),$(if $(VOTE),true,echo "vote: skipped (open_clip is not installed: pip install 'hglv2[vote]')"),\
+	  echo "vote: skipped (no images configured: VOTE_IMAGES=folders of tar shards)")
+
+$(SAMPLE_IMAGES)/truth.csv: $(wildcard $(DATA)/*.csv)
+	$(PY) -m pipelines.sample_images --metadata $(DATA) --out $(SAMPLE_IMAGES)
+
+$(OUT)/votes.parquet $(OUT)/votes_review.csv &: $(OUT)/proposals.parquet $(CLUSTERS) $(VOTE_INPUTS)
+	$(HG) vote --proposals $(OUT)/proposals.parquet --clusters $(CLUSTERS) \
+		--metadata $(DATA) $(foreach i,$(VOTE_IMAGES),--images $(i)) \
+		--out $(OUT)/votes.parquet --review-csv $(OUT)/votes_review.csv --cache-dir $(OUT)/vote_cache \
+		$(if $(VOTE_ACCEPT),--accept-above $(VOTE_ACCEPT)) $(VOTE_ARGS) --json $(OUT)/vote.json
+
+$(OUT)/hierarchy.parquet $(OUT)/hierarchy.csv &: $(OUT)/proposals.parquet $(CLUSTERS) $(DECISIONS) $(OVERRIDES) \
+		$(VOTES) $(VOTE_DECISIONS)
 	$(HG) apply --proposals $(OUT)/proposals.parquet --clusters $(CLUSTERS) --decisions $(DECISIONS) \
-		--overrides $(OVERRIDES) --out $(OUT)/hierarchy.parquet --csv $(OUT)/hierarchy.csv \
-		--json $(OUT)/coverage.json
+		--overrides $(OVERRIDES) $(if $(VOTES),--votes $(VOTES) $(if $(VOTE_DECISIONS),--vote-decisions $(VOTE_DECISIONS))) \
+		--out $(OUT)/hierarchy.parquet --csv $(OUT)/hierarchy.csv --json $(OUT)/coverage.json
+
+$(OUT)/review.html: $(OUT)/hierarchy.parquet $(OUT)/proposals.parquet $(VOTES) $(PUBLISHED) \
+		$(if $(VOTE),$(VOTE_INPUTS))
+	$(HG) report --hierarchy $(OUT)/hierarchy.parquet --proposals $(OUT)/proposals.parquet \
+		$(if $(VOTES),--votes $(VOTES)) $(foreach p,$(PUBLISHED),--published $(p)) --metadata $(DATA) \
+		$(if $(VOTE),$(foreach i,$(VOTE_IMAGES),--images $(i))) --out $@ --json $(OUT)/review.json
 
 $(OUT)/diff.json: $(OUT)/hierarchy.parquet $(PUBLISHED)
-	$(HG) diff $(OUT)/hierarchy.parquet $(PUBLISHED) --out-csv $(OUT)/diff_disagreements.csv \
+	$(HG) diff $(OUT)/hierarchy.parquet $(PUBLISHED) --metadata $(DATA) --out-csv $(OUT)/diff_disagreements.csv \
 		--seed-decisions $(OUT)/diff_seed_decisions.csv --confusion-csv $(OUT)/diff_confusion.csv --json $@
 
 review: $(OUT)/proposals.parquet

@@ -120,6 +120,14 @@ RULES: list[tuple[str, str]] = [
     (r"^hglv2 download --dest", NETWORK.format("tests/test_data_network.py")),
     (r"^hglv2 download images", NETWORK.format("tests/test_data_images_download.py")),
     (r"^hglv2 prepare-images", "covered: tests/test_data_images.py (the downloaded shards are the input)"),
+    (
+        r"^hglv2 hierarchy (vote|apply --votes) ",
+        "covered: tests/test_hierarchy_vote.py::test_vote_apply_export_on_the_command_line",
+    ),
+    (
+        r"^hglv2 hierarchy report ",
+        "covered: tests/test_hierarchy_vote.py::test_diff_align_and_report_show_the_two_numberings",
+    ),
     (r"^hglv2 evaluate --checkpoint runs/h-gldv2", "skip: a model trained on the full release"),
     (
         r"^hglv2 evaluate .*--device cuda",

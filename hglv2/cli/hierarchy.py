@@ -124,7 +124,8 @@ def _json(f):
 
 @click.group()
 def hierarchy() -> None:
-    """The hierarchy pipeline: resolve, graph, propose, review, apply, diff, validate-anchors."""
+    """The hierarchy pipeline: resolve, graph, propose, vote, review, apply, diff, report,
+    validate-anchors."""
 
 
 @hierarchy.command()
@@ -280,19 +281,91 @@ def review(proposals: Path, clusters: Path, decisions: Path, overrides: Path, n_
     default=None,
     help="Also write the table as CSV.",
 )
+@click.option(
+    "--votes",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Votes of `hglv2 hierarchy vote`: accepted ones fill the clusters still open (provenance vote).",
+)
+@click.option(
+    "--vote-decisions",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A reviewer's accept/reject per vote (numbering,landmark_id,cluster,decision,reason).",
+)
+@click.option(
+    "--align",
+    type=click.Choice(["index-to-query", "query-to-index"]),
+    default=None,
+    help="Make the two ids of a place agree: index-to-query (the authors' rule: the index landmark "
+    "takes its queries' train landmark labels) or query-to-index.",
+)
+@click.option(
+    "--metadata",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="GLDv2 metadata folder whose solution files link the numberings (for --align).",
+)
 @_json
 def apply_cmd(
-    proposals: Path, clusters: Path, decisions: Path, overrides: Path, out: Path, csv_out: Path | None
+    proposals: Path,
+    clusters: Path,
+    decisions: Path,
+    overrides: Path,
+    out: Path,
+    csv_out: Path | None,
+    votes: Path | None,
+    vote_decisions: Path | None,
+    align: str | None,
+    metadata: Path | None,
 ) -> Output:
     """Validate the review CSVs and write the hierarchy table (with provenance)."""
     from hglv2.hierarchy.clusters import coverage, proposal_image_counts
     from hglv2.hierarchy.labels import write_hierarchy_tables
 
+    if vote_decisions is not None and votes is None:
+        raise InputError("--vote-decisions needs --votes (the votes they decide on)")
+    if align is not None and metadata is None:
+        raise InputError("--align needs --metadata DIR (its solution files link the numberings)")
     props, table, warnings = _apply(proposals, clusters, decisions, overrides)
+    counts = proposal_image_counts(props)
+    data: dict[str, Any] = {}
+    extra: list[str] = []
+    if votes is not None:
+        from hglv2.hierarchy.vote import apply_vote_files
+
+        data["coverage_before_votes"] = coverage(table, counts)
+        table, data["votes"], vote_warnings = apply_vote_files(table, votes, vote_decisions)
+        for w in vote_warnings:
+            click.echo(f"Warning: {w}", err=True)
+        warnings = warnings + vote_warnings
+        extra += _vote_apply_lines(data["votes"], data["coverage_before_votes"])
+    if align is not None:
+        from hglv2.hierarchy.consistency import align_files
+
+        table, data["align"] = align_files(table, metadata, align)
+        a = data["align"]
+        extra.append(
+            f"align {align}: {a['changed']} landmark(s) changed, {a['unchanged']} unchanged, "
+            f"{a['ambiguous']} ambiguous (linked to places that disagree)"
+        )
     write_hierarchy_tables(table, out, csv_out)
-    cov = coverage(table, proposal_image_counts(props))
-    lines = [f"hierarchy table: {len(table)} landmarks -> {out}", *_coverage_lines(cov)]
-    return Output({"coverage": cov, "warnings": warnings}, lines)
+    cov = coverage(table, counts)
+    lines = [f"hierarchy table: {len(table)} landmarks -> {out}", *extra, *_coverage_lines(cov)]
+    return Output({"coverage": cov, "warnings": warnings, **data}, lines)
+
+
+def _vote_apply_lines(v: dict, before: dict) -> list[str]:
+    complete = ", ".join(
+        f"{n} {p['complete']['landmarks']}/{p['landmarks']} ({p['complete']['fraction']:.1%})"
+        for n, p in before.get("by_numbering", {}).items()
+    )
+    return [
+        f"votes: {v['votes']} ({v['moot']} moot: labelled by a review), accepted {v['accepted']} "
+        f"({v['auto_accepted']} automatically), rejected {v['rejected']}, pending {v['pending']}; "
+        f"{v['applied']} label(s) set by votes",
+        f"  complete before votes: {complete}",
+    ]
 
 
 @hierarchy.command()
@@ -311,6 +384,12 @@ def apply_cmd(
     help="Write decisions.csv rows suggested by B: classes where B is unanimous and A disagrees.",
 )
 @click.option("--confusion-csv", type=OUTPUT_FILE_PATH, default=None)
+@click.option(
+    "--metadata",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="GLDv2 metadata folder: also compare A's two numberings of each place the queries link.",
+)
 @_json
 def diff(
     a: Path,
@@ -318,6 +397,7 @@ def diff(
     out_csv: Path | None,
     seed_decisions: Path | None,
     confusion_csv: Path | None,
+    metadata: Path | None,
 ) -> Output:
     """Compare hierarchy table A with B (ours: .parquet/.csv; published *_label_to_hierarchical.csv).
 
@@ -327,7 +407,19 @@ def diff(
     from hglv2.hierarchy.labels import diff_files, diff_summary
 
     res = diff_files(a, b, out_csv=out_csv, seed_decisions_csv=seed_decisions, confusion_csv=confusion_csv)
-    return Output(diff_summary(res), _diff_lines(res, a, b))
+    data, lines = diff_summary(res), _diff_lines(res, a, b)
+    if metadata is not None:
+        from hglv2.hierarchy.consistency import consistency_files, summary_lines
+        from hglv2.hierarchy.labels import load_hierarchy_table
+
+        found = consistency_files(load_hierarchy_table(a), metadata)
+        data["numberings"] = None if found is None else found[1]
+        lines += (
+            ["cross-numbering: skipped (no solution files in --metadata)"]
+            if found is None
+            else summary_lines(found[1])
+        )
+    return Output(data, lines)
 
 
 def _diff_lines(res: dict, a: Path, b: tuple[Path, ...]) -> list[str]:
@@ -357,6 +449,222 @@ def _diff_lines(res: dict, a: Path, b: tuple[Path, ...]) -> list[str]:
         lines.append("  largest cluster confusions (A -> B: landmarks):")
         lines += [f"    {ra} -> {cb}: {n}" for ra, cb, n in off[:10]]
     return lines
+
+
+def _vote_lines(res: dict, out: Path, review_csv: Path | None) -> list[str]:
+    emb = res["embedding"]
+    rate = "-" if emb["images_per_s"] is None else f"{emb['images_per_s']:.1f}"
+    st = res["status"]
+    share = res["share"]
+    lines = [
+        f"vote: {res['votes']} of {res['open_landmarks']} landmarks without a cluster voted "
+        f"({', '.join(f'{n} {c}' for n, c in res['open_by_numbering'].items())} open) from "
+        f"{res['images']} image votes -> {out}",
+        f"  embedded {emb['images'] - emb['skipped']} images ({emb['skipped']} skipped, "
+        f"{emb['shards_cached']}/{emb['shards']} shards from the cache) at {rate} images/s; "
+        f"{res['prompts']} prompts for {res['clusters_prompted']} clusters",
+    ]
+    if share is not None:
+        lines.append(
+            f"  share of the winning cluster: mean {share['mean']:.2f}, median {share['median']:.2f}, "
+            f"min {share['min']:.2f}"
+        )
+    if res["accept_above"] is not None:
+        lines.append(f"  accepted automatically (share >= {res['accept_above']:g}): {st['accepted']}")
+    lines.append(
+        f"  pending review: {st['pending']}" + (f" (rows to decide: {review_csv})" if review_csv else "")
+    )
+    return lines
+
+
+@hierarchy.command()
+@_file_option("--proposals", DEFAULT_OUT / "proposals.parquet")
+@_file_option("--clusters", Path("data/review/clusters.csv"))
+@click.option(
+    "--metadata",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="GLDv2 metadata folder: train.csv and index_image_to_landmark.csv list each landmark's "
+    "images; with the solution files, query images vote for their landmarks too.",
+)
+@click.option(
+    "--images",
+    "roots",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    required=True,
+    help="A folder of tar shards (official, or prepared by `hglv2 images prepare`) or an image folder "
+    "(a/b/c/<id>.jpg); repeatable.",
+)
+@_file_option("--out", DEFAULT_OUT / "votes.parquet", output=True)
+@_file_option("--review-csv", DEFAULT_OUT / "votes_review.csv", output=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT / "vote_cache",
+    show_default=True,
+    help="Image features per shard (a rerun embeds only the shards not done).",
+)
+@click.option("--model", default=None, help="open_clip architecture [default: ViT-L-14].")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag [default: laion2b_s32b_b82k].")
+@click.option(
+    "--model-config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Register an open_clip model config (JSON); the model takes the file's name.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Model weights file [default: the pretrained tag in open_clip's cache].",
+)
+@click.option("--download", is_flag=True, help="Download the pretrained weights if they are not cached.")
+@click.option(
+    "--random-weights",
+    type=int,
+    default=None,
+    metavar="SEED",
+    help="Untrained weights from SEED (tests and demos only: such votes mean nothing).",
+)
+@click.option(
+    "--prompt", default=None, help="Text prompt; {} is the supercategory [default: 'A picture of a {}']."
+)
+@click.option("--method", type=click.Choice(["argmax", "knn"]), default="argmax", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (AMP on CUDA).")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(0), default=0, show_default=True, help="Image-decoding processes."
+)
+@click.option(
+    "--accept-above",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="SHARE",
+    help="Accept votes whose winning share reaches SHARE (with a strict majority) without review.",
+)
+@_json
+def vote(
+    proposals: Path,
+    clusters: Path,
+    metadata: Path,
+    roots: tuple[Path, ...],
+    out: Path,
+    review_csv: Path,
+    cache_dir: Path,
+    model: str | None,
+    pretrained: str | None,
+    model_config: Path | None,
+    weights: Path | None,
+    download: bool,
+    random_weights: int | None,
+    prompt: str | None,
+    method: str,
+    device: str,
+    batch_size: int,
+    workers: int,
+    accept_above: float | None,
+) -> Output:
+    """Propose clusters for the landmarks still without one: an open_clip image model votes.
+
+    Each image of such a landmark takes the cluster of the most similar prompt "A picture of a
+    {supercategory}" (the clustered supercategory names); the landmark takes the majority. Votes
+    are proposals: accept or reject them in data/review/vote_decisions.csv (apply --votes).
+    """
+    from hglv2.evaluation.zeroshot import (
+        DEFAULT_MODEL,
+        DEFAULT_PRETRAINED,
+        ModelSettings,
+        register_config,
+        vote_features,
+    )
+    from hglv2.hierarchy.vote import PROMPT, finish_vote, plan_vote
+
+    if prompt is not None and "{}" not in prompt:
+        raise click.BadParameter(f"{prompt!r} has no {{}} for the supercategory", param_hint="--prompt")
+    if model_config is not None:
+        model = model or register_config(model_config)
+    settings = ModelSettings(
+        model=model or DEFAULT_MODEL,
+        pretrained=pretrained or DEFAULT_PRETRAINED,
+        weights=None if weights is None else str(weights),
+        download=download,
+        random_seed=random_weights,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    plan = plan_vote(proposals, clusters, metadata)
+    feats = vote_features(plan.prompts.texts(prompt or PROMPT), plan.image_ids, roots, cache_dir, settings)
+    res = finish_vote(plan, feats.ids, feats.images, feats.text, out, review_csv, method=method,
+                      accept_above=accept_above)  # fmt: skip
+    res.update(embedding=feats.counts, model={**feats.model, "prompt": prompt or PROMPT})
+    return Output(res, _vote_lines(res, out, review_csv))
+
+
+@hierarchy.command()
+@_file_option("--hierarchy", DEFAULT_OUT / "hierarchy.parquet")
+@click.option(
+    "--proposals",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The proposals table (image counts per landmark).",
+)
+@click.option(
+    "--votes",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The votes table of `hglv2 hierarchy vote`.",
+)
+@click.option(
+    "--published",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    multiple=True,
+    help="Published *_label_to_hierarchical.csv to show disagreements with; repeatable.",
+)
+@click.option(
+    "--metadata",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="GLDv2 metadata folder: the cross-numbering check, and each landmark's images (thumbnails).",
+)
+@click.option(
+    "--images",
+    "roots",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="Tar shards or an image folder for thumbnails (with --metadata); repeatable.",
+)
+@_file_option("--out", Path("review.html"), output=True)
+@_json
+def report(
+    hierarchy: Path,
+    proposals: Path | None,
+    votes: Path | None,
+    published: tuple[Path, ...],
+    metadata: Path | None,
+    roots: tuple[Path, ...],
+    out: Path,
+) -> Output:
+    """Write the review page: one self-contained HTML file (top level -> clusters ->
+    supercategories -> landmarks, with counts, provenance, disagreements and thumbnails)."""
+    from hglv2.hierarchy.report import report_files, write_report
+
+    load = None
+    if roots:
+        from hglv2.evaluation.zeroshot import read_images
+
+        load = functools.partial(read_images, roots=list(roots))
+    page, res = report_files(
+        hierarchy, proposals=proposals, votes=votes, published=published, metadata=metadata, load_images=load
+    )
+    write_report(out, page)
+    t = res["total"]
+    line = (
+        f"review page: {t['landmarks']} landmarks, {t['images']} images, {t['review']} to review, "
+        f"{res['thumbnails']} thumbnails -> {out}"
+    )
+    return Output(res, [line])
 
 
 @hierarchy.command("validate-anchors")
