@@ -84,3 +84,102 @@ def test_hierarchical_epochs_equal_the_authors(case):
             rs,
         )
         assert s.rows[got].tolist() == expected
+
+
+# ---- the authors' checkpoints ------------------------------------------------------------------
+
+
+def _rule(key: str, shape: list[int], integer: bool):
+    """The fixture's weights (tests/fixtures/suprank/README.md)."""
+    import zlib
+
+    import torch
+
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    if integer:
+        return torch.zeros(shape, dtype=torch.int64)
+    if key.endswith("running_var"):
+        return torch.rand(shape, generator=g) + 0.5
+    if key.endswith(".p"):
+        return torch.full(shape, 2.5)
+    if len(shape) >= 2:
+        return torch.randn(shape, generator=g) / int(np.prod(shape[1:])) ** 0.5
+    return torch.randn(shape, generator=g) * 0.1
+
+
+def _their_checkpoint(path: Path, net_state: dict, monkeypatch) -> None:
+    """A file in the layout of suprank/engine/checkpoint.py, with an object of a package that is
+    not installed (their omegaconf config) and numpy's generator state around the weights."""
+    import random
+    import sys
+    import types
+
+    import torch
+
+    mod = types.ModuleType("omegaconf_like_for_test")
+
+    class DictConfig:  # stands for omegaconf's: pickled by reference to its module
+        def __init__(self, content):
+            self._content = content
+
+    DictConfig.__module__ = mod.__name__
+    DictConfig.__qualname__ = "DictConfig"
+    mod.DictConfig = DictConfig
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    torch.save(
+        {
+            "net_state": {f"module.{k}": v for k, v in net_state.items()},  # saved under DDP
+            "optimizer_state": {"backbone": {}, "head": {}},
+            "scheduler": {},
+            "criterion_state": [{}],
+            "scaler_state": {},
+            "epoch": 100,
+            "config": DictConfig({"max_iter": 100}),
+            "command": "python suprank/run.py",
+            "metrics": None,
+            "RANDOM_STATE": random.getstate(),
+            "NP_STATE": np.random.get_state(),
+            "TORCH_STATE": torch.random.get_rng_state(),
+            "TORCH_CUDA_STATE": [],
+        },
+        path,
+    )
+    monkeypatch.delitem(sys.modules, mod.__name__)  # reading must not need it
+
+
+def _recipe(tmp_path: Path, pooling: str) -> Path:
+    import yaml
+
+    from hglv2.train.config import load_config
+
+    cfg = load_config("h-gldv2")
+    cfg["model"].update(backbone="resnet18", embedding_dim=32, pooling=pooling, pretrained=False)
+    path = tmp_path / f"recipe-{pooling}.yaml"
+    path.write_text(yaml.safe_dump({"name": "h-gldv2", "model": cfg["model"]}), "utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("name", "pooling"), [("resnet18_gem", "gem"), ("resnet18_avg", "avg")])
+def test_authors_checkpoint_gives_their_embeddings(tmp_path, monkeypatch, name, pooling):
+    import torch
+
+    from hglv2.evaluation.suprank import load_suprank_model
+
+    fx = _load("model.json")
+    m = fx["models"][name]
+    state = {}
+    for key, shape in zip(m["keys"], m["shapes"], strict=True):
+        canonical = key.replace("head.0.", "pooling.").replace("head.3.", "fc.")
+        state[key] = _rule(canonical, shape, key.endswith("num_batches_tracked"))
+    ckpt = tmp_path / "epoch_100.ckpt"
+    _their_checkpoint(ckpt, state, monkeypatch)
+    model, cfg = load_suprank_model(ckpt, _recipe(tmp_path, pooling))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb = model(x).numpy()
+    np.testing.assert_allclose(emb, np.array(m["embeddings"]), rtol=0, atol=2e-6)
+    # their optimizer groups are ours: backbone = net.backbone, head = pooling + fc
+    ours_head = {n for n, p in model.named_parameters() if any(p is q for q in model.head_parameters())}
+    theirs_head = {k.replace("head.0.", "pool.").replace("head.3.", "proj.") for k in m["head_params"]}
+    assert ours_head == theirs_head
+    assert {n for n, _ in model.named_parameters()} - ours_head == set(m["backbone_params"])
