@@ -34,9 +34,10 @@ queries in the manifest (``query_ground_truth``). A query none of whose images h
 -1. So each query and its ground-truth index images carry the same labels at every level.
 
 **The authors' evaluation set.** ``drop_incomplete=True`` removes index and query rows whose
-hierarchy is incomplete (the authors drop rows whose cluster is unknown: ``remove_nan`` in
-``suprank/datasets/gldv2.py``); the counts are in the manifest (``dropped_incomplete``). By default
-such rows are kept and flagged.
+landmark or cluster (``level1``) is unknown, as the authors' ``remove_nan``
+(``suprank/datasets/gldv2.py``) drops rows whose cluster is NaN; a row with a known cluster but no
+``natural_or_human_made`` is kept (``hierarchy_complete`` false), as there. The counts are in the
+manifest (``dropped_incomplete``). By default such rows are kept and flagged.
 
 Hierarchy: one or more hierarchy tables (our own, keyed by ``numbering`` and ``landmark_id``, or
 the published ``train_``/``index_label_to_hierarchical.csv``, whose numbering comes from the file
@@ -553,8 +554,8 @@ def export_into(
         splits: which splits; default every split whose required files are present.
         row_group_size: Parquet rows per row group.
         command: the command line to record in the manifest.
-        drop_incomplete: remove index and query rows whose hierarchy is incomplete (the authors'
-            evaluation set); default: keep them, flagged.
+        drop_incomplete: remove index and query rows whose landmark or cluster is unknown (the
+            authors' evaluation set, their ``remove_nan``); default: keep them, flagged.
         mixed_ground_truth: ``"error"`` or ``"first"``: what a query whose ground-truth index
             images depict different landmarks gets (see the module docstring).
 
@@ -582,7 +583,7 @@ def export_into(
             ids, lids = builders[s](files)
             t = index.join(ids, lids)
         if drop_incomplete and s in ("index", "query"):
-            keep = t["hierarchy_complete"]
+            keep = pc.and_(pc.greater_equal(t["level0"], 0), pc.greater_equal(t["level1"], 0))
             dropped[s] = t.num_rows - int(pc.sum(keep).as_py() or 0)
             t = t.filter(keep)
         tables[s] = t
@@ -708,7 +709,7 @@ def write_dataset_card(path: str | os.PathLike[str], manifest: dict[str, Any]) -
         "Level columns give the share of rows whose level is known; unknown levels are -1 and "
         "`hierarchy_complete` is false ("
         + (
-            "index and query rows with an incomplete hierarchy were dropped: "
+            "index and query rows whose landmark or cluster is unknown were dropped: "
             + ", ".join(f"{k} {v}" for k, v in manifest["dropped_incomplete"].items())
             if manifest.get("drop_incomplete")
             else "such rows are kept, never dropped"

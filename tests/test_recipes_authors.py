@@ -183,3 +183,128 @@ def test_authors_checkpoint_gives_their_embeddings(tmp_path, monkeypatch, name, 
     theirs_head = {k.replace("head.0.", "pool.").replace("head.3.", "proj.") for k in m["head_params"]}
     assert ours_head == theirs_head
     assert {n for n, _ in model.named_parameters()} - ours_head == set(m["backbone_params"])
+
+
+# ---- optimizer groups and learning-rate schedules ----------------------------------------------
+
+
+def _recipe_cfg(name: str) -> dict:
+    from hglv2.benchmark import suite_runs
+    from hglv2.train.config import load_config
+
+    recipe, _, label = name.partition("/")
+    cfg = load_config(recipe)
+    if label:
+        cfg = next(run for lab, _, run in suite_runs(cfg, losses=[label]) if lab == label)
+    cfg["model"].update(backbone="resnet18", pretrained=False)  # same groups, faster
+    return cfg
+
+
+def _lr_per_epoch(cfg: dict, optimizer, min_lr=None) -> list[list[float]]:
+    """The learning rate of each group during each epoch, stepped as the trainer does."""
+    from hglv2.train.optim import build_scheduler, steps_per_epoch_end
+
+    steps_per_epoch = 7
+    epochs = cfg["train"]["epochs"]
+    sch = build_scheduler(cfg, optimizer, epochs * steps_per_epoch, steps_per_epoch, min_lr)
+    out = []
+    for epoch in range(1, epochs + 1):
+        out.append([g["lr"] for g in optimizer.param_groups])
+        for _ in range(steps_per_epoch):
+            optimizer.step()
+            if cfg["schedule"]["interval"] == "step":
+                sch.step()
+        if steps_per_epoch_end(cfg, epoch):
+            sch.step()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(_load("schedules.json")["recipes"]))
+def test_optimizer_groups_and_schedules_equal_the_authors(name):
+    import torch
+
+    from hglv2.models import build_model
+    from hglv2.train.optim import decomposability_optimizer, model_optimizer
+
+    theirs = _load("schedules.json")["recipes"][name]
+    cfg = _recipe_cfg(name)
+    assert cfg["train"]["epochs"] == theirs["max_iter"]
+    assert cfg["train"]["freeze_backbone_epochs"] == (theirs["warmup_step"] or 0)
+    model = build_model(**cfg["model"])
+    opt = model_optimizer(cfg, model)
+    lrs = np.array(_lr_per_epoch(cfg, opt))
+    head_ids = {id(p) for p in model.head_parameters()}
+    groups = theirs["groups"]
+    for i, g in enumerate(opt.param_groups):
+        in_head = {id(p) in head_ids for p in g["params"]}
+        if "net" in groups:  # one optimizer for the whole net
+            expected = [groups["net"]]
+        elif in_head == {True}:
+            expected = [groups["head"]]
+        elif in_head == {False}:
+            expected = [groups["backbone"]]
+        else:  # one group for both: their two groups must agree
+            expected = [groups["backbone"], groups["head"]]
+        for e in expected:
+            assert g["weight_decay"] == e["weight_decay"]
+            np.testing.assert_allclose(lrs[:, i], e["lr_per_epoch"], rtol=1e-9, atol=1e-15)
+    dec = decomposability_optimizer(cfg, torch.nn.Linear(2, 2))
+    dc = cfg["loss"]["decomposability"]
+    lrs = np.array(_lr_per_epoch(cfg, dec, dc.get("min_lr")))
+    assert dec.param_groups[0]["weight_decay"] == groups["proxies"]["weight_decay"]
+    np.testing.assert_allclose(lrs[:, 0], groups["proxies"]["lr_per_epoch"], rtol=1e-9, atol=1e-15)
+
+
+# ---- dropping rows with an unknown hierarchy ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["m_per_class", "hierarchical"])
+def test_training_drops_only_rows_whose_cluster_is_unknown(kind):
+    from hglv2.train.config import load_config
+    from hglv2.train.data import build_batch_sampler
+
+    cfg = load_config("synthetic")
+    cfg["sampler"].update(kind=kind, m=2, batch_size=8, clusters_per_batch=2)
+    cls = np.repeat(np.arange(24), 4)
+    labels = np.stack([cls, cls % 4, cls % 2], axis=1)
+    labels[cls == 5, 1] = -1  # cluster unknown: dropped (their remove_nan)
+    labels[cls == 6, 2] = -1  # only the top level unknown: kept, as theirs
+    s = build_batch_sampler(cfg, labels, seed=0)
+    kept = set(np.asarray(s.rows).tolist())
+    assert not kept & set(np.flatnonzero(cls == 5).tolist())
+    assert set(np.flatnonzero(cls == 6).tolist()) <= kept
+    assert len(kept) == len(cls) - 4
+
+
+# ---- decoding and resizing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(_load("decode.json")["outputs"]))
+def test_decoded_pixels_equal_the_authors(key):
+    import hashlib
+
+    import torch
+    from PIL import Image
+
+    from hglv2.train.config import load_config
+    from hglv2.train.data import build_transform
+
+    expected = _load("decode.json")["outputs"][key]
+    recipe, mode = key.split("/")
+    cfg = load_config(recipe)
+    assert cfg["data"]["decode"] == "full"
+    tf = build_transform(cfg, train=mode == "train")
+    gen = None if expected["seed"] is None else torch.Generator().manual_seed(expected["seed"])
+    with Image.open(FIX / "photo.jpg") as img:  # opened, not decoded: as the dataset passes it
+        out = tf(img, gen).numpy()
+    assert list(out.shape) == expected["shape"]
+    assert out.reshape(3, -1).sum(1).tolist() == expected["sum_per_channel"]
+    assert hashlib.sha256(out.tobytes()).hexdigest() == expected["sha256"]
+    # the opt-in draft decoding gives other pixels where it applies (the region to resize is at
+    # least twice the output: h-gldv2's square 224 evaluation of this 640 x 480 photo)
+    cfg["data"]["decode"] = "draft"
+    gen = None if expected["seed"] is None else torch.Generator().manual_seed(expected["seed"])
+    with Image.open(FIX / "photo.jpg") as img:
+        draft = build_transform(cfg, train=mode == "train")(img, gen).numpy()
+    if key == "h-gldv2/eval":
+        assert np.abs(draft.astype(int) - out).max() > 0

@@ -168,8 +168,8 @@ _register_images()
 @click.option(
     "--drop-incomplete",
     is_flag=True,
-    help="Drop index and query rows whose hierarchy is incomplete (the authors' evaluation set); "
-    "default: keep them, flagged. Counts go to the manifest.",
+    help="Drop index and query rows whose landmark or cluster is unknown (the authors' evaluation "
+    "set, their remove_nan); default: keep them, flagged. Counts go to the manifest.",
 )
 @click.option(
     "--mixed-ground-truth",
@@ -219,5 +219,5 @@ def export(
             + f"  incomplete landmarks {info['landmarks_hierarchy_incomplete']:,d}"
         )
     for name, n in manifest["dropped_incomplete"].items():
-        click.echo(f"{name:10s} dropped {n:,d} rows with an incomplete hierarchy")
+        click.echo(f"{name:10s} dropped {n:,d} rows whose landmark or cluster is unknown")
     click.echo(f"wrote {out_dir}/manifest.json and README.md")

@@ -9,10 +9,12 @@ parameters changed); :func:`build_dataset` opens a split with the config's
 epoch, position in the epoch).
 
 The data path is built for throughput: the transform receives the image opened but not decoded,
-so a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the crop allows it (``Image.draft``); items
-are uint8 and :func:`to_model_input` converts a whole batch on the device (4x less to copy than
-float32); :class:`EpochBatches` chains the epochs so one ``DataLoader`` (its workers and its
-prefetch queue) serves the whole run, with no pipeline restart at each epoch boundary.
+so with ``data.decode: draft`` (opt-in; the default ``full`` decodes as the authors' PIL
+``Image.open(path).convert('RGB')``) a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the crop
+allows it (``Image.draft``: faster, other pixels); items are uint8 and :func:`to_model_input`
+converts a whole batch on the device (4x less to copy than float32); :class:`EpochBatches`
+chains the epochs so one ``DataLoader`` (its workers and its prefetch queue) serves the whole
+run, with no pipeline restart at each epoch boundary.
 """
 
 from __future__ import annotations
@@ -70,12 +72,15 @@ class ImageTransform:
       ``Resize`` before ``RandomResizedCrop``.
 
     The image may be passed opened but not yet decoded (``PIL.Image.open``; :class:`HGLDv2Dataset
-    <hglv2.dataset.HGLDv2Dataset>` does so for transforms with ``lazy_decode``). With ``draft`` a
-    JPEG is then decoded at scale 1/k, k in {2, 4, 8} (libjpeg's DCT scaling, ``Image.draft``),
-    the largest k at which the region to resize is still at least S (or ``resize``) pixels on
-    each side, so the decoder does the first part of the downscaling: same geometry, pixel values
-    within a few grey levels of a full decode. Images too small for that (the synthetic 64 px
-    ones) are decoded in full, and the output equals torchvision's bit for bit.
+    <hglv2.dataset.HGLDv2Dataset>` does so for transforms with ``lazy_decode``). By default it is
+    decoded in full, as the authors' dataset does (``Image.open(path).convert('RGB')``), and the
+    output equals torchvision's transforms of that image bit for bit. With ``draft`` (opt-in,
+    ``data.decode: draft``: a speed deviation from the authors) a JPEG is decoded at scale 1/k,
+    k in {2, 4, 8} (libjpeg's DCT scaling, ``Image.draft``), the largest k at which the region to
+    resize is still at least S (or ``resize``) pixels on each side, so the decoder does the first
+    part of the downscaling: same geometry, but pixel values that differ from a full decode (by
+    tens of grey levels at edges of a detailed photo). Images too small for that (the synthetic
+    64 px ones) are decoded in full either way.
 
     The output is not normalised: :func:`to_model_input` converts a batch (bit-identical to
     ``ToTensor`` + ``Normalize`` per image).
@@ -90,7 +95,7 @@ class ImageTransform:
         augment: bool = False,
         scale: tuple[float, float] = (0.5, 1.0),
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-        draft: bool = True,
+        draft: bool = False,
         train_resize: int | None = None,
         square_resize: bool = False,
     ) -> None:
@@ -182,10 +187,12 @@ class ImageTransform:
 
 def build_transform(cfg: dict[str, Any], train: bool) -> ImageTransform:
     """The image transform of ``cfg`` (an :class:`ImageTransform`): random resized crop (area
-    0.5-1) + flip when training with ``data.augment``, else resize + center crop. Outputs uint8;
-    :func:`to_model_input` normalises with the ImageNet mean and std."""
+    0.5-1) + flip when training with ``data.augment``, else resize + center crop; JPEG draft
+    decoding with ``data.decode: draft``. Outputs uint8; :func:`to_model_input` normalises with
+    the ImageNet mean and std."""
     d = cfg["data"]
     size = d["image_size"]
+    draft = d.get("decode", "full") == "draft"
     if train and d["augment"]:
         return ImageTransform(
             size,
@@ -193,8 +200,11 @@ def build_transform(cfg: dict[str, Any], train: bool) -> ImageTransform:
             scale=tuple(d.get("crop_scale", (0.5, 1.0))),
             ratio=tuple(d.get("crop_ratio", (0.75, 4 / 3))),
             train_resize=d.get("train_resize"),
+            draft=draft,
         )
-    return ImageTransform(size, resize=d["resize"], square_resize=d.get("eval_resize") == "square")
+    return ImageTransform(
+        size, resize=d["resize"], square_resize=d.get("eval_resize") == "square", draft=draft
+    )
 
 
 def to_model_input(
@@ -334,13 +344,16 @@ def build_batch_sampler(
 ) -> MPerClassBatchSampler | HierarchicalBatchSampler:
     """The configured batch sampler over the training labels (N, L).
 
-    Rows with an unknown level (-1, an incomplete hierarchy) are left out of training: a rank loss
-    would otherwise take two unknown clusters for the same one.
+    Rows whose class (column 0) or cluster (column 1) is unknown (-1) are left out of training, as
+    the authors' ``remove_nan`` does (``suprank/datasets/gldv2.py``: rows whose cluster is NaN);
+    rows with a known cluster but an unknown coarser level are kept, and their unknown level is
+    one shared value, as in the authors' labels.
     """
     s = cfg["sampler"]
     masked = np.array(labels, dtype=np.int64, copy=True)
-    incomplete = (masked < 0).any(axis=1)
-    masked[incomplete] = -1
+    if masked.ndim == 1:
+        masked = masked[:, None]
+    masked[unknown_cluster(masked)] = -1
     try:
         if s["kind"] == "hierarchical":
             return HierarchicalBatchSampler(
@@ -352,6 +365,7 @@ def build_batch_sampler(
                 ignore_label=-1,
                 max_per_class=s.get("max_per_class"),
                 batches_per_super_tuple=s.get("batches_per_super_tuple"),
+                top_up=s.get("top_up", False),
             )
         return MPerClassBatchSampler(
             masked,
@@ -360,9 +374,17 @@ def build_batch_sampler(
             seed=seed,
             ignore_label=-1,
             max_per_class=s.get("max_per_class"),
+            top_up=s.get("top_up", False),
         )
     except ValueError as exc:
         raise InputError(f"sampler: {exc}") from None
+
+
+def unknown_cluster(labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows of (N, L) labels whose class (column 0) or cluster (column 1, when L >= 2)
+    is unknown (< 0): the rows the authors' ``remove_nan`` drops."""
+    lab = np.asarray(labels)
+    return (lab[:, : min(lab.shape[1], 2)] < 0).any(axis=1)
 
 
 class BatchList(torch.utils.data.Sampler):
