@@ -535,6 +535,12 @@ def config_errors(cfg: dict[str, Any]) -> list[str]:
         s.get("batches_per_super_tuple") is None or s.get("kind") == "hierarchical",
         "sampler.batches_per_super_tuple needs sampler.kind: hierarchical",
     )
+    sch = cfg.get("schedule", {})
+    cross(
+        ("schedule.warmup_steps", "schedule.interval"),
+        not sch.get("warmup_steps") or sch.get("interval") == "step",
+        "schedule.warmup_steps needs schedule.interval: step (a per-epoch schedule has no linear warm-up)",
+    )
     if t.get("steps") is None:
         cross(
             ("train.freeze_backbone_epochs", "train.epochs"),
