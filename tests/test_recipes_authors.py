@@ -308,3 +308,98 @@ def test_decoded_pixels_equal_the_authors(key):
         draft = build_transform(cfg, train=mode == "train")(img, gen).numpy()
     if key == "h-gldv2/eval":
         assert np.abs(draft.astype(int) - out).max() > 0
+
+
+def _to_their_layout(ours: dict) -> dict:
+    """Our EmbeddingModel state dict in the key layout of their RetrievalNet (saved under DDP)."""
+    theirs = {}
+    for key, value in ours.items():
+        if key == "pool.p":
+            theirs["pooling.p"] = theirs["head.0.p"] = value.reshape(1)
+        elif key.startswith("proj."):
+            theirs["fc." + key[5:]] = theirs["head.3." + key[5:]] = value
+        elif key.startswith("norm."):
+            theirs["standardize." + key[5:]] = theirs["head.2." + key[5:]] = value
+        else:
+            theirs[key] = value
+    return theirs
+
+
+def test_authors_checkpoint_evaluates_through_the_cli(tmp_path, monkeypatch):
+    import torch
+    import yaml
+    from click.testing import CliRunner
+
+    from hglv2.cli import main
+    from hglv2.models import build_model
+    from hglv2.train import build_dataset, embed
+    from hglv2.train.data import prepare_data
+    from tests.fixtures.training import tiny_synthetic_config
+
+    cfg = tiny_synthetic_config(tmp_path / "data", steps=1)
+    cfg["model"] = {
+        **cfg["model"],
+        "backbone": "resnet18",
+        "pretrained": False,
+        "embedding_dim": 32,
+        "pooling": "gem",
+        "gem_learnable": True,
+        "layernorm": True,
+        "layernorm_affine": False,
+        "freeze_batchnorm": True,
+    }
+    data = prepare_data(cfg)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cfg), "utf-8")
+    torch.manual_seed(3)
+    ours = build_model(**cfg["model"]).eval()
+    with torch.no_grad():  # random BatchNorm statistics too, so that every tensor counts
+        for name, buf in ours.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+    ckpt = tmp_path / "epoch_100.ckpt"
+    _their_checkpoint(ckpt, _to_their_layout(ours.state_dict()), monkeypatch)
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(
+        main,
+        ["evaluate", "--checkpoint", str(ckpt), "--from", "suprank", "--recipe", str(recipe)]
+        + [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--embed-device",
+            "cpu",
+        ],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    q = np.load(out / "query_embeddings.npy")
+    qe, _ = embed(ours, build_dataset(cfg, data, "query", train=False), 64, torch.device("cpu"))
+    np.testing.assert_allclose(q, qe.numpy(), rtol=0, atol=1e-6)
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert 0.0 <= results["H-AP"] <= 1.0
+    # a checkpoint that does not fit the recipe's model, and a missing --recipe: one-line errors
+    res = CliRunner().invoke(
+        main, ["evaluate", "--checkpoint", str(ckpt), "--from", "suprank", "--data", str(data)]
+    )
+    assert res.exit_code == 2 and "--recipe" in res.output
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--from",
+            "suprank",
+            "--recipe",
+            "h-gldv2",
+            "--data",
+            str(data),
+        ],
+    )
+    assert res.exit_code == 2 and "does not fit the model of recipe 'h-gldv2'" in res.output
