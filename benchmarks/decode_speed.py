@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from hglv2.train.config import load_config
-from hglv2.train.data import build_transform
+from hglv2.config import load_config
+from hglv2.transforms import build_transform
 
 
 def photo(width: int, height: int, seed: int) -> bytes:

@@ -1,7 +1,8 @@
-"""Column names shared by the export (hglv2.splits), the hierarchy pipeline and the synthetic data.
+"""Column names and the typed split schema shared by the split folders (:mod:`hglv2.splits`: the
+export, the synthetic data), the GLDv2 joins and the hierarchy pipeline.
 
-Split Parquet files (``train``, ``train_full``, ``index``, ``query``; also written by
-``hglv2.synthetic``) have one row per image with these columns:
+Split Parquet files (``train``, ``train_full``, ``index``, ``query``; :data:`SPLIT_SCHEMA`) have one
+row per image with these columns:
 
 =========================  ========  =====================================================
 column                     type      meaning
@@ -16,6 +17,8 @@ natural_or_human_made      string    top level name (level 2, nullable)
 level0, level1, level2     int64     integer label per level; -1 where the level is unknown
 hierarchy_complete         bool      every level known
 usage                      string    query split only: Public / Private (GLDv2 solution)
+recognition_landmark_id    int64     query split only: first landmark of the recognition
+                                     solution (train numbering), -1 if none
 =========================  ========  =====================================================
 
 Integer ids of the coarse levels are dense (0..K-1) in the sorted order of their names, so the same
@@ -24,21 +27,32 @@ hierarchy table always gives the same integers. ``level0`` is the landmark id it
 
 from __future__ import annotations
 
-SPLIT_COLUMNS = (
-    "id",
-    "landmark_id",
-    "path",
-    "category",
-    "supercategory",
-    "hierarchical_label",
-    "natural_or_human_made",
-    "level0",
-    "level1",
-    "level2",
-    "hierarchy_complete",
-)
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+#: the integer label columns of a split, finest first
 LEVEL_COLUMNS = ("level0", "level1", "level2")
+#: the column naming each level (landmark, cluster, top level)
 LEVEL_NAME_COLUMNS = ("landmark_id", "hierarchical_label", "natural_or_human_made")
+#: the nullable string columns of the hierarchy joined into a split
+HIERARCHY_NAME_COLUMNS = ("category", "supercategory", "hierarchical_label", "natural_or_human_made")
+
+SPLIT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("landmark_id", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        *(pa.field(c, pa.string()) for c in HIERARCHY_NAME_COLUMNS),
+        *(pa.field(c, pa.int64(), nullable=False) for c in LEVEL_COLUMNS),
+        pa.field("hierarchy_complete", pa.bool_(), nullable=False),
+    ]
+)
+#: the query split adds the solution's Public/Private column and the recognition landmark
+QUERY_SCHEMA = SPLIT_SCHEMA.append(pa.field("usage", pa.string(), nullable=False)).append(
+    pa.field("recognition_landmark_id", pa.int64(), nullable=False)
+)
+SPLIT_COLUMNS = tuple(SPLIT_SCHEMA.names)
 
 # The two landmark numberings of the GLDv2 release: train ids (train*.csv, train_label_to_*.csv,
 # recognition_solution_v2.1.csv) and index ids (index_image_to_landmark.csv, index_label_to_*.csv).
@@ -69,6 +83,15 @@ PUBLISHED_HIERARCHY_COLUMNS = (
     "hierarchical_label",
     "natural_or_human_made",
 )
+
+
+def present_level_columns(names: Sequence[str]) -> list[str]:
+    """The label columns ``level0, level1, ...`` of a table with columns ``names``: finest first,
+    up to the first missing one."""
+    out: list[str] = []
+    while f"level{len(out)}" in names:
+        out.append(f"level{len(out)}")
+    return out
 
 
 def image_relpath(image_id: str, ext: str = ".jpg") -> str:

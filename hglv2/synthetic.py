@@ -13,10 +13,11 @@ Appearance follows a hierarchy table (one row per landmark, :data:`hglv2.schema.
 Every image is a new *view* of its landmark: position, scale, rotation, lighting (brightness, colour
 cast, contrast), clutter (small foreground objects), occlusion (a random block) and sensor noise.
 
-:func:`generate` writes exactly the layout of the real export (:mod:`hglv2.splits`): Parquet splits
+:func:`generate` writes the layout of the real export (:mod:`hglv2.splits`): Parquet splits
 ``train``, ``query`` and ``index`` with the columns :data:`hglv2.schema.SPLIT_COLUMNS` (plus
-``usage`` in ``query``), JPEG images under ``images/a/b/c/<id>.jpg``, a ``manifest.json`` and a dataset
-card ``README.md`` (Hugging Face ``configs`` for every split); so the
+``usage`` and ``recognition_landmark_id`` in ``query``), JPEG images under
+``images/a/b/c/<id>.jpg``, a ``manifest.json`` and a dataset card ``README.md`` (Hugging Face
+``configs`` for every split), written through :func:`hglv2.splits.write_split_folder`; so the
 training code cannot tell the difference. Training and evaluation landmarks are disjoint, as in
 H-GLDv2: the landmarks of each cluster are split between ``train`` and ``query``/``index``.
 
@@ -42,10 +43,18 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, folder_transaction, sha256_file, write_json, write_parquet
-from hglv2.schema import HIERARCHY_COLUMNS, SPLIT_COLUMNS, image_relpath
+from hglv2.fileio import atomic_path, folder_transaction, sha256_file
+from hglv2.gldv2.specs import hierarchy_file
+from hglv2.schema import (
+    HIERARCHY_COLUMNS,
+    LEVEL_COLUMNS,
+    LEVEL_NAME_COLUMNS,
+    QUERY_SCHEMA,
+    SPLIT_COLUMNS,
+    image_relpath,
+)
+from hglv2.splits import FORMAT_VERSION, Card, SplitFormat, loading_lines, write_split_folder
 
-FORMAT_VERSION = 1
 #: the hierarchy used when neither a table nor ``data/sample/`` is available
 BUILTIN_CLUSTERS = {
     "natural": ("mountain", "lake", "waterfall", "forest"),
@@ -56,7 +65,7 @@ BUILTIN_LANDMARKS_PER_CLUSTER = 12
 NATURAL_FAMILIES = ("peaks", "water", "cascade", "trees")
 BUILT_FAMILIES = ("tower", "arches", "gable", "crenels")
 #: the published sample hierarchy, relative to the repository root (used when present)
-DEFAULT_SAMPLE_HIERARCHY = Path("data") / "sample" / "train_label_to_hierarchical.csv"
+DEFAULT_SAMPLE_HIERARCHY = Path("data") / "sample" / hierarchy_file("train")
 
 
 @dataclass(frozen=True)
@@ -178,10 +187,10 @@ def landmark_specs(table: pd.DataFrame, params: SyntheticParams) -> list[Landmar
     Landmarks whose cluster or top level is missing are left out (the generator draws landmarks of
     known families only); the table's other rows are never modified.
     """
-    for col in ("landmark_id", "hierarchical_label", "natural_or_human_made"):
+    for col in LEVEL_NAME_COLUMNS:
         if col not in table.columns:
             raise InputError(f"hierarchy table: missing column {col}")
-    t = table[["landmark_id", "hierarchical_label", "natural_or_human_made"]].dropna()
+    t = table[list(LEVEL_NAME_COLUMNS)].dropna()
     t = t.sort_values("landmark_id", kind="stable")
     if t.empty:
         raise InputError("hierarchy table: no landmark has both a hierarchical_label and a top level")
@@ -249,105 +258,151 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float
     return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
 
 
-def _structure(spec: LandmarkSpec) -> list[tuple[list[tuple[float, float]], str]]:
-    """The landmark's polygons as (points, paint) with paint 'main', 'second', 'dark' or 'light'."""
-    g = spec.geometry
-    base = 0.55
-    parts: list[tuple[list[tuple[float, float]], str]] = []
-    if spec.family == "peaks":
-        n = 1 + int(g[0] * 3)
-        xs = np.linspace(-0.6, 0.6, n) if n > 1 else np.array([0.0])
-        for k, x in enumerate(xs):
-            h = 0.55 + 0.45 * ((g[1] + 0.37 * k) % 1.0)
-            w = 0.35 + 0.3 * g[2]
-            top = base - h
-            parts.append(([(x - w, base), (x, top), (x + w, base)], "main"))
-            cap = 0.25 + 0.2 * g[3]
-            parts.append(([(x - w * cap, top + h * cap), (x, top), (x + w * cap, top + h * cap)], "light"))
-    elif spec.family == "water":
-        rx, ry = 0.55 + 0.35 * g[0], 0.12 + 0.12 * g[1]
-        parts.append((_ellipse(0.0, base + 0.12, rx + 0.08, ry + 0.05), "second"))
-        parts.append((_ellipse(0.0, base + 0.12, rx, ry), "main"))
-        for k in range(1 + int(g[2] * 3)):
-            x = -rx * 0.6 + k * 0.35
-            parts.append((_rect(x, base + 0.1, x + 0.15 + 0.1 * g[3], base + 0.12), "light"))
-    elif spec.family == "cascade":
-        w = 0.25 + 0.35 * g[0]
-        h = 0.55 + 0.35 * g[1]
-        parts.append((_rect(-w - 0.25, base - h, w + 0.25, base), "second"))
-        n = 2 + int(g[2] * 4)
-        for k in range(n):
-            x0 = -w + 2 * w * k / n
-            parts.append((_rect(x0, base - h + 0.05, x0 + 2 * w / n * 0.6, base + 0.08), "main"))
-        parts.append((_ellipse(0.0, base + 0.1, w + 0.2, 0.07), "light"))
-    elif spec.family == "trees":
-        n = 2 + int(g[0] * 4)
-        for k in range(n):
-            x = -0.7 + 1.4 * (k + 0.5) / n + 0.1 * (g[(k + 1) % 8] - 0.5)
-            h = 0.35 + 0.4 * g[(k + 2) % 8]
-            r = 0.14 + 0.12 * g[(k + 3) % 8]
-            parts.append((_rect(x - 0.04, base - h + r, x + 0.04, base), "second"))
-            parts.append((_ellipse(x, base - h, r, r * (0.9 + 0.6 * g[4])), "main"))
-    elif spec.family == "tower":
-        w = 0.12 + 0.16 * g[0]
-        h = 0.75 + 0.45 * g[1]
-        parts.append((_rect(-w, base - h, w, base), "main"))
-        if g[2] > 0.5:
-            parts.append(
-                ([(-w * 1.2, base - h), (0.0, base - h - 0.25 - 0.2 * g[3]), (w * 1.2, base - h)], "second")
-            )
-        else:
-            parts.append((_rect(-w * 1.3, base - h - 0.08, w * 1.3, base - h), "second"))
-        rows = 2 + int(g[4] * 4)
-        for k in range(rows):
-            y = base - h + (k + 0.6) * h / (rows + 0.5)
-            parts.append((_rect(-w * 0.4, y, w * 0.4, y + 0.05), "dark"))
-    elif spec.family == "arches":
-        n = 1 + int(g[0] * 4)
-        span = 1.7
-        deck = base - 0.35 - 0.25 * g[1]
-        parts.append((_rect(-span / 2, deck - 0.07, span / 2, deck + 0.04), "main"))
-        for k in range(n + 1):
-            x = -span / 2 + span * k / n
-            parts.append((_rect(x - 0.05, deck, x + 0.05, base), "main"))
-        for k in range(n):
-            x = -span / 2 + span * (k + 0.5) / n
-            parts.append((_ellipse(x, deck + 0.02, span / n / 2 - 0.05, 0.06 + 0.08 * g[2], 20), "second"))
-        if g[3] > 0.5:
-            parts.append((_rect(-0.04, deck - 0.45, 0.04, deck - 0.07), "second"))
-    elif spec.family == "gable":
-        w = 0.3 + 0.3 * g[0]
-        h = 0.35 + 0.25 * g[1]
-        parts.append((_rect(-w, base - h, w, base), "main"))
-        roof = 0.2 + 0.25 * g[2]
-        parts.append(([(-w - 0.06, base - h), (0.0, base - h - roof), (w + 0.06, base - h)], "second"))
-        parts.append((_rect(-0.07, base - 0.22, 0.07, base), "dark"))
-        if g[3] > 0.4:
-            tx = w * (0.6 if g[4] > 0.5 else -0.6)
-            parts.append((_rect(tx - 0.08, base - h - roof - 0.25, tx + 0.08, base - h), "main"))
-            parts.append(
-                (
-                    [
-                        (tx - 0.1, base - h - roof - 0.25),
-                        (tx, base - h - roof - 0.45),
-                        (tx + 0.1, base - h - roof - 0.25),
-                    ],
-                    "second",
-                )
-            )
-    else:  # crenels
-        w = 0.45 + 0.3 * g[0]
-        h = 0.3 + 0.25 * g[1]
-        parts.append((_rect(-w, base - h, w, base), "main"))
-        n = 3 + int(g[2] * 5)
-        for k in range(n):
-            x = -w + 2 * w * k / n
-            parts.append((_rect(x, base - h - 0.08, x + w / n, base - h), "main"))
-        th = h + 0.2 + 0.25 * g[3]
-        for x in (-w, w):
-            parts.append((_rect(x - 0.12, base - th, x + 0.12, base), "second"))
-        parts.append((_ellipse(0.0, base - 0.08, 0.08, 0.12, 16), "dark"))
+Part = tuple[list[tuple[float, float]], str]  # polygon points, paint
+
+
+def _peaks(g: tuple[float, ...], base: float) -> list[Part]:
+    parts: list[Part] = []
+    n = 1 + int(g[0] * 3)
+    xs = np.linspace(-0.6, 0.6, n) if n > 1 else np.array([0.0])
+    for k, x in enumerate(xs):
+        h = 0.55 + 0.45 * ((g[1] + 0.37 * k) % 1.0)
+        w = 0.35 + 0.3 * g[2]
+        top = base - h
+        parts.append(([(x - w, base), (x, top), (x + w, base)], "main"))
+        cap = 0.25 + 0.2 * g[3]
+        parts.append(([(x - w * cap, top + h * cap), (x, top), (x + w * cap, top + h * cap)], "light"))
     return parts
+
+
+def _water(g: tuple[float, ...], base: float) -> list[Part]:
+    parts: list[Part] = []
+    rx, ry = 0.55 + 0.35 * g[0], 0.12 + 0.12 * g[1]
+    parts.append((_ellipse(0.0, base + 0.12, rx + 0.08, ry + 0.05), "second"))
+    parts.append((_ellipse(0.0, base + 0.12, rx, ry), "main"))
+    for k in range(1 + int(g[2] * 3)):
+        x = -rx * 0.6 + k * 0.35
+        parts.append((_rect(x, base + 0.1, x + 0.15 + 0.1 * g[3], base + 0.12), "light"))
+    return parts
+
+
+def _cascade(g: tuple[float, ...], base: float) -> list[Part]:
+    parts: list[Part] = []
+    w = 0.25 + 0.35 * g[0]
+    h = 0.55 + 0.35 * g[1]
+    parts.append((_rect(-w - 0.25, base - h, w + 0.25, base), "second"))
+    n = 2 + int(g[2] * 4)
+    for k in range(n):
+        x0 = -w + 2 * w * k / n
+        parts.append((_rect(x0, base - h + 0.05, x0 + 2 * w / n * 0.6, base + 0.08), "main"))
+    parts.append((_ellipse(0.0, base + 0.1, w + 0.2, 0.07), "light"))
+    return parts
+
+
+def _trees(g: tuple[float, ...], base: float) -> list[Part]:
+    parts: list[Part] = []
+    n = 2 + int(g[0] * 4)
+    for k in range(n):
+        x = -0.7 + 1.4 * (k + 0.5) / n + 0.1 * (g[(k + 1) % 8] - 0.5)
+        h = 0.35 + 0.4 * g[(k + 2) % 8]
+        r = 0.14 + 0.12 * g[(k + 3) % 8]
+        parts.append((_rect(x - 0.04, base - h + r, x + 0.04, base), "second"))
+        parts.append((_ellipse(x, base - h, r, r * (0.9 + 0.6 * g[4])), "main"))
+    return parts
+
+
+def _block(
+    g: tuple[float, ...], base: float, width: tuple[float, float], height: tuple[float, float]
+) -> tuple[float, float, list[Part]]:
+    """A block standing on the ground line, centred: half-width ``width[0] + width[1] * g[0]``,
+    height ``height[0] + height[1] * g[1]``; returns (half-width, height, [the block])."""
+    w = width[0] + width[1] * g[0]
+    h = height[0] + height[1] * g[1]
+    return w, h, [(_rect(-w, base - h, w, base), "main")]
+
+
+def _tower(g: tuple[float, ...], base: float) -> list[Part]:
+    w, h, parts = _block(g, base, (0.12, 0.16), (0.75, 0.45))
+    if g[2] > 0.5:
+        parts.append(
+            ([(-w * 1.2, base - h), (0.0, base - h - 0.25 - 0.2 * g[3]), (w * 1.2, base - h)], "second")
+        )
+    else:
+        parts.append((_rect(-w * 1.3, base - h - 0.08, w * 1.3, base - h), "second"))
+    rows = 2 + int(g[4] * 4)
+    for k in range(rows):
+        y = base - h + (k + 0.6) * h / (rows + 0.5)
+        parts.append((_rect(-w * 0.4, y, w * 0.4, y + 0.05), "dark"))
+    return parts
+
+
+def _arches(g: tuple[float, ...], base: float) -> list[Part]:
+    parts: list[Part] = []
+    n = 1 + int(g[0] * 4)
+    span = 1.7
+    deck = base - 0.35 - 0.25 * g[1]
+    parts.append((_rect(-span / 2, deck - 0.07, span / 2, deck + 0.04), "main"))
+    for k in range(n + 1):
+        x = -span / 2 + span * k / n
+        parts.append((_rect(x - 0.05, deck, x + 0.05, base), "main"))
+    for k in range(n):
+        x = -span / 2 + span * (k + 0.5) / n
+        parts.append((_ellipse(x, deck + 0.02, span / n / 2 - 0.05, 0.06 + 0.08 * g[2], 20), "second"))
+    if g[3] > 0.5:
+        parts.append((_rect(-0.04, deck - 0.45, 0.04, deck - 0.07), "second"))
+    return parts
+
+
+def _gable(g: tuple[float, ...], base: float) -> list[Part]:
+    w, h, parts = _block(g, base, (0.3, 0.3), (0.35, 0.25))
+    roof = 0.2 + 0.25 * g[2]
+    parts.append(([(-w - 0.06, base - h), (0.0, base - h - roof), (w + 0.06, base - h)], "second"))
+    parts.append((_rect(-0.07, base - 0.22, 0.07, base), "dark"))
+    if g[3] > 0.4:
+        tx = w * (0.6 if g[4] > 0.5 else -0.6)
+        parts.append((_rect(tx - 0.08, base - h - roof - 0.25, tx + 0.08, base - h), "main"))
+        parts.append(
+            (
+                [
+                    (tx - 0.1, base - h - roof - 0.25),
+                    (tx, base - h - roof - 0.45),
+                    (tx + 0.1, base - h - roof - 0.25),
+                ],
+                "second",
+            )
+        )
+    return parts
+
+
+def _crenels(g: tuple[float, ...], base: float) -> list[Part]:
+    w, h, parts = _block(g, base, (0.45, 0.3), (0.3, 0.25))
+    n = 3 + int(g[2] * 5)
+    for k in range(n):
+        x = -w + 2 * w * k / n
+        parts.append((_rect(x, base - h - 0.08, x + w / n, base - h), "main"))
+    th = h + 0.2 + 0.25 * g[3]
+    for x in (-w, w):
+        parts.append((_rect(x - 0.12, base - th, x + 0.12, base), "second"))
+    parts.append((_ellipse(0.0, base - 0.08, 0.08, 0.12, 16), "dark"))
+    return parts
+
+
+#: the shape family of each structure (its name -> its polygons)
+SHAPES = {
+    "peaks": _peaks,
+    "water": _water,
+    "cascade": _cascade,
+    "trees": _trees,
+    "tower": _tower,
+    "arches": _arches,
+    "gable": _gable,
+    "crenels": _crenels,
+}
+
+
+def _structure(spec: LandmarkSpec) -> list[Part]:
+    """The landmark's polygons as (points, paint) with paint 'main', 'second', 'dark' or 'light'."""
+    return SHAPES[spec.family](spec.geometry, 0.55)
 
 
 def _scene(draw: ImageDraw.ImageDraw, spec: LandmarkSpec, r: np.random.Generator, s: int) -> None:
@@ -440,25 +495,16 @@ def _level_ids(values: Sequence[str]) -> dict[str, int]:
     return {name: k for k, name in enumerate(sorted(set(values)))}
 
 
-def _split_table(rows: list[dict[str, Any]], with_usage: bool) -> pa.Table:
-    cols: dict[str, pa.Array] = {}
-    types = {
-        "id": pa.string(),
-        "landmark_id": pa.int64(),
-        "path": pa.string(),
-        "category": pa.string(),
-        "supercategory": pa.string(),
-        "hierarchical_label": pa.string(),
-        "natural_or_human_made": pa.string(),
-        "level0": pa.int64(),
-        "level1": pa.int64(),
-        "level2": pa.int64(),
-        "hierarchy_complete": pa.bool_(),
-    }
-    names = list(SPLIT_COLUMNS) + (["usage"] if with_usage else [])
-    for name in names:
-        cols[name] = pa.array([row[name] for row in rows], type=types.get(name, pa.string()))
-    return pa.table(cols)
+#: the split schema's types (:data:`hglv2.schema.QUERY_SCHEMA`); the synthetic files declare every
+#: column nullable (optional Parquet columns)
+_SCHEMA = pa.schema([f.with_nullable(True) for f in QUERY_SCHEMA])
+
+
+def _split_table(rows: list[dict[str, Any]], query: bool) -> pa.Table:
+    names = QUERY_SCHEMA.names if query else SPLIT_COLUMNS
+    return pa.table(
+        {name: pa.array([row[name] for row in rows], type=_SCHEMA.field(name).type) for name in names}
+    )
 
 
 def generate(
@@ -471,12 +517,22 @@ def generate(
 
     The folder is written beside ``out_dir`` and swapped into place whole, under a lock
     (:func:`hglv2.fileio.folder_transaction`); ``out_dir`` must be new, empty or earlier synthetic
-    data (an export or any other folder is an error, never overwritten). Contents: :func:`generate_into`.
+    data (an export or any other folder is an error, never overwritten).
+
+    Layout: ``train.parquet``, ``query.parquet``, ``index.parquet`` (columns
+    :data:`~hglv2.schema.SPLIT_COLUMNS`; ``query`` adds ``usage`` and ``recognition_landmark_id``,
+    -1: the query landmarks are not training landmarks), ``images/a/b/c/<id>.jpg``,
+    ``manifest.json`` and ``README.md``, written by :func:`hglv2.splits.write_split_folder`. Levels:
+    ``level0`` = landmark id, ``level1`` / ``level2`` = dense ids of the cluster / top-level names
+    in sorted order over the selected landmarks. The landmarks of each cluster are shuffled (seeded)
+    and the first ``round(train_fraction * n)`` (at least 1, and at most n - 1 when n >= 2) go to
+    ``train``; the others give ``query_images`` query and ``index_images`` index images each.
     """
     params = params or SyntheticParams()
     _check_params(params)
     with folder_transaction(out_dir, "synthetic") as staging:
-        return generate_into(staging, hierarchy, params, progress)
+        table, source = load_table(hierarchy)
+        return _write(Path(staging), landmark_specs(table, params), source, params, progress)
 
 
 def _check_params(params: SyntheticParams) -> None:
@@ -488,29 +544,9 @@ def _check_params(params: SyntheticParams) -> None:
         raise InputError(f"synthetic: train_fraction {params.train_fraction} must be in (0, 1)")
 
 
-def generate_into(
-    out_dir: str | os.PathLike[str],
-    hierarchy: str | os.PathLike[str] | pd.DataFrame | None = None,
-    params: SyntheticParams | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Write the embedded dataset into ``out_dir`` (file by file) and return its manifest.
-
-    Layout: ``train.parquet``, ``query.parquet``, ``index.parquet`` (columns
-    :data:`~hglv2.schema.SPLIT_COLUMNS`; ``query`` adds ``usage``), ``images/a/b/c/<id>.jpg`` and
-    ``manifest.json``. Levels: ``level0`` = landmark id, ``level1`` / ``level2`` = dense ids of the
-    cluster / top-level names in sorted order over the selected landmarks. The landmarks of each
-    cluster are shuffled (seeded) and the first ``round(train_fraction * n)`` (at least 1, and at
-    most n - 1 when n >= 2) go to ``train``; the others give ``query_images`` query and
-    ``index_images`` index images each.
-    """
-    params = params or SyntheticParams()
-    _check_params(params)
-    table, source = load_table(hierarchy)
-    specs = landmark_specs(table, params)
-    level1 = _level_ids([s.cluster for s in specs])
-    level2 = _level_ids([s.top for s in specs])
-
+def _train_landmarks(specs: list[LandmarkSpec], params: SyntheticParams) -> set[int]:
+    """The training landmarks: per cluster, the first ``round(train_fraction * n)`` of a seeded
+    shuffle (at least 1, at most n - 1 when n >= 2)."""
     by_cluster: dict[str, list[LandmarkSpec]] = {}
     for spec in specs:
         by_cluster.setdefault(spec.cluster, []).append(spec)
@@ -522,11 +558,21 @@ def generate_into(
             k = min(k, n - 1)
         order = _rng(params.seed, "split", cluster).permutation(n)
         train_ids.update(members[i].landmark_id for i in order[:k])
+    return train_ids
 
-    out = Path(out_dir)
-    image_root = out / "images"
+
+Job = tuple[LandmarkSpec, int, str]  # landmark, view, image path
+
+
+def _split_rows(
+    specs: list[LandmarkSpec], params: SyntheticParams
+) -> tuple[dict[str, list[dict[str, Any]]], list[Job]]:
+    """The rows of each split (sorted by landmark, then id) and the images to render."""
+    level1 = _level_ids([s.cluster for s in specs])
+    level2 = _level_ids([s.top for s in specs])
+    train_ids = _train_landmarks(specs, params)
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "query": [], "index": []}
-    jobs = []
+    jobs: list[Job] = []
     for spec in specs:
         if spec.landmark_id in train_ids:
             views = [("train", v) for v in range(params.train_images)]
@@ -550,9 +596,19 @@ def generate_into(
             }
             if split == "query":
                 row["usage"] = "Public" if v % 2 == 0 else "Private"
+                row["recognition_landmark_id"] = -1
             splits[split].append(row)
             jobs.append((spec, v, row["path"]))
+    for rows in splits.values():
+        rows.sort(key=lambda row: (row["landmark_id"], row["id"]))
+    return splits, jobs
 
+
+def _render_images(
+    image_root: Path, jobs: list[Job], params: SyntheticParams, progress: bool
+) -> dict[str, Any]:
+    """Render and write every image; returns the manifest's ``images`` (count and a sha256 over
+    the sorted paths and the hashes of their files)."""
     iterator = jobs
     if progress:
         from tqdm import tqdm
@@ -563,45 +619,42 @@ def generate_into(
         render_image(spec, v, params.seed, params.image_size).save(buf, "JPEG", quality=params.jpeg_quality)
         with atomic_path(image_root / rel) as tmp:
             tmp.write_bytes(buf.getvalue())
+    h = hashlib.sha256()
+    for _, _, rel in sorted(jobs, key=lambda j: j[2]):
+        h.update(rel.encode())
+        h.update(sha256_file(image_root / rel).encode())
+    return {"count": len(jobs), "sha256": h.hexdigest()}
 
+
+def _write(
+    out: Path, specs: list[LandmarkSpec], source: str, params: SyntheticParams, progress: bool
+) -> dict[str, Any]:
+    """Write the images, then the split folder (:func:`generate`) into ``out``; returns the manifest."""
+    splits, jobs = _split_rows(specs, params)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "generator": "hglv2.synthetic",
         "params": asdict(params),
         "hierarchy": {"source": source},
-        "levels": ["level0", "level1", "level2"],
-        "level_names": {"level1": sorted(level1), "level2": sorted(level2)},
+        "levels": list(LEVEL_COLUMNS),
+        "level_names": {
+            LEVEL_COLUMNS[1]: sorted({s.cluster for s in specs}),
+            LEVEL_COLUMNS[2]: sorted({s.top for s in specs}),
+        },
         "image_root": "images",
         "splits": {},
+        "images": _render_images(out / "images", jobs, params, progress),
     }
-    for name, rows in splits.items():
-        rows.sort(key=lambda row: (row["landmark_id"], row["id"]))
-        path = out / f"{name}.parquet"
-        write_parquet(_split_table(rows, with_usage=name == "query"), path)
-        manifest["splits"][name] = {
-            "file": path.name,
-            "rows": len(rows),
-            "landmarks": len({row["landmark_id"] for row in rows}),
-            "sha256": sha256_file(path),
-        }
-    h = hashlib.sha256()
-    for _, _, rel in sorted(jobs, key=lambda j: j[2]):
-        h.update(rel.encode())
-        h.update(sha256_file(image_root / rel).encode())
-    manifest["images"] = {"count": len(jobs), "sha256": h.hexdigest()}
-    write_json(out / "manifest.json", manifest)
-    _write_card(out / "README.md", manifest)
-    return manifest
+    tables = {name: _split_table(rows, query=name == "query") for name, rows in splits.items()}
+    fmt = SplitFormat(row_group_size=100_000, brief=True, encode_ids=True)
+    return write_split_folder(out, tables, manifest, _card, fmt)
 
 
-def _write_card(path: Path, manifest: dict[str, Any]) -> None:
-    """A short dataset card whose YAML front matter lets ``datasets.load_dataset`` find every split."""
-    from hglv2.splits import _front_matter, _loading_lines
-
+def _card(manifest: dict[str, Any]) -> Card:
+    """A short dataset card: what was generated, where the images are, how to load the splits."""
     rows = ", ".join(f"{name} {info['rows']} rows" for name, info in manifest["splits"].items())
-    text = "\n".join(
+    return Card(
         [
-            _front_matter(manifest["splits"]),
             "# The embedded hierarchical landmarks\n",
             f"Generated by `hglv2 synthesize` (`hglv2.synthetic`, seed {manifest['params']['seed']}): "
             f"{rows}; {manifest['images']['count']} JPEG images under `images/` (column `path`). "
@@ -609,10 +662,8 @@ def _write_card(path: Path, manifest: dict[str, Any]) -> None:
             "are disjoint. Parameters, hierarchy and sha256 in `manifest.json`.\n",
             "## Loading\n",
             "```python",
-            *_loading_lines(manifest["splits"]),
+            *loading_lines(manifest["splits"]),
             "```",
             "",
         ]
     )
-    with atomic_open(path) as fh:
-        fh.write(text)

@@ -13,7 +13,7 @@ Outputs (small, committed): ``train_label_to_category.csv``, ``train.csv``, ``tr
 ``wikidata_cache.jsonl`` (the recorded answers, recorded by running the resolve, graph and
 validate-anchors stages against :mod:`fake_wikidata` serving this world).
 
-    python pipelines/make_sample.py [--out data/sample] [--clusters data/review/clusters.csv]
+    python -m pipelines.make_sample [--out data/sample] [--clusters data/review/clusters.csv]
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ import argparse
 import csv
 import hashlib
 import random
-import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-
 from hglv2.fileio import atomic_open  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
 
 SEED = 20240601
 CATEGORY_ITEM = "Q4167836"
@@ -474,16 +470,37 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 def write_sample(
     out: Path, clusters: Path, n_landmarks: int = 300, n_index: int = SAMPLE_INDEX_LANDMARKS
 ) -> None:
-    from hglv2.hierarchy.clusters import load_clusters, validate_anchors
-    from hglv2.hierarchy.graph import fetch_graph
-    from hglv2.hierarchy.resolve import read_categories, resolve_numbered
-    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
+    from hglv2.hierarchy.clusters import load_clusters
 
-    rng = random.Random(SEED + 1)
     world, everything = build_world(n_landmarks, n_index=n_index)
     landmarks = [lm for lm in everything if lm["numbering"] == "train"]
     index_landmarks = [lm for lm in everything if lm["numbering"] == "index"]
     out.mkdir(parents=True, exist_ok=True)
+    table = load_clusters(clusters)
+    published = _Published(table)
+    clash = {index_landmarks[0]["landmark_id"]} if index_landmarks else set()
+    rng = random.Random(SEED + 1)
+    images, train_rows = _write_train(out, landmarks, rng)
+    _write_csv(out / "train_label_to_hierarchical.csv", HIER_HEADER, published.rows(landmarks, rng, clash))
+    # the index and test sets (their own random stream: the train files above do not change)
+    ids = _NewIds(random.Random(SEED + 2), {row[0] for row in train_rows})
+    by_lid, index_rows = _write_index(out, index_landmarks, ids, published, clash)
+    test_rows = _write_test(out, index_landmarks, by_lid, ids)
+    n = _record_cache(out, world, table)
+    print(
+        f"wrote {len(landmarks)} train and {len(index_landmarks)} index landmarks, "
+        f"{sum(map(len, images.values()))} train, {len(index_rows)} index and {len(test_rows)} test images, "
+        f"{n} recorded answers to {out}"
+    )
+
+
+HIER_HEADER = ["landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made"]
+
+
+def _write_train(
+    out: Path, landmarks: list[dict], rng: random.Random
+) -> tuple[dict[int, list[str]], list[list]]:
+    """train_label_to_category.csv, train.csv and train_clean.csv: ``(images by landmark, train rows)``."""
     _write_csv(
         out / "train_label_to_category.csv",
         ["landmark_id", "category"],
@@ -504,54 +521,65 @@ def write_sample(
         if len(keep) >= 2:
             clean_rows.append([lid, " ".join(keep)])
     _write_csv(out / "train_clean.csv", ["landmark_id", "images"], clean_rows)
+    return images, train_rows
 
-    table = load_clusters(clusters)
-    cluster_of = {a.qid: (a.label, a.cluster, a.top) for a in table.anchors}
-    parents = {q: p for q, (_, p) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
-    parents["Q990000104"] = ["Q12518"]
 
-    def nearest(cls: str):
+class _Published:
+    """The imitation of the published ``*_label_to_hierarchical.csv``: the nearest anchor's cluster
+    (or a systematic choice), with some landmarks left out and some clusters swapped."""
+
+    def __init__(self, table) -> None:
+        self.cluster_of = {a.qid: (a.label, a.cluster, a.top) for a in table.anchors}
+        self.parents = {q: p for q, (_, p) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
+        self.parents["Q990000104"] = ["Q12518"]
+        self.labels = {q: lab for q, (lab, _) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
+
+    def nearest(self, cls: str):
         frontier, seen = [cls], {cls}
         while frontier:
-            hits = sorted({cluster_of[c][1:] for c in frontier if c in cluster_of})
+            hits = sorted({self.cluster_of[c][1:] for c in frontier if c in self.cluster_of})
             if hits:
                 return hits[0] if len(hits) == 1 else None
-            frontier = [p for c in frontier for p in parents.get(c, []) if p not in seen]
+            frontier = [p for c in frontier for p in self.parents.get(c, []) if p not in seen]
             seen.update(frontier)
         return None
 
-    labels = {q: lab for q, (lab, _) in {**REAL_CLASSES, **SAMPLE_CLASSES}.items()}
-
-    def published(lms: list[dict], r: random.Random, always: set[int] = frozenset()) -> list[list]:
+    def rows(self, lms: list[dict], r: random.Random, always: set[int] = frozenset()) -> list[list]:
         rows = []
         for lm in lms:
             if not lm["p31"] or (r.random() > 0.6 and lm["landmark_id"] not in always):
                 continue
             cls = lm["p31"][0] if lm["p31"][0] != "somevalue" else lm["p31"][-1]
-            hit = PUBLISHED_SYSTEMATIC.get(cls) or nearest(cls)
+            hit = PUBLISHED_SYSTEMATIC.get(cls) or self.nearest(cls)
             if hit is None:
                 continue
             cluster, top = hit
             if r.random() < 0.12 and cluster in CLUSTER_OF_CLASS_FOR_PUBLISHED:
                 cluster = CLUSTER_OF_CLASS_FOR_PUBLISHED[cluster]
-            rows.append([lm["landmark_id"], lm["category"], labels[cls], cluster, top])
+            rows.append([lm["landmark_id"], lm["category"], self.labels[cls], cluster, top])
         return rows
 
-    hier_header = ["landmark_id", "category", "supercategory", "hierarchical_label", "natural_or_human_made"]
-    clash = {index_landmarks[0]["landmark_id"]} if index_landmarks else set()
-    _write_csv(out / "train_label_to_hierarchical.csv", hier_header, published(landmarks, rng, clash))
 
-    # the index and test sets (their own random stream: the train files above do not change)
-    irng = random.Random(SEED + 2)
-    used = {row[0] for row in train_rows}
+class _NewIds:
+    """Image ids from ``rng`` that are not in ``used`` (nor given before)."""
 
-    def new_id() -> str:
+    def __init__(self, rng: random.Random, used: set[str]) -> None:
+        self.rng, self.used = rng, used
+
+    def __call__(self) -> str:
         while True:
-            iid = f"{irng.getrandbits(64):016x}"
-            if iid not in used:
-                used.add(iid)
+            iid = f"{self.rng.getrandbits(64):016x}"
+            if iid not in self.used:
+                self.used.add(iid)
                 return iid
 
+
+def _write_index(
+    out: Path, index_landmarks: list[dict], new_id: _NewIds, published: _Published, clash: set[int]
+) -> tuple[dict[int, list[str]], list[list]]:
+    """index.csv, index_image_to_landmark.csv, index_label_to_category.csv and
+    index_label_to_hierarchical.csv: ``(index images by landmark, index rows)``."""
+    irng = new_id.rng
     by_lid: dict[int, list[str]] = {}
     for lm in index_landmarks:
         by_lid[lm["landmark_id"]] = [new_id() for _ in range(max(1, min(8, lm["n_images"])))]
@@ -559,16 +587,21 @@ def write_sample(
     irng.shuffle(index_rows)
     _write_csv(out / "index.csv", ["id"], [[i] for i, _ in index_rows])
     _write_csv(out / "index_image_to_landmark.csv", ["id", "landmark_id"], index_rows)
+    by_id = sorted(index_landmarks, key=lambda x: x["landmark_id"])
     _write_csv(
         out / "index_label_to_category.csv",
         ["landmark_id", "category"],
-        [
-            [lm["landmark_id"], lm["category"]]
-            for lm in sorted(index_landmarks, key=lambda x: x["landmark_id"])
-        ],
+        [[lm["landmark_id"], lm["category"]] for lm in by_id],
     )
-    index_pub = published(sorted(index_landmarks, key=lambda x: x["landmark_id"]), irng, clash)
-    _write_csv(out / "index_label_to_hierarchical.csv", hier_header, index_pub)
+    _write_csv(out / "index_label_to_hierarchical.csv", HIER_HEADER, published.rows(by_id, irng, clash))
+    return by_lid, index_rows
+
+
+def _write_test(
+    out: Path, index_landmarks: list[dict], by_lid: dict[int, list[str]], new_id: _NewIds
+) -> list[str]:
+    """test.csv and the two solution files (landmark and non-landmark queries): the test ids."""
+    irng = new_id.rng
     test_rows, retrieval, recognition = [], [], []
     for lm in index_landmarks:
         if irng.random() > 0.7:
@@ -593,6 +626,16 @@ def write_sample(
     _write_csv(
         out / "recognition_solution_v2.1.csv", ["id", "landmarks", "Usage"], [recognition[k] for k in order]
     )
+    return test_rows
+
+
+def _record_cache(out: Path, world: World, table) -> int:
+    """Run resolve, graph and validate-anchors against the fake Wikidata serving ``world`` and
+    write the answers as ``wikidata_cache.jsonl``; returns their count."""
+    from hglv2.hierarchy.clusters import validate_anchors
+    from hglv2.hierarchy.graph import fetch_graph
+    from hglv2.hierarchy.resolve import read_categories, resolve_numbered
+    from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = ResponseCache(Path(tmp) / "cache.sqlite")
@@ -606,11 +649,7 @@ def write_sample(
             validate_anchors(client, table)
         n = cache.export_jsonl(out / "wikidata_cache.jsonl")
         cache.close()
-    print(
-        f"wrote {len(landmarks)} train and {len(index_landmarks)} index landmarks, "
-        f"{sum(map(len, images.values()))} train, {len(index_rows)} index and {len(test_rows)} test images, "
-        f"{n} recorded answers to {out}"
-    )
+    return n
 
 
 def main() -> None:

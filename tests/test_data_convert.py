@@ -269,6 +269,6 @@ def test_manifest_image_root_is_relative_so_the_output_is_relocatable(tmp_path, 
     assert m["image_root"] == "../../sop"
     assert m["command"] == ["hglv2", "convert", "sop", "--root", "sop", "--out", "data/sop"]
     # the training loader and hglv2 evaluate resolve it against the converted folder
-    from hglv2.train.data import manifest_image_root
+    from hglv2.splits import manifest_image_root
 
     assert manifest_image_root(tmp_path / "a/data/sop").resolve() == (tmp_path / "a/sop").resolve()

@@ -16,8 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hglv2.errors import InputError
+from hglv2.gldv2.export import HierarchyIndex, image_paths
 from hglv2.schema import SPLIT_COLUMNS, image_relpath
-from hglv2.splits import HierarchyIndex, export, image_paths
+from hglv2.splits import export, manifest_image_root
 from tests.fixtures.gldv2_example import write_example
 
 
@@ -347,3 +348,19 @@ def test_hierarchy_positions_match_dict_lookup(table_ids, query_ids, scale):
     assert found.tolist() == [int(q) in where for q in query]
     expected = [where[int(q)] for q in query if int(q) in where]
     assert [int(p) for p, f in zip(pos, found, strict=True) if f] == expected
+
+
+def test_manifest_image_root_one_reader(tmp_path):
+    """The synthetic data records ``images`` (inside the folder); an export records no image folder
+    (GLDv2 images are not included), so the reader asks for one."""
+    from hglv2.synthetic import SyntheticParams, generate
+
+    params = SyntheticParams(image_size=16, train_images=1, query_images=1, index_images=1, max_clusters=1)
+    generate(tmp_path / "syn", "builtin", params)
+    assert manifest_image_root(tmp_path / "syn") == tmp_path / "syn" / "images"
+    meta = write_example(tmp_path / "meta")
+    export(meta, tmp_path / "exp")
+    with pytest.raises(InputError, match="names no image folder; give --image-root"):
+        manifest_image_root(tmp_path / "exp")
+    with pytest.raises(InputError, match="names no image folder; give data.image_root"):
+        manifest_image_root(tmp_path / "exp", option="data.image_root")

@@ -2,8 +2,6 @@
 
 import json
 import sqlite3
-import sys
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,10 +17,8 @@ from hglv2.hierarchy.wikidata import (
     request_key,
     user_agent,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-from make_sample import build_world  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import build_world  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +67,7 @@ def test_backoff_is_exponential_capped_and_gives_up(world, tmp_path):
             srv,
             ResponseCache(tmp_path / "c.sqlite"),
             sleeps,
-            max_retries=7,
+            max_tries=8,
             backoff_base=1.0,
             backoff_cap=20.0,
         )
@@ -208,7 +204,7 @@ def test_parse_item_ranks_and_redirects(world, tmp_path):
 
 
 def test_p373_fallback_escapes_sparql_literals(tmp_path):
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     from hglv2.hierarchy.resolve import resolve_categories
 
@@ -247,7 +243,7 @@ def test_mixed_failures_share_one_growing_backoff(world, tmp_path):
 def test_html_outage_uses_the_whole_retry_budget_with_growing_waits(world, tmp_path):
     sleeps = []
     with FakeWikidata(world, lambda n, key: "html") as srv:
-        client = make_client(srv, ResponseCache(tmp_path / "c.sqlite"), sleeps, max_retries=6, backoff_cap=20)
+        client = make_client(srv, ResponseCache(tmp_path / "c.sqlite"), sleeps, max_tries=7, backoff_cap=20)
         with pytest.raises(NetworkError, match="failed after 7 tries"):
             fetch_items(client, IDS)
     assert sleeps == [1, 2, 4, 8, 16, 20] and len(srv.log) == 7
@@ -283,7 +279,7 @@ def test_cache_is_per_title_so_one_new_landmark_fetches_one_title(tmp_path):
 
 
 def test_titles_are_nfc_normalised(tmp_path):
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     from hglv2.hierarchy.resolve import resolve_categories
 
@@ -300,9 +296,9 @@ def test_titles_are_nfc_normalised(tmp_path):
     assert len(srv.log) == 1  # one title lookup: both spellings are one title
 
 
-def test_a_cache_of_whole_batches_still_replays(world, tmp_path):
-    """A recording in the old format (one record per 50-item wbgetentities call) is split into
-    per-item records when read, so it replays offline (JSON lines and SQLite)."""
+def test_a_recorded_batch_answer_is_not_an_item_record(world, tmp_path):
+    """Entities are cached one record per id or title; a recorded whole ``wbgetentities`` answer
+    is not read as item records, so offline it is a miss (caches are rebuilt until 1.0)."""
     params = {
         "action": "wbgetentities",
         "format": "json",
@@ -311,18 +307,7 @@ def test_a_cache_of_whole_batches_still_replays(world, tmp_path):
         "sitefilter": "commonswiki",
         "ids": "|".join(IDS),
     }
-    body = world.wbgetentities(params)
-    rec = {"endpoint": "api", "params": params, "body": body}
-    (tmp_path / "old.jsonl").write_text(json.dumps(rec) + "\n")
-    replay = fetch_items(WikidataClient(ResponseCache(tmp_path / "old.jsonl"), offline=True), IDS)
-    assert replay["Q23413"].label == "castle"
-    db = sqlite3.connect(tmp_path / "old.sqlite")
-    db.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, endpoint TEXT, params TEXT, body TEXT)")
-    db.execute(
-        "INSERT INTO responses VALUES (?, ?, ?, ?)",
-        (request_key("api", params), "api", json.dumps(params, sort_keys=True), json.dumps(body)),
-    )
-    db.commit()
-    db.close()
-    migrated = fetch_items(WikidataClient(ResponseCache(tmp_path / "old.sqlite"), offline=True), IDS)
-    assert migrated == replay
+    rec = {"endpoint": "api", "params": params, "body": world.wbgetentities(params)}
+    (tmp_path / "batch.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(CacheMiss, match="wbgetentities ids="):
+        fetch_items(WikidataClient(ResponseCache(tmp_path / "batch.jsonl"), offline=True), IDS)

@@ -12,19 +12,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import hglv2.cli.hierarchy as cli_hierarchy
 from hglv2.cli import main
 from hglv2.hierarchy.clusters import load_clusters, propose
 from hglv2.hierarchy.graph import fetch_graph, find_cycles
 from hglv2.hierarchy.resolve import resolve_categories
+from hglv2.hierarchy.sources import ApiSource
 from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 REVIEW = ROOT / "data" / "review"
-sys.path.insert(0, str(ROOT / "pipelines"))
-from fake_wikidata import FAULTS, FakeWikidata, World  # noqa: E402
-from make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
+from pipelines.fake_wikidata import FAULTS, FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
 
 OUTPUTS = (
     "resolved.parquet",
@@ -41,14 +40,14 @@ OUTPUTS = (
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
     """Backoff waits become no-ops in CLI runs (the waits asked for are checked in the client tests)."""
-    orig = cli_hierarchy._make_client
+    orig = ApiSource.open_client
 
-    def make(*args, **kw):
-        client = orig(*args, **kw)
+    def open_client(self):
+        client = orig(self)
         client.sleep = lambda s: None
         return client
 
-    monkeypatch.setattr(cli_hierarchy, "_make_client", make)
+    monkeypatch.setattr(ApiSource, "open_client", open_client)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,18 @@ def invoke(runner, *args):
 
 
 CATEGORIES = (SAMPLE / "train_label_to_category.csv", SAMPLE / "index_label_to_category.csv")
+
+
+def apply_args(proposals: Path, review: Path, out: Path) -> list:
+    """``hierarchy apply`` with the review files of the folder ``review``."""
+    return [
+        "hierarchy",
+        "apply",
+        "--proposals",
+        proposals,
+        *("--clusters", review / "clusters.csv", "--decisions", review / "decisions.csv"),
+        *("--overrides", review / "landmark_overrides.csv", "--out", out),
+    ]
 
 
 def run_pipeline(runner, work: Path, net: list, categories=CATEGORIES, review: Path = REVIEW) -> dict:
@@ -92,18 +103,7 @@ def run_pipeline(runner, work: Path, net: list, categories=CATEGORIES, review: P
     )
     invoke(
         runner,
-        "hierarchy",
-        "apply",
-        "--proposals",
-        work / "proposals.parquet",
-        "--clusters",
-        review / "clusters.csv",
-        "--decisions",
-        review / "decisions.csv",
-        "--overrides",
-        review / "landmark_overrides.csv",
-        "--out",
-        work / "hierarchy.parquet",
+        *apply_args(work / "proposals.parquet", review, work / "hierarchy.parquet"),
     )
     return {name: (work / name).read_bytes() for name in OUTPUTS}
 
@@ -217,18 +217,7 @@ def test_editing_a_decision_changes_exactly_the_affected_landmarks(tmp_path, cli
     pd.concat([dec, extra]).to_csv(review / "decisions.csv", index=False)
     invoke(
         cli_runner,
-        "hierarchy",
-        "apply",
-        "--proposals",
-        tmp_path / "w" / "proposals.parquet",
-        "--clusters",
-        review / "clusters.csv",
-        "--decisions",
-        review / "decisions.csv",
-        "--overrides",
-        review / "landmark_overrides.csv",
-        "--out",
-        tmp_path / "w" / "after.parquet",
+        *apply_args(tmp_path / "w" / "proposals.parquet", review, tmp_path / "w" / "after.parquet"),
     )
     after = pd.read_parquet(tmp_path / "w" / "after.parquet")
     assert set(before["numbering"]) == {"train", "index"}  # both numberings, one vocabulary
@@ -253,7 +242,7 @@ def test_p279_cycles_do_not_hang(tmp_path):
     ents = dict(base.entities)
     # a long ring of classes, every one of them a landmark's class, plus a self-loop
     ring = [f"Q98000{i:04d}" for i in range(80)]
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     for i, q in enumerate(ring):
         ents[q] = _entity(q, f"ring {i}", {"P279": [(ring[(i + 1) % len(ring)], "normal"), (q, "normal")]}, 1)

@@ -407,7 +407,7 @@ def test_overrides_name_their_numbering(tmp_path, cli_runner):
     (review / "landmark_overrides.csv").write_text(
         "landmark_id,cluster,top,reason,numbering\n"
         f"{lid},waterfall,natural,test index,index\n"
-        "6631,church,human-made,old row without numbering,\n",
+        "6631,church,human-made,row without numbering,\n",
         encoding="utf-8",
     )
     out = tmp_path / "h.parquet"

@@ -1,10 +1,11 @@
-"""The paper's other datasets end to end, with the README's commands: ``hglv2 convert`` on a tiny
-folder in the official format, ``hglv2 train`` with the shipped recipe (overridden for size only:
-the tiny net from random init, 16 px, batch 8, 2 steps), ``hglv2 evaluate --checkpoint``.
+"""The paper's other datasets end to end, with the commands of ``docs/datasets.md``: ``hglv2
+convert`` on a tiny folder in the official format, ``hglv2 train`` with the shipped recipe
+(overridden for size only: the tiny net from random init, 16 px, batch 8, 2 steps), ``hglv2
+evaluate --checkpoint``.
 
-The commands below are the README's "Reproduce the paper" sequences, verbatim (checked), run from a
-working directory that holds the official folders, so the recipes' default paths (``data/<name>``,
-``runs/<name>``) are the ones exercised.
+The commands below are the "Reproduce the paper" sequences of ``docs/datasets.md``, verbatim
+(checked), run from a working directory that holds the official folders, so the recipes' default
+paths (``data/<name>``, ``runs/<name>``) are the ones exercised.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from hglv2.cli import main
 from tests.fixtures.datasets import FOLDERS, official_folder
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 
 
 def _sequence(name: str, convert: str, recall: str, reference: bool = True) -> list[str]:
@@ -33,7 +34,7 @@ def _sequence(name: str, convert: str, recall: str, reference: bool = True) -> l
     ]
 
 
-# dataset -> (convert, train, evaluate), as in the README
+# dataset -> (convert, train, evaluate), as in docs/datasets.md
 COMMANDS = {
     "sop": _sequence("sop", "sop", "1,10,100,1000"),
     "inat2018": _sequence("inat2018", "inat2018", "1,4,16,32"),
@@ -63,8 +64,8 @@ def _run(command: str, *extra: str):
     return res
 
 
-def test_readme_gives_these_commands():
-    text = README.read_text("utf-8")
+def test_docs_give_these_commands():
+    text = DOCS.read_text("utf-8")
     missing = [c for seq in COMMANDS.values() for c in seq if c not in text]
     assert not missing, missing
 
@@ -109,7 +110,7 @@ def test_convert_train_evaluate(tmp_path, monkeypatch, name):
 
 
 def test_inat_official_split_trains_with_query_split_val(tmp_path, monkeypatch):
-    """Without Brown et al.'s lists the official split gives train / val (README: train with
+    """Without Brown et al.'s lists the official split gives train / val (docs/datasets.md: train with
     ``--set data.query_split=val``). Its val set here has one image per species: the species-level
     metrics are undefined and written as null, not a crash on NaN."""
     monkeypatch.chdir(tmp_path)

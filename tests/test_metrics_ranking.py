@@ -24,8 +24,8 @@ from hglv2.metrics import (
     recall_at_k,
 )
 from hglv2.metrics._fused import HAVE_NUMBA
+from hglv2.metrics.labels import relevance_table
 from hglv2.metrics.ranking import rank_relevant
-from hglv2.metrics.relevance import relevance_table
 
 BACKENDS = ["torch", "numba"] if HAVE_NUMBA else ["torch"]
 

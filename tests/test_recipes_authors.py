@@ -150,7 +150,7 @@ def _their_checkpoint(path: Path, net_state: dict, monkeypatch) -> None:
 def _recipe(tmp_path: Path, pooling: str) -> Path:
     import yaml
 
-    from hglv2.train.config import load_config
+    from hglv2.config import load_config
 
     cfg = load_config("h-gldv2")
     cfg["model"].update(backbone="resnet18", embedding_dim=32, pooling=pooling, pretrained=False)
@@ -190,7 +190,7 @@ def test_authors_checkpoint_gives_their_embeddings(tmp_path, monkeypatch, name, 
 
 def _recipe_cfg(name: str) -> dict:
     from hglv2.benchmark import suite_runs
-    from hglv2.train.config import load_config
+    from hglv2.config import load_config
 
     recipe, _, label = name.partition("/")
     cfg = load_config(recipe)
@@ -260,7 +260,7 @@ def test_optimizer_groups_and_schedules_equal_the_authors(name):
 
 @pytest.mark.parametrize("kind", ["m_per_class", "hierarchical"])
 def test_training_drops_only_rows_whose_cluster_is_unknown(kind):
-    from hglv2.train.config import load_config
+    from hglv2.config import load_config
     from hglv2.train.data import build_batch_sampler
 
     cfg = load_config("synthetic")
@@ -286,8 +286,8 @@ def test_decoded_pixels_equal_the_authors(key):
     import torch
     from PIL import Image
 
-    from hglv2.train.config import load_config
-    from hglv2.train.data import build_transform
+    from hglv2.config import load_config
+    from hglv2.transforms import build_transform
 
     expected = _load("decode.json")["outputs"][key]
     recipe, mode = key.split("/")
@@ -331,8 +331,9 @@ def test_authors_checkpoint_evaluates_through_the_cli(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from hglv2.cli import main
+    from hglv2.evaluation import embed_images
     from hglv2.models import build_model
-    from hglv2.train import build_dataset, embed
+    from hglv2.train import build_dataset
     from hglv2.train.data import prepare_data
     from tests.fixtures.training import tiny_synthetic_config
 
@@ -379,8 +380,9 @@ def test_authors_checkpoint_evaluates_through_the_cli(tmp_path, monkeypatch):
     )
     assert res.exit_code == 0, res.output
     q = np.load(out / "query_embeddings.npy")
-    qe, _ = embed(ours, build_dataset(cfg, data, "query", train=False), 64, torch.device("cpu"))
-    np.testing.assert_allclose(q, qe.numpy(), rtol=0, atol=1e-6)
+    qd = build_dataset(cfg, data, "query", train=False)
+    qe = embed_images(ours, qd, device="cpu", amp=False, progress=False)
+    np.testing.assert_allclose(q, qe, rtol=0, atol=1e-6)
     results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert 0.0 <= results["H-AP"] <= 1.0
     # a checkpoint that does not fit the recipe's model, and a missing --recipe: one-line errors

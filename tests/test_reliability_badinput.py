@@ -180,9 +180,9 @@ CASES = [
         "hierarchy resolve --categories {categories} --timeout -1",
     ),
     (
-        "hierarchy --max-retries -1",
-        "'--max-retries': -1 is not in the range 0<=x<=100",
-        "hierarchy resolve --categories {categories} --max-retries -1",
+        "hierarchy --max-tries 0",
+        "'--max-tries': 0 is not in the range 1<=x<=100",
+        "hierarchy resolve --categories {categories} --max-tries 0",
     ),
     (
         "download --timeout -1",
@@ -232,7 +232,7 @@ CASES = [
     ),
     (
         "hierarchy graph foreign resolved",
-        "foreign.parquet: missing column(s) landmark_id, category, title",
+        "foreign.parquet: missing column(s) landmark_id, numbering, category, title",
         "hierarchy graph --resolved {foreign} --out-dir {adir}/g",
     ),
     (

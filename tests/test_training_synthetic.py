@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from hglv2.errors import InputError
-from hglv2.schema import SPLIT_COLUMNS, image_relpath
+from hglv2.schema import QUERY_SCHEMA, SPLIT_COLUMNS, image_relpath
 from hglv2.synthetic import SyntheticParams, builtin_hierarchy, generate, image_id, landmark_specs
 
 SMALL = SyntheticParams(
@@ -34,12 +34,14 @@ def test_layout_matches_the_export(tmp_path):
     manifest = generate(tmp_path, "builtin", SMALL)
     splits = {name: pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("train", "query", "index")}
     for name, df in splits.items():
-        expected = list(SPLIT_COLUMNS) + (["usage"] if name == "query" else [])
-        assert list(df.columns) == expected
+        expected = QUERY_SCHEMA.names if name == "query" else list(SPLIT_COLUMNS)
+        assert list(df.columns) == expected  # the export's columns, query's included
         assert manifest["splits"][name]["rows"] == len(df)
         assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in df["id"])
         assert all(p == image_relpath(i) for p, i in zip(df["path"], df["id"], strict=True))
         assert (df["level0"] == df["landmark_id"]).all() and df["hierarchy_complete"].all()
+        if name == "query":  # synthetic query landmarks are never training landmarks
+            assert (df["recognition_landmark_id"] == -1).all()
         for rel in df["path"]:
             with Image.open(tmp_path / "images" / rel) as img:
                 assert img.size == (32, 32) and img.mode == "RGB"

@@ -135,6 +135,8 @@ def _emit(ctx: click.Context, out: Output) -> int:
         write_json(json_path, finite_or_none(out.data))
     for line in out.lines:
         click.echo(line)
+    if out.error is not None:
+        raise InputError(out.error)
     return out.exit_code
 
 

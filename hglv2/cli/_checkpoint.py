@@ -89,6 +89,7 @@ def run_checkpoint(
     """Run the mode chosen by the options in ``p``; report lines through ``say``; return the JSON-ready
     output. The caller passes a collecting ``say`` so that files are written before anything is printed."""
     from hglv2.evaluation import protocols
+    from hglv2.evaluation.checkpoint import default_eval_dir
 
     ckpt = p["checkpoint"]
     common = dict(
@@ -129,12 +130,7 @@ def run_checkpoint(
             f"Easy {100 * res['mAP_easy']:.2f}"
         )
         return {"mode": p["protocol"], "checkpoint": str(ckpt), "data": str(p["data"]), "results": res}
-    out_dir = p["out_dir"]
-    if out_dir is None:
-        run = ckpt if ckpt.is_dir() else ckpt.parent
-        if run.name == "checkpoints":
-            run = run.parent
-        out_dir = run / "eval" / Path(p["data"]).resolve().name
+    out_dir = p["out_dir"] or default_eval_dir(ckpt, p["data"])
     res = protocols.evaluate_splits(
         ckpt,
         p["data"],
@@ -165,6 +161,6 @@ def _authors_model(p: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
     if p["ckpt_config"] is not None:
         raise InputError("--from suprank takes --recipe, not --config")
     from hglv2.evaluation.suprank import load_suprank_model
-    from hglv2.train.trainer import resolve_device
+    from hglv2.models import resolve_device
 
     return load_suprank_model(p["checkpoint"], p["recipe"], resolve_device(p["embed_device"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hglv2.cli._options import Output
 from hglv2.convert import DATASETS
 
 
@@ -25,10 +26,10 @@ from hglv2.convert import DATASETS
 @click.pass_context
 def convert(
     ctx: click.Context, dataset: str, root: str, out_dir: str, protocol: str | None, check_images: bool
-) -> None:
+) -> Output:
     """Convert SOP, iNaturalist 2018 (7 levels or base), DyML (vehicle/animal/product) or CUB-200-2011
     to Parquet splits + manifest.json + dataset card (README.md), validating the files first."""
-    from hglv2.cli.data import _command_line
+    from hglv2.cli.data import command_line
     from hglv2.convert import convert as run
     from hglv2.errors import InputError
 
@@ -37,9 +38,12 @@ def convert(
         if dataset not in ("inat2018", "inat-base", "cub"):
             raise InputError(f"--protocol does not apply to {dataset}")
         options["protocol"] = protocol
-    command = _command_line(ctx)
+    command = command_line(ctx)
     command.insert(2, dataset)  # the argument (the shared helper lists the options only)
     manifest = run(dataset, root, out_dir, command=command, **options)
-    for name, info in manifest["splits"].items():
-        click.echo(f"{name}: {info['rows']} images, {info['landmarks']} classes -> {out_dir}/{info['file']}")
-    click.echo(f"levels: {', '.join(manifest['level_names'])}; wrote {out_dir}/manifest.json and README.md")
+    lines = [
+        f"{name}: {info['rows']} images, {info['landmarks']} classes -> {out_dir}/{info['file']}"
+        for name, info in manifest["splits"].items()
+    ]
+    levels = ", ".join(manifest["level_names"])
+    return Output(manifest, [*lines, f"levels: {levels}; wrote {out_dir}/manifest.json and README.md"])

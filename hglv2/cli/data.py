@@ -6,11 +6,17 @@ import os
 
 import click
 
-from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE
-from hglv2.fileio import write_json
+from hglv2.cli._options import (
+    OUTPUT_DIR,
+    OUTPUT_FILE,
+    Output,
+    download_target_options,
+    json_option,
+    network_options,
+)
 
 
-def _command_line(ctx: click.Context) -> list[str]:
+def command_line(ctx: click.Context) -> list[str]:
     """The command as ``hglv2 <name> --option value ...`` rebuilt from the parsed parameters."""
     out = ["hglv2", ctx.info_name or ""]
     for param in ctx.command.params:
@@ -45,19 +51,7 @@ def download() -> None:
 
 @download.command("metadata")
 @click.argument("names", nargs=-1)
-@click.option(
-    "--dest",
-    type=OUTPUT_DIR,
-    default="data/gldv2",
-    show_default=True,
-    help="Folder for the metadata files and the lock file.",
-)
-@click.option(
-    "--base-url",
-    type=HTTP_URL,
-    default=None,
-    help="Server holding metadata/ and ground_truth/ (default: https://s3.amazonaws.com/google-landmark).",
-)
+@download_target_options("Folder for the metadata files and the lock file.", "metadata/ and ground_truth/")
 @click.option("--offline", is_flag=True, help="Download nothing; check the files on disk against the lock.")
 @click.option(
     "--lock",
@@ -66,29 +60,8 @@ def download() -> None:
     default=None,
     help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
 )
-@click.option(
-    "--contact",
-    envvar="HGLV2_CONTACT",
-    default="anonymous",
-    show_default=True,
-    help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
-)
-@click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.1, None),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the server on each read.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--json",
-    "json_path",
-    type=OUTPUT_FILE,
-    default=None,
-    help="Also write the per-file results as JSON.",
-)
+@network_options(timeout_help="Seconds to wait for the server on each read.")
+@json_option(help="Also write the per-file results as JSON.")
 def download_metadata(
     names: tuple[str, ...],
     dest: str,
@@ -99,8 +72,7 @@ def download_metadata(
     max_tries: int,
     timeout: float,
     progress: bool,
-    json_path: str | None,
-) -> None:
+) -> Output:
     """Fetch (or check) the GLDv2 metadata files NAMES (default: all of them).
 
     Resumes cut downloads with HTTP Range, retries with backoff, and checks each file against the
@@ -108,6 +80,7 @@ def download_metadata(
     """
     from hglv2.gldv2.downloads import download
     from hglv2.gldv2.specs import DEFAULT_BASE_URL
+    from hglv2.http import Retries
 
     records = download(
         names or None,
@@ -116,14 +89,13 @@ def download_metadata(
         offline=offline,
         lock_path=lock_path,
         contact=contact,
-        max_tries=max_tries,
-        timeout=timeout,
+        retries=Retries(timeout=timeout, max_tries=max_tries),
         progress=progress,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]})
-    for r in records:
-        click.echo(f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}")
+    return Output(
+        data={"dest": os.fspath(dest), "files": [r.as_dict() for r in records]},
+        lines=[f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}" for r in records],
+    )
 
 
 def _register_images() -> None:
@@ -179,13 +151,7 @@ _register_images()
     help="A query whose ground-truth index images depict different landmarks: stop with an error, "
     "or take the landmark of the first listed image (the authors' rule; counted in the manifest).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=OUTPUT_FILE,
-    default=None,
-    help="Also write the manifest (rows, coverage, hashes) here.",
-)
+@json_option(help="Also write the manifest (rows, coverage, hashes) here.")
 def export(
     metadata: str,
     out_dir: str,
@@ -194,8 +160,7 @@ def export(
     row_group_size: int,
     drop_incomplete: bool,
     mixed_ground_truth: str,
-    json_path: str | None,
-) -> None:
+) -> Output:
     """Export validated Parquet splits (train, train_full, index, query) with the hierarchy joined."""
     from hglv2 import splits as splits_mod
 
@@ -205,19 +170,18 @@ def export(
         hierarchy=list(hierarchy) or None,
         splits=list(splits) or None,
         row_group_size=row_group_size,
-        command=_command_line(click.get_current_context()),
+        command=command_line(click.get_current_context()),
         drop_incomplete=drop_incomplete,
         mixed_ground_truth=mixed_ground_truth,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, manifest)
-    for name, info in manifest["splits"].items():
-        cov = info["coverage"]
-        click.echo(
-            f"{name:10s} {info['rows']:>9,d} rows  {info['landmarks']:>7,d} landmarks  coverage "
-            + " ".join(f"{k}={v:.1%}" for k, v in cov.items())
-            + f"  incomplete landmarks {info['landmarks_hierarchy_incomplete']:,d}"
-        )
-    for name, n in manifest["dropped_incomplete"].items():
-        click.echo(f"{name:10s} dropped {n:,d} rows whose landmark or cluster is unknown")
-    click.echo(f"wrote {out_dir}/manifest.json and README.md")
+    lines = [
+        f"{name:10s} {info['rows']:>9,d} rows  {info['landmarks']:>7,d} landmarks  coverage "
+        + " ".join(f"{k}={v:.1%}" for k, v in info["coverage"].items())
+        + f"  incomplete landmarks {info['landmarks_hierarchy_incomplete']:,d}"
+        for name, info in manifest["splits"].items()
+    ]
+    lines += [
+        f"{name:10s} dropped {n:,d} rows whose landmark or cluster is unknown"
+        for name, n in manifest["dropped_incomplete"].items()
+    ]
+    return Output(manifest, [*lines, f"wrote {out_dir}/manifest.json and README.md"])

@@ -1,5 +1,6 @@
 """Shared helpers of the dataset converters: line-numbered errors, safe image paths, level ids,
-the split tables and the one writing path (:func:`write_converted`, through :mod:`hglv2.splits`).
+the split tables, and the one writing path (:func:`write_converted`, through
+:func:`hglv2.splits.write_split_folder`) with the converted dataset's card.
 
 A converted split has one row per image:
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,28 @@ import pyarrow as pa
 
 from hglv2 import __version__
 from hglv2.errors import InputError
-from hglv2.fileio import folder_transaction, sha256_file, write_json
+from hglv2.fileio import folder_transaction, sha256_file
+from hglv2.splits import (
+    DEFAULT_ROW_GROUP_SIZE,
+    FORMAT_VERSION,
+    HASHES_NOTE,
+    Card,
+    SplitFormat,
+    write_split_folder,
+)
 
-FORMAT_VERSION = 1
+
+@dataclass
+class Conversion:
+    """What a converter read and validated: the dataset's description (name, title, license,
+    description), the level names (finest first), the split tables, the input files (under the
+    dataset root) and extra manifest entries."""
+
+    dataset: dict[str, str]
+    level_names: list[str]
+    tables: dict[str, pa.Table]
+    inputs: list[Path]
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fail(path: str | os.PathLike[str], line: int | None, message: str) -> InputError:
@@ -134,38 +155,19 @@ def image_root_entry(root: Path, out_dir: str | os.PathLike[str]) -> str:
         return target.as_posix()
 
 
-def write_converted(
-    out_dir: str | os.PathLike[str],
-    *,
-    dataset: dict[str, str],
-    level_names: Sequence[str],
-    tables: dict[str, pa.Table],
-    inputs: Sequence[Path],
-    root: Path,
-    extra: dict[str, Any] | None = None,
-    command: Sequence[str] | None = None,
-    row_group_size: int | None = None,
-    check_images: bool = False,
-) -> dict[str, Any]:
-    """Write the splits (:func:`hglv2.splits.write_split_files`), ``manifest.json`` and the dataset
-    card (:func:`hglv2.splits.write_converted_card`); returns the manifest. ``check_images``:
-    every image must exist under ``root`` (one ``stat`` per image).
-
-    Everything has been validated by the caller before this is called, so nothing is half-written
-    by bad input; the folder is one commit, like ``hglv2 export``
-    (:func:`hglv2.fileio.folder_transaction`, owner kind ``convert``): written beside ``out_dir``
-    and swapped into place whole, so ``out_dir`` must be new, empty or an earlier conversion.
-    """
-    from hglv2.splits import DEFAULT_ROW_GROUP_SIZE, write_converted_card, write_split_files
-
-    levels = [f"level{k}" for k in range(len(level_names))]
-    for name, t in tables.items():
+def _check_tables(conversion: Conversion, root: Path, check_images: bool) -> None:
+    """Every split has rows; with ``check_images``, every image exists under ``root``."""
+    for name, t in conversion.tables.items():
         if t.num_rows == 0:
-            raise InputError(f"{dataset['name']}: split {name} has no images")
+            raise InputError(f"{conversion.dataset['name']}: split {name} has no images")
         if check_images:
             for image_id, rel in zip(t["id"].to_pylist(), t["path"].to_pylist(), strict=True):
                 if not (root / rel).is_file():
                     raise InputError(f"{root / rel}: image {image_id} of split {name} not found")
+
+
+def _level_counts(tables: dict[str, pa.Table], levels: Sequence[str]) -> dict[str, int]:
+    """Distinct known values of each level over all splits."""
     counts = {}
     for lev in levels:
         values = set()
@@ -173,35 +175,101 @@ def write_converted(
             if lev in t.column_names:
                 values.update(v for v in t[lev].to_pylist() if v >= 0)
         counts[lev] = len(values)
+    return counts
+
+
+def write_converted(
+    out_dir: str | os.PathLike[str],
+    conversion: Conversion,
+    root: Path,
+    *,
+    command: Sequence[str] | None = None,
+    row_group_size: int | None = None,
+    check_images: bool = False,
+) -> dict[str, Any]:
+    """Write the split folder of ``conversion`` (:func:`hglv2.splits.write_split_folder`, card
+    :func:`converted_card`); returns the manifest. ``check_images``: every image must exist under
+    ``root`` (one ``stat`` per image).
+
+    Everything has been validated by the converter before this is called, so nothing is
+    half-written by bad input; the folder is one commit, like ``hglv2 export``
+    (:func:`hglv2.fileio.folder_transaction`, owner kind ``convert``): written beside ``out_dir``
+    and swapped into place whole, so ``out_dir`` must be new, empty or an earlier conversion.
+    """
+    _check_tables(conversion, root, check_images)
+    levels = [f"level{k}" for k in range(len(conversion.level_names))]
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "hglv2_version": __version__,
-        "dataset": dict(dataset),
+        "dataset": dict(conversion.dataset),
         "levels": levels,
-        "level_names": list(level_names),
-        "level_counts": counts,
+        "level_names": list(conversion.level_names),
+        "level_counts": _level_counts(conversion.tables, levels),
         "image_root": image_root_entry(root, out_dir),
         "splits": {},
         "inputs": {
             p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(inputs)
+            for p in sorted(conversion.inputs)
         },
-        **(extra or {}),
+        **conversion.extra,
         "command": list(command) if command is not None else None,
     }
+    fmt = SplitFormat(
+        row_group_size=row_group_size or DEFAULT_ROW_GROUP_SIZE,
+        levels={name: [c for c in t.column_names if c in levels] for name, t in conversion.tables.items()},
+        key="level0",
+    )
     with folder_transaction(out_dir, "convert") as staging:
-        for name, t in tables.items():  # each split with its own level columns
-            own = [c for c in t.column_names if c in levels]
-            manifest["splits"].update(
-                write_split_files(
-                    staging,
-                    {name: t},
-                    row_group_size=row_group_size or DEFAULT_ROW_GROUP_SIZE,
-                    levels=own,
-                    key="level0",
-                )
-            )
-            manifest["splits"][name]["levels"] = own
-        write_json(staging / "manifest.json", manifest)
-        write_converted_card(staging / "README.md", manifest)
-    return manifest
+        return write_split_folder(staging, conversion.tables, manifest, converted_card, fmt)
+
+
+def converted_card(manifest: dict[str, Any]) -> Card:
+    """The dataset card of a converted dataset: the source, the levels, per-split coverage and
+    loading."""
+    splits = manifest["splits"]
+    ds = manifest["dataset"]
+    levels = manifest["levels"]
+    names = manifest["level_names"]
+    out = [
+        f"# {ds['title']}: hglv2 splits\n",
+        f"Image lists of {ds['title']} with their {len(levels)}-level labels, converted from the "
+        f"official files by `hglv2 convert {ds['name']}` (hglv2 {manifest['hglv2_version']}, format "
+        f"{manifest['format_version']}). Images are not included: `path` is relative to the "
+        "dataset's root folder. The images and annotations keep their own licence "
+        f"({ds['license']}).\n",
+        f"{ds['description']}\n",
+        "## Levels\n",
+        "| column | level | distinct values (all splits) |",
+        "|---|---|---:|",
+    ]
+    for lev, name in zip(levels, names, strict=True):
+        out.append(f"| `{lev}` | {name} | {manifest['level_counts'][lev]} |")
+    out += [
+        "",
+        "## Splits\n",
+        "| split | rows | classes | " + " | ".join(levels) + " |",
+        "|---|---:|---:|" + "---:|" * len(levels),
+    ]
+    for s, info in splits.items():
+        c = info["coverage"]
+        out.append(
+            f"| {s} | {info['rows']} | {info['landmarks']} | "
+            + " | ".join(f"{c[lev]:.2%}" if lev in c else "-" for lev in levels)
+            + " |"
+        )
+    out += [
+        "",
+        "## Columns\n",
+        "`id` (the dataset's image id), `path` (relative to the dataset root), "
+        + ", ".join(f"`{lev}`" for lev in levels)
+        + " (int64 labels, finest first; -1 unknown), "
+        + ", ".join(f"`{lev}_name`" for lev in levels)
+        + " (the label as the dataset names it), `hierarchy_complete`.\n",
+        "## Loading\n",
+        "```python",
+        "from hglv2.dataset import HGLDv2Dataset",
+        f'train = HGLDv2Dataset("{next(iter(splits), "train")}.parquet", "/path/to/{ds["name"]}")',
+        "```",
+        *HASHES_NOTE,
+    ]
+    return Card(out, pretty_name=f"{ds['title']} (hglv2 splits)", license="other")

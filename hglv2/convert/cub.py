@@ -22,23 +22,13 @@ from __future__ import annotations
 
 import importlib.resources
 import io
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from hglv2.convert._common import (
-    check_relpath,
-    fail,
-    need_file,
-    parse_int,
-    read_lines,
-    split_table,
-    write_converted,
-)
+from hglv2.convert import _common as common
 from hglv2.errors import InputError
 
 PROTOCOLS = ("dml", "classification")
@@ -60,35 +50,27 @@ def cub_hierarchy() -> pd.DataFrame:
 def _pairs(path: Path, second: str, second_is_int: bool = True) -> dict[int, tuple[Any, int]]:
     """``<id> <value>`` lines -> {id: (value, line)}; duplicate ids and bad lines are errors."""
     out: dict[int, tuple[Any, int]] = {}
-    for k, line in enumerate(read_lines(path), start=1):
+    for k, line in enumerate(common.read_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split(" ", 1)
         if len(parts) != 2 or not parts[1].strip():
-            raise fail(path, k, f"expected '<image_id> <{second}>'")
-        key = parse_int(parts[0], path, k, "id", 1)
-        value: Any = parse_int(parts[1], path, k, second) if second_is_int else parts[1].strip()
+            raise common.fail(path, k, f"expected '<image_id> <{second}>'")
+        key = common.parse_int(parts[0], path, k, "id", 1)
+        value: Any = common.parse_int(parts[1], path, k, second) if second_is_int else parts[1].strip()
         if key in out:
-            raise fail(path, k, f"id {key} is listed twice (first at line {out[key][1]})")
+            raise common.fail(path, k, f"id {key} is listed twice (first at line {out[key][1]})")
         out[key] = (value, k)
     return out
 
 
-def convert_cub(
-    root: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    protocol: str = "dml",
-    command: Sequence[str] | None = None,
-    check_images: bool = False,
-) -> dict[str, Any]:
-    """Convert CUB-200-2011 under ``root`` (module docstring); returns the manifest."""
+def read_cub(root: Path, protocol: str = "dml") -> common.Conversion:
+    """Read and validate CUB-200-2011 under ``root`` (module docstring)."""
     if protocol not in PROTOCOLS:
         raise InputError(f"cub: protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-    root = Path(root)
-    f_images = need_file(root, "images.txt")
-    f_labels = need_file(root, "image_class_labels.txt")
-    f_split = need_file(root, "train_test_split.txt")
+    f_images = common.need_file(root, "images.txt")
+    f_labels = common.need_file(root, "image_class_labels.txt")
+    f_split = common.need_file(root, "train_test_split.txt")
     images = _pairs(f_images, "image_name", second_is_int=False)
     labels = _pairs(f_labels, "class_id")
     split = _pairs(f_split, "is_training_image")
@@ -99,19 +81,19 @@ def convert_cub(
         names = {k: v for k, (v, _) in _pairs(root / "classes.txt", "class_name", False).items()}
     tree = cub_hierarchy()
     for image_id, (name, line) in images.items():
-        check_relpath(name, f_images, line)
+        common.check_relpath(name, f_images, line)
         if image_id not in labels:
-            raise fail(f_images, line, f"image {image_id} has no class in image_class_labels.txt")
+            raise common.fail(f_images, line, f"image {image_id} has no class in image_class_labels.txt")
         if image_id not in split:
-            raise fail(f_images, line, f"image {image_id} is not in train_test_split.txt")
+            raise common.fail(f_images, line, f"image {image_id} is not in train_test_split.txt")
     for src, table in ((f_labels, labels), (f_split, split)):
         for image_id, (value, line) in table.items():
             if image_id not in images:
-                raise fail(src, line, f"image {image_id} is not in images.txt")
+                raise common.fail(src, line, f"image {image_id} is not in images.txt")
             if src is f_labels and value not in tree.index:
-                raise fail(src, line, f"class_id {value} is not one of the 200 CUB classes")
+                raise common.fail(src, line, f"class_id {value} is not one of the 200 CUB classes")
             if src is f_split and value not in (0, 1):
-                raise fail(src, line, f"is_training_image must be 0 or 1, got {value}")
+                raise common.fail(src, line, f"is_training_image must be 0 or 1, got {value}")
     rows: dict[str, list[int]] = {"train": [], "test": []}
     for image_id in sorted(images):
         cls = labels[image_id][0]
@@ -125,15 +107,5 @@ def convert_cub(
         lab = np.stack([cls, tree.loc[cls, "family"].to_numpy(), tree.loc[cls, "order"].to_numpy()], 1)
         paths = [f"images/{images[i][0]}" for i in ids]
         cls_names = [names.get(int(c), str(c)) for c in cls]
-        tables[s] = split_table([str(i) for i in ids], paths, lab, [cls_names, lab[:, 1], lab[:, 2]])
-    return write_converted(
-        out_dir,
-        dataset=DATASET,
-        level_names=["species", "family", "order"],
-        tables=tables,
-        inputs=inputs,
-        root=root,
-        extra={"protocol": protocol},
-        command=command,
-        check_images=check_images,
-    )
+        tables[s] = common.split_table([str(i) for i in ids], paths, lab, [cls_names, lab[:, 1], lab[:, 2]])
+    return common.Conversion(DATASET, ["species", "family", "order"], tables, inputs, {"protocol": protocol})

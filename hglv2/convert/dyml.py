@@ -25,23 +25,12 @@ is recovered (the authors' pandas reading drops it: one image per file) and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from hglv2.convert._common import (
-    check_relpath,
-    check_unique_ids,
-    fail,
-    need_file,
-    parse_int,
-    read_lines,
-    split_table,
-    write_converted,
-)
+from hglv2.convert import _common as common
 from hglv2.errors import InputError
 
 VARIANTS = ("vehicle", "animal", "product")
@@ -63,16 +52,16 @@ def _header(first: str, names: Sequence[str], path: Path) -> tuple[list[str], li
             if last.startswith(name) and len(last) > len(name) and all(t in names for t in tokens[1 : k - 1]):
                 header = [*tokens[: k - 1], name]
                 return header, [last[len(name) :], *tokens[k:]]
-    raise fail(path, 1, f"expected a header 'fname, {', '.join(names)}' (any order), got {first!r}")
+    raise common.fail(path, 1, f"expected a header 'fname, {', '.join(names)}' (any order), got {first!r}")
 
 
 def read_label_csv(
     path: Path, names: Sequence[str]
 ) -> tuple[list[str], dict[str, list[int]], list[int], bool]:
     """A DyML csv -> (fnames, {column: ids}, line numbers, header repaired)."""
-    lines = read_lines(path)
+    lines = common.read_lines(path)
     if not lines:
-        raise fail(path, 1, "empty file")
+        raise common.fail(path, 1, "empty file")
     header, glued = _header(lines[0], names, path)
     rows: list[tuple[int, list[str]]] = []
     if glued is not None:
@@ -83,16 +72,16 @@ def read_label_csv(
     where = []
     for k, parts in rows:
         if len(parts) != len(header):
-            raise fail(
+            raise common.fail(
                 path,
                 k,
                 f"expected {len(header)} comma-separated fields ({', '.join(header)}), got {len(parts)}",
             )
-        fnames.append(check_relpath(parts[0], path, k))
+        fnames.append(common.check_relpath(parts[0], path, k))
         for c, v in zip(header[1:], parts[1:], strict=True):
-            cols[c].append(parse_int(v, path, k, c, 0))
+            cols[c].append(common.parse_int(v, path, k, c, 0))
         where.append(k)
-    check_unique_ids(fnames, path, where)
+    common.check_unique_ids(fnames, path, where)
     return fnames, cols, where, glued is not None
 
 
@@ -100,64 +89,55 @@ def _three_levels(path: Path, folder: str, split_name: str, repaired: list[str])
     fnames, cols, _, fixed = read_label_csv(path, LEVELS)
     missing = [c for c in LEVELS if c not in cols]
     if missing:
-        raise fail(path, 1, f"missing column(s) {', '.join(missing)}")
+        raise common.fail(path, 1, f"missing column(s) {', '.join(missing)}")
     if fixed:
         repaired.append(split_name)
     labels = np.stack([np.asarray(cols[c], dtype=np.int64) for c in LEVELS], 1)
     paths = [f"{folder}/{f}" for f in fnames]
-    return split_table(paths, paths, labels, [labels[:, j].tolist() for j in range(3)])
+    return common.split_table(paths, paths, labels, [labels[:, j].tolist() for j in range(3)])
 
 
-def convert_dyml(
-    root: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    variant: str,
-    command: Sequence[str] | None = None,
-    check_images: bool = False,
-) -> dict[str, Any]:
-    """Convert DyML-``variant`` under ``root`` (module docstring); returns the manifest."""
+def _test_tables(root: Path, inputs: list[Path], repaired: list[str]) -> dict:
+    """vehicle / animal: ``query_<g>`` and ``gallery_<g>`` for each granularity (one label each)."""
+    tables = {}
+    for g in GRANULARITIES:
+        for side in ("query", "gallery"):
+            rel = f"bmk_{g}/{side}.csv"
+            f = common.need_file(root, rel)
+            inputs.append(f)
+            fnames, cols, _, fixed = read_label_csv(f, LABEL_NAMES)
+            if fixed:
+                repaired.append(rel)
+            if len(cols) != 1:
+                raise common.fail(f, 1, "expected the two columns fname, labels")
+            lab = np.asarray(next(iter(cols.values())), dtype=np.int64)[:, None]
+            paths = [f"bmk_{g}/{side}/{x}" for x in fnames]
+            tables[f"{side}_{g}"] = common.split_table(paths, paths, lab, [lab[:, 0].tolist()])
+    return tables
+
+
+def read_dyml(root: Path, variant: str) -> common.Conversion:
+    """Read and validate DyML-``variant`` under ``root`` (module docstring)."""
     if variant not in VARIANTS:
         raise InputError(f"dyml: variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
-    root = Path(root)
     repaired: list[str] = []
-    inputs = [need_file(root, "train/label.csv")]
+    inputs = [common.need_file(root, "train/label.csv")]
     tables = {"train": _three_levels(inputs[0], "train/imgs", "train/label.csv", repaired)}
     if variant == "product":
-        f = need_file(root, "mini-bmk_all_in_one/label.csv")
+        f = common.need_file(root, "mini-bmk_all_in_one/label.csv")
         inputs.append(f)
         tables["test"] = _three_levels(
             f, "mini-bmk_all_in_one/imgs", "mini-bmk_all_in_one/label.csv", repaired
         )
         splits_doc = "train; test (mini-bmk_all_in_one, queries against themselves)"
     else:
-        for g in GRANULARITIES:
-            for side in ("query", "gallery"):
-                rel = f"bmk_{g}/{side}.csv"
-                f = need_file(root, rel)
-                inputs.append(f)
-                fnames, cols, _, fixed = read_label_csv(f, LABEL_NAMES)
-                if fixed:
-                    repaired.append(rel)
-                if len(cols) != 1:
-                    raise fail(f, 1, "expected the two columns fname, labels")
-                lab = np.asarray(next(iter(cols.values())), dtype=np.int64)[:, None]
-                paths = [f"bmk_{g}/{side}/{x}" for x in fnames]
-                tables[f"{side}_{g}"] = split_table(paths, paths, lab, [lab[:, 0].tolist()])
+        tables.update(_test_tables(root, inputs, repaired))
         splits_doc = "train; query_<g> / gallery_<g> for g in fine, middle, coarse (one label each)"
-    return write_converted(
-        out_dir,
-        dataset={
-            "name": f"dyml-{variant}",
-            "title": f"DyML-{variant.title()}",
-            "license": "see the DyML release; research use",
-            "description": f"Levels: fine, middle, coarse (the dataset's ids). Splits: {splits_doc}.",
-        },
-        level_names=["fine", "middle", "coarse"],
-        tables=tables,
-        inputs=inputs,
-        root=root,
-        extra={"variant": variant, "header_repaired": repaired},
-        command=command,
-        check_images=check_images,
-    )
+    dataset = {
+        "name": f"dyml-{variant}",
+        "title": f"DyML-{variant.title()}",
+        "license": "see the DyML release; research use",
+        "description": f"Levels: fine, middle, coarse (the dataset's ids). Splits: {splits_doc}.",
+    }
+    extra = {"variant": variant, "header_repaired": repaired}
+    return common.Conversion(dataset, ["fine", "middle", "coarse"], tables, inputs, extra)

@@ -13,23 +13,11 @@ paths, and one super-class per class (across both files).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from hglv2.convert._common import (
-    check_relpath,
-    check_unique_ids,
-    fail,
-    need_file,
-    parse_int,
-    read_lines,
-    split_table,
-    write_converted,
-)
+from hglv2.convert import _common as common
 
 HEADER = ("image_id", "class_id", "super_class_id", "path")
 FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
@@ -44,44 +32,39 @@ DATASET = {
 
 def read_ebay(path: Path) -> tuple[list[str], list[str], np.ndarray, list[int]]:
     """One ``Ebay_*.txt`` -> image ids, paths, labels (N, 2) = (class_id, super_class_id), lines."""
-    lines = read_lines(path)
+    lines = common.read_lines(path)
     if not lines or tuple(lines[0].split()) != HEADER:
         got = lines[0] if lines else "(empty file)"
-        raise fail(path, 1, f"expected the header {' '.join(HEADER)!r}, got {got!r}")
+        raise common.fail(path, 1, f"expected the header {' '.join(HEADER)!r}, got {got!r}")
     ids, paths, labels, where = [], [], [], []
     for k, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         parts = line.split(" ")
         if len(parts) != 4:
-            raise fail(path, k, f"expected 4 space-separated fields ({' '.join(HEADER)}), got {len(parts)}")
-        image_id = parse_int(parts[0], path, k, "image_id", 1)
-        cls = parse_int(parts[1], path, k, "class_id", 1)
-        sup = parse_int(parts[2], path, k, "super_class_id", 1)
+            raise common.fail(
+                path, k, f"expected 4 space-separated fields ({' '.join(HEADER)}), got {len(parts)}"
+            )
+        image_id = common.parse_int(parts[0], path, k, "image_id", 1)
+        cls = common.parse_int(parts[1], path, k, "class_id", 1)
+        sup = common.parse_int(parts[2], path, k, "super_class_id", 1)
         ids.append(str(image_id))
-        paths.append(check_relpath(parts[3], path, k))
+        paths.append(common.check_relpath(parts[3], path, k))
         labels.append((cls, sup))
         where.append(k)
-    check_unique_ids(ids, path, where)
+    common.check_unique_ids(ids, path, where)
     return ids, paths, np.asarray(labels, dtype=np.int64).reshape(-1, 2), where
 
 
-def convert_sop(
-    root: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    command: Sequence[str] | None = None,
-    check_images: bool = False,
-) -> dict[str, Any]:
-    """Convert SOP under ``root`` to ``out_dir`` (module docstring); returns the manifest."""
-    root = Path(root)
-    read = {s: (need_file(root, f), read_ebay(need_file(root, f))) for s, f in FILES.items()}
+def read_sop(root: Path) -> common.Conversion:
+    """Read and validate SOP under ``root`` (module docstring)."""
+    read = {s: (common.need_file(root, f), read_ebay(common.need_file(root, f))) for s, f in FILES.items()}
     super_of: dict[int, tuple[int, str, int]] = {}
     for _, (path, (_, _, labels, where)) in read.items():
         for (cls, sup), line in zip(labels.tolist(), where, strict=True):
             prev = super_of.setdefault(cls, (sup, path.name, line))
             if prev[0] != sup:
-                raise fail(
+                raise common.fail(
                     path,
                     line,
                     f"class_id {cls} has super_class_id {sup} here but {prev[0]} at {prev[1]}:{prev[2]}",
@@ -89,14 +72,5 @@ def convert_sop(
     tables = {}
     for split, (_, (ids, paths, labels, _)) in read.items():
         sup_names = [p.split("/")[0].removesuffix("_final") if "/" in p else None for p in paths]
-        tables[split] = split_table(ids, paths, labels, [labels[:, 0].tolist(), sup_names])
-    return write_converted(
-        out_dir,
-        dataset=DATASET,
-        level_names=["class", "super_class"],
-        tables=tables,
-        inputs=[p for p, _ in read.values()],
-        root=root,
-        command=command,
-        check_images=check_images,
-    )
+        tables[split] = common.split_table(ids, paths, labels, [labels[:, 0].tolist(), sup_names])
+    return common.Conversion(DATASET, ["class", "super_class"], tables, [p for p, _ in read.values()])

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,9 @@ from hglv2.errors import InputError
 from hglv2.evaluation.checkpoint import load_trained_model
 from hglv2.evaluation.embed import ImageList, embed_images
 from hglv2.fileio import atomic_path
+from hglv2.models import resolve_device
+from hglv2.splits import manifest_image_root
+from hglv2.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 REVISITED = ("roxford5k", "rparis6k")
 
@@ -36,26 +38,18 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, arr, allow_pickle=False)
 
 
-def _manifest(data: Path) -> dict[str, Any]:
-    path = data / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        out = json.loads(path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return out if isinstance(out, dict) else {}
+def _save_embeddings(out: Path, name: str, emb: np.ndarray, labels: np.ndarray) -> dict[str, str]:
+    """Write ``<name>_embeddings.npy`` and ``<name>_labels.npy`` under ``out``; returns their paths."""
+    files = {"embeddings": out / f"{name}_embeddings.npy", "labels": out / f"{name}_labels.npy"}
+    _save_npy(files["embeddings"], emb)
+    _save_npy(files["labels"], labels)
+    return {k: str(v) for k, v in files.items()}
 
 
-def _image_root(data: Path, manifest: dict[str, Any], image_root: str | os.PathLike[str] | None) -> Path:
-    if image_root is not None:
-        root = Path(image_root)
-    elif isinstance(manifest.get("image_root"), str):
-        root = Path(manifest["image_root"])
-        if not root.is_absolute():
-            root = data / root
-    else:
-        raise InputError(f"{data}: the manifest names no image folder; give --image-root")
+def _image_root(data: Path, image_root: str | os.PathLike[str] | None) -> Path:
+    if image_root is None:
+        return manifest_image_root(data, option="--image-root")
+    root = Path(image_root)
     if not root.is_dir():
         raise InputError(f"{root}: no such image folder")
     return root
@@ -107,8 +101,6 @@ def evaluate_splits(
     """
     from hglv2.dataset import HGLDv2Dataset
     from hglv2.metrics.conventions import evaluate_convention
-    from hglv2.train.data import build_transform
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
@@ -117,6 +109,7 @@ def evaluate_splits(
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
+    embed_options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress)
     if query is None and gallery is None and (data / "query_fine.parquet").is_file():
         return evaluate_dyml_sets(
             None,
@@ -124,44 +117,26 @@ def evaluate_splits(
             image_root=image_root,
             out_dir=out_dir,
             device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            amp=amp,
-            progress=progress,
             model_and_config=(model, cfg),
+            **embed_options,
             **metric_options,
         )
     query, gallery = _pick_splits(data, query, gallery)
     if gallery == query:  # one split against itself: each query excluded from its own ranking
         gallery = None
-    root = _image_root(data, _manifest(data), image_root)
+    root = _image_root(data, image_root)
     transform = build_transform(cfg, train=False)
     embs, labs = {}, {}
     for split in (query, gallery):
         if split is None:
             continue
         ds = HGLDv2Dataset(data / f"{split}.parquet", root, transform=transform)
-        embs[split] = embed_images(
-            model,
-            ds,
-            batch_size=batch_size,
-            device=dev,
-            num_workers=num_workers,
-            amp=amp,
-            progress=progress,
-            desc=split,
-        )
+        embs[split] = embed_images(model, ds, device=dev, desc=split, **embed_options)
         labs[split] = ds.labels
     files = {}
     if out_dir is not None:
-        out = Path(out_dir)
         for split in embs:
-            _save_npy(out / f"{split}_embeddings.npy", embs[split])
-            _save_npy(out / f"{split}_labels.npy", labs[split])
-            files[split] = {
-                "embeddings": str(out / f"{split}_embeddings.npy"),
-                "labels": str(out / f"{split}_labels.npy"),
-            }
+            files[split] = _save_embeddings(Path(out_dir), split, embs[split], labs[split])
     q_lab = labs[query]
     if gallery is not None:
         g_lab = labs[gallery]
@@ -175,7 +150,8 @@ def evaluate_splits(
     return {"query": query, "gallery": gallery, "files": files, "recall_at": recall_at, "results": res}
 
 
-def _split_paths(data: Path, split: str) -> list[str]:
+def split_paths(data: Path, split: str) -> list[str]:
+    """The ``path`` column of split ``split`` under ``data``."""
     import pyarrow.parquet as pq
 
     return pq.read_table(data / f"{split}.parquet", columns=["path"])["path"].to_pylist()
@@ -190,21 +166,6 @@ def _file_hashes(root: Path, paths: Sequence[str]) -> list[str]:
             out.append(hashlib.sha256((root / p).read_bytes()).hexdigest())
         except FileNotFoundError:
             raise InputError(f"{root / p}: image not found") from None
-    return out
-
-
-def _reduce_rows(per: dict[str, np.ndarray], rows: np.ndarray, n_gallery: int) -> dict[str, Any]:
-    """The reduced result of :func:`hglv2.metrics.evaluate` restricted to query ``rows``."""
-    out: dict[str, Any] = {"n_queries": int(len(rows)), "n_gallery": int(n_gallery)}
-    for key, v in per.items():
-        if key.startswith("n_positives_level") or key == "n_relevant":
-            used = int((np.asarray(v)[rows] > 0).sum())
-            name = "multilevel" if key == "n_relevant" else f"level{key.removeprefix('n_positives_level')}"
-            out[f"n_queries_{name}"], out[f"n_skipped_{name}"] = used, int(len(rows) - used)
-        else:
-            vals = np.asarray(v, dtype=np.float64)[rows]
-            ok = ~np.isnan(vals)
-            out[key] = float(vals[ok].mean()) if ok.any() else float("nan")
     return out
 
 
@@ -233,11 +194,12 @@ def evaluate_with_copies(
     excluded by index (the authors' drop of the first neighbour); otherwise the plain query vs
     gallery metrics. Adds ``queries_with_copy_in_gallery``."""
     from hglv2.metrics.conventions import evaluate_convention
+    from hglv2.metrics.evaluate import reduce_per_query
 
     n_copies = int((copy >= 0).sum())
     if n_copies == len(copy) and n_copies > 0:
         per = evaluate_convention(g_emb, g_labels, reduce=False, **metric_options)
-        res = _reduce_rows(per, copy, len(g_emb) - 1)
+        res = {"n_queries": len(copy), "n_gallery": len(g_emb) - 1, **reduce_per_query(per, rows=copy)}
     else:
         res = evaluate_convention(q_emb, q_labels, g_emb, g_labels, **metric_options)
     res["queries_with_copy_in_gallery"] = n_copies
@@ -270,13 +232,11 @@ def evaluate_dyml_sets(
     none has, against the whole gallery. The number of queries with a copy is reported per set.
     """
     from hglv2.dataset import HGLDv2Dataset
-    from hglv2.train.data import build_transform
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
     data = Path(data)
-    root = _image_root(data, _manifest(data), image_root)
+    root = _image_root(data, image_root)
     transform = build_transform(cfg, train=False)
     kw = dict(batch_size=batch_size, device=dev, num_workers=num_workers, amp=amp, progress=progress)
     results: dict[str, Any] = {}
@@ -288,15 +248,9 @@ def evaluate_dyml_sets(
         q_emb = embed_images(model, qs, desc=f"query_{g}", **kw)
         g_emb = embed_images(model, gs, desc=f"gallery_{g}", **kw)
         if out_dir is not None:
-            out = Path(out_dir)
             for name, emb, lab in ((f"query_{g}", q_emb, qs.labels), (f"gallery_{g}", g_emb, gs.labels)):
-                _save_npy(out / f"{name}_embeddings.npy", emb)
-                _save_npy(out / f"{name}_labels.npy", lab)
-                files[name] = {
-                    "embeddings": str(out / f"{name}_embeddings.npy"),
-                    "labels": str(out / f"{name}_labels.npy"),
-                }
-        copy = copies_in_gallery(root, _split_paths(data, f"query_{g}"), _split_paths(data, f"gallery_{g}"))
+                files[name] = _save_embeddings(Path(out_dir), name, emb, lab)
+        copy = copies_in_gallery(root, split_paths(data, f"query_{g}"), split_paths(data, f"gallery_{g}"))
         results[g] = evaluate_with_copies(q_emb, qs.labels, g_emb, gs.labels, copy, **metric_options)
     keys = [
         k
@@ -309,8 +263,6 @@ def evaluate_dyml_sets(
 
 def _revisited_transform(imsize: int):
     import torchvision.transforms as T
-
-    from hglv2.train.data import IMAGENET_MEAN, IMAGENET_STD
 
     steps: list[Any] = [T.Resize((imsize, imsize))] if imsize > 0 else []
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -334,7 +286,6 @@ def evaluate_revisited(
     """Revisited Oxford/Paris ``name`` under ``data`` (module docstring); returns the metrics of
     :func:`~hglv2.metrics.revisited.revisited_map` (``mAP_medium``, ``mAP_hard``, ...)."""
     from hglv2.metrics.revisited import load_gnd, revisited_map
-    from hglv2.train.trainer import resolve_device
 
     if name not in REVISITED:
         raise InputError(f"--protocol {name!r}: expected one of {', '.join(REVISITED)}")
@@ -384,7 +335,6 @@ def landmark_table(
     model_and_config: tuple[torch.nn.Module, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The paper's landmark table for one checkpoint (module docstring), fractions (x100 in the paper)."""
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     loaded = model_and_config or load_trained_model(checkpoint, dev, config)

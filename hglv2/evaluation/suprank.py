@@ -46,7 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hglv2.config import load_config
 from hglv2.errors import InputError
+from hglv2.models import build_model
 
 __all__ = ["load_suprank_model", "read_checkpoint", "to_hglv2_state"]
 
@@ -121,9 +123,6 @@ def load_suprank_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """An authors' checkpoint in the model of ``recipe`` (a shipped name, a YAML path or a config
     dict): the model (eval mode, on ``device``) and the recipe's config."""
-    from hglv2.models import build_model
-    from hglv2.train.config import load_config
-
     cfg = load_config(recipe)
     state = to_hglv2_state(read_checkpoint(checkpoint))
     model = build_model(**{**cfg["model"], "pretrained": False})

@@ -59,46 +59,51 @@ KIND_COLUMNS = {
     "recognition_solution": ("id", "landmarks", "Usage"),
 }
 
+# The release's file names (the table below, the joins of :mod:`hglv2.gldv2.export`).
+TRAIN = "train.csv"
+TRAIN_CLEAN = "train_clean.csv"
+INDEX = "index.csv"
+INDEX_IMAGE_TO_LANDMARK = "index_image_to_landmark.csv"
+TEST = "test.csv"
+RETRIEVAL_SOLUTION = "retrieval_solution_v2.1.csv"
+RECOGNITION_SOLUTION = "recognition_solution_v2.1.csv"
+
+
+def category_file(numbering: str) -> str:
+    """``train_label_to_category.csv`` or ``index_label_to_category.csv``."""
+    return f"{numbering}_label_to_category.csv"
+
+
+def hierarchy_file(numbering: str) -> str:
+    """The published ``train_`` or ``index_label_to_hierarchical.csv``."""
+    return f"{numbering}_label_to_hierarchical.csv"
+
+
+def numbering_of_file(path: str | os.PathLike[str]) -> str:
+    """The landmark numbering of a GLDv2 file, from its name: ``index*`` files are in the index
+    numbering, every other file (``train*``, ``recognition_solution*``, renamed copies) in the
+    train one (:data:`hglv2.schema.NUMBERINGS`)."""
+    return "index" if Path(path).name.startswith("index") else "train"
+
+
+def _spec(name: str, kind: str, folder: str = "metadata") -> FileSpec:
+    return FileSpec(name, folder, kind, KIND_COLUMNS[kind])
+
+
 FILES: dict[str, FileSpec] = {
     s.name: s
     for s in (
-        FileSpec("train.csv", "metadata", "train", KIND_COLUMNS["train"]),
-        FileSpec("train_clean.csv", "metadata", "train_clean", KIND_COLUMNS["train_clean"]),
-        FileSpec(
-            "train_label_to_category.csv", "metadata", "label_to_category", KIND_COLUMNS["label_to_category"]
-        ),
-        FileSpec(
-            "train_label_to_hierarchical.csv",
-            "metadata",
-            "label_to_hierarchical",
-            KIND_COLUMNS["label_to_hierarchical"],
-        ),
-        FileSpec("index.csv", "metadata", "image_list", KIND_COLUMNS["image_list"]),
-        FileSpec(
-            "index_image_to_landmark.csv", "metadata", "image_to_landmark", KIND_COLUMNS["image_to_landmark"]
-        ),
-        FileSpec(
-            "index_label_to_category.csv", "metadata", "label_to_category", KIND_COLUMNS["label_to_category"]
-        ),
-        FileSpec(
-            "index_label_to_hierarchical.csv",
-            "metadata",
-            "label_to_hierarchical",
-            KIND_COLUMNS["label_to_hierarchical"],
-        ),
-        FileSpec("test.csv", "metadata", "image_list", KIND_COLUMNS["image_list"]),
-        FileSpec(
-            "retrieval_solution_v2.1.csv",
-            "ground_truth",
-            "retrieval_solution",
-            KIND_COLUMNS["retrieval_solution"],
-        ),
-        FileSpec(
-            "recognition_solution_v2.1.csv",
-            "ground_truth",
-            "recognition_solution",
-            KIND_COLUMNS["recognition_solution"],
-        ),
+        _spec(TRAIN, "train"),
+        _spec(TRAIN_CLEAN, "train_clean"),
+        _spec(category_file("train"), "label_to_category"),
+        _spec(hierarchy_file("train"), "label_to_hierarchical"),
+        _spec(INDEX, "image_list"),
+        _spec(INDEX_IMAGE_TO_LANDMARK, "image_to_landmark"),
+        _spec(category_file("index"), "label_to_category"),
+        _spec(hierarchy_file("index"), "label_to_hierarchical"),
+        _spec(TEST, "image_list"),
+        _spec(RETRIEVAL_SOLUTION, "retrieval_solution", "ground_truth"),
+        _spec(RECOGNITION_SOLUTION, "recognition_solution", "ground_truth"),
     )
 }
 
@@ -109,7 +114,7 @@ def spec_for(path: str | os.PathLike[str], kind: str | None = None) -> FileSpec:
     if kind is not None:
         if kind not in KIND_COLUMNS:
             raise ValueError(f"unknown GLDv2 file kind {kind!r} (one of {', '.join(KIND_COLUMNS)})")
-        return FileSpec(name, "metadata", kind, KIND_COLUMNS[kind])
+        return _spec(name, kind)
     if name in FILES:
         return FILES[name]
     for suffix, k in (
@@ -118,13 +123,13 @@ def spec_for(path: str | os.PathLike[str], kind: str | None = None) -> FileSpec:
         ("_image_to_landmark.csv", "image_to_landmark"),
     ):
         if name.endswith(suffix):
-            return FileSpec(name, "metadata", k, KIND_COLUMNS[k])
+            return _spec(name, k)
     for prefix, k in (
         ("retrieval_solution", "retrieval_solution"),
         ("recognition_solution", "recognition_solution"),
     ):
         if name.startswith(prefix):
-            return FileSpec(name, "ground_truth", k, KIND_COLUMNS[k])
+            return _spec(name, k, "ground_truth")
     raise InputError(f"{name}: not a known GLDv2 file name; pass its kind explicitly")
 
 
@@ -133,3 +138,9 @@ def file_url(name: str, base_url: str = DEFAULT_BASE_URL) -> str:
     if name not in FILES:
         raise InputError(f"{name}: not a GLDv2 metadata file (known: {', '.join(FILES)})")
     return f"{base_url.rstrip('/')}/{FILES[name].folder}/{name}"
+
+
+def shard_name(k: int) -> str:
+    """The file name of image tar shard ``k`` of a split, ``images_NNN.tar`` (its official md5 file
+    is ``md5.images_NNN.txt``); prepared shards (:mod:`hglv2.reencode`) keep the same names."""
+    return f"images_{k:03d}.tar"

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -33,8 +33,11 @@ import pandas as pd
 
 from hglv2.errors import InputError
 from hglv2.hierarchy.labels import sort_table
-from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
+from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, follow_redirects, is_qid, qid_number
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS
+
+if TYPE_CHECKING:
+    from hglv2.hierarchy.sources import WikidataSource
 
 CLUSTER_COLUMNS = ("qid", "label", "cluster", "top")
 DECISION_COLUMNS = ("supercategory_qid", "supercategory", "cluster", "reason")
@@ -67,8 +70,6 @@ PROPOSAL_COLUMNS = (
     "revision",
     "n_images",
 )
-#: the columns a proposals table must have (tables written before ``numbering`` existed are train)
-PROPOSAL_REQUIRED = tuple(c for c in PROPOSAL_COLUMNS if c != "numbering")
 
 
 def read_review_csv(
@@ -174,6 +175,14 @@ def validate_anchors(client: WikidataClient, table: ClusterTable) -> list[dict[s
     return problems
 
 
+def validate_anchors_file(source: WikidataSource, clusters: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validate-anchors stage: :func:`validate_anchors` on ``clusters.csv`` with a client from
+    ``source`` (:mod:`hglv2.hierarchy.sources`): ``{"anchors": count, "problems": [...]}``."""
+    table = load_clusters(clusters)
+    client = source.for_ids([a.qid for a in table.anchors])
+    return {"anchors": len(table.anchors), "problems": validate_anchors(client, table)}
+
+
 # --------------------------------------------------------------------------------------------
 # propose
 
@@ -233,79 +242,12 @@ def propose(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Supercategory, cluster and top per landmark; returns ``(proposals, pending)`` DataFrames.
 
-    Rows are keyed by (numbering, landmark_id) (resolved tables without a ``numbering`` column are
-    in the train numbering); ``image_counts`` is keyed the same way. Both numberings share the
-    graph and the anchors, hence one cluster vocabulary."""
-    anchors = table.by_qid
+    Rows are keyed by (numbering, landmark_id) (a row without a ``numbering`` is in the train
+    numbering); ``image_counts`` is keyed the same way. Both numberings share the graph and the
+    anchors, hence one cluster vocabulary."""
+    classes = _ClassLookup(g, aliases, table.by_qid)
     image_counts = image_counts or {}
-    hits: dict[str, AnchorHit] = {}
-    ancestors: dict[str, set[str]] = {}
-
-    def hit(c: str) -> AnchorHit:
-        if c not in hits:
-            hits[c] = nearest_anchors(g, c, anchors)
-        return hits[c]
-
-    def anc(c: str) -> set[str]:
-        if c not in ancestors:
-            ancestors[c] = nx.descendants(g, c) if c in g else set()
-        return ancestors[c]
-
-    def label(c: str) -> str | None:
-        return g.nodes[c].get("label") if c in g else None
-
-    def canon(q: str) -> str:
-        seen = set()
-        while q in aliases and q not in seen:
-            seen.add(q)
-            q = aliases[q]
-        return q
-
-    rows = []
-    for r in resolved.to_dict("records"):
-        lid = int(r["landmark_id"])
-        numbering = r.get("numbering") if isinstance(r.get("numbering"), str) else "train"
-        out = {c: None for c in PROPOSAL_COLUMNS}
-        out.update(
-            landmark_id=lid,
-            numbering=numbering,
-            category=r.get("category"),
-            qid=r.get("qid"),
-            label=r.get("label"),
-            resolution=r.get("resolution"),
-            revision=r.get("revision"),
-            n_images=int(image_counts.get((numbering, lid), 0)),
-            status="pending",
-        )
-        classes = sorted(dict.fromkeys(canon(q) for q in _split(r.get("p31"))), key=qid_number)
-        if not isinstance(r.get("qid"), str) or not r.get("qid"):
-            out["reason"] = "unresolved:" + str(r.get("resolution"))
-            rows.append(out)
-            continue
-        if not classes:
-            out["reason"] = "no-class"
-            rows.append(out)
-            continue
-        specific = [c for c in classes if not any(c in anc(o) and o not in anc(c) for o in classes if o != c)]
-        specific = specific or classes
-        sup = min(specific, key=lambda c: (hit(c).distance is None, hit(c).distance or 0, qid_number(c)))
-        h = hit(sup)
-        out.update(
-            supercategory=label(sup) or (anchors[sup].label if sup in anchors else None),
-            supercategory_qid=sup,
-            anchor_distance=h.distance,
-        )
-        clusters = sorted({anchors[a].cluster for a in h.anchors})
-        tops = sorted({anchors[a].top for a in h.anchors})
-        if len(clusters) == 1:
-            out.update(cluster=clusters[0], top=tops[0], status="rule", reason=None)
-        elif not clusters:
-            out["reason"] = "no-anchor"
-        elif len(tops) == 1:
-            out.update(top=tops[0], reason="tie")
-        else:
-            out["reason"] = "conflicting-tops"
-        rows.append(out)
+    rows = [_proposal_row(r, classes, image_counts) for r in resolved.to_dict("records")]
     proposals = pd.DataFrame(rows, columns=list(PROPOSAL_COLUMNS))
     proposals = proposals.astype(
         {"landmark_id": "int64", "n_images": "int64", "anchor_distance": "Int64", "revision": "Int64"}
@@ -314,7 +256,84 @@ def propose(
         if c not in ("landmark_id", "n_images", "anchor_distance", "revision"):
             proposals[c] = proposals[c].astype("string")
     proposals = sort_table(proposals)
-    return proposals, pending_table(proposals, g, anchors, hits, label)
+    return proposals, pending_table(proposals, g, classes.anchors, classes.hits, classes.label)
+
+
+class _ClassLookup:
+    """The class graph's answers that :func:`propose` asks for, each computed once per class."""
+
+    def __init__(self, g: nx.DiGraph, aliases: Mapping[str, str], anchors: Mapping[str, Anchor]) -> None:
+        self.g, self.aliases, self.anchors = g, aliases, anchors
+        self.hits: dict[str, AnchorHit] = {}
+        self._ancestors: dict[str, set[str]] = {}
+
+    def hit(self, c: str) -> AnchorHit:
+        if c not in self.hits:
+            self.hits[c] = nearest_anchors(self.g, c, self.anchors)
+        return self.hits[c]
+
+    def ancestors(self, c: str) -> set[str]:
+        if c not in self._ancestors:
+            self._ancestors[c] = nx.descendants(self.g, c) if c in self.g else set()
+        return self._ancestors[c]
+
+    def label(self, c: str) -> str | None:
+        return self.g.nodes[c].get("label") if c in self.g else None
+
+    def supercategory(self, classes: list[str]) -> str:
+        """The most specific class (not an ancestor of another), nearest to an anchor, then by QID."""
+        anc = self.ancestors
+        specific = [c for c in classes if not any(c in anc(o) and o not in anc(c) for o in classes if o != c)]
+        specific = specific or classes
+        return min(
+            specific, key=lambda c: (self.hit(c).distance is None, self.hit(c).distance or 0, qid_number(c))
+        )
+
+
+def _proposal_row(
+    r: dict[str, Any], classes: _ClassLookup, image_counts: Mapping[tuple[str, int], int]
+) -> dict[str, Any]:
+    lid = int(r["landmark_id"])
+    numbering = r.get("numbering") if isinstance(r.get("numbering"), str) else "train"
+    out: dict[str, Any] = dict.fromkeys(PROPOSAL_COLUMNS)
+    out.update(
+        landmark_id=lid,
+        numbering=numbering,
+        category=r.get("category"),
+        qid=r.get("qid"),
+        label=r.get("label"),
+        resolution=r.get("resolution"),
+        revision=r.get("revision"),
+        n_images=int(image_counts.get((numbering, lid), 0)),
+        status="pending",
+    )
+    p31 = dict.fromkeys(follow_redirects(classes.aliases, q) for q in _split(r.get("p31")))
+    p31_classes = sorted(p31, key=qid_number)
+    if not isinstance(r.get("qid"), str) or not r.get("qid"):
+        out["reason"] = "unresolved:" + str(r.get("resolution"))
+        return out
+    if not p31_classes:
+        out["reason"] = "no-class"
+        return out
+    sup = classes.supercategory(p31_classes)
+    h = classes.hit(sup)
+    anchors = classes.anchors
+    out.update(
+        supercategory=classes.label(sup) or (anchors[sup].label if sup in anchors else None),
+        supercategory_qid=sup,
+        anchor_distance=h.distance,
+    )
+    clusters = sorted({anchors[a].cluster for a in h.anchors})
+    tops = sorted({anchors[a].top for a in h.anchors})
+    if len(clusters) == 1:
+        out.update(cluster=clusters[0], top=tops[0], status="rule", reason=None)
+    elif not clusters:
+        out["reason"] = "no-anchor"
+    elif len(tops) == 1:
+        out.update(top=tops[0], reason="tie")
+    else:
+        out["reason"] = "conflicting-tops"
+    return out
 
 
 def landmark_key(numbering: str, landmark_id: int) -> str:
@@ -440,8 +459,7 @@ def load_overrides(
     for bad rows.
 
     The optional ``numbering`` column says which numbering the landmark_id is in (``train`` or
-    ``index``); files without it, and empty cells, mean ``train`` (the files written before both
-    numberings were resolved)."""
+    ``index``); without it, or in an empty cell, it is ``train``."""
     path = Path(path)
     df = read_review_csv(path, OVERRIDE_COLUMNS, required=OVERRIDE_COLUMNS[:4])
     top_of, tops = table.top_of, table.tops
@@ -562,9 +580,8 @@ def _coverage(table: pd.DataFrame, image_counts: Mapping[tuple[str, int], int] |
     n = len(table)
     out: dict[str, Any] = {"landmarks": n}
     counts = image_counts or {}
-    nums = table["numbering"].fillna("train") if "numbering" in table else ["train"] * n
     weights = pd.Series(
-        [counts.get((k, int(x)), 0) for k, x in zip(nums, table["landmark_id"], strict=True)],
+        [counts.get((k, int(x)), 0) for k, x in zip(table["numbering"], table["landmark_id"], strict=True)],
         index=table.index,
         dtype="int64",
     )
@@ -595,10 +612,10 @@ def image_counts(
 ) -> dict[tuple[str, int], int]:
     """Images per (numbering, landmark_id) in GLDv2 image lists: ``train.csv`` (train numbering) and
     ``index_image_to_landmark.csv`` (index numbering), read by :func:`hglv2.gldv2.readers.read_file`;
-    the numbering comes from the file name (:func:`~hglv2.hierarchy.labels.numbering_of_file`).
+    the numbering comes from the file name (:func:`~hglv2.gldv2.specs.numbering_of_file`).
     ``{}`` for None."""
     from hglv2.gldv2.readers import read_file, read_header
-    from hglv2.hierarchy.labels import numbering_of_file
+    from hglv2.gldv2.specs import numbering_of_file
 
     if paths is None:
         return {}
@@ -644,11 +661,11 @@ def propose_files(
 
     from hglv2.fileio import atomic_open, commit_together, read_parquet_checked, write_parquet
     from hglv2.hierarchy.graph import load_graph
-    from hglv2.hierarchy.resolve import RESOLVED_REQUIRED
+    from hglv2.hierarchy.resolve import RESOLVED_COLUMNS
 
-    counts = image_counts(images)
     hint = "run `hglv2 hierarchy resolve` first"
-    resolved_df = read_parquet_checked(resolved, RESOLVED_REQUIRED, hint).to_pandas()
+    resolved_df = read_parquet_checked(resolved, RESOLVED_COLUMNS, hint).to_pandas()
+    counts = image_counts(images)
     table = load_clusters(clusters)
     g, aliases = load_graph(graph_dir)
     proposals, pend = propose(resolved_df, g, aliases, table, counts)
@@ -680,9 +697,7 @@ def apply_files(
     from hglv2.fileio import read_parquet_checked
 
     hint = "run `hglv2 hierarchy propose` first"
-    props = read_parquet_checked(proposals, PROPOSAL_REQUIRED, hint).to_pandas()
-    if "numbering" not in props:  # written before both numberings were resolved: train
-        props.insert(1, "numbering", pd.Series("train", index=props.index, dtype="string"))
+    props = read_parquet_checked(proposals, PROPOSAL_COLUMNS, hint).to_pandas()
     table, warnings = apply_reviews(props, load_clusters(clusters), decisions, overrides)
     return props, table, warnings
 
@@ -690,8 +705,7 @@ def apply_files(
 def proposal_image_counts(proposals: pd.DataFrame) -> dict[tuple[str, int], int]:
     """``(numbering, landmark_id) -> n_images`` of the proposals table (the weights of
     :func:`coverage`)."""
-    nums = proposals["numbering"].fillna("train") if "numbering" in proposals else ["train"] * len(proposals)
-    keys = zip(nums, proposals["landmark_id"].astype(int), strict=True)
+    keys = zip(proposals["numbering"], proposals["landmark_id"].astype(int), strict=True)
     return dict(zip(keys, proposals["n_images"].astype(int), strict=True))
 
 

@@ -19,7 +19,7 @@ Each kept entity is reduced to what :func:`hglv2.hierarchy.wikidata.parse_item` 
 Lines are screened with substring tests before they are parsed, so most of the dump is never
 decoded as JSON.
 
-:class:`DumpClient` answers ``wbgetentities`` (by title or by id, redirects followed) and the
+:class:`DumpClient` answers the entity lookups (by title or by id, redirects followed) and the
 P373 SPARQL lookups from the index exactly as the API client answers them, so
 :func:`hglv2.hierarchy.resolve.resolve_categories` and :func:`hglv2.hierarchy.graph.fetch_graph`
 run unchanged on it and give the same tables as the API route on the same data.
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hglv2.errors import InputError
-from hglv2.hierarchy.wikidata import CATEGORY_ITEM, MAX_BATCH, is_qid, qid_number
+from hglv2.hierarchy.wikidata import CATEGORY_ITEM, MAX_BATCH, follow_redirects, is_qid, qid_number
 
 with warnings.catch_warnings():  # qwikidata's typedefs use a deprecated mypy_extensions.TypedDict
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -150,11 +150,7 @@ class DumpIndex:
         return None if text is None else json.loads(text)
 
     def target(self, qid: str) -> str:
-        seen = set()
-        while qid in self.redirects and qid not in seen:
-            seen.add(qid)
-            qid = self.redirects[qid]
-        return qid
+        return follow_redirects(self.redirects, qid)
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -198,65 +194,87 @@ def build_index(
         follow: properties whose (truthy) values are fetched by further passes.
         redirects: ``old -> new`` QIDs (the JSON dump has none).
     """
-    from tqdm.auto import tqdm
-
     path = os.fspath(dump)
     if not Path(path).is_file():
         raise InputError(f"{path}: no such dump file")
     if not path.endswith((".json", ".json.gz", ".json.bz2")):
         raise InputError(f"{path}: a Wikidata JSON dump ends in .json, .json.gz or .json.bz2")
     index = DumpIndex(path, dump_date(path), redirects=dict(redirects or {}))
-    titles, names = set(titles), set(names)
-    follow = tuple(follow)
+    screen = _Screen(set(titles), set(names), classes)
     want = {index.target(q) for q in wanted}
     searched: set[str] = set()
     while True:
         index.passes += 1
-        first = index.passes == 1
-        bar = tqdm(desc=f"dump pass {index.passes}", unit=" entities", disable=None if progress else True)
-        for line in _lines(path):
-            if first:
-                index.lines += 1
-            bar.update(1)
-            m = _ID.search(line, 0, 200)
-            wanted_here = m is not None and m.group(1) in want
-            screened = first and (
-                (classes and '"P279"' in line)
-                or (bool(titles) and '"commonswiki"' in line)
-                or (bool(names) and '"P373"' in line)
-            )
-            if not (wanted_here or screened):
-                continue
-            try:
-                ent = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}: entity line {index.lines} is not JSON ({exc})") from None
-            index.parsed += 1
-            if not isinstance(ent, dict) or not is_qid(str(ent.get("id", ""))):
-                continue
-            if (
-                wanted_here
-                or (classes and ent.get("claims", {}).get("P279"))
-                or ent.get("sitelinks", {}).get("commonswiki", {}).get("title") in titles
-                or (names and set(_values(ent, "P373")) & names)
-            ):
-                index.add(ent)
-        bar.close()
+        _scan(index, want, screen if index.passes == 1 else None, progress)
         searched |= want
-        refs: set[str] = set()
-        for text in index.entities.values():
-            ent = json.loads(text)
-            for prop in follow:
-                if prop == "P301" and CATEGORY_ITEM not in _values(ent, "P31"):
-                    continue  # the resolve stage follows P301 of category items only
-                refs.update(index.target(v) for v in _values(ent, prop) if is_qid(v))
-        want = refs - index.entities.keys() - searched
-        if not want:
-            break
-        if index.passes == max_passes:
+        want = _references(index, tuple(follow)) - index.entities.keys() - searched
+        if not want or index.passes == max_passes:
             break
     index.unresolved = len((searched | want) - index.entities.keys())
     return index
+
+
+@dataclass(frozen=True)
+class _Screen:
+    """What the first pass keeps besides the wanted ids."""
+
+    titles: set[str]
+    names: set[str]
+    classes: bool
+
+    def may_keep(self, line: str) -> bool:
+        """The substring test on a raw line: False when the entity cannot be kept."""
+        return (
+            (self.classes and '"P279"' in line)
+            or (bool(self.titles) and '"commonswiki"' in line)
+            or (bool(self.names) and '"P373"' in line)
+        )
+
+    def keeps(self, ent: dict[str, Any]) -> bool:
+        return bool(
+            (self.classes and ent.get("claims", {}).get("P279"))
+            or ent.get("sitelinks", {}).get("commonswiki", {}).get("title") in self.titles
+            or (self.names and set(_values(ent, "P373")) & self.names)
+        )
+
+
+def _scan(index: DumpIndex, want: set[str], screen: _Screen | None, progress: bool) -> None:
+    """One pass over the dump: keep the entities ``want`` names and, on the first pass
+    (``screen`` given), those the screen keeps."""
+    from tqdm.auto import tqdm
+
+    first = screen is not None
+    bar = tqdm(desc=f"dump pass {index.passes}", unit=" entities", disable=None if progress else True)
+    for line in _lines(index.dump):
+        if first:
+            index.lines += 1
+        bar.update(1)
+        m = _ID.search(line, 0, 200)
+        wanted_here = m is not None and m.group(1) in want
+        if not (wanted_here or (first and screen.may_keep(line))):
+            continue
+        try:
+            ent = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{index.dump}: entity line {index.lines} is not JSON ({exc})") from None
+        index.parsed += 1
+        if not isinstance(ent, dict) or not is_qid(str(ent.get("id", ""))):
+            continue
+        if wanted_here or (first and screen.keeps(ent)):
+            index.add(ent)
+    bar.close()
+
+
+def _references(index: DumpIndex, follow: tuple[str, ...]) -> set[str]:
+    """The ids the kept entities point at through ``follow`` (redirects followed)."""
+    refs: set[str] = set()
+    for text in index.entities.values():
+        ent = json.loads(text)
+        for prop in follow:
+            if prop == "P301" and CATEGORY_ITEM not in _values(ent, "P31"):
+                continue  # the resolve stage follows P301 of category items only
+            refs.update(index.target(v) for v in _values(ent, prop) if is_qid(v))
+    return refs
 
 
 class _NoCache:
@@ -269,7 +287,7 @@ class _NoCache:
 class DumpClient:
     """Answers the pipeline's Wikidata questions from a :class:`DumpIndex` (no network).
 
-    Mirrors :class:`hglv2.hierarchy.wikidata.WikidataClient`'s ``wbgetentities`` and ``sparql``
+    Mirrors :class:`hglv2.hierarchy.wikidata.WikidataClient`'s ``entities``, ``p373`` and ``sparql``
     (same answers as the API on the same data), ``stats`` (``dump_lookups``) and ``cache``.
     """
 
@@ -282,23 +300,12 @@ class DumpClient:
     def _count(self) -> None:
         self.stats["dump_lookups"] = self.stats.get("dump_lookups", 0) + 1
 
-    def wbgetentities(
-        self,
-        *,
-        ids: Iterable[str] = (),
-        titles: Iterable[str] = (),
-        site: str = "commonswiki",
-        props: str = "info|claims|labels|sitelinks",
-    ) -> dict[str, Any]:
-        ids, titles = list(ids), list(titles)
-        if bool(ids) == bool(titles):
-            raise ValueError("give either ids or titles")
-        if len(ids or titles) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} per call")
+    def _answer(self, chunk: list[str], by_title: bool, site: str, props: str) -> dict[str, Any]:
+        """What ``wbgetentities`` answers for the ids or titles ``chunk`` (one lookup)."""
         self._count()
         out: dict[str, Any] = {}
-        if ids:
-            for qid in ids:
+        if not by_title:
+            for qid in chunk:
                 target = self.index.target(qid)
                 ent = self.index.get(target)
                 if ent is None:
@@ -311,7 +318,7 @@ class DumpClient:
                 out[qid] = ent
             return out
         n_missing = 0
-        for title in titles:
+        for title in chunk:
             qid = self.index.by_title.get(title) if site == "commonswiki" else None
             if qid is None:
                 n_missing += 1
@@ -328,20 +335,14 @@ class DumpClient:
         site: str = "commonswiki",
         props: str = "info|claims|labels|sitelinks",
     ) -> dict[str, dict[str, Any] | None]:
-        """:meth:`WikidataClient.entities` on the dump: ``{id or (NFC) title: entity or None}``."""
-        from hglv2.hierarchy.wikidata import _id_order, batched, nfc, split_entities
+        """:meth:`WikidataClient.entities` on the dump: ``{id or (NFC) title: entity or None}``,
+        looked up :data:`MAX_BATCH` at a time as the API client asks."""
+        from hglv2.hierarchy.wikidata import batched, requested_keys, split_entities
 
-        ids, titles = list(ids), list(titles)
-        if bool(ids) == bool(titles):
-            raise ValueError("give either ids or titles")
-        wanted = sorted({nfc(t) for t in titles}) if titles else sorted(set(ids), key=_id_order)
+        by_title, wanted = requested_keys(ids, titles)
         out: dict[str, dict[str, Any] | None] = {}
         for chunk in batched(wanted, MAX_BATCH):
-            if titles:
-                ents = self.wbgetentities(titles=chunk, site=site, props=props)
-            else:
-                ents = self.wbgetentities(ids=chunk, props=props)
-            out.update(split_entities(ents, chunk, bool(titles), site))
+            out.update(split_entities(self._answer(chunk, by_title, site, props), chunk, by_title, site))
         return out
 
     def p373(self, names: Iterable[str], batch: int = 100) -> dict[str, list[str]]:
@@ -372,6 +373,16 @@ class DumpClient:
         return out
 
 
+def _client(
+    dump: str | os.PathLike[str], redirects: str | os.PathLike[str] | None, progress: bool, **keep: Any
+) -> DumpClient:
+    """A :class:`DumpClient` over :func:`build_index` of ``dump`` with the redirect list and ``keep``."""
+    index = build_index(
+        dump, redirects=read_redirects(redirects) if redirects else None, progress=progress, **keep
+    )
+    return DumpClient(index)
+
+
 def client_for_resolve(
     dump: str | os.PathLike[str],
     categories: Iterable[tuple[int, str]],
@@ -391,15 +402,8 @@ def client_for_resolve(
             titles.add(category_title(url))
         except ValueError:
             continue
-    index = build_index(
-        dump,
-        titles=titles,
-        names={category_name(t) for t in titles},
-        follow=("P301",),
-        redirects=read_redirects(redirects) if redirects else None,
-        progress=progress,
-    )
-    return DumpClient(index)
+    names = {category_name(t) for t in titles}
+    return _client(dump, redirects, progress, titles=titles, names=names, follow=("P301",))
 
 
 def client_for_graph(
@@ -414,15 +418,9 @@ def client_for_graph(
     """
     from hglv2.hierarchy.graph import classes_of
 
-    index = build_index(
-        dump,
-        wanted=classes_of(list(resolved)),
-        classes=True,
-        follow=("P279",),
-        redirects=read_redirects(redirects) if redirects else None,
-        progress=progress,
+    return _client(
+        dump, redirects, progress, wanted=classes_of(list(resolved)), classes=True, follow=("P279",)
     )
-    return DumpClient(index)
 
 
 def client_for_ids(
@@ -432,11 +430,4 @@ def client_for_ids(
     progress: bool = True,
 ) -> DumpClient:
     """A :class:`DumpClient` holding the items ``ids`` (one pass; e.g. the anchors of clusters.csv)."""
-    index = build_index(
-        dump,
-        wanted=ids,
-        follow=(),
-        redirects=read_redirects(redirects) if redirects else None,
-        progress=progress,
-    )
-    return DumpClient(index)
+    return _client(dump, redirects, progress, wanted=ids, follow=())

@@ -19,13 +19,16 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import pyarrow as pa
 
 from hglv2.fileio import atomic_path, commit_together, read_parquet_checked, write_json, write_parquet
-from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, is_qid, qid_number
+from hglv2.hierarchy.wikidata import WikidataClient, fetch_items, follow_redirects, is_qid, qid_number
+
+if TYPE_CHECKING:
+    from hglv2.hierarchy.sources import WikidataSource
 
 DEFAULT_DEPTH = 12
 
@@ -39,11 +42,7 @@ class ClassGraph:
     aliases: dict[str, str] = field(default_factory=dict)
 
     def canonical(self, qid: str) -> str:
-        seen = set()
-        while qid in self.aliases and qid not in seen:
-            seen.add(qid)
-            qid = self.aliases[qid]
-        return qid
+        return follow_redirects(self.aliases, qid)
 
     def to_networkx(self) -> nx.DiGraph:
         g = nx.DiGraph()
@@ -175,6 +174,24 @@ def write_graph(graph: ClassGraph, out_dir: str | os.PathLike[str]) -> dict[str,
             nx.write_graphml(g, tmp, encoding="utf-8", prettyprint=True)
         write_json(out_dir / "cycles.json", summary["cycles"])
     return summary
+
+
+def graph_file(
+    source: WikidataSource,
+    resolved: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    depth: int = DEFAULT_DEPTH,
+) -> dict[str, Any]:
+    """The graph stage: the class graph of the resolved table ``resolved`` (Parquet), from ``source``
+    (:mod:`hglv2.hierarchy.sources`), written to ``out_dir``. Returns :func:`write_graph`'s summary
+    with the client's request counts (``requests``) and the source's provenance (``source``, a dump)."""
+    from hglv2.hierarchy.resolve import RESOLVED_COLUMNS
+
+    rows = read_parquet_checked(resolved, RESOLVED_COLUMNS, "run `hglv2 hierarchy resolve` first").to_pylist()
+    client = source.for_graph(rows)
+    summary = write_graph(fetch_graph(client, rows, depth), out_dir)
+    summary["requests"] = dict(sorted(client.stats.items()))
+    return source.with_provenance(summary)
 
 
 def load_graph(out_dir: str | os.PathLike[str]) -> tuple[nx.DiGraph, dict[str, str]]:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from hglv2.errors import InputError
 from hglv2.fileio import read_parquet_checked
+from hglv2.gldv2.specs import numbering_of_file
 from hglv2.schema import HIERARCHY_COLUMNS, NUMBERINGS, PUBLISHED_HIERARCHY_COLUMNS
 
 
@@ -30,7 +31,7 @@ def _parse_landmark_ids(df: pd.DataFrame, path: Path) -> pd.Series:
 
 
 def _parse_numbering(df: pd.DataFrame, path: Path) -> pd.Series:
-    """The ``numbering`` column (``train``/``index``); tables written before it existed are train."""
+    """The ``numbering`` column (``train``/``index``); a table without one is in the train numbering."""
     if "numbering" not in df.columns:
         return pd.Series("train", index=df.index, dtype="string")
     num = df["numbering"].astype("string").str.strip()
@@ -53,12 +54,6 @@ def _check_unique_keys(df: pd.DataFrame, path: Path) -> None:
         )
 
 
-def numbering_of_file(path: str | os.PathLike[str]) -> str:
-    """The numbering of a GLDv2 file, from its name: ``index*`` files are in the index numbering,
-    every other file (``train*``, ``recognition_solution*``, renamed copies) in the train one."""
-    return "index" if Path(path).name.startswith("index") else "train"
-
-
 def sort_table(df: pd.DataFrame) -> pd.DataFrame:
     """Rows in key order: numbering (train, then index), then landmark_id."""
     order = df["numbering"].map({n: i for i, n in enumerate(NUMBERINGS)}).astype("int64")
@@ -74,7 +69,8 @@ def import_published(path: str | os.PathLike[str], numbering: str | None = None)
     """Read a published ``*_label_to_hierarchical.csv`` into the hierarchy table.
 
     The file is read by :func:`hglv2.gldv2.readers.read_file` (a short row or an extra field is an
-    error naming its line). ``numbering`` defaults to :func:`numbering_of_file`. Empty fields
+    error naming its line). ``numbering`` defaults to
+    :func:`~hglv2.gldv2.specs.numbering_of_file`. Empty fields
     become missing values; ``provenance`` is ``"published"``; ``qid``, ``supercategory_qid`` and
     ``revision`` are missing (the published files carry none).
     """
@@ -101,8 +97,8 @@ def load_hierarchy_table(path: str | os.PathLike[str], numbering: str | None = N
     """Load a hierarchy table from our Parquet/CSV output or a published-format CSV.
 
     Returns a DataFrame with exactly :data:`HIERARCHY_COLUMNS` (``landmark_id`` int64, the rest
-    nullable strings), sorted by (numbering, landmark_id). Tables written before the ``numbering``
-    column existed are in the train numbering. ``numbering`` keeps only that numbering's rows.
+    nullable strings), sorted by (numbering, landmark_id). A table without a ``numbering``
+    column is in the train numbering. ``numbering`` keeps only that numbering's rows.
     """
     path = Path(path)
     if not path.exists():
@@ -110,7 +106,7 @@ def load_hierarchy_table(path: str | os.PathLike[str], numbering: str | None = N
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a hierarchy table (.parquet or .csv)")
     if path.suffix == ".parquet":
-        # tables written before the numbering column existed have none (they are train)
+        # a table without a numbering column is in the train numbering
         required = [c for c in HIERARCHY_COLUMNS if c != "numbering"]
         df = read_parquet_checked(path, required).to_pandas()
         df = df.astype({c: "string" for c in df.columns if c != "landmark_id"})
@@ -186,6 +182,19 @@ def write_hierarchy_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Non
             df.to_csv(fh, index=False, lineterminator="\n")
     else:
         raise InputError(f"{path}: write .parquet or .csv")
+
+
+def write_hierarchy_tables(
+    df: pd.DataFrame, path: str | os.PathLike[str], csv_path: str | os.PathLike[str] | None = None
+) -> None:
+    """:func:`write_hierarchy_table` to ``path`` and, when given, to ``csv_path``: both files new, or
+    both old after a failure."""
+    from hglv2.fileio import commit_together
+
+    with commit_together():
+        write_hierarchy_table(df, path)
+        if csv_path is not None:
+            write_hierarchy_table(df, csv_path)
 
 
 def _norm(s: pd.Series) -> pd.Series:

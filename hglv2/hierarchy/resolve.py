@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -27,6 +27,9 @@ from hglv2.hierarchy.wikidata import (
 )
 from hglv2.schema import NUMBERINGS
 
+if TYPE_CHECKING:
+    from hglv2.hierarchy.sources import WikidataSource
+
 RESOLVED_COLUMNS = (
     "landmark_id",
     "numbering",
@@ -39,8 +42,6 @@ RESOLVED_COLUMNS = (
     "p31",
     "p31_ranks",
 )
-#: the columns a resolved table must have (tables written before ``numbering`` existed are train)
-RESOLVED_REQUIRED = tuple(c for c in RESOLVED_COLUMNS if c != "numbering")
 
 
 def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
@@ -57,9 +58,9 @@ def read_categories(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
 
 def category_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
     """Category files by numbering: ``NUMBERING=PATH`` or a path whose name says it
-    (``index_label_to_category.csv`` -> index, see :func:`~hglv2.hierarchy.labels.numbering_of_file`).
+    (``index_label_to_category.csv`` -> index, see :func:`~hglv2.gldv2.specs.numbering_of_file`).
     Each numbering at most once."""
-    from hglv2.hierarchy.labels import numbering_of_file
+    from hglv2.gldv2.specs import numbering_of_file
 
     out: dict[str, Path] = {}
     for p in paths:
@@ -73,12 +74,6 @@ def category_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
             raise InputError(f"{path}: a second {numbering} category file (first: {out[numbering]})")
         out[numbering] = path
     return {n: out[n] for n in NUMBERINGS if n in out}
-
-
-def _sparql_p373_query(names: Sequence[str]) -> str:
-    from hglv2.hierarchy.wikidata import sparql_p373_query
-
-    return sparql_p373_query(names)
 
 
 def _p373_lookup(client: WikidataClient, names: Sequence[str], batch: int) -> dict[str, str]:
@@ -104,20 +99,44 @@ def resolve_categories(
     taken, e.g. ``sitelink>p301>redirect``, or why it failed (``missing``, ``invalid-category``,
     ``category-without-main-topic``, ``target-missing``).
     """
-    from hglv2.hierarchy.commons import category_name, category_title, normalize_title
+    from hglv2.hierarchy.commons import category_name
 
-    titles: list[str | None] = []
-    for _, url in categories:
-        try:
-            titles.append(category_title(url))
-        except ValueError:
-            titles.append(None)
+    titles = [_title_or_none(url) for _, url in categories]
     uniq = sorted({t for t in titles if t is not None})
+    by_title = _items_by_title(client, uniq)
+    unmatched = [t for t in uniq if t not in by_title]
+    by_name = _p373_lookup(client, [category_name(t) for t in unmatched], sparql_batch) if unmatched else {}
+    chains = _Chains(by_title, by_name, max_hops)
+    for _ in range(2 * max_hops + 2):
+        needs: set[str] = set()
+        for t in uniq:
+            needs |= chains.follow(t)[2]
+        needs -= chains.items.keys()
+        if not needs:
+            break
+        chains.items.update(fetch_items(client, needs))
+    return [
+        _resolved_row(lid, url, title, chains) for (lid, url), title in zip(categories, titles, strict=True)
+    ]
+
+
+def _title_or_none(url: str) -> str | None:
+    from hglv2.hierarchy.commons import category_title
+
+    try:
+        return category_title(url)
+    except ValueError:
+        return None
+
+
+def _items_by_title(client: WikidataClient, titles: Sequence[str]) -> dict[str, ItemInfo]:
+    """Commons title -> the item whose ``commonswiki`` sitelink is that title (step 1)."""
+    from hglv2.hierarchy.commons import normalize_title
 
     by_title: dict[str, ItemInfo] = {}
 
     def title_call() -> None:
-        for t, ent in client.entities(titles=uniq).items():
+        for t, ent in client.entities(titles=titles).items():
             if ent is None:
                 continue
             ent = dict(ent)
@@ -126,36 +145,48 @@ def resolve_categories(
             if info.commons_title is not None and normalize_title(info.commons_title) == t:
                 by_title[t] = info
 
-    if uniq:
+    if titles:
         run_batches([title_call])
-    unmatched = [t for t in uniq if t not in by_title]
-    by_name = _p373_lookup(client, [category_name(t) for t in unmatched], sparql_batch) if unmatched else {}
+    return by_title
 
-    items: dict[str, ItemInfo | None] = {}
 
-    def chain(title: str) -> tuple[ItemInfo | None, list[str], set[str]]:
-        info = by_title.get(title)
+class _Chains:
+    """The path from a title to its item (steps 2 and 3) over the items fetched so far."""
+
+    def __init__(self, by_title: dict[str, ItemInfo], by_name: dict[str, str], max_hops: int) -> None:
+        self.by_title, self.by_name, self.max_hops = by_title, by_name, max_hops
+        self.items: dict[str, ItemInfo | None] = {}
+
+    def follow(self, title: str) -> tuple[ItemInfo | None, list[str], set[str]]:
+        """``(item or None, steps taken, ids still to fetch)`` for one title."""
+        from hglv2.hierarchy.commons import category_name
+
+        info = self.by_title.get(title)
         steps = ["sitelink"]
         if info is None:
-            qid = by_name.get(category_name(title))
+            qid = self.by_name.get(category_name(title))
             if qid is None:
                 return None, ["missing"], set()
-            if qid not in items:
+            if qid not in self.items:
                 return None, ["p373"], {qid}
-            info, steps = items[qid], ["p373"]
+            info, steps = self.items[qid], ["p373"]
             if info is None:
                 return None, ["p373", "target-missing"], set()
             if info.redirected_from:
                 steps.append("redirect")
+        return self._main_topic(info, steps)
+
+    def _main_topic(self, info: ItemInfo, steps: list[str]) -> tuple[ItemInfo | None, list[str], set[str]]:
+        """A category item replaced by its P301 main topic, at most ``max_hops`` times."""
         hops = 0
         while info.is_category_item:
-            if not info.p301 or hops == max_hops:
+            if not info.p301 or hops == self.max_hops:
                 return None, [*steps, "category-without-main-topic"], set()
             target = min(info.p301, key=qid_number)
-            if target not in items:
+            if target not in self.items:
                 return None, steps, {target}
             steps.append("p301")
-            info = items[target]
+            info = self.items[target]
             hops += 1
             if info is None:
                 return None, [*steps, "target-missing"], set()
@@ -163,34 +194,24 @@ def resolve_categories(
                 steps.append("redirect")
         return info, steps, set()
 
-    for _ in range(2 * max_hops + 2):
-        needs: set[str] = set()
-        for t in uniq:
-            needs |= chain(t)[2]
-        needs -= items.keys()
-        if not needs:
-            break
-        items.update(fetch_items(client, needs))
 
-    out = []
-    for (lid, url), title in zip(categories, titles, strict=True):
-        row: dict[str, Any] = dict.fromkeys(RESOLVED_COLUMNS)
-        row.update(landmark_id=lid, numbering="train", category=url or None, title=title)
-        if title is None:
-            row["resolution"] = "invalid-category"
-        else:
-            info, steps, _ = chain(title)
-            row["resolution"] = ">".join(steps)
-            if info is not None:
-                row.update(
-                    qid=info.qid,
-                    label=info.label,
-                    revision=info.revision,
-                    p31="|".join(info.p31) or None,
-                    p31_ranks="|".join(f"{q}:{r}" for q, r in info.p31_ranks) or None,
-                )
-        out.append(row)
-    return out
+def _resolved_row(lid: int, url: str, title: str | None, chains: _Chains) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(RESOLVED_COLUMNS)
+    row.update(landmark_id=lid, numbering="train", category=url or None, title=title)
+    if title is None:
+        row["resolution"] = "invalid-category"
+        return row
+    info, steps, _ = chains.follow(title)
+    row["resolution"] = ">".join(steps)
+    if info is not None:
+        row.update(
+            qid=info.qid,
+            label=info.label,
+            revision=info.revision,
+            p31="|".join(info.p31) or None,
+            p31_ranks="|".join(f"{q}:{r}" for q, r in info.p31_ranks) or None,
+        )
+    return row
 
 
 def resolved_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
@@ -233,16 +254,16 @@ def resolve_summary(rows: Sequence[dict[str, Any]], requests: dict[str, int]) ->
 
     out = part(rows)
     out["by_numbering"] = {
-        n: part([r for r in rows if r.get("numbering", "train") == n])
+        n: part([r for r in rows if r["numbering"] == n])
         for n in NUMBERINGS
-        if any(r.get("numbering", "train") == n for r in rows)
+        if any(r["numbering"] == n for r in rows)
     }
     out["requests"] = dict(sorted(requests.items()))
     return out
 
 
 def resolve_file(
-    client: WikidataClient,
+    source: WikidataSource,
     categories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
 ) -> dict[str, Any]:
@@ -250,11 +271,13 @@ def resolve_file(
 
     ``categories`` is one file or several (``train_label_to_category.csv`` and
     ``index_label_to_category.csv``, or ``NUMBERING=PATH``; see :func:`category_files`); all are
-    resolved in one run sharing the client and its cache. Returns :func:`resolve_summary` (its
-    ``requests`` are the client's counts so far).
+    resolved in one run sharing one client from ``source`` (:mod:`hglv2.hierarchy.sources`).
+    Returns :func:`resolve_summary` (its ``requests`` are the client's counts so far), with the
+    source's provenance as ``source`` when it has one (a dump).
     """
     paths = [categories] if isinstance(categories, (str, os.PathLike)) else list(categories)
-    files = category_files(paths)
-    rows = resolve_numbered(client, {n: read_categories(p) for n, p in files.items()})
+    by_numbering = {n: read_categories(p) for n, p in category_files(paths).items()}
+    client = source.for_resolve([pair for pairs in by_numbering.values() for pair in pairs])
+    rows = resolve_numbered(client, by_numbering)
     write_parquet(resolved_table(rows), out)
-    return resolve_summary(rows, client.stats)
+    return source.with_provenance(resolve_summary(rows, client.stats))

@@ -9,7 +9,7 @@ Transport (one ``requests.Session``, serial requests, :func:`hglv2.http.request_
   an exponential backoff ``min(backoff_cap, backoff_base * 2**(k-1))`` after the k-th failure;
   only the configured API and SPARQL URLs are ever requested;
 * time-outs, dropped connections and ``200`` responses whose body is not valid JSON (an HTML error
-  page, a truncated body) are retried the same way; after ``max_retries`` retries a
+  page, a truncated body) are retried the same way; after ``max_tries`` tries a
   :class:`~hglv2.errors.NetworkError` is raised;
 * every successful response is stored in the cache, keyed by the request (endpoint kind plus the
   sorted parameters, without ``maxlag`` and without the host, so a cache recorded against one
@@ -35,7 +35,7 @@ import sqlite3
 import time
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,16 @@ def request_key(endpoint: str, params: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def follow_redirects(redirects: Mapping[str, str], qid: str) -> str:
+    """Where ``qid`` ends up through the ``old -> new`` map ``redirects`` (a cycle stops where it
+    closes)."""
+    seen = set()
+    while qid in redirects and qid not in seen:
+        seen.add(qid)
+        qid = redirects[qid]
+    return qid
+
+
 def describe_request(endpoint: str, params: dict[str, str], width: int = 160) -> str:
     """Short human-readable form of a request, for error messages."""
     if endpoint == "sparql":
@@ -136,7 +146,6 @@ class ResponseCache:
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, endpoint TEXT NOT NULL,"
                 " params TEXT NOT NULL, body TEXT NOT NULL)"
             )
-            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a usable SQLite cache ({exc})") from None
 
@@ -151,29 +160,6 @@ class ResponseCache:
                 except (ValueError, KeyError, TypeError) as exc:
                     raise InputError(f"{path}:{lineno}: not a cache record ({exc})") from None
                 self._mem[request_key(endpoint, params)] = json.dumps(body, ensure_ascii=False)
-                for (e, p), b in legacy_item_records(endpoint, params, body):
-                    self._mem.setdefault(request_key(e, p), b)
-
-    def _migrate(self) -> None:
-        """Caches written before entities were cached one per id/title hold whole
-        ``wbgetentities`` batches: split each into per-item records (once; existing records win)."""
-        assert self._db is not None
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        done = self._db.execute("SELECT value FROM meta WHERE name = 'item_records'").fetchone()
-        if done is not None:
-            return
-        rows = self._db.execute(
-            "SELECT endpoint, params, body FROM responses WHERE endpoint = 'api' ORDER BY key"
-        ).fetchall()
-        self._db.execute("BEGIN")
-        for endpoint, params, body in rows:
-            for (e, p), b in legacy_item_records(endpoint, json.loads(params), json.loads(body)):
-                canon = json.dumps(p, sort_keys=True, ensure_ascii=False)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?)", (request_key(e, p), e, canon, b)
-                )
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('item_records', '1')")
-        self._db.execute("COMMIT")
 
     def get(self, key: str) -> str | None:
         if self._db is not None:
@@ -242,7 +228,7 @@ class WikidataClient:
     offline: bool = False
     contact: str | None = None
     timeout: float = 60.0
-    max_retries: int = 8
+    max_tries: int = 9  # as hglv2.hierarchy.sources.DEFAULT_MAX_TRIES (a light module the CLI reads)
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     max_wait: float = 300.0
@@ -282,7 +268,7 @@ class WikidataClient:
         """HTTP with retries: transport-level ones in :func:`hglv2.http.request_with_retries`
         (429/5xx with Retry-After, time-outs, dropped connections, bodies shorter than their
         Content-Length), body-level ones here (``maxlag``/``ratelimited`` errors, 200 answers that
-        are not JSON); both draw on one budget of ``max_retries + 1`` HTTP attempts.
+        are not JSON); both draw on one budget of ``max_tries`` HTTP attempts.
         """
         if endpoint == "api":
             url, send = self.api_url, {**params, "maxlag": str(self.maxlag)}
@@ -293,7 +279,7 @@ class WikidataClient:
         else:  # pragma: no cover - programming error
             raise ValueError(endpoint)
         what = describe_request(endpoint, params)
-        budget = self.max_retries + 1
+        budget = self.max_tries
         used = 0  # HTTP attempts so far; every attempt but a success is a failure of this request
         last = ""
         while used < budget:
@@ -399,10 +385,7 @@ class WikidataClient:
         landmark fetches only its title. A title maps to the entity whose ``site`` sitelink has
         that (normalised) title. Offline, the misses raise one :class:`CacheMiss` naming them.
         """
-        if bool(ids) == bool(titles):
-            raise ValueError("give either ids or titles")
-        by_title = bool(titles)
-        wanted = sorted({nfc(t) for t in titles}) if by_title else sorted(set(ids), key=_id_order)
+        by_title, wanted = requested_keys(ids, titles)
         out: dict[str, dict[str, Any] | None] = {}
         missing: list[str] = []
         for w in wanted:
@@ -467,28 +450,6 @@ class WikidataClient:
             raise NetworkError("SPARQL: answer without results.bindings") from None
 
 
-def legacy_item_records(
-    endpoint: str, params: dict[str, str], body: Any
-) -> list[tuple[tuple[str, dict[str, str]], str]]:
-    """The per-item cache records hidden in one recorded ``wbgetentities`` batch answer (the cache
-    format before entities were cached per id/title): ``[((endpoint, params), body text), ...]``."""
-    if endpoint != "api" or params.get("action") != "wbgetentities" or not isinstance(body, dict):
-        return []
-    ents = body.get("entities")
-    if not isinstance(ents, dict) or "error" in body:
-        return []
-    props = params.get("props", "info|claims|labels|sitelinks")
-    by_title = "titles" in params
-    requested = (params.get("titles") if by_title else params.get("ids", "")) or ""
-    values = [v for v in requested.split("|") if v]
-    site = params.get("sites", "commonswiki")
-    out = []
-    for value, ent in split_entities(ents, values, by_title, site).items():
-        key = item_record_key(value, by_title, site, props)
-        out.append((key, json.dumps({"entity": ent}, ensure_ascii=False, sort_keys=True)))
-    return out
-
-
 def sparql_p373_query(names: Sequence[str]) -> str:
     """``SELECT ?item ?commonscat`` for items whose P373 (Commons category) is one of ``names``."""
 
@@ -524,6 +485,17 @@ def nfc(title: str) -> str:
 
 def _id_order(qid: str) -> tuple[int, str]:
     return (qid_number(qid), qid) if is_qid(qid) else (-1, qid)
+
+
+def requested_keys(ids: Iterable[str], titles: Iterable[str]) -> tuple[bool, list[str]]:
+    """``(by_title, the unique ids in QID order or the unique NFC titles sorted)`` of an entities
+    request; exactly one of ``ids`` and ``titles`` may be non-empty."""
+    ids, titles = list(ids), list(titles)
+    if bool(ids) == bool(titles):
+        raise ValueError("give either ids or titles")
+    if titles:
+        return True, sorted({nfc(t) for t in titles})
+    return False, sorted(set(ids), key=_id_order)
 
 
 def item_record_key(

@@ -20,7 +20,7 @@ from hglv2.losses.distributed import DistributedLoss, all_gather_embeddings, all
 from hglv2.losses.hap import SupHAP, sup_hap
 from hglv2.losses.memory import CrossBatchMemory
 from hglv2.losses.ndcg import SupNDCG, sup_ndcg
-from hglv2.losses.rank import StepConfig, heaviside, pair_ranks, sigmoid_step, suprank_step
+from hglv2.losses.rank import STEP_DEFAULTS, StepConfig, heaviside, pair_ranks, sigmoid_step, suprank_step
 from hglv2.losses.recall import SupRecall, sup_recall
 from hglv2.losses.registry import LOSSES, build_loss, loss_factory, loss_names, register_loss
 
@@ -43,6 +43,7 @@ __all__ = [
     "sup_recall",
     "sup_ndcg",
     "calibration_loss",
+    "STEP_DEFAULTS",
     "StepConfig",
     "pair_ranks",
     "suprank_step",

@@ -16,13 +16,11 @@ Queries with no positive in the reference set are left out of the mean.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
 from hglv2.errors import InputError
-from hglv2.losses.base import LossBase, check_inputs, level_matrix, reduce_queries, similarity
-from hglv2.losses.rank import DEFAULT_CHUNK, StepConfig, pair_ranks
+from hglv2.losses.base import RankLossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 
 __all__ = ["sup_ap", "SupAP", "SmoothAP"]
 
@@ -63,40 +61,31 @@ def sup_ap(
     return reduce_queries(ap, valid, reduction, embeddings)
 
 
-class SupAP(LossBase):
+class SupAP(RankLossBase):
     """``SupAP()(embeddings, labels, ref_embeddings=None, ref_labels=None)`` -> ``1 - SupAP``.
 
-    Defaults follow the SupRank code: ``tau=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``.
+    Step defaults: :data:`~hglv2.losses.rank.STEP_DEFAULTS` (the SupRank code's).
     ``approximation="exact"`` uses the Heaviside step everywhere (true ``1 - AP``, no gradient).
     """
 
     def __init__(
         self,
-        tau: float = 0.01,
-        rho: float = 100.0,
-        delta: float = 0.05,
-        start: float = 0.5,
-        offset: float | None = 1.44,
+        tau: float = STEP_DEFAULTS.tau,
+        rho: float = STEP_DEFAULTS.rho,
+        delta: float = STEP_DEFAULTS.delta,
+        start: float = STEP_DEFAULTS.start,
+        offset: float | None = STEP_DEFAULTS.offset,
         level: int = 0,
         approximation: str = "suprank",
         chunk_size: int = DEFAULT_CHUNK,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
+        self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
         self.level = level
-        self.chunk_size = chunk_size
-        self.reduction = reduction
 
+    own_options = ("level",)
     functional = staticmethod(sup_ap)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "config": self.config,
-            "chunk_size": self.chunk_size,
-            "reduction": self.reduction,
-        }
 
 
 class SmoothAP(SupAP):
@@ -104,7 +93,7 @@ class SmoothAP(SupAP):
 
     def __init__(
         self,
-        tau: float = 0.01,
+        tau: float = STEP_DEFAULTS.tau,
         level: int = 0,
         chunk_size: int = DEFAULT_CHUNK,
         reduction: str = "mean",

@@ -16,8 +16,12 @@ import torch
 from torch import Tensor
 
 from hglv2.errors import InputError
+from hglv2.losses.rank import StepConfig
+from hglv2.relevance import check_relevance, level_weights, pair_levels, relevance_columns
 
 __all__ = [
+    "LossBase",
+    "RankLossBase",
     "as_label_matrix",
     "check_inputs",
     "pml_arguments",
@@ -101,10 +105,7 @@ def check_inputs(
 
 
 def level_matrix(labels: Tensor, ref_labels: Tensor) -> Tensor:
-    """Relevance levels: ``level[b, j] = #{c : labels[b, c] == ref_labels[j, c] >= 0}``.
-
-    A negative label means "unknown" and matches nothing, not even another negative label (the
-    convention of :mod:`hglv2.metrics`).
+    """Relevance levels (:func:`hglv2.relevance.pair_levels`) as a (B, N) int8 tensor.
 
     Args:
         labels: (B, L) integer labels.
@@ -115,18 +116,7 @@ def level_matrix(labels: Tensor, ref_labels: Tensor) -> Tensor:
         memory is O(B x N) bytes.
     """
     out = torch.zeros(labels.size(0), ref_labels.size(0), dtype=torch.int8, device=labels.device)
-    for c in range(labels.size(1)):
-        out += (labels[:, c, None] == ref_labels[None, :, c]) & (labels[:, c, None] >= 0)
-    return out
-
-
-def _level_weights(alpha: float | Sequence[float], num_levels: int) -> list[float]:
-    if isinstance(alpha, int | float):
-        return [float(lvl) ** float(alpha) for lvl in range(1, num_levels + 1)]
-    weights = [float(w) for w in alpha]
-    if len(weights) != num_levels:
-        raise InputError(f"alpha: {len(weights)} level weights given for {num_levels} label levels")
-    return weights
+    return pair_levels(labels, ref_labels, out)
 
 
 def relevance_table(
@@ -136,39 +126,22 @@ def relevance_table(
     alpha: float | Sequence[float] = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
-    """Per-query relevance of each level, as in the HAPPIER training code (query counted).
-
-    ``pop``: ``rel_q(l) = w(l) / N_q(l)`` where ``N_q(l)`` is the number of reference items at
-    exactly level ``l`` for query ``q`` and ``w(l) = l**alpha``.
-    ``map``: ``rel_q(l) = sum_{m <= l} w(m) / N_q(>= m)``, which makes H-AP the ``w``-weighted
-    mean of the per-level APs. ``alpha`` may also be a sequence of L weights ``w(1..L)``.
-    Level 0 always has relevance 0.
+    """Per-query relevance of each level (:mod:`hglv2.relevance`), the query counted as its own item
+    as in the HAPPIER training code.
 
     Args:
         levels: (B, N) int8 relevance levels (see :func:`level_matrix`).
         num_levels: L, the number of label columns.
+        relevance: ``"pop"`` or ``"map"``; ``alpha``: level weight exponent (or L weights).
 
     Returns:
         ``(table, norm)``: (B, L + 1) relevance per level and (B,) sum of the relevances of the
         reference items (the H-AP normaliser), both in ``dtype``.
     """
-    if relevance not in ("pop", "map"):
-        raise InputError(f"relevance: expected 'pop' or 'map', got {relevance!r}")
-    weights = _level_weights(alpha, num_levels)
-    B = levels.size(0)
-    table = torch.zeros(B, num_levels + 1, dtype=dtype, device=levels.device)
+    check_relevance(relevance)
+    weights = level_weights(num_levels, alpha).tolist()
     counts = torch.stack([(levels == lvl).sum(1) for lvl in range(num_levels + 1)], dim=1).to(dtype)
-    if relevance == "pop":
-        for lvl in range(1, num_levels + 1):
-            c = counts[:, lvl]
-            table[:, lvl] = torch.where(c > 0, weights[lvl - 1] / c.clamp(min=1), 0.0)
-    else:
-        at_least = counts.flip(1).cumsum(1).flip(1)  # N_q(>= l)
-        acc = torch.zeros(B, dtype=dtype, device=levels.device)
-        for lvl in range(1, num_levels + 1):
-            c = at_least[:, lvl]
-            acc = acc + torch.where(c > 0, weights[lvl - 1] / c.clamp(min=1), 0.0)
-            table[:, lvl] = acc
+    table = torch.stack(relevance_columns(counts.unbind(1), weights, relevance), dim=1)
     norm = (table * counts).sum(1)
     return table, norm
 
@@ -240,7 +213,7 @@ class LossBase(torch.nn.Module):
 
     A loss with a functional form sets ``functional`` (e.g. ``staticmethod(sup_ap)``) and returns
     that function's keyword options from :meth:`loss_options`; ``forward`` and ``extra_repr``
-    follow from them. Losses without one (proxies, wrappers) override ``forward`` instead.
+    follow from them. Losses without one (proxies, wrappers) override :meth:`compute` instead.
     ``takes_ref_embeddings`` tells :class:`~hglv2.losses.WeightedSum` whether to pass the
     reference set (memory bank / gathered batch) on.
     """
@@ -263,9 +236,44 @@ class LossBase(torch.nn.Module):
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Tensor:
+        return self.compute(embeddings, labels, ref_embeddings, ref_labels)
+
+    def compute(
+        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
+    ) -> Tensor:
+        """The loss value: :attr:`functional` called with :meth:`loss_options` unless overridden."""
         if self.functional is None:
-            raise NotImplementedError(f"{type(self).__name__} must set `functional` or override forward")
+            raise NotImplementedError(f"{type(self).__name__} must set `functional` or override compute")
         return self.functional(embeddings, labels, ref_embeddings, ref_labels, **self.loss_options())
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.loss_options().items())
+
+
+class RankLossBase(LossBase):
+    """A loss on SupRank ranks: its step functions (``config``), ``chunk_size`` and ``reduction``.
+
+    Subclasses call :meth:`set_rank_options` and name their own options (attributes passed to
+    :attr:`functional` before these) in :attr:`own_options`.
+    """
+
+    own_options: tuple[str, ...] = ()
+
+    def set_rank_options(
+        self,
+        approximation: str,
+        tau: float,
+        rho: float,
+        delta: float,
+        start: float,
+        offset: float | None,
+        chunk_size: int,
+        reduction: str,
+    ) -> None:
+        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
+        self.chunk_size = chunk_size
+        self.reduction = reduction
+
+    def loss_options(self) -> dict[str, Any]:
+        own = {name: getattr(self, name) for name in self.own_options}
+        return {**own, "config": self.config, "chunk_size": self.chunk_size, "reduction": self.reduction}

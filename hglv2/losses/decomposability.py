@@ -119,12 +119,8 @@ class NormalizedSoftmaxProxyLoss(LossBase):
         """``{"params": [proxies], **optimizer_options}``, for the optimizer's own group."""
         return {"params": [self.proxies], **optimizer_options}
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
+    def compute(
+        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
     ) -> Tensor:
         embeddings, labels, _, _ = check_inputs(embeddings, labels)
         if embeddings.size(1) != self.proxies.size(1):
@@ -164,12 +160,8 @@ class WeightedSum(LossBase):
         self.losses = torch.nn.ModuleList(losses)
         self.weights = [float(w) for w in weights]
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
+    def compute(
+        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
     ) -> Tensor:
         total = None
         for w, loss in zip(self.weights, self.losses, strict=True):

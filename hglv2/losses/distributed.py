@@ -91,12 +91,8 @@ class DistributedLoss(LossBase):
         self.loss = loss
         self.group = group
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        ref_embeddings: Tensor | None = None,
-        ref_labels: Tensor | None = None,
+    def compute(
+        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
     ) -> Tensor:
         if ref_embeddings is None:
             ref_embeddings, ref_labels = gather_batch(embeddings, labels, self.group)

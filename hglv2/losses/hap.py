@@ -21,19 +21,19 @@ queries of ``1 - SupHAP_q``; with ``approximation="exact"`` it is exactly ``1 - 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor
 
 from hglv2.losses.base import (
-    LossBase,
+    RankLossBase,
     check_inputs,
     level_matrix,
     reduce_queries,
     relevance_table,
     similarity,
 )
-from hglv2.losses.rank import DEFAULT_CHUNK, StepConfig, pair_ranks
+from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
+from hglv2.relevance import check_relevance
 
 __all__ = ["sup_hap", "SupHAP"]
 
@@ -73,43 +73,29 @@ def sup_hap(
     return reduce_queries(hap, valid, reduction, embeddings)
 
 
-class SupHAP(LossBase):
+class SupHAP(RankLossBase):
     """``SupHAP(relevance="pop", alpha=1.0)(embeddings, labels, ...)`` -> ``1 - SupHAP``.
 
-    SupRank step defaults: ``tau=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``.
+    Step defaults: :data:`~hglv2.losses.rank.STEP_DEFAULTS` (the SupRank code's).
     """
 
     def __init__(
         self,
         relevance: str = "pop",
         alpha: float | Sequence[float] = 1.0,
-        tau: float = 0.01,
-        rho: float = 100.0,
-        delta: float = 0.05,
-        start: float = 0.5,
-        offset: float | None = 1.44,
+        tau: float = STEP_DEFAULTS.tau,
+        rho: float = STEP_DEFAULTS.rho,
+        delta: float = STEP_DEFAULTS.delta,
+        start: float = STEP_DEFAULTS.start,
+        offset: float | None = STEP_DEFAULTS.offset,
         approximation: str = "suprank",
         chunk_size: int = DEFAULT_CHUNK,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if relevance not in ("pop", "map"):
-            from hglv2.errors import InputError
-
-            raise InputError(f"relevance: expected 'pop' or 'map', got {relevance!r}")
-        self.relevance = relevance
+        self.relevance = check_relevance(relevance)
         self.alpha = alpha
-        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
-        self.chunk_size = chunk_size
-        self.reduction = reduction
+        self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
 
+    own_options = ("relevance", "alpha")
     functional = staticmethod(sup_hap)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {
-            "relevance": self.relevance,
-            "alpha": self.alpha,
-            "config": self.config,
-            "chunk_size": self.chunk_size,
-            "reduction": self.reduction,
-        }

@@ -15,13 +15,11 @@ queries of ``1 - SupNDCG_q``; with ``approximation="exact"`` it is exactly ``1 -
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from hglv2.losses.base import LossBase, check_inputs, level_matrix, reduce_queries, similarity
-from hglv2.losses.rank import DEFAULT_CHUNK, StepConfig, pair_ranks
+from hglv2.losses.base import RankLossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 
 __all__ = ["sup_ndcg", "SupNDCG", "ideal_dcg"]
 
@@ -64,26 +62,21 @@ def sup_ndcg(
     return reduce_queries(dcg / idcg.clamp(min=1e-30), valid, reduction, embeddings)
 
 
-class SupNDCG(LossBase):
+class SupNDCG(RankLossBase):
     """``SupNDCG()(embeddings, labels, ...)`` -> ``1 - SupNDCG`` (gain ``2^l - 1``)."""
 
     def __init__(
         self,
-        tau: float = 0.01,
-        rho: float = 100.0,
-        delta: float = 0.05,
-        start: float = 0.5,
-        offset: float | None = 1.44,
+        tau: float = STEP_DEFAULTS.tau,
+        rho: float = STEP_DEFAULTS.rho,
+        delta: float = STEP_DEFAULTS.delta,
+        start: float = STEP_DEFAULTS.start,
+        offset: float | None = STEP_DEFAULTS.offset,
         approximation: str = "suprank",
         chunk_size: int = DEFAULT_CHUNK,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
-        self.chunk_size = chunk_size
-        self.reduction = reduction
+        self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
 
     functional = staticmethod(sup_ndcg)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {"config": self.config, "chunk_size": self.chunk_size, "reduction": self.reduction}

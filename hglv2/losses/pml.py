@@ -6,11 +6,13 @@ contrastive) are pml's losses, not rewritten here. Each adapter only maps
 ``loss(embeddings, labels, ref_embeddings=None, ref_labels=None)`` (labels (B,) or (B, L))
 
 to pml's ``loss(embeddings, labels_1d, ref_emb=..., ref_labels=...)``, with the labels' column
-``level`` (0, the finest, by default), and registers the result under ``pml.<Name>`` in the loss
-registry (config key ``loss.name``). Hyper-parameters default to the authors' configs
-(``suprank/config/loss/<file>.yaml`` of elias-ramzi/SupRank, named per class) in pml's units.
+``level`` (0, the finest, by default), and is registered under ``pml.<Name>`` in the loss
+registry (config key ``loss.name``; :mod:`hglv2.losses.registry` imports this module on first use,
+so pytorch-metric-learning, the optional extra ``pml``, is needed only then). Hyper-parameters
+default to the authors' configs (``suprank/config/loss/<file>.yaml`` of elias-ramzi/SupRank, named
+per class) in pml's units.
 
-Proxy losses (:class:`ArcFaceLoss`, :class:`ProxyNCALoss`) own learnable class proxies: the
+Proxy losses (:class:`PMLArcFaceLoss`, :class:`PMLProxyNCALoss`) own learnable class proxies: the
 trainer gives them their own optimizer (:meth:`PMLProxyAdapter.param_group`), and when built with
 ``class_ids`` (the sorted training class ids, filled in by the trainer) they map dataset labels
 to the contiguous ``0 .. num_classes - 1`` that pml expects. Per-sample losses ignore a reference
@@ -24,21 +26,29 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pytorch_metric_learning import distances, losses, miners
+
+try:
+    from pytorch_metric_learning import distances, losses, miners
+except ModuleNotFoundError as exc:  # the optional extra `pml`
+    if (exc.name or "").split(".")[0] != "pytorch_metric_learning":
+        raise
+    raise ModuleNotFoundError(
+        "pytorch-metric-learning is needed for the pml.* losses: pip install 'hglv2[pml]'", name=exc.name
+    ) from None
 from torch import Tensor, nn
 
 from hglv2.errors import InputError
 from hglv2.losses.base import check_inputs
 
 __all__ = [
-    "ArcFaceLoss",
-    "ContrastiveLoss",
-    "FastAPLoss",
-    "MultiSimilarityLoss",
+    "PMLArcFaceLoss",
+    "PMLContrastiveLoss",
+    "PMLFastAPLoss",
+    "PMLMultiSimilarityLoss",
     "PMLAdapter",
     "PMLProxyAdapter",
-    "ProxyNCALoss",
-    "TripletLoss",
+    "PMLProxyNCALoss",
+    "PMLTripletLoss",
 ]
 
 
@@ -131,7 +141,7 @@ class PMLProxyAdapter(PMLAdapter):
         return y
 
 
-class TripletLoss(PMLAdapter):
+class PMLTripletLoss(PMLAdapter):
     """pml ``TripletMarginLoss`` on dot-product similarities, all triplets of the batch.
 
     Authors (``triplet.yaml``, ``losses/triplet_loss.py``): margin 0.05, ``DotProductSimilarity``;
@@ -143,7 +153,7 @@ class TripletLoss(PMLAdapter):
         super().__init__(loss, level, miners.BatchEasyHardMiner() if mining else None)
 
 
-class ContrastiveLoss(PMLAdapter):
+class PMLContrastiveLoss(PMLAdapter):
     """pml ``ContrastiveLoss`` with pml's defaults (Euclidean distance of normalised embeddings,
     ``pos_margin`` 0, ``neg_margin`` 1, each term averaged over its non-zero pairs)."""
 
@@ -151,7 +161,7 @@ class ContrastiveLoss(PMLAdapter):
         super().__init__(losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin), level)
 
 
-class MultiSimilarityLoss(PMLAdapter):
+class PMLMultiSimilarityLoss(PMLAdapter):
     """pml ``MultiSimilarityLoss``; alpha 2, beta 50, base 0.5 (pml's defaults, the MS paper's
     values; the authors' repository has no multi-similarity config)."""
 
@@ -159,7 +169,7 @@ class MultiSimilarityLoss(PMLAdapter):
         super().__init__(losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base), level)
 
 
-class FastAPLoss(PMLAdapter):
+class PMLFastAPLoss(PMLAdapter):
     """pml ``FastAPLoss``, 10 bins (authors' ``fastap.yaml`` / ``losses/fast_ap_loss.py``: pml's
     default). pml's FastAP takes no reference set, so neither does this adapter."""
 
@@ -169,7 +179,7 @@ class FastAPLoss(PMLAdapter):
         super().__init__(losses.FastAPLoss(num_bins=num_bins), level)
 
 
-class ArcFaceLoss(PMLProxyAdapter):
+class PMLArcFaceLoss(PMLProxyAdapter):
     """pml ``ArcFaceLoss``: scale 30, additive angular margin 0.5 rad (authors' ``arcface.yaml``;
     ``arcface_LM.yaml`` for landmarks and ``arcface_sop.yaml`` use 0.3 rad). pml takes the margin
     in **degrees**: ``margin`` here is pml's (default ``degrees(0.5)`` = 28.65)."""
@@ -188,7 +198,7 @@ class ArcFaceLoss(PMLProxyAdapter):
         super().__init__(loss, num_classes, level, class_ids)
 
 
-class ProxyNCALoss(PMLProxyAdapter):
+class PMLProxyNCALoss(PMLProxyAdapter):
     r"""pml ``ProxyNCALoss`` with ``softmax_scale`` 9, i.e. ProxyNCA++ as the authors run it
     (``proxy_nca_pp.yaml``, ``losses/proxy_nca_pp_loss.py``: scale 3 on the normalised embeddings
     and proxies before squared distances, temperature 1/9):
@@ -214,13 +224,3 @@ def _check_proxy_args(num_classes: int, embedding_dim: int) -> None:
         raise InputError(f"num_classes: must be an integer >= 1, got {num_classes!r}")
     if not (isinstance(embedding_dim, int) and embedding_dim >= 1):
         raise InputError(f"embedding_dim: must be an integer >= 1, got {embedding_dim!r}")
-
-
-PML_LOSSES = {
-    "pml.Triplet": TripletLoss,
-    "pml.Contrastive": ContrastiveLoss,
-    "pml.MultiSimilarity": MultiSimilarityLoss,
-    "pml.FastAP": FastAPLoss,
-    "pml.ArcFace": ArcFaceLoss,
-    "pml.ProxyNCA": ProxyNCALoss,
-}

@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ if _rk.HAVE_NUMBA:
     import numba
 
 __all__ = [
+    "STEP_DEFAULTS",
     "StepConfig",
     "suprank_step",
     "sigmoid_step",
@@ -93,7 +95,8 @@ KERNELS_ENABLED = True  # False: always the chunked torch path (tests and benchm
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Parameters of the step functions (see module docstring)."""
+    """Parameters of the step functions (see module docstring); the field defaults are the SupRank
+    paper's, and every loss signature takes its defaults from :data:`STEP_DEFAULTS`."""
 
     approximation: str = "suprank"
     tau: float = 0.01
@@ -118,23 +121,27 @@ class StepConfig:
         return self.start + 1.0 / (1.0 + math.exp(-self.delta / self.tau))
 
 
+STEP_DEFAULTS = StepConfig()
+"""The SupRank step defaults: ``tau=0.01, rho=100, delta=0.05, start=0.5, offset=1.44``."""
+
+
 def heaviside(t: Tensor) -> Tensor:
     """Exact step ``H(t) = 1[t >= 0]`` (ties count), no gradient."""
     return (t >= 0).to(t.dtype)
 
 
-def sigmoid_step(t: Tensor, tau: float = 0.01) -> Tensor:
+def sigmoid_step(t: Tensor, tau: float = STEP_DEFAULTS.tau) -> Tensor:
     """Smooth-AP step ``sigma(t / tau)``."""
     return torch.sigmoid(t / tau)
 
 
 def suprank_step(
     t: Tensor,
-    tau: float = 0.01,
-    rho: float = 100.0,
-    delta: float = 0.05,
-    start: float = 0.5,
-    offset: float | None = 1.44,
+    tau: float = STEP_DEFAULTS.tau,
+    rho: float = STEP_DEFAULTS.rho,
+    delta: float = STEP_DEFAULTS.delta,
+    start: float = STEP_DEFAULTS.start,
+    offset: float | None = STEP_DEFAULTS.offset,
 ) -> Tensor:
     """SupRank surrogate step ``H~(t)`` (differentiable; see module docstring for the formula)."""
     off = StepConfig(tau=tau, rho=rho, delta=delta, start=start, offset=offset).resolved_offset
@@ -163,69 +170,109 @@ def _exact_parts(
     count ``n_lin`` of ``t_j > delta``. Rows are processed in blocks of ``block_elems`` scores.
     """
     B, N = scores.shape
-    P = pair_q.numel()
-    dev = scores.device
-    rank = scores.new_zeros(P)
-    rank_plus = scores.new_zeros(P)
-    closed = scores.new_zeros(P)
-    n_lin = scores.new_zeros(P)
-    suprank = cfg.approximation == "suprank"
+    parts = tuple(scores.new_zeros(pair_q.numel()) for _ in range(4))  # rank, rank+, closed, n_lin
     rows = max(1, block_elems // max(1, N))
-    bounds = torch.searchsorted(pair_q, torch.arange(0, B + rows, rows, device=dev).clamp(max=B))
-    idx = torch.arange(N, device=dev)
+    bounds = torch.searchsorted(pair_q, torch.arange(0, B + rows, rows, device=scores.device).clamp(max=B))
     for r, r0 in enumerate(range(0, B, rows)):
         p0, p1 = int(bounds[r]), int(bounds[r + 1])
         if p0 == p1:
             continue
-        blk = scores[r0 : r0 + rows]
-        R = blk.size(0)
-        vals, order = blk.sort(dim=1, descending=True, stable=True)
-        lev_sorted = levels[r0 : r0 + rows].gather(1, order)
-        differs = vals[:, 1:] != vals[:, :-1]
-        true_col = torch.ones(R, 1, dtype=torch.bool, device=dev)
-        end_flag = torch.cat([differs, true_col], 1)
-        start_flag = torch.cat([true_col, differs], 1)
-        group_end = torch.where(end_flag, idx, N).flip(1).cummin(1).values.flip(1)
-        group_start = torch.where(start_flag, idx, -1).cummax(1).values
-        inv = torch.empty_like(order).scatter_(1, order, idx.expand(R, N))
-        q, k = pair_q[p0:p1] - r0, pair_k[p0:p1]
-        pk = inv[q, k]
-        ge_at = group_end[q, pk] + 1  # prefix length: items with s_j >= s_k
-        gt_at = group_start[q, pk]  # prefix length: items with s_j > s_k
-        lkp = lk[p0:p1]
-        if need_plus and rel_table is not None:
-            tab = rel_table[pair_q[p0:p1]]
-            rk = tab.gather(1, lkp.long()[:, None])[:, 0]
-        if suprank:
-            sk = blk[q, k]
-            thr = sk + cfg.delta
-            # prefix length of items with s_j > s_k + delta (descending order, negate to search)
-            lin_at = _rowwise_search(-vals, q, -thr)
-            n_gt = torch.zeros_like(sk)
-            nl = torch.zeros_like(sk, dtype=torch.float64)
-            sl = torch.zeros_like(sk, dtype=torch.float64)
-        zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
-        for m in range(num_levels + 1):
-            at_m = lev_sorted == m
-            cum = torch.cat([zero, at_m.cumsum(1)], 1)
-            ge = cum[q, ge_at].to(scores.dtype)
-            if cfg.approximation == "exact":
-                rank[p0:p1] += ge
-            else:
-                rank[p0:p1] += torch.where(lkp <= m, ge, 0.0)
-            if need_plus and m >= 1:
-                rank_plus[p0:p1] += ge if rel_table is None else ge * torch.minimum(tab[:, m], rk)
-            if suprank and m < num_levels:
-                less = lkp > m
-                n_gt += torch.where(less, cum[q, gt_at].to(scores.dtype), 0.0)
-                nl += torch.where(less, cum[q, lin_at].double(), 0.0)
-                csum = torch.cat([zero.double(), torch.where(at_m, vals, 0.0).double().cumsum(1)], 1)
-                sl += torch.where(less, csum[q, lin_at], 0.0)
-        if suprank:
-            lin = cfg.rho * (sl - nl * thr.double()) + cfg.resolved_offset * nl
-            closed[p0:p1] = (lin + cfg.start * (n_gt.double() - nl)).to(scores.dtype)
-            n_lin[p0:p1] = nl.to(scores.dtype)
-    return rank, rank_plus, closed, n_lin
+        tab = rel_table[pair_q[p0:p1]] if need_plus and rel_table is not None else None
+        _exact_block(
+            scores[r0 : r0 + rows],
+            levels[r0 : r0 + rows],
+            pair_q[p0:p1] - r0,
+            pair_k[p0:p1],
+            lk[p0:p1],
+            tab,
+            num_levels,
+            cfg,
+            need_plus,
+            [part[p0:p1] for part in parts],
+        )
+    return parts
+
+
+def _sorted_block(blk: Tensor, levels: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sort each row of ``blk`` descending (stable) and locate each pair's item ``k`` in it.
+
+    Returns ``(vals, lev_sorted, ge_at, gt_at)``: the sorted scores and their levels, and per pair the
+    prefix lengths of the items with ``s_j >= s_k`` and with ``s_j > s_k`` (ties form one group).
+    """
+    R, N = blk.shape
+    dev = blk.device
+    idx = torch.arange(N, device=dev)
+    vals, order = blk.sort(dim=1, descending=True, stable=True)
+    lev_sorted = levels.gather(1, order)
+    differs = vals[:, 1:] != vals[:, :-1]
+    true_col = torch.ones(R, 1, dtype=torch.bool, device=dev)
+    end_flag = torch.cat([differs, true_col], 1)
+    start_flag = torch.cat([true_col, differs], 1)
+    group_end = torch.where(end_flag, idx, N).flip(1).cummin(1).values.flip(1)
+    group_start = torch.where(start_flag, idx, -1).cummax(1).values
+    inv = torch.empty_like(order).scatter_(1, order, idx.expand(R, N))
+    pk = inv[q, k]
+    return vals, lev_sorted, group_end[q, pk] + 1, group_start[q, pk]
+
+
+def _exact_block(
+    blk: Tensor,
+    levels: Tensor,
+    q: Tensor,
+    k: Tensor,
+    lkp: Tensor,
+    tab: Tensor | None,
+    num_levels: int,
+    cfg: StepConfig,
+    need_plus: bool,
+    out: list[Tensor],
+) -> None:
+    """:func:`_exact_parts` for one block of rows: ``q`` are row indices within the block; the
+    results are written into ``out`` (views of rank, rank+, closed, n_lin for these pairs)."""
+    rank, rank_plus, closed, n_lin = out
+    dtype = blk.dtype
+    suprank = cfg.approximation == "suprank"
+    vals, lev_sorted, ge_at, gt_at = _sorted_block(blk, levels, q, k)
+    if tab is not None:
+        rk = tab.gather(1, lkp.long()[:, None])[:, 0]
+    if suprank:
+        sk = blk[q, k]
+        thr = sk + cfg.delta
+        # prefix length of items with s_j > s_k + delta (descending order, negate to search)
+        lin_at = _rowwise_search(-vals, q, -thr)
+        n_gt = torch.zeros_like(sk)
+        nl = torch.zeros_like(sk, dtype=torch.float64)
+        sl = torch.zeros_like(sk, dtype=torch.float64)
+    zero = torch.zeros(blk.size(0), 1, dtype=torch.long, device=blk.device)
+    for m in range(num_levels + 1):
+        at_m = lev_sorted == m
+        cum = torch.cat([zero, at_m.cumsum(1)], 1)
+        ge = cum[q, ge_at].to(dtype)
+        if cfg.approximation == "exact":
+            rank += ge
+        else:
+            rank += torch.where(lkp <= m, ge, 0.0)
+        if need_plus and m >= 1:
+            rank_plus += ge if tab is None else ge * torch.minimum(tab[:, m], rk)
+        if suprank and m < num_levels:
+            less = lkp > m
+            n_gt += torch.where(less, cum[q, gt_at].to(dtype), 0.0)
+            nl += torch.where(less, cum[q, lin_at].double(), 0.0)
+            csum = torch.cat([zero.double(), torch.where(at_m, vals, 0.0).double().cumsum(1)], 1)
+            sl += torch.where(less, csum[q, lin_at], 0.0)
+    if suprank:
+        lin = cfg.rho * (sl - nl * thr.double()) + cfg.resolved_offset * nl
+        closed.copy_((lin + cfg.start * (n_gt.double() - nl)).to(dtype))
+        n_lin.copy_(nl.to(dtype))
+
+
+class _Pairs(NamedTuple):
+    """The (query, relevant item) pairs of a score matrix and what ranking them needs."""
+
+    pair_q: Tensor
+    pair_k: Tensor
+    levels: Tensor
+    rel_table: Tensor | None
 
 
 class _PairRanks(torch.autograd.Function):
@@ -239,16 +286,9 @@ class _PairRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx,
-        scores: Tensor,
-        pair_q: Tensor,
-        pair_k: Tensor,
-        levels: Tensor,
-        rel_table: Tensor | None,
-        cfg: StepConfig,
-        rows_per_chunk: int,
-        need_plus: bool,
+        ctx, scores: Tensor, pairs: _Pairs, cfg: StepConfig, rows_per_chunk: int, need_plus: bool
     ) -> tuple[Tensor, Tensor]:
+        pair_q, pair_k, levels, rel_table = pairs
         num_levels = int(levels.max()) if levels.numel() else 0
         lk = levels[pair_q, pair_k]
         use_kernel = _use_kernel(scores, num_levels)
@@ -324,7 +364,7 @@ class _PairRanks(torch.autograd.Function):
                 _linear_region_grad(
                     grad, scores, less, pair_q[sel], pair_k[sel], g_rank[sel] * extra, n_lin[sel], cfg
                 )
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _use_kernel(scores: Tensor, num_levels: int) -> bool:
@@ -477,16 +517,9 @@ class _SmoothPairRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx,
-        scores: Tensor,
-        pair_q: Tensor,
-        pair_k: Tensor,
-        levels: Tensor,
-        rel_table: Tensor | None,
-        cfg: StepConfig,
-        rows_per_chunk: int,
-        need_plus: bool,
+        ctx, scores: Tensor, pairs: _Pairs, cfg: StepConfig, rows_per_chunk: int, need_plus: bool
     ) -> tuple[Tensor, Tensor]:
+        pair_q, pair_k, levels, rel_table = pairs
         P = pair_q.numel()
         rank = scores.new_zeros(P)
         rank_plus = scores.new_zeros(P)
@@ -519,7 +552,7 @@ class _SmoothPairRanks(torch.autograd.Function):
             # the self term j = k contributes +coef and -coef to s_k: it cancels
             grad.index_add_(0, q, coef)
             grad.index_put_((q, k), -coef.sum(1), accumulate=True)
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _plus_weights(levels: Tensor, rel_table: Tensor | None, q: Tensor, k: Tensor, dtype) -> Tensor:
@@ -566,5 +599,5 @@ def pair_ranks(
         chunk_size = DEFAULT_DEVICE_CHUNK  # accelerators: fewer, larger element-wise launches
     rows = max(1, int(chunk_size) // max(1, scores.size(1)))
     fn = _SmoothPairRanks if cfg.approximation == "sigmoid" else _PairRanks
-    rank, rank_plus = fn.apply(scores, pair_q, pair_k, levels, rel_table, cfg, rows, need_plus)
+    rank, rank_plus = fn.apply(scores, _Pairs(pair_q, pair_k, levels, rel_table), cfg, rows, need_plus)
     return pair_q, pair_k, rank, rank_plus

@@ -14,14 +14,13 @@ query itself included when the batch is the reference set. Loss: mean over queri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from hglv2.errors import InputError
-from hglv2.losses.base import LossBase, check_inputs, level_matrix, reduce_queries, similarity
-from hglv2.losses.rank import DEFAULT_CHUNK, StepConfig, pair_ranks
+from hglv2.losses.base import RankLossBase, check_inputs, level_matrix, reduce_queries, similarity
+from hglv2.losses.rank import DEFAULT_CHUNK, STEP_DEFAULTS, StepConfig, pair_ranks
 
 __all__ = ["sup_recall", "SupRecall"]
 
@@ -62,18 +61,18 @@ def sup_recall(
     return reduce_queries(recall, n_pos > 0, reduction, embeddings)
 
 
-class SupRecall(LossBase):
+class SupRecall(RankLossBase):
     """``SupRecall(at_k=(1, 2, 4, 8, 16), temperature=1.0)(embeddings, labels, ...)``."""
 
     def __init__(
         self,
         at_k: Sequence[int] = (1, 2, 4, 8, 16),
         temperature: float = 1.0,
-        tau: float = 0.01,
-        rho: float = 100.0,
-        delta: float = 0.05,
-        start: float = 0.5,
-        offset: float | None = 1.44,
+        tau: float = STEP_DEFAULTS.tau,
+        rho: float = STEP_DEFAULTS.rho,
+        delta: float = STEP_DEFAULTS.delta,
+        start: float = STEP_DEFAULTS.start,
+        offset: float | None = STEP_DEFAULTS.offset,
         level: int = 0,
         approximation: str = "suprank",
         chunk_size: int = DEFAULT_CHUNK,
@@ -83,18 +82,7 @@ class SupRecall(LossBase):
         self.at_k = tuple(int(k) for k in at_k)
         self.temperature = temperature
         self.level = level
-        self.config = StepConfig(approximation, tau, rho, delta, start, offset)
-        self.chunk_size = chunk_size
-        self.reduction = reduction
+        self.set_rank_options(approximation, tau, rho, delta, start, offset, chunk_size, reduction)
 
+    own_options = ("at_k", "temperature", "level")
     functional = staticmethod(sup_recall)
-
-    def loss_options(self) -> dict[str, Any]:
-        return {
-            "at_k": self.at_k,
-            "temperature": self.temperature,
-            "level": self.level,
-            "config": self.config,
-            "chunk_size": self.chunk_size,
-            "reduction": self.reduction,
-        }

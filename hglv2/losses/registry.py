@@ -19,13 +19,18 @@ Adding a loss (ours, or an adapter to a pytorch-metric-learning baseline)::
     register_loss("pml.TripletMargin", make_triplet_adapter)   # a factory function works too
 
 Registering a name twice is an error unless ``replace=True`` (the same factory again is a no-op).
+
+The ``pml.*`` baselines (:mod:`hglv2.losses.pml`) are registered by class name and imported on first
+use: they need the optional extra ``pml`` (pytorch-metric-learning), and asking for one without it
+is an :class:`~hglv2.errors.InputError` that names the extra to install.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import nn
@@ -36,7 +41,6 @@ from hglv2.losses.contrastive import ContrastiveLoss
 from hglv2.losses.decomposability import CalibrationLoss, NormalizedSoftmaxProxyLoss
 from hglv2.losses.hap import SupHAP
 from hglv2.losses.ndcg import SupNDCG
-from hglv2.losses.pml import PML_LOSSES
 from hglv2.losses.recall import SupRecall
 
 __all__ = ["LOSSES", "LossFactory", "build_loss", "loss_factory", "loss_names", "register_loss"]
@@ -44,9 +48,55 @@ __all__ = ["LOSSES", "LossFactory", "build_loss", "loss_factory", "loss_names", 
 LossFactory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
-_REGISTRY: dict[str, LossFactory] = {}
 
-LOSSES: Mapping[str, LossFactory] = MappingProxyType(_REGISTRY)
+@dataclass(frozen=True)
+class _Deferred:
+    """A factory imported on first use: ``attribute`` of ``module``, which needs the optional
+    dependency ``package`` (import name ``import_name``) of the extra ``extra``."""
+
+    module: str
+    attribute: str
+    package: str
+    import_name: str
+    extra: str
+
+    def resolve(self, name: str) -> LossFactory:
+        try:
+            module = importlib.import_module(self.module)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != self.import_name:
+                raise
+            raise InputError(
+                f"{self.package} is needed for loss {name!r}: pip install 'hglv2[{self.extra}]'"
+            ) from None
+        return getattr(module, self.attribute)
+
+    def names(self, factory: Any) -> bool:
+        """Whether ``factory`` is the object this entry imports (without importing it)."""
+        return (getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)) == (
+            self.module,
+            self.attribute,
+        )
+
+
+_REGISTRY: dict[str, LossFactory | _Deferred] = {}
+
+
+class _RegistryView(Mapping[str, LossFactory]):
+    """Read-only view of the registry; looking a name up imports a deferred factory."""
+
+    def __getitem__(self, name: str) -> LossFactory:
+        entry = _REGISTRY[name]
+        return entry.resolve(name) if isinstance(entry, _Deferred) else entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+
+LOSSES: Mapping[str, LossFactory] = _RegistryView()
 """Read-only view of the registry (name -> factory)."""
 
 
@@ -64,7 +114,8 @@ def register_loss(name: str, factory: F | None = None, *, replace: bool = False)
         if not callable(f):
             raise TypeError(f"loss {name!r}: factory {f!r} is not callable")
         old = _REGISTRY.get(name)
-        if old is not None and old is not f and not replace:
+        same = old is f or (isinstance(old, _Deferred) and old.names(f))
+        if old is not None and not same and not replace:
             raise ValueError(f"loss {name!r} is already registered ({_qualname(old)})")
         _REGISTRY[name] = f
         return f
@@ -80,7 +131,7 @@ def loss_names() -> list[str]:
 def loss_factory(name: str) -> LossFactory:
     """The factory registered as ``name``; :class:`InputError` naming the known ones otherwise."""
     try:
-        return _REGISTRY[name]
+        return LOSSES[name]
     except (KeyError, TypeError):
         raise InputError(f"loss {name!r} is unknown (available: {', '.join(loss_names())})") from None
 
@@ -107,6 +158,8 @@ def build_loss(name: str, kwargs: Mapping[str, Any] | None = None, **context: An
 
 
 def _qualname(f: Any) -> str:
+    if isinstance(f, _Deferred):
+        return f"{f.module}.{f.attribute}"
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
 
 
@@ -121,6 +174,16 @@ for _name, _factory in (
     ("NormalizedSoftmaxProxyLoss", NormalizedSoftmaxProxyLoss),
 ):
     register_loss(_name, _factory)
-for _name, _factory in PML_LOSSES.items():  # baselines: adapters to pytorch-metric-learning
-    register_loss(_name, _factory)
 del _name, _factory
+for _name, _attribute in (  # baselines: adapters to pytorch-metric-learning, imported on first use
+    ("pml.Triplet", "PMLTripletLoss"),
+    ("pml.Contrastive", "PMLContrastiveLoss"),
+    ("pml.MultiSimilarity", "PMLMultiSimilarityLoss"),
+    ("pml.FastAP", "PMLFastAPLoss"),
+    ("pml.ArcFace", "PMLArcFaceLoss"),
+    ("pml.ProxyNCA", "PMLProxyNCALoss"),
+):
+    _REGISTRY[_name] = _Deferred(
+        "hglv2.losses.pml", _attribute, "pytorch-metric-learning", "pytorch_metric_learning", "pml"
+    )
+del _name, _attribute

@@ -8,6 +8,7 @@ Revisited Oxford/Paris protocol.
 """
 
 from hglv2.metrics.evaluate import evaluate
+from hglv2.metrics.labels import pair_levels, relevance_table
 from hglv2.metrics.ranking import (
     asi,
     average_precision,
@@ -19,7 +20,6 @@ from hglv2.metrics.ranking import (
     rank_relevant,
     recall_at_k,
 )
-from hglv2.metrics.relevance import pair_levels, relevance_table
 
 __all__ = [
     "asi",

@@ -24,24 +24,10 @@ BLOCK = 32  # items per vectorised threshold test in top_k_select
 if HAVE_NUMBA:
 
     @njit(cache=True)
-    def _row(
-        r,
-        ranks,
-        tags,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
-    ):  # pragma: no cover - compiled
-        """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags)."""
+    def _row(r, ranks, tags, params, out, counts_out):  # pragma: no cover - compiled
+        """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags);
+        ``params`` as :func:`metric_params` builds them."""
+        n_levels, n_ranked, ks, map_k, ndcg_k, rel_kind, w, disc, disc_prefix, harm = params
         nk = ks.shape[0]
         L = n_levels
         per = 3 + 2 * nk
@@ -176,28 +162,14 @@ if HAVE_NUMBA:
 
     @njit(cache=True, parallel=True)
     def fused_metrics_keys(
-        sorted_keys,
-        q_codes,
-        g_codes,
-        self_index,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
+        sorted_keys, q_codes, g_codes, self_index, params, out, counts_out
     ):  # pragma: no cover - compiled
         """Input: row-sorted int64 order keys (low 32 bits = gallery index). The match mask of each
         ranked item is computed here from the label codes (``q_codes`` (Q, L), ``g_codes`` (N, L));
         the item whose index is ``self_index[r]`` (-1: none) is skipped. Fills ``out``
         (Q, L * (3 + 2 * len(ks)) + 4) and ``counts_out`` (Q, L + 1), laid out as read by
         ``hglv2.metrics.evaluate._chunk_numba``."""
+        n_levels = params[0]
         n_rows, n = sorted_keys.shape
         for r in prange(n_rows):
             ranks = np.empty(n, dtype=np.int64)
@@ -213,23 +185,7 @@ if HAVE_NUMBA:
                     ranks[cnt] = p + 1
                     tags[cnt] = t
                     cnt += 1
-            _row(
-                r,
-                ranks[:cnt],
-                tags[:cnt],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
+            _row(r, ranks[:cnt], tags[:cnt], params, out, counts_out)
 
     @njit(cache=True, inline="always")
     def _score_high(bits):  # pragma: no cover - compiled
@@ -248,22 +204,7 @@ if HAVE_NUMBA:
 
     @njit(cache=True, parallel=True)
     def fused_metrics_search(
-        score_bits,
-        q_codes,
-        g_codes,
-        self_index,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
+        score_bits, q_codes, g_codes, self_index, params, out, counts_out
     ):  # pragma: no cover - compiled
         """Input: the (Q, N) float32 scores viewed as int32, for queries with few relevant items.
         Each item gets the order key of :func:`hglv2.metrics.ranking.order_keys` (computed here);
@@ -271,6 +212,7 @@ if HAVE_NUMBA:
         item is placed among them by binary search: rank(k) = #{items i : #relevant keys < key_i <= k}.
         The item whose index is ``self_index[r]`` (-1: none) is skipped. Same outputs as
         :func:`fused_metrics_keys`."""
+        n_levels = params[0]
         n_rows, n = score_bits.shape
         for r in prange(n_rows):
             me = self_index[r]
@@ -302,23 +244,7 @@ if HAVE_NUMBA:
                     continue
                 hist[np.searchsorted(sorted_keys, _key(score_bits[r, i], i))] += 1
             ranks = np.cumsum(hist)[:cnt]
-            _row(
-                r,
-                ranks,
-                sorted_tags,
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
+            _row(r, ranks, sorted_tags, params, out, counts_out)
 
     @njit(cache=True, parallel=True)
     def build_tagged_keys(score_bits, q_codes, g_codes_t, self_index, n_levels, keys, bad):
@@ -351,22 +277,7 @@ if HAVE_NUMBA:
             bad[r] = nan_seen
 
     @njit(cache=True, parallel=True)
-    def fused_metrics_tagged(
-        sorted_keys,
-        tag_mask,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
-    ):  # pragma: no cover - compiled
+    def fused_metrics_tagged(sorted_keys, tag_mask, params, out, counts_out):  # pragma: no cover - compiled
         """Input: row-sorted keys of :func:`build_tagged_keys` (the low bits ``tag_mask`` hold the
         match mask; the excluded item, if any, is last with mask 0). Same outputs as
         :func:`fused_metrics_keys`, reading the rows sequentially."""
@@ -380,42 +291,10 @@ if HAVE_NUMBA:
                 ranks[j] = p + 1
                 tags[j] = t
                 j += t != 0
-            _row(
-                r,
-                ranks[:j],
-                tags[:j],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
+            _row(r, ranks[:j], tags[:j], params, out, counts_out)
 
     @njit(cache=True, parallel=True)
-    def fused_metrics_lists(
-        offsets,
-        ranks,
-        tags,
-        n_levels,
-        n_ranked,
-        ks,
-        map_k,
-        ndcg_k,
-        rel_kind,
-        w,
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts_out,
-    ):  # pragma: no cover - compiled
+    def fused_metrics_lists(offsets, ranks, tags, params, out, counts_out):  # pragma: no cover - compiled
         """Input: the relevant items of each query as a ragged list (query ``r`` owns
         ``ranks[offsets[r]:offsets[r + 1]]``, ascending, and their match masks ``tags``), as the
         device ranking produces them. Same outputs as :func:`fused_metrics_keys`."""
@@ -423,23 +302,7 @@ if HAVE_NUMBA:
         for r in prange(n_rows):
             a = offsets[r]
             b = offsets[r + 1]
-            _row(
-                r,
-                ranks[a:b],
-                tags[a:b],
-                n_levels,
-                n_ranked,
-                ks,
-                map_k,
-                ndcg_k,
-                rel_kind,
-                w,
-                disc,
-                disc_prefix,
-                harm,
-                out,
-                counts_out,
-            )
+            _row(r, ranks[a:b], tags[a:b], params, out, counts_out)
 
     @njit(cache=True, parallel=True)
     def top_k_select(
@@ -540,6 +403,14 @@ if HAVE_NUMBA:
                         hits += (tags[r, p] >> col) & 1
                     out[r, o + 2 + j] = 1.0 if first <= kk else 0.0
                     out[r, o + 2 + nk + j] = hits / kk
+
+
+def metric_params(n_levels, n_ranked, ks, map_k, ndcg_k, relevance, w, tables) -> tuple:
+    """The ``params`` tuple of the fused kernels: L, the number of ranked items, the k of R@k/P@k
+    (int64 array), the mAP@k cutoff, the NDCG@k cutoff, the relevance (0: ``pop``, 1: ``map``),
+    the L level weights and the three :func:`tables`."""
+    disc, disc_prefix, harm = tables
+    return (n_levels, n_ranked, ks, map_k, ndcg_k, 0 if relevance == "pop" else 1, w, disc, disc_prefix, harm)
 
 
 def tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

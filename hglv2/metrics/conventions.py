@@ -34,9 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hglv2.metrics.evaluate import BYTES_PER_SCORE, _as_embeddings, evaluate
+from hglv2.metrics.evaluate import (
+    BYTES_PER_SCORE,
+    _as_embeddings,
+    evaluate,
+    per_query_values,
+    reduce_per_query,
+)
+from hglv2.metrics.labels import as_label_matrix, encode_labels, match_mask, popcount, relevance_table
 from hglv2.metrics.ranking import hierarchical_ap_from_ranks, level_counts_from, rank_relevant
-from hglv2.metrics.relevance import as_label_matrix, encode_labels, match_mask, popcount, relevance_table
 
 HAP_CONVENTIONS = ("hglv2", "reference")
 
@@ -117,23 +123,9 @@ def evaluate_convention(
         alpha=kwargs.get("alpha", 1.0),
         memory_mb=kwargs.get("memory_mb", 1024),
     )
-    counts = {k: v for k, v in per.items() if k.startswith("n_positives_level") or k == "n_relevant"}
-    scored = {
-        k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0) for k, v in per.items() if k not in counts
-    }
     if not reduce:
-        return {**scored, **counts}
-    n_q = len(per["n_relevant"])
-    g = gallery_embeddings
-    n_gallery = (len(query_labels) - 1) if g is None else len(g)
-    out: dict[str, Any] = {"n_queries": int(n_q), "n_gallery": int(n_gallery)}
-    out.update({k: float(v.mean()) for k, v in scored.items()})
-    for key, v in counts.items():
-        if key == "n_relevant":
-            used = int((np.asarray(v) > 0).sum())
-            out["n_queries_multilevel"], out["n_skipped_multilevel"] = used, n_q - used
-        else:
-            lev = key.removeprefix("n_positives_level")
-            used = int((np.asarray(v) > 0).sum())
-            out[f"n_queries_level{lev}"], out[f"n_skipped_level{lev}"] = used, n_q - used
+        return per_query_values(per, "zero")
+    n_gallery = (len(query_labels) - 1) if gallery_embeddings is None else len(gallery_embeddings)
+    out: dict[str, Any] = {"n_queries": len(per["n_relevant"]), "n_gallery": int(n_gallery)}
+    out.update(reduce_per_query(per, no_positive="zero"))
     return out

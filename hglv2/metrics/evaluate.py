@@ -5,18 +5,24 @@ with one torch matmul, the relevant items are ranked exactly (:func:`hglv2.metri
 and every metric is computed from their ranks. Memory is bounded by ``memory_mb`` (about 48 bytes
 per score), independent of the number of queries, so Q = 10,000 queries against N = 1,000,000
 gallery items runs in a few GB.
+
+Per-query values become means in one place, :func:`reduce_per_query`, with the policy for
+undefined values (a query without positives) as a parameter: ``"skip"`` (hglv2: left out of the
+mean and counted) or ``"zero"`` (the SupRank authors: scored 0).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from hglv2.metrics import _fused
+from hglv2.metrics.labels import as_label_matrix, encode_labels, match_mask, popcount, relevance_table
 from hglv2.metrics.ranking import (
     _LOW32,
     _TOP_HIGH,
@@ -30,21 +36,14 @@ from hglv2.metrics.ranking import (
     level_counts_from,
     ndcg_from_ranks,
 )
-from hglv2.metrics.relevance import (
-    RELEVANCES,
-    as_label_matrix,
-    encode_labels,
-    level_weights,
-    match_mask,
-    popcount,
-    relevance_table,
-)
+from hglv2.relevance import RELEVANCES, level_weights
 
 MAP_AT = 100  # GLDv2 retrieval metric
 BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
 TOP_K_BYTES_PER_SCORE = 8  # top-k mode on CPU: the float32 score chunk and its matmul output
 KEY_LOW_BITS = 32  # index + match mask must fit the low half of a sort key (else: plain keys + gather)
 NAN_SCORES = "scores contain NaN (with finite embeddings: the dot products overflowed)"
+NO_POSITIVE_POLICIES = ("skip", "zero")  # queries with an undefined value: left out of a mean, or scored 0
 
 
 def _as_embeddings(x, name: str) -> torch.Tensor:
@@ -97,6 +96,34 @@ def _keeps_torch_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@dataclass
+class _Problem:
+    """The validated inputs of :func:`evaluate`: embeddings, label codes, exact positive counts."""
+
+    q_emb: torch.Tensor
+    g_emb: torch.Tensor
+    q_codes: torch.Tensor  # (Q, L) int32, from encode_labels
+    g_codes_t: torch.Tensor  # (L, N) int32
+    n_pos_all: np.ndarray  # (Q, L) int64: gallery items equal on column l (self excluded)
+    same: bool
+    n_ranked: int
+    recall_at: tuple[int, ...]
+    dev: torch.device | None = None  # None: the CPU engine
+    backend: str = "torch"  # "numba" or "torch"
+
+    @property
+    def n_levels(self) -> int:
+        return int(self.q_codes.shape[1])
+
+    @property
+    def n_q(self) -> int:
+        return int(self.q_emb.shape[0])
+
+    @property
+    def n_g(self) -> int:
+        return int(self.g_emb.shape[0])
+
+
 @_keeps_torch_threads
 def evaluate(
     query_embeddings,
@@ -127,7 +154,7 @@ def evaluate(
             gallery is given nothing is excluded (a query present in the gallery counts as its
             own positive).
         recall_at: k values for ``R@k`` (recall rate) and ``P@k``.
-        relevance: ``"pop"`` or ``"map"`` relevance for H-AP (:mod:`hglv2.metrics.relevance`).
+        relevance: ``"pop"`` or ``"map"`` relevance for H-AP (:mod:`hglv2.relevance`).
         alpha: level weight exponent ``w(v) = v ** alpha`` or a sequence of L weights.
         reduce: True -> means over queries (floats) and query counts (ints); False -> per-query
             (Q,) float64 arrays, NaN where a metric is undefined, plus ``n_positives_level{l}``.
@@ -163,11 +190,63 @@ def evaluate(
         ``n_queries``, ``n_gallery``, ``top_k``, ``n_queries_level{l}``, ``n_skipped_level{l}``,
         ``n_truncated_level{l}``.
     """
+    p = _validate(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels, recall_at, relevance, alpha
+    )
+    p.dev, p.backend = _torch_device(device), _pick_backend(backend)
+    ctx = _context(p, ndcg_at, relevance, alpha)
+    if top_k is not None:
+        return _evaluate_top_k(p, int(top_k), ctx, reduce, memory_mb, chunk_size)
+    acc = _full_ranking(p, ctx, method, memory_mb, chunk_size)
+    return _finish(*acc, p, reduce)
+
+
+# ------------------------------------------------------------------------------------------------
+# input validation
+# ------------------------------------------------------------------------------------------------
+def _validate(
+    query_embeddings,
+    query_labels,
+    gallery_embeddings,
+    gallery_labels,
+    recall_at,
+    relevance,
+    alpha,
+) -> _Problem:
+    """Check the inputs and metric arguments of :func:`evaluate` and encode the labels (the engine
+    arguments, ``device`` and ``backend``, are checked after these)."""
     if relevance not in RELEVANCES:
         raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
     recall_at = tuple(dict.fromkeys(int(k) for k in recall_at))
     if any(k < 1 for k in recall_at):
         raise ValueError("recall_at values must be >= 1")
+    q_emb, q_lab, g_emb, g_lab, same = _queries_and_gallery(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
+    level_weights(q_lab.shape[1], alpha)  # validate early
+    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
+    if n_q == 0:
+        raise ValueError("query_embeddings: no queries")
+    n_ranked = n_g - 1 if same else n_g
+    if n_ranked < 1:
+        raise ValueError("the gallery has no item to rank")
+    q_codes, g_codes_t = encode_labels(q_lab, g_lab)
+    n_pos_all = _positives_per_column(q_codes, g_codes_t, same)
+    return _Problem(
+        q_emb=q_emb,
+        g_emb=g_emb,
+        q_codes=q_codes,
+        g_codes_t=g_codes_t,
+        n_pos_all=n_pos_all,
+        same=same,
+        n_ranked=n_ranked,
+        recall_at=recall_at,
+    )
+
+
+def _queries_and_gallery(query_embeddings, query_labels, gallery_embeddings, gallery_labels):
+    """(q_emb, q_lab, g_emb, g_lab, same): checked tensors and label matrices; ``same`` when no
+    gallery is given (the query set is the gallery)."""
     q_emb = _as_embeddings(query_embeddings, "query_embeddings")
     q_lab = as_label_matrix(query_labels, "query_labels")
     if q_lab.shape[0] != q_emb.shape[0]:
@@ -186,17 +265,12 @@ def evaluate(
             )
     if q_emb.shape[1] != g_emb.shape[1]:
         raise ValueError(f"embedding sizes differ: queries {q_emb.shape[1]}, gallery {g_emb.shape[1]}")
-    n_levels = q_lab.shape[1]
-    level_weights(n_levels, alpha)  # validate early
-    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
-    if n_q == 0:
-        raise ValueError("query_embeddings: no queries")
-    n_ranked = n_g - 1 if same else n_g
-    if n_ranked < 1:
-        raise ValueError("the gallery has no item to rank")
+    return q_emb, q_lab, g_emb, g_lab, same
 
-    q_codes, g_codes_t = encode_labels(q_lab, g_lab)
-    # exact positives per query and column (self excluded): n_pos[q, l] = #gallery items with equal column l
+
+def _positives_per_column(q_codes: torch.Tensor, g_codes_t: torch.Tensor, same: bool) -> np.ndarray:
+    """(Q, L) int64: n[q, l] = number of gallery items equal to query q on column l (self excluded)."""
+    n_q, n_levels = q_codes.shape
     n_pos_all = np.zeros((n_q, n_levels), dtype=np.int64)
     for col in range(n_levels):
         g_col = g_codes_t[col].numpy()
@@ -206,143 +280,216 @@ def evaluate(
         n_pos_all[ok, col] = counts[q_col[ok]]
         if same:
             n_pos_all[ok, col] -= 1
+    return n_pos_all
+
+
+def _torch_device(device: str | torch.device | None) -> torch.device | None:
     try:
         dev = torch.device(device) if device is not None else None
     except RuntimeError as exc:
         raise ValueError(f"device {device!r}: {exc}") from None
     if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available")
+    return dev
 
+
+def _pick_backend(backend: str) -> str:
     if backend == "auto":
         backend = "numba" if _fused.HAVE_NUMBA else "torch"
     if backend not in ("numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
     if backend == "numba" and not _fused.HAVE_NUMBA:
         raise ValueError("backend='numba' needs the numba package")
-    ctx: dict[str, Any] = {
-        "n_levels": n_levels,
-        "n_ranked": n_ranked,
-        "recall_at": recall_at,
+    return backend
+
+
+def _context(p: _Problem, ndcg_at: int | None, relevance: str, alpha) -> dict[str, Any]:
+    """What the per-chunk metric code reads (the ranking adds each chunk's codes and self index)."""
+    return {
+        "n_levels": p.n_levels,
+        "n_ranked": p.n_ranked,
+        "recall_at": p.recall_at,
         "ndcg_at": ndcg_at,
         "relevance": relevance,
         "alpha": alpha,
-        "same": same,
+        "same": p.same,
     }
 
-    if top_k is not None:
-        return _evaluate_top_k(
-            q_emb,
-            g_emb,
-            q_codes,
-            g_codes_t,
-            n_pos_all,
-            int(top_k),
-            ctx,
-            reduce,
-            memory_mb,
-            chunk_size,
-            dev,
-            backend,
-        )
 
-    chunk_fn = _chunk_numba if backend == "numba" else _chunk_torch
-    if backend == "numba":
-        ctx["tables"] = _fused.tables(n_ranked)
-        ctx["w"] = level_weights(n_levels, alpha)
-        ctx["g_codes"] = np.ascontiguousarray(g_codes_t.numpy().T)  # (N, L): one cache line per item
-    # upper bound on the relevant items of each query: sum over columns of its positives
-    bound = n_pos_all.sum(1)
-    names = _metric_names(n_levels, recall_at, ndcg_at)
+# ------------------------------------------------------------------------------------------------
+# chunked ranking (full mode)
+# ------------------------------------------------------------------------------------------------
+def _full_ranking(p: _Problem, ctx: dict[str, Any], method: str, memory_mb: int, chunk_size: int | None):
+    """Rank the queries chunk by chunk and hand each chunk to the metric code of the backend;
+    returns the accumulated per-query values ``(per_query, n_pos, n_rel)`` for :func:`_finish`."""
+    chunk_fn = _chunk_numba if p.backend == "numba" else _chunk_torch
+    if p.backend == "numba":
+        ndcg_at, n_ranked = ctx["ndcg_at"], p.n_ranked
+        ctx["params"] = _fused.metric_params(
+            p.n_levels,
+            n_ranked,
+            np.asarray(p.recall_at, dtype=np.int64),
+            MAP_AT,
+            n_ranked if ndcg_at is None else min(int(ndcg_at), n_ranked),
+            ctx["relevance"],
+            level_weights(p.n_levels, ctx["alpha"]),
+            _fused.tables(n_ranked),
+        )
+        ctx["g_codes"] = np.ascontiguousarray(p.g_codes_t.numpy().T)  # (N, L): one cache line per item
+    names = _metric_names(p.n_levels, p.recall_at, ctx["ndcg_at"])
     per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    n_pos: dict[int, list[torch.Tensor]] = {lev: [] for lev in range(n_levels)}
+    n_pos: dict[int, list[torch.Tensor]] = {lev: [] for lev in range(p.n_levels)}
     n_rel: list[torch.Tensor] = []
-    if dev is not None:
-        ranker = _DeviceRanker(g_emb, q_codes, g_codes_t, dev, same)
+    n_q = p.n_q
+    if p.dev is not None:
+        ranker = _DeviceRanker(p.g_emb, p.q_codes, p.g_codes_t, p.dev, p.same)
         chunk_size = ranker.chunk_size(n_q, chunk_size, memory_mb, _DeviceRanker.FULL_BYTES_PER_SCORE)
         for lo in range(0, n_q, chunk_size):
             hi = min(lo + chunk_size, n_q)
-            ctx["q_codes"], ctx["self_index"] = q_codes[lo:hi], (torch.arange(lo, hi) if same else None)
-            chunk_fn(ranker.rank_full(q_emb, lo, hi), hi - lo, ctx, per_query, n_pos, n_rel)
-        return _finish(per_query, n_pos, n_rel, n_q, n_ranked, n_levels, reduce)
-
+            ctx["q_codes"], ctx["self_index"] = p.q_codes[lo:hi], (torch.arange(lo, hi) if p.same else None)
+            chunk_fn(ranker.rank_full(p.q_emb, lo, hi), hi - lo, ctx, per_query, n_pos, n_rel)
+        return per_query, n_pos, n_rel
     if chunk_size is None:
-        chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * BYTES_PER_SCORE))
+        chunk_size = max(1, (int(memory_mb) << 20) // (max(p.n_g, 1) * BYTES_PER_SCORE))
     chunk_size = int(min(max(chunk_size, 1), max(n_q, 1)))
-    # sort keys that carry the label match mask below the gallery index (one pass, no gather later)
-    tagged = backend == "numba" and (max(n_g - 1, 1)).bit_length() + n_levels <= KEY_LOW_BITS
-    g_codes_np = g_codes_t.numpy()
+    # upper bound on the relevant items of each query: sum over columns of its positives
+    bound = p.n_pos_all.sum(1)
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
-        scores = (q_emb[lo:hi] @ g_emb.T).float()
-        self_index = torch.arange(lo, hi) if same else None
-        chunk_method = method
-        if method == "auto":
-            # an upper bound on the relevant items (per-column label counts) picks the ranking
-            many = bool((bound[lo:hi] > SPARSE_MAX_RELEVANT).any())
-            chunk_method = "sort" if many else ("search" if backend == "numba" else "auto")
-        qc = q_codes[lo:hi]
-        ctx["q_codes"], ctx["self_index"] = qc, self_index
-        if backend == "numba" and chunk_method == "search":
-            if torch.isnan(scores).any():
-                raise ValueError(NAN_SCORES)
-            ranked = ("score_bits", scores.contiguous().view(torch.int32))
-        elif tagged and chunk_method == "sort":
-            keys = np.empty(tuple(scores.shape), dtype=np.int64)
-            bad = np.zeros(hi - lo, dtype=np.uint8)
-            me = np.full(hi - lo, -1, dtype=np.int64) if self_index is None else self_index.numpy()
-            _fused.build_tagged_keys(
-                scores.contiguous().view(torch.int32).numpy(),
-                qc.numpy(),
-                g_codes_np,
-                me,
-                n_levels,
-                keys,
-                bad,
-            )
-            if bad.any():
-                raise ValueError(NAN_SCORES)
-            _sort_rows_inplace(keys)
-            ranked = ("tagged", keys, (1 << n_levels) - 1)
-        else:
-            ranked = _rank_chunk(
-                scores,
-                lambda qc=qc: match_mask(qc, g_codes_t),
-                self_index,
-                chunk_method,
-                keys_only=backend == "numba",
-            )
-        del scores
+        ranked = _rank_cpu_chunk(p, ctx, lo, hi, method, bound)
         chunk_fn(ranked, hi - lo, ctx, per_query, n_pos, n_rel)
-    return _finish(per_query, n_pos, n_rel, n_q, n_ranked, n_levels, reduce)
+    return per_query, n_pos, n_rel
 
 
-def _finish(per_query, n_pos, n_rel, n_q, n_ranked, n_levels, reduce) -> dict[str, Any]:
-    arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
-    pos = {lev: torch.cat(v).numpy() for lev, v in n_pos.items()}
-    rel_total = torch.cat(n_rel).numpy()
+def _rank_cpu_chunk(p: _Problem, ctx: dict[str, Any], lo: int, hi: int, method: str, bound: np.ndarray):
+    """The ranking of queries ``lo:hi`` in the form the chunk's metric code reads (sets the chunk's
+    ``q_codes`` and ``self_index`` in ``ctx``)."""
+    scores = (p.q_emb[lo:hi] @ p.g_emb.T).float()
+    self_index = torch.arange(lo, hi) if p.same else None
+    chunk_method = method
+    if method == "auto":
+        # an upper bound on the relevant items (per-column label counts) picks the ranking
+        many = bool((bound[lo:hi] > SPARSE_MAX_RELEVANT).any())
+        chunk_method = "sort" if many else ("search" if p.backend == "numba" else "auto")
+    qc = p.q_codes[lo:hi]
+    ctx["q_codes"], ctx["self_index"] = qc, self_index
+    if p.backend == "numba" and chunk_method == "search":
+        if torch.isnan(scores).any():
+            raise ValueError(NAN_SCORES)
+        return ("score_bits", scores.contiguous().view(torch.int32))
+    # sort keys that carry the label match mask below the gallery index (one pass, no gather later)
+    tagged = p.backend == "numba" and (max(p.n_g - 1, 1)).bit_length() + p.n_levels <= KEY_LOW_BITS
+    if tagged and chunk_method == "sort":
+        return _tagged_keys(scores, qc, p.g_codes_t.numpy(), self_index, p.n_levels)
+    return _rank_chunk(
+        scores,
+        lambda qc=qc: match_mask(qc, p.g_codes_t),
+        self_index,
+        chunk_method,
+        keys_only=p.backend == "numba",
+    )
+
+
+def _tagged_keys(scores: torch.Tensor, qc: torch.Tensor, g_codes_np: np.ndarray, self_index, n_levels: int):
+    """Row-sorted keys of :func:`hglv2.metrics._fused.build_tagged_keys` (match mask in the low bits)."""
+    n_rows = scores.shape[0]
+    keys = np.empty(tuple(scores.shape), dtype=np.int64)
+    bad = np.zeros(n_rows, dtype=np.uint8)
+    me = np.full(n_rows, -1, dtype=np.int64) if self_index is None else self_index.numpy()
+    _fused.build_tagged_keys(
+        scores.contiguous().view(torch.int32).numpy(),
+        qc.numpy(),
+        g_codes_np,
+        me,
+        n_levels,
+        keys,
+        bad,
+    )
+    if bad.any():
+        raise ValueError(NAN_SCORES)
+    _sort_rows_inplace(keys)
+    return ("tagged", keys, (1 << n_levels) - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# metric assembly
+# ------------------------------------------------------------------------------------------------
+def _finish(per_query, n_pos, n_rel, p: _Problem, reduce: bool) -> dict[str, Any]:
+    per: dict[str, Any] = {n: torch.cat(v).numpy() for n, v in per_query.items()}
+    for lev, v in n_pos.items():
+        per[f"n_positives_level{lev}"] = torch.cat(v).numpy()
+    per["n_relevant"] = torch.cat(n_rel).numpy()
     if not reduce:
-        out: dict[str, Any] = dict(arrays)
-        for lev in range(n_levels):
-            out[f"n_positives_level{lev}"] = pos[lev]
-        out["n_relevant"] = rel_total
-        return out
-    out = {"n_queries": int(n_q), "n_gallery": int(n_ranked)}
-    out.update(_means(arrays))
-    for lev in range(n_levels):
-        used = int((pos[lev] > 0).sum())
-        out[f"n_queries_level{lev}"] = used
-        out[f"n_skipped_level{lev}"] = int(n_q - used)
-    used = int((rel_total > 0).sum())
-    out["n_queries_multilevel"] = used
-    out["n_skipped_multilevel"] = int(n_q - used)
-    return out
+        return per
+    return {"n_queries": p.n_q, "n_gallery": p.n_ranked, **reduce_per_query(per)}
 
 
-def _means(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    out = {}
-    for name, arr in arrays.items():
-        ok = ~np.isnan(arr)
-        out[name] = float(arr[ok].mean()) if ok.any() else float("nan")
+# ------------------------------------------------------------------------------------------------
+# the per-query reduction
+# ------------------------------------------------------------------------------------------------
+def _is_count(key: str) -> bool:
+    return key.startswith("n_positives_level") or key == "n_relevant"
+
+
+def _check_policy(no_positive: str) -> None:
+    if no_positive not in NO_POSITIVE_POLICIES:
+        raise ValueError(f"no_positive must be one of {NO_POSITIVE_POLICIES}, got {no_positive!r}")
+
+
+def query_mean(values, no_positive: str = "skip") -> float:
+    """The mean over queries of per-query values, NaN where a value is undefined (a query without
+    positives; in top-k mode also mAP@R with R > k): ``"skip"`` leaves those queries out (NaN when
+    none is left), ``"zero"`` scores them 0 and keeps them."""
+    _check_policy(no_positive)
+    vals = np.asarray(values, dtype=np.float64)
+    if no_positive == "zero":
+        return float(np.nan_to_num(vals, nan=0.0).mean())
+    ok = ~np.isnan(vals)
+    return float(vals[ok].mean()) if ok.any() else float("nan")
+
+
+def per_query_values(per: Mapping[str, Any], no_positive: str = "skip") -> dict[str, Any]:
+    """The per-query output of :func:`evaluate` (``reduce=False``) under a policy of
+    :func:`query_mean`: ``"zero"`` replaces undefined values by 0 (float64 arrays), ``"skip"``
+    keeps them NaN; the counts ``n_positives_level{l}`` and ``n_relevant`` pass through."""
+    _check_policy(no_positive)
+    if no_positive == "skip":
+        return dict(per)
+    return {
+        k: v if _is_count(k) else np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0)
+        for k, v in per.items()
+    }
+
+
+def reduce_per_query(
+    per: Mapping[str, Any],
+    *,
+    no_positive: str = "skip",
+    rows: np.ndarray | None = None,
+    truncated_at: int | None = None,
+) -> dict[str, Any]:
+    """Means and query counts from the per-query output of :func:`evaluate` (``reduce=False``).
+
+    Each metric becomes its :func:`query_mean` under ``no_positive``; each count
+    ``n_positives_level{l}`` gives ``n_queries_level{l}`` / ``n_skipped_level{l}`` (queries with /
+    without a positive in column l) and ``n_relevant`` gives ``n_queries_multilevel`` /
+    ``n_skipped_multilevel``. ``rows``: reduce over these queries only (indices, repeats allowed).
+    ``truncated_at=k`` (top-k mode) adds ``n_truncated_level{l}``, the queries with R > k.
+    """
+    _check_policy(no_positive)
+    out: dict[str, Any] = {}
+    for key, v in per.items():
+        if not _is_count(key):
+            vals = np.asarray(v, dtype=np.float64)
+            out[key] = query_mean(vals if rows is None else vals[rows], no_positive)
+    for key, v in per.items():
+        if _is_count(key):
+            r = np.asarray(v) if rows is None else np.asarray(v)[rows]
+            used = int((r > 0).sum())
+            name = "multilevel" if key == "n_relevant" else f"level{key.removeprefix('n_positives_level')}"
+            out[f"n_queries_{name}"], out[f"n_skipped_{name}"] = used, int(len(r) - used)
+            if truncated_at is not None and key != "n_relevant":
+                out[f"n_truncated_{name}"] = int((r > truncated_at).sum())
     return out
 
 
@@ -382,28 +529,11 @@ def _chunk_torch(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
 def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
     """Fast path: one fused numba pass per query (hglv2.metrics._fused)."""
     n_levels, recall_at, ndcg_at = ctx["n_levels"], ctx["recall_at"], ctx["ndcg_at"]
-    n_ranked = ctx["n_ranked"]
-    ks = np.asarray(recall_at, dtype=np.int64)
     nk = len(recall_at)
     per = 3 + 2 * nk
     out = np.empty((c, n_levels * per + 4), dtype=np.float64)
     counts = np.empty((c, n_levels + 1), dtype=np.int64)
-    disc, disc_prefix, harm = ctx["tables"]
-    cutoff = n_ranked if ndcg_at is None else min(int(ndcg_at), n_ranked)
-    args = (
-        n_levels,
-        n_ranked,
-        ks,
-        MAP_AT,
-        cutoff,
-        0 if ctx["relevance"] == "pop" else 1,
-        ctx["w"],
-        disc,
-        disc_prefix,
-        harm,
-        out,
-        counts,
-    )
+    args = (ctx["params"], out, counts)
     if ranked[0] == "tagged":
         _fused.fused_metrics_tagged(ranked[1], ranked[2], *args)
     elif ranked[0] == "counted":
@@ -665,9 +795,9 @@ def top_k_metrics(
 
 
 def _evaluate_top_k(
-    q_emb, g_emb, q_codes, g_codes_t, n_pos_all, top_k, ctx, reduce, memory_mb, chunk_size, dev, backend
+    p: _Problem, top_k: int, ctx: dict[str, Any], reduce: bool, memory_mb: int, chunk_size: int | None
 ) -> dict[str, Any]:
-    n_levels, n_ranked, recall_at, same = ctx["n_levels"], ctx["n_ranked"], ctx["recall_at"], ctx["same"]
+    n_levels, n_ranked, recall_at = p.n_levels, p.n_ranked, p.recall_at
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     too_big = [k for k in recall_at if k > top_k]
@@ -679,58 +809,65 @@ def _evaluate_top_k(
         raise ValueError("ndcg_at needs the full ranking: leave top_k unset")
     k = min(top_k, n_ranked)
     map_at = MAP_AT if (top_k >= MAP_AT or k == n_ranked) else None
-    n_q, n_g = q_emb.shape[0], g_emb.shape[0]
-
-    if dev is not None or backend == "torch":
-        ranker = _DeviceRanker(g_emb, q_codes, g_codes_t, dev if dev is not None else "cpu", same)
-        chunk_size = ranker.chunk_size(n_q, chunk_size, memory_mb, _DeviceRanker.TOP_K_BYTES_PER_SCORE)
-
-        def select(lo: int, hi: int) -> torch.Tensor:
-            return ranker.rank_top_k(q_emb, lo, hi, k)
-    else:
-        g_codes = np.ascontiguousarray(g_codes_t.numpy().T)
-        if chunk_size is None:
-            chunk_size = max(1, (int(memory_mb) << 20) // (max(n_g, 1) * TOP_K_BYTES_PER_SCORE))
-        chunk_size = int(min(max(chunk_size, 1), n_q))
-
-        def select(lo: int, hi: int) -> torch.Tensor:
-            tags = _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes[lo:hi].numpy(), g_codes, n_levels)[1]
-            return torch.from_numpy(tags)
-
+    chunk_size, select = _top_k_selector(p, k, memory_mb, chunk_size)
     per_query: dict[str, list[torch.Tensor]] = {}
-    ks = np.asarray(recall_at, dtype=np.int64)
-    for lo in range(0, n_q, chunk_size):
-        hi = min(lo + chunk_size, n_q)
-        tags = select(lo, hi)
-        if _fused.HAVE_NUMBA:  # the same function on every path: identical numbers
-            vals = np.empty((hi - lo, n_levels * (2 + 2 * len(ks))))
-            _fused.top_k_metrics(tags.numpy(), n_pos_all[lo:hi], ks, map_at or 0, vals)
-            res = {}
-            per = 2 + 2 * len(ks)
-            for lev in range(n_levels):
-                res[f"mAP@R_level{lev}"] = vals[:, lev * per]
-                if map_at is not None:
-                    res[f"mAP@{map_at}_level{lev}"] = vals[:, lev * per + 1]
-                for j, kk in enumerate(recall_at):
-                    res[f"R@{kk}_level{lev}"] = vals[:, lev * per + 2 + j]
-                    res[f"P@{kk}_level{lev}"] = vals[:, lev * per + 2 + len(ks) + j]
-            res = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in res.items()}
-        else:
-            res = top_k_metrics(tags, torch.from_numpy(n_pos_all[lo:hi]), recall_at, map_at)
+    for lo in range(0, p.n_q, chunk_size):
+        hi = min(lo + chunk_size, p.n_q)
+        res = _top_k_chunk_metrics(select(lo, hi), p.n_pos_all[lo:hi], recall_at, map_at)
         for name, val in res.items():
             per_query.setdefault(name, []).append(val)
-    arrays = {n: torch.cat(v).numpy() for n, v in per_query.items()}
-    if not reduce:
-        out: dict[str, Any] = dict(arrays)
-        for lev in range(n_levels):
-            out[f"n_positives_level{lev}"] = n_pos_all[:, lev].copy()
-        return out
-    out = {"n_queries": int(n_q), "n_gallery": int(n_ranked), "top_k": int(top_k)}
-    out.update(_means(arrays))
+    per: dict[str, Any] = {n: torch.cat(v).numpy() for n, v in per_query.items()}
     for lev in range(n_levels):
-        r = n_pos_all[:, lev]
-        used = int((r > 0).sum())
-        out[f"n_queries_level{lev}"] = used
-        out[f"n_skipped_level{lev}"] = int(n_q - used)
-        out[f"n_truncated_level{lev}"] = int((r > k).sum())
+        per[f"n_positives_level{lev}"] = p.n_pos_all[:, lev].copy()
+    if not reduce:
+        return per
+    out = {"n_queries": p.n_q, "n_gallery": n_ranked, "top_k": int(top_k)}
+    out.update(reduce_per_query(per, truncated_at=k))
     return out
+
+
+def _top_k_selector(p: _Problem, k: int, memory_mb: int, chunk_size: int | None):
+    """(chunk size, select): ``select(lo, hi)`` gives the (chunk, k) uint8 match masks of the first
+    k items of queries ``lo:hi`` in ranking order (torch device ranker or the numba scan)."""
+    if p.dev is not None or p.backend == "torch":
+        ranker = _DeviceRanker(p.g_emb, p.q_codes, p.g_codes_t, p.dev if p.dev is not None else "cpu", p.same)
+        chunk_size = ranker.chunk_size(p.n_q, chunk_size, memory_mb, _DeviceRanker.TOP_K_BYTES_PER_SCORE)
+
+        def select(lo: int, hi: int) -> torch.Tensor:
+            return ranker.rank_top_k(p.q_emb, lo, hi, k)
+
+        return chunk_size, select
+    g_codes = np.ascontiguousarray(p.g_codes_t.numpy().T)
+    if chunk_size is None:
+        chunk_size = max(1, (int(memory_mb) << 20) // (max(p.n_g, 1) * TOP_K_BYTES_PER_SCORE))
+    chunk_size = int(min(max(chunk_size, 1), p.n_q))
+
+    def select(lo: int, hi: int) -> torch.Tensor:
+        q_codes = p.q_codes[lo:hi].numpy()
+        tags = _top_k_numba(p.q_emb, p.g_emb, lo, hi, k, p.same, q_codes, g_codes, p.n_levels)[1]
+        return torch.from_numpy(tags)
+
+    return chunk_size, select
+
+
+def _top_k_chunk_metrics(
+    tags: torch.Tensor, n_pos: np.ndarray, recall_at: tuple[int, ...], map_at: int | None
+) -> dict[str, torch.Tensor]:
+    """:func:`top_k_metrics` of one chunk; the numba kernel when installed (the same function on
+    every path: identical numbers)."""
+    if not _fused.HAVE_NUMBA:
+        return top_k_metrics(tags, torch.from_numpy(n_pos), recall_at, map_at)
+    n_levels = n_pos.shape[1]
+    ks = np.asarray(recall_at, dtype=np.int64)
+    per = 2 + 2 * len(ks)
+    vals = np.empty((tags.shape[0], n_levels * per))
+    _fused.top_k_metrics(tags.numpy(), n_pos, ks, map_at or 0, vals)
+    res = {}
+    for lev in range(n_levels):
+        res[f"mAP@R_level{lev}"] = vals[:, lev * per]
+        if map_at is not None:
+            res[f"mAP@{map_at}_level{lev}"] = vals[:, lev * per + 1]
+        for j, kk in enumerate(recall_at):
+            res[f"R@{kk}_level{lev}"] = vals[:, lev * per + 2 + j]
+            res[f"P@{kk}_level{lev}"] = vals[:, lev * per + 2 + len(ks) + j]
+    return {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in res.items()}

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hglv2.metrics.relevance import as_label_matrix, relevance_table
+from hglv2.metrics.labels import as_label_matrix, relevance_table
 
 _LOW32 = (1 << 32) - 1
 _TOP_HIGH = 0x7FFFFFFF  # high half above every finite (and infinite) score key

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from hglv2.errors import InputError
+from hglv2.metrics.evaluate import query_mean
 from hglv2.metrics.ranking import order_keys
 
 SETUPS = {
@@ -180,30 +181,28 @@ def gnd_to_json(pkl: str | os.PathLike[str], out: str | os.PathLike[str]) -> dic
     return data
 
 
+def _read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON content of ``path``; a missing or malformed file is an :class:`InputError`."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+
+
 def load_gnd(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ground truth from ``gnd_*.pkl`` (restricted unpickler) or its JSON conversion (with
     ``imlist``/``qimlist``)."""
     if str(path).endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
-        return _check_gnd(data, str(path))
+        return _check_gnd(_read_json(path), str(path))
     return load_gnd_pickle(path)
 
 
 def load_gnd_json(path: str | os.PathLike[str], n_gallery: int | None = None) -> list[dict[str, list[int]]]:
     """Read and validate a ground-truth JSON file (module docstring)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    data = _read_json(path)
     gnd = data.get("gnd") if isinstance(data, dict) else data
     if not isinstance(gnd, list):
         raise InputError(f"{path}: expected a list of queries under 'gnd'")
@@ -308,8 +307,7 @@ def revisited_map(
         return per
     out: dict[str, Any] = {}
     for key, vals in per.items():
-        ok = ~np.isnan(vals)
-        out[key] = float(vals[ok].mean()) if ok.any() else float("nan")
+        out[key] = query_mean(vals)
     for setup in SETUPS:
         out[f"n_skipped_{setup}"] = int(np.isnan(per[f"mAP_{setup}"]).sum())
     return out

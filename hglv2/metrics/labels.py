@@ -1,26 +1,15 @@
-"""Relevance levels between hierarchical labels and the H-AP relevance functions.
+"""Label matrices for the metrics: validation, dense codes, match masks and relevance tables.
 
-Labels are integer arrays of shape ``(N, L)``; column 0 is the finest level (landmark), higher
-columns are coarser. A negative label means "unknown" and never matches anything (not even another
-negative label).
+The relevance convention (levels, weights, ``pop``/``map``) is :mod:`hglv2.relevance`; this module
+applies it to the metrics' tensors. Labels are integer arrays of shape ``(N, L)``; column 0 is the
+finest level.
 
 **Match mask.** For a (query, gallery item) pair, bit ``l`` of the mask is set when column ``l`` is
-equal (and known). The binary metrics of level ``l`` treat the pair as positive iff bit ``l`` is set.
+equal (and known). The binary metrics of level ``l`` treat the pair as positive iff bit ``l`` is set;
+the number of set bits is the pair's relevance level.
 
-**Relevance level.** The level of a pair is the number of equal columns,
-``v = sum_l [q_l == g_l]`` in ``0..L`` (for a tree: the depth of the deepest shared ancestor, so
-``v = L`` means same landmark and ``v = 0`` means nothing shared). H-AP, NDCG and ASI use ``v``.
-
-**Relevance values for H-AP** (``N_q(v)`` = number of ranked gallery items at level exactly ``v``
-for query ``q``; the query itself is not counted when it is excluded; ``w(v) = v ** alpha`` for a
-float ``alpha``, or ``w(v) = alpha[v - 1]`` for a sequence of ``L`` weights):
-
-* ``pop`` (default, HAPPIER): ``rel(v) = w(v) / N_q(v)``, ``rel(0) = 0``.
-* ``map``: ``rel(v) = sum_{m=1..v} w(m) / N_q(>= m)``; H-AP then equals the weighted mean
-  ``sum_m w(m) AP_{>=m} / sum_m w(m)`` of the binary APs where "positive" means level ``>= m``
-  (levels ``m`` without any such item are left out).
-
-The SupRank/HAPPIER code writes ``w(v) = (v / (L - 1)) ** alpha``; the constant factor cancels in H-AP.
+In the metrics, ``N_q(v)`` counts the ranked gallery items only (the query itself is not counted
+when it is excluded).
 """
 
 from __future__ import annotations
@@ -31,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-RELEVANCES = ("pop", "map")
+from hglv2 import relevance as _relevance
 
 
 def as_label_matrix(labels, name: str = "labels") -> np.ndarray:
@@ -105,47 +94,25 @@ def pair_levels(query_labels, gallery_labels) -> np.ndarray:
     """Dense (Q, N) int64 matrix of relevance levels (number of equal known columns)."""
     q = as_label_matrix(query_labels, "query_labels")
     g = as_label_matrix(gallery_labels, "gallery_labels")
-    qc, gct = encode_labels(q, g)
-    return popcount(match_mask(qc, gct)).numpy()
-
-
-def level_weights(n_levels: int, alpha: float | Sequence[float] = 1.0) -> np.ndarray:
-    """Weights ``w(1..L)``: ``v ** alpha`` for a float, or the given sequence of L weights."""
-    if isinstance(alpha, (int, float, np.floating, np.integer)):
-        w = np.arange(1, n_levels + 1, dtype=np.float64) ** float(alpha)
-    else:
-        w = np.asarray(list(alpha), dtype=np.float64)
-        if w.shape != (n_levels,):
-            raise ValueError(f"alpha: expected a float or {n_levels} per-level weights, got {list(alpha)}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
-        raise ValueError("alpha: level weights must be finite, >= 0 and not all zero")
-    return w
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query labels have {q.shape[1]} columns, gallery labels {g.shape[1]}")
+    return _relevance.pair_levels(q, g, np.zeros((q.shape[0], g.shape[0]), dtype=np.int64))
 
 
 def relevance_table(
     level_counts: torch.Tensor, relevance: str = "pop", alpha: float | Sequence[float] = 1.0
 ) -> torch.Tensor:
-    """Relevance value of each level per query.
+    """Relevance value of each level per query (:mod:`hglv2.relevance`).
 
     Args:
         level_counts: (Q, L+1) counts ``N_q(v)`` of gallery items at level exactly ``v``.
-        relevance: ``"pop"`` or ``"map"`` (module docstring).
+        relevance: ``"pop"`` or ``"map"``.
         alpha: exponent of ``w(v) = v ** alpha`` or a sequence of L weights.
 
     Returns:
-        (Q, L+1) float64 tensor ``rel[q, v]``; column 0 is 0; levels without items get 0 (pop).
+        (Q, L+1) float64 tensor ``rel[q, v]``; column 0 is 0; levels without items get 0.
     """
+    _relevance.check_relevance(relevance)
     counts = level_counts.to(torch.float64)
-    n_levels = counts.shape[1] - 1
-    w = torch.from_numpy(level_weights(n_levels, alpha))
-    rel = torch.zeros_like(counts)
-    if relevance == "pop":
-        c = counts[:, 1:]
-        rel[:, 1:] = torch.where(c > 0, w / c.clamp_min(1), torch.zeros_like(c))
-    elif relevance == "map":
-        at_least = counts[:, 1:].flip(1).cumsum(1).flip(1)  # N_q(>= m), m = 1..L
-        step = torch.where(at_least > 0, w / at_least.clamp_min(1), torch.zeros_like(at_least))
-        rel[:, 1:] = step.cumsum(1)
-    else:
-        raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
-    return rel
+    w = torch.from_numpy(_relevance.level_weights(counts.shape[1] - 1, alpha))
+    return torch.stack(_relevance.relevance_columns(counts.unbind(1), w, relevance), dim=1)
