@@ -13,6 +13,8 @@ through a recipe's image transform twice, once with the default full decode (the
 Run (not part of CI)::
 
     python benchmarks/decode_speed.py --recipe h-gldv2 --sizes 640x480,800x600,1024x768 --n 40
+
+``--quick`` (``make bench``): one size, 6 photos, one pass.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="640x480,800x600,1024x768")
     ap.add_argument("--n", type=int, default=40, help="photos per size")
     ap.add_argument("--rounds", type=int, default=3, help="best of this many passes")
+    ap.add_argument("--quick", action="store_true", help="one size, 6 photos, one pass")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.n, args.rounds = "800x600", 6, 1
     torch.set_num_threads(1)
     cfg = load_config(args.recipe)
     print(f"recipe {args.recipe}: one thread; images/s, best of {args.rounds} passes")
@@ -84,6 +89,7 @@ def main() -> None:
             for decode in ("full", "draft"):
                 cfg["data"]["decode"] = decode
                 tf = build_transform(cfg, train=mode == "train")
+                run(tf, files[:1], seeds[:1])  # warm-up (imports, first allocations): not timed
                 best = 0.0
                 for _ in range(args.rounds):
                     rate, outs[decode] = run(tf, files, seeds)

@@ -12,6 +12,8 @@ epoch (whole groups of m only, the default) and the topped-up one:
 Run (not part of CI)::
 
     python benchmarks/sampler_epochs.py --epochs 3
+
+``--quick`` (``make bench``): a tenth of the classes and images, one epoch.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=4)
     ap.add_argument("--max-per-class", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a tenth of the classes and images, one epoch")
     args = ap.parse_args()
+    if args.quick:
+        args.classes, args.images, args.epochs = args.classes // 10, args.images // 10, 1
     sizes = class_sizes(args.classes, args.images)
     labels = np.repeat(np.arange(args.classes), sizes)
     print(
