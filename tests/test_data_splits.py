@@ -288,7 +288,7 @@ def _run_card_loading_code(folder, datasets, cache):
 
 @pytest.mark.parametrize("kind", ["export", "export_without_query", "synthetic"])
 def test_dataset_card_loads_every_split_as_documented(tmp_path, monkeypatch, kind):
-    """Each split loads with the call the card gives for it, with exactly its rows (issue 12):
+    """Each split loads with the call the card gives for it, with exactly its rows:
     ``load_dataset(folder, "query")`` works on every folder with a query split, and the generic
     Parquet builder is shown with ``data_files`` (its ``data_dir=`` merges train and train_full)."""
     datasets = pytest.importorskip("datasets")

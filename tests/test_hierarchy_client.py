@@ -204,9 +204,8 @@ def test_parse_item_ranks_and_redirects(world, tmp_path):
 
 
 def test_p373_fallback_escapes_sparql_literals(tmp_path):
-    from pipelines.make_sample import _entity
-
     from hglv2.hierarchy.resolve import resolve_categories
+    from pipelines.make_sample import _entity
 
     name = 'Tower "Big" \\ Old'
     ents = {
@@ -279,9 +278,8 @@ def test_cache_is_per_title_so_one_new_landmark_fetches_one_title(tmp_path):
 
 
 def test_titles_are_nfc_normalised(tmp_path):
-    from pipelines.make_sample import _entity
-
     from hglv2.hierarchy.resolve import resolve_categories
+    from pipelines.make_sample import _entity
 
     composed = "Category:\u00c9glise Saint-\u00c9tienne"  # as Commons stores it (NFC)
     decomposed = "Category:E\u0301glise Saint-E\u0301tienne"  # the same title, NFD

@@ -1,5 +1,4 @@
-"""Every bad config value is one ``Error:`` line naming the key, exit 2, before any work starts
-(issue 12, items 7, 8 and 10 as they concern config keys)."""
+"""Every bad config value is one ``Error:`` line naming the key, exit 2, before any work starts."""
 
 from __future__ import annotations
 

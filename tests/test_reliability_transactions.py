@@ -1,4 +1,4 @@
-"""Outputs are transactions (issue 12, items 2-4): a command leaves its complete output or what was
+"""Outputs are transactions: a command leaves its complete output or what was
 there before, never a mix, never temporaries, and never writes into a folder it does not own.
 
 Kills are real: a child process runs the CLI with one internal step patched to ``os._exit`` at the
