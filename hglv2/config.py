@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "augment": False,  # random resized crop + horizontal flip for training
         "crop_scale": [0.5, 1.0],  # RandomResizedCrop scale (area fraction)
         "crop_ratio": [0.75, 4.0 / 3.0],  # RandomResizedCrop aspect ratios
+        "decode": "full",  # full: PIL's full decode (the authors'); draft: JPEG draft mode (faster, deviates)
         "num_workers": 0,
         "synthetic": {
             "hierarchy": None,  # null: data/sample/... when present, else the built-in table
@@ -107,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
         "clusters_per_batch": 2,
         "max_per_class": None,  # at most this many images of a class per epoch
         "batches_per_super_tuple": None,  # hierarchical: the authors' epoch (T batches per cluster pair)
+        "top_up": False,  # true: top up each class's last group of m (deviation; the authors drop it)
     },
     "optimizer": {
         "name": "adam",
@@ -120,6 +122,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "schedule": {
         "kind": "cosine",  # cosine, constant or multistep
+        "interval": "epoch",  # epoch: stepped at each epoch's end (the authors'); step: every step
         "warmup_steps": 0,
         "min_lr_ratio": 0.0,
         "min_lr": None,  # cosine floor as an absolute learning rate (overrides min_lr_ratio)
@@ -394,6 +397,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "data.image_size": _int(16),
     "data.resize": _opt(_int(16)),
     "data.eval_resize": _one_of("shorter", "square"),
+    "data.decode": _one_of("full", "draft"),
     "data.train_resize": _opt(_int(16)),
     "data.augment": _BOOL,
     "data.crop_scale": _pair(0.0, 1.0),
@@ -437,6 +441,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "sampler.clusters_per_batch": _int(1),
     "sampler.max_per_class": _opt(_int(1)),
     "sampler.batches_per_super_tuple": _opt(_int(1)),
+    "sampler.top_up": _BOOL,
     "optimizer.name": _one_of("adam", "adamw", "sgd"),
     "optimizer.lr": _num(0.0, strict=True),
     "optimizer.weight_decay": _num(0.0),
@@ -449,6 +454,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "optimizer.head_lr": _opt(_num(0.0, strict=True)),
     "optimizer.head_weight_decay": _opt(_num(0.0)),
     "schedule.kind": _one_of("cosine", "constant", "multistep"),
+    "schedule.interval": _one_of("epoch", "step"),
     "schedule.warmup_steps": _int(0),
     "schedule.min_lr_ratio": _num(0.0, hi=1.0),
     "schedule.min_lr": _opt(_num(0.0)),
@@ -529,6 +535,12 @@ def config_errors(cfg: dict[str, Any]) -> list[str]:
         ("sampler.batches_per_super_tuple", "sampler.kind"),
         s.get("batches_per_super_tuple") is None or s.get("kind") == "hierarchical",
         "sampler.batches_per_super_tuple needs sampler.kind: hierarchical",
+    )
+    sch = cfg.get("schedule", {})
+    cross(
+        ("schedule.warmup_steps", "schedule.interval"),
+        not sch.get("warmup_steps") or sch.get("interval") == "step",
+        "schedule.warmup_steps needs schedule.interval: step (a per-epoch schedule has no linear warm-up)",
     )
     if t.get("steps") is None:
         cross(

@@ -327,7 +327,7 @@ def export_card(manifest: dict[str, Any]) -> Card:
         "Level columns give the share of rows whose level is known; unknown levels are -1 and "
         "`hierarchy_complete` is false ("
         + (
-            "index and query rows with an incomplete hierarchy were dropped: "
+            "index and query rows whose landmark or cluster is unknown were dropped: "
             + ", ".join(f"{k} {v}" for k, v in manifest["dropped_incomplete"].items())
             if manifest.get("drop_incomplete")
             else "such rows are kept, never dropped"
@@ -404,8 +404,8 @@ def export_into(
         splits: which splits; default every split whose required files are present.
         row_group_size: Parquet rows per row group.
         command: the command line to record in the manifest.
-        drop_incomplete: remove index and query rows whose hierarchy is incomplete (the authors'
-            evaluation set); default: keep them, flagged.
+        drop_incomplete: remove index and query rows whose landmark or cluster is unknown (the
+            authors' evaluation set, their ``remove_nan``); default: keep them, flagged.
         mixed_ground_truth: ``"error"`` or ``"first"``: what a query whose ground-truth index
             images depict different landmarks gets (:mod:`hglv2.gldv2.export`).
 

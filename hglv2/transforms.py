@@ -1,9 +1,11 @@
 """Image transforms: decoding (JPEG draft scaling), training augmentation, evaluation resize, and
 the conversion of a batch of uint8 images to the model's normalised input.
 
-:class:`ImageTransform` receives the image opened but not decoded, so a JPEG is decoded at 1/2,
-1/4 or 1/8 scale when the crop allows it (``Image.draft``); its items are uint8 and
-:func:`to_model_input` converts a whole batch on the device (4x less to copy than float32).
+:class:`ImageTransform` decodes in full by default, as the authors' dataset does
+(``Image.open(path).convert('RGB')``); it receives the image opened but not decoded, so with
+``data.decode: draft`` (opt-in, a speed deviation) a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+when the crop allows it (``Image.draft``). Its items are uint8 and :func:`to_model_input`
+converts a whole batch on the device (4x less to copy than float32).
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ class ImageTransform:
       ``Resize`` before ``RandomResizedCrop``.
 
     The image may be passed opened but not yet decoded (``PIL.Image.open``; :class:`HGLDv2Dataset
-    <hglv2.dataset.HGLDv2Dataset>` does so for transforms with ``lazy_decode``). With ``draft`` a
-    JPEG is then decoded at scale 1/k, k in {2, 4, 8} (libjpeg's DCT scaling, ``Image.draft``),
-    the largest k at which the region to resize is still at least S (or ``resize``) pixels on
-    each side, so the decoder does the first part of the downscaling: same geometry, pixel values
-    within a few grey levels of a full decode. Images too small for that (the synthetic 64 px
-    ones) are decoded in full, and the output equals torchvision's bit for bit.
+    <hglv2.dataset.HGLDv2Dataset>` does so for transforms with ``lazy_decode``). By default it is
+    decoded in full, as the authors' dataset does (``Image.open(path).convert('RGB')``), and the
+    output equals torchvision's transforms of that image bit for bit. With ``draft`` (opt-in,
+    ``data.decode: draft``: a speed deviation from the authors) a JPEG is decoded at scale 1/k,
+    k in {2, 4, 8} (libjpeg's DCT scaling, ``Image.draft``), the largest k at which the region to
+    resize is still at least S (or ``resize``) pixels on each side, so the decoder does the first
+    part of the downscaling: same geometry, but pixel values that differ from a full decode (by
+    tens of grey levels at edges of a detailed photo). Images too small for that (the synthetic
+    64 px ones) are decoded in full either way.
 
     The output is not normalised: :func:`to_model_input` converts a batch (bit-identical to
     ``ToTensor`` + ``Normalize`` per image).
@@ -58,7 +63,7 @@ class ImageTransform:
         augment: bool = False,
         scale: tuple[float, float] = (0.5, 1.0),
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-        draft: bool = True,
+        draft: bool = False,
         train_resize: int | None = None,
         square_resize: bool = False,
     ) -> None:
@@ -150,10 +155,12 @@ class ImageTransform:
 
 def build_transform(cfg: dict[str, Any], train: bool) -> ImageTransform:
     """The image transform of ``cfg`` (an :class:`ImageTransform`): random resized crop (area
-    0.5-1) + flip when training with ``data.augment``, else resize + center crop. Outputs uint8;
-    :func:`to_model_input` normalises with the ImageNet mean and std."""
+    0.5-1) + flip when training with ``data.augment``, else resize + center crop; JPEG draft
+    decoding with ``data.decode: draft``. Outputs uint8; :func:`to_model_input` normalises with
+    the ImageNet mean and std."""
     d = cfg["data"]
     size = d["image_size"]
+    draft = d.get("decode", "full") == "draft"
     if train and d["augment"]:
         return ImageTransform(
             size,
@@ -161,8 +168,11 @@ def build_transform(cfg: dict[str, Any], train: bool) -> ImageTransform:
             scale=tuple(d.get("crop_scale", (0.5, 1.0))),
             ratio=tuple(d.get("crop_ratio", (0.75, 4 / 3))),
             train_resize=d.get("train_resize"),
+            draft=draft,
         )
-    return ImageTransform(size, resize=d["resize"], square_resize=d.get("eval_resize") == "square")
+    return ImageTransform(
+        size, resize=d["resize"], square_resize=d.get("eval_resize") == "square", draft=draft
+    )
 
 
 def to_model_input(

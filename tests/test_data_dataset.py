@@ -179,7 +179,7 @@ def test_m_per_class_properties(counts, m, p, epoch):
     labels = _labels(counts)[:, 0]
     if len(counts) < p:
         return
-    s = MPerClassBatchSampler(labels, m=m, batch_size=m * p, seed=7)
+    s = MPerClassBatchSampler(labels, m=m, batch_size=m * p, seed=7, top_up=True)
     s.set_epoch(epoch)
     batches = list(s)
     assert len(batches) == len(s)
@@ -189,17 +189,17 @@ def test_m_per_class_properties(counts, m, p, epoch):
         per_class = Counter(labels[b].tolist())
         assert len(per_class) == p and set(per_class.values()) == {m}
         covered.update(b)
-    # every image appears (small classes are topped up, never dropped)
+    # top_up: every image appears (small classes are topped up, never dropped)
     assert covered == set(range(len(labels)))
     # deterministic per (seed, epoch); a new epoch reshuffles
-    s2 = MPerClassBatchSampler(labels, m=m, batch_size=m * p, seed=7)
+    s2 = MPerClassBatchSampler(labels, m=m, batch_size=m * p, seed=7, top_up=True)
     s2.set_epoch(epoch)
     assert list(s2) == batches
 
 
-def test_m_per_class_covers_every_image_when_balanced():
+def test_m_per_class_top_up_covers_every_image_when_balanced():
     labels = _labels([8] * 10)[:, 0]
-    s = MPerClassBatchSampler(labels, m=4, batch_size=16)
+    s = MPerClassBatchSampler(labels, m=4, batch_size=16, top_up=True)
     b = list(s)
     assert sorted(np.concatenate(b).tolist()) == list(range(80))
     s.set_epoch(1)
@@ -208,7 +208,7 @@ def test_m_per_class_covers_every_image_when_balanced():
 
 def test_m_per_class_dominant_class():
     labels = _labels([200, 3, 2, 1, 4])[:, 0]
-    batches = list(MPerClassBatchSampler(labels, m=2, batch_size=6, seed=5))
+    batches = list(MPerClassBatchSampler(labels, m=2, batch_size=6, seed=5, top_up=True))
     assert set(np.concatenate(batches).tolist()) == set(range(len(labels)))
     assert all(sorted(Counter(labels[b].tolist()).values()) == [2, 2, 2] for b in batches)
 
@@ -252,7 +252,7 @@ def test_hierarchical_sampler_properties(counts, n_clusters, m, per_slot, epoch)
     if len(set(labels[:, 1].tolist())) < 2:
         return
     bs = 2 * m * per_slot
-    s = HierarchicalBatchSampler(labels, m=m, batch_size=bs, clusters_per_batch=2, seed=1)
+    s = HierarchicalBatchSampler(labels, m=m, batch_size=bs, clusters_per_batch=2, seed=1, top_up=True)
     s.set_epoch(epoch)
     batches = list(s)
     assert len(batches) == len(s)
@@ -267,7 +267,7 @@ def test_hierarchical_sampler_properties(counts, n_clusters, m, per_slot, epoch)
         seen_classes.update(per_class)
     assert seen_classes == set(range(len(counts)))
     assert covered == set(range(len(labels)))
-    s2 = HierarchicalBatchSampler(labels, m=m, batch_size=bs, clusters_per_batch=2, seed=1)
+    s2 = HierarchicalBatchSampler(labels, m=m, batch_size=bs, clusters_per_batch=2, seed=1, top_up=True)
     s2.set_epoch(epoch)
     assert list(s2) == batches
 

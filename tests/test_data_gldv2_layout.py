@@ -177,6 +177,13 @@ def test_ground_truth_images_must_be_in_the_index(tmp_path):
 def test_drop_incomplete_gives_the_authors_evaluation_set(tmp_path, cli_runner):
     meta = tmp_path / "meta"
     write_example(meta, seed=14, complete_fraction=0.5)
+    # a landmark with a cluster but no natural_or_human_made: the authors' remove_nan keeps it
+    hier = _csv(meta / "index_label_to_hierarchical.csv")
+    i2l = _csv(meta / "index_image_to_landmark.csv")
+    with_cluster = hier["hierarchical_label"].notna() & hier["landmark_id"].isin(i2l["landmark_id"])
+    half = int(hier.index[with_cluster][0])
+    hier.loc[half, "natural_or_human_made"] = None
+    hier.to_csv(meta / "index_label_to_hierarchical.csv", index=False)
     keep = export(meta, tmp_path / "keep")
     res = cli_runner.invoke(
         main, ["export", "--metadata", str(meta), "--out", str(tmp_path / "drop"), "--drop-incomplete"]
@@ -186,12 +193,16 @@ def test_drop_incomplete_gives_the_authors_evaluation_set(tmp_path, cli_runner):
     assert drop["drop_incomplete"] and not keep["drop_incomplete"]
     for s in ("index", "query"):
         t = pq.read_table(tmp_path / "drop" / f"{s}.parquet").to_pandas()
-        assert t["hierarchy_complete"].all() and len(t) > 0
-        n_incomplete = keep["splits"][s]["rows"] - keep["splits"][s]["rows_hierarchy_complete"]
-        assert drop["dropped_incomplete"][s] == n_incomplete > 0
-        assert drop["splits"][s]["rows"] == keep["splits"][s]["rows_hierarchy_complete"]
+        k = pq.read_table(tmp_path / "keep" / f"{s}.parquet").to_pandas()
+        assert ((t["level0"] >= 0) & (t["level1"] >= 0)).all() and len(t) > 0
+        unknown = int(((k["level0"] < 0) | (k["level1"] < 0)).sum())
+        assert drop["dropped_incomplete"][s] == unknown > 0
+        assert drop["splits"][s]["rows"] == len(k) - unknown
+    t = pq.read_table(tmp_path / "drop" / "index.parquet").to_pandas()
+    kept = t[t["landmark_id"] == int(hier.loc[half, "landmark_id"])]
+    assert len(kept) > 0 and (kept["level2"] == -1).all() and not kept["hierarchy_complete"].any()
     assert drop["splits"]["train"]["rows"] == keep["splits"]["train"]["rows"]  # train is kept whole
-    assert "dropped" in res.stdout
+    assert "whose landmark or cluster is unknown" in res.stdout
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from test_metrics_oracle import ranking
 
 from hglv2.errors import InputError
-from hglv2.metrics.revisited import load_gnd_json, revisited_map
+from hglv2.metrics.revisited import load_gnd_json, ranking_from_scores, revisited_map
 
 
 def oracle(scores_row, ok, junk, kappas):
@@ -97,3 +98,19 @@ def test_load_gnd_json(tmp_path):
         load_gnd_json(p)
     with pytest.raises(InputError, match="no such file"):
         load_gnd_json(tmp_path / "nope.json")
+
+
+def test_float64_scores_closer_than_float32_keep_their_order():
+    # 1 + 1e-12 and 1 + 2e-12 are one float32 value (1.0): in float32 they tie and go by index
+    scores = np.array([[1.0 + 1e-12, 1.0 + 2e-12, 1.0, 0.5]])
+    assert np.float32(scores[0, 0]) == np.float32(scores[0, 1]) == np.float32(scores[0, 2])
+    assert ranking_from_scores(scores).tolist() == [[1, 0, 2, 3]]
+    assert ranking_from_scores(torch.from_numpy(scores)).tolist() == [[1, 0, 2, 3]]
+    assert ranking_from_scores(scores.astype(np.float32)).tolist() == [[0, 1, 2, 3]]
+    # equal float64 scores tie, by gallery index
+    assert ranking_from_scores(np.array([[0.3, 0.7, 0.3, 0.7]])).tolist() == [[1, 3, 0, 2]]
+    # the positive 1 ranks first only in float64: AP 1 (in float32 item 0 comes first: AP 1/4)
+    res = revisited_map(scores, [{"easy": [1], "hard": [], "junk": []}], kappas=(1,))
+    assert res["mAP_easy"] == 1.0 and res["mP@1_easy"] == 1.0
+    res32 = revisited_map(scores.astype(np.float32), [{"easy": [1], "hard": [], "junk": []}], kappas=(1,))
+    assert res32["mAP_easy"] == 0.25

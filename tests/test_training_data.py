@@ -94,7 +94,7 @@ def test_eval_transform_equals_resize_and_center_crop():
 
 def test_jpeg_draft_decodes_at_reduced_scale_close_to_a_full_decode():
     data = _jpeg_bytes(_smooth(640, 480, seed=4), quality=95)
-    tf = ImageTransform(64, resize=64)
+    tf = ImageTransform(64, resize=64, draft=True)
     img, k = tf._decode(_open(data), (480, 480), 64)
     assert k == 4 and img.size == (160, 120)  # 480 / 4 = 120 >= 64 > 480 / 8
     img, k = tf._decode(_open(data), (100, 100), 64)  # region too small for 1/2: full decode
@@ -105,7 +105,7 @@ def test_jpeg_draft_decodes_at_reduced_scale_close_to_a_full_decode():
     assert a.shape == b.shape == (3, 64, 64)
     assert (a - b).abs().mean() < 1.0 and (a - b).abs().max() < 8
     # training crops: same crop geometry with and without draft, values close
-    tr, tr_full = ImageTransform(64, augment=True), ImageTransform(64, augment=True, draft=False)
+    tr, tr_full = ImageTransform(64, augment=True, draft=True), ImageTransform(64, augment=True)
     diffs = []
     for seed in range(20):
         a = tr(_open(data), torch.Generator().manual_seed(seed)).float()

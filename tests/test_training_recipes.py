@@ -343,7 +343,13 @@ def test_per_group_learning_rates_and_sgd_nesterov():
 
 def test_schedules_absolute_floor_multistep_and_freeze_hold():
     model = _tiny()
-    cfg = _cfg(optimizer__lr=1e-5, optimizer__head_lr=2e-5, schedule__min_lr=1e-6, schedule__warmup_steps=0)
+    cfg = _cfg(
+        optimizer__lr=1e-5,
+        optimizer__head_lr=2e-5,
+        schedule__min_lr=1e-6,
+        schedule__warmup_steps=0,
+        schedule__interval="step",
+    )
     opt = model_optimizer(cfg, model)
     sch = build_scheduler(cfg, opt, total_steps=10, steps_per_epoch=2)
     lrs = []
@@ -357,7 +363,12 @@ def test_schedules_absolute_floor_multistep_and_freeze_hold():
     # multistep: milestones in steps for lr_factor, in epochs in the config (2 steps per epoch here)
     f = [lr_factor(s, 20, 0, "multistep", milestones=[4, 8], gamma=0.1) for s in range(10)]
     assert f == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
-    cfg = _cfg(schedule__kind="multistep", schedule__milestones=[2, 4], schedule__warmup_steps=0)
+    cfg = _cfg(
+        schedule__kind="multistep",
+        schedule__milestones=[2, 4],
+        schedule__warmup_steps=0,
+        schedule__interval="step",
+    )
     opt = model_optimizer(cfg, model)
     sch = build_scheduler(cfg, opt, total_steps=10, steps_per_epoch=2)
     got = []

@@ -8,6 +8,10 @@
   holds ``gnd_<name>.pkl`` and ``jpg/``), Medium and Hard mAP.
 * ``--checkpoint ... --landmark-table --roxford DIR --rparis DIR --gldv2 DIR``: the paper's
   landmark table (ROxf-M/H, RPar-M/H, GLDv2 mAP@100, H-AP, ASI, NDCG).
+
+Each mode also takes a checkpoint saved by the authors' code: ``--checkpoint FILE --from suprank
+--recipe NAME`` (their ``net_state`` in the model of recipe NAME; :mod:`hglv2.evaluation.suprank`
+documents the layout).
 """
 
 from __future__ import annotations
@@ -25,6 +29,18 @@ _PATH = click.Path(path_type=Path)
 OPTIONS = [
     click.option("--checkpoint", type=_PATH, help="A run folder of `hglv2 train` or a checkpoint file."),
     click.option("--config", "ckpt_config", type=_PATH, help="The run's config (default: found beside it)."),
+    click.option(
+        "--from",
+        "source",
+        type=click.Choice(["hglv2", "suprank"]),
+        default="hglv2",
+        show_default=True,
+        help="Who saved --checkpoint: `hglv2 train`, or the authors' SupRank code (needs --recipe).",
+    ),
+    click.option(
+        "--recipe",
+        help="With --from suprank: the recipe (shipped name or YAML) whose model saved the checkpoint.",
+    ),
     click.option("--data", type=_PATH, help="Split folder, or the Revisited Oxford/Paris folder."),
     click.option("--query", "query_split", help="Query split (default: query, test or val)."),
     click.option("--gallery", "gallery_split", help="Gallery split (default: index after query; else none)."),
@@ -83,6 +99,9 @@ def run_checkpoint(
         num_workers=p["num_workers"],
         amp=p["amp"],
     )
+    loaded = _authors_model(p)
+    if loaded is not None:
+        common["model_and_config"] = loaded
     if p["landmark_table"]:
         missing = [o for o in ("roxford", "rparis", "gldv2") if p[o] is None]
         if missing:
@@ -129,3 +148,19 @@ def run_checkpoint(
             shown = "  ".join(f"{k} {100 * r[k]:.2f}" for k in ("AP_level0", "R@1_level0", "ASI") if k in r)
             say(f"{name:>7}: {shown}")
     return {"mode": "checkpoint", "checkpoint": str(ckpt), "data": str(p["data"]), **res}
+
+
+def _authors_model(p: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """The model of ``--from suprank`` (their checkpoint in the recipe's model), else None."""
+    if p["source"] != "suprank":
+        if p["recipe"] is not None:
+            raise InputError("--recipe goes with --from suprank (a run of `hglv2 train` carries its config)")
+        return None
+    if p["recipe"] is None:
+        raise InputError("--from suprank needs --recipe NAME: the recipe whose model saved the checkpoint")
+    if p["ckpt_config"] is not None:
+        raise InputError("--from suprank takes --recipe, not --config")
+    from hglv2.evaluation.suprank import load_suprank_model
+    from hglv2.models import resolve_device
+
+    return load_suprank_model(p["checkpoint"], p["recipe"], resolve_device(p["embed_device"]))

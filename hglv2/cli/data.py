@@ -59,8 +59,8 @@ def command_line(ctx: click.Context) -> list[str]:
 @click.option(
     "--drop-incomplete",
     is_flag=True,
-    help="Drop index and query rows whose hierarchy is incomplete (the authors' evaluation set); "
-    "default: keep them, flagged. Counts go to the manifest.",
+    help="Drop index and query rows whose landmark or cluster is unknown (the authors' evaluation "
+    "set, their remove_nan); default: keep them, flagged. Counts go to the manifest.",
 )
 @click.option(
     "--mixed-ground-truth",
@@ -100,7 +100,7 @@ def export(
         for name, info in manifest["splits"].items()
     ]
     lines += [
-        f"{name:10s} dropped {n:,d} rows with an incomplete hierarchy"
+        f"{name:10s} dropped {n:,d} rows whose landmark or cluster is unknown"
         for name, n in manifest["dropped_incomplete"].items()
     ]
     return Output(manifest, [*lines, f"wrote {out_dir}/manifest.json and README.md"])

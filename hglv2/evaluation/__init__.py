@@ -5,6 +5,8 @@
 - :mod:`hglv2.evaluation.embed`: the one embedder of a dataset (progress bar, AMP and
   channels-last on CUDA, finite check), used here and by the trainer, and image lists with
   optional crops (Revisited Oxford/Paris queries);
+- :mod:`hglv2.evaluation.suprank`: a checkpoint saved by the authors' code (SupRank) -> the
+  model of a recipe (``--from suprank --recipe NAME``; the key layout is documented there);
 - :mod:`hglv2.evaluation.protocols`: the split protocol (``--data DIR --query --gallery``), the
   Revisited Oxford/Paris protocol (``--protocol roxford5k|rparis6k``) and the paper's landmark
   table.
@@ -13,6 +15,7 @@
 from hglv2.evaluation.checkpoint import load_trained_model
 from hglv2.evaluation.embed import ImageList, embed_images
 from hglv2.evaluation.protocols import evaluate_revisited, evaluate_splits, landmark_table
+from hglv2.evaluation.suprank import load_suprank_model
 
 __all__ = [
     "ImageList",
@@ -20,5 +23,6 @@ __all__ = [
     "evaluate_revisited",
     "evaluate_splits",
     "landmark_table",
+    "load_suprank_model",
     "load_trained_model",
 ]

@@ -332,11 +332,12 @@ def landmark_table(
     amp: bool = True,
     progress: bool = True,
     hap_convention: str = "hglv2",
+    model_and_config: tuple[torch.nn.Module, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The paper's landmark table for one checkpoint (module docstring), fractions (x100 in the paper)."""
 
     dev = resolve_device(device)
-    loaded = load_trained_model(checkpoint, dev, config)
+    loaded = model_and_config or load_trained_model(checkpoint, dev, config)
     common = dict(device=device, batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress)
     ox = evaluate_revisited(None, roxford, "roxford5k", imsize=imsize, model_and_config=loaded, **common)
     pa = evaluate_revisited(None, rparis, "rparis6k", imsize=imsize, model_and_config=loaded, **common)

@@ -34,9 +34,10 @@ queries in the manifest (``query_ground_truth``). A query none of whose images h
 -1. So each query and its ground-truth index images carry the same labels at every level.
 
 **The authors' evaluation set.** ``drop_incomplete=True`` removes index and query rows whose
-hierarchy is incomplete (the authors drop rows whose cluster is unknown: ``remove_nan`` in
-``suprank/datasets/gldv2.py``); the counts are in the manifest (``dropped_incomplete``). By default
-such rows are kept and flagged.
+landmark or cluster (``level1``) is unknown, as the authors' ``remove_nan``
+(``suprank/datasets/gldv2.py``) drops rows whose cluster is NaN; a row with a known cluster but no
+``natural_or_human_made`` is kept (``hierarchy_complete`` false), as there. The counts are in the
+manifest (``dropped_incomplete``). By default such rows are kept and flagged.
 
 **Hierarchy join.** :class:`HierarchyIndex` joins the hierarchy rows of one numbering (a combined
 table: :func:`hglv2.splits.combine_hierarchies`). Coarse level ids are dense in the sorted order of
@@ -375,7 +376,7 @@ def split_tables(
             ids, lids = rows[s](files)
             t = index.join(ids, lids)
         if drop_incomplete and s in ("index", "query"):
-            keep = t["hierarchy_complete"]
+            keep = pc.and_(pc.greater_equal(t["level0"], 0), pc.greater_equal(t["level1"], 0))
             dropped[s] = t.num_rows - int(pc.sum(keep).as_py() or 0)
             t = t.filter(keep)
         tables[s] = t

@@ -225,10 +225,22 @@ def load_gnd_json(path: str | os.PathLike[str], n_gallery: int | None = None) ->
 
 
 def ranking_from_scores(scores) -> np.ndarray:
-    """(Q, N) scores -> (Q, N) gallery indices in ranked order (decreasing score, ties by index)."""
-    s = torch.as_tensor(np.asarray(scores, dtype=np.float32))
-    if s.ndim != 2:
-        raise ValueError(f"scores must be (Q, N), got {tuple(s.shape)}")
+    """(Q, N) scores -> (Q, N) gallery indices in ranked order (decreasing score, ties by index).
+
+    Scores are ranked in their own precision: float64 scores (numpy float64 arrays, float64
+    tensors, Python floats) with a stable sort of the float64 values, so two scores tie only
+    when their float64 values are equal, as in the official code (``np.argsort(-sim)``, which
+    orders ties arbitrarily; here by index); NaN scores come last. Float32 (or lower) scores are
+    ranked as float32 through the fused sort keys of :func:`hglv2.metrics.ranking.order_keys`.
+    """
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu().numpy()
+    arr = np.asarray(scores)
+    if arr.ndim != 2:
+        raise ValueError(f"scores must be (Q, N), got {arr.shape}")
+    if arr.dtype == np.float64 or arr.dtype.kind in "iu":
+        return np.argsort(-arr.astype(np.float64), axis=1, kind="stable")
+    s = torch.as_tensor(arr.astype(np.float32, copy=False))
     keys = torch.sort(order_keys(s), dim=1).values
     return (keys & ((1 << 32) - 1)).numpy()
 
@@ -261,7 +273,8 @@ def revisited_map(
     """mAP and mP@k for the easy / medium / hard setups.
 
     Args:
-        scores: (Q, N) query-gallery similarities (higher = more similar).
+        scores: (Q, N) query-gallery similarities (higher = more similar); float64 scores are
+            ranked in float64, float32 scores in float32 (:func:`ranking_from_scores`).
         gnd: per query, a dict with lists of gallery indices ``easy``, ``hard``, ``junk``.
         kappas: the k of mP@k.
         reduce: True -> means + ``n_skipped_{setup}``; False -> per-query arrays (NaN = skipped).

@@ -8,10 +8,10 @@ parameters changed); :func:`build_dataset` opens a split with the config's
 ``seed`` (no global RNG involved), and :func:`hash_seed` derives those seeds from (run seed,
 epoch, position in the epoch).
 
-The data path is built for throughput (the transforms of :mod:`hglv2.transforms` decode at a
-reduced JPEG scale and give uint8 items); :class:`EpochBatches` chains the epochs so one
-``DataLoader`` (its workers and its prefetch queue) serves the whole run, with no pipeline restart
-at each epoch boundary.
+The data path is built for throughput (the transforms of :mod:`hglv2.transforms` give uint8
+items, and decode at a reduced JPEG scale with ``data.decode: draft``); :class:`EpochBatches`
+chains the epochs so one ``DataLoader`` (its workers and its prefetch queue) serves the whole
+run, with no pipeline restart at each epoch boundary.
 """
 
 from __future__ import annotations
@@ -134,13 +134,16 @@ def build_batch_sampler(
 ) -> MPerClassBatchSampler | HierarchicalBatchSampler:
     """The configured batch sampler over the training labels (N, L).
 
-    Rows with an unknown level (-1, an incomplete hierarchy) are left out of training: a rank loss
-    would otherwise take two unknown clusters for the same one.
+    Rows whose class (column 0) or cluster (column 1) is unknown (-1) are left out of training, as
+    the authors' ``remove_nan`` does (``suprank/datasets/gldv2.py``: rows whose cluster is NaN);
+    rows with a known cluster but an unknown coarser level are kept, and their unknown level is
+    one shared value, as in the authors' labels.
     """
     s = cfg["sampler"]
     masked = np.array(labels, dtype=np.int64, copy=True)
-    incomplete = (masked < 0).any(axis=1)
-    masked[incomplete] = -1
+    if masked.ndim == 1:
+        masked = masked[:, None]
+    masked[unknown_cluster(masked)] = -1
     try:
         if s["kind"] == "hierarchical":
             return HierarchicalBatchSampler(
@@ -152,6 +155,7 @@ def build_batch_sampler(
                 ignore_label=-1,
                 max_per_class=s.get("max_per_class"),
                 batches_per_super_tuple=s.get("batches_per_super_tuple"),
+                top_up=s.get("top_up", False),
             )
         return MPerClassBatchSampler(
             masked,
@@ -160,9 +164,17 @@ def build_batch_sampler(
             seed=seed,
             ignore_label=-1,
             max_per_class=s.get("max_per_class"),
+            top_up=s.get("top_up", False),
         )
     except ValueError as exc:
         raise InputError(f"sampler: {exc}") from None
+
+
+def unknown_cluster(labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows of (N, L) labels whose class (column 0) or cluster (column 1, when L >= 2)
+    is unknown (< 0): the rows the authors' ``remove_nan`` drops."""
+    lab = np.asarray(labels)
+    return (lab[:, : min(lab.shape[1], 2)] < 0).any(axis=1)
 
 
 class BatchList(torch.utils.data.Sampler):

@@ -18,6 +18,14 @@ with ``r`` = ``schedule.min_lr / lr`` of the group when ``schedule.min_lr`` is g
 absolute ``eta_min``), else ``schedule.min_lr_ratio``; ``constant``: f = 1 after the warm-up;
 ``multistep``: f = gamma^(number of milestones m with s' >= m * steps per epoch). The learning
 rate of a group is ``lr * f(s)`` (:class:`torch.optim.lr_scheduler.LambdaLR`, one lambda per group).
+
+``schedule.interval: epoch`` (the authors': ``CosineAnnealingLR(T_max=max_iter)`` stepped once at
+the end of each epoch, and not at the end of the backbone-freeze warm-up epochs) evaluates the
+same formula with ``s`` = the number of epochs after the warm-up that are complete, ``T`` = the
+number of epochs (``train.epochs``), ``w`` = ``h`` = 0: the learning rate is constant within an
+epoch, and after ``h`` warm-up epochs the last epoch runs at ``f(T - h - 1)``, above the floor,
+as theirs (the default). ``schedule.interval: step`` moves the learning rate at every step, over
+the steps after the warm-up, down to the floor.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ __all__ = [
     "decomposability_optimizer",
     "lr_factor",
     "model_optimizer",
+    "steps_per_epoch_end",
 ]
 
 
@@ -128,11 +137,17 @@ def build_scheduler(
 
     ``min_lr``: the cosine floor of this optimizer as an absolute learning rate (default
     ``schedule.min_lr``; None: ``schedule.min_lr_ratio`` of each group's learning rate).
+    With ``schedule.interval: epoch`` the scheduler is to be stepped once per epoch after the
+    warm-up epochs (:func:`steps_per_epoch_end`), else once per step.
     """
     sch, t = cfg["schedule"], cfg["train"]
     floor = sch["min_lr"] if min_lr is None else min_lr
-    hold = t["freeze_backbone_epochs"] * steps_per_epoch
-    milestones = [m * steps_per_epoch for m in sch["milestones"]]
+    if sch.get("interval", "step") == "epoch":
+        total_steps = t["epochs"] if t["steps"] is None else -(-t["steps"] // max(steps_per_epoch, 1))
+        hold, warmup, milestones = 0, 0, list(sch["milestones"])
+    else:
+        hold, warmup = t["freeze_backbone_epochs"] * steps_per_epoch, sch["warmup_steps"]
+        milestones = [m * steps_per_epoch for m in sch["milestones"]]
     lambdas: list[Callable[[int], float]] = []
     for group in optimizer.param_groups:
         ratio = sch["min_lr_ratio"] if floor is None else min(floor / group["lr"], 1.0)
@@ -140,7 +155,7 @@ def build_scheduler(
             partial(
                 lr_factor,
                 total=total_steps,
-                warmup=sch["warmup_steps"],
+                warmup=warmup,
                 kind=sch["kind"],
                 min_ratio=ratio,
                 milestones=milestones,
@@ -149,6 +164,16 @@ def build_scheduler(
             )
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def steps_per_epoch_end(cfg: dict[str, Any], epochs_done: int) -> bool:
+    """Whether the schedulers step at the end of epoch ``epochs_done`` (1-based): with
+    ``schedule.interval: epoch``, after every epoch past the backbone-freeze warm-up (the authors'
+    ``suprank/engine/train.py``)."""
+    return (
+        cfg["schedule"].get("interval", "step") == "epoch"
+        and epochs_done > cfg["train"]["freeze_backbone_epochs"]
+    )
 
 
 def criterion_optimizer(cfg: dict[str, Any], criterion: nn.Module) -> torch.optim.Optimizer | None:

@@ -38,7 +38,13 @@ from hglv2.train.data import (
 )
 from hglv2.train.gradcache import grad_cache_backward
 from hglv2.train.memory import build_memory_bank
-from hglv2.train.optim import build_scheduler, criterion_optimizer, decomposability_optimizer, model_optimizer
+from hglv2.train.optim import (
+    build_scheduler,
+    criterion_optimizer,
+    decomposability_optimizer,
+    model_optimizer,
+    steps_per_epoch_end,
+)
 from hglv2.transforms import to_model_input
 
 __all__ = ["Trainer", "batch_gap", "seed_everything", "train"]
@@ -467,12 +473,14 @@ class Trainer:
         if self.crit_optimizer is not None:
             self.scaler.step(self.crit_optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        if self.dec_scheduler is not None:
-            self.dec_scheduler.step()
-        if self.crit_scheduler is not None:
-            self.crit_scheduler.step()
+        if self.cfg["schedule"]["interval"] == "step":
+            self._step_schedulers()
         return out
+
+    def _step_schedulers(self) -> None:
+        for sch in (self.scheduler, self.dec_scheduler, self.crit_scheduler):
+            if sch is not None:
+                sch.step()
 
     def test_sets(self) -> list[dict[str, Any]]:
         """The evaluation sets: ``data.test_sets``, else one (``query_split``, ``index_split``)."""
@@ -694,6 +702,8 @@ class Trainer:
             if epoch_done:
                 self.epoch += 1
                 self.batch_in_epoch = 0
+                if steps_per_epoch_end(self.cfg, self.epoch):
+                    self._step_schedulers()
             if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
                 elapsed = time.perf_counter() - t_start
                 rec = {
