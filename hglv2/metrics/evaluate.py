@@ -42,7 +42,7 @@ MAP_AT = 100  # GLDv2 retrieval metric
 BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
 TOP_K_BYTES_PER_SCORE = 8  # top-k mode on CPU: sets the query chunk (the scores are computed in tiles)
 KEY_LOW_BITS = 32  # index + match mask must fit the low half of a sort key (else: plain keys + gather)
-TOP_K_TILE_BYTES = 64 << 20  # top-k mode on CPU: the reused score tile (columns of a query chunk)
+TOP_K_TILE_BYTES = 4 << 20  # top-k mode on CPU: the reused score tile (columns of a query chunk)
 NAN_SCORES = "scores contain NaN (with finite embeddings: the dot products overflowed)"
 NO_POSITIVE_POLICIES = ("skip", "zero")  # queries with an undefined value: left out of a mean, or scored 0
 
