@@ -32,6 +32,9 @@ import numpy as np
 
 HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"rows": 50_000, "landmarks": 5_000, "images": 100}
+
 
 def hex_ids(values: np.ndarray) -> np.ndarray:
     """uint64 (N,) -> 16-character lowercase hex strings as an ``S16`` array."""
@@ -247,7 +250,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1500, help="JPEGs for the Dataset throughput")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)

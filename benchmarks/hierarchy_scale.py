@@ -50,10 +50,9 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "pipelines"))
 
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-from make_sample import (  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import (  # noqa: E402
     CATEGORY_ITEM,
     CLASS_REDIRECTS,
     KINDS,
@@ -73,6 +72,9 @@ LM_BASE, CAT_BASE, OLD_BASE = 1_000_000_000, 1_400_000_000, 1_800_000_000
 
 
 # ------------------------------------------------------------------------------------------ world
+
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"scale": 0.001, "latency": 0.002}
 
 
 def build_classes(n_classes: int, rng: random.Random) -> tuple[dict[str, dict], dict[str, str], list[str]]:
@@ -404,6 +406,28 @@ def killed_run(work: Path, data: Path, srv: FakeWikidata, kill_at: int) -> dict:
     }
 
 
+def _print_stages(rows: list[dict]) -> int:
+    """The clean run's table, stage by stage; returns its total number of requests."""
+    total = sum(r["requests"] for r in rows)
+    print("1. clean run, stage by stage (make -f pipelines/hierarchy.mk ONLINE=1 <target>)")
+    print(
+        f"  {'stage':8s} {'wall s':>8s} {'cpu s':>7s} {'requests':>9s} {'peak RSS MiB':>13s} "
+        f"{'cache MiB':>10s}  kinds"
+    )
+    for r in rows:
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(r["kinds"].items()))
+        print(
+            f"  {r['stage']:8s} {r['wall_s']:8.1f} {r['cpu_s']:7.1f} {r['requests']:9,d} "
+            f"{r['maxrss_mib']:13.0f} {r['cache_mib']:10.1f}  {kinds}"
+        )
+    wall = sum(r["wall_s"] for r in rows)
+    print(
+        f"  total    {wall:8.1f} {sum(r['cpu_s'] for r in rows):7.1f} {total:9,d} "
+        f"{max(r['maxrss_mib'] for r in rows):13.0f} {rows[-1]['cache_mib']:10.1f}"
+    )
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=0.02, help="fraction of the release size")
@@ -411,7 +435,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args()
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -436,23 +464,7 @@ def main() -> None:
             srv = _LatencyServer(raw, args.latency)
             srv.on_request = None  # the latency alone
             rows, clean_out = clean_run(work, work / "data", srv, cw)
-            total = sum(r["requests"] for r in rows)
-            print("1. clean run, stage by stage (make -f pipelines/hierarchy.mk ONLINE=1 <target>)")
-            print(
-                f"  {'stage':8s} {'wall s':>8s} {'cpu s':>7s} {'requests':>9s} {'peak RSS MiB':>13s} "
-                f"{'cache MiB':>10s}  kinds"
-            )
-            for r in rows:
-                kinds = ", ".join(f"{k}={v}" for k, v in sorted(r["kinds"].items()))
-                print(
-                    f"  {r['stage']:8s} {r['wall_s']:8.1f} {r['cpu_s']:7.1f} {r['requests']:9,d} "
-                    f"{r['maxrss_mib']:13.0f} {r['cache_mib']:10.1f}  {kinds}"
-                )
-            wall = sum(r["wall_s"] for r in rows)
-            print(
-                f"  total    {wall:8.1f} {sum(r['cpu_s'] for r in rows):7.1f} {total:9,d} "
-                f"{max(r['maxrss_mib'] for r in rows):13.0f} {rows[-1]['cache_mib']:10.1f}"
-            )
+            total = _print_stages(rows)
 
             kill = killed_run(work, work / "data", srv, total // 2)
         same = (kill["out"] / "hierarchy.parquet").read_bytes() == (

@@ -12,7 +12,7 @@ Run (not part of CI):  OMP_NUM_THREADS=2 python benchmarks/losses_speed.py [--ta
 
 ``--ratios`` measures SupAP, SupHAP and SupNDCG side by side at B = 256, 1024, 4096 (forward +
 backward, fresh subprocess each, time and peak RSS growth) with the compiled CPU kernels ("hglv2")
-and with the chunked torch path ("torch": the previous implementation, still the CUDA path; at
+and with the chunked torch path ("torch": the path CUDA tensors take; at
 B = 4096 only with ``--full``, minutes per step), and prints SupHAP/SupAP and SupNDCG/SupAP.
 
 Peak memory is the growth of the peak resident set size (VmHWM, reset just before) of a fresh
@@ -56,6 +56,10 @@ def _tau_sigmoid(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _heaviside(t: torch.Tensor) -> torch.Tensor:
     return torch.heaviside(t, values=torch.tensor(1.0, dtype=t.dtype))
+
+
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"table_only": True}
 
 
 def _dense_step_rank(tens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -237,7 +241,11 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true", help="only the B = 256 comparison")
     ap.add_argument("--ratios", action="store_true", help="SupHAP/SupNDCG vs SupAP at B = 256, 1024, 4096")
     ap.add_argument("--thread-check", action="store_true", help="step-time spread vs threads/OpenMP wait")
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     a = ap.parse_args()
+    if a.quick:
+        ap.set_defaults(**QUICK)
+        a = ap.parse_args()
     if a.child:
         impl, loss, B, rep = a.child
         print(json.dumps(run_one(impl, loss, int(B), int(rep))))

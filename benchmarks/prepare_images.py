@@ -2,7 +2,7 @@
 
 1. Preparation, images/s per core: generated official-shaped tar shards (``images_NNN.tar``,
    members ``a/b/c/<id>.jpg``; default 800x600 JPEGs of ~100-150 KB, the GLDv2 average being
-   ~120 KB) re-encoded to ``--max-side`` by ``hglv2.images.prepare_images`` with one worker,
+   ~120 KB) re-encoded to ``--max-side`` by ``hglv2.reencode.prepare_images`` with one worker,
    beside a plain PIL loop doing the same per image without draft mode (full decode, bicubic
    resize, same JPEG settings), in the same run; then with ``--jobs`` workers for the scaling.
 2. Training data-loader throughput before/after: ``HGLDv2Dataset`` over the official-sized shards
@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"images": 40, "per_shard": 20}
 
 
 def _photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -69,7 +72,7 @@ def plain_pil_loop(source: Path, max_side: int, quality: int) -> float:
     """The peer: same output per image without draft mode, one process; returns images/s."""
     from PIL import Image
 
-    from hglv2.images import target_size
+    from hglv2.reencode import target_size
 
     count, t0 = 0, time.perf_counter()
     for shard in sorted(source.glob("*.tar")):
@@ -88,10 +91,10 @@ def plain_pil_loop(source: Path, max_side: int, quality: int) -> float:
 
 
 def draft_effect(size: tuple[int, int], max_side: int, quality: int, n: int = 20) -> tuple[float, float]:
-    """images/s of a full decode + resize vs :func:`hglv2.images.resize_image` on 2x-sized JPEGs."""
+    """images/s of a full decode + resize vs :func:`hglv2.reencode.resize_image` on 2x-sized JPEGs."""
     from PIL import Image
 
-    from hglv2.images import PrepareSettings, resize_image, target_size
+    from hglv2.reencode import PrepareSettings, resize_image, target_size
 
     rng = np.random.default_rng(1)
     datas = []
@@ -146,13 +149,94 @@ def loader_throughput(split: Path, roots: dict[str, Path], workers: int, rounds:
     return best
 
 
-def main() -> None:
+def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[int, ...]) -> None:
+    """1. prepare-images with one worker against the plain PIL loop, then with ``--jobs`` workers."""
+    from hglv2.reencode import prepare_images
+
+    print(f"1. preparation to max side {args.max_side} (quality {args.quality}), best of 3 rounds")
+    prepare_images(  # warm-up: imports and first-use costs are not the steady state
+        work / "train", work / "warm", max_side=args.max_side, shards=["images_000.tar"], progress=False
+    )
+    n_img = len(ids)
+    peer, one = 0.0, {"images_per_s": 0.0, "worker_seconds": float("inf")}
+    for r in range(3):  # interleaved: the machine's load changes under us
+        peer = max(peer, plain_pil_loop(work / "train", args.max_side, args.quality))
+        res = prepare_images(
+            work / "train",
+            work / f"p1_{r}",
+            max_side=args.max_side,
+            quality=args.quality,
+            jobs=1,
+            progress=False,
+        )
+        one = min(one, res, key=lambda x: x["worker_seconds"])
+    os.replace(work / "p1_0", work / "p1")
+    par = prepare_images(
+        work / "train",
+        work / "pj",
+        max_side=args.max_side,
+        quality=args.quality,
+        jobs=args.jobs,
+        progress=False,
+    )
+    same = all(
+        (work / "p1" / p.name).read_bytes() == p.read_bytes() for p in sorted((work / "pj").glob("*.tar"))
+    )
+    per_core = n_img / one["worker_seconds"]  # inside the shard loop: no start-up, no summary files
+    print(f"  plain PIL loop, no draft (peer)    {peer:8.1f} images/s per core")
+    print(
+        f"  hglv2 prepare-images --jobs 1      {per_core:8.1f} images/s per core in the shard loop "
+        f"(ratio {per_core / peer:.2f}x); {one['images_per_s']:.1f}/s for the whole call"
+    )
+    print(
+        f"  hglv2 prepare-images --jobs {args.jobs}      {par['images_per_s']:8.1f} images/s, whole "
+        f"call (x{par['images_per_s'] / one['images_per_s']:.2f}; worker start-up included); "
+        f"bytes identical to --jobs 1: {same}"
+    )
+    print(
+        f"  output {one['bytes_out'] / len(ids) / 1e3:.0f} KB/image (tar), "
+        f"{one['bytes_out'] / nbytes:.2f} of the source bytes; projected for 4,132,914 train images: "
+        f"{4_132_914 / per_core / 3600:.1f} core-hours"
+    )
+    d_peer, d_ours = draft_effect(size, args.max_side, args.quality)
+    print(
+        f"  draft mode on {2 * size[0]}x{2 * size[1]} sources (libjpeg decodes at 1/2): resize_image "
+        f"{d_ours:.1f} vs full decode {d_peer:.1f} images/s per core, ratio {d_ours / d_peer:.2f}x"
+    )
+
+
+def _section_loader(args, work: Path, ids: list[str], size: tuple[int, ...]) -> None:
+    """2. the training data loader over the official-sized shards and over the prepared ones."""
     import pyarrow as pa
 
     from hglv2.fileio import write_parquet
-    from hglv2.images import prepare_images
     from hglv2.schema import image_relpath
 
+    n = len(ids)
+    write_parquet(
+        pa.table(
+            {
+                "id": ids,
+                "path": [image_relpath(i) for i in ids],
+                "level0": pa.array(np.arange(n) % 50),
+                "level1": pa.array(np.arange(n) % 5),
+                "level2": pa.array(np.arange(n) % 2),
+            }
+        ),
+        work / "split.parquet",
+    )
+    print(f"2. training data loader (RandomResizedCrop 224, batch 64, {args.workers} workers, best of 3)")
+    best = loader_throughput(
+        work / "split.parquet", {"official": work / "train", "prepared": work / "p1"}, args.workers
+    )
+    print(f"  official-sized shards ({size[0]}x{size[1]})    {best['official']:8.1f} images/s")
+    print(
+        f"  prepared shards (max side {args.max_side})   {best['prepared']:8.1f} images/s   "
+        f"ratio {best['prepared'] / best['official']:.2f}x"
+    )
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--size", default="800x600", help="WxH of the generated official-sized JPEGs")
@@ -162,7 +246,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="workers for the scaling run")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -174,78 +262,8 @@ def main() -> None:
             f"generated {len(ids)} JPEGs {size[0]}x{size[1]} in {len(list((work / 'train').glob('*.tar')))} "
             f"shards, mean {nbytes / len(ids) / 1e3:.0f} KB"
         )
-        print(f"1. preparation to max side {args.max_side} (quality {args.quality}), best of 3 rounds")
-        prepare_images(  # warm-up: imports and first-use costs are not the steady state
-            work / "train", work / "warm", max_side=args.max_side, shards=["images_000.tar"], progress=False
-        )
-        n_img = len(ids)
-        peer, one = 0.0, {"images_per_s": 0.0, "worker_seconds": float("inf")}
-        for r in range(3):  # interleaved: the machine's load changes under us
-            peer = max(peer, plain_pil_loop(work / "train", args.max_side, args.quality))
-            res = prepare_images(
-                work / "train",
-                work / f"p1_{r}",
-                max_side=args.max_side,
-                quality=args.quality,
-                jobs=1,
-                progress=False,
-            )
-            one = min(one, res, key=lambda x: x["worker_seconds"])
-        os.replace(work / "p1_0", work / "p1")
-        par = prepare_images(
-            work / "train",
-            work / "pj",
-            max_side=args.max_side,
-            quality=args.quality,
-            jobs=args.jobs,
-            progress=False,
-        )
-        same = all(
-            (work / "p1" / p.name).read_bytes() == p.read_bytes() for p in sorted((work / "pj").glob("*.tar"))
-        )
-        per_core = n_img / one["worker_seconds"]  # inside the shard loop: no start-up, no summary files
-        print(f"  plain PIL loop, no draft (peer)    {peer:8.1f} images/s per core")
-        print(
-            f"  hglv2 prepare-images --jobs 1      {per_core:8.1f} images/s per core in the shard loop "
-            f"(ratio {per_core / peer:.2f}x); {one['images_per_s']:.1f}/s for the whole call"
-        )
-        print(
-            f"  hglv2 prepare-images --jobs {args.jobs}      {par['images_per_s']:8.1f} images/s, whole "
-            f"call (x{par['images_per_s'] / one['images_per_s']:.2f}; worker start-up included); "
-            f"bytes identical to --jobs 1: {same}"
-        )
-        print(
-            f"  output {one['bytes_out'] / len(ids) / 1e3:.0f} KB/image (tar), "
-            f"{one['bytes_out'] / nbytes:.2f} of the source bytes; projected for 4,132,914 train images: "
-            f"{4_132_914 / per_core / 3600:.1f} core-hours"
-        )
-        d_peer, d_ours = draft_effect(size, args.max_side, args.quality)
-        print(
-            f"  draft mode on {2 * size[0]}x{2 * size[1]} sources (libjpeg decodes at 1/2): resize_image "
-            f"{d_ours:.1f} vs full decode {d_peer:.1f} images/s per core, ratio {d_ours / d_peer:.2f}x"
-        )
-        n = len(ids)
-        write_parquet(
-            pa.table(
-                {
-                    "id": ids,
-                    "path": [image_relpath(i) for i in ids],
-                    "level0": pa.array(np.arange(n) % 50),
-                    "level1": pa.array(np.arange(n) % 5),
-                    "level2": pa.array(np.arange(n) % 2),
-                }
-            ),
-            work / "split.parquet",
-        )
-        print(f"2. training data loader (RandomResizedCrop 224, batch 64, {args.workers} workers, best of 3)")
-        best = loader_throughput(
-            work / "split.parquet", {"official": work / "train", "prepared": work / "p1"}, args.workers
-        )
-        print(f"  official-sized shards ({size[0]}x{size[1]})    {best['official']:8.1f} images/s")
-        print(
-            f"  prepared shards (max side {args.max_side})   {best['prepared']:8.1f} images/s   "
-            f"ratio {best['prepared'] / best['official']:.2f}x"
-        )
+        _section_prepare(args, work, ids, nbytes, size)
+        _section_loader(args, work, ids, size)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -34,6 +34,9 @@ import hglv2.losses.rank as rank_mod  # noqa: E402
 
 _rk = rank_mod._rk
 
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"batch": 256, "rows": 64, "repeats": 2}
+
 
 def _best(fn, repeats: int) -> float:
     fn()  # compile / warm up
@@ -53,7 +56,11 @@ def main() -> None:
     ap.add_argument("--float64", action="store_true")
     ap.add_argument("--series-cost", type=float, default=None, help="override SERIES_COST")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     a = ap.parse_args()
+    if a.quick:
+        ap.set_defaults(**QUICK)
+        a = ap.parse_args()
     if a.series_cost is not None:
         _rk.SERIES_COST = a.series_cost
     torch.set_num_threads(1)

@@ -50,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from hglv2.config import load_config  # noqa: E402
 from hglv2.fileio import write_json  # noqa: E402
 from hglv2.losses.registry import build_loss  # noqa: E402
 from hglv2.models import build_model  # noqa: E402
@@ -59,18 +60,11 @@ from hglv2.train import (  # noqa: E402
     build_batch_sampler,
     build_dataset,
     hash_seed,
-    load_config,
     prepare_data,
     seed_everything,
 )
-from hglv2.train.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hglv2.train.optim import lr_factor  # noqa: E402
-
-try:  # this branch's per-batch conversion (absent before it)
-    from hglv2.train.data import to_model_input
-except ImportError:  # pragma: no cover - older code
-    to_model_input = None
-
+from hglv2.transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # the bare loop
@@ -92,6 +86,10 @@ class PlainImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         with Image.open(self.paths[i]) as img:
             return self.transform(img.convert("RGB")), self.labels[i]
+
+
+# --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
+QUICK = {"steps": 5, "rounds": 1, "workers": "0", "items": 32}
 
 
 def plain_transform(cfg: dict) -> T.Compose:
@@ -282,6 +280,24 @@ def item_costs(cfg: dict, root: Path, n_items: int, rounds: int) -> dict[str, fl
 # ---------------------------------------------------------------------------------------------
 
 
+def _rounds(
+    args: argparse.Namespace, cfg: dict, root, w: int, device: torch.device
+) -> dict[str, list[float]]:
+    """images/s of each side over ``args.rounds`` rounds with ``w`` loader workers, the sides'
+    order rotating from round to round."""
+    runs: dict[str, list[float]] = {"harness": [], "bare": [], "floor": []}
+    sides = ["harness", "bare"] + ([] if args.no_floor else ["floor"])
+    for r in range(args.rounds):
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:  # rotate the order
+            if side == "harness":
+                runs[side].append(run_harness(cfg, args.steps, w, device))
+            elif side == "bare":
+                runs[side].append(run_bare(cfg, root, args.steps, w, device))
+            else:
+                runs[side].append(run_floor(cfg, root, max(args.steps // 2, 4), device))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="synthetic")
@@ -296,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-floor", action="store_true", help="skip the compute-only floor")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
     args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -342,16 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'workers':>8} {'harness':>10} {'bare':>10} {'floor':>10} {'ratio':>7}  rounds")
     for w in workers:
-        runs: dict[str, list[float]] = {"harness": [], "bare": [], "floor": []}
-        sides = ["harness", "bare"] + ([] if args.no_floor else ["floor"])
-        for r in range(args.rounds):
-            for side in sides[r % len(sides) :] + sides[: r % len(sides)]:  # rotate the order
-                if side == "harness":
-                    runs[side].append(run_harness(cfg, args.steps, w, device))
-                elif side == "bare":
-                    runs[side].append(run_bare(cfg, root, args.steps, w, device))
-                else:
-                    runs[side].append(run_floor(cfg, root, max(args.steps // 2, 4), device))
+        runs = _rounds(args, cfg, root, w, device)
         ratios = [h / b for h, b in zip(runs["harness"], runs["bare"], strict=True)]
         med = {k: statistics.median(v) if v else float("nan") for k, v in runs.items()}
         ratio = statistics.median(ratios)

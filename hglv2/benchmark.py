@@ -1,6 +1,6 @@
 """Benchmarks: suites of (dataset, loss, seed) trainings -> ``results.json``, ``report.md``, plots.
 
-A suite is a training config (:func:`hglv2.train.config.load_config`) whose ``benchmark`` section lists
+A suite is a training config (:func:`hglv2.config.load_config`) whose ``benchmark`` section lists
 the losses to compare (name -> overrides of the ``loss`` section) and the seeds. Each (loss, seed)
 run trains in ``<out>/runs/<loss>/seed<k>/`` and is evaluated on the evaluation split with
 :func:`hglv2.metrics.evaluate`. A finished run is reused, and an interrupted one resumed from its
@@ -21,26 +21,26 @@ per loss; ``learning_curve.png``: H-AP and level-0 AP against the step).
 from __future__ import annotations
 
 import copy
-import errno
 import functools
 import hashlib
 import json
 import math
 import os
 import platform
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hglv2.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_open, atomic_path, claim_folder, commit_together, sha256_file, write_json
-from hglv2.train.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
+from hglv2.models import resolve_device
 from hglv2.train.data import prepare_data
-from hglv2.train.trainer import Trainer, resolve_device
+from hglv2.train.trainer import Trainer
 
 REPORT_METRICS_MULTI = ("H-AP", "ASI", "NDCG")
 
@@ -211,12 +211,15 @@ def run_suite(
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     jobs: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every (loss, seed) of ``suite`` and write results.json, report.md and the plots.
 
     ``overrides`` maps dotted config keys to values (``{"train.steps": 20}``), applied to the
     suite's config before the runs are derived from it. ``jobs``: runs trained in parallel worker
-    processes (default: :func:`plan_jobs`); the results do not depend on it. Returns the results.
+    processes (default: :func:`plan_jobs`); the results do not depend on it. ``say``: called with
+    one line per run finished in a worker process (``"<loss> seed <k>: H-AP <%>"``, in plan
+    order); nothing is printed without it. Returns the results.
     """
 
     cfg = suite if isinstance(suite, dict) else load_config(suite)
@@ -228,35 +231,10 @@ def run_suite(
     data_root = prepare_data(cfg, progress=progress)
     data_s = time.perf_counter() - t0
 
-    data_dig, code_dig = data_digest(cfg, data_root), code_digest()
-    finished: dict[int, dict[str, Any]] = {}
-    todo = []
-    for k, (label, seed, run_cfg) in enumerate(plan):
-        run_dir = out / "runs" / _safe(label) / f"seed{seed}"
-        key = run_key(run_cfg, data_dig, code_dig)
-        prev = _read_json(run_dir / "metrics.json")
-        if prev.get("run_key") == key and prev.get("metrics"):
-            finished[k] = {
-                "metrics": prev["metrics"],
-                "images_per_s": prev.get("images_per_s"),
-                "train_seconds": prev.get("train_seconds"),
-                "wall_seconds": 0.0,
-                "reused": True,
-            }
-            continue
-        # a checkpoint is resumed only if it was made from these very inputs
-        resume = _read_json(run_dir / "inputs.json").get("run_key") == key
-        if not resume:
-            for stale in ("metrics.json", "model.pt"):
-                (run_dir / stale).unlink(missing_ok=True)
-        write_json(
-            run_dir / "inputs.json",
-            {"run_key": key, "config_digest": config_digest(run_cfg), "data": data_dig, "code": code_dig},
-        )
-        todo.append((k, run_cfg, str(run_dir), key, resume))
+    finished, todo = _plan_runs(plan, out, data_digest(cfg, data_root), code_digest())
     n_jobs, threads = plan_jobs(len(todo), device, jobs)
     if n_jobs > 1:
-        _run_parallel(plan, todo, finished, n_jobs, device, threads, progress)
+        _run_parallel(plan, todo, finished, n_jobs, device, threads, progress, say)
     else:
         for k, rc, rd, key, resume in todo:
             finished[k] = {**_train_run(rc, rd, device, None, progress, key, resume), "reused": False}
@@ -280,15 +258,7 @@ def run_suite(
         "config_digest": config_digest(cfg),
         "levels": cfg["data"]["levels"],
         "device": str(device or "auto"),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "parallel_runs": n_jobs,
-            "threads_per_run": threads or torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        },
+        "environment": _environment(n_jobs, threads),
         "data_seconds": round(data_s, 3),
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "runs": runs,
@@ -296,6 +266,54 @@ def run_suite(
     }
     write_report(results, out)
     return results
+
+
+def _plan_runs(
+    plan: list[tuple[str, int, dict[str, Any]]], out: Path, data_dig: str, code_dig: str
+) -> tuple[dict[int, dict[str, Any]], list[tuple[int, dict[str, Any], str, str, bool]]]:
+    """(finished runs reused from ``out``, runs to train as (k, config, folder, run key, resume)).
+
+    A run is reused when its ``metrics.json`` records the same run key; a checkpoint is resumed
+    only if it was made from these very inputs (``inputs.json``), else the run starts over.
+    """
+    finished: dict[int, dict[str, Any]] = {}
+    todo = []
+    for k, (label, seed, run_cfg) in enumerate(plan):
+        run_dir = out / "runs" / _safe(label) / f"seed{seed}"
+        key = run_key(run_cfg, data_dig, code_dig)
+        prev = _read_json(run_dir / "metrics.json")
+        if prev.get("run_key") == key and prev.get("metrics"):
+            finished[k] = {
+                "metrics": prev["metrics"],
+                "images_per_s": prev.get("images_per_s"),
+                "train_seconds": prev.get("train_seconds"),
+                "wall_seconds": 0.0,
+                "reused": True,
+            }
+            continue
+        resume = _read_json(run_dir / "inputs.json").get("run_key") == key
+        if not resume:
+            for stale in ("metrics.json", "model.pt"):
+                (run_dir / stale).unlink(missing_ok=True)
+        write_json(
+            run_dir / "inputs.json",
+            {"run_key": key, "config_digest": config_digest(run_cfg), "data": data_dig, "code": code_dig},
+        )
+        todo.append((k, run_cfg, str(run_dir), key, resume))
+    return finished, todo
+
+
+def _environment(n_jobs: int, threads: int | None) -> dict[str, Any]:
+    """The machine and the parallelism of a suite (``results.json``'s ``environment``)."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "parallel_runs": n_jobs,
+        "threads_per_run": threads or torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -325,41 +343,6 @@ def _last_step(run_dir: str) -> int:
     return 0
 
 
-_STDOUT_CLOSED = False
-
-
-def stdout_closed() -> bool:
-    """True once a progress line found stdout closed (``hglv2 benchmark | head -1``)."""
-    return _STDOUT_CLOSED
-
-
-def _say(line: str) -> None:
-    """Print a line to stdout without tearing a progress bar on stderr.
-
-    A closed stdout (the reader of a pipe is gone) does not stop the suite: the line is dropped,
-    stdout is pointed at /dev/null and :func:`stdout_closed` turns true, so the caller writes its
-    files first and exits as a broken pipe after.
-    """
-    global _STDOUT_CLOSED
-    from tqdm import tqdm
-
-    if _STDOUT_CLOSED:
-        return
-    try:
-        tqdm.write(line, file=sys.stdout)
-        sys.stdout.flush()
-    except OSError as exc:
-        if exc.errno != errno.EPIPE:
-            raise
-        _STDOUT_CLOSED = True
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):  # not a real file
-            pass
-
-
 def _run_parallel(
     plan: list,
     todo: list,
@@ -368,13 +351,14 @@ def _run_parallel(
     device: str | None,
     threads: int | None,
     progress: bool,
+    say: Callable[[str], None] | None = None,
 ) -> None:
     """Train ``todo`` in ``n_jobs`` worker processes that die with this one.
 
     Progress: one tqdm bar over the runs (off when stderr is not a terminal) whose postfix sums
-    the steps of the runs in flight (read from their ``log.jsonl``); each finished run prints one
-    line, in plan order. Any exception here (Ctrl-C, SIGTERM via the CLI, a failing run) stops
-    every worker before it propagates.
+    the steps of the runs in flight (read from their ``log.jsonl``); with ``say``, each finished
+    run gives it one line, in plan order. Any exception here (Ctrl-C, SIGTERM via the CLI, a
+    failing run) stops every worker before it propagates.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
@@ -402,11 +386,11 @@ def _run_parallel(
                 finished[k] = {**fut.result(), "reused": False}
                 if bar is not None:
                     bar.update(1)
-            while progress and announce and announce[0] in finished:
+            while say is not None and announce and announce[0] in finished:
                 k = announce.pop(0)
                 label, seed, _ = plan[k]
                 hap = 100 * (finished[k]["metrics"] or {}).get("H-AP", float("nan"))
-                _say(f"{label} seed {seed}: H-AP {hap:.2f}")
+                say(f"{label} seed {seed}: H-AP {hap:.2f}")
             if bar is not None and steps_total:
                 done_steps = sum(
                     rc["train"]["steps"] or 0 for k, (_, _, rc) in futures.items() if k in finished

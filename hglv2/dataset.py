@@ -12,7 +12,7 @@ one row per image with the columns of :data:`hglv2.schema.SPLIT_COLUMNS`. Images
 An item is ``dict(image=Tensor, labels=LongTensor (L,), id=str)``; ``labels`` holds the chosen
 level columns (``level0`` = landmark id, coarser levels after it, -1 where unknown), so a batch's
 labels are the (B, L) matrix the hierarchical losses and metrics take. A transform with a
-``lazy_decode`` attribute (:class:`hglv2.train.data.ImageTransform`) receives the image opened but
+``lazy_decode`` attribute (:class:`hglv2.transforms.ImageTransform`) receives the image opened but
 not decoded, and the generator given to :meth:`HGLDv2Dataset.load`, so it can decode a JPEG at a
 reduced scale (``Image.draft``) and draw its random crop from a per-item generator.
 """
@@ -37,6 +37,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
+from hglv2.reencode import TAR_INDEX_SCHEMA
+from hglv2.schema import present_level_columns
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,49 @@ def _default_transform(img: Image.Image) -> torch.Tensor:
     return arr.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
-def _stamp(path: Path) -> int:
-    """A fingerprint of a shard file that changes when it is rewritten (size and mtime)."""
+def _read_tar_index(cache: Path, shards: Sequence[Path]) -> dict[str, tuple[int, int, int]] | None:
+    """The tar index in ``cache`` if it still describes ``shards``, else None.
+
+    It does while every shard it names is among ``shards``, is no longer than the end of its last
+    indexed member, and was not modified after the index was written.
+    """
     try:
-        st = path.stat()
-    except OSError:
-        return -1
-    return hash((st.st_size, st.st_mtime_ns)) & ((1 << 62) - 1)
+        written = cache.stat().st_mtime_ns
+        t = pq.read_table(cache, columns=list(TAR_INDEX_SCHEMA.names))
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+    pos = {p.name: k for k, p in enumerate(shards)}
+    ids, names = t["id"].to_pylist(), t["shard"].to_pylist()
+    offsets, sizes = t["offset"].to_pylist(), t["size"].to_pylist()
+    ends: dict[str, int] = {}
+    for name, o, z in zip(names, offsets, sizes, strict=True):
+        ends[name] = max(ends.get(name, 0), o + z)
+    for name, end in ends.items():
+        if name not in pos:
+            return None
+        try:
+            st = shards[pos[name]].stat()
+        except OSError:
+            return None
+        if st.st_size < end or st.st_mtime_ns > written:
+            return None
+    index: dict[str, tuple[int, int, int]] = {}
+    for i, n, o, z in zip(ids, names, offsets, sizes, strict=True):
+        index.setdefault(i, (pos[n], o, z))
+    return index
+
+
+def _scan_tar_shards(shards: Sequence[Path]) -> dict[str, tuple[int, int, int]]:
+    index: dict[str, tuple[int, int, int]] = {}
+    for k, shard in enumerate(shards):
+        try:
+            with tarfile.open(shard, mode="r:") as tf:
+                for member in tf:
+                    if member.isreg():
+                        index.setdefault(Path(member.name).stem, (k, member.offset_data, member.size))
+        except (tarfile.TarError, OSError) as exc:
+            raise InputError(f"{shard}: not a readable tar file ({exc})") from None
+    return index
 
 
 def index_tar_shards(
@@ -68,63 +106,27 @@ def index_tar_shards(
     """Scan tar headers once: image id (file stem) -> (shard number, data offset, size).
 
     Only regular files are indexed; an id found in two shards keeps its first occurrence. With
-    ``cache`` (a Parquet file), the index is read from it when it was built from shards of the
-    same names, sizes and modification times, and otherwise built and written there
+    ``cache``, a Parquet tar index (:data:`hglv2.reencode.TAR_INDEX_SCHEMA`: the ``index.parquet``
+    of a folder written by ``hglv2 prepare-images``, or a file this function wrote), the index is
+    read from it while it still describes the shards, and otherwise built and written there
     (atomically), so scanning the headers of hundreds of shards happens once.
     """
     shards = [Path(p) for p in shards]
-    stamp = [(p.name, _stamp(p)) for p in shards]
     if cache is not None and Path(cache).is_file():
-        try:
-            t = pq.read_table(cache)
-            names, sizes = t["shard_name"].to_pylist(), t["shard_stamp"].to_pylist()
-            if sorted(set(zip(names, sizes, strict=True))) == sorted(set(stamp)) or (not names and not stamp):
-                pos = {name: k for k, (name, _) in enumerate(stamp)}
-                return {
-                    i: (pos[n], o, z)
-                    for i, n, o, z in zip(
-                        t["id"].to_pylist(),
-                        names,
-                        t["offset"].to_pylist(),
-                        t["size"].to_pylist(),
-                        strict=True,
-                    )
-                }
-        except (OSError, KeyError, ValueError, pa.ArrowException):
-            pass  # unreadable or stale cache: rebuild it
-    index: dict[str, tuple[int, int, int]] = {}
-    for k, shard in enumerate(shards):
-        try:
-            with tarfile.open(shard, mode="r:") as tf:
-                for member in tf:
-                    if not member.isreg():
-                        continue
-                    stem = Path(member.name).stem
-                    index.setdefault(stem, (k, member.offset_data, member.size))
-        except (tarfile.TarError, OSError) as exc:
-            raise InputError(f"{shard}: not a readable tar file ({exc})") from None
+        index = _read_tar_index(Path(cache), shards)
+        if index is not None:
+            return index
+    index = _scan_tar_shards(shards)
     if cache is not None:
         vals = list(index.values())
-        write_parquet(
-            pa.table(
-                {
-                    "id": pa.array(list(index), pa.string()),
-                    "shard_name": pa.array([stamp[v[0]][0] for v in vals], pa.string()),
-                    "shard_stamp": pa.array([stamp[v[0]][1] for v in vals], pa.int64()),
-                    "offset": pa.array([v[1] for v in vals], pa.int64()),
-                    "size": pa.array([v[2] for v in vals], pa.int64()),
-                }
-            ),
-            cache,
-        )
+        columns = [list(index), [shards[v[0]].name for v in vals], [v[1] for v in vals], [v[2] for v in vals]]
+        write_parquet(pa.table(columns, schema=TAR_INDEX_SCHEMA), cache, use_dictionary=["shard"])
     return index
 
 
 def _resolve_levels(levels: Sequence[int | str] | None, columns: Sequence[str]) -> list[str]:
     if levels is None:  # every level0, level1, ... column of the split, finest first
-        levels = []
-        while f"level{len(levels)}" in columns:
-            levels.append(f"level{len(levels)}")
+        levels = present_level_columns(columns)
         if not levels:
             raise InputError(f"the split has no level0 column (have {', '.join(columns)})")
     out = []

@@ -14,6 +14,10 @@ Outputs are transactions at three sizes:
 - a whole folder (``hglv2 export``, ``hglv2 synthesize``): :func:`folder_transaction` writes into a
   hidden staging folder beside ``out`` under a lock and swaps it into place; the folder carries an
   owner marker (:data:`OWNER_FILE`) so that a command only ever replaces a folder it wrote itself.
+
+:func:`file_lock` is the one inter-process lock (``flock``; waiting or failing at once), and
+:func:`write_json` / :func:`jsonl_line` the JSON writers, which write non-finite floats as ``null``
+(:func:`finite_or_none`).
 """
 
 from __future__ import annotations
@@ -193,9 +197,12 @@ def jsonl_line(record: Any) -> str:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON (deterministic bytes), atomically."""
+    """Write ``obj`` as indented, key-sorted strict JSON (deterministic bytes), atomically.
+
+    Non-finite floats are written as ``null`` (:func:`finite_or_none`).
+    """
     with atomic_open(path) as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        json.dump(finite_or_none(obj), fh, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
         fh.write("\n")
 
 
@@ -244,7 +251,6 @@ def read_parquet_checked(
     non-Parquet file, and a Parquet file without the expected columns each give one message that
     names the file (and the missing columns).
     """
-    from hglv2.errors import InputError
 
     p = Path(path)
     if not p.exists():
@@ -311,27 +317,6 @@ def _sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}"
 
 
-def _legacy_kind(folder: Path) -> str | None:
-    """The producer of a folder written before owner markers existed, from the files it holds."""
-    if (folder / "config.yaml").is_file() and any(
-        (folder / n).exists() for n in ("checkpoints", "log.jsonl", "metrics.json")
-    ):
-        return "train"
-    if (folder / "results.json").is_file() or (folder / "runs").is_dir():
-        return "benchmark"
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict):
-        return None
-    if manifest.get("generator") == "hglv2.synthetic":
-        return "synthetic"
-    if "splits" in manifest and "inputs" in manifest and "hierarchy" in manifest:
-        return "export"
-    return None
-
-
 def folder_owner(folder: str | os.PathLike[str]) -> str | None:
     """The kind of hglv2 output held by ``folder`` (``export``, ``synthetic``, ...), or None."""
     folder = Path(folder)
@@ -344,14 +329,13 @@ def folder_owner(folder: str | os.PathLike[str]) -> str | None:
         if not isinstance(kind, str):
             raise InputError(f'{marker}: not a valid hglv2 owner marker (expected {{"kind": ...}})')
         return kind
-    return _legacy_kind(folder)
+    return None
 
 
 def check_owner(folder: str | os.PathLike[str], kind: str) -> None:
     """Raise :class:`InputError` unless a ``kind`` command may write into ``folder``.
 
-    Allowed: a folder that does not exist, an empty folder, or one whose owner (marker or, for
-    folders from earlier versions, manifest) is ``kind``.
+    Allowed: a folder that does not exist, an empty folder, or one whose owner marker is ``kind``.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -390,31 +374,51 @@ def claim_folder(folder: str | os.PathLike[str], kind: str) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (``flock`` on ``.<name>.lock`` beside it).
+def file_lock(
+    path: str | os.PathLike[str], *, busy: str | None = None, unwritable: str | None = None
+) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder if missing) for the block.
 
-    A second writer does not wait: it gets :class:`InputError` ``<folder> is being written by another
-    hglv2 process``. The lock file stays (removing it would let two writers lock different files);
-    the lock itself ends with the process, however it ends.
+    ``busy=None`` waits until the lock is free; with a message the call does not wait: a lock
+    held elsewhere raises :class:`InputError` ``busy``. ``unwritable``: when the lock file cannot
+    be created, raise :class:`InputError` ``<unwritable> (<reason>)`` instead of the ``OSError``.
+    The lock file stays (removing it would let two holders lock different files); the lock
+    itself ends with the block or with the process, however it ends.
     """
     import fcntl
 
-    shown = folder
-    folder = Path(os.path.realpath(folder))
-    lock = _sibling(folder, "lock")
+    path = Path(path)
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise InputError(f"{shown}: cannot write a folder here ({exc.strerror})") from None
+        if unwritable is None:
+            raise
+        raise InputError(f"{unwritable} ({exc.strerror})") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if busy is None else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise InputError(f"{shown} is being written by another hglv2 process") from None
-        yield lock
+            raise InputError(busy) from None
+        yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (:func:`file_lock` on ``.<name>.lock`` beside it).
+
+    A second writer does not wait: it gets :class:`InputError` ``<folder> is being written by another
+    hglv2 process``.
+    """
+    lock = _sibling(Path(os.path.realpath(folder)), "lock")
+    with file_lock(
+        lock,
+        busy=f"{folder} is being written by another hglv2 process",
+        unwritable=f"{folder}: cannot write a folder here",
+    ):
+        yield lock
 
 
 def recover_folder(out: str | os.PathLike[str]) -> list[Path]:

@@ -1,6 +1,6 @@
 """The shared HTTP transport of the two network stages (GLDv2 downloads, the Wikidata client).
 
-Two functions, on ``requests``:
+On ``requests``:
 
 - :func:`make_session` builds a ``requests.Session`` whose User-Agent follows the Wikimedia
   User-Agent policy: ``hglv2/<version> (<project url>; <contact>) requests/<version>``.
@@ -13,7 +13,10 @@ Two functions, on ``requests``:
   ``retry_statuses`` (429 and 5xx by default), timeouts, connection errors and bodies cut short
   (shorter than their ``Content-Length``). Any other HTTP error status fails at once. After the last
   try it raises :class:`hglv2.errors.NetworkError` naming the URL and the last failure. The first
-  retry towards a host is announced once on stderr (:func:`announce_retry`).
+  retry towards a host is announced once on stderr (:func:`announce_retry`). :class:`Retries`
+  bundles a download's timeout, number of tries and backoff.
+- :func:`fetch_resumable` streams one file to disk through it, resuming a cut transfer with an
+  HTTP ``Range`` request and checking the complete file before it is renamed into place.
 
 Requests are serial (the callers never run them concurrently); the ``sleep`` argument lets tests
 run the retry loop without waiting. ``allowed_bases`` makes a caller refuse any URL outside its
@@ -23,13 +26,18 @@ configured base URLs (for example a file name with ``../`` joined onto a base).
 from __future__ import annotations
 
 import email.utils
+import json
+import os
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
+from tqdm.auto import tqdm
 
 from hglv2 import __version__
 from hglv2.errors import InputError, NetworkError
@@ -46,6 +54,28 @@ _TRANSIENT_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How a download retries each request: the arguments of :func:`request_with_retries` that
+    set its per-try ``timeout`` (seconds), its number of tries and its backoff schedule."""
+
+    timeout: float = 60.0
+    max_tries: int = 8
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`request_with_retries`."""
+        return {
+            "timeout": self.timeout,
+            "max_tries": self.max_tries,
+            "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap,
+            "sleep": self.sleep,
+        }
 
 
 def user_agent(contact: str, project_url: str = PROJECT_URL) -> str:
@@ -198,31 +228,11 @@ def request_with_retries(
     accept = frozenset(accept_statuses)
     last = "no try made"
     for attempt in range(1, max_tries + 1):
-        retry_after: float | None = None
-        try:
-            resp = session.request(
-                method, url, params=params, headers=headers, timeout=timeout, stream=stream
-            )
-        except _TRANSIENT_ERRORS as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        else:
-            if resp.status_code in retry_statuses:
-                last = f"HTTP {resp.status_code}"
-                retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
-                resp.close()
-            elif resp.status_code >= 400 and resp.status_code not in accept:
-                status = resp.status_code
-                resp.close()
-                raise NetworkError(f"{method} {url}: HTTP {status} {resp.reason or ''}".rstrip())
-            elif stream:
-                return resp
-            else:
-                try:
-                    _ = resp.content  # reads the body; urllib3 checks it against Content-Length
-                    return resp
-                except _TRANSIENT_ERRORS as exc:
-                    last = f"body cut short ({type(exc).__name__}: {exc})"
-                    resp.close()
+        resp, last, retry_after = _try_once(
+            session, method, url, params, headers, timeout, stream, retry_statuses, accept
+        )
+        if resp is not None:
+            return resp
         if attempt == max_tries:
             break
         delay = backoff_delay(failures_before + attempt, backoff_base, backoff_cap)
@@ -233,3 +243,190 @@ def request_with_retries(
         announce_retry(url, last, max_tries - attempt)
         sleep(delay)
     raise NetworkError(f"{method} {url}: failed after {max_tries} tries (last: {last})")
+
+
+def _try_once(
+    session: requests.Session,
+    method: str,
+    url: str,
+    params: Mapping[str, Any] | None,
+    headers: Mapping[str, str] | None,
+    timeout: float | tuple[float, float],
+    stream: bool,
+    retry_statuses: frozenset[int],
+    accept: frozenset[int],
+) -> tuple[requests.Response | None, str, float | None]:
+    """One try: ``(response, "", None)``, or ``(None, why it failed, Retry-After seconds or None)``
+    for a failure worth retrying; a non-retried error status raises :class:`NetworkError`."""
+    try:
+        resp = session.request(method, url, params=params, headers=headers, timeout=timeout, stream=stream)
+    except _TRANSIENT_ERRORS as exc:
+        return None, f"{type(exc).__name__}: {exc}", None
+    if resp.status_code in retry_statuses:
+        resp.close()
+        return None, f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("Retry-After"))
+    if resp.status_code >= 400 and resp.status_code not in accept:
+        resp.close()
+        raise NetworkError(f"{method} {url}: HTTP {resp.status_code} {resp.reason or ''}".rstrip())
+    if stream:
+        return resp, "", None
+    try:
+        _ = resp.content  # reads the body; urllib3 checks it against Content-Length
+        return resp, "", None
+    except _TRANSIENT_ERRORS as exc:
+        resp.close()
+        return None, f"body cut short ({type(exc).__name__}: {exc})", None
+
+
+def fetch_resumable(
+    session: requests.Session,
+    url: str,
+    path: Path,
+    *,
+    retries: Retries,
+    chunk_size: int,
+    progress: bool,
+    base_url: str,
+    verify: Callable[[Path], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> None:
+    """Stream ``url`` (under ``base_url``) into ``path`` via ``.<name>.part``, resuming after a cut.
+
+    A cut transfer resumes with an HTTP ``Range`` request, guarded by ``If-Range`` with the first
+    response's ETag (``.<name>.part.json`` ties the partial file to its URL and ETag), and is
+    checked against ``Content-Length``/``Content-Range``. ``verify(part)`` (optional) checks the
+    complete file before it is renamed into place; if it raises, the partial file is removed and
+    the error propagates (an interrupt keeps the complete part for the next run). ``on_bytes(n)``
+    (optional) is called with the size of each block received (for an overall progress bar).
+    """
+    part = path.with_name(f".{path.name}.part")
+    meta = path.with_name(f".{path.name}.part.json")
+    bar = tqdm(
+        total=None, unit="B", unit_scale=True, desc=path.name, disable=None if progress else True, leave=False
+    )
+    try:
+        transfer = _Transfer(session, url, part, meta, retries, base_url, bar, on_bytes)
+        while not transfer.step(chunk_size):
+            pass
+        if verify is not None:
+            try:
+                verify(part)
+            except Exception:  # a bad file
+                part.unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
+                raise
+        os.replace(part, path)
+        meta.unlink(missing_ok=True)
+    finally:
+        bar.close()
+
+
+class _Transfer:
+    """The state of one resumable transfer into ``part`` (``meta`` ties it to its URL and ETag)."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        part: Path,
+        meta: Path,
+        retries: Retries,
+        base_url: str,
+        bar: tqdm,
+        on_bytes: Callable[[int], None] | None,
+    ) -> None:
+        self.session, self.url, self.part, self.meta = session, url, part, meta
+        self.retries, self.base_url, self.bar, self.on_bytes = retries, base_url, bar, on_bytes
+        self.failures = 0
+        self.etag: str | None = None
+        resumable = False
+        if part.exists() and meta.exists():
+            try:
+                info = json.loads(meta.read_text(encoding="utf-8"))
+                self.etag, resumable = info.get("etag"), info.get("url") == url
+            except ValueError:
+                pass
+        if part.exists() and not resumable:
+            part.unlink()  # a partial file we cannot tie to this URL: start over
+
+    def _have(self) -> int:
+        return self.part.stat().st_size if self.part.exists() else 0
+
+    def _fail(self, message: str) -> None:
+        """Count a failure; raise :class:`NetworkError` ``message`` once ``max_tries`` are spent."""
+        self.failures += 1
+        if self.failures >= self.retries.max_tries:
+            raise NetworkError(message)
+
+    def _request(self, have: int) -> requests.Response:
+        headers = {}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            if self.etag:
+                headers["If-Range"] = self.etag  # a changed file comes back whole (200)
+        return request_with_retries(
+            self.session,
+            "GET",
+            self.url,
+            headers=headers,
+            **self.retries.as_kwargs(),
+            stream=True,
+            allowed_bases=[self.base_url],
+            accept_statuses=(416,),
+        )
+
+    def step(self, chunk_size: int) -> bool:
+        """One request: True when ``part`` holds the whole file, False to try again."""
+        have = self._have()
+        with self._request(have) as resp:
+            if resp.status_code == 416 or (have and resp.status_code == 200):
+                self.part.unlink(missing_ok=True)  # server ignored or refused the range: restart
+                if resp.status_code == 416:
+                    self._fail(f"GET {self.url}: range requests keep failing (HTTP 416)")
+                    return False
+                have = 0
+            total = _total_size(resp, have)
+            self.etag = resp.headers.get("ETag") or self.etag
+            self.meta.write_text(json.dumps({"etag": self.etag, "url": self.url}), encoding="utf-8")
+            self.bar.reset(total=total)
+            self.bar.update(have)
+            try:
+                self._receive(resp, have, chunk_size)
+            except requests.exceptions.RequestException as exc:  # cut, reset, read timeout
+                if self._have() > have:
+                    self.failures = 0  # progress: the count starts again
+                else:
+                    self._fail(f"GET {self.url}: download keeps breaking off ({exc})")
+                r = self.retries
+                r.sleep(backoff_delay(self.failures, r.backoff_base, r.backoff_cap))
+                return False
+        size = self._have()
+        if total is not None and size != total:
+            self.failures += 1
+            if size > total or self.failures >= self.retries.max_tries:
+                self.part.unlink(missing_ok=True)
+                raise NetworkError(f"GET {self.url}: got {size} bytes, expected {total}")
+            return False
+        return True
+
+    def _receive(self, resp: requests.Response, have: int, chunk_size: int) -> None:
+        with open(self.part, "ab" if have else "wb") as fh:
+            for block in resp.iter_content(chunk_size):
+                fh.write(block)
+                self.bar.update(len(block))
+                if self.on_bytes is not None:
+                    self.on_bytes(len(block))
+
+
+def _total_size(resp: requests.Response, have: int) -> int | None:
+    """Full file size from ``Content-Range`` (206) or ``have + Content-Length``."""
+    rng = resp.headers.get("Content-Range")
+    if resp.status_code == 206 and rng and "/" in rng:
+        total = rng.rsplit("/", 1)[1]
+        start = rng.split()[-1].split("-")[0] if " " in rng else ""
+        if start.isdigit() and int(start) != have:
+            raise NetworkError(f"{resp.url}: server resumed at byte {start}, asked for {have}")
+        if total.isdigit():
+            return int(total)
+    length = resp.headers.get("Content-Length")
+    return have + int(length) if length and length.isdigit() else None

@@ -9,9 +9,14 @@ i.e. from the torch hub cache or a download) and ``tiny``, a small convolutional
 on 64x64 images. Pretrained weights that cannot be had (no internet, no cached file) raise
 :class:`hglv2.errors.NetworkError` with the file to provide; random initialisation happens only when
 asked for (``pretrained=False``).
+
+Device helpers: :func:`resolve_device` (``auto``, ``cpu``, ``cuda:N``, checked) and
+:func:`autocast` (float16 on CUDA when asked).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -177,3 +182,27 @@ class EmbeddingModel(nn.Module):
 def build_model(**kwargs) -> EmbeddingModel:
     """:class:`EmbeddingModel` from keyword arguments (the ``model:`` section of a config)."""
     return EmbeddingModel(**kwargs)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto``/None -> cuda when available else cpu; anything else as given (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r}: not a torch device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device!r}: expected cpu or cuda[:N]")
+    return dev
+
+
+def autocast(device: torch.device, amp: bool):
+    """float16 autocast on CUDA when ``amp``, else a no-op context."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -27,6 +27,8 @@ hierarchy table always gives the same integers. ``level0`` is the landmark id it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 #: the integer label columns of a split, finest first
@@ -81,6 +83,15 @@ PUBLISHED_HIERARCHY_COLUMNS = (
     "hierarchical_label",
     "natural_or_human_made",
 )
+
+
+def present_level_columns(names: Sequence[str]) -> list[str]:
+    """The label columns ``level0, level1, ...`` of a table with columns ``names``: finest first,
+    up to the first missing one."""
+    out: list[str] = []
+    while f"level{len(out)}" in names:
+        out.append(f"level{len(out)}")
+    return out
 
 
 def image_relpath(image_id: str, ext: str = ".jpg") -> str:

@@ -5,25 +5,21 @@ resolution paths as the sample: sitelinks, category items with P301, redirects, 
 missing titles), serves it from :mod:`fake_wikidata` on 127.0.0.1 and runs the stages with an
 empty cache. Not a test: prints the figures.
 
-    python pipelines/count_requests.py [--landmarks 1000] [--seed 7]
+    python -m pipelines.count_requests [--landmarks 1000] [--seed 7]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_wikidata import FakeWikidata  # noqa: E402
-from make_sample import build_world  # noqa: E402
-
 from hglv2.hierarchy.graph import fetch_graph  # noqa: E402
 from hglv2.hierarchy.resolve import resolve_categories  # noqa: E402
 from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata  # noqa: E402
+from pipelines.make_sample import build_world  # noqa: E402
 
 
 def main() -> None:

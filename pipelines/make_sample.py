@@ -13,7 +13,7 @@ Outputs (small, committed): ``train_label_to_category.csv``, ``train.csv``, ``tr
 ``wikidata_cache.jsonl`` (the recorded answers, recorded by running the resolve, graph and
 validate-anchors stages against :mod:`fake_wikidata` serving this world).
 
-    python pipelines/make_sample.py [--out data/sample] [--clusters data/review/clusters.csv]
+    python -m pipelines.make_sample [--out data/sample] [--clusters data/review/clusters.csv]
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ import argparse
 import csv
 import hashlib
 import random
-import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-
 from hglv2.fileio import atomic_open  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
 
 SEED = 20240601
 CATEGORY_ITEM = "Q4167836"

@@ -1,4 +1,4 @@
-"""hglv2.images (prepare-images): bounded re-encoding into tar shards read like the official ones."""
+"""hglv2.reencode (prepare-images): bounded re-encoding into tar shards read like the official ones."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from hglv2 import images
+from hglv2 import reencode
 from hglv2.cli import main
 from hglv2.dataset import HGLDv2Dataset, index_tar_shards
 from hglv2.errors import InputError
@@ -93,7 +93,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @given(st.integers(1, 5000), st.integers(1, 5000), st.integers(16, 2048))
 def test_target_size_bounds_the_longer_side_and_keeps_the_aspect(w, h, m):
-    tw, th = images.target_size(w, h, m)
+    tw, th = reencode.target_size(w, h, m)
     if max(w, h) <= m:
         assert (tw, th) == (w, h)
     else:
@@ -105,21 +105,21 @@ def test_target_size_bounds_the_longer_side_and_keeps_the_aspect(w, h, m):
 
 def test_resize_uses_draft_mode_and_bounds_size():
     big = _encode(_smooth(1, 800, 600))
-    data, w, h, sw, sh, reenc = images.resize_image(big, images.PrepareSettings(max_side=100))
+    data, w, h, sw, sh, reenc = reencode.resize_image(big, reencode.PrepareSettings(max_side=100))
     assert (w, h, sw, sh, reenc) == (100, 75, 800, 600, True)
     with Image.open(io.BytesIO(data)) as img:
         assert img.size == (100, 75) and img.format == "JPEG" and not img.info.get("exif")
         assert "progressive" not in img.info
     small = _encode(_smooth(2, 40, 30))  # within max_side: kept byte for byte
-    assert images.resize_image(small, images.PrepareSettings(max_side=100))[0] == small
+    assert reencode.resize_image(small, reencode.PrepareSettings(max_side=100))[0] == small
     with pytest.raises(OSError):
-        images.resize_image(b"\xff\xd8garbage", images.PrepareSettings(max_side=100))
+        reencode.resize_image(b"\xff\xd8garbage", reencode.PrepareSettings(max_side=100))
 
 
 def test_prepared_shards_read_like_the_official_ones(tmp_path):
     split, src, ids, originals = _world(tmp_path)
     out = tmp_path / "train-32"
-    res = images.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
+    res = reencode.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
     assert [s["name"] for s in res["shards"]] == ["images_000.tar", "images_001.tar", "images_002.tar"]
     assert res["images"] == len(ids) - 1
     assert [(f["shard"], f["member"]) for f in res["failed"]] == [("images_001.tar", image_relpath(ids[6]))]
@@ -134,7 +134,7 @@ def test_prepared_shards_read_like_the_official_ones(tmp_path):
         assert b["id"] == image_id and b["labels"].tolist() == a["labels"].tolist()
         _, h, w = b["image"].shape
         sw, sh, fmt = *SIZES[k % len(SIZES)][:2], SIZES[k % len(SIZES)][2]
-        assert (w, h) == images.target_size(sw, sh, MAX_SIDE)
+        assert (w, h) == reencode.target_size(sw, sh, MAX_SIDE)
         ref = Image.fromarray(originals[image_id][0]).resize((w, h), Image.Resampling.BICUBIC)
         diff = np.abs(b["image"].numpy().transpose(1, 2, 0) * 255 - np.asarray(ref, dtype=np.float64))
         assert diff.mean() < 6.0, (k, diff.mean())
@@ -154,13 +154,31 @@ def test_prepared_shards_read_like_the_official_ones(tmp_path):
             assert m.name.endswith(".jpg")
 
 
+def test_the_prepared_index_is_the_datasets_tar_index(tmp_path, monkeypatch):
+    """index.parquet of a prepared folder is a tar index: the dataset reads it instead of
+    scanning the tar headers, finds every image where its own scan does, and leaves it as is."""
+    split, src, _, _ = _world(tmp_path)
+    out = tmp_path / "train-32"
+    reencode.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
+    scanned = HGLDv2Dataset(split, out, on_error="skip")
+    before = (out / "index.parquet").read_bytes()
+
+    def no_scan(*a, **k):
+        raise AssertionError("tar headers scanned")
+
+    monkeypatch.setattr(tarfile, "open", no_scan)
+    ds = HGLDv2Dataset(split, out, on_error="skip", tar_index=out / "index.parquet")
+    assert np.array_equal(ds._loc, scanned._loc) and (ds._loc[:, 0] >= 0).sum() == len(ds) - 1
+    assert (out / "index.parquet").read_bytes() == before
+
+
 def test_bytes_are_deterministic_across_jobs_and_reruns(tmp_path):
     _, src, _, _ = _world(tmp_path)
-    images.prepare_images(src, tmp_path / "a", max_side=MAX_SIDE, jobs=1, progress=False)
-    images.prepare_images(src, tmp_path / "b", max_side=MAX_SIDE, jobs=2, progress=False)
+    reencode.prepare_images(src, tmp_path / "a", max_side=MAX_SIDE, jobs=1, progress=False)
+    reencode.prepare_images(src, tmp_path / "b", max_side=MAX_SIDE, jobs=2, progress=False)
     first = _files(tmp_path / "a")
     assert first == _files(tmp_path / "b")
-    res = images.prepare_images(src, tmp_path / "a", max_side=MAX_SIDE, jobs=1, progress=False)
+    res = reencode.prepare_images(src, tmp_path / "a", max_side=MAX_SIDE, jobs=1, progress=False)
     assert res["shards_skipped"] == 3 and res["images_prepared_now"] == 0
     assert _files(tmp_path / "a") == first
 
@@ -168,7 +186,7 @@ def test_bytes_are_deterministic_across_jobs_and_reruns(tmp_path):
 def test_interrupted_run_resumes_per_shard(tmp_path, monkeypatch):
     _, src, _, _ = _world(tmp_path)
     out = tmp_path / "out"
-    real = images.prepare_shard
+    real = reencode.prepare_shard
 
     def crash_on_second(plan, out_dir, settings):
         if plan.name == "images_001.tar":
@@ -177,20 +195,20 @@ def test_interrupted_run_resumes_per_shard(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(plan, out_dir, settings)
 
-    monkeypatch.setattr(images, "prepare_shard", crash_on_second)
+    monkeypatch.setattr(reencode, "prepare_shard", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        images.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
+        reencode.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
     assert sorted(p.name for p in out.glob("*.tar")) == ["images_000.tar"]  # finished shard committed
     stamp = (out / "images_000.tar").stat().st_mtime_ns
-    monkeypatch.setattr(images, "prepare_shard", real)
-    res = images.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
+    monkeypatch.setattr(reencode, "prepare_shard", real)
+    res = reencode.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
     assert res["shards_skipped"] == 1 and (out / "images_000.tar").stat().st_mtime_ns == stamp
     assert not list(out.glob(".images_*.tmp"))
-    images.prepare_images(src, tmp_path / "fresh", max_side=MAX_SIDE, jobs=1, progress=False)
+    reencode.prepare_images(src, tmp_path / "fresh", max_side=MAX_SIDE, jobs=1, progress=False)
     assert _files(out) == _files(tmp_path / "fresh")
     # a shard whose tar was replaced (size differs from its index) is redone
     (out / "images_002.tar").write_bytes(b"x" * 512)
-    res = images.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
+    res = reencode.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False)
     assert res["shards_skipped"] == 2 and _files(out) == _files(tmp_path / "fresh")
 
 
@@ -202,7 +220,7 @@ def test_image_folder_source_is_cut_into_shards(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     out = tmp_path / "out"
-    res = images.prepare_images(folder, out, max_side=MAX_SIDE, shard_size=4, jobs=1, progress=False)
+    res = reencode.prepare_images(folder, out, max_side=MAX_SIDE, shard_size=4, jobs=1, progress=False)
     assert [s["images"] for s in res["shards"]] == [4, 4, 4]
     ds = HGLDv2Dataset(split, out)
     assert [ds[k]["id"] for k in range(len(ds))] == ids
@@ -212,11 +230,11 @@ def test_image_folder_source_is_cut_into_shards(tmp_path):
 def test_bad_inputs_are_one_line_errors(tmp_path, cli_runner):
     _, src, _, _ = _world(tmp_path)
     out = tmp_path / "out"
-    images.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False, shards=["images_000.tar"])
+    reencode.prepare_images(src, out, max_side=MAX_SIDE, jobs=1, progress=False, shards=["images_000.tar"])
     with pytest.raises(InputError, match="prepared with"):
-        images.prepare_images(src, out, max_side=64, jobs=1, progress=False)
+        reencode.prepare_images(src, out, max_side=64, jobs=1, progress=False)
     with pytest.raises(InputError, match="no shard 'images_009.tar'"):
-        images.prepare_images(src, out, max_side=MAX_SIDE, shards=["images_009.tar"], progress=False)
+        reencode.prepare_images(src, out, max_side=MAX_SIDE, shards=["images_009.tar"], progress=False)
     (tmp_path / "empty").mkdir()
     r = cli_runner.invoke(main, ["prepare-images", "--source", str(tmp_path / "empty"), "--out", str(out)])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("Error: ")
@@ -247,9 +265,9 @@ WATCHED = textwrap.dedent(
     import os, sys, time
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
-    from hglv2.images import _die_with_parent
+    from hglv2.processes import die_with_parent
     if __name__ == "__main__":
-        ex = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_die_with_parent,
+        ex = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=die_with_parent,
                                  initargs=(os.getpid(),))
         print(ex.submit(os.getpid).result(), flush=True)
         ex.submit(time.sleep, 120)

@@ -1,4 +1,4 @@
-"""hglv2.gldv2.images: image shard download against a server on 127.0.0.1 (md5, resume, 404, disk check)."""
+"""hglv2.gldv2.shards: image shard download against a server on 127.0.0.1 (md5, resume, 404, disk check)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hglv2.errors import InputError, NetworkError
 from hglv2.fileio import write_parquet
 from hglv2.gldv2 import download as download_metadata
 from hglv2.gldv2.downloads import read_lock
-from hglv2.gldv2.images import (
+from hglv2.gldv2.shards import (
     IMAGE_SHARDS,
     download_images,
     md5_url,
@@ -25,6 +25,7 @@ from hglv2.gldv2.images import (
     parse_shards,
     shard_url,
 )
+from hglv2.http import Retries
 from hglv2.schema import image_relpath
 from tests.fixtures.http_server import FileServer
 
@@ -60,11 +61,8 @@ def _site(split: str = "test", shards=range(4), missing=()):
 
 
 def _fast(**kw):
-    return dict(
-        {"timeout": 5, "max_tries": 4, "backoff_base": 0.0, "backoff_cap": 0.0, "progress": False, "jobs": 2},
-        sleep=lambda s: None,
-        **kw,
-    )
+    retries = Retries(timeout=5, max_tries=4, backoff_base=0.0, backoff_cap=0.0, sleep=lambda s: None)
+    return dict({"retries": retries, "progress": False, "jobs": 2}, **kw)
 
 
 def test_urls_and_spec_parsing():
@@ -104,7 +102,9 @@ def test_download_verifies_records_and_rerun_trusts_the_lock(tmp_path):
         assert checked[0].status == "checked"
         # the metadata download shares the lock file and keeps the image entries
         files["/metadata/test.csv"] = b"id\n0123456789abcdef\n"
-        download_metadata(["test.csv"], tmp_path, base_url=srv.url, progress=False, sleep=lambda s: None)
+        download_metadata(
+            ["test.csv"], tmp_path, base_url=srv.url, progress=False, retries=_fast()["retries"]
+        )
         assert set(read_lock(tmp_path / "gldv2.lock.json")) == {
             "test.csv",
             "test/images_000.tar",

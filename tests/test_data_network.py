@@ -12,6 +12,7 @@ from hglv2.errors import InputError, NetworkError
 from hglv2.fileio import sha256_file
 from hglv2.gldv2.downloads import LOCK_NAME, download, read_lock
 from hglv2.http import (
+    Retries,
     backoff_delay,
     check_url,
     make_session,
@@ -137,19 +138,16 @@ def _server_files():
     }
 
 
-def _dl(srv, dest, names=("train.csv", "test.csv", "retrieval_solution_v2.1.csv"), **kw):
+def _dl(srv, dest, names=("train.csv", "test.csv", "retrieval_solution_v2.1.csv"), max_tries=6):
     sleeps: list[float] = []
-    kw.setdefault("max_tries", 6)
     recs = download(
         list(names),
         dest,
         base_url=srv.url + "/gl",
         contact="tests@example.org",
-        sleep=sleeps.append,
+        retries=Retries(timeout=5, max_tries=max_tries, sleep=sleeps.append),
         progress=False,
         chunk_size=4096,
-        timeout=5,
-        **kw,
     )
     return recs, sleeps
 
@@ -249,7 +247,7 @@ def test_concurrent_lock_file_writers_keep_each_others_entries(tmp_path):
     import subprocess
     import sys
 
-    from hglv2.gldv2.images import _Shared
+    from hglv2.gldv2.shards import _Shared
 
     lock = tmp_path / LOCK_NAME
     procs = [

@@ -46,18 +46,21 @@ def test_checkpoint_splits_match_the_trainer(run, tmp_path):
     g = np.load(eval_dir / "index_embeddings.npy")
     ql, gl = np.load(eval_dir / "query_labels.npy"), np.load(eval_dir / "index_labels.npy")
     assert q.dtype == np.float32 and ql.shape == (len(q), 3)
-    # the same numbers as the trainer's own embedding of the same splits
-    from hglv2.train import build_dataset, embed
+    # the same numbers as the trainer's own embedding of the same splits (its datasets, its options)
+    from hglv2.evaluation import embed_images
+    from hglv2.train import build_dataset
 
     model, cfg = load_trained_model(run / "run")
     qd = build_dataset(cfg, run / "data", "query", train=False)
     gd = build_dataset(cfg, run / "data", "index", train=False)
-    qe, qlab = embed(model, qd, 64, torch.device("cpu"))
-    ge, _ = embed(model, gd, 64, torch.device("cpu"))
-    np.testing.assert_allclose(q, qe.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(g, ge.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(ql, qlab.numpy())
-    ref = evaluate(qe.numpy(), qlab.numpy(), ge.numpy(), gl)
+    trainer_options = dict(batch_size=64, device=torch.device("cpu"), amp=False, progress=False)
+    trainer_options.update(check_finite=False, with_labels=True)
+    qe, qlab = embed_images(model, qd, **trainer_options)
+    ge, _ = embed_images(model, gd, **trainer_options)
+    np.testing.assert_allclose(q, qe, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g, ge, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ql, qlab)
+    ref = evaluate(qe, qlab, ge, gl)
     assert out["results"]["H-AP"] == pytest.approx(ref["H-AP"], rel=1e-6)
     assert out["results"]["mAP@100_level0"] == pytest.approx(ref["mAP@100_level0"], rel=1e-6)
     # the written embeddings are reusable with -e/-l

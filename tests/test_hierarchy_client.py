@@ -2,8 +2,6 @@
 
 import json
 import sqlite3
-import sys
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,10 +17,8 @@ from hglv2.hierarchy.wikidata import (
     request_key,
     user_agent,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from fake_wikidata import FakeWikidata, World  # noqa: E402
-from make_sample import build_world  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import build_world  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +204,7 @@ def test_parse_item_ranks_and_redirects(world, tmp_path):
 
 
 def test_p373_fallback_escapes_sparql_literals(tmp_path):
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     from hglv2.hierarchy.resolve import resolve_categories
 
@@ -283,7 +279,7 @@ def test_cache_is_per_title_so_one_new_landmark_fetches_one_title(tmp_path):
 
 
 def test_titles_are_nfc_normalised(tmp_path):
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     from hglv2.hierarchy.resolve import resolve_categories
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "pipelines"))
-
-from fake_wikidata import FakeWikidata  # noqa: E402
-from make_sample import build_world  # noqa: E402
 
 from hglv2.cli import main  # noqa: E402
 from hglv2.errors import InputError  # noqa: E402
@@ -28,6 +23,8 @@ from hglv2.hierarchy.dump import (  # noqa: E402
 from hglv2.hierarchy.graph import fetch_graph, write_graph  # noqa: E402
 from hglv2.hierarchy.resolve import read_categories, resolve_categories  # noqa: E402
 from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient  # noqa: E402
+from pipelines.fake_wikidata import FakeWikidata  # noqa: E402
+from pipelines.make_sample import build_world  # noqa: E402
 
 
 def write_dump(world, path: Path) -> None:

@@ -22,9 +22,8 @@ from hglv2.hierarchy.wikidata import ResponseCache, WikidataClient
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 REVIEW = ROOT / "data" / "review"
-sys.path.insert(0, str(ROOT / "pipelines"))
-from fake_wikidata import FAULTS, FakeWikidata, World  # noqa: E402
-from make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
+from pipelines.fake_wikidata import FAULTS, FakeWikidata, World  # noqa: E402
+from pipelines.make_sample import SAMPLE_INDEX_LANDMARKS, build_world  # noqa: E402
 
 OUTPUTS = (
     "resolved.parquet",
@@ -243,7 +242,7 @@ def test_p279_cycles_do_not_hang(tmp_path):
     ents = dict(base.entities)
     # a long ring of classes, every one of them a landmark's class, plus a self-loop
     ring = [f"Q98000{i:04d}" for i in range(80)]
-    from make_sample import _entity
+    from pipelines.make_sample import _entity
 
     for i, q in enumerate(ring):
         ents[q] = _entity(q, f"ring {i}", {"P279": [(ring[(i + 1) % len(ring)], "normal"), (q, "normal")]}, 1)

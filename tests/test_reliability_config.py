@@ -7,16 +7,15 @@ import copy
 
 import pytest
 
-from hglv2.errors import InputError
-from hglv2.train.config import (
+from hglv2.config import (
     DEFAULTS,
     RESULT_NEUTRAL,
     config_digest,
     config_errors,
-    legacy_config_digest,
     load_config,
     parse_overrides,
 )
+from hglv2.errors import InputError
 from tests.fixtures.training import tiny_synthetic_config
 
 # (--set KEY=VALUE, the key the message must name); each was a traceback or silently accepted
@@ -52,7 +51,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize("pair,key", BAD_VALUES, ids=[p for p, _ in BAD_VALUES])
 def test_each_bad_value_is_one_message_naming_the_key(pair, key):
     cfg = load_config("synthetic")
-    from hglv2.train.config import apply_overrides
+    from hglv2.config import apply_overrides
 
     with pytest.raises(InputError) as err:
         apply_overrides(cfg, parse_overrides([pair]))
@@ -116,7 +115,6 @@ def test_result_neutral_settings_are_not_part_of_the_identity(key):
     section, name = key.split(".")
     cfg[section][name] = DEFAULTS[section][name] + 3
     assert config_digest(cfg) == before
-    assert legacy_config_digest(cfg) != before  # what v0.1 stored: still accepted on resume
 
 
 def test_resume_after_changing_num_workers_only(tmp_path):

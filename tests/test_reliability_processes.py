@@ -55,7 +55,8 @@ def suite(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hygiene")
     path = tmp / "suite.yaml"
     write_tiny_suite(path, tmp / "data", "hygiene", steps=100000, checkpoint_every=0)
-    from hglv2.train import load_config, prepare_data
+    from hglv2.config import load_config
+    from hglv2.train import prepare_data
 
     prepare_data(load_config(path))  # generate the data once, outside the timed part
     return path

@@ -35,7 +35,7 @@ import pytest
 from click.testing import CliRunner
 
 from hglv2.cli import main
-from hglv2.train.config import load_config
+from hglv2.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -44,7 +44,7 @@ def test_editing_the_hierarchy_file_retrains_the_runs(tmp_path, cli_runner):
 
 def test_run_key_depends_on_config_data_and_code_content(tmp_path):
     from hglv2.benchmark import code_digest, data_digest, run_key
-    from hglv2.train import load_config
+    from hglv2.config import load_config
 
     cfg = load_config("synthetic")
     root = tmp_path / "d"

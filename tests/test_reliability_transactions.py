@@ -490,14 +490,20 @@ def test_commands_write_only_into_folders_they_own(tmp_path, meta, cli_runner):
     _consistent(tmp_path / "empty")
 
 
-def test_folders_written_before_owner_markers_are_recognised(tmp_path, meta):
+def test_folders_without_an_owner_marker_are_foreign(tmp_path, meta):
     out = tmp_path / "out"
     main(_export_args(meta, out, "train"), standalone_mode=False)
-    (out / OWNER_FILE).unlink()  # as written by an earlier hglv2
-    assert fileio.folder_owner(out) == "export"
-    with pytest.raises(InputError, match="holds the output of hglv2 export, not synthetic"):
-        with folder_transaction(out, "synthetic"):
-            pass
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / OWNER_FILE).unlink()  # the files of an export, but no marker: not ours to replace
+    assert fileio.folder_owner(out) is None
+    for kind in ("export", "synthetic"):
+        with pytest.raises(InputError, match=f"is not empty and was not written by hglv2 {kind}"):
+            with folder_transaction(out, kind):
+                pass
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        k: v for k, v in before.items() if k != OWNER_FILE
+    }
+    (out / OWNER_FILE).write_text('{"kind": "export"}')
     main(_export_args(meta, out, "index"), standalone_mode=False)
     assert sorted(_consistent(out)["splits"]) == ["index"]
     (out / OWNER_FILE).write_text("not json")
@@ -558,16 +564,18 @@ def test_train_and_benchmark_never_write_into_another_commands_folder(tmp_path, 
             "(choose another folder)"
         ]
         assert {p.name: p.read_bytes() for p in export_dir.iterdir()} == exported
-    # a folder claimed by a run (or one from an earlier version: config.yaml + log) is not exported into
+    # a folder claimed by a run is not exported into, nor a foreign one without an owner marker
     run = fileio.claim_folder(tmp_path / "run", "train")
     assert fileio.folder_owner(run) == "train" and fileio.claim_folder(run, "train") == run
-    legacy = tmp_path / "old_run"
-    legacy.mkdir()
-    (legacy / "config.yaml").write_text("name: x\n")
-    (legacy / "log.jsonl").write_text("")
-    for folder, owner in ((run, "train"), (legacy, "train")):
-        res = cli_runner.invoke(main, _export_args(meta, folder))
-        assert res.exit_code == 2 and f"holds the output of hglv2 {owner}, not export" in res.stderr
+    res = cli_runner.invoke(main, _export_args(meta, run))
+    assert res.exit_code == 2 and "holds the output of hglv2 train, not export" in res.stderr
+    unmarked = tmp_path / "old_run"
+    unmarked.mkdir()
+    (unmarked / "config.yaml").write_text("name: x\n")
+    (unmarked / "log.jsonl").write_text("")
+    assert fileio.folder_owner(unmarked) is None
+    res = cli_runner.invoke(main, _export_args(meta, unmarked))
+    assert res.exit_code == 2 and "is not empty and was not written by hglv2 export" in res.stderr
 
 
 def test_log_records_with_undefined_metrics_are_strict_json(tmp_path):

@@ -1,8 +1,9 @@
-"""The training benchmarks' scripts run (tiny CPU versions; their figures are not checked)."""
+"""The GPU check's training part runs (tiny, on the CPU; its figures are not checked)."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,19 +12,21 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its process pool pickles functions by module name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_gpu_check_train_smoke(tmp_path):
-    out = _load("gpu_check_train").main(
-        ["--smoke", "--data", str(tmp_path / "data"), "--json", str(tmp_path / "r.json")]
-    )
-    assert out["steps"] == 6 and out["batch_size"] == 16 and out["images_per_s_run"] > 0
-    assert out["images_per_s_compute_floor"] > 0 and out["data"]["images"] > 0
-    assert (tmp_path / "r.json").is_file()
+    cmd = [sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--part", "train"]
+    cmd += ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "r.json")]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = json.loads((tmp_path / "r.json").read_text())["train"]
+    h = out["harness"]
+    assert h["steps"] == 6 and h["batch_size"] == 16 and h["images_per_s_run"] > 0
+    assert h["images_per_s_compute_floor"] > 0 and h["data"]["images"] > 0
+    assert all("error" not in v for v in out["recipe"].values() if isinstance(v, dict))
+
+
+def test_gpu_check_without_cuda_skips():
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    cmd = [sys.executable, str(BENCH / "gpu_check.py"), "--part", "losses"]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert proc.stdout.startswith("gpu_check: no CUDA device") and len(proc.stdout.splitlines()) == 1

@@ -1,5 +1,5 @@
 """The one config path of ``hglv2 train`` and ``hglv2 benchmark``: overrides, validation, digests,
-and the compatibility of the names that moved when ``hglv2/train.py`` became a package."""
+and one home for each name of the training package."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import copy
 
 import pytest
 
-from hglv2.errors import InputError
-from hglv2.train.config import (
+from hglv2.config import (
     DEFAULTS,
     apply_overrides,
     config_digest,
@@ -16,6 +15,7 @@ from hglv2.train.config import (
     parse_overrides,
     set_path,
 )
+from hglv2.errors import InputError
 
 
 def test_parse_overrides_reads_yaml_values():
@@ -58,21 +58,16 @@ def test_digest_depends_on_values_not_key_order():
     assert config_digest(a) != config_digest(b)
 
 
-def test_moved_names_are_still_importable_from_their_old_homes():
-    import hglv2.dataset
-    import hglv2.losses
-    import hglv2.samplers
+def test_training_names_have_one_home():
     import hglv2.train
-    from hglv2.train import config, data, optim, trainer
+    from hglv2.train import data, optim, trainer
 
-    assert hglv2.train.ContrastiveLoss is hglv2.losses.ContrastiveLoss
-    assert hglv2.train.contrastive_loss is hglv2.losses.contrastive_loss
-    assert hglv2.train.build_loss is hglv2.losses.build_loss
-    for name in ("load_config", "validate_config", "set_path", "config_digest", "config_names", "DEFAULTS"):
-        assert getattr(hglv2.train, name) is getattr(config, name)
-    for name in ("prepare_data", "SeededItems", "hash_seed"):
+    for name in ("prepare_data", "SeededItems", "hash_seed", "build_dataset", "build_batch_sampler"):
         assert getattr(hglv2.train, name) is getattr(data, name)
     assert hglv2.train.lr_factor is optim.lr_factor
-    for name in ("Trainer", "train", "embed", "resolve_device", "seed_everything"):
+    for name in ("Trainer", "train", "batch_gap", "seed_everything"):
         assert getattr(hglv2.train, name) is getattr(trainer, name)
     assert set(hglv2.train.__all__) <= set(dir(hglv2.train))
+    # the config, the transforms and the device helpers live below training, not re-exported by it
+    for name in ("load_config", "config_digest", "DEFAULTS", "build_transform", "resolve_device", "embed"):
+        assert not hasattr(hglv2.train, name)

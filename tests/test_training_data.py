@@ -17,17 +17,8 @@ from hglv2.dataset import HGLDv2Dataset
 from hglv2.errors import InputError
 from hglv2.fileio import write_parquet
 from hglv2.schema import image_relpath
-from hglv2.train.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchList,
-    EpochBatches,
-    ImageTransform,
-    SeededItems,
-    build_train_loader,
-    hash_seed,
-    to_model_input,
-)
+from hglv2.train.data import BatchList, EpochBatches, SeededItems, build_train_loader, hash_seed
+from hglv2.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, to_model_input
 
 
 def _smooth(width: int, height: int, seed: int) -> Image.Image:

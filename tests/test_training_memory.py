@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 
+from hglv2.config import load_config
 from hglv2.errors import InputError
 from hglv2.losses import build_loss
-from hglv2.train import Trainer, load_config
+from hglv2.train import Trainer
 from hglv2.train.memory import MemoryBank, build_memory_bank
-from tests.test_training_train import _batch, tiny_config
+from tests.test_training_train import _batch, assert_ddp_matches_one_process, sgd, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +120,6 @@ def test_trainer_grad_cache_equals_the_direct_step(data_root, tmp_path, loss):
 @pytest.mark.slow
 def test_two_gloo_processes_with_memory_and_grad_cache_equal_one_process(data_root, tmp_path):
     """DDP + memory bank (global batches enqueued) + gradient caching (no_sync re-forwards)."""
-    import torch.multiprocessing as mp
-
-    from tests.test_training_train import _ddp_worker, _free_port
-
-    cfg = tiny_config(data_root, steps=3, grad_cache_chunk=4)
+    cfg = sgd(tiny_config(data_root, steps=3, grad_cache_chunk=4))
     cfg["loss"].update(name="SupHAP", memory={"size": 24, "start_step": 1})
-    Trainer(cfg, tmp_path / "one", progress=False, resume=False).fit()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path / "two")), nprocs=2, join=True)
-    one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
-    two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
-    for k in one:
-        torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert_ddp_matches_one_process(cfg, tmp_path)

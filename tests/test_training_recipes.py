@@ -14,13 +14,14 @@ import pytest
 import torch
 from torch import nn
 
+from hglv2.config import config_names, load_config
 from hglv2.errors import InputError
 from hglv2.models import GeM, build_model
-from hglv2.train import Trainer, load_config
-from hglv2.train.config import config_names
-from hglv2.train.data import build_batch_sampler, build_transform
+from hglv2.train import Trainer
+from hglv2.train.data import build_batch_sampler
 from hglv2.train.optim import build_scheduler, lr_factor, model_optimizer
 from hglv2.train.trainer import batch_gap
+from hglv2.transforms import build_transform
 from tests.fixtures.training import tiny_synthetic_config
 
 S = "suprank/config/"
@@ -334,7 +335,7 @@ def test_per_group_learning_rates_and_sgd_nesterov():
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 1e-4]
     assert len(opt.param_groups[1]["params"]) == len(model.head_parameters())
     single = model_optimizer(_cfg(optimizer__lr=0.01), model)
-    assert len(single.param_groups) == 1  # same settings: one group (v0.1 checkpoints load)
+    assert len(single.param_groups) == 1  # same settings: one group
     sgd = model_optimizer(_cfg(optimizer__name="sgd", optimizer__nesterov=True, optimizer__lr=0.1), model)
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9

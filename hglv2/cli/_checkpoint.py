@@ -73,6 +73,7 @@ def run_checkpoint(
     """Run the mode chosen by the options in ``p``; report lines through ``say``; return the JSON-ready
     output. The caller passes a collecting ``say`` so that files are written before anything is printed."""
     from hglv2.evaluation import protocols
+    from hglv2.evaluation.checkpoint import default_eval_dir
 
     ckpt = p["checkpoint"]
     common = dict(
@@ -110,12 +111,7 @@ def run_checkpoint(
             f"Easy {100 * res['mAP_easy']:.2f}"
         )
         return {"mode": p["protocol"], "checkpoint": str(ckpt), "data": str(p["data"]), "results": res}
-    out_dir = p["out_dir"]
-    if out_dir is None:
-        run = ckpt if ckpt.is_dir() else ckpt.parent
-        if run.name == "checkpoints":
-            run = run.parent
-        out_dir = run / "eval" / Path(p["data"]).resolve().name
+    out_dir = p["out_dir"] or default_eval_dir(ckpt, p["data"])
     res = protocols.evaluate_splits(
         ckpt,
         p["data"],

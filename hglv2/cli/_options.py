@@ -150,3 +150,51 @@ def json_option(help: str = "Also write the results here as JSON.") -> Callable:
         return click.option("--json", "json_path", type=OUTPUT_FILE_PATH, default=None, help=help)(wrapper)
 
     return decorator
+
+
+#: The image splits of the GLDv2 release (each a folder of tar shards).
+IMAGE_SPLIT = click.Choice(["train", "index", "test"])
+
+
+def progress_option(f: Callable) -> Callable:
+    """``--progress/--no-progress``: a progress bar on stderr."""
+    return click.option("--progress/--no-progress", default=True, show_default=True)(f)
+
+
+def network_options(timeout_help: str | None = None) -> Callable:
+    """The options of every download, in this order: ``--contact`` (the User-Agent contact),
+    ``--max-tries`` (tries of each request), ``--timeout`` and ``--progress/--no-progress``."""
+
+    def decorator(f: Callable) -> Callable:
+        f = progress_option(f)
+        f = click.option(
+            "--timeout", type=click.FloatRange(0.1, None), default=60.0, show_default=True, help=timeout_help
+        )(f)
+        f = click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)(f)
+        return click.option(
+            "--contact",
+            envvar="HGLV2_CONTACT",
+            default="anonymous",
+            show_default=True,
+            help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
+        )(f)
+
+    return decorator
+
+
+def download_target_options(dest_help: str, server_holds: str) -> Callable:
+    """``--dest`` (the download folder, default ``data/gldv2``) and ``--base-url`` (the server
+    holding ``server_holds``; default the official one) of a GLDv2 download."""
+
+    def decorator(f: Callable) -> Callable:
+        f = click.option(
+            "--base-url",
+            type=HTTP_URL,
+            default=None,
+            help=f"Server holding {server_holds} (default: https://s3.amazonaws.com/google-landmark).",
+        )(f)
+        return click.option(
+            "--dest", type=OUTPUT_DIR, default="data/gldv2", show_default=True, help=dest_help
+        )(f)
+
+    return decorator

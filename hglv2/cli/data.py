@@ -6,7 +6,14 @@ import os
 
 import click
 
-from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE, Output, json_option
+from hglv2.cli._options import (
+    OUTPUT_DIR,
+    OUTPUT_FILE,
+    Output,
+    download_target_options,
+    json_option,
+    network_options,
+)
 
 
 def command_line(ctx: click.Context) -> list[str]:
@@ -44,19 +51,7 @@ def download() -> None:
 
 @download.command("metadata")
 @click.argument("names", nargs=-1)
-@click.option(
-    "--dest",
-    type=OUTPUT_DIR,
-    default="data/gldv2",
-    show_default=True,
-    help="Folder for the metadata files and the lock file.",
-)
-@click.option(
-    "--base-url",
-    type=HTTP_URL,
-    default=None,
-    help="Server holding metadata/ and ground_truth/ (default: https://s3.amazonaws.com/google-landmark).",
-)
+@download_target_options("Folder for the metadata files and the lock file.", "metadata/ and ground_truth/")
 @click.option("--offline", is_flag=True, help="Download nothing; check the files on disk against the lock.")
 @click.option(
     "--lock",
@@ -65,22 +60,7 @@ def download() -> None:
     default=None,
     help="Lock file with sizes and sha256 (default: DEST/gldv2.lock.json).",
 )
-@click.option(
-    "--contact",
-    envvar="HGLV2_CONTACT",
-    default="anonymous",
-    show_default=True,
-    help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
-)
-@click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.1, None),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the server on each read.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@network_options(timeout_help="Seconds to wait for the server on each read.")
 @json_option(help="Also write the per-file results as JSON.")
 def download_metadata(
     names: tuple[str, ...],
@@ -100,6 +80,7 @@ def download_metadata(
     """
     from hglv2.gldv2.downloads import download
     from hglv2.gldv2.specs import DEFAULT_BASE_URL
+    from hglv2.http import Retries
 
     records = download(
         names or None,
@@ -108,13 +89,12 @@ def download_metadata(
         offline=offline,
         lock_path=lock_path,
         contact=contact,
-        max_tries=max_tries,
-        timeout=timeout,
+        retries=Retries(timeout=timeout, max_tries=max_tries),
         progress=progress,
     )
     return Output(
-        {"dest": os.fspath(dest), "files": [r.as_dict() for r in records]},
-        [f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}" for r in records],
+        data={"dest": os.fspath(dest), "files": [r.as_dict() for r in records]},
+        lines=[f"{r.name:34s} {r.status:10s} {r.size:>14,d} B  sha256 {r.sha256[:16]}" for r in records],
     )
 
 

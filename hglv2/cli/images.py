@@ -1,4 +1,6 @@
-"""``hglv2 prepare-images``: re-encode a split's image shards to a bounded size (see hglv2.images)."""
+"""``hglv2 prepare-images`` (re-encode a split's image shards to a bounded size, see
+:mod:`hglv2.reencode`) and ``hglv2 download images`` (the official shards, see
+:mod:`hglv2.gldv2.shards`)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,23 @@ from pathlib import Path
 
 import click
 
-from hglv2.cli._options import HTTP_URL, OUTPUT_DIR, OUTPUT_FILE
-from hglv2.errors import InputError, NetworkError
-from hglv2.fileio import write_json
+from hglv2.cli._options import (
+    IMAGE_SPLIT,
+    OUTPUT_DIR,
+    OUTPUT_FILE,
+    Output,
+    download_target_options,
+    json_option,
+    network_options,
+    progress_option,
+)
+from hglv2.errors import InputError
 
 
 @click.command("prepare-images")
 @click.option(
     "--split",
-    type=click.Choice(["train", "index", "test"]),
+    type=IMAGE_SPLIT,
     default="train",
     show_default=True,
     help="Which split's shards (reads DEST/<split>/, writes DEST/<split>-<max-side>/ by default).",
@@ -50,8 +60,8 @@ from hglv2.fileio import write_json
     help="Images per output shard when the source is an image folder.",
 )
 @click.option("--shards", "shard_spec", default=None, help="Only these shards, e.g. 0-9,42.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--json", "json_path", type=OUTPUT_FILE, default=None, help="Write the summary.")
+@progress_option
+@json_option(help="Write the summary.")
 def prepare_images(
     split: str,
     dest: str,
@@ -63,14 +73,13 @@ def prepare_images(
     shard_size: int,
     shard_spec: str | None,
     progress: bool,
-    json_path: str | None,
-) -> None:
+) -> Output:
     """Re-encode a split's images so their longer side is at most --max-side, into new tar shards.
 
     The output folder holds images_NNN.tar shards (read by HGLDv2Dataset like the official ones),
     index.parquet and prepare.json. Resumable: finished shards are skipped on a rerun.
     """
-    from hglv2 import images
+    from hglv2 import reencode
 
     src = Path(source) if source else Path(dest) / split
     out = Path(out_dir) if out_dir else Path(dest) / f"{split}-{max_side}"
@@ -80,10 +89,11 @@ def prepare_images(
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     shards = None
     if shard_spec:
-        from hglv2.gldv2.images import parse_shard_spec, shard_name
+        from hglv2.gldv2.shards import parse_shard_spec
+        from hglv2.gldv2.specs import shard_name
 
         shards = [shard_name(k) for k in parse_shard_spec(shard_spec)]
-    res = images.prepare_images(
+    res = reencode.prepare_images(
         src,
         out,
         max_side=max_side,
@@ -93,49 +103,30 @@ def prepare_images(
         shards=shards,
         progress=progress,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, res)
-    click.echo(
-        f"{out}: {len(res['shards'])} shards ({res['shards_skipped']} already done), "
-        f"{res['images']:,d} images ({res['reencoded']:,d} re-encoded), {res['bytes_out'] / 1e6:,.1f} MB; "
-        f"{res['images_prepared_now']:,d} images now at {res['images_per_s']:,.1f}/s with {jobs} jobs"
-    )
     for f in res["failed"][:10]:
         click.echo(f"skipped {f['shard']}:{f['member']}: {f['reason']}", err=True)
     if len(res["failed"]) > 10:
         click.echo(f"... and {len(res['failed']) - 10} more (see {out}/prepare.json)", err=True)
+    summary = (
+        f"{out}: {len(res['shards'])} shards ({res['shards_skipped']} already done), "
+        f"{res['images']:,d} images ({res['reencoded']:,d} re-encoded), {res['bytes_out'] / 1e6:,.1f} MB; "
+        f"{res['images_prepared_now']:,d} images now at {res['images_per_s']:,.1f}/s with {jobs} jobs"
+    )
+    return Output(data=res, lines=[summary])
 
 
 @click.command("images")
-@click.option("--split", type=click.Choice(["train", "index", "test"]), required=True)
+@click.option("--split", type=IMAGE_SPLIT, required=True)
 @click.option("--shards", "shard_spec", default=None, help="Shard numbers, e.g. 0-9,42 (default: all).")
 @click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True, help="Files at once.")
-@click.option(
-    "--dest",
-    type=OUTPUT_DIR,
-    default="data/gldv2",
-    show_default=True,
-    help="Download folder: shards go to DEST/<split>/, the lock file is DEST/gldv2.lock.json.",
-)
-@click.option(
-    "--base-url",
-    type=HTTP_URL,
-    default=None,
-    help="Server holding <split>/ and md5sum/ (default: https://s3.amazonaws.com/google-landmark).",
+@download_target_options(
+    "Download folder: shards go to DEST/<split>/, the lock file is DEST/gldv2.lock.json.",
+    "<split>/ and md5sum/",
 )
 @click.option("--verify", is_flag=True, help="Re-hash every shard on disk (default: trust size + lock).")
 @click.option("--lock", "lock_path", type=OUTPUT_FILE, default=None, help="Lock file.")
-@click.option(
-    "--contact",
-    envvar="HGLV2_CONTACT",
-    default="anonymous",
-    show_default=True,
-    help="E-mail or URL sent in the User-Agent (env HGLV2_CONTACT).",
-)
-@click.option("--max-tries", type=click.IntRange(1, 100), default=8, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.1, None), default=60.0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--json", "json_path", type=OUTPUT_FILE, default=None, help="Per-shard results.")
+@network_options()
+@json_option(help="Per-shard results.")
 def download_images(
     split: str,
     shard_spec: str | None,
@@ -148,37 +139,36 @@ def download_images(
     max_tries: int,
     timeout: float,
     progress: bool,
-    json_path: str | None,
-) -> None:
+) -> Output:
     """Fetch the image tar shards of a split, each checked against its official md5 (never extracted).
 
     Resumes cut transfers with HTTP Range, checks the free disk space first, and records verified
     shards in the lock file so a re-run does not re-hash them (unless --verify).
     """
-    from hglv2.gldv2 import DEFAULT_BASE_URL
-    from hglv2.gldv2 import images as gimages
+    from hglv2.gldv2 import shards as gshards
+    from hglv2.gldv2.specs import DEFAULT_BASE_URL
+    from hglv2.http import Retries
 
-    records = gimages.download_images(
+    records = gshards.download_images(
         split,
         dest,
-        shards=gimages.parse_shards(shard_spec, split),
+        shards=gshards.parse_shards(shard_spec, split),
         jobs=jobs,
         verify=verify,
         base_url=base_url or DEFAULT_BASE_URL,
         lock_path=lock_path,
         contact=contact,
-        timeout=timeout,
-        max_tries=max_tries,
+        retries=Retries(timeout=timeout, max_tries=max_tries),
         progress=progress,
         raise_on_error=False,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(
-            json_path, {"dest": os.fspath(dest), "split": split, "shards": [r.as_dict() for r in records]}
-        )
-    for r in records:
-        if r.status != "failed":
-            click.echo(f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}")
     failed = [r for r in records if r.status == "failed"]
-    if failed:
-        raise NetworkError(gimages.failure_summary(failed))
+    return Output(
+        error=gshards.failure_summary(failed) if failed else None,
+        data={"dest": os.fspath(dest), "split": split, "shards": [r.as_dict() for r in records]},
+        lines=[
+            f"{r.key:24s} {r.status:10s} {r.size:>15,d} B  md5 {r.md5}"
+            for r in records
+            if r.status != "failed"
+        ],
+    )

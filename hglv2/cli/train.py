@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hglv2.cli._options import OUTPUT_DIR, OUTPUT_FILE, parse_int_list
-from hglv2.fileio import write_json
+from hglv2.cli._options import OUTPUT_DIR, Output, json_option, parse_int_list
 
 
 def _overrides(pairs: tuple[str, ...], random_init: bool) -> dict[str, Any]:
-    from hglv2.train.config import parse_overrides
+    from hglv2.config import parse_overrides
 
     out = parse_overrides(pairs)
     if random_init:
@@ -39,7 +39,7 @@ _COMMON = [
     click.option(
         "--random-init", is_flag=True, help="train from random initialisation (model.pretrained=false)"
     ),
-    click.option("--json", "json_path", type=OUTPUT_FILE, help="also write the result as JSON"),
+    json_option(help="also write the result as JSON"),
     click.option("--quiet", is_flag=True, help="no progress bars"),
 ]
 
@@ -68,17 +68,16 @@ def train(
     device: str,
     sets: tuple[str, ...],
     random_init: bool,
-    json_path: str | None,
     quiet: bool,
-) -> None:
+) -> Output | None:
     """Train a model with CONFIG (a shipped name: synthetic, h-gldv2, sop, inat2018, inat-base, cub,
     dyml-vehicle, dyml-animal, dyml-product; or a YAML file).
 
     Resumes from OUT/checkpoints/last.pt when present. Under torchrun each process trains its shard
     of every global batch (gloo on CPU, nccl on GPU).
     """
+    from hglv2.config import apply_overrides, load_config
     from hglv2.train import train as run_train
-    from hglv2.train.config import apply_overrides, load_config
 
     cfg = apply_overrides(load_config(config), _overrides(sets, random_init), "config (after --set)")
     out_dir = Path(out or Path("runs") / cfg["name"])
@@ -88,13 +87,14 @@ def train(
         torch.set_num_threads(threads)
     metrics = run_train(cfg, out_dir, device=device, resume=not no_resume, progress=not quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
-        return
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        from hglv2.train.trainer import json_metrics
-
-        write_json(json_path, {"config": cfg["name"], "out": str(out_dir), "metrics": json_metrics(metrics)})
-    click.echo(f"trained {cfg['name']}: {_short(metrics)}")
-    click.echo(f"run folder: {out_dir} (log.jsonl, model.pt, metrics.json)")
+        return None
+    return Output(
+        data={"config": cfg["name"], "out": str(out_dir), "metrics": metrics},
+        lines=[
+            f"trained {cfg['name']}: {_short(metrics)}",
+            f"run folder: {out_dir} (log.jsonl, model.pt, metrics.json)",
+        ],
+    )
 
 
 @click.command()
@@ -119,15 +119,15 @@ def benchmark(
     device: str,
     sets: tuple[str, ...],
     random_init: bool,
-    json_path: str | None,
     quiet: bool,
-) -> None:
+) -> Output:
     """Train and evaluate every loss of SUITE (default: the embedded synthetic suite, CPU).
 
     Writes OUT/results.json, OUT/report.md and PNG plots; finished runs are reused.
     """
-    from hglv2.benchmark import markdown_table, run_suite, stdout_closed
-    from hglv2.train.config import load_config
+    from hglv2.benchmark import markdown_table, run_suite
+    from hglv2.cli import EXIT_BROKEN_PIPE
+    from hglv2.config import load_config
 
     cfg = load_config(suite)
     overrides = _overrides(sets, random_init)
@@ -137,6 +137,7 @@ def benchmark(
     seed_list = None if seeds is None else parse_int_list(seeds, "--seeds", minimum=0, unique=True)
     loss_list = [s.strip() for s in losses.split(",") if s.strip()] if losses else None
     out_dir = Path(out or Path("runs") / "benchmark" / cfg["name"])
+    printer = _RunLines()
     results = run_suite(
         cfg,
         out_dir,
@@ -146,21 +147,51 @@ def benchmark(
         overrides=overrides,
         progress=not quiet,
         jobs=jobs,
+        say=None if quiet else printer,
     )
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(
-            json_path,
-            {
-                "report": str(out_dir / "report.md"),
-                "summary": results["summary"],
-                "wall_seconds": results["wall_seconds"],
-            },
-        )
-    if stdout_closed():  # a progress line met a closed stdout: the files are written, exit 141 now
-        raise BrokenPipeError(errno.EPIPE, "stdout closed")
-    click.echo(markdown_table(results))
-    click.echo(f"wall time {results['wall_seconds']:.1f} s")
-    click.echo(f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)")
+    data = {
+        "report": str(out_dir / "report.md"),
+        "summary": results["summary"],
+        "wall_seconds": results["wall_seconds"],
+    }
+    if printer.closed:  # a run's line met a closed stdout: the files are written, exit 141
+        return Output(data=data, exit_code=EXIT_BROKEN_PIPE)
+    return Output(
+        data=data,
+        lines=[
+            markdown_table(results),
+            f"wall time {results['wall_seconds']:.1f} s",
+            f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)",
+        ],
+    )
+
+
+class _RunLines:
+    """Prints a finished run's line to stdout without tearing the progress bar on stderr.
+
+    A closed stdout (the reader of a pipe is gone) does not stop the suite: the line is dropped,
+    stdout is pointed at /dev/null and :attr:`closed` turns true, so the command writes its files
+    first and exits as a broken pipe after.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self, line: str) -> None:
+        from tqdm import tqdm
+
+        from hglv2.cli import _silence_stdout
+
+        if self.closed:
+            return
+        try:
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            self.closed = True
+            _silence_stdout()
 
 
 @click.command()
@@ -182,7 +213,7 @@ def benchmark(
 @click.option(
     "--landmarks-per-cluster", type=click.IntRange(min=1), help="keep at most this many per cluster"
 )
-@click.option("--json", "json_path", type=OUTPUT_FILE, help="also write the manifest here")
+@json_option(help="also write the manifest here")
 @click.option("--quiet", is_flag=True)
 def synthesize(
     out: str,
@@ -195,9 +226,8 @@ def synthesize(
     train_fraction: float,
     max_clusters: int | None,
     landmarks_per_cluster: int | None,
-    json_path: str | None,
     quiet: bool,
-) -> None:
+) -> Output:
     """Generate the embedded hierarchical landmarks (Parquet splits + JPEGs + manifest.json)."""
     from hglv2.synthetic import SyntheticParams, generate
 
@@ -212,9 +242,8 @@ def synthesize(
         landmarks_per_cluster=landmarks_per_cluster,
     )
     manifest = generate(out, hierarchy, params, progress=not quiet)
-    if json_path:  # files first: a closed stdout (| head) must not lose them
-        write_json(json_path, manifest)
-    for name, s in manifest["splits"].items():
-        click.echo(f"{name}: {s['rows']} images of {s['landmarks']} landmarks")
-    click.echo(f"hierarchy: {manifest['hierarchy']['source']}")
-    click.echo(f"written to {out} (manifest.json)")
+    lines = [
+        f"{name}: {s['rows']} images of {s['landmarks']} landmarks" for name, s in manifest["splits"].items()
+    ]
+    lines += [f"hierarchy: {manifest['hierarchy']['source']}", f"written to {out} (manifest.json)"]
+    return Output(data=manifest, lines=lines)

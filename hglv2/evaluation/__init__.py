@@ -1,9 +1,10 @@
 """Evaluate a trained model from its checkpoint: embed a dataset's images and report the metrics.
 
 - :mod:`hglv2.evaluation.checkpoint`: a run folder or checkpoint file -> the trained model and its
-  config (``torch.load(weights_only=True)``, the trainer's model-building code);
-- :mod:`hglv2.evaluation.embed`: batched embedding of an image list (progress bar, AMP on CUDA),
-  with optional crops (Revisited Oxford/Paris queries);
+  config (``torch.load(weights_only=True)``, :func:`hglv2.models.build_model`);
+- :mod:`hglv2.evaluation.embed`: the one embedder of a dataset (progress bar, AMP and
+  channels-last on CUDA, finite check), used here and by the trainer, and image lists with
+  optional crops (Revisited Oxford/Paris queries);
 - :mod:`hglv2.evaluation.protocols`: the split protocol (``--data DIR --query --gallery``), the
   Revisited Oxford/Paris protocol (``--protocol roxford5k|rparis6k``) and the paper's landmark
   table.

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hglv2.config import load_config
 from hglv2.errors import InputError
+from hglv2.models import build_model
 
 
 def _find_config(path: Path) -> Path | None:
@@ -25,6 +27,16 @@ def _find_config(path: Path) -> Path | None:
         if (folder / "config.yaml").is_file():
             return folder / "config.yaml"
     return None
+
+
+def default_eval_dir(run_or_file: str | os.PathLike[str], data: str | os.PathLike[str]) -> Path:
+    """Where the embeddings of ``data`` go by default: ``<run>/eval/<data folder name>``, the run
+    being the folder itself, or the folder of a checkpoint file (above ``checkpoints/``)."""
+    ckpt = Path(run_or_file)
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    if run.name == "checkpoints":
+        run = run.parent
+    return run / "eval" / Path(data).resolve().name
 
 
 def resolve_checkpoint(
@@ -55,9 +67,6 @@ def load_trained_model(
     config: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained :class:`~hglv2.models.EmbeddingModel` (eval mode, on ``device``) and its config."""
-    from hglv2.models import build_model
-    from hglv2.train.config import load_config
-
     weights, cfg_path = resolve_checkpoint(run_or_file, config)
     cfg = load_config(cfg_path)
     try:

@@ -1,8 +1,9 @@
-"""Batched embedding of image lists (progress bar, AMP on CUDA), with optional crops."""
+"""The one embedder (:func:`embed_images`: batched, progress bar, AMP and channels-last on CUDA,
+finite check), used by the evaluation protocols and the trainer, and :class:`ImageList` (images
+by path, with optional crops)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from hglv2.errors import InputError
+from hglv2.models import autocast
+from hglv2.transforms import to_model_input
 
 
 class ImageList(torch.utils.data.Dataset):
@@ -60,12 +63,20 @@ def embed_images(
     amp: bool = True,
     progress: bool = True,
     desc: str = "embedding",
-) -> np.ndarray:
-    """(N, D) float32 embeddings of every item's ``image``, in dataset order; float16 autocast on
-    CUDA when ``amp``; a tqdm bar when ``progress`` (off without a terminal)."""
-    from tqdm import tqdm
+    channels_last: bool = False,
+    check_finite: bool = True,
+    with_labels: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """(N, D) float32 embeddings of every item's ``image``, in dataset order.
 
-    from hglv2.train.data import to_model_input  # uint8 images of the trainer's transforms -> input
+    uint8 images are normalised on ``device`` (:func:`~hglv2.transforms.to_model_input`); the
+    batches are pinned on CUDA, with float16 autocast when ``amp`` and NHWC memory layout when
+    ``channels_last``. A tqdm bar when ``progress`` (off without a terminal). The model runs in
+    eval mode and is left in the mode it came in. ``check_finite``: a non-finite embedding is an
+    :class:`~hglv2.errors.InputError` naming the image. ``with_labels``: returns
+    ``(embeddings, labels)``, the labels (N, L) of the items' ``labels``.
+    """
+    from tqdm import tqdm
 
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
@@ -75,19 +86,26 @@ def embed_images(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    use_amp = amp and device.type == "cuda"
+    was_training = model.training
     model.eval()
-    out = []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True):
-            ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with ctx:
-                e = model(to_model_input(batch["image"], device))
-            out.append(e.float().cpu())
+    out, labels = [], []
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True):
+                with autocast(device, amp):
+                    e = model(to_model_input(batch["image"], device, channels_last=channels_last))
+                out.append(e.float().cpu())
+                if with_labels:
+                    labels.append(batch["labels"])
+    finally:
+        model.train(was_training)
     if not out:
         raise InputError(f"{desc}: no images to embed")
     emb = torch.cat(out).numpy()
-    bad = ~np.isfinite(emb).all(axis=1)
-    if bad.any():
-        raise InputError(f"{desc}: image {int(np.flatnonzero(bad)[0])} gives a non-finite embedding")
+    if check_finite:
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            raise InputError(f"{desc}: image {int(np.flatnonzero(bad)[0])} gives a non-finite embedding")
+    if with_labels:
+        return emb, torch.cat(labels).numpy()
     return emb

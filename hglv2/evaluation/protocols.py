@@ -26,7 +26,9 @@ from hglv2.errors import InputError
 from hglv2.evaluation.checkpoint import load_trained_model
 from hglv2.evaluation.embed import ImageList, embed_images
 from hglv2.fileio import atomic_path
+from hglv2.models import resolve_device
 from hglv2.splits import manifest_image_root
+from hglv2.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 REVISITED = ("roxford5k", "rparis6k")
 
@@ -34,6 +36,14 @@ REVISITED = ("roxford5k", "rparis6k")
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
+
+
+def _save_embeddings(out: Path, name: str, emb: np.ndarray, labels: np.ndarray) -> dict[str, str]:
+    """Write ``<name>_embeddings.npy`` and ``<name>_labels.npy`` under ``out``; returns their paths."""
+    files = {"embeddings": out / f"{name}_embeddings.npy", "labels": out / f"{name}_labels.npy"}
+    _save_npy(files["embeddings"], emb)
+    _save_npy(files["labels"], labels)
+    return {k: str(v) for k, v in files.items()}
 
 
 def _image_root(data: Path, image_root: str | os.PathLike[str] | None) -> Path:
@@ -91,8 +101,6 @@ def evaluate_splits(
     """
     from hglv2.dataset import HGLDv2Dataset
     from hglv2.metrics.conventions import evaluate_convention
-    from hglv2.train.data import build_transform
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
@@ -101,6 +109,7 @@ def evaluate_splits(
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
+    embed_options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress)
     if query is None and gallery is None and (data / "query_fine.parquet").is_file():
         return evaluate_dyml_sets(
             None,
@@ -108,11 +117,8 @@ def evaluate_splits(
             image_root=image_root,
             out_dir=out_dir,
             device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            amp=amp,
-            progress=progress,
             model_and_config=(model, cfg),
+            **embed_options,
             **metric_options,
         )
     query, gallery = _pick_splits(data, query, gallery)
@@ -125,27 +131,12 @@ def evaluate_splits(
         if split is None:
             continue
         ds = HGLDv2Dataset(data / f"{split}.parquet", root, transform=transform)
-        embs[split] = embed_images(
-            model,
-            ds,
-            batch_size=batch_size,
-            device=dev,
-            num_workers=num_workers,
-            amp=amp,
-            progress=progress,
-            desc=split,
-        )
+        embs[split] = embed_images(model, ds, device=dev, desc=split, **embed_options)
         labs[split] = ds.labels
     files = {}
     if out_dir is not None:
-        out = Path(out_dir)
         for split in embs:
-            _save_npy(out / f"{split}_embeddings.npy", embs[split])
-            _save_npy(out / f"{split}_labels.npy", labs[split])
-            files[split] = {
-                "embeddings": str(out / f"{split}_embeddings.npy"),
-                "labels": str(out / f"{split}_labels.npy"),
-            }
+            files[split] = _save_embeddings(Path(out_dir), split, embs[split], labs[split])
     q_lab = labs[query]
     if gallery is not None:
         g_lab = labs[gallery]
@@ -159,7 +150,8 @@ def evaluate_splits(
     return {"query": query, "gallery": gallery, "files": files, "recall_at": recall_at, "results": res}
 
 
-def _split_paths(data: Path, split: str) -> list[str]:
+def split_paths(data: Path, split: str) -> list[str]:
+    """The ``path`` column of split ``split`` under ``data``."""
     import pyarrow.parquet as pq
 
     return pq.read_table(data / f"{split}.parquet", columns=["path"])["path"].to_pylist()
@@ -240,8 +232,6 @@ def evaluate_dyml_sets(
     none has, against the whole gallery. The number of queries with a copy is reported per set.
     """
     from hglv2.dataset import HGLDv2Dataset
-    from hglv2.train.data import build_transform
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     model, cfg = model_and_config or load_trained_model(checkpoint, dev, config)
@@ -258,15 +248,9 @@ def evaluate_dyml_sets(
         q_emb = embed_images(model, qs, desc=f"query_{g}", **kw)
         g_emb = embed_images(model, gs, desc=f"gallery_{g}", **kw)
         if out_dir is not None:
-            out = Path(out_dir)
             for name, emb, lab in ((f"query_{g}", q_emb, qs.labels), (f"gallery_{g}", g_emb, gs.labels)):
-                _save_npy(out / f"{name}_embeddings.npy", emb)
-                _save_npy(out / f"{name}_labels.npy", lab)
-                files[name] = {
-                    "embeddings": str(out / f"{name}_embeddings.npy"),
-                    "labels": str(out / f"{name}_labels.npy"),
-                }
-        copy = copies_in_gallery(root, _split_paths(data, f"query_{g}"), _split_paths(data, f"gallery_{g}"))
+                files[name] = _save_embeddings(Path(out_dir), name, emb, lab)
+        copy = copies_in_gallery(root, split_paths(data, f"query_{g}"), split_paths(data, f"gallery_{g}"))
         results[g] = evaluate_with_copies(q_emb, qs.labels, g_emb, gs.labels, copy, **metric_options)
     keys = [
         k
@@ -279,8 +263,6 @@ def evaluate_dyml_sets(
 
 def _revisited_transform(imsize: int):
     import torchvision.transforms as T
-
-    from hglv2.train.data import IMAGENET_MEAN, IMAGENET_STD
 
     steps: list[Any] = [T.Resize((imsize, imsize))] if imsize > 0 else []
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -304,7 +286,6 @@ def evaluate_revisited(
     """Revisited Oxford/Paris ``name`` under ``data`` (module docstring); returns the metrics of
     :func:`~hglv2.metrics.revisited.revisited_map` (``mAP_medium``, ``mAP_hard``, ...)."""
     from hglv2.metrics.revisited import load_gnd, revisited_map
-    from hglv2.train.trainer import resolve_device
 
     if name not in REVISITED:
         raise InputError(f"--protocol {name!r}: expected one of {', '.join(REVISITED)}")
@@ -353,7 +334,6 @@ def landmark_table(
     hap_convention: str = "hglv2",
 ) -> dict[str, Any]:
     """The paper's landmark table for one checkpoint (module docstring), fractions (x100 in the paper)."""
-    from hglv2.train.trainer import resolve_device
 
     dev = resolve_device(device)
     loaded = load_trained_model(checkpoint, dev, config)

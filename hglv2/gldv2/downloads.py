@@ -1,8 +1,8 @@
 """A checked, resumable download of the GLDv2 metadata files.
 
-:func:`download` fetches serially, through :mod:`hglv2.http` (policy User-Agent, retries with
-backoff and ``Retry-After``); a cut connection resumes from the bytes on disk with an HTTP ``Range``
-request (guarded by ``If-Range`` with the first response's ETag); each file is checked against its
+:func:`download` fetches serially, through :func:`hglv2.http.fetch_resumable` (policy
+User-Agent, retries with backoff and ``Retry-After``; a cut connection resumes from the bytes on
+disk with an HTTP ``Range`` request guarded by ``If-Range``); each file is checked against its
 ``Content-Length`` and, from the second download on, against the size and sha256 recorded in the
 lock file (``gldv2.lock.json``) at the first one. ``offline=True`` downloads nothing and checks
 what is on disk against the lock.
@@ -10,22 +10,19 @@ what is on disk against the lock.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
-from tqdm.auto import tqdm
 
 from hglv2.errors import InputError, NetworkError
-from hglv2.fileio import sha256_file, write_json
+from hglv2.fileio import file_lock, sha256_file, write_json
 from hglv2.gldv2.specs import DEFAULT_BASE_URL, FILES, file_url
-from hglv2.http import check_url, make_session, request_with_retries
+from hglv2.http import Retries, check_url, fetch_resumable, make_session
 
 LOCK_NAME = "gldv2.lock.json"
 LOCK_FORMAT = 1
@@ -65,21 +62,6 @@ def _write_lock(path: Path, files: dict[str, dict[str, Any]]) -> None:
     write_json(path, {"format": LOCK_FORMAT, "files": dict(sorted(files.items()))})
 
 
-@contextlib.contextmanager
-def _lock_file_mutex(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``.<lock name>.flock`` beside the lock file (blocking): the
-    metadata and image downloads, in one process or several, update it one at a time."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(f".{path.name}.flock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
 def update_lock(
     path: str | os.PathLike[str], name: str, entry: dict[str, Any] | None
 ) -> dict[str, dict[str, Any]]:
@@ -87,7 +69,7 @@ def update_lock(
     mapping now on disk. The file is re-read under an inter-process mutex, so concurrent writers
     (a metadata download and an image download into one folder) keep each other's entries."""
     path = Path(path)
-    with _lock_file_mutex(path):
+    with file_lock(path.with_name(f".{path.name}.flock")):  # waits for the other writers
         files = read_lock(path)
         if entry is not None:
             files[name] = entry
@@ -116,11 +98,7 @@ def download(
     lock_path: str | os.PathLike[str] | None = None,
     contact: str = "anonymous",
     session: requests.Session | None = None,
-    timeout: float = 60.0,
-    max_tries: int = 8,
-    backoff_base: float = 1.0,
-    backoff_cap: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
+    retries: Retries | None = None,
     chunk_size: int = 1 << 20,
     progress: bool = True,
 ) -> list[FileRecord]:
@@ -130,7 +108,8 @@ def download(
     checked against ``Content-Length`` and, if the lock has an entry, against its size and sha256
     (a mismatch raises :class:`NetworkError` and keeps the old file); otherwise its size and
     sha256 are recorded in the lock. ``offline=True`` fetches nothing: files must be on disk and
-    match the lock where it has an entry (else :class:`InputError`).
+    match the lock where it has an entry (else :class:`InputError`). ``retries``: timeout and
+    backoff of each request (default :class:`hglv2.http.Retries`).
 
     Returns one :class:`FileRecord` per file, in the order of ``names``.
     """
@@ -165,19 +144,15 @@ def download(
             session = make_session(contact)
         url = file_url(name, base_url)
         check_url(url, [base_url])
-        _fetch(
+        fetch_resumable(
             session,
             url,
             path,
-            timeout=timeout,
-            max_tries=max_tries,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            sleep=sleep,
+            retries=retries or Retries(),
             chunk_size=chunk_size,
             progress=progress,
             base_url=base_url,
-            expected=lock.get(name),
+            verify=_matches_lock(url, lock.get(name)),
         )
         size, digest = path.stat().st_size, sha256_file(path)
         if name not in lock:
@@ -186,136 +161,18 @@ def download(
     return records
 
 
-def _fetch(
-    session: requests.Session,
-    url: str,
-    path: Path,
-    *,
-    timeout: float,
-    max_tries: int,
-    backoff_base: float,
-    backoff_cap: float,
-    sleep: Callable[[float], None],
-    chunk_size: int,
-    progress: bool,
-    base_url: str,
-    expected: dict[str, Any] | None,
-    verify: Callable[[Path], None] | None = None,
-    on_bytes: Callable[[int], None] | None = None,
-) -> None:
-    """Stream ``url`` into ``path`` via ``.<name>.part``, resuming with ``Range`` after a cut.
+def _matches_lock(url: str, expected: dict[str, Any] | None) -> Callable[[Path], None] | None:
+    """A check of a downloaded file against its lock entry (size and sha256), if it has one."""
+    if expected is None:
+        return None
 
-    ``verify(part)`` (optional) checks the complete file before it is renamed into place; if it
-    raises, the partial file is removed and the error propagates. ``on_bytes(n)`` (optional) is
-    called with the size of each block received (for an overall progress bar).
-    """
-    part = path.with_name(f".{path.name}.part")
-    meta = path.with_name(f".{path.name}.part.json")
-    etag: str | None = None
-    resumable = False
-    if part.exists() and meta.exists():
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-            etag, resumable = info.get("etag"), info.get("url") == url
-        except ValueError:
-            pass
-    if part.exists() and not resumable:
-        part.unlink()  # a partial file we cannot tie to this URL: start over
-    failures = 0
-    bar = tqdm(
-        total=None, unit="B", unit_scale=True, desc=path.name, disable=None if progress else True, leave=False
-    )
-    try:
-        while True:
-            have = part.stat().st_size if part.exists() else 0
-            headers = {}
-            if have:
-                headers["Range"] = f"bytes={have}-"
-                if etag:
-                    headers["If-Range"] = etag  # a changed file comes back whole (200)
-            resp = request_with_retries(
-                session,
-                "GET",
-                url,
-                headers=headers,
-                timeout=timeout,
-                max_tries=max_tries,
-                backoff_base=backoff_base,
-                backoff_cap=backoff_cap,
-                sleep=sleep,
-                stream=True,
-                allowed_bases=[base_url],
-                accept_statuses=(416,),
+    def check(part: Path) -> None:
+        size, digest = part.stat().st_size, sha256_file(part)
+        if size != expected["size"] or digest != expected["sha256"]:
+            raise NetworkError(
+                f"GET {url}: downloaded file (size {size}, sha256 {digest[:12]}...) does not match "
+                f"the lock file (size {expected['size']}, sha256 {expected['sha256'][:12]}...); the "
+                "server copy changed or is corrupt — remove its lock entry to accept the new version"
             )
-            with resp:
-                if resp.status_code == 416 or (have and resp.status_code == 200):
-                    part.unlink(missing_ok=True)  # server ignored or refused the range: restart
-                    if resp.status_code == 416:
-                        failures += 1
-                        if failures >= max_tries:
-                            raise NetworkError(f"GET {url}: range requests keep failing (HTTP 416)")
-                        continue
-                    have = 0
-                total = _total_size(resp, have)
-                etag = resp.headers.get("ETag") or etag
-                meta.write_text(json.dumps({"etag": etag, "url": url}), encoding="utf-8")
-                bar.reset(total=total)
-                bar.update(have)
-                got_before = have
-                try:
-                    with open(part, "ab" if have else "wb") as fh:
-                        for block in resp.iter_content(chunk_size):
-                            fh.write(block)
-                            bar.update(len(block))
-                            if on_bytes is not None:
-                                on_bytes(len(block))
-                except requests.exceptions.RequestException as exc:  # cut, reset, read timeout
-                    now = part.stat().st_size if part.exists() else 0
-                    failures = 0 if now > got_before else failures + 1
-                    if failures >= max_tries:
-                        raise NetworkError(f"GET {url}: download keeps breaking off ({exc})") from None
-                    sleep(min(backoff_cap, backoff_base * 2 ** max(0, failures - 1)))
-                    continue
-            size = part.stat().st_size
-            if total is not None and size != total:
-                failures += 1
-                if size > total or failures >= max_tries:
-                    part.unlink(missing_ok=True)
-                    raise NetworkError(f"GET {url}: got {size} bytes, expected {total}")
-                continue
-            break
-        if expected is not None:
-            size, digest = part.stat().st_size, sha256_file(part)
-            if size != expected["size"] or digest != expected["sha256"]:
-                part.unlink(missing_ok=True)
-                meta.unlink(missing_ok=True)
-                raise NetworkError(
-                    f"GET {url}: downloaded file (size {size}, sha256 {digest[:12]}...) does not match "
-                    f"the lock file (size {expected['size']}, sha256 {expected['sha256'][:12]}...); the "
-                    "server copy changed or is corrupt — remove its lock entry to accept the new version"
-                )
-        if verify is not None:
-            try:
-                verify(part)
-            except Exception:  # a bad file; an interrupt keeps the complete part for the next run
-                part.unlink(missing_ok=True)
-                meta.unlink(missing_ok=True)
-                raise
-        os.replace(part, path)
-        meta.unlink(missing_ok=True)
-    finally:
-        bar.close()
 
-
-def _total_size(resp: requests.Response, have: int) -> int | None:
-    """Full file size from ``Content-Range`` (206) or ``have + Content-Length``."""
-    rng = resp.headers.get("Content-Range")
-    if resp.status_code == 206 and rng and "/" in rng:
-        total = rng.rsplit("/", 1)[1]
-        start = rng.split()[-1].split("-")[0] if " " in rng else ""
-        if start.isdigit() and int(start) != have:
-            raise NetworkError(f"{resp.url}: server resumed at byte {start}, asked for {have}")
-        if total.isdigit():
-            return int(total)
-    length = resp.headers.get("Content-Length")
-    return have + int(length) if length and length.isdigit() else None
+    return check

@@ -138,3 +138,9 @@ def file_url(name: str, base_url: str = DEFAULT_BASE_URL) -> str:
     if name not in FILES:
         raise InputError(f"{name}: not a GLDv2 metadata file (known: {', '.join(FILES)})")
     return f"{base_url.rstrip('/')}/{FILES[name].folder}/{name}"
+
+
+def shard_name(k: int) -> str:
+    """The file name of image tar shard ``k`` of a split, ``images_NNN.tar`` (its official md5 file
+    is ``md5.images_NNN.txt``); prepared shards (:mod:`hglv2.reencode`) keep the same names."""
+    return f"images_{k:03d}.tar"

@@ -111,12 +111,12 @@ def _npy_labels(path: Path) -> np.ndarray:
 
 
 def _parquet_labels(path: Path, columns: list[str] | None) -> np.ndarray:
+    from hglv2.schema import present_level_columns
+
     table = _read_parquet(path)
     names = table.column_names
     if columns is None:
-        columns = []
-        while f"level{len(columns)}" in names:
-            columns.append(f"level{len(columns)}")
+        columns = present_level_columns(names)
         if not columns:
             raise InputError(f"{path}: no level0, level1, ... columns; name them with --label-columns")
     out = []

@@ -13,12 +13,13 @@ per epoch. The shipped paper configs follow the authors' recipes value by value.
 
 Modules:
 
-- :mod:`hglv2.train.config`: defaults, loading, ``--set`` overrides, validation, digests (used by
-  ``hglv2 train`` and ``hglv2 benchmark``);
-- :mod:`hglv2.train.data`: data preparation, transforms, datasets, seeded augmentation, samplers;
+- :mod:`hglv2.train.data`: data preparation, datasets, seeded augmentation, samplers, loaders;
 - :mod:`hglv2.train.optim`: optimizers and the learning-rate schedule;
-- :mod:`hglv2.train.trainer`: :class:`Trainer` (loop, checkpoints, logging, evaluation) and
-  :func:`train`.
+- :mod:`hglv2.train.trainer`: :class:`Trainer` (loop, checkpoints, logging, evaluation through
+  :mod:`hglv2.evaluation`) and :func:`train`.
+
+The config (defaults, ``--set`` overrides, validation, digests) is :mod:`hglv2.config`; the image
+transforms are :mod:`hglv2.transforms`.
 
 Checkpoints (``<out>/checkpoints/last.pt``, written atomically, read with
 ``torch.load(weights_only=True)``) hold the model, both optimizers and schedulers, the AMP scaler,
@@ -31,58 +32,21 @@ Outputs under ``<out>``: ``config.yaml`` (resolved), ``log.jsonl`` (one JSON obj
 step / evaluation), ``checkpoints/last.pt``, ``model.pt`` (final weights) and ``metrics.json``.
 """
 
-from hglv2.losses.contrastive import ContrastiveLoss, contrastive_loss
-from hglv2.losses.registry import build_loss
-from hglv2.train.config import (
-    DEFAULTS,
-    apply_overrides,
-    config_digest,
-    config_names,
-    load_config,
-    parse_overrides,
-    set_path,
-    validate_config,
-)
-from hglv2.train.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SeededItems,
-    build_batch_sampler,
-    build_dataset,
-    build_transform,
-    hash_seed,
-    prepare_data,
-)
+from hglv2.train.data import SeededItems, build_batch_sampler, build_dataset, hash_seed, prepare_data
 from hglv2.train.optim import build_optimizer, build_scheduler, lr_factor
-from hglv2.train.trainer import Trainer, batch_gap, embed, resolve_device, seed_everything, train
+from hglv2.train.trainer import Trainer, batch_gap, seed_everything, train
 
 __all__ = [
-    "DEFAULTS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "ContrastiveLoss",
     "SeededItems",
     "Trainer",
-    "apply_overrides",
     "batch_gap",
     "build_batch_sampler",
     "build_dataset",
-    "build_loss",
     "build_optimizer",
     "build_scheduler",
-    "build_transform",
-    "config_digest",
-    "config_names",
-    "contrastive_loss",
-    "embed",
     "hash_seed",
-    "load_config",
     "lr_factor",
-    "parse_overrides",
     "prepare_data",
-    "resolve_device",
     "seed_everything",
-    "set_path",
     "train",
-    "validate_config",
 ]

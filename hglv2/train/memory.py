@@ -23,18 +23,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from hglv2.config import MEMORY_DEFAULTS, check_memory_spec
 from hglv2.errors import InputError
 from hglv2.losses.memory import CrossBatchMemory
 
-__all__ = ["MEMORY_DEFAULTS", "MemoryBank", "build_memory_bank", "check_memory_spec"]
-
-MEMORY_DEFAULTS: dict[str, Any] = {
-    "size": None,  # required: number of (embedding, labels) items kept
-    "weight": 1.0,  # the authors' `factor`
-    "batch_weight": 1.0,  # the authors' `factor_true_loss`
-    "start_epoch": 0,  # the authors' `activate`
-    "start_step": 0,
-}
+__all__ = ["MemoryBank", "build_memory_bank"]
 
 
 class MemoryBank(nn.Module):
@@ -117,32 +110,3 @@ def build_memory_bank(
         s["start_epoch"],
         s["start_step"],
     )
-
-
-def check_memory_spec(spec: Any, where: str = "config") -> None:
-    """Validate ``loss.memory`` (null or a mapping of :data:`MEMORY_DEFAULTS`' keys)."""
-    if spec is None:
-        return
-    if not isinstance(spec, Mapping):
-        raise InputError(f"{where}: loss.memory must be null or a mapping")
-    unknown = set(spec) - set(MEMORY_DEFAULTS)
-    if unknown:
-        raise InputError(f"{where}: loss.memory has unknown key(s) {sorted(unknown)}")
-    s = {**MEMORY_DEFAULTS, **spec}
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
-
-    if not (is_int(s["size"]) and s["size"] >= 1):
-        raise InputError(f"{where}: loss.memory.size must be an integer >= 1")
-    for key in ("start_epoch", "start_step"):
-        if not (is_int(s[key]) and s[key] >= 0):
-            raise InputError(f"{where}: loss.memory.{key} must be an integer >= 0")
-    for key in ("weight", "batch_weight"):
-        if not (is_num(s[key]) and s[key] >= 0):
-            raise InputError(f"{where}: loss.memory.{key} must be a number >= 0")
-    if s["weight"] + s["batch_weight"] <= 0:
-        raise InputError(f"{where}: loss.memory.weight + batch_weight must be > 0")

@@ -6,27 +6,27 @@ resume) and the files written under the run folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
 
+from hglv2.config import config_digest, load_config
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, claim_folder, jsonl_line, write_json
+from hglv2.evaluation.embed import embed_images
+from hglv2.evaluation.protocols import copies_in_gallery, evaluate_with_copies, split_paths
+from hglv2.fileio import atomic_open, atomic_path, claim_folder, finite_or_none, jsonl_line, write_json
 from hglv2.losses.registry import build_loss
-from hglv2.models import build_model
-from hglv2.train.config import config_digest, legacy_config_digest, load_config
+from hglv2.models import autocast, build_model, resolve_device
 from hglv2.train.data import (
     EpochBatches,
     SeededItems,
@@ -35,13 +35,13 @@ from hglv2.train.data import (
     build_train_loader,
     hash_seed,
     prepare_data,
-    to_model_input,
 )
 from hglv2.train.gradcache import grad_cache_backward
 from hglv2.train.memory import build_memory_bank
 from hglv2.train.optim import build_scheduler, criterion_optimizer, decomposability_optimizer, model_optimizer
+from hglv2.transforms import to_model_input
 
-__all__ = ["Trainer", "batch_gap", "embed", "resolve_device", "seed_everything", "train"]
+__all__ = ["Trainer", "batch_gap", "seed_everything", "train"]
 
 
 def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,38 +57,7 @@ def _gather_global_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
 
 # ----------------------------------------------------------------------------------------------
-# evaluation and devices
-
-
-@torch.no_grad()
-def embed(
-    model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0, amp: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, D) float32 and labels (N, L) of a dataset, in dataset order.
-
-    uint8 images are normalised on ``device`` (:func:`~hglv2.train.data.to_model_input`); on
-    CUDA the batches are pinned and NHWC (channels-last).
-    """
-    cuda = torch.device(device).type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda
-    )
-    was_training = model.training
-    model.eval()
-    embs, labs = [], []
-    for batch in loader:
-        with _autocast(device, amp):
-            e = model(to_model_input(batch["image"], device, channels_last=cuda))
-        embs.append(e.float().cpu())
-        labs.append(batch["labels"])
-    model.train(was_training)
-    return torch.cat(embs), torch.cat(labs)
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+# evaluation
 
 
 def batch_gap(
@@ -155,23 +124,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto``/None -> cuda when available else cpu; anything else as given (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: not a torch device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"--device {device!r}: expected cpu or cuda[:N]")
-    return dev
-
-
 # ----------------------------------------------------------------------------------------------
 # the trainer
 
@@ -199,14 +151,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.device = resolve_device(device)
-        if self.device.type == "cuda" and self.distributed and self.device.index is None:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        self._setup_processes(device)
         self.progress = progress and self.rank == 0
         self.resume = resume
         self.max_steps = max_steps  # stop early (tests of resume); the schedule still uses total
@@ -218,6 +163,36 @@ class Trainer:
             )
 
         seed_everything(cfg["seed"])
+        labels = self._build_data()
+        t = cfg["train"]
+        self.total_steps = t["steps"] if t["steps"] is not None else t["epochs"] * self.batches_per_epoch
+        # model and optimisers (same init on every rank: seeded, then DDP broadcasts rank 0's)
+        self._build_model()
+        self._build_losses(labels)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, Any] | None = None
+        self._gap_set = None  # the training split with the evaluation transform (gap measurement)
+        self._copies: dict[tuple[str, str], np.ndarray] = {}  # test set -> query copies in its gallery
+
+    def _setup_processes(self, device: str | None) -> None:
+        """Rank, world size and device (under torchrun with CUDA, ``cuda:LOCAL_RANK``)."""
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.distributed and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def _build_data(self) -> np.ndarray:
+        """The data folder (rank 0 prepares it), the training set and its batch sampler; checks
+        the evaluation splits exist. Returns the training labels (N, L)."""
+        cfg = self.cfg
         self.root = prepare_data(cfg, progress=self.progress) if self.rank == 0 else Path(cfg["data"]["root"])
         if self.distributed:
             dist.barrier()
@@ -229,10 +204,11 @@ class Trainer:
         labels = np.asarray(self.train_set.labels)
         self.sampler = build_batch_sampler(cfg, labels, seed=cfg["seed"])
         self.batches_per_epoch = len(self.sampler)
-        t = cfg["train"]
-        self.total_steps = t["steps"] if t["steps"] is not None else t["epochs"] * self.batches_per_epoch
+        return labels
 
-        # model and optimisers (same init on every rank: seeded, then DDP broadcasts rank 0's)
+    def _build_model(self) -> None:
+        """The model on the device (NHWC on CUDA), wrapped in DDP when distributed."""
+        cfg = self.cfg
         self.model = build_model(**cfg["model"]).to(self.device)
         self.channels_last = self.device.type == "cuda"  # NHWC convolutions (tensor cores, AMP)
         if self.channels_last:
@@ -241,8 +217,13 @@ class Trainer:
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        lc = cfg["loss"]
-        # proxies only for the landmarks the sampler trains on (rows with a complete hierarchy)
+
+    def _build_losses(self, labels: np.ndarray) -> None:
+        """The criterion (proxies only for the landmarks the sampler trains on, rows with a complete
+        hierarchy), the optimizers and schedules of the model and of the loss's own parameters
+        (proxies of ArcFace / ProxyNCA; the head's schedule), the memory bank (XBM) and the
+        decomposability loss."""
+        cfg, lc = self.cfg, self.cfg["loss"]
         self.class_ids = np.unique(labels[self.sampler.rows, 0])
         self.criterion = build_loss(
             lc["name"],
@@ -252,21 +233,15 @@ class Trainer:
             class_ids=self.class_ids,
         ).to(self.device)
         self.optimizer = model_optimizer(cfg, self.model)
-        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.batches_per_epoch)
-        self.freeze_epochs = t["freeze_backbone_epochs"]
+        self.scheduler = self._scheduler(self.optimizer)
+        self.freeze_epochs = cfg["train"]["freeze_backbone_epochs"]
         self.backbone_params = (
             list(self.model.backbone_parameters()) if hasattr(self.model, "backbone_parameters") else []
         )
         self._backbone_requires_grad = [p.requires_grad for p in self.backbone_params]
         self._backbone_frozen = False
-        # the loss's own parameters (proxies of ArcFace / ProxyNCA; the head's schedule), and the
-        # memory bank (XBM)
         self.crit_optimizer = criterion_optimizer(cfg, self.criterion)
-        self.crit_scheduler = None
-        if self.crit_optimizer is not None:
-            self.crit_scheduler = build_scheduler(
-                cfg, self.crit_optimizer, self.total_steps, self.batches_per_epoch
-            )
+        self.crit_scheduler = None if self.crit_optimizer is None else self._scheduler(self.crit_optimizer)
         self.memory = build_memory_bank(
             lc["memory"], self.criterion, cfg["model"]["embedding_dim"], labels.shape[1]
         )
@@ -284,17 +259,11 @@ class Trainer:
             ).to(self.device)
             self.dec_optimizer = decomposability_optimizer(cfg, self.dec)
             if self.dec_optimizer is not None:
-                self.dec_scheduler = build_scheduler(
-                    cfg, self.dec_optimizer, self.total_steps, self.batches_per_epoch, dc.get("min_lr")
-                )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.last_eval: dict[str, Any] | None = None
-        self._gap_set = None  # the training split with the evaluation transform (gap measurement)
-        self._copies: dict[tuple[str, str], np.ndarray] = {}  # test set -> query copies in its gallery
+                self.dec_scheduler = self._scheduler(self.dec_optimizer, dc.get("min_lr"))
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, min_lr: float | None = None):
+        """The run's learning-rate schedule for ``optimizer`` (over ``total_steps``)."""
+        return build_scheduler(self.cfg, optimizer, self.total_steps, self.batches_per_epoch, min_lr)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -339,7 +308,7 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
             raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-        if state.get("config_digest") not in (config_digest(self.cfg), legacy_config_digest(self.cfg)):
+        if state.get("config_digest") != config_digest(self.cfg):
             raise InputError(f"{path}: checkpoint was made with a different config; use another --out")
         self.model.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
@@ -471,10 +440,10 @@ class Trainer:
                 chunk,
                 device=self.device,
                 backward=lambda loss: self.scaler.scale(loss).backward(),
-                autocast=lambda: _autocast(self.device, self.amp),
+                autocast=lambda: autocast(self.device, self.amp),
             )
         else:
-            with _autocast(self.device, self.amp):
+            with autocast(self.device, self.amp):
                 emb = self.train_model(images)
             loss, out = self._loss(emb, labels)
             self.scaler.scale(loss).backward()
@@ -523,8 +492,6 @@ class Trainer:
     def _gallery_copies(self, ts: dict[str, Any]) -> np.ndarray:
         """Index of each query's own copy (same file content) in the test set's gallery, -1 if
         none (:func:`hglv2.evaluation.protocols.copies_in_gallery`; hashed once per run)."""
-        from hglv2.evaluation.protocols import copies_in_gallery
-
         key = (ts["query"], ts["index"])
         cache = self._copies
         if key not in cache:
@@ -534,39 +501,49 @@ class Trainer:
             if ds.shards or ds.image_root is None:  # tar shards: no per-image files to compare
                 cache[key] = np.full(len(ds), -1, dtype=np.int64)
             else:
-                paths = {
-                    s: pq.read_table(self.root / f"{s}.parquet", columns=["path"])["path"].to_pylist()
-                    for s in key
-                }
+                paths = {s: split_paths(self.root, s) for s in key}
                 cache[key] = copies_in_gallery(ds.image_root, paths[key[0]], paths[key[1]])
         return cache[key]
+
+    def _embed(self, dataset: torch.utils.data.Dataset, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and labels of ``dataset`` with the model being trained
+        (:func:`~hglv2.evaluation.embed.embed_images`: NHWC on CUDA, no finite check)."""
+        return embed_images(
+            self.model,
+            dataset,
+            batch_size=self.cfg["train"]["eval_batch_size"],
+            device=self.device,
+            num_workers=num_workers,
+            amp=self.amp,
+            progress=False,
+            channels_last=self.device.type == "cuda",
+            check_finite=False,
+            with_labels=True,
+        )
 
     def _evaluate_set(self, ts: dict[str, Any]) -> dict[str, Any]:
         """One test set's metrics; for ``data.test_sets`` with a gallery, each query's own copy in
         the gallery (DyML) is left out of its ranking, exactly as ``hglv2 evaluate --checkpoint``
         (:func:`hglv2.evaluation.protocols.evaluate_with_copies`)."""
-        from hglv2.evaluation.protocols import evaluate_with_copies
         from hglv2.metrics import evaluate
 
         d, t = self.cfg["data"], self.cfg["train"]
 
-        def run(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(split: str) -> tuple[np.ndarray, np.ndarray]:
             ds = build_dataset(self.cfg, self.root, split, train=False, levels=ts["levels"])
-            return embed(self.model, ds, t["eval_batch_size"], self.device, d["num_workers"], self.amp)
+            return self._embed(ds, d["num_workers"])
 
         qe, ql = run(ts["query"])
+        recall_at = tuple(t["recall_at"])
         if ts["index"] and d["test_sets"]:  # DyML: a query's own copy in the gallery is left out
             ge, gl = run(ts["index"])
-            copies = self._gallery_copies(ts)
-            res = evaluate_with_copies(
-                qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), copies, recall_at=tuple(t["recall_at"])
-            )
+            res = evaluate_with_copies(qe, ql, ge, gl, self._gallery_copies(ts), recall_at=recall_at)
             res.pop("queries_with_copy_in_gallery")
         elif ts["index"]:
             ge, gl = run(ts["index"])
-            res = evaluate(qe.numpy(), ql.numpy(), ge.numpy(), gl.numpy(), recall_at=tuple(t["recall_at"]))
+            res = evaluate(qe, ql, ge, gl, recall_at=recall_at)
         else:
-            res = evaluate(qe.numpy(), ql.numpy(), recall_at=tuple(t["recall_at"]))
+            res = evaluate(qe, ql, recall_at=recall_at)
         return {
             k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
             for k, v in res.items()
@@ -614,55 +591,66 @@ class Trainer:
         if self._gap_set is None:
             self._gap_set = build_dataset(self.cfg, self.root, self.cfg["data"]["train_split"], train=False)
         with torch.random.fork_rng(devices=[]):
-            emb, lab = embed(
-                self.model,
-                torch.utils.data.Subset(self._gap_set, rows.tolist()),
-                self.cfg["train"]["eval_batch_size"],
-                self.device,
-                0,
-                self.amp,
-            )
-        gap = batch_gap(emb.numpy(), lab.numpy(), [np.searchsorted(rows, b) for b in batches])
+            emb, lab = self._embed(torch.utils.data.Subset(self._gap_set, rows.tolist()), 0)
+        gap = batch_gap(emb, lab, [np.searchsorted(rows, b) for b in batches])
         return {"batches": len(batches), "images": int(len(rows)), **gap}
 
-    def _maybe_gap(self, epoch: int) -> None:
-        if not self.cfg["train"]["gap_batches"]:
-            return
+    def _logged_on_rank0(self, key: str, seconds_key: str, compute: Callable[[], Any]) -> None:
+        """Rank 0 computes ``compute()`` and logs it as ``key`` with its duration as
+        ``seconds_key``; every rank then waits for it (distributed)."""
         if self.rank == 0:
             t0 = time.perf_counter()
-            gap = self.decomposability_gap(epoch)
+            value = compute()
             self._log(
                 {
                     "step": self.step,
                     "epoch": self.epoch,
-                    "decomposability_gap": gap,
-                    "gap_s": round(time.perf_counter() - t0, 3),
+                    key: value,
+                    seconds_key: round(time.perf_counter() - t0, 3),
                 }
             )
         if self.distributed:
             dist.barrier()
+
+    def _maybe_gap(self, epoch: int) -> None:
+        if self.cfg["train"]["gap_batches"]:
+            self._logged_on_rank0("decomposability_gap", "gap_s", lambda: self.decomposability_gap(epoch))
+
+    def _evaluate_and_keep(self) -> dict[str, Any]:
+        self.last_eval = self.evaluate()
+        return self.last_eval
 
     def _maybe_eval(self, final: bool = False) -> None:
         every = self.cfg["train"]["eval_every"]
-        if not final and (every == 0 or self.step % every):
-            return
-        if self.rank == 0:
-            t0 = time.perf_counter()
-            metrics = self.evaluate()
-            self.last_eval = metrics
-            self._log(
-                {
-                    "step": self.step,
-                    "epoch": self.epoch,
-                    "eval": metrics,
-                    "eval_s": round(time.perf_counter() - t0, 3),
-                }
-            )
-        if self.distributed:
-            dist.barrier()
+        if final or (every != 0 and self.step % every == 0):
+            self._logged_on_rank0("eval", "eval_s", self._evaluate_and_keep)
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps`` (resuming if a checkpoint exists); returns the final metrics."""
+        self._start_run()
+        if self.step == 0 and self.cfg["train"]["eval_every"]:
+            self._maybe_eval(final=True)  # the untrained model: first point of the learning curve
+        stop = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
+        bar = self._progress_bar()
+        t_start = time.perf_counter()
+        try:
+            images_seen = self._train_until(stop, bar, t_start) if self.step < stop else 0
+        finally:
+            self._freeze_backbone(False)  # the model leaves fit() trainable, as it came
+        if bar is not None:
+            bar.close()
+        self.train_seconds = time.perf_counter() - t_start
+        self.images_per_s = images_seen / max(self.train_seconds, 1e-9)
+        self.save_checkpoint()
+        if self.step >= self.total_steps:
+            self._finish_run()
+        if self.distributed:
+            dist.barrier()
+        return self.last_eval or {}
+
+    def _start_run(self) -> None:
+        """Write ``config.yaml``; resume from the checkpoint (its log cut to its step), or start a
+        new log."""
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             with atomic_open(self.out / "config.yaml") as fh:
@@ -672,92 +660,78 @@ class Trainer:
             self._truncate_log()
         elif self.rank == 0 and self.log_path.exists():
             self.log_path.unlink()
-        if self.step == 0 and self.cfg["train"]["eval_every"]:
-            self._maybe_eval(final=True)  # the untrained model: first point of the learning curve
-        stop = self.total_steps if self.max_steps is None else min(self.total_steps, self.max_steps)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
 
-            bar = tqdm(
-                total=self.total_steps,
-                initial=self.step,
-                desc=self.cfg["name"],
-                unit="step",
-                dynamic_ncols=True,
-                disable=None,  # off when stderr is not a terminal (logs, CI)
-            )
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.cfg["name"],
+            unit="step",
+            dynamic_ncols=True,
+            disable=None,  # off when stderr is not a terminal (logs, CI)
+        )
+
+    def _train_until(self, stop: int, bar: Any, t_start: float) -> int:
+        """Train steps until ``stop`` (logging, checkpoints, gap and evaluations on their
+        schedules); returns the number of images seen by all processes."""
         t = self.cfg["train"]
-        images_seen, t_start = 0, time.perf_counter()
+        images_seen = 0
         # one loader for the whole run: its workers keep loading across epoch boundaries
         batches = EpochBatches(self._epoch_batches, self.epoch, self.batch_in_epoch)
         loader = build_train_loader(
             SeededItems(self.train_set), batches, self.cfg["data"]["num_workers"], self.device
         )
-        try:
-            if self.step < stop:
-                for batch in loader:
-                    out = self.train_step(batch["image"], batch["labels"])
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    images_seen += len(batch["image"]) * self.world
-                    epoch_done = self.batch_in_epoch >= batches.lengths[self.epoch]
-                    if epoch_done:
-                        self.epoch += 1
-                        self.batch_in_epoch = 0
-                    if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
-                        elapsed = time.perf_counter() - t_start
-                        rec = {
-                            "step": self.step,
-                            "epoch": self.epoch,
-                            "lr": self.scheduler.get_last_lr()[0],
-                            "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
-                            **out,
-                        }
-                        self._log(rec)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{out['loss']:.4f}")
-                    every_ckpt = t["checkpoint_every"]
-                    if every_ckpt and self.step % every_ckpt == 0:
-                        self.save_checkpoint()
-                    if epoch_done:
-                        self._maybe_gap(self.epoch - 1)
-                    if self.step < self.total_steps:
-                        self._maybe_eval()
-                    if self.step >= stop:
-                        break
-        finally:
-            self._freeze_backbone(False)  # the model leaves fit() trainable, as it came
-        if bar is not None:
-            bar.close()
-        self.train_seconds = time.perf_counter() - t_start
-        self.images_per_s = images_seen / max(self.train_seconds, 1e-9)
-        self.save_checkpoint()
-        if self.step >= self.total_steps:
-            self._maybe_eval(final=True)
-            if self.rank == 0:
-                with atomic_path(self.out / "model.pt") as tmp:
-                    torch.save(self.model.state_dict(), tmp)
-                write_json(
-                    self.out / "metrics.json",
-                    {
-                        "step": self.step,
-                        "metrics": json_metrics(self.last_eval),
-                        "config_digest": config_digest(self.cfg),
-                    },
-                )
-        if self.distributed:
-            dist.barrier()
-        return self.last_eval or {}
+        for batch in loader:
+            out = self.train_step(batch["image"], batch["labels"])
+            self.step += 1
+            self.batch_in_epoch += 1
+            images_seen += len(batch["image"]) * self.world
+            epoch_done = self.batch_in_epoch >= batches.lengths[self.epoch]
+            if epoch_done:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            if t["log_every"] and (self.step % t["log_every"] == 0 or self.step == stop):
+                elapsed = time.perf_counter() - t_start
+                rec = {
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
+                    **out,
+                }
+                self._log(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{out['loss']:.4f}")
+            if t["checkpoint_every"] and self.step % t["checkpoint_every"] == 0:
+                self.save_checkpoint()
+            if epoch_done:
+                self._maybe_gap(self.epoch - 1)
+            if self.step < self.total_steps:
+                self._maybe_eval()
+            if self.step >= stop:
+                break
+        return images_seen
 
-
-def json_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``metrics`` for a JSON file: an undefined metric (NaN: no query of a test set has a
-    positive at that level) becomes ``null``, as in ``hglv2 evaluate --json``."""
-    if metrics is None:
-        return None
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    def _finish_run(self) -> None:
+        """The final evaluation, then (rank 0) ``model.pt`` and ``metrics.json`` (an undefined
+        metric, NaN, as ``null``)."""
+        self._maybe_eval(final=True)
+        if self.rank == 0:
+            with atomic_path(self.out / "model.pt") as tmp:
+                torch.save(self.model.state_dict(), tmp)
+            write_json(
+                self.out / "metrics.json",
+                {
+                    "step": self.step,
+                    "metrics": finite_or_none(self.last_eval),
+                    "config_digest": config_digest(self.cfg),
+                },
+            )
 
 
 def train(

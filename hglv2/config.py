@@ -1,4 +1,5 @@
-"""Training configuration: defaults, loading, ``--set`` overrides, validation and digests.
+"""Run configuration: recipes (``hglv2/configs``), defaults, loading, ``--set`` overrides,
+validation and digests.
 
 The one place that resolves a config, used by ``hglv2 train`` and ``hglv2 benchmark`` alike:
 
@@ -26,20 +27,20 @@ from typing import Any
 import yaml
 
 from hglv2.errors import InputError
-from hglv2.train.memory import check_memory_spec
 
 __all__ = [
     "DEFAULTS",
+    "MEMORY_DEFAULTS",
     "RESULT_NEUTRAL",
     "SCHEMA",
     "config_errors",
-    "legacy_config_digest",
     "yaml_load",
     "apply_overrides",
     "config_digest",
     "config_names",
     "load_config",
     "parse_overrides",
+    "check_memory_spec",
     "set_path",
     "validate_config",
 ]
@@ -142,9 +143,9 @@ DEFAULTS: dict[str, Any] = {
     "benchmark": {"seeds": [0], "losses": {}},
 }
 
-# keys added after v0.1: left out of the config identity while they hold their default, so the
-# digests of older runs (checkpoints, metrics.json) stay valid
-_ADDED_AFTER_V01 = (
+# optional keys: left out of the config identity while they hold their default (a config that does
+# not use them has the digest of one that does not know them)
+_OPTIONAL_KEYS = (
     "data.test_sets",
     "data.eval_resize",
     "data.train_resize",
@@ -568,9 +569,9 @@ def validate_config(cfg: dict[str, Any], where: str = "config") -> None:
         raise InputError(f"{where}: " + "; ".join(errors))
 
 
-def _identity(cfg: dict[str, Any], neutral: bool) -> dict[str, Any]:
-    """The config with the result-neutral settings at their defaults (``neutral``), then the keys
-    added after v0.1 left out where they hold their default."""
+def _identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config with the result-neutral settings at their defaults, then the optional keys left
+    out where they hold their default."""
     out = copy.deepcopy(cfg)
 
     def parent(dotted: str) -> tuple[Any, Any, str]:
@@ -580,11 +581,11 @@ def _identity(cfg: dict[str, Any], neutral: bool) -> dict[str, Any]:
             node, default = node.get(k) if isinstance(node, dict) else None, default[k]
         return node, default, last
 
-    for dotted in RESULT_NEUTRAL if neutral else ():
+    for dotted in RESULT_NEUTRAL:
         node, default, last = parent(dotted)
         if isinstance(node, dict) and last in node:
             node[last] = copy.deepcopy(default[last])
-    for dotted in _ADDED_AFTER_V01:
+    for dotted in _OPTIONAL_KEYS:
         node, default, last = parent(dotted)
         if isinstance(node, dict) and last in node and node[last] == default[last]:
             del node[last]
@@ -599,15 +600,10 @@ def config_digest(cfg: dict[str, Any]) -> str:
     """Short sha256 of the config's identity (what a checkpoint was made with).
 
     The identity is the resolved config with the result-neutral settings (:data:`RESULT_NEUTRAL`)
-    set to their defaults, and the keys added after v0.1 left out while they hold their default,
-    so the digests of older configs are unchanged.
+    set to their defaults, and the optional keys (:data:`_OPTIONAL_KEYS`) left out while they hold
+    their default.
     """
-    return _hash(_identity(cfg, neutral=True))
-
-
-def legacy_config_digest(cfg: dict[str, Any]) -> str:
-    """The digest v0.1 stored: result-neutral settings included (accepted on resume)."""
-    return _hash(_identity(cfg, neutral=False))
+    return _hash(_identity(cfg))
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -636,3 +632,41 @@ def apply_overrides(
         set_path(cfg, key, value)
     validate_config(cfg, where)
     return cfg
+
+
+MEMORY_DEFAULTS: dict[str, Any] = {
+    "size": None,  # required: number of (embedding, labels) items kept
+    "weight": 1.0,  # the authors' `factor`
+    "batch_weight": 1.0,  # the authors' `factor_true_loss`
+    "start_epoch": 0,  # the authors' `activate`
+    "start_step": 0,
+}
+
+
+def check_memory_spec(spec: Any, where: str = "config") -> None:
+    """Validate ``loss.memory`` (null or a mapping of :data:`MEMORY_DEFAULTS`' keys)."""
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping):
+        raise InputError(f"{where}: loss.memory must be null or a mapping")
+    unknown = set(spec) - set(MEMORY_DEFAULTS)
+    if unknown:
+        raise InputError(f"{where}: loss.memory has unknown key(s) {sorted(unknown)}")
+    s = {**MEMORY_DEFAULTS, **spec}
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+    if not (is_int(s["size"]) and s["size"] >= 1):
+        raise InputError(f"{where}: loss.memory.size must be an integer >= 1")
+    for key in ("start_epoch", "start_step"):
+        if not (is_int(s[key]) and s[key] >= 0):
+            raise InputError(f"{where}: loss.memory.{key} must be an integer >= 0")
+    for key in ("weight", "batch_weight"):
+        if not (is_num(s[key]) and s[key] >= 0):
+            raise InputError(f"{where}: loss.memory.{key} must be a number >= 0")
+    if s["weight"] + s["batch_weight"] <= 0:
+        raise InputError(f"{where}: loss.memory.weight + batch_weight must be > 0")

@@ -1,23 +1,16 @@
-"""Metrics part of ``benchmarks/gpu_check.py``: ``evaluate`` on a device at Q x N (wall time, peak
-device memory) for the full ranking and the top-k mode, and equality with the CPU engine on a
-subset of the queries (not run in CI).
+"""Metrics part of ``benchmarks/gpu_check.py``: ``hglv2.metrics.evaluate`` on a device.
 
-    python benchmarks/gpu_check_metrics.py              # Q=10,000 x N=1,000,000 x D=128, L=3, on cuda
-    python benchmarks/gpu_check_metrics.py --smoke      # tiny sizes on the CPU (device="cpu"), a minute
-
-``check_metrics(...)`` returns the figures as a dict (the lead's gpu_check.py calls it).
+At Q x N x D with L levels (inputs of ``benchmarks/metrics_speed.py``), for the full ranking and
+the top-k mode: wall time, queries/s and peak device memory of ``evaluate(..., device=...)``, then
+the per-query values on a subset of the queries against the CPU engine (same gallery), which must
+be identical.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 from typing import Any
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def _sync(device: str) -> None:
@@ -126,34 +119,3 @@ def check_metrics(
         del res, cpu, dev
     out["cpu"] = f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
     return out
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU through the device code")
-    ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
-    ap.add_argument("--queries", type=int, default=None)
-    ap.add_argument("--gallery", type=int, default=None)
-    ap.add_argument("--subset", type=int, default=None)
-    ap.add_argument("--json", default=None, help="also write the figures to this file")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        kw = {"device": args.device or "cpu", "queries": 300, "gallery": 20_000, "subset": 50}
-    else:
-        kw = {"device": args.device or "cuda", "queries": 10_000, "gallery": 1_000_000, "subset": 200}
-    for name in ("queries", "gallery", "subset"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    res = check_metrics(**kw)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    ok = res["full"]["subset"]["identical"] and res["top_k_mode"]["subset"]["identical"]
-    print("metrics device check:", "IDENTICAL to the CPU engine" if ok else "DIFFERENT from the CPU engine")
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,7 +29,7 @@ data loader; :func:`prepare_images` does the downscaling once:
   is written the same way; a shard whose tar and index exist (and agree in size and settings) is
   skipped on a rerun. A lock file keeps two runs from sharing one output folder.
 - **Parallel**: shards are processed by ``jobs`` worker processes, which exit when the parent
-  process dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread everywhere).
+  process dies (:func:`hglv2.processes.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,7 @@ import io
 import json
 import os
 import re
-import signal
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -55,7 +53,9 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_path, write_json, write_parquet
+from hglv2.fileio import atomic_path, file_lock, write_json, write_parquet
+from hglv2.gldv2.specs import shard_name
+from hglv2.processes import die_with_parent, stop_processes
 
 __all__ = [
     "PrepareSettings",
@@ -73,6 +73,13 @@ IMAGE_BLOCKS = 16
 #: Bumped whenever the output bytes for the same settings would change.
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: The tar index: where each image's bytes lie in its shard (``id`` = member file stem, ``shard`` =
+#: tar file name, ``offset`` of the member's data, its ``size``). ``index.parquet`` holds these
+#: columns (with the image sizes of :data:`INDEX_SCHEMA` beside them);
+#: :func:`hglv2.dataset.index_tar_shards` reads it and writes its own cache in this format.
+TAR_INDEX_SCHEMA = pa.schema(
+    [("id", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("size", pa.int64())]
+)
 INDEX_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -221,7 +228,7 @@ def plan_shards(source: str | os.PathLike[str], shard_size: int = 8000) -> list[
     if not files:
         raise InputError(f"{root}: no *.tar shards and no image files found")
     return [
-        ShardPlan(f"images_{k // shard_size:03d}.tar", os.fspath(root), tuple(files[k : k + shard_size]))
+        ShardPlan(shard_name(k // shard_size), os.fspath(root), tuple(files[k : k + shard_size]))
         for k in range(0, len(files), shard_size)
     ]
 
@@ -361,43 +368,6 @@ def prepare_shard(plan: ShardPlan, out_dir: str | os.PathLike[str], settings: Pr
 # ------------------------------------------------------------------------------------ processes
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: exit when the parent process goes away (however it dies)."""
-    if hasattr(os, "sched_getaffinity"):  # Linux: the kernel signals us when the parent dies
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``out/.prepare.lock`` (one run per output folder)."""
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / ".prepare.lock", "w")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"{out}: another prepare-images run is writing this folder") from None
-        yield
-    finally:
-        fh.close()
-
-
 def _clean_temporaries(out: Path) -> None:
     """Remove temporary files left by a killed run (safe: we hold the folder's lock)."""
     for p in out.glob(".images_*.tmp"):
@@ -434,45 +404,19 @@ def prepare_images(
         figures (``seconds``, ``images_per_s``, ``shards_skipped``) are returned but not written to
         ``prepare.json`` (whose bytes depend only on the inputs and settings).
     """
-    from tqdm.auto import tqdm
-
     settings = PrepareSettings(max_side=max_side, quality=quality)
     if jobs < 1:
         raise InputError(f"jobs must be >= 1, not {jobs}")
     out = Path(out_dir)
-    src = Path(source)
-    if out.resolve() == src.resolve():
+    if out.resolve() == Path(source).resolve():
         raise InputError(f"{out}: the output folder must differ from the source folder")
-    plans = plan_shards(source, shard_size)
-    if shards is not None:
-        wanted = set(shards)
-        unknown = sorted(wanted - {p.name for p in plans})
-        if unknown:
-            raise InputError(f"{source}: no shard {unknown[0]!r} to prepare")
-        plans = [p for p in plans if p.name in wanted]
+    plans = _chosen_plans(source, shard_size, shards)
     t0 = time.perf_counter()
-    results: dict[str, ShardResult] = {}
-    with _exclusive(out):
+    busy = f"{out}: another prepare-images run is writing this folder"
+    with file_lock(out / ".prepare.lock", busy=busy):
         _check_settings(out, settings)
         _clean_temporaries(out)
-        bar = tqdm(total=len(plans), unit="shard", desc="prepare-images", disable=None if progress else True)
-
-        def finish(r: ShardResult) -> None:
-            results[r.name] = r
-            bar.update(1)
-            bar.set_postfix(images=sum(x.images for x in results.values()), refresh=False)
-            if on_shard is not None:
-                on_shard(r)
-
-        try:
-            if jobs == 1 or len(plans) <= 1:
-                for plan in plans:
-                    finish(prepare_shard(plan, out, settings))
-            else:
-                _run_pool(plans, out, settings, jobs, finish)
-        finally:
-            bar.close()
-        ordered = [results[p.name] for p in plans]
+        ordered = _prepare_all(plans, out, settings, jobs, progress, on_shard)
         _write_index(out, settings)
     summary = _summary(settings, ordered, source)
     write_json(out / "prepare.json", summary)
@@ -490,6 +434,53 @@ def prepare_images(
     }
 
 
+def _chosen_plans(
+    source: str | os.PathLike[str], shard_size: int, shards: Sequence[str] | None
+) -> list[ShardPlan]:
+    """The plans of ``source``, only those named in ``shards`` when given."""
+    plans = plan_shards(source, shard_size)
+    if shards is None:
+        return plans
+    wanted = set(shards)
+    unknown = sorted(wanted - {p.name for p in plans})
+    if unknown:
+        raise InputError(f"{source}: no shard {unknown[0]!r} to prepare")
+    return [p for p in plans if p.name in wanted]
+
+
+def _prepare_all(
+    plans: Sequence[ShardPlan],
+    out: Path,
+    settings: PrepareSettings,
+    jobs: int,
+    progress: bool,
+    on_shard: Callable[[ShardResult], None] | None,
+) -> list[ShardResult]:
+    """Every shard of ``plans`` (in this process or ``jobs`` workers) under one progress bar, in
+    plan order."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, ShardResult] = {}
+    bar = tqdm(total=len(plans), unit="shard", desc="prepare-images", disable=None if progress else True)
+
+    def finish(r: ShardResult) -> None:
+        results[r.name] = r
+        bar.update(1)
+        bar.set_postfix(images=sum(x.images for x in results.values()), refresh=False)
+        if on_shard is not None:
+            on_shard(r)
+
+    try:
+        if jobs == 1 or len(plans) <= 1:
+            for plan in plans:
+                finish(prepare_shard(plan, out, settings))
+        else:
+            _run_pool(plans, out, settings, jobs, finish)
+    finally:
+        bar.close()
+    return [results[p.name] for p in plans]
+
+
 def _run_pool(
     plans: Sequence[ShardPlan],
     out: Path,
@@ -501,7 +492,7 @@ def _run_pool(
     ex = ProcessPoolExecutor(
         max_workers=min(jobs, len(plans)),
         mp_context=ctx,
-        initializer=_die_with_parent,
+        initializer=die_with_parent,
         initargs=(os.getpid(),),
     )
     try:
@@ -512,9 +503,7 @@ def _run_pool(
                 finish(fut.result())
     except BaseException:
         ex.shutdown(wait=False, cancel_futures=True)
-        for proc in list(getattr(ex, "_processes", {}).values()):  # stop shards in progress now
-            with contextlib.suppress(Exception):
-                proc.terminate()
+        stop_processes(list((getattr(ex, "_processes", None) or {}).values()))  # shards in progress
         raise
     ex.shutdown(wait=True)
 

@@ -15,7 +15,7 @@ An md5 file holds ``md5sum`` output: ``<32 hex digits>  images_NNN.tar``.
 
 :func:`download_images` fetches the chosen shards of a split into ``DEST/<split>/`` with a few
 threads (one ``requests`` session each), each file through the metadata downloader's resumable
-fetch (:func:`hglv2.gldv2.downloads._fetch`: HTTP ``Range`` after a cut, ``If-Range``, retries
+fetch (:func:`hglv2.http.fetch_resumable`: HTTP ``Range`` after a cut, ``If-Range``, retries
 with backoff): the complete file is checked against the official md5 *before* it is renamed into
 place, so a corrupt transfer is never left behind as a shard nor recorded. Before any transfer it
 asks the server for the sizes (``HEAD``) and stops if the free disk space is short, saying how much
@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,18 +42,13 @@ import requests
 from tqdm.auto import tqdm
 
 from hglv2.errors import InputError, NetworkError
-from hglv2.gldv2.downloads import LOCK_NAME, _fetch, read_lock, update_lock
-from hglv2.gldv2.specs import DEFAULT_BASE_URL
-from hglv2.http import make_session, request_with_retries
+from hglv2.gldv2.downloads import LOCK_NAME, read_lock, update_lock
+from hglv2.gldv2.specs import DEFAULT_BASE_URL, shard_name
+from hglv2.http import Retries, fetch_resumable, make_session, request_with_retries
 
 #: Number of tar shards of each split (GLDv2 README).
 IMAGE_SHARDS = {"train": 500, "index": 100, "test": 20}
 _MD5 = re.compile(r"^([0-9a-fA-F]{32})(?:\s|$)")
-
-
-def shard_name(k: int) -> str:
-    """``images_NNN.tar``."""
-    return f"images_{k:03d}.tar"
 
 
 def shard_url(split: str, k: int, base_url: str = DEFAULT_BASE_URL) -> str:
@@ -64,7 +58,7 @@ def shard_url(split: str, k: int, base_url: str = DEFAULT_BASE_URL) -> str:
 
 def md5_url(split: str, k: int, base_url: str = DEFAULT_BASE_URL) -> str:
     """``<base>/md5sum/<split>/md5.images_NNN.txt`` (the official checksum of a shard)."""
-    return f"{base_url.rstrip('/')}/md5sum/{split}/md5.images_{k:03d}.txt"
+    return f"{base_url.rstrip('/')}/md5sum/{split}/md5.{Path(shard_name(k)).stem}.txt"
 
 
 def parse_shard_spec(spec: str, n_max: int | None = None) -> list[int]:
@@ -176,11 +170,7 @@ def download_images(
     base_url: str = DEFAULT_BASE_URL,
     lock_path: str | os.PathLike[str] | None = None,
     contact: str = "anonymous",
-    timeout: float = 60.0,
-    max_tries: int = 8,
-    backoff_base: float = 1.0,
-    backoff_cap: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
+    retries: Retries | None = None,
     chunk_size: int = 1 << 20,
     progress: bool = True,
     free_bytes: Callable[[Path], int] | None = None,
@@ -196,6 +186,7 @@ def download_images(
         verify: re-hash every shard already on disk against its lock entry (default: trust a
             shard whose size matches the lock).
         lock_path: default ``dest/gldv2.lock.json``.
+        retries: timeout and backoff of each request (default :class:`hglv2.http.Retries`).
         free_bytes: free space of a folder (tests); default :func:`shutil.disk_usage`.
         raise_on_error: after all shards are done, raise :class:`NetworkError` naming every failed
             shard (else return their records with ``status="failed"``).
@@ -213,63 +204,13 @@ def download_images(
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = Path(lock_path) if lock_path is not None else dest / LOCK_NAME
     bar = tqdm(total=0, unit="B", unit_scale=True, desc=f"{split} images", disable=None if progress else True)
-    shared = _Shared(lock_path, bar)
-    local = threading.local()
-
-    def session() -> requests.Session:
-        if getattr(local, "session", None) is None:
-            local.session = make_session(contact)
-        return local.session
-
-    net = dict(
-        timeout=timeout, max_tries=max_tries, backoff_base=backoff_base, backoff_cap=backoff_cap, sleep=sleep
-    )
+    run = _Run(split, folder, base_url, contact, retries or Retries(), chunk_size, _Shared(lock_path, bar))
     records = {k: ShardRecord(f"{split}/{shard_name(k)}", str(folder / shard_name(k))) for k in numbers}
-
-    # 1. shards already on disk: trusted by size + lock entry, or re-hashed (--verify / no entry)
-    todo: list[int] = []
-    for k in numbers:
-        rec, path = records[k], folder / shard_name(k)
-        entry = shared.entry(rec.key)
-        if not path.exists():
-            todo.append(k)
-            continue
-        size = path.stat().st_size
-        if entry is not None and entry["size"] == size and not verify:
-            rec.size, rec.md5, rec.status = size, entry.get("md5", ""), "verified"
-        else:
-            todo.append(k)  # decided below, after the official md5 is known
+    todo = [k for k in numbers if not run.trusted(k, records[k], verify)]
     try:
-        # 2. sizes of what must be fetched, and the disk check, before any transfer
-        sizes: dict[int, int | None] = {}
-        missing = [k for k in todo if not (folder / shard_name(k)).exists()]
-        for k in missing:
-            try:
-                sizes[k] = _remote_size(session(), shard_url(split, k, base_url), base_url, net)
-            except NetworkError as exc:
-                records[k].status, records[k].error = "failed", _short(exc)
-        partial = {k: _part_size(folder / shard_name(k)) for k in missing}
-        need = sum(max(0, (sizes.get(k) or 0) - partial[k]) for k in missing if records[k].status != "failed")
-        free = (free_bytes or (lambda p: shutil.disk_usage(p).free))(folder)
-        if need > free:
-            raise InputError(
-                f"{folder}: {len(missing)} shard(s) need {_gb(need)} of free disk space, only {_gb(free)} "
-                "is free; free some space or pick fewer --shards"
-            )
-        bar.reset(total=need)
-
-        # 3. transfers and checks, a few at a time
-        def work(k: int) -> None:
-            rec = records[k]
-            if rec.status == "failed":
-                return
-            try:
-                _one_shard(k, rec, folder, split, base_url, session(), shared, net, chunk_size)
-            except (NetworkError, InputError, OSError) as exc:
-                rec.status, rec.error = "failed", _short(exc)
-
+        run.check_space(todo, records, free_bytes or (lambda p: shutil.disk_usage(p).free))
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(work, todo))
+            list(pool.map(lambda k: run.work(k, records[k]), todo))
     finally:
         bar.close()
     out = [records[k] for k in numbers]
@@ -279,6 +220,69 @@ def download_images(
     return out
 
 
+class _Run:
+    """One :func:`download_images` call: its settings, and a ``requests`` session per thread."""
+
+    def __init__(
+        self,
+        split: str,
+        folder: Path,
+        base_url: str,
+        contact: str,
+        retries: Retries,
+        chunk_size: int,
+        shared: _Shared,
+    ) -> None:
+        self.split, self.folder, self.base_url, self.contact = split, folder, base_url, contact
+        self.retries, self.chunk_size, self.shared = retries, chunk_size, shared
+        self._local = threading.local()
+
+    def session(self) -> requests.Session:
+        if getattr(self._local, "session", None) is None:
+            self._local.session = make_session(self.contact)
+        return self._local.session
+
+    def trusted(self, k: int, rec: ShardRecord, verify: bool) -> bool:
+        """Whether shard ``k`` is on disk with the size of its lock entry (and ``verify`` is off);
+        a shard on disk is otherwise decided once its official md5 is known."""
+        path = self.folder / shard_name(k)
+        entry = self.shared.entry(rec.key)
+        if not path.exists() or entry is None or entry["size"] != path.stat().st_size or verify:
+            return False
+        rec.size, rec.md5, rec.status = path.stat().st_size, entry.get("md5", ""), "verified"
+        return True
+
+    def check_space(
+        self, todo: Sequence[int], records: dict[int, ShardRecord], free_bytes: Callable[[Path], int]
+    ) -> None:
+        """Ask the sizes of the missing shards (``HEAD``) and stop if the disk cannot hold them."""
+        sizes: dict[int, int | None] = {}
+        missing = [k for k in todo if not (self.folder / shard_name(k)).exists()]
+        for k in missing:
+            try:
+                sizes[k] = _remote_size(self.session(), shard_url(self.split, k, self.base_url), self)
+            except NetworkError as exc:
+                records[k].status, records[k].error = "failed", _short(exc)
+        partial = {k: _part_size(self.folder / shard_name(k)) for k in missing}
+        need = sum(max(0, (sizes.get(k) or 0) - partial[k]) for k in missing if records[k].status != "failed")
+        free = free_bytes(self.folder)
+        if need > free:
+            raise InputError(
+                f"{self.folder}: {len(missing)} shard(s) need {_gb(need)} of free disk space, only "
+                f"{_gb(free)} is free; free some space or pick fewer --shards"
+            )
+        self.shared.bar.reset(total=need)
+
+    def work(self, k: int, rec: ShardRecord) -> None:
+        """Transfer and check shard ``k`` (a thread of the pool); a failure goes into ``rec``."""
+        if rec.status == "failed":
+            return
+        try:
+            _one_shard(k, rec, self)
+        except (NetworkError, InputError, OSError) as exc:
+            rec.status, rec.error = "failed", _short(exc)
+
+
 def failure_summary(failed: Sequence[ShardRecord]) -> str:
     """One line naming every failed shard and why."""
     shown = "; ".join(f"{r.key}: {r.error}" for r in failed[:5])
@@ -286,19 +290,10 @@ def failure_summary(failed: Sequence[ShardRecord]) -> str:
     return f"{len(failed)} shard(s) failed: {shown}{more}"
 
 
-def _one_shard(
-    k: int,
-    rec: ShardRecord,
-    folder: Path,
-    split: str,
-    base_url: str,
-    session: requests.Session,
-    shared: _Shared,
-    net: dict[str, Any],
-    chunk_size: int,
-) -> None:
-    path = folder / shard_name(k)
-    official = _official_md5(session, split, k, base_url, net)
+def _one_shard(k: int, rec: ShardRecord, run: _Run) -> None:
+    path = run.folder / shard_name(k)
+    session, shared = run.session(), run.shared
+    official = _official_md5(session, run.split, k, run)
     if path.exists():  # no lock entry, a size that differs from it, or --verify: hash it
         md5, sha = hash_file(path)
         entry = shared.entry(rec.key)
@@ -317,30 +312,29 @@ def _one_shard(
             raise NetworkError(f"md5 {md5} does not match the official {official}; the transfer is corrupt")
         digests.update(md5=md5, sha256=sha)
 
-    _fetch(
+    fetch_resumable(
         session,
-        shard_url(split, k, base_url),
+        shard_url(run.split, k, run.base_url),
         path,
-        chunk_size=chunk_size,
+        retries=run.retries,
+        chunk_size=run.chunk_size,
         progress=False,
-        base_url=base_url,
-        expected=None,
+        base_url=run.base_url,
         verify=check,
         on_bytes=shared.add_bytes,
-        **net,
     )
     rec.size, rec.md5, rec.status = path.stat().st_size, digests["md5"], "downloaded"
     shared.record(rec.key, rec.size, digests["sha256"], rec.md5)
 
 
-def _official_md5(session: requests.Session, split: str, k: int, base_url: str, net: dict[str, Any]) -> str:
-    url = md5_url(split, k, base_url)
-    resp = request_with_retries(session, "GET", url, allowed_bases=[base_url], **net)
+def _official_md5(session: requests.Session, split: str, k: int, run: _Run) -> str:
+    url = md5_url(split, k, run.base_url)
+    resp = request_with_retries(session, "GET", url, allowed_bases=[run.base_url], **run.retries.as_kwargs())
     return parse_md5_file(resp.text, url)
 
 
-def _remote_size(session: requests.Session, url: str, base_url: str, net: dict[str, Any]) -> int | None:
-    resp = request_with_retries(session, "HEAD", url, allowed_bases=[base_url], **net)
+def _remote_size(session: requests.Session, url: str, run: _Run) -> int | None:
+    resp = request_with_retries(session, "HEAD", url, allowed_bases=[run.base_url], **run.retries.as_kwargs())
     length = resp.headers.get("Content-Length", "")
     return int(length) if length.isdigit() else None
 
