@@ -118,6 +118,7 @@ class Results:
                 "cores": os.cpu_count(),
                 "threads": threads,
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             },
             "versions": versions(),
             "args": dict(vars(args)) if args is not None and hasattr(args, "__dict__") else args,

@@ -327,8 +327,12 @@ def main(argv=None) -> int:
         args = ap.parse_args(argv)
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    # isort: off
+    import hglv2  # noqa: F401  (first: its OpenMP wait policy reaches torch's and faiss's runtimes)
     import numpy as np
     import torch
+
+    # isort: on
 
     from hglv2.metrics import evaluate
     from hglv2.metrics._fused import HAVE_NUMBA
