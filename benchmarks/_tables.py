@@ -45,6 +45,12 @@ def _load_str(res: dict) -> str:
     return f"{res['load_before'][0]:.1f} → {res['load_after'][0]:.1f}"
 
 
+def command(res: dict) -> str:
+    """The command that reproduces a results file, with the thread setting it ran under."""
+    omp = res["machine"].get("OMP_NUM_THREADS")
+    return f"`{'OMP_NUM_THREADS=' + omp + ' ' if omp else ''}{res['command']}`"
+
+
 def conditions(runs: list[dict]) -> str:
     """One line naming the machine, threads, versions and load of the runs behind a table."""
     if not runs:
@@ -55,7 +61,7 @@ def conditions(runs: list[dict]) -> str:
     vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "numba", "faiss-cpu", "pyarrow", "pillow") if v.get(k))
     return (
         f"*Measured {r0['started'][:10]} on {m['cpu_model']} ({m['cores']} cores), "
-        f"{m['threads'] or 'default'} threads, 1-minute load before → after: {loads}; "
+        f"threads: {m['threads'] or 'default'}, 1-minute load before → after: {loads}; "
         f"{vers}; hglv2 {v.get('hglv2_commit') or v.get('hglv2')}. "
         f"Each cell: min / median over {r0['args'].get('repeat', 'the')} interleaved repetitions "
         f"(results files in benchmarks/results/).*"
@@ -80,7 +86,7 @@ def metrics_table(results: Path) -> list[str]:
         size = f"Q = {a['queries']:,} x N = {a['gallery']:,}"
         lines.append(
             f"| {size} | {_x(f['full.ratio'])} | {_x(f['topk.ratio_faiss'])} "
-            f"| {_s(f['topk.ours'], 3)}, {_s(f['topk.faiss_search'], 3)} | {peers} | `{r['command']}` |"
+            f"| {_s(f['topk.ours'], 3)}, {_s(f['topk.faiss_search'], 3)} | {peers} | {command(r)} |"
         )
     return [*lines, "", conditions(runs)]
 
@@ -101,7 +107,7 @@ def losses_table(results: Path) -> list[str]:
             f"| {loss}, B = {r['args']['batch']} | {_s(f[f'{loss}.dense'], 3)} | {_s(f[f'{loss}.hglv2'], 4)} "
             f"| {_x(f[f'{loss}.ratio'])} |"
         )
-    return [*lines, "", f"Command: `{r['command']}`.", "", conditions([r])]
+    return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
 
 
 def images_table(results: Path) -> list[str]:
@@ -109,21 +115,26 @@ def images_table(results: Path) -> list[str]:
     if r is None:
         return []
     f = r["figures"]
+    a = r["args"]
     lines = [
-        "| measure | images/s (min / median of the rates) | / bare PIL loop |",
+        "| re-encoding to 512 px, one core | images/s (best / median round) | ours / plain loop |",
         "|---|---|---|",
-        f"| bare PIL loop (full decode, bicubic, same JPEG settings) | {_rate(f['bare_loop'])} | 1 |",
-        f"| `resize_image`, the per-image function | {_rate(f['per_image'])} | {_x(f['per_image.ratio'])} |",
-        f"| the shard loop (`prepare_images`, `--jobs 1`) | {_rate(f['shard_loop'])} "
+        f"| plain PIL steps per image (full decode, bicubic, same JPEG settings; Pillow defaults), "
+        f"in-memory bytes | {_rate(f['bare_loop'])} | |",
+        f"| `resize_image`, the per-image function, same bytes | {_rate(f['per_image'])} "
+        f"| {_x(f['per_image.ratio'])} |",
+        f"| plain loop over the tar shards | {_rate(f['bare_loop_tar'])} | |",
+        f"| the shard loop (`prepare_images --jobs 1`, worker time) | {_rate(f['shard_loop'])} "
         f"| {_x(f['shard_loop.ratio'])} |",
+        f"| projection: 4,132,914 train images at the best shard-loop rate "
+        f"| {f['projection_core_hours']:.0f} core-hours | |",
     ]
-    if "projection_core_hours" in f:
-        lines.append(f"| projection, 4.13M train images | {f['projection_core_hours']:.0f} core-hours | |")
-    return [*lines, "", f"Command: `{r['command']}`.", "", conditions([r])]
+    src = f"{a['images']} generated {a['size']} JPEGs, {a['per_shard']} per shard"
+    return [*lines, "", f"{src}. Command: {command(r)}.", "", conditions([r])]
 
 
 def _rate(entry: dict) -> str:
-    """Images/s from a timing per image batch: ``n_images / seconds`` (best and median)."""
+    """Images/s from the timings of a batch of ``images``: best round / median round."""
     n = entry["images"]
     return f"{n / entry['min']:.1f} / {n / entry['median']:.1f}"
 
@@ -140,7 +151,7 @@ def export_table(results: Path) -> list[str]:
         f"| {r['args']['rows']:,} | {_s(f['export.hglv2'])} | {_s(f['export.pandas'])} "
         f"| {_x(f['export.ratio'])} |",
     ]
-    return [*lines, "", f"Command: `{r['command']}`.", "", conditions([r])]
+    return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
 
 
 TABLES: dict[str, Callable[[Path], list[str]]] = {
