@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 HGLV2 := $(VENV)/bin/hglv2
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench hierarchy clean
+.PHONY: install test lint demo bench bench-tables hierarchy clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ demo: hierarchy
 # CUDA); FULL=1 runs each at the sizes of its published figures.
 bench: install
 	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b $(if $(FULL),,--quick) || exit 1; done
+
+# The performance tables of docs/performance.md, written from benchmarks/results/*.json (the
+# results files the benchmark scripts write; no figure is typed by hand).
+bench-tables:
+	$(PY) benchmarks/_tables.py
 
 # The semi-automatic hierarchy pipeline (file targets in pipelines/hierarchy.mk).
 hierarchy: install

@@ -41,6 +41,8 @@ import torch  # noqa: E402
 
 # isort: on
 
+import _results  # noqa: E402
+
 import hglv2.losses.rank as rank_mod  # noqa: E402
 from hglv2.losses import SupAP, SupHAP, SupNDCG  # noqa: E402
 
@@ -59,7 +61,7 @@ def _heaviside(t: torch.Tensor) -> torch.Tensor:
 
 
 # --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
-QUICK = {"table_only": True}
+QUICK = {"table_only": True, "repeat": 1}
 
 
 def _dense_step_rank(tens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -233,6 +235,30 @@ def ratios(th: int, full: bool) -> None:
     print(f"\nload after: {os.getloadavg()}")
 
 
+def _compare_at_256(loss: str, th: int, repeat: int, out: _results.Results) -> None:
+    """Dense and hglv2 at B = 256 in fresh subprocesses, alternating ``repeat`` times; each sample
+    is the median of 5 steps of one subprocess."""
+    runs: dict[str, list[dict]] = {"dense": [], "hglv2": []}
+    for _ in range(repeat):
+        for impl in runs:
+            runs[impl].append(child([impl, loss, "256", "5"], th))
+    d, h = runs["dense"][-1], runs["hglv2"][-1]
+    dg = max(abs(p - q) for p, q in zip(d["grad"], h["grad"], strict=True))
+    peak = {impl: max(r["peak_mb"] for r in rs) for impl, rs in runs.items()}
+    td = out.timing(f"{loss}.dense", [r["time_s"] for r in runs["dense"]], peak_mb=peak["dense"])
+    th_ = out.timing(f"{loss}.hglv2", [r["time_s"] for r in runs["hglv2"]], peak_mb=peak["hglv2"])
+    ratio = out.ratio(
+        f"{loss}.ratio", [r["time_s"] for r in runs["dense"]], [r["time_s"] for r in runs["hglv2"]]
+    )
+    out.value(f"{loss}.diff", {"loss": abs(d["value"] - h["value"]), "grad_max": dg})
+    print(
+        f"{loss:8} {td['min']:9.3f} {th_['min']:9.4f} {ratio['min']:8.1f}x "
+        f"{peak['dense']:9.1f} {peak['hglv2']:9.1f} {peak['dense'] / max(peak['hglv2'], 1e-3):8.1f}x "
+        f"{abs(d['value'] - h['value']):9.1e} {dg:9.1e}"
+    )
+    print(f"{'':8} dense / hglv2 per repetition: min {ratio['min']:.1f}x, median {ratio['median']:.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "LOSS", "B", "REPEATS"))
@@ -242,6 +268,8 @@ def main() -> None:
     ap.add_argument("--ratios", action="store_true", help="SupHAP/SupNDCG vs SupAP at B = 256, 1024, 4096")
     ap.add_argument("--thread-check", action="store_true", help="step-time spread vs threads/OpenMP wait")
     ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating dense / hglv2 subprocesses at B = 256")
+    _results.add_results_option(ap)
     a = ap.parse_args()
     if a.quick:
         ap.set_defaults(**QUICK)
@@ -259,20 +287,15 @@ def main() -> None:
     if a.thread_check:
         thread_check()
         return
-    print("\n== B = N = 256, D = 512, 4 images/class, L = 3: forward + backward (median of 5)")
+    print(f"\n== B = N = 256, D = 512, L = 3: forward + backward (median of 5 steps; min of {a.repeat} runs)")
     print(
         f"{'loss':8} {'dense s':>9} {'hglv2 s':>9} {'speed-up':>9} {'dense MB':>9} {'hglv2 MB':>9} "
         f"{'mem ratio':>9} {'|dloss|':>9} {'|dgrad|':>9}"
     )
+    out = _results.Results(__file__, {"batch": 256, "threads": th, "repeat": a.repeat}, threads=th)
     for loss in ("SupAP", "SupHAP"):
-        d = child(["dense", loss, "256", "5"], th)
-        h = child(["hglv2", loss, "256", "5"], th)
-        dg = max(abs(p - q) for p, q in zip(d["grad"], h["grad"], strict=True))
-        print(
-            f"{loss:8} {d['time_s']:9.3f} {h['time_s']:9.3f} {d['time_s'] / h['time_s']:8.1f}x "
-            f"{d['peak_mb']:9.1f} {h['peak_mb']:9.1f} {d['peak_mb'] / max(h['peak_mb'], 1e-3):8.1f}x "
-            f"{abs(d['value'] - h['value']):9.1e} {dg:9.1e}"
-        )
+        _compare_at_256(loss, th, a.repeat, out)
+    out.write(a.results or _results.default_path(__file__, "", a.quick))
     if a.table_only:
         return
     print("\n== peak memory (RSS growth of one forward + backward) vs B = N; largest B within 8 GB")

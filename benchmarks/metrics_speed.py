@@ -6,14 +6,20 @@ One run, same inputs:
    Q x N x D with L levels, against its floor: the score matmul plus a sort of the same int64 keys
    the engine sorts (``order_keys``, rows sorted in place over ``--threads`` threads, key building
    not counted), chunk by chunk with the engine's chunk size; plus the peak RSS;
-2. top-k mode (``evaluate(..., top_k=K)``: mAP@100, R@k, P@k, mAP@R where R <= K) against the
-   matmul + ``torch.topk`` floor on the same chunks, and faiss ``IndexFlatIP`` search for reference;
+2. top-k mode (``evaluate(..., top_k=K)``: mAP@100, R@k, P@k, mAP@R where R <= K) against its
+   floor, faiss's own exact k-NN search (``IndexFlatIP``: ``add`` timed apart, the floor is
+   ``search``, on ``--threads`` OpenMP threads), and the matmul + ``torch.topk`` on the same chunks;
 3. at a size the peers can hold in memory (``--peer-queries`` x ``--peer-gallery``, L = 1):
    pytorch-metric-learning's AccuracyCalculator (mean_average_precision_at_r, precision_at_1 from a
    faiss k-NN with k = the largest class) against hglv2's top-k mode with the same k, and
    torchmetrics (RetrievalMAP, RetrievalHitRate@k, RetrievalPrecision@k, RetrievalNormalizedDCG)
    against the full hglv2 evaluate; every side includes its score computation and the numbers are
    compared.
+
+Every timing is repeated ``--repeat`` times, the sides of each comparison alternating, and the
+results file (``--results``, :mod:`_results`) keeps min / median / max, the per-repetition ratios,
+the load before and after, the CPU, threads and versions; ``make bench-tables`` writes the tables
+of docs/performance.md from these files.
 
 Example (the sizes of the published figures)::
 
@@ -29,6 +35,8 @@ import os
 import resource
 import sys
 import time
+
+import _results
 
 # --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
 QUICK = {"queries": 200, "gallery": 20_000, "peer_queries": 100, "peer_gallery": 10_000, "repeat": 1}
@@ -81,9 +89,7 @@ def bench_floor(q, g, chunk):
 
 
 def bench_topk_floor(q, g, chunk, k):
-    """Seconds for the matmul and for torch.topk on each chunk; faiss IndexFlatIP search (matmul
-    and selection together) for reference (None when faiss is missing)."""
-    import numpy as np
+    """Seconds for the matmul and for torch.topk on each chunk."""
     import torch
 
     qt, gt = torch.from_numpy(q), torch.from_numpy(g)
@@ -97,15 +103,22 @@ def bench_topk_floor(q, g, chunk, k):
         t_mm += t1 - t0
         t_top += t2 - t1
         del s
-    try:
-        import faiss
-    except ImportError:
-        return t_mm, t_top, None
+    return t_mm, t_top
+
+
+def bench_faiss(q, g, k, threads):
+    """Seconds of faiss ``IndexFlatIP``: ``add`` (a copy of the gallery) and ``search`` (blocked
+    matmul + heaps: the exact k-NN floor of the top-k mode)."""
+    import faiss
+    import numpy as np
+
+    faiss.omp_set_num_threads(threads)
     t0 = time.perf_counter()
     index = faiss.IndexFlatIP(g.shape[1])
     index.add(np.ascontiguousarray(g))
+    t1 = time.perf_counter()
     index.search(np.ascontiguousarray(q), k)
-    return t_mm, t_top, time.perf_counter() - t0
+    return t1 - t0, time.perf_counter() - t1
 
 
 def bench_torchmetrics(q, ql, g, gl, ks):
@@ -162,69 +175,78 @@ def _ev_module():
     return importlib.import_module("hglv2.metrics.evaluate")
 
 
-def _section_full(args, case) -> None:
+def _section_full(args, case, out: _results.Results) -> None:
     """[1] the full ranking and all metrics against the matmul + int64 key sort floor."""
     from hglv2.metrics import evaluate
 
     q, ql, g, gl = case
     rss0 = _peak_rss_gb()
     chunk = max(1, (args.memory_mb << 20) // (args.gallery * _ev_module().BYTES_PER_SCORE))
-    t_ours = t_mm = t_sort = float("inf")
+    t = {"ours": [], "matmul": [], "sort": []}
     for _ in range(args.repeat):  # interleaved, so that both sides see the same load
         t0 = time.perf_counter()
         res = evaluate(q, ql, g, gl, memory_mb=args.memory_mb)
-        t_ours = min(t_ours, time.perf_counter() - t0)
+        t["ours"].append(time.perf_counter() - t0)
         mm, srt = bench_floor(q, g, chunk)
-        t_mm, t_sort = min(t_mm, mm), min(t_sort, srt)
+        t["matmul"].append(mm)
+        t["sort"].append(srt)
+    floor = [a + b for a, b in zip(t["matmul"], t["sort"], strict=True)]
     rss = _peak_rss_gb()
     n_metrics = sum(1 for k in res if not k.startswith("n_"))
+    ours = out.timing("full.ours", t["ours"], metrics=n_metrics, peak_rss_gb=rss)
+    out.timing("full.matmul", t["matmul"])
+    out.timing("full.key_sort", t["sort"])
+    fl = out.timing("full.floor", floor)
+    ratio = out.ratio("full.ratio", t["ours"], floor)
+    out.value("full.values", {k: float(res[k]) for k in ("H-AP", "NDCG", "ASI", "AP_level0")})
     print(
-        f"[1] full ranking, all {n_metrics} metrics: {t_ours:8.2f} s   "
-        f"peak RSS {rss:.2f} GB (before {rss0:.2f})"
+        f"[1] full ranking, all {n_metrics} metrics: {_mm(ours)}   peak RSS {rss:.2f} GB (before {rss0:.2f})"
     )
     print("  " + "  ".join(f"{k} {res[k]:.4f}" for k in ("H-AP", "NDCG", "ASI", "AP_level0")))
-    print(f"  floor: matmul {t_mm:.2f} s + int64 key sort {t_sort:.2f} s = {t_mm + t_sort:.2f} s")
-    print(f"  ratio hglv2 / (matmul + key sort) = {t_ours / (t_mm + t_sort):.2f}x")
+    print(f"  floor: matmul + int64 key sort {_mm(fl)}")
+    print(f"  ratio hglv2 / (matmul + key sort) = {_xx(ratio)}")
 
 
-def _section_top_k(args, case) -> None:
-    """[2] the top-k mode against the matmul + torch.topk floor and faiss."""
+def _mm(entry: dict) -> str:
+    return f"{entry['min']:.3f} / {entry['median']:.3f} / {entry['max']:.3f} s (min / median / max)"
+
+
+def _xx(entry: dict) -> str:
+    return f"{entry['min']:.2f} / {entry['median']:.2f} / {entry['max']:.2f}x (min / median / max)"
+
+
+def _section_top_k(args, case, out: _results.Results) -> None:
+    """[2] the top-k mode against faiss's search (the floor) and the matmul + torch.topk."""
     from hglv2.metrics import evaluate
 
     q, ql, g, gl = case
     k = args.top_k
     ks = tuple(x for x in (1, 10, 100) if x <= k)
     chunk = max(1, (args.memory_mb << 20) // (args.gallery * _ev_module().TOP_K_BYTES_PER_SCORE))
-    t_ours = t_mm = t_top = t_faiss = float("inf")
+    t = {"ours": [], "add": [], "search": [], "mm_topk": []}
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         res = evaluate(q, ql, g, gl, memory_mb=args.memory_mb, top_k=k, recall_at=ks)
-        t_ours = min(t_ours, time.perf_counter() - t0)
-        mm, top, fa = bench_topk_floor(q, g, chunk, k)
-        t_mm, t_top = min(t_mm, mm), min(t_top, top)
-        t_faiss = min(t_faiss, fa) if fa is not None else t_faiss
-    print(
-        f"[2] top-k mode (k = {k}): {t_ours:8.3f} s   "
-        + "  ".join(f"{n} {res[n]:.4f}" for n in ("mAP@100_level0", "R@1_level0", "mAP@R_level0") if n in res)
-    )
-    print(
-        f"  floor: matmul {t_mm:.3f} s + torch.topk {t_top:.3f} s = {t_mm + t_top:.3f} s; "
-        f"faiss IndexFlatIP search {t_faiss:.3f} s"
-    )
-    print(f"  ratio hglv2 top-k / (matmul + topk) = {t_ours / (t_mm + t_top):.2f}x")
+        t["ours"].append(time.perf_counter() - t0)
+        add, search = bench_faiss(q, g, k, args.threads)
+        t["add"].append(add)
+        t["search"].append(search)
+        t["mm_topk"].append(sum(bench_topk_floor(q, g, chunk, k)))
+    ours = out.timing("topk.ours", t["ours"], k=k)
+    out.timing("topk.faiss_add", t["add"])
+    search = out.timing("topk.faiss_search", t["search"])
+    out.timing("topk.matmul_topk", t["mm_topk"])
+    ratio = out.ratio("topk.ratio_faiss", t["ours"], t["search"])
+    out.ratio("topk.ratio_matmul_topk", t["ours"], t["mm_topk"])
+    names = [n for n in ("mAP@100_level0", "R@1_level0", "mAP@R_level0") if n in res]
+    out.value("topk.values", {n: float(res[n]) for n in names})
+    print(f"[2] top-k mode (k = {k}): {_mm(ours)}   " + "  ".join(f"{n} {res[n]:.4f}" for n in names))
+    print(f"  floor: faiss IndexFlatIP search {_mm(search)} (add {min(t['add']):.3f} s apart)")
+    print(f"  ratio hglv2 top-k / faiss search = {_xx(ratio)}")
+    print(f"  matmul + torch.topk on the same chunks: {min(t['mm_topk']):.3f} s (min)")
 
 
-def _best(fn, repeat: int):
-    """(best time of ``repeat`` runs of ``fn``, its last result)."""
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
-def _section_peers(args) -> None:
+def _section_peers(args, out: _results.Results) -> None:
     """[3] pytorch-metric-learning and torchmetrics against hglv2 on a size they hold (L = 1)."""
     from hglv2.metrics import evaluate
 
@@ -235,39 +257,51 @@ def _section_peers(args) -> None:
     print(
         f"\n[3] peers at Q={args.peer_queries} N={args.peer_gallery} D={args.dim} L=1 (largest class {kmax})"
     )
-    t_topk = t_pml = t_full = float("inf")
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        mine_k = evaluate(pq_, pql, pg, pgl, recall_at=(1,), top_k=kmax)
-        t_topk = min(t_topk, time.perf_counter() - t0)
-        try:
-            t, pml_vals = bench_pml(pq_, pql, pg, pgl)
-            t_pml = min(t_pml, t)
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            print(f"pytorch-metric-learning: failed ({type(exc).__name__}: {exc})")
-            pml_vals = None
-    if pml_vals is not None:
-        diffs = ", ".join(f"{k} {v:.5f} vs ours {mine_k[k]:.5f}" for k, v in pml_vals.items())
-        print(
-            f"pytorch-metric-learning (mAP@R, P@1) {t_pml:8.3f} s; hglv2 top_k={kmax} {t_topk:8.3f} s: "
-            f"hglv2 is {t_pml / t_topk:.1f}x faster   [{diffs}]"
+    try:
+        times, last = _results.interleaved(
+            {
+                "ours": lambda: evaluate(pq_, pql, pg, pgl, recall_at=(1,), top_k=kmax),
+                "pml": lambda: bench_pml(pq_, pql, pg, pgl)[1],
+            },
+            args.repeat,
         )
-    if args.peer_queries * args.peer_gallery <= 50_000_000:
-        t_full, mine = _best(lambda: evaluate(pq_, pql, pg, pgl, recall_at=ks), args.repeat)
-        try:
-            t_tm, vals = bench_torchmetrics(pq_, pql, pg, pgl, ks)
-            diffs = ", ".join(f"{k} {v:.5f} vs ours {mine[k]:.5f}" for k, v in vals.items())
-            print(
-                f"torchmetrics (AP, R@k, P@k, NDCG) {t_tm:8.3f} s; hglv2 full evaluate {t_full:8.3f} s: "
-                f"hglv2 is {t_tm / t_full:.1f}x faster   [{diffs}]"
-            )
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            print(f"torchmetrics: failed ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        print(f"pytorch-metric-learning: failed ({type(exc).__name__}: {exc})")
     else:
+        mine_k, pml_vals = last["ours"], last["pml"]
+        diffs = {k: {"peer": float(v), "ours": float(mine_k[k])} for k, v in pml_vals.items()}
+        out.timing("peers.ours_topk", times["ours"], k=kmax)
+        out.timing("peers.pml", times["pml"], values=diffs)
+        ratio = out.ratio("peers.pml_over_ours", times["pml"], times["ours"])
+        text = ", ".join(f"{k} {v['peer']:.5f} vs ours {v['ours']:.5f}" for k, v in diffs.items())
         print(
-            "torchmetrics skipped (it holds Q x N scores, targets and indexes at once: "
-            "use a smaller peer size)"
+            f"pytorch-metric-learning (mAP@R, P@1) {min(times['pml']):8.3f} s; hglv2 top_k={kmax} "
+            f"{min(times['ours']):8.3f} s: pml / hglv2 = {_xx(ratio)}   [{text}]"
         )
+    if args.peer_queries * args.peer_gallery > 50_000_000:
+        print("torchmetrics skipped (it holds Q x N scores, targets and indexes at once: smaller sizes)")
+        return
+    try:
+        times, last = _results.interleaved(
+            {
+                "ours": lambda: evaluate(pq_, pql, pg, pgl, recall_at=ks),
+                "tm": lambda: bench_torchmetrics(pq_, pql, pg, pgl, ks)[1],
+            },
+            args.repeat,
+        )
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        print(f"torchmetrics: failed ({type(exc).__name__}: {exc})")
+        return
+    mine, vals = last["ours"], last["tm"]
+    diffs = {k: {"peer": float(v), "ours": float(mine[k])} for k, v in vals.items()}
+    out.timing("peers.ours_full", times["ours"])
+    out.timing("peers.torchmetrics", times["tm"], values=diffs)
+    ratio = out.ratio("peers.torchmetrics_over_ours", times["tm"], times["ours"])
+    text = ", ".join(f"{k} {v['peer']:.5f} vs ours {v['ours']:.5f}" for k, v in diffs.items())
+    print(
+        f"torchmetrics (AP, R@k, P@k, NDCG) {min(times['tm']):8.3f} s; hglv2 full evaluate "
+        f"{min(times['ours']):8.3f} s: torchmetrics / hglv2 = {_xx(ratio)}   [{text}]"
+    )
 
 
 def main(argv=None) -> int:
@@ -281,24 +315,30 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-gallery", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-mb", type=int, default=1024)
-    ap.add_argument("--repeat", type=int, default=2, help="best of this many runs for each timing")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions of each timing")
     ap.add_argument("--skip-full", action="store_true", help="skip section 1 (full ranking)")
     ap.add_argument("--skip-top-k", action="store_true", help="skip section 2 (top-k mode)")
     ap.add_argument("--skip-peers", action="store_true", help="skip section 3 (peers)")
     ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
+    _results.add_results_option(ap)
     args = ap.parse_args(argv)
     if args.quick:
         ap.set_defaults(**QUICK)
         args = ap.parse_args(argv)
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    # isort: off
+    import hglv2  # noqa: F401  (first: its OpenMP wait policy reaches torch's and faiss's runtimes)
     import numpy as np
     import torch
+
+    # isort: on
 
     from hglv2.metrics import evaluate
     from hglv2.metrics._fused import HAVE_NUMBA
 
     torch.set_num_threads(args.threads)
+    out = _results.Results(__file__, args, threads=args.threads)
     print(
         f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}, torch threads {args.threads}, "
         f"numba {'yes' if HAVE_NUMBA else 'no'}"
@@ -317,12 +357,14 @@ def main(argv=None) -> int:
     print(f"\nQ={args.queries} N={args.gallery} D={args.dim} L={args.levels} (classes per level: {classes})")
     case = (q, ql, g, gl)
     if not args.skip_full:
-        _section_full(args, case)
+        _section_full(args, case, out)
     if not args.skip_top_k:
-        _section_top_k(args, case)
+        _section_top_k(args, case, out)
     if not args.skip_peers:
-        _section_peers(args)
+        _section_peers(args, out)
     print(f"\nload average at the end {os.getloadavg()}")
+    suffix = f"_Q{args.queries}_N{args.gallery}"
+    out.write(args.results or _results.default_path(__file__, suffix, args.quick))
     return 0
 
 

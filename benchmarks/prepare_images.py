@@ -4,7 +4,10 @@
    members ``a/b/c/<id>.jpg``; default 800x600 JPEGs of ~100-150 KB, the GLDv2 average being
    ~120 KB) re-encoded to ``--max-side`` by ``hglv2.reencode.prepare_images`` with one worker,
    beside a plain PIL loop doing the same per image without draft mode (full decode, bicubic
-   resize, same JPEG settings), in the same run; then with ``--jobs`` workers for the scaling.
+   resize, same JPEG settings; Pillow's default allocator settings), alternating ``--repeat``
+   times in the same process; the per-image function ``resize_image`` against the same plain
+   steps on the same in-memory bytes; then with ``--jobs`` workers for the scaling. The results
+   file (:mod:`_results`) keeps min / median / max and the per-round ratios.
 2. Training data-loader throughput before/after: ``HGLDv2Dataset`` over the official-sized shards
    and over the prepared shards, with the training transform of ``hglv2.train``
    (RandomResizedCrop 224 scale (0.5, 1), horizontal flip, ToTensor, Normalize), batch 64,
@@ -25,10 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import _results
 import numpy as np
 
 # --quick: sizes that run in seconds to a minute on 2 cores (what `make bench` runs)
-QUICK = {"images": 40, "per_shard": 20}
+QUICK = {"images": 40, "per_shard": 20, "repeat": 1}
 
 
 def _photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -68,26 +72,69 @@ def generate(
     return ids, total
 
 
-def plain_pil_loop(source: Path, max_side: int, quality: int) -> float:
-    """The peer: same output per image without draft mode, one process; returns images/s."""
+def pillow_defaults() -> None:
+    """Pillow's default allocator settings (no freed image blocks kept), as a user's own loop has
+    them: :func:`hglv2.reencode.resize_image` raises the setting for its process."""
+    from PIL import Image
+
+    Image.core.set_blocks_max(0)
+
+
+def bare_steps(data: bytes, max_side: int, quality: int) -> None:
+    """The peer's work on one image: full decode, bicubic resize, the same JPEG settings."""
     from PIL import Image
 
     from hglv2.reencode import target_size
 
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = img.convert("RGB")
+    w, h = target_size(*rgb.size, max_side)
+    if (w, h) != rgb.size:
+        rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
+    rgb.save(io.BytesIO(), format="JPEG", quality=quality, subsampling=2, optimize=True)
+
+
+def plain_pil_loop(source: Path, max_side: int, quality: int) -> tuple[int, float]:
+    """The peer: :func:`bare_steps` per tar member, one process, Pillow's defaults; returns
+    (images, seconds)."""
+    pillow_defaults()
     count, t0 = 0, time.perf_counter()
     for shard in sorted(source.glob("*.tar")):
         with tarfile.open(shard) as tf:
             for m in tf:
                 if not m.isreg():
                     continue
-                with Image.open(io.BytesIO(tf.extractfile(m).read())) as img:
-                    rgb = img.convert("RGB")
-                w, h = target_size(*rgb.size, max_side)
-                if (w, h) != rgb.size:
-                    rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
-                rgb.save(io.BytesIO(), format="JPEG", quality=quality, subsampling=2, optimize=True)
+                bare_steps(tf.extractfile(m).read(), max_side, quality)
                 count += 1
-    return count / (time.perf_counter() - t0)
+    return count, time.perf_counter() - t0
+
+
+def per_image(source: Path, args, out: _results.Results, n_max: int = 200) -> dict:
+    """The per-image function (:func:`hglv2.reencode.resize_image`) against :func:`bare_steps`
+    on the same in-memory bytes (no tar reading on either side), alternating ``args.repeat``
+    times; the bare steps run with Pillow's defaults."""
+    from hglv2.reencode import PrepareSettings, resize_image
+
+    datas = []
+    for shard in sorted(source.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            datas += [tf.extractfile(m).read() for m in tf if m.isreg()]
+    datas = datas[:n_max]
+    settings = PrepareSettings(max_side=args.max_side, quality=args.quality)
+
+    def bare() -> None:
+        pillow_defaults()
+        for d in datas:
+            bare_steps(d, args.max_side, args.quality)
+
+    def ours() -> None:
+        for d in datas:
+            resize_image(d, settings)
+
+    times, _ = _results.interleaved({"bare": bare, "ours": ours}, args.repeat)
+    out.timing("bare_loop", times["bare"], images=len(datas))
+    out.timing("per_image", times["ours"], images=len(datas))
+    return out.ratio("per_image.ratio", times["bare"], times["ours"])
 
 
 def draft_effect(size: tuple[int, int], max_side: int, quality: int, n: int = 20) -> tuple[float, float]:
@@ -149,18 +196,20 @@ def loader_throughput(split: Path, roots: dict[str, Path], workers: int, rounds:
     return best
 
 
-def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[int, ...]) -> None:
+def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[int, ...], out) -> None:
     """1. prepare-images with one worker against the plain PIL loop, then with ``--jobs`` workers."""
     from hglv2.reencode import prepare_images
 
-    print(f"1. preparation to max side {args.max_side} (quality {args.quality}), best of 3 rounds")
+    print(f"1. preparation to max side {args.max_side} (quality {args.quality}), {args.repeat} rounds")
     prepare_images(  # warm-up: imports and first-use costs are not the steady state
         work / "train", work / "warm", max_side=args.max_side, shards=["images_000.tar"], progress=False
     )
     n_img = len(ids)
-    peer, one = 0.0, {"images_per_s": 0.0, "worker_seconds": float("inf")}
-    for r in range(3):  # interleaved: the machine's load changes under us
-        peer = max(peer, plain_pil_loop(work / "train", args.max_side, args.quality))
+    peer_s, loop_s, calls = [], [], []
+    for r in range(args.repeat):  # interleaved: the machine's load changes under us
+        count, secs = plain_pil_loop(work / "train", args.max_side, args.quality)
+        assert count == n_img
+        peer_s.append(secs)
         res = prepare_images(
             work / "train",
             work / f"p1_{r}",
@@ -169,7 +218,13 @@ def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[
             jobs=1,
             progress=False,
         )
-        one = min(one, res, key=lambda x: x["worker_seconds"])
+        loop_s.append(res["worker_seconds"])  # inside the shard loop: no start-up, no summary files
+        calls.append(res)
+    one = min(calls, key=lambda x: x["worker_seconds"])
+    out.timing("bare_loop_tar", peer_s, images=n_img)
+    out.timing("shard_loop", loop_s, images=n_img)
+    loop_ratio = out.ratio("shard_loop.ratio", peer_s, loop_s)
+    item_ratio = per_image(work / "train", args, out)
     os.replace(work / "p1_0", work / "p1")
     par = prepare_images(
         work / "train",
@@ -182,11 +237,17 @@ def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[
     same = all(
         (work / "p1" / p.name).read_bytes() == p.read_bytes() for p in sorted((work / "pj").glob("*.tar"))
     )
-    per_core = n_img / one["worker_seconds"]  # inside the shard loop: no start-up, no summary files
-    print(f"  plain PIL loop, no draft (peer)    {peer:8.1f} images/s per core")
+    per_core = n_img / min(loop_s)
+    peer = n_img / min(peer_s)
+    out.value("projection_core_hours", 4_132_914 / per_core / 3600)
+    print(f"  plain PIL loop, no draft (peer)    {peer:8.1f} images/s per core (best round)")
     print(
-        f"  hglv2 prepare-images --jobs 1      {per_core:8.1f} images/s per core in the shard loop "
-        f"(ratio {per_core / peer:.2f}x); {one['images_per_s']:.1f}/s for the whole call"
+        f"  hglv2 prepare-images --jobs 1      {per_core:8.1f} images/s per core in the shard loop; "
+        f"shard loop / plain loop per round: min {loop_ratio['min']:.2f}, median {loop_ratio['median']:.2f}x"
+    )
+    print(
+        f"  resize_image / the plain steps on the same bytes (no tar reading): "
+        f"min {item_ratio['min']:.2f}, median {item_ratio['median']:.2f}x"
     )
     print(
         f"  hglv2 prepare-images --jobs {args.jobs}      {par['images_per_s']:8.1f} images/s, whole "
@@ -246,7 +307,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="workers for the scaling run")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="alternating rounds of each comparison")
+    ap.add_argument("--skip-loader", action="store_true", help="only the preparation (section 1)")
     ap.add_argument("--quick", action="store_true", help=f"small sizes (seconds to a minute): {QUICK}")
+    _results.add_results_option(ap)
     args = ap.parse_args()
     if args.quick:
         ap.set_defaults(**QUICK)
@@ -262,8 +326,11 @@ def main() -> None:
             f"generated {len(ids)} JPEGs {size[0]}x{size[1]} in {len(list((work / 'train').glob('*.tar')))} "
             f"shards, mean {nbytes / len(ids) / 1e3:.0f} KB"
         )
-        _section_prepare(args, work, ids, nbytes, size)
-        _section_loader(args, work, ids, size)
+        out = _results.Results(__file__, args, threads=1)
+        _section_prepare(args, work, ids, nbytes, size, out)
+        out.write(args.results or _results.default_path(__file__, "", args.quick))
+        if not args.skip_loader:
+            _section_loader(args, work, ids, size)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -27,3 +27,13 @@ def cli_runner():
     from click.testing import CliRunner
 
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def gloo_pool():
+    """Two gloo ranks shared by the DDP tests of the session (tests/fixtures/gloo.py)."""
+    from tests.fixtures.gloo import GlooPool
+
+    pool = GlooPool(2)
+    yield pool
+    pool.close()

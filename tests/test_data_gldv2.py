@@ -200,3 +200,33 @@ def test_hex_ids_to_uint64_matches_int_parsing(values, cut):
     chunked = pa.chunked_array([arr.slice(cut, 3), arr.slice(cut + 3)]) if len(values) > 3 else None
     if chunked is not None:
         assert hex_ids_to_uint64(chunked).tolist() == values
+
+
+_ID_CHARS = st.sampled_from(list("0123456789abcdefABg -\u00e9"))
+
+
+@given(
+    values=st.lists(st.text(_ID_CHARS, min_size=14, max_size=18), min_size=1, max_size=6),
+    start=st.integers(0, 2),
+    chunked=st.booleans(),
+)
+def test_fast_column_checks_agree_with_the_pyarrow_kernels(values, start, chunked):
+    """The buffer-level checks of the reader (hex ids, non-empty fields) give the answer of the
+    regex / pyarrow kernels they stand in front of: an id column passes iff the regex matches
+    every value; a field column passes the fast check only if no value is empty or blank."""
+    import pyarrow.compute as pc
+
+    from hglv2.gldv2 import readers
+
+    values = [v[:16] if k % 2 else v for k, v in enumerate(values)] + ["0123456789abcdef"] * 2
+    arr = pa.array(values, pa.string()).slice(min(start, len(values) - 1))
+    col = pa.chunked_array([arr[:1], arr[1:]]) if chunked else pa.chunked_array([arr])
+    want = pc.all(pc.match_substring_regex(col, readers.ID_PATTERN)).as_py()
+    assert readers._all_hex_ids(col) == want
+    blank = pc.any(pc.or_(pc.equal(pc.utf8_length(col), 0), pc.utf8_is_space(col))).as_py()
+    if readers._starts_printable(col):
+        assert not blank
+    assert readers._starts_printable(pa.chunked_array([pa.array(["https://a", "b c"])]))
+    assert not readers._starts_printable(pa.chunked_array([pa.array(["b", " "])]))  # the kernel decides
+    with_null = pa.chunked_array([pa.array(["0123456789abcdef", None])])
+    assert not readers._all_hex_ids(with_null) and not readers._starts_printable(with_null)

@@ -295,3 +295,30 @@ def test_workers_die_with_their_parent(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_resize_image_keeps_pillow_blocks_and_the_same_bytes():
+    """resize_image raises Pillow's block cache for its process (never lowers it) and writes the
+    bytes the same Pillow steps write on Pillow's defaults."""
+    old = Image.core.get_blocks_max()
+    try:
+        Image.core.set_blocks_max(0)
+        rng = np.random.default_rng(3)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        data = buf.getvalue()
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (64, 48))
+            rgb = img.convert("RGB")
+        want = io.BytesIO()
+        rgb.resize((64, 48), Image.Resampling.BICUBIC).save(
+            want, format="JPEG", quality=90, subsampling=2, optimize=True, progressive=False
+        )
+        got = reencode.resize_image(data, reencode.PrepareSettings(max_side=64))
+        assert got[0] == want.getvalue() and got[1:3] == (64, 48)
+        assert Image.core.get_blocks_max() == reencode.IMAGE_BLOCKS
+        Image.core.set_blocks_max(4 * reencode.IMAGE_BLOCKS)
+        assert reencode.resize_image(data, reencode.PrepareSettings(max_side=64))[0] == want.getvalue()
+        assert Image.core.get_blocks_max() == 4 * reencode.IMAGE_BLOCKS
+    finally:
+        Image.core.set_blocks_max(old)

@@ -1,24 +1,16 @@
 """DDP: two gloo processes on CPU give the loss and gradients of one process on the whole batch."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hglv2.losses import CrossBatchMemory, DistributedLoss, SupAP, SupHAP, gather_batch
 
 WORLD = 2
 EQUAL = [(0, 12), (12, 24)]
 UNEQUAL = [(0, 9), (9, 24)]  # exercises the padded all-gather
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data():
@@ -33,39 +25,34 @@ def _losses():
     return {"ap": SupAP(), "hap": SupHAP()}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        emb, lab = _data()
-        results = {}
-        for split, shards in (("equal", EQUAL), ("unequal", UNEQUAL)):
-            a, b = shards[rank]
-            for name, loss in _losses().items():
-                x = emb[a:b].clone().requires_grad_(True)
-                value = DistributedLoss(loss)(torch.nn.functional.normalize(x, dim=1), lab[a:b])
-                value.backward()
-                results[f"{split}_{name}_loss"] = value.detach()
-                results[f"{split}_{name}_grad"] = x.grad
-        # a memory bank fed with the gathered global batch, used as the reference set
-        a, b = EQUAL[rank]
-        mem = CrossBatchMemory(64, 8, 3).double()
-        x = emb[a:b].clone().requires_grad_(True)
-        e = torch.nn.functional.normalize(x, dim=1)
-        ref, ref_lab = mem(*gather_batch(e, lab[a:b]))
-        value = SupAP()(e, lab[a:b], ref, ref_lab)
-        value.backward()
-        results.update(mem_loss=value.detach(), mem_grad=x.grad, mem_labels=ref_lab)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _task(rank: int, out_dir: str) -> None:
+    """One rank (in the session's gloo pool: the process group is already up)."""
+    emb, lab = _data()
+    results = {}
+    for split, shards in (("equal", EQUAL), ("unequal", UNEQUAL)):
+        a, b = shards[rank]
+        for name, loss in _losses().items():
+            x = emb[a:b].clone().requires_grad_(True)
+            value = DistributedLoss(loss)(torch.nn.functional.normalize(x, dim=1), lab[a:b])
+            value.backward()
+            results[f"{split}_{name}_loss"] = value.detach()
+            results[f"{split}_{name}_grad"] = x.grad
+    # a memory bank fed with the gathered global batch, used as the reference set
+    a, b = EQUAL[rank]
+    mem = CrossBatchMemory(64, 8, 3).double()
+    x = emb[a:b].clone().requires_grad_(True)
+    e = torch.nn.functional.normalize(x, dim=1)
+    ref, ref_lab = mem(*gather_batch(e, lab[a:b]))
+    value = SupAP()(e, lab[a:b], ref, ref_lab)
+    value.backward()
+    results.update(mem_loss=value.detach(), mem_grad=x.grad, mem_labels=ref_lab)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
-def test_two_process_gloo_matches_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+def test_two_process_gloo_matches_single_process(tmp_path, gloo_pool):
+    assert gloo_pool.world == WORLD
+    gloo_pool.run(_task, str(tmp_path))
     outs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     emb, lab = _data()
     for name, loss in _losses().items():

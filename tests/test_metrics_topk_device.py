@@ -99,6 +99,35 @@ def test_top_k_with_many_ties_and_a_long_scan(top_k, same):
         _assert_top_k(got, want, 3, ks, top_k >= 100)
 
 
+@pytest.mark.parametrize("same", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_score_tiles_give_the_values_of_one_matmul(monkeypatch, same, dtype):
+    """The CPU top-k scan computes the scores in column tiles of one reused buffer: with tiles of
+    300 columns, float embeddings and ties (duplicated rows with other labels), the values and
+    the neighbours equal those of one tile and of the full ranking on the same query chunks."""
+    import importlib
+
+    from hglv2.metrics.evaluate import nearest_neighbours
+
+    ev = importlib.import_module("hglv2.metrics.evaluate")  # the module (the package exports the function)
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(60, 16)).astype(dtype)
+    g = base[rng.integers(0, 60, size=1500)]
+    gl = rng.integers(0, 12, size=(1500, 2)) // [1, 4]
+    q, ql = base[:25], rng.integers(0, 12, size=(25, 2)) // [1, 4]
+    if same:
+        q, ql, g, gl = g[:700], gl[:700], None, None
+    full = evaluate(q, ql, g, gl, recall_at=(1, 10), reduce=False, chunk_size=8, method="sort")
+    want = _expected_top_k(full, 2, 100)
+    neighbours = []
+    for tile in (1 << 30, 4 * 8 * 300):  # one tile per chunk, then 300 columns
+        monkeypatch.setattr(ev, "TOP_K_TILE_BYTES", tile)
+        got = evaluate(q, ql, g, gl, recall_at=(1, 10), reduce=False, top_k=100, chunk_size=8)
+        _assert_top_k(got, want, 2, (1, 10), True)
+        neighbours.append(nearest_neighbours(q, g, 100, chunk_size=8))
+    np.testing.assert_array_equal(neighbours[0], neighbours[1])
+
+
 def test_top_k_all_scores_equal_keeps_lowest_indices():
     """Every score ties: the top k are the k lowest gallery indices (the query itself skipped)."""
     n = 30

@@ -30,3 +30,20 @@ def test_gpu_check_without_cuda_skips():
     cmd = [sys.executable, str(BENCH / "gpu_check.py"), "--part", "losses"]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert proc.stdout.startswith("gpu_check: no CUDA device") and len(proc.stdout.splitlines()) == 1
+
+
+def test_docs_performance_tables_match_the_results_files(tmp_path):
+    """docs/performance.md's generated tables are those `make bench-tables` writes from
+    benchmarks/results/*.json, and the results files carry their conditions."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _tables
+    finally:
+        sys.path.remove(str(BENCH))
+    assert _tables.main(["--check"]) == 0, "stale tables: run make bench-tables"
+    for path in sorted((BENCH / "results").glob("*.json")):
+        res = json.loads(path.read_text())
+        assert {"load_before", "load_after", "machine", "versions", "command", "figures"} <= set(res), path
+        for fig in res["figures"].values():
+            if isinstance(fig, dict) and "samples" in fig:
+                assert fig["min"] <= fig["median"] <= fig["max"] and fig["n"] == len(fig["samples"]), path

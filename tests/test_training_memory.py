@@ -118,8 +118,8 @@ def test_trainer_grad_cache_equals_the_direct_step(data_root, tmp_path, loss):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_with_memory_and_grad_cache_equal_one_process(data_root, tmp_path):
+def test_two_gloo_processes_with_memory_and_grad_cache_equal_one_process(data_root, tmp_path, gloo_pool):
     """DDP + memory bank (global batches enqueued) + gradient caching (no_sync re-forwards)."""
     cfg = sgd(tiny_config(data_root, steps=3, grad_cache_chunk=4))
     cfg["loss"].update(name="SupHAP", memory={"size": 24, "start_step": 1})
-    assert_ddp_matches_one_process(cfg, tmp_path)
+    assert_ddp_matches_one_process(cfg, tmp_path, gloo_pool)

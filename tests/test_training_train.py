@@ -6,13 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hglv2.config import config_names, load_config
 from hglv2.errors import InputError
@@ -121,12 +118,6 @@ def test_checkpoint_from_another_config_is_refused(data_root, tmp_path):
         Trainer(other, tmp_path, progress=False).fit()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # float32 round-off: a gradient entry is a sum over the global batch (and, for convolutions, over
 # the feature map) computed in another order by one process and by two (each rank sums its shard,
 # the all-reduce sums the two); its error is bounded by ~eps * (terms summed) * the largest term.
@@ -167,14 +158,9 @@ def _fit_recording(cfg: dict, out) -> None:
         torch.save(steps, os.path.join(out, "grads.pt"))
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        _fit_recording(cfg, out)
-    finally:
-        dist.destroy_process_group()
+def _ddp_task(rank: int, cfg: dict, out: str) -> None:
+    """One rank of a DDP run (in the session's gloo pool: the process group is already up)."""
+    _fit_recording(cfg, out)
 
 
 def sgd(cfg: dict, lr: float = 0.05) -> dict:
@@ -185,11 +171,11 @@ def sgd(cfg: dict, lr: float = 0.05) -> dict:
     return cfg
 
 
-def assert_ddp_matches_one_process(cfg: dict, tmp_path) -> None:
+def assert_ddp_matches_one_process(cfg: dict, tmp_path, gloo_pool) -> None:
     """Two gloo processes train as one process on the whole batch: at every step the all-reduced
     gradients equal the single process's to float32 round-off, and so do the weights after SGD."""
     _fit_recording(cfg, tmp_path / "one")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path / "two")), nprocs=2, join=True)
+    gloo_pool.run(_ddp_task, cfg, str(tmp_path / "two"))
     g_one = torch.load(tmp_path / "one" / "grads.pt", weights_only=True)
     g_two = torch.load(tmp_path / "two" / "grads.pt", weights_only=True)
     assert len(g_one) == len(g_two) == cfg["train"]["steps"]
@@ -212,7 +198,7 @@ def assert_ddp_matches_one_process(cfg: dict, tmp_path) -> None:
         pytest.param("resnet18", marks=pytest.mark.slow),
     ],
 )
-def test_two_process_gloo_matches_one_process(data_root, tmp_path, norm):
+def test_two_process_gloo_matches_one_process(data_root, tmp_path, norm, gloo_pool):
     cfg = sgd(tiny_config(data_root, steps=3))
     if norm == "frozen_batch":  # frozen BatchNorm (the authors' ResNets): per-sample, so N == 1
         cfg["model"].update(norm="batch", freeze_batchnorm=True)
@@ -223,7 +209,7 @@ def test_two_process_gloo_matches_one_process(data_root, tmp_path, norm):
         weight=0.9,
         decomposability={"name": "NormalizedSoftmaxProxyLoss", "weight": 0.1, "lr": 0.05},
     )
-    assert_ddp_matches_one_process(cfg, tmp_path)
+    assert_ddp_matches_one_process(cfg, tmp_path, gloo_pool)
     one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
     first = Trainer(cfg, tmp_path / "init", progress=False, resume=False).model.state_dict()
     moved = max(float((one[k].float() - first[k].float()).abs().max()) for k in one)

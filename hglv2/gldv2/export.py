@@ -107,10 +107,7 @@ class HierarchyIndex:
         self.landmarks = table["landmark_id"].to_numpy(dtype=np.int64)
         self.level1, self.level1_names = _dense_ids(table["hierarchical_label"], level1_names)
         self.level2, self.level2_names = _dense_ids(table["natural_or_human_made"], level2_names)
-        self.strings = {
-            c: pa.array(table[c].astype(object).where(table[c].notna(), None).tolist(), pa.string())
-            for c in HIERARCHY_NAME_COLUMNS
-        }
+        self.strings = {c: pa.array(table[c], pa.string(), from_pandas=True) for c in HIERARCHY_NAME_COLUMNS}
 
     def _positions(self, landmark_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row of each landmark in the table (0 where absent) and whether it is present."""

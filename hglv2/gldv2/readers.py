@@ -119,7 +119,48 @@ def _first_false(mask: pa.ChunkedArray | pa.Array) -> int | None:
     return int(np.flatnonzero(~arr.to_numpy(zero_copy_only=False))[0])
 
 
+def _string_chunks(col: pa.ChunkedArray | pa.Array):
+    """(offsets, bytes) numpy views of each chunk of a string column without nulls, or None
+    (another type, or nulls present): the fast checks below read the buffers directly."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    out = []
+    for arr in chunks:
+        if not pa.types.is_string(arr.type) or arr.null_count:
+            return None
+        n = len(arr)
+        if n == 0:
+            continue
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
+        data = arr.buffers()[2]
+        data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+        out.append((offsets, data))
+    return out
+
+
+_HEX_DIGIT = np.zeros(256, dtype=bool)
+_HEX_DIGIT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
+_PRINTABLE = np.zeros(256, dtype=bool)
+_PRINTABLE[0x21:0x7F] = True  # ASCII without space and control characters
+
+
+def _all_hex_ids(col: pa.ChunkedArray | pa.Array) -> bool:
+    """True when every value is 16 lowercase hex characters (:data:`ID_PATTERN`), checked on the
+    string buffers; False means: look with the regex."""
+    chunks = _string_chunks(col)
+    if chunks is None:
+        return False
+    for offsets, data in chunks:
+        n = len(offsets) - 1
+        if offsets[-1] - offsets[0] != 16 * n or not (np.diff(offsets) == 16).all():
+            return False
+        if not _HEX_DIGIT[data[offsets[0] : offsets[-1]]].all():
+            return False
+    return True
+
+
 def _check_ids(col: pa.ChunkedArray, name: str, field: str, lines: np.ndarray | None = None) -> None:
+    if _all_hex_ids(col):
+        return
     row = _first_false(pc.match_substring_regex(col, ID_PATTERN))
     if row is not None:
         line = int(lines[row]) if lines is not None else row + 2
@@ -171,8 +212,22 @@ def _check_unique(col: pa.ChunkedArray, name: str, field: str, hex_ids: bool = F
         raise InputError(f"{name}:{row + 2}: duplicate {field} {col[row].as_py()!r}")
 
 
+def _starts_printable(col: pa.ChunkedArray) -> bool:
+    """True when every value starts with a printable non-space ASCII character (so it is neither
+    empty nor whitespace only), checked on the string buffers; False means: look closer."""
+    chunks = _string_chunks(col)
+    if chunks is None:
+        return False
+    for offsets, data in chunks:
+        if not (np.diff(offsets) > 0).all() or not _PRINTABLE[data[offsets[:-1]]].all():
+            return False
+    return True
+
+
 def _check_nonempty(col: pa.ChunkedArray, name: str, field: str) -> None:
     """Empty or whitespace-only fields (no copy of the column is made)."""
+    if _starts_printable(col):
+        return
     row = _first_false(pc.and_(pc.greater(pc.utf8_length(col), 0), pc.invert(pc.utf8_is_space(col))))
     if row is not None:
         raise InputError(f"{name}:{row + 2}: empty {field}")

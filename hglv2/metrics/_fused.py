@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 try:  # numba is optional: the torch implementation is used without it
-    from numba import njit, prange
+    from numba import get_num_threads, njit, prange
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
-BLOCK = 32  # items per vectorised threshold test in top_k_select
+BLOCK = 32  # items per vectorised threshold test in top_k_scan
 
 if HAVE_NUMBA:
 
@@ -162,7 +162,7 @@ if HAVE_NUMBA:
 
     @njit(cache=True, parallel=True)
     def fused_metrics_keys(
-        sorted_keys, q_codes, g_codes, self_index, params, out, counts_out
+        sorted_keys, q_codes, g_codes, self_index, params, out, counts_out, n_parts
     ):  # pragma: no cover - compiled
         """Input: row-sorted int64 order keys (low 32 bits = gallery index). The match mask of each
         ranked item is computed here from the label codes (``q_codes`` (Q, L), ``g_codes`` (N, L));
@@ -171,21 +171,22 @@ if HAVE_NUMBA:
         ``hglv2.metrics.evaluate._chunk_numba``."""
         n_levels = params[0]
         n_rows, n = sorted_keys.shape
-        for r in prange(n_rows):
+        for part in prange(n_parts):  # one scratch row per part (:func:`row_parts`), reused for its rows
             ranks = np.empty(n, dtype=np.int64)
             tags = np.empty(n, dtype=np.uint8)
-            cnt = 0
-            me = self_index[r]
-            for p in range(n):
-                gi = sorted_keys[r, p] & 0xFFFFFFFF
-                if gi == me:
-                    continue
-                t = _match_tag(q_codes, r, g_codes, gi, n_levels)
-                if t != 0:
-                    ranks[cnt] = p + 1
-                    tags[cnt] = t
-                    cnt += 1
-            _row(r, ranks[:cnt], tags[:cnt], params, out, counts_out)
+            for r in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
+                cnt = 0
+                me = self_index[r]
+                for p in range(n):
+                    gi = sorted_keys[r, p] & 0xFFFFFFFF
+                    if gi == me:
+                        continue
+                    t = _match_tag(q_codes, r, g_codes, gi, n_levels)
+                    if t != 0:
+                        ranks[cnt] = p + 1
+                        tags[cnt] = t
+                        cnt += 1
+                _row(r, ranks[:cnt], tags[:cnt], params, out, counts_out)
 
     @njit(cache=True, inline="always")
     def _score_high(bits):  # pragma: no cover - compiled
@@ -259,39 +260,41 @@ if HAVE_NUMBA:
         a NaN. The loops are branch-free so that they vectorise."""
         n_rows, n = score_bits.shape
         for r in prange(n_rows):
-            tag = np.zeros(n, dtype=np.int64)
-            for col in range(n_levels):
-                qc = q_codes[r, col]
-                for i in range(n):
-                    tag[i] |= np.int64(g_codes_t[col, i] == qc) << col
             nan_seen = 0
             for i in range(n):
                 x = np.int64(score_bits[r, i])
                 nan_seen |= (x & 0x7FFFFFFF) > 0x7F800000
                 x = 0 if x == -2147483648 else x  # -0.0 is +0.0
                 x ^= (x >> 32) & 0x7FFFFFFF  # negative floats: reverse their order
-                keys[r, i] = ((-1 - x) << 32) | (np.int64(i) << n_levels) | tag[i]
+                keys[r, i] = ((-1 - x) << 32) | (np.int64(i) << n_levels)
+            for col in range(n_levels):
+                qc = q_codes[r, col]
+                for i in range(n):
+                    keys[r, i] |= np.int64(g_codes_t[col, i] == qc) << col
             me = self_index[r]
             if me >= 0:
                 keys[r, me] = (np.int64(0x7FFFFFFF) << 32) | (np.int64(me) << n_levels)
             bad[r] = nan_seen
 
     @njit(cache=True, parallel=True)
-    def fused_metrics_tagged(sorted_keys, tag_mask, params, out, counts_out):  # pragma: no cover - compiled
+    def fused_metrics_tagged(
+        sorted_keys, tag_mask, params, out, counts_out, n_parts
+    ):  # pragma: no cover - compiled
         """Input: row-sorted keys of :func:`build_tagged_keys` (the low bits ``tag_mask`` hold the
         match mask; the excluded item, if any, is last with mask 0). Same outputs as
         :func:`fused_metrics_keys`, reading the rows sequentially."""
         n_rows, n = sorted_keys.shape
-        for r in prange(n_rows):
+        for part in prange(n_parts):  # one scratch row per part (:func:`row_parts`), reused for its rows
             ranks = np.empty(n + 1, dtype=np.int64)
             tags = np.empty(n + 1, dtype=np.uint8)
-            j = 0
-            for p in range(n):  # branch-free: the masks are random, a branch would mispredict
-                t = sorted_keys[r, p] & tag_mask
-                ranks[j] = p + 1
-                tags[j] = t
-                j += t != 0
-            _row(r, ranks[:j], tags[:j], params, out, counts_out)
+            for r in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
+                j = 0
+                for p in range(n):  # branch-free: the masks are random, a branch would mispredict
+                    t = sorted_keys[r, p] & tag_mask
+                    ranks[j] = p + 1
+                    tags[j] = t
+                    j += t != 0
+                _row(r, ranks[:j], tags[:j], params, out, counts_out)
 
     @njit(cache=True, parallel=True)
     def fused_metrics_lists(offsets, ranks, tags, params, out, counts_out):  # pragma: no cover - compiled
@@ -305,37 +308,34 @@ if HAVE_NUMBA:
             _row(r, ranks[a:b], tags[a:b], params, out, counts_out)
 
     @njit(cache=True, parallel=True)
-    def top_k_select(
-        scores, score_bits, block_max, q_codes, g_codes, self_index, k, n_levels, top_index, top_tags, bad
-    ):
+    def top_k_scan(scores, score_bits, block_max_bits, col0, self_index, k, buf, cnt, thr_high, bad):
         # pragma: no cover - compiled
-        """The first ``k`` items of each row of a (Q, N) float32 score chunk in ranking order
-        (decreasing score, ties by increasing gallery index; the item ``self_index[r]`` skipped),
-        without sorting the row: one scan keeps a buffer of candidates and, when it is full, cuts
-        it to the best ``k`` and raises the threshold. Items are scanned by increasing index, so a
-        later item ties with the threshold item only with a larger index: it qualifies iff its
-        score is strictly greater. Fills ``top_index`` (Q, k) int64 and ``top_tags`` (Q, k) uint8
-        (match masks); ``bad[r]`` = 1 when row ``r`` holds a NaN. ``score_bits`` is the same chunk
-        viewed as int32; ``block_max[r, b]`` is the maximum of ``scores[r, b * BLOCK : (b + 1) * BLOCK]``
-        (NaN if the block holds one), computed by torch (vectorised), so that once the buffer is
-        full a block is skipped in one comparison; items past the last whole block are always
-        visited. Needs ``k <= N - (self excluded)``."""
+        """One tile of the top-k selection: columns ``col0 : col0 + T`` of a (Q, N) float32 score
+        chunk (``scores`` (Q, T), ``score_bits`` the same viewed as int32). Each row keeps a buffer
+        of candidate order keys ``buf[r, :cnt[r]]`` (capacity ``2k + 64``) across tiles; when it is
+        full it is cut to the best ``k`` and ``thr_high[r]`` becomes the key high half of the k-th
+        score (before: the largest int64). Items are scanned by increasing gallery index, so a later
+        item ties with the threshold item only with a larger index: it qualifies iff its score is
+        strictly greater (its key high half strictly smaller). ``block_max_bits[r, b]`` is the
+        maximum of ``scores[r, b * BLOCK : (b + 1) * BLOCK]`` (NaN if the block holds one) viewed
+        as int32, computed by torch, so that a block without any candidate is skipped in one
+        comparison; items past the last whole block are always visited. The item
+        ``self_index[r]`` is skipped; ``bad[r]`` = 1 when row ``r`` holds a NaN.
+        :func:`top_k_finish` reads the result."""
         n_rows, n = scores.shape
-        cap = 2 * k + 64
+        cap = buf.shape[1]
         block = BLOCK
-        n_blocks = block_max.shape[1]
+        n_blocks = block_max_bits.shape[1]
         for r in prange(n_rows):
-            me = self_index[r]
-            buf = np.empty(cap, dtype=np.int64)
-            cnt = 0
-            full = False
-            thr = np.float32(0.0)
+            me = self_index[r] - col0
+            c = cnt[r]
+            th = thr_high[r]
             nan_seen = 0
             for lo in range(0, n, block):
                 hi = min(lo + block, n)
-                if full and lo // block < n_blocks:  # most blocks hold nothing above the threshold
-                    m = block_max[r, lo // block]
-                    if m == m and not (m > thr):  # (a NaN maximum takes the slow path)
+                if lo // block < n_blocks:  # most blocks hold nothing above the threshold
+                    m = block_max_bits[r, lo // block]
+                    if (m & 0x7FFFFFFF) <= 0x7F800000 and not (_score_high(m) < th):  # NaN: visit
                         continue
                 for i in range(lo, hi):
                     x = scores[r, i]
@@ -344,21 +344,31 @@ if HAVE_NUMBA:
                         continue
                     if i == me:
                         continue
-                    if full and not (x > thr):
+                    high = _score_high(score_bits[r, i])
+                    if not (high < th):
                         continue
-                    buf[cnt] = (_score_high(score_bits[r, i]) << 32) | i
-                    cnt += 1
-                    if cnt == cap:
-                        buf[:] = np.sort(buf)
-                        cnt = k
-                        full = True
-                        thr = scores[r, buf[k - 1] & 0xFFFFFFFF]
-            best = np.sort(buf[:cnt])
+                    buf[r, c] = (high << 32) | (col0 + i)
+                    c += 1
+                    if c == cap:
+                        buf[r, :] = np.sort(buf[r, :])
+                        c = k
+                        th = buf[r, k - 1] >> 32
+            cnt[r] = c
+            thr_high[r] = th
+            bad[r] |= nan_seen
+
+    @njit(cache=True, parallel=True)
+    def top_k_finish(
+        buf, cnt, k, q_codes, g_codes, n_levels, top_index, top_tags
+    ):  # pragma: no cover - compiled
+        """The first ``k`` items of each row from the buffers of :func:`top_k_scan`, in ranking
+        order: ``top_index`` (Q, k) int64 and ``top_tags`` (Q, k) uint8 match masks."""
+        for r in prange(buf.shape[0]):
+            best = np.sort(buf[r, : cnt[r]])
             for j in range(k):
                 gi = best[j] & 0xFFFFFFFF
                 top_index[r, j] = gi
                 top_tags[r, j] = _match_tag(q_codes, r, g_codes, gi, n_levels)
-            bad[r] = nan_seen
 
     @njit(cache=True, parallel=True)
     def top_k_metrics(tags, n_positives, ks, map_k, out):  # pragma: no cover - compiled
@@ -403,6 +413,12 @@ if HAVE_NUMBA:
                         hits += (tags[r, p] >> col) & 1
                     out[r, o + 2 + j] = 1.0 if first <= kk else 0.0
                     out[r, o + 2 + nk + j] = hits / kk
+
+
+def row_parts(n_rows: int) -> int:
+    """Into how many contiguous row ranges the per-row kernels split a chunk: one per numba
+    thread, so that each range reuses one scratch row."""
+    return max(1, min(n_rows, get_num_threads()))
 
 
 def metric_params(n_levels, n_ranked, ks, map_k, ndcg_k, relevance, w, tables) -> tuple:

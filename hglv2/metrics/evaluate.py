@@ -40,8 +40,9 @@ from hglv2.relevance import RELEVANCES, level_weights
 
 MAP_AT = 100  # GLDv2 retrieval metric
 BYTES_PER_SCORE = 48  # peak working memory per (query, gallery) pair, measured
-TOP_K_BYTES_PER_SCORE = 8  # top-k mode on CPU: the float32 score chunk and its matmul output
+TOP_K_BYTES_PER_SCORE = 8  # top-k mode on CPU: sets the query chunk (the scores are computed in tiles)
 KEY_LOW_BITS = 32  # index + match mask must fit the low half of a sort key (else: plain keys + gather)
+TOP_K_TILE_BYTES = 4 << 20  # top-k mode on CPU: the reused score tile (columns of a query chunk)
 NAN_SCORES = "scores contain NaN (with finite embeddings: the dot products overflowed)"
 NO_POSITIVE_POLICIES = ("skip", "zero")  # queries with an undefined value: left out of a mean, or scored 0
 
@@ -354,17 +355,41 @@ def _full_ranking(p: _Problem, ctx: dict[str, Any], method: str, memory_mb: int,
     chunk_size = int(min(max(chunk_size, 1), max(n_q, 1)))
     # upper bound on the relevant items of each query: sum over columns of its positives
     bound = p.n_pos_all.sum(1)
+    buffers = _ChunkBuffers(chunk_size, p.n_g)
     for lo in range(0, n_q, chunk_size):
         hi = min(lo + chunk_size, n_q)
-        ranked = _rank_cpu_chunk(p, ctx, lo, hi, method, bound)
+        ranked = _rank_cpu_chunk(p, ctx, lo, hi, method, bound, buffers)
         chunk_fn(ranked, hi - lo, ctx, per_query, n_pos, n_rel)
     return per_query, n_pos, n_rel
 
 
-def _rank_cpu_chunk(p: _Problem, ctx: dict[str, Any], lo: int, hi: int, method: str, bound: np.ndarray):
+class _ChunkBuffers:
+    """The (chunk, N) score and key arrays of the CPU engine, allocated at the first chunk that
+    needs them and reused by the next ones: a fresh array per chunk costs more to fault in than
+    the kernels take to fill it."""
+
+    def __init__(self, rows: int, n: int):
+        self.rows, self.n = rows, n
+        self._scores: torch.Tensor | None = None
+        self._keys: np.ndarray | None = None
+
+    def scores(self, c: int) -> torch.Tensor:
+        if self._scores is None:
+            self._scores = torch.empty((self.rows, self.n), dtype=torch.float32)
+        return self._scores[:c]
+
+    def keys(self, c: int) -> np.ndarray:
+        if self._keys is None:
+            self._keys = np.empty((self.rows, self.n), dtype=np.int64)
+        return self._keys[:c]
+
+
+def _rank_cpu_chunk(
+    p: _Problem, ctx: dict[str, Any], lo: int, hi: int, method: str, bound: np.ndarray, buffers: _ChunkBuffers
+):
     """The ranking of queries ``lo:hi`` in the form the chunk's metric code reads (sets the chunk's
     ``q_codes`` and ``self_index`` in ``ctx``)."""
-    scores = (p.q_emb[lo:hi] @ p.g_emb.T).float()
+    scores = torch.matmul(p.q_emb[lo:hi], p.g_emb.T, out=buffers.scores(hi - lo))
     self_index = torch.arange(lo, hi) if p.same else None
     chunk_method = method
     if method == "auto":
@@ -380,7 +405,7 @@ def _rank_cpu_chunk(p: _Problem, ctx: dict[str, Any], lo: int, hi: int, method: 
     # sort keys that carry the label match mask below the gallery index (one pass, no gather later)
     tagged = p.backend == "numba" and (max(p.n_g - 1, 1)).bit_length() + p.n_levels <= KEY_LOW_BITS
     if tagged and chunk_method == "sort":
-        return _tagged_keys(scores, qc, p.g_codes_t.numpy(), self_index, p.n_levels)
+        return _tagged_keys(scores, qc, p.g_codes_t.numpy(), self_index, p.n_levels, buffers.keys(hi - lo))
     return _rank_chunk(
         scores,
         lambda qc=qc: match_mask(qc, p.g_codes_t),
@@ -390,10 +415,10 @@ def _rank_cpu_chunk(p: _Problem, ctx: dict[str, Any], lo: int, hi: int, method: 
     )
 
 
-def _tagged_keys(scores: torch.Tensor, qc: torch.Tensor, g_codes_np: np.ndarray, self_index, n_levels: int):
-    """Row-sorted keys of :func:`hglv2.metrics._fused.build_tagged_keys` (match mask in the low bits)."""
+def _tagged_keys(scores: torch.Tensor, qc: torch.Tensor, g_codes_np: np.ndarray, self_index, n_levels, keys):
+    """Row-sorted keys of :func:`hglv2.metrics._fused.build_tagged_keys` (match mask in the low
+    bits), written into ``keys`` (the chunk's shape)."""
     n_rows = scores.shape[0]
-    keys = np.empty(tuple(scores.shape), dtype=np.int64)
     bad = np.zeros(n_rows, dtype=np.uint8)
     me = np.full(n_rows, -1, dtype=np.int64) if self_index is None else self_index.numpy()
     _fused.build_tagged_keys(
@@ -535,17 +560,20 @@ def _chunk_numba(ranked, c, ctx, per_query, n_pos, n_rel) -> None:
     counts = np.empty((c, n_levels + 1), dtype=np.int64)
     args = (ctx["params"], out, counts)
     if ranked[0] == "tagged":
-        _fused.fused_metrics_tagged(ranked[1], ranked[2], *args)
+        _fused.fused_metrics_tagged(ranked[1], ranked[2], *args, _fused.row_parts(c))
     elif ranked[0] == "counted":
         per_row, ranks, tags = ranked[1].numpy(), ranked[2].numpy(), ranked[3].numpy()
         offsets = np.zeros(c + 1, dtype=np.int64)
         np.cumsum(per_row, out=offsets[1:])
         _fused.fused_metrics_lists(offsets, ranks, tags, *args)
     else:
-        kernel = _fused.fused_metrics_keys if ranked[0] == "keys" else _fused.fused_metrics_search
         self_index = ctx["self_index"]
         me = np.full(c, -1, dtype=np.int64) if self_index is None else self_index.numpy()
-        kernel(ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
+        inputs = (ranked[1].numpy(), ctx["q_codes"].numpy(), ctx["g_codes"], me, *args)
+        if ranked[0] == "keys":
+            _fused.fused_metrics_keys(*inputs, _fused.row_parts(c))
+        else:
+            _fused.fused_metrics_search(*inputs)
     out_t = torch.from_numpy(out)
     for lev in range(n_levels):
         o = lev * per
@@ -678,31 +706,43 @@ class _DeviceRanker:
         return self._tags(self.top_k_index(q_emb, lo, hi, k), lo, hi).cpu()
 
 
-def _top_k_numba(q_emb, g_emb, lo, hi, k, same, q_codes, g_codes, n_levels):
-    """CPU engine: matmul, then :func:`hglv2.metrics._fused.top_k_select` (index, masks)."""
-    s = (q_emb[lo:hi] @ g_emb.T).contiguous()
-    tags = np.empty((hi - lo, k), dtype=np.uint8)
-    index = np.empty((hi - lo, k), dtype=np.int64)
-    bad = np.zeros(hi - lo, dtype=np.uint8)
-    me = np.arange(lo, hi, dtype=np.int64) if same else np.full(hi - lo, -1, dtype=np.int64)
-    n_blocks = s.shape[1] // _fused.BLOCK
-    block_max = s.as_strided((s.shape[0], n_blocks, _fused.BLOCK), (s.shape[1], _fused.BLOCK, 1)).amax(2)
-    _fused.top_k_select(
-        s.numpy(),
-        s.view(torch.int32).numpy(),
-        block_max.numpy(),
-        q_codes,
-        g_codes,
-        me,
-        k,
-        n_levels,
-        index,
-        tags,
-        bad,
-    )
+def _top_k_scan(q_emb, g_emb, lo, hi, k, same, q_codes, g_codes, n_levels):
+    """CPU engine of the top-k mode: the first k items of queries ``lo:hi`` in ranking order as
+    (index, masks), (chunk, k) each. The scores are computed a tile of gallery columns at a time
+    (``TOP_K_TILE_BYTES``) into one reused buffer, so no (chunk, N) matrix is written and faulted
+    in; a tile splits the chunk's matmul by columns only, so the scores are those of the whole
+    matmul. :func:`hglv2.metrics._fused.top_k_scan` keeps each query's candidates across tiles
+    and :func:`hglv2.metrics._fused.top_k_finish` sorts them."""
+    c, n = hi - lo, int(g_emb.shape[0])
+    q = q_emb[lo:hi]
+    buf = np.empty((c, 2 * k + 64), dtype=np.int64)
+    cnt = np.zeros(c, dtype=np.int64)
+    thr_high = np.full(c, np.iinfo(np.int64).max, dtype=np.int64)
+    bad = np.zeros(c, dtype=np.uint8)
+    me = _self_rows(lo, hi, same)
+    width = min(n, max(_fused.BLOCK, TOP_K_TILE_BYTES // (4 * c)))
+    flat = torch.empty(c * width, dtype=torch.float32)
+    for a in range(0, n, width):
+        b = min(a + width, n)
+        s = flat[: c * (b - a)].view(c, b - a)
+        torch.matmul(q, g_emb[a:b].T, out=s)
+        n_blocks = (b - a) // _fused.BLOCK
+        block_max = s.as_strided((c, n_blocks, _fused.BLOCK), (b - a, _fused.BLOCK, 1)).amax(2)
+        bits = s.view(torch.int32).numpy()
+        _fused.top_k_scan(
+            s.numpy(), bits, block_max.view(torch.int32).numpy(), a, me, k, buf, cnt, thr_high, bad
+        )
     if bad.any():
         raise ValueError(NAN_SCORES)
+    index = np.empty((c, k), dtype=np.int64)
+    tags = np.empty((c, k), dtype=np.uint8)
+    _fused.top_k_finish(buf, cnt, k, q_codes, g_codes, n_levels, index, tags)
     return index, tags
+
+
+def _self_rows(lo: int, hi: int, same: bool) -> np.ndarray:
+    """The gallery index each query of ``lo:hi`` excludes (itself), -1 for none."""
+    return np.arange(lo, hi, dtype=np.int64) if same else np.full(hi - lo, -1, dtype=np.int64)
 
 
 def nearest_neighbours(
@@ -746,9 +786,7 @@ def nearest_neighbours(
         g_codes = np.zeros((n_g, 0), dtype=np.int32)
         for lo in range(0, n_q, chunk):
             hi = min(lo + chunk, n_q)
-            parts.append(
-                _top_k_numba(q_emb, g_emb, lo, hi, k, same, no_codes_q[lo:hi].numpy(), g_codes, 0)[0]
-            )
+            parts.append(_top_k_scan(q_emb, g_emb, lo, hi, k, same, no_codes_q[lo:hi].numpy(), g_codes, 0)[0])
     return np.concatenate(parts)
 
 
@@ -844,7 +882,7 @@ def _top_k_selector(p: _Problem, k: int, memory_mb: int, chunk_size: int | None)
 
     def select(lo: int, hi: int) -> torch.Tensor:
         q_codes = p.q_codes[lo:hi].numpy()
-        tags = _top_k_numba(p.q_emb, p.g_emb, lo, hi, k, p.same, q_codes, g_codes, p.n_levels)[1]
+        tags = _top_k_scan(p.q_emb, p.g_emb, lo, hi, k, p.same, q_codes, g_codes, p.n_levels)[1]
         return torch.from_numpy(tags)
 
     return chunk_size, select

@@ -1,0 +1,198 @@
+"""Write the performance tables of the docs from the benchmarks' results files (``make bench-tables``).
+
+Each table sits in a Markdown file between ``<!-- bench-table NAME -->`` and
+``<!-- /bench-table -->``; this script replaces what is between the markers with the table built
+from ``benchmarks/results/*.json`` (:mod:`_results`), including the conditions of each figure
+(load before/after, threads, CPU). ``--check`` only reports tables that differ from their files
+(exit 1), so a stale table can be caught. Figures are never typed by hand.
+
+Usage: ``python benchmarks/_tables.py [--check] [--results DIR] [FILES...]`` (default file:
+docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"(<!-- bench-table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench-table -->)", re.S)
+
+
+def _load(results: Path, stem: str) -> dict | None:
+    path = results / f"{stem}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fig(res: dict, name: str) -> dict:
+    return res["figures"][name]
+
+
+def _x(entry: dict) -> str:
+    """A ratio as ``min / median x`` over the repetitions."""
+    return f"{entry['min']:.2f} / {entry['median']:.2f}x"
+
+
+def _s(entry: dict, digits: int = 2) -> str:
+    return f"{entry['min']:.{digits}f} / {entry['median']:.{digits}f} s"
+
+
+def _load_str(res: dict) -> str:
+    return f"{res['load_before'][0]:.1f} → {res['load_after'][0]:.1f}"
+
+
+def command(res: dict) -> str:
+    """The command that reproduces a results file, with the thread setting it ran under."""
+    omp = res["machine"].get("OMP_NUM_THREADS")
+    return f"`{'OMP_NUM_THREADS=' + omp + ' ' if omp else ''}{res['command']}`"
+
+
+def conditions(runs: list[dict]) -> str:
+    """One line naming the machine, threads, versions and load of the runs behind a table."""
+    if not runs:
+        return ""
+    r0 = runs[0]
+    m, v = r0["machine"], r0["versions"]
+    loads = ", ".join(_load_str(r) for r in runs)
+    vers = ", ".join(f"{k} {v[k]}" for k in ("torch", "numba", "faiss-cpu", "pyarrow", "pillow") if v.get(k))
+    return (
+        f"*Measured {r0['started'][:10]} on {m['cpu_model']} ({m['cores']} cores), "
+        f"threads: {m['threads'] or 'default'}, 1-minute load before → after: {loads}; "
+        f"{vers}; hglv2 {v.get('hglv2_commit') or v.get('hglv2')}. "
+        f"Each cell: min / median over {r0['args'].get('repeat', 'the')} interleaved repetitions "
+        f"(results files in benchmarks/results/).*"
+    )
+
+
+def metrics_table(results: Path) -> list[str]:
+    runs = [
+        r
+        for r in (_load(results, s) for s in ("metrics_speed_Q1000_N100000", "metrics_speed_Q200_N500000"))
+        if r
+    ]
+    lines = [
+        "| size | full ranking, 30 metrics / (matmul + key sort) | top-k mode / faiss `IndexFlatIP` search "
+        "| top-k mode: s, faiss search: s | pytorch-metric-learning / top-k mode (same k) | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        a = r["args"]
+        f = r["figures"]
+        peers = _x(f["peers.pml_over_ours"]) if "peers.pml_over_ours" in f else "–"
+        size = f"Q = {a['queries']:,} x N = {a['gallery']:,}"
+        lines.append(
+            f"| {size} | {_x(f['full.ratio'])} | {_x(f['topk.ratio_faiss'])} "
+            f"| {_s(f['topk.ours'], 3)}, {_s(f['topk.faiss_search'], 3)} | {peers} | {command(r)} |"
+        )
+    return [*lines, "", conditions(runs)]
+
+
+def losses_table(results: Path) -> list[str]:
+    r = _load(results, "losses_speed")
+    if r is None:
+        return []
+    f = r["figures"]
+    lines = [
+        "| B = N, forward + backward | dense | hglv2 | dense / hglv2 |",
+        "|---|---|---|---|",
+    ]
+    for loss in ("SupAP", "SupHAP"):
+        if f"{loss}.dense" not in f:
+            continue
+        lines.append(
+            f"| {loss}, B = {r['args']['batch']} | {_s(f[f'{loss}.dense'], 3)} | {_s(f[f'{loss}.hglv2'], 4)} "
+            f"| {_x(f[f'{loss}.ratio'])} |"
+        )
+    return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
+
+
+def images_table(results: Path) -> list[str]:
+    r = _load(results, "prepare_images")
+    if r is None:
+        return []
+    f = r["figures"]
+    a = r["args"]
+    lines = [
+        "| re-encoding to 512 px, one core | images/s (best / median round) | ours / plain loop |",
+        "|---|---|---|",
+        f"| plain PIL steps per image (full decode, bicubic, same JPEG settings; Pillow defaults), "
+        f"in-memory bytes | {_rate(f['bare_loop'])} | |",
+        f"| `resize_image`, the per-image function, same bytes | {_rate(f['per_image'])} "
+        f"| {_x(f['per_image.ratio'])} |",
+        f"| plain loop over the tar shards | {_rate(f['bare_loop_tar'])} | |",
+        f"| the shard loop (`prepare_images --jobs 1`, worker time) | {_rate(f['shard_loop'])} "
+        f"| {_x(f['shard_loop.ratio'])} |",
+        f"| projection: 4,132,914 train images at the best shard-loop rate "
+        f"| {f['projection_core_hours']:.0f} core-hours | |",
+    ]
+    src = f"{a['images']} generated {a['size']} JPEGs, {a['per_shard']} per shard"
+    return [*lines, "", f"{src}. Command: {command(r)}.", "", conditions([r])]
+
+
+def _rate(entry: dict) -> str:
+    """Images/s from the timings of a batch of ``images``: best round / median round."""
+    n = entry["images"]
+    return f"{n / entry['min']:.1f} / {n / entry['median']:.1f}"
+
+
+def export_table(results: Path) -> list[str]:
+    r = _load(results, "export_speed")
+    if r is None:
+        return []
+    f = r["figures"]
+    lines = [
+        "| rows | hglv2 export (validated, hierarchy joined) "
+        "| pandas: read_csv + merge + to_parquet, same columns, codec and row groups | hglv2 / pandas |",
+        "|---|---|---|---|",
+        f"| {r['args']['rows']:,} | {_s(f['export.hglv2'])} | {_s(f['export.pandas'])} "
+        f"| {_x(f['export.ratio'])} |",
+    ]
+    return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
+
+
+TABLES: dict[str, Callable[[Path], list[str]]] = {
+    "metrics": metrics_table,
+    "losses": losses_table,
+    "images": images_table,
+    "export": export_table,
+}
+
+
+def render(text: str, results: Path) -> str:
+    def sub(m: re.Match) -> str:
+        lines = TABLES[m["name"]](results)
+        if not lines:  # no results file: leave the table as it is
+            return m.group(0)
+        return m.group(1) + "\n".join(lines) + "\n" + m.group(4)
+
+    return MARKER.sub(sub, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="*", default=[str(ROOT / "docs" / "performance.md")])
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--check", action="store_true", help="report stale tables, change nothing")
+    args = ap.parse_args(argv)
+    stale = []
+    for name in args.files:
+        path = Path(name)
+        text = path.read_text()
+        new = render(text, Path(args.results))
+        if new != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new)
+                print(f"updated {path}")
+    if args.check and stale:
+        print("stale tables (run make bench-tables): " + ", ".join(map(str, stale)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
