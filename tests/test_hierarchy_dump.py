@@ -142,7 +142,7 @@ def test_dump_route_equals_api_route_in_one_pass(world_files, tmp_path, count_re
     assert {"sitelink>p301>redirect", "p373", "missing", "sitelink"} <= paths  # every route exercised
     assert any(p.startswith("sitelink>p301>p301>p301") for p in paths), paths  # the 3-hop chain
     with DumpSource(dump, redirects, progress=False, facts=facts) as source:
-        got = source.for_ids(["Q8502", "Q1", CHAIN[1]]).entities(ids=["Q8502", "Q1", CHAIN[1]])
+        got = source.client().entities(ids=["Q8502", "Q1", CHAIN[1]])
         assert got["Q1"] is None and got[CHAIN[1]]["id"] == CHAIN[1]
         assert source.provenance()["passes"] == 0 and source.provenance()["dump_date"] == "2024-06-01"
     assert DumpFacts(str(dump), facts, 0).entities == len(world.entities)
@@ -151,7 +151,7 @@ def test_dump_route_equals_api_route_in_one_pass(world_files, tmp_path, count_re
 def test_without_redirects_redirected_targets_are_missing(world_files, tmp_path):
     world, cats, dump, _ = world_files
     with DumpSource(dump, None, progress=False, facts=tmp_path / "f.parquet") as source:
-        rows = resolve_categories(source.for_resolve(read_categories(cats)), read_categories(cats))
+        rows = resolve_categories(source.client(), read_categories(cats))
         assert source.provenance()["references_not_in_dump"] > 0
     assert not any("redirect" in r["resolution"] for r in rows)
     assert any(r["resolution"].endswith("target-missing") for r in rows)

@@ -27,70 +27,75 @@ from hglv2.hierarchy.sources import DEFAULT_MAX_TRIES
 DEFAULT_OUT = Path("out/hierarchy")
 
 
+def _existing(name: str, *, help: str, folder: bool = False, multiple: bool = False):
+    """An optional ``--name`` option naming an existing file (or, with ``folder``, a folder)."""
+    kind = click.Path(dir_okay=folder, file_okay=not folder, exists=True, path_type=Path)
+    return click.option(name, type=kind, default=() if multiple else None, multiple=multiple, help=help)
+
+
+# The options of a Wikidata source, in --help order: the dump route, then the API with its cache.
+_SOURCE_OPTIONS = [
+    _existing(
+        "--dump",
+        help="Answer from a Wikidata JSON dump (latest-all.json.bz2|.gz) instead of the API; "
+        "the cache and network options are then unused.",
+    ),
+    _existing(
+        "--redirects",
+        help="With --dump: old,new QID pairs, or the redirect table dump "
+        "(wikidatawiki-*-redirect.sql.gz or .tsv, the page table dump beside it).",
+    ),
+    click.option(
+        "--dump-facts",
+        type=OUTPUT_FILE_PATH,
+        default=None,
+        help="With --dump: the dump's facts table (read once, reused by later stages) "
+        "[default: DUMP.facts.parquet].",
+    ),
+    click.option(
+        "--cache",
+        "cache_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_OUT / "wikidata.sqlite",
+        show_default=True,
+        help="Response cache: .sqlite (read/write) or a .jsonl recording (read-only).",
+    ),
+    click.option("--offline", is_flag=True, help="Only replay the cache; name what is missing."),
+    click.option(
+        "--api-url", type=HTTP_URL, default=None, help="Wikidata Action API URL [default: wikidata.org]."
+    ),
+    click.option(
+        "--sparql-url",
+        type=HTTP_URL,
+        default=None,
+        help="SPARQL endpoint URL [default: query.wikidata.org].",
+    ),
+    click.option(
+        "--contact",
+        envvar="HGLV2_CONTACT",
+        default=None,
+        help="Contact (e-mail or URL) added to the User-Agent [env HGLV2_CONTACT].",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60.0,
+        show_default=True,
+        help="Seconds per request.",
+    ),
+    click.option(
+        "--max-tries",
+        type=click.IntRange(1, 100),
+        default=DEFAULT_MAX_TRIES,
+        show_default=True,
+        help="Tries of a failing request (1: no retry).",
+    ),
+]
+
+
 def _source_options(f):
     """The options of a Wikidata source (:func:`hglv2.hierarchy.sources.open_source`): the API with
     its cache, or ``--dump`` (with ``--redirects``); the command gets ``source``, opened and closed."""
-    opts = [
-        click.option(
-            "--dump",
-            type=click.Path(dir_okay=False, exists=True, path_type=Path),
-            default=None,
-            help="Answer from a Wikidata JSON dump (latest-all.json.bz2|.gz) instead of the API; "
-            "the cache and network options are then unused.",
-        ),
-        click.option(
-            "--redirects",
-            type=click.Path(dir_okay=False, exists=True, path_type=Path),
-            default=None,
-            help="With --dump: old,new QID pairs, or the redirect table dump "
-            "(wikidatawiki-*-redirect.sql.gz or .tsv, the page table dump beside it).",
-        ),
-        click.option(
-            "--dump-facts",
-            type=OUTPUT_FILE_PATH,
-            default=None,
-            help="With --dump: the dump's facts table (read once, reused by later stages) "
-            "[default: DUMP.facts.parquet].",
-        ),
-        click.option(
-            "--cache",
-            "cache_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=DEFAULT_OUT / "wikidata.sqlite",
-            show_default=True,
-            help="Response cache: .sqlite (read/write) or a .jsonl recording (read-only).",
-        ),
-        click.option("--offline", is_flag=True, help="Only replay the cache; name what is missing."),
-        click.option(
-            "--api-url", type=HTTP_URL, default=None, help="Wikidata Action API URL [default: wikidata.org]."
-        ),
-        click.option(
-            "--sparql-url",
-            type=HTTP_URL,
-            default=None,
-            help="SPARQL endpoint URL [default: query.wikidata.org].",
-        ),
-        click.option(
-            "--contact",
-            envvar="HGLV2_CONTACT",
-            default=None,
-            help="Contact (e-mail or URL) added to the User-Agent [env HGLV2_CONTACT].",
-        ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            default=60.0,
-            show_default=True,
-            help="Seconds per request.",
-        ),
-        click.option(
-            "--max-tries",
-            type=click.IntRange(1, 100),
-            default=DEFAULT_MAX_TRIES,
-            show_default=True,
-            help="Tries of a failing request (1: no retry).",
-        ),
-    ]
 
     @functools.wraps(f)
     def wrapper(dump, redirects, dump_facts, cache_path, **kw):
@@ -106,7 +111,7 @@ def _source_options(f):
                     raise InputError(f"--cache: {problem}")
             return f(source=source, **kw)
 
-    for o in reversed(opts):
+    for o in reversed(_SOURCE_OPTIONS):
         wrapper = o(wrapper)
     return wrapper
 
@@ -604,28 +609,16 @@ def vote(
 
 @hierarchy.command()
 @_file_option("--hierarchy", DEFAULT_OUT / "hierarchy.parquet")
-@click.option(
-    "--proposals",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The proposals table (image counts per landmark).",
-)
-@click.option(
-    "--votes",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The votes table of `hglv2 hierarchy vote`.",
-)
-@click.option(
+@_existing("--proposals", help="The proposals table (image counts per landmark).")
+@_existing("--votes", help="The votes table of `hglv2 hierarchy vote`.")
+@_existing(
     "--published",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
     multiple=True,
     help="Published *_label_to_hierarchical.csv to show disagreements with; repeatable.",
 )
-@click.option(
+@_existing(
     "--metadata",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    default=None,
+    folder=True,
     help="GLDv2 metadata folder: the cross-numbering check, and each landmark's images (thumbnails).",
 )
 @click.option(

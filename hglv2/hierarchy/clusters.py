@@ -179,7 +179,7 @@ def validate_anchors_file(source: WikidataSource, clusters: str | os.PathLike[st
     """The validate-anchors stage: :func:`validate_anchors` on ``clusters.csv`` with a client from
     ``source`` (:mod:`hglv2.hierarchy.sources`): ``{"anchors": count, "problems": [...]}``."""
     table = load_clusters(clusters)
-    client = source.for_ids([a.qid for a in table.anchors])
+    client = source.client()
     return {"anchors": len(table.anchors), "problems": validate_anchors(client, table)}
 
 

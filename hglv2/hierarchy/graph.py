@@ -188,7 +188,7 @@ def graph_file(
     from hglv2.hierarchy.resolve import RESOLVED_COLUMNS
 
     rows = read_parquet_checked(resolved, RESOLVED_COLUMNS, "run `hglv2 hierarchy resolve` first").to_pylist()
-    client = source.for_graph(rows)
+    client = source.client()
     summary = write_graph(fetch_graph(client, rows, depth), out_dir)
     summary["requests"] = dict(sorted(client.stats.items()))
     return source.with_provenance(summary)

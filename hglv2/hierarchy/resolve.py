@@ -277,7 +277,7 @@ def resolve_file(
     """
     paths = [categories] if isinstance(categories, (str, os.PathLike)) else list(categories)
     by_numbering = {n: read_categories(p) for n, p in category_files(paths).items()}
-    client = source.for_resolve([pair for pairs in by_numbering.values() for pair in pairs])
+    client = source.client()
     rows = resolve_numbered(client, by_numbering)
     write_parquet(resolved_table(rows), out)
     return source.with_provenance(resolve_summary(rows, client.stats))

@@ -1,8 +1,8 @@
 """Where a stage's Wikidata answers come from: the API with its response cache, or a JSON dump.
 
-:func:`open_source` opens either behind one interface. A stage asks its source for a client
-holding what it needs (:meth:`~ApiSource.for_resolve`, :meth:`~ApiSource.for_graph`,
-:meth:`~ApiSource.for_ids`) and records :meth:`~ApiSource.provenance` beside its summary. The API
+:func:`open_source` opens either behind one interface (:class:`Source`). A stage asks its source
+for the client that answers its lookups (:meth:`~Source.client`) and records
+:meth:`~Source.with_provenance` beside its summary. The API
 source checks its options when it is opened, but creates the client (and with it the cache file)
 only when a stage first asks for it, so a stage whose inputs are bad stops before any file is
 made. The dump source reads the dump once into a facts table that later stages reuse.
@@ -11,7 +11,6 @@ made. The dump source reads the dump once into a facts table that later stages r
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,37 @@ if TYPE_CHECKING:
 DEFAULT_MAX_TRIES = 9
 
 
-class ApiSource:
+class Source:
+    """What every source offers a stage: :meth:`client`, :meth:`provenance` (added to a stage's
+    summary as ``source`` when not None) and use as a context manager (:meth:`close` on exit)."""
+
+    _client: Any = None
+
+    def client(self) -> Any:
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any] | None:
+        """What the answers were read from, for a stage's summary (None: nothing to record)."""
+        return None
+
+    def with_provenance(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """A stage's ``summary`` with :meth:`provenance` added as ``source`` when there is one."""
+        provenance = self.provenance()
+        if provenance is not None:
+            summary["source"] = provenance
+        return summary
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ApiSource(Source):
     """The Wikidata Action API and SPARQL endpoint through :class:`WikidataClient` and its cache.
 
     ``cache_path``: ``.sqlite`` (read/write) or a ``.jsonl`` recording (only with ``offline``);
@@ -85,38 +114,12 @@ class ApiSource:
             self._client = self.open_client()
         return self._client
 
-    def for_resolve(self, categories: Iterable[tuple[int, str]]) -> WikidataClient:
-        """The client that answers the resolve stage for ``(landmark_id, category URL)`` pairs."""
-        return self.client()
-
-    def for_graph(self, resolved: Iterable[dict[str, Any]]) -> WikidataClient:
-        """The client that answers the graph stage for resolved landmark rows."""
-        return self.client()
-
-    def for_ids(self, ids: Iterable[str]) -> WikidataClient:
-        """The client that answers lookups of the items ``ids``."""
-        return self.client()
-
-    def provenance(self) -> dict[str, Any] | None:
-        """What the answers were read from, for a stage's summary (None: the API and its cache)."""
-        return None
-
-    def with_provenance(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """A stage's ``summary``; the API source adds nothing."""
-        return summary
-
     def close(self) -> None:
         if self._client is not None:
             self._client.cache.close()
 
-    def __enter__(self) -> ApiSource:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class DumpSource:
+class DumpSource(Source):
     """A Wikidata JSON dump (``latest-all.json.bz2|.gz``) and optional redirects (QID pairs or the
     ``redirect`` table dump), read by :mod:`hglv2.hierarchy.dump`; no cache, no network.
 
@@ -165,38 +168,13 @@ class DumpSource:
             self._client = DumpClient(facts, redirects)
         return self._client
 
-    def for_resolve(self, categories: Iterable[tuple[int, str]]) -> DumpClient:
-        return self.client()
-
-    def for_graph(self, resolved: Iterable[dict[str, Any]]) -> DumpClient:
-        return self.client()
-
-    def for_ids(self, ids: Iterable[str]) -> DumpClient:
-        return self.client()
-
     def provenance(self) -> dict[str, Any] | None:
         """The dump's name and date, the passes this stage made over it and what its lookups
         missed (:meth:`DumpClient.provenance`)."""
         return None if self._client is None else self._client.provenance()
 
-    def with_provenance(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """A stage's ``summary`` with :meth:`provenance` added as ``source``."""
-        provenance = self.provenance()
-        if provenance is not None:
-            summary["source"] = provenance
-        return summary
 
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> DumpSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-WikidataSource = ApiSource | DumpSource
+WikidataSource = Source
 
 
 def open_source(
