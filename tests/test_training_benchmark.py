@@ -41,7 +41,7 @@ def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
     for col in ("AP L0", "R@1 L0", "AP L1", "R@1 L2", "H-AP", "ASI", "NDCG", "mAP@100 L0"):
         assert col in header
     rows = [line for line in report.splitlines() if line.startswith(("| Contrastive", "| SupHAP"))]
-    assert len(rows) == 2 and all(" ± " in r for r in rows)
+    assert len(rows) == 2 and all(" [" in r for r in rows)
     for png in ("per_level.png", "learning_curve.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "b.json").read_text())["report"] == str(out / "report.md")
