@@ -106,18 +106,28 @@ def _study_name(label: str, base: dict[str, Any], space: dict[str, Range], metri
     return f"{label}-{digest}"
 
 
-def _used(study: Any, optuna: Any) -> int:
-    """Trials of ``study`` that count against the budget: finished ones (complete or failed); a
-    trial left running by an interrupted call is marked failed and run again."""
-    used = 0
+def _counted(study: Any, optuna: Any) -> list[Any]:
+    """Trials of ``study`` that count against the budget, in order: the finished ones (complete, or
+    failed after training: no finite score). A trial left running by an interrupted call is marked
+    failed and not counted: it is run again."""
+    counted = []
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        elif t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) and not (
-            t.state == optuna.trial.TrialState.FAIL and "seconds" not in t.user_attrs
-        ):
-            used += 1
-    return used
+        elif "seconds" in t.user_attrs:
+            counted.append(t)
+    return counted
+
+
+def _best(study: Any, trials: int, optuna: Any, error: str) -> dict[str, Any]:
+    """The best of the first ``trials`` counted trials (a study grown by a larger earlier budget
+    still picks within this one): {"params", "value"}."""
+    complete = optuna.trial.TrialState.COMPLETE
+    done = [t for t in _counted(study, optuna)[:trials] if t.state == complete]
+    if not done:
+        raise InputError(error)
+    top = max(done, key=lambda t: (t.value, -t.number))
+    return {"params": dict(top.params), "value": float(top.value)}
 
 
 def _run_trial(base: dict[str, Any], params: dict[str, float], folder: Path, device: str | None, metric: str):
@@ -163,14 +173,8 @@ def tune_losses(
             study = _study(
                 optuna, storage, name, trials, folder / label, base, space, device, metric, bar, seconds
             )
-            if study.best_trials:
-                best[label] = {
-                    "params": dict(study.best_trial.params),
-                    "value": study.best_value,
-                    "study": name,
-                }
-            else:
-                raise InputError(f"--tune: no trial of {label} gave a finite validation {metric}")
+            error = f"--tune: no trial of {label} gave a finite validation {metric}"
+            best[label] = {**_best(study, trials, optuna, error), "study": name}
     finally:
         if bar is not None:
             bar.close()
@@ -190,7 +194,7 @@ def tune_losses(
 def _study(optuna, storage, name, trials, folder, base, space, device, metric, bar, seconds) -> Any:
     """Create or load study ``name`` and run its remaining trials (ask and tell)."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-    used = _used(study, optuna)
+    used = len(_counted(study, optuna))
     if bar is not None:
         bar.update(min(used, trials))
     # the sampler's seed follows the trials already made, so a resumed study draws new points
