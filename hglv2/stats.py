@@ -21,6 +21,7 @@ gives the same numbers (and the same report bytes). Only numpy is needed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,19 +65,38 @@ def resample_means(values: Any, resamples: int = DEFAULT_RESAMPLES, seed: int = 
     matrices of the same shape (two losses) get the same resampled units.
     """
     x = _matrix(values)
-    n_seeds, n_queries = x.shape
-    rng = np.random.default_rng(seed)
+    ok = np.isfinite(x)
+    filled = np.where(ok, x, 0.0)
     out = []
-    for size in _chunks(resamples, x.size):
+    for seeds, counts in _draws(x.shape, resamples, seed):
+        # sums[b, j, s]: the j-th drawn query sample of resample b applied to seed s's values
+        sums = counts @ filled.T
+        defined = counts @ ok.T.astype(np.float64)
+        pick = (np.arange(len(seeds))[:, None], np.arange(seeds.shape[1])[None, :], seeds)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_seed = np.where(defined[pick] > 0, sums[pick] / defined[pick], np.nan)
+            out.append(np.nanmean(per_seed, axis=1))
+    return np.concatenate(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _draws(shape: tuple[int, int], resamples: int, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The resampling of :func:`resample_means` for a (seeds, queries) shape, in chunks: (drawn
+    seeds (B, S'), query counts (B, S', Q)) per chunk (S' = 1 for one seed). Cached: every metric
+    and loss of a benchmark shares the same draws."""
+    n_seeds, n_queries = shape
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for size in _chunks(resamples, n_seeds * n_queries):
         if n_seeds == 1:
             seeds = np.zeros((size, 1), dtype=np.int64)
         else:
             seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
         queries = rng.integers(0, n_queries, size=(size, seeds.shape[1], n_queries))
-        drawn = x[seeds[:, :, None], queries]  # (resamples, seeds drawn, queries)
-        with np.errstate(invalid="ignore"):
-            out.append(np.nanmean(_row_means(drawn), axis=1))
-    return np.concatenate(out)
+        slots = np.arange(size * seeds.shape[1]).reshape(size, -1, 1) * n_queries
+        counts = np.bincount((slots + queries).ravel(), minlength=queries.size)
+        chunks.append((seeds, counts.reshape(queries.shape).astype(np.float64)))
+    return tuple(chunks)
 
 
 def _chunks(total: int, per_item: int, budget: int = 1 << 22) -> list[int]:
@@ -130,11 +150,16 @@ def sign_flip_pvalue(diff: Any, permutations: int = DEFAULT_RESAMPLES, seed: int
     if not np.isfinite(observed) or observed == 0.0:
         return 1.0
     rng = np.random.default_rng(seed)
+    ok = np.isfinite(d)
+    filled = np.where(ok, d, 0.0)
+    defined = ok.sum(axis=1)
+    rows = defined > 0
     hits = 0
     for size in _chunks(permutations, d.size):
         signs = rng.integers(0, 2, size=(size, *d.shape), dtype=np.int8) * 2 - 1
-        with np.errstate(invalid="ignore"):
-            stats = np.abs(np.nanmean(_row_means(signs * d[None]), axis=1))
+        # the defined queries of each seed do not depend on the signs: only the sums change
+        sums = np.einsum("psq,sq->ps", signs, filled)
+        stats = np.abs((sums[:, rows] / defined[rows]).mean(axis=1))
         # a relative tolerance keeps float rounding of equal sums from deciding the count
         hits += int((stats >= observed * (1 - 1e-12)).sum())
     return (1 + hits) / (1 + permutations)
