@@ -19,7 +19,8 @@ bootstrap interval; ``pairwise``: every pair of losses on every metric of the ta
 the same seeds and queries, with p-values, Holm-adjusted p-values and ``significant`` flags; see
 :mod:`hglv2.stats`), ``report.md`` (rows: losses; columns: AP and R@1 per level, H-AP, ASI, NDCG,
 mAP@100 at the finest level, each ``mean [95% interval]`` in %; then the pairwise table) and PNG
-plots (``per_level.png``: AP and R@1 per level per loss with the intervals as error bars;
+plots (``per_level.png``: AP and R@1 per level, H-AP, ASI and NDCG per loss with the intervals
+as error bars;
 ``learning_curve.png``: H-AP and level-0 AP against the step).
 """
 
@@ -734,7 +735,7 @@ def _write_report_files(results: dict[str, Any], paths: dict[str, Path]) -> None
         "",
         *_pairwise_section(results),
         *_tuning_section(results),
-        "![AP and R@1 per level](per_level.png)",
+        "![AP and R@1 per level, H-AP, ASI, NDCG](per_level.png)",
         "",
         "![learning curves](learning_curve.png)",
         "",
@@ -808,26 +809,40 @@ def _bars(results: dict[str, Any], loss: str, keys: list[str]) -> tuple[list[flo
 
 
 def plot_per_level(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Grouped bars: AP and R@1 per level (x) per loss (bars), mean over seeds with the 95%
-    interval as error bars."""
+    """Grouped bars, mean over seeds with the 95% interval as error bars, one bar per loss: AP and
+    R@1 per level, and the hierarchical metrics (H-AP, ASI, NDCG)."""
     plt = _pyplot()
-    summary = results["summary"]
-    losses = list(summary)
+    losses = list(results["summary"])
     levels = len(results["levels"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = [
+        (
+            "AP per level",
+            "AP (%)",
+            [f"AP_level{lv}" for lv in range(levels)],
+            [f"level {lv}" for lv in range(levels)],
+        ),
+        (
+            "R@1 per level",
+            "R@1 (%)",
+            [f"R@1_level{lv}" for lv in range(levels)],
+            [f"level {lv}" for lv in range(levels)],
+        ),
+        ("hierarchical", "%", list(REPORT_METRICS_MULTI), list(REPORT_METRICS_MULTI)),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     width = 0.8 / max(len(losses), 1)
-    for ax, metric in zip(axes, ("AP", "R@1"), strict=True):
+    for ax, (title, ylabel, keys, ticks) in zip(axes, panels, strict=True):
         for k, loss in enumerate(losses):
-            means, errors = _bars(results, loss, [f"{metric}_level{lv}" for lv in range(levels)])
-            x = np.arange(levels) + (k - (len(losses) - 1) / 2) * width
+            means, errors = _bars(results, loss, keys)
+            x = np.arange(len(keys)) + (k - (len(losses) - 1) / 2) * width
             ax.bar(x, means, width, yerr=errors, label=loss, capsize=2)
-        ax.set_xticks(np.arange(levels), [f"level {lv}" for lv in range(levels)])
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_xticks(np.arange(len(keys)), ticks)
+        ax.set_ylabel(ylabel)
         ax.set_ylim(0, 100)
-        ax.set_title(f"{metric} per level")
+        ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{results['suite']}: per-level retrieval")
+    fig.suptitle(f"{results['suite']}: retrieval per level and hierarchical (95% intervals)")
     fig.tight_layout()
     _savefig(fig, Path(path))
     plt.close(fig)
