@@ -12,7 +12,8 @@ test metrics for those runs only.
 Everything lives in ``<out>/tune/``: ``data/`` (the two split files), ``optuna.sqlite3`` (the
 studies: a rerun continues where the last one stopped; a study is named after a digest of its
 inputs, so changed inputs start a new one) and one folder per trial. Trials run one after the
-other in this process, so they stop with it. ``optuna`` is the optional extra ``tune``.
+other in this process, so they stop with it; a second ``--tune`` on the same folder while one
+runs is refused (a lock on ``tune/.lock``). ``optuna`` is the optional extra ``tune``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from hglv2.benchmark import code_digest, data_digest, run_key, run_suite, suite_runs
 from hglv2.config import apply_overrides, load_config
 from hglv2.errors import InputError
-from hglv2.fileio import claim_folder, write_parquet
+from hglv2.fileio import claim_folder, file_lock, write_parquet
 from hglv2.losses.registry import Range, search_space
 from hglv2.train.data import prepare_data
 from hglv2.train.trainer import Trainer
@@ -154,8 +155,15 @@ def tune_losses(
     Returns (per-loss overrides of the best trial, the tuning record of ``results.json``: budget,
     metric, validation split, best settings, seconds per trial).
     """
-    optuna = _optuna()
     folder = out / TUNE_DIR
+    with file_lock(folder / ".lock", busy=f"{folder} is being tuned by another hglv2 process"):
+        return _tune_locked(cfg, folder, trials, losses, device, metric, progress, seeds)
+
+
+def _tune_locked(cfg, folder, trials, losses, device, metric, progress, seeds):
+    """:func:`tune_losses` while holding the lock of ``folder`` (one tuner per study file: a
+    second one would take the first one's running trials for interrupted ones)."""
+    optuna = _optuna()
     data_root = prepare_data(cfg, progress=progress)
     overrides, held = validation_split(cfg, data_root, folder / "data")
     storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'optuna.sqlite3').resolve()}")
