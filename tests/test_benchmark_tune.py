@@ -60,3 +60,31 @@ def test_tune_end_to_end_and_resume(tmp_path, cli_runner):
     res = cli_runner.invoke(main, [*args, "--tune", "3"])
     again = json.loads((out / "results.json").read_text())
     assert again["tuning"]["trials_run_now"] == 0 and all(r["reused"] for r in again["runs"])
+
+
+def test_tune_without_optuna_names_the_extra(monkeypatch):
+    import sys
+
+    from hglv2.errors import InputError
+    from hglv2.tune import _optuna
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ModuleNotFoundError
+    with pytest.raises(InputError, match=r"pip install 'hglv2\[tune\]'"):
+        _optuna()
+
+
+def test_every_search_space_names_config_keys_and_loss_arguments():
+    import inspect
+
+    from hglv2.config import DEFAULTS
+    from hglv2.losses.registry import SEARCH_SPACES, loss_factory
+
+    for name, space in SEARCH_SPACES.items():
+        params = inspect.signature(loss_factory(name)).parameters
+        for key, r in space.items():
+            assert 0 < r.low < r.high, (name, key)
+            section, *rest = key.split(".")
+            if key.startswith("loss.kwargs."):
+                assert rest[1] in params, (name, key)
+            else:
+                assert rest[0] in DEFAULTS[section], (name, key)
