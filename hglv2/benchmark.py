@@ -12,10 +12,16 @@ Parallel runs train in worker processes that die with the benchmark (:mod:`hglv2
 Ctrl-C or SIGTERM stops them within seconds. In a terminal one progress bar follows the suite
 (runs done, training steps of the runs in flight).
 
-Outputs: ``results.json`` (every run's final metrics, learning curve and speed, plus mean/std per
-loss), ``report.md`` (rows: losses; columns: AP and R@1 per level, H-AP, ASI, NDCG, mAP@100 at the
-finest level; mean +- std over seeds, in %) and PNG plots (``per_level.png``: AP and R@1 per level
-per loss; ``learning_curve.png``: H-AP and level-0 AP against the step).
+Each run also writes ``per_query.parquet``: its final model's metrics per evaluation query
+(:func:`per_query_table`). Outputs: ``results.json`` (every run's final metrics, learning curve
+and speed; mean/std per loss; ``intervals``: per loss and metric the mean over seeds with a 95%
+bootstrap interval; ``pairwise``: every pair of losses on every metric of the table, paired over
+the same seeds and queries, with p-values, Holm-adjusted p-values and ``significant`` flags; see
+:mod:`hglv2.stats`), ``report.md`` (rows: losses; columns: AP and R@1 per level, H-AP, ASI, NDCG,
+mAP@100 at the finest level, each ``mean [95% interval]`` in %; then the pairwise table) and PNG
+plots (``per_level.png``: AP and R@1 per level, H-AP, ASI and NDCG per loss with the intervals
+as error bars;
+``learning_curve.png``: H-AP and level-0 AP against the step).
 """
 
 from __future__ import annotations
@@ -37,16 +43,48 @@ import torch
 
 from hglv2.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
 from hglv2.errors import InputError
-from hglv2.fileio import atomic_open, atomic_path, claim_folder, commit_together, sha256_file, write_json
+from hglv2.evaluation.embed import embed_images
+from hglv2.fileio import (
+    atomic_open,
+    atomic_path,
+    claim_folder,
+    commit_together,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from hglv2.models import resolve_device
-from hglv2.train.data import prepare_data
+from hglv2.stats import DEFAULT_RESAMPLES, bootstrap_interval, holm, paired_test
+from hglv2.train.data import build_dataset, prepare_data
 from hglv2.train.trainer import Trainer
 
 REPORT_METRICS_MULTI = ("H-AP", "ASI", "NDCG")
+PER_QUERY_FILE = "per_query.parquet"
+STATISTICS = {
+    "interval": "95% percentile bootstrap of the mean over seeds of the mean over queries: over "
+    "queries with one seed; with several, hierarchical (resample seeds, then queries within each)",
+    "pairwise": "difference a - b paired over the same seeds and queries: 95% bootstrap interval "
+    "(same resampling) and two-sided sign-flip permutation p-value; Holm's correction over the "
+    "pairs of losses of each metric; significant: adjusted p < 0.05",
+    "resamples": DEFAULT_RESAMPLES,
+    "rng_seed": 0,
+}
+PAIRWISE_REPORT = ("H-AP", "AP_level0", "R@1_level0", "NDCG", "ASI")
+"""Metrics of the report's pairwise table (``results.json`` holds every column of the main table)."""
+ALPHA = 0.05
 
 
-def suite_runs(cfg: dict[str, Any], losses: list[str] | None = None, seeds: list[int] | None = None):
-    """The (loss label, seed, run config) triples of a suite, in report order."""
+def suite_runs(
+    cfg: dict[str, Any],
+    losses: list[str] | None = None,
+    seeds: list[int] | None = None,
+    tuned: dict[str, dict[str, Any]] | None = None,
+):
+    """The (loss label, seed, run config) triples of a suite, in report order.
+
+    ``tuned`` maps a loss label to dotted-key overrides of its runs' configs (the
+    hyper-parameters :mod:`hglv2.tune` chose, e.g. ``{"optimizer.lr": 3e-4}``).
+    """
     table = cfg["benchmark"]["losses"] or {cfg["loss"]["name"]: {"name": cfg["loss"]["name"]}}
     if not isinstance(table, dict):
         raise InputError("benchmark.losses must be a mapping of label -> loss settings")
@@ -75,6 +113,7 @@ def suite_runs(cfg: dict[str, Any], losses: list[str] | None = None, seeds: list
             run["seed"] = seed
             run["name"] = f"{cfg['name']}/{label}/seed{seed}"
             run["benchmark"] = {"seeds": [seed], "losses": {}}
+            apply_overrides(run, (tuned or {}).get(label), f"tuned settings of {label}")
             validate_config(run, f"benchmark.losses.{label}")
             runs.append((label, seed, run))
     return runs
@@ -172,6 +211,7 @@ def _train_run(
     t0 = time.perf_counter()
     trainer = Trainer(run_cfg, run_dir, device=device, resume=resume, progress=progress)
     metrics = trainer.fit()
+    write_parquet(per_query_table(trainer), Path(run_dir) / PER_QUERY_FILE, use_dictionary=["test_set"])
     done = Path(run_dir) / "metrics.json"
     record = json.loads(done.read_text("utf-8"))
     record.update({"images_per_s": trainer.images_per_s, "train_seconds": trainer.train_seconds})
@@ -184,6 +224,154 @@ def _train_run(
         "train_seconds": trainer.train_seconds,
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+# ------------------------------------------------------------------------------ per-query metrics
+
+
+def per_query_table(trainer: Trainer) -> Any:
+    """The final model's per-query metrics on each evaluation set, as an Arrow table.
+
+    Columns: ``test_set`` (the name of a ``data.test_sets`` entry; empty for the single
+    evaluation split), ``query`` (row of the query split) and one float64 column per metric of
+    :func:`hglv2.metrics.evaluate` (``reduce=False``; NaN where undefined for that query). The
+    mean of a column over its defined values within a set is that set's value in ``metrics.json``.
+    """
+    import pyarrow as pa
+
+    parts = []
+    for ts in trainer.test_sets():
+        per = _per_query_set(trainer, ts)
+        n = len(next(iter(per.values())))
+        parts.append({"test_set": [ts["name"] or ""] * n, "query": np.arange(n, dtype=np.int64), **per})
+    keys = sorted(set().union(*(set(p) for p in parts)) - {"test_set", "query"})
+    columns: dict[str, Any] = {
+        "test_set": pa.array([v for p in parts for v in p["test_set"]], pa.string()),
+        "query": pa.array(np.concatenate([p["query"] for p in parts]), pa.int64()),
+    }
+    for key in keys:
+        cols = [np.asarray(p.get(key, np.full(len(p["query"]), np.nan)), np.float64) for p in parts]
+        columns[key] = pa.array(np.concatenate(cols), pa.float64())
+    return pa.table(columns)
+
+
+def _per_query_set(trainer: Trainer, ts: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-query metric arrays of one evaluation set, ranked exactly as the trainer's final
+    evaluation ranks them (a query's own copy in a ``data.test_sets`` gallery left out)."""
+    from hglv2.evaluation.protocols import copies_in_gallery, split_paths
+    from hglv2.metrics import evaluate
+
+    cfg = trainer.cfg
+    d, t = cfg["data"], cfg["train"]
+
+    def embed(split: str) -> tuple[np.ndarray, np.ndarray]:
+        ds = build_dataset(cfg, trainer.root, split, train=False, levels=ts["levels"])
+        return embed_images(
+            trainer.model,
+            ds,
+            batch_size=t["eval_batch_size"],
+            device=trainer.device,
+            num_workers=d["num_workers"],
+            amp=trainer.amp,
+            progress=False,
+            channels_last=trainer.device.type == "cuda",
+            check_finite=False,
+            with_labels=True,
+        )
+
+    opts = {"recall_at": tuple(t["recall_at"]), "reduce": False}
+    qe, ql = embed(ts["query"])
+    if not ts["index"]:
+        per = evaluate(qe, ql, **opts)
+    else:
+        ge, gl = embed(ts["index"])
+        copy = np.full(len(qe), -1)
+        if d["test_sets"]:
+            ds = build_dataset(cfg, trainer.root, ts["query"], train=False, levels=ts["levels"] or ["level0"])
+            if not ds.shards and ds.image_root is not None:
+                paths = split_paths(trainer.root, ts["query"]), split_paths(trainer.root, ts["index"])
+                copy = copies_in_gallery(ds.image_root, *paths)
+        if len(copy) and (copy >= 0).all():  # each query ranked from its copy, the copy left out
+            per = {k: np.asarray(v)[copy] for k, v in evaluate(ge, gl, **opts).items()}
+        else:
+            per = evaluate(qe, ql, ge, gl, **opts)
+    return {k: np.asarray(v, np.float64) for k, v in per.items() if not k.startswith("n_")}
+
+
+def read_per_query(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """A run's ``per_query.parquet`` as metric key -> (queries,) float64 values; the metrics of a
+    named test set are keyed ``<set>/<metric>`` as in ``metrics.json``. Empty when absent."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        return {}
+    table = pq.read_table(path)
+    sets = table.column("test_set").to_numpy(zero_copy_only=False)
+    out: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys(sets.tolist()):
+        rows = sets == name
+        for key in table.column_names:
+            if key in ("test_set", "query"):
+                continue
+            values = table.column(key).to_numpy(zero_copy_only=False).astype(np.float64)[rows]
+            out[f"{name}/{key}" if name else key] = values
+    return out
+
+
+def uncertainty(
+    runs: list[dict[str, Any]],
+    per_query: list[dict[str, np.ndarray]],
+    levels: int,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> tuple[dict[str, dict[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """(95% intervals per loss and metric, pairwise comparisons) from the runs' per-query values.
+
+    Intervals: :func:`hglv2.stats.bootstrap_interval` over the loss's seeds x queries. Pairwise:
+    every pair of losses (report order) on every metric of the report table, paired over the same
+    seeds (those both ran) and queries (:func:`hglv2.stats.paired_test`); Holm's correction over
+    the pairs of one metric (one family per metric); ``significant``: adjusted p < 0.05.
+    Resampling uses a fixed seed: the same inputs give the same numbers.
+    """
+    by_loss: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for run, values in zip(runs, per_query, strict=True):
+        if values:
+            by_loss.setdefault(run["loss"], {})[run["seed"]] = values
+
+    def matrix(loss: str, key: str, seeds: list[int]) -> np.ndarray | None:
+        rows = [by_loss[loss][s].get(key) for s in seeds]
+        if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+            return None
+        return np.stack(rows)
+
+    intervals: dict[str, dict[str, dict[str, Any]]] = {}
+    for loss, seeds_values in by_loss.items():
+        seeds = sorted(seeds_values)
+        keys = sorted(set().union(*(set(v) for v in seeds_values.values())))
+        intervals[loss] = {}
+        for key in keys:
+            x = matrix(loss, key, seeds)
+            if x is not None and np.isfinite(x).any():
+                intervals[loss][key] = bootstrap_interval(x, resamples=resamples)
+    return intervals, _pairwise(by_loss, matrix, levels, resamples)
+
+
+def _pairwise(by_loss: dict, matrix: Callable, levels: int, resamples: int) -> list[dict[str, Any]]:
+    """The pairwise table of :func:`uncertainty` (Holm within each metric)."""
+    losses = list(by_loss)
+    rows: list[dict[str, Any]] = []
+    for key, _ in report_columns(levels):
+        family = []
+        for i, a in enumerate(losses):
+            for b in losses[i + 1 :]:
+                seeds = sorted(set(by_loss[a]) & set(by_loss[b]))
+                xa, xb = matrix(a, key, seeds), matrix(b, key, seeds)
+                if xa is None or xb is None or xa.shape != xb.shape or not np.isfinite(xa - xb).any():
+                    continue
+                family.append({"a": a, "b": b, "metric": key, **paired_test(xa, xb, resamples=resamples)})
+        for row, adjusted in zip(family, holm([r["p_value"] for r in family]), strict=True):
+            row.update(p_holm=adjusted, significant=bool(adjusted < ALPHA))
+        rows += family
+    return rows
 
 
 def plan_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> tuple[int, int | None]:
@@ -212,6 +400,8 @@ def run_suite(
     progress: bool = True,
     jobs: int | None = None,
     say: Callable[[str], None] | None = None,
+    tuned: dict[str, dict[str, Any]] | None = None,
+    tuning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every (loss, seed) of ``suite`` and write results.json, report.md and the plots.
 
@@ -219,13 +409,14 @@ def run_suite(
     suite's config before the runs are derived from it. ``jobs``: runs trained in parallel worker
     processes (default: :func:`plan_jobs`); the results do not depend on it. ``say``: called with
     one line per run finished in a worker process (``"<loss> seed <k>: H-AP <%>"``, in plan
-    order); nothing is printed without it. Returns the results.
+    order); nothing is printed without it. ``tuned``: per-loss overrides (:func:`suite_runs`);
+    ``tuning``: the search that chose them, recorded in ``results.json``. Returns the results.
     """
 
     cfg = suite if isinstance(suite, dict) else load_config(suite)
     cfg = apply_overrides(copy.deepcopy(cfg), overrides, "suite")
     resolve_device(device)  # a bad --device fails before any work
-    plan = suite_runs(cfg, losses, seeds)
+    plan = suite_runs(cfg, losses, seeds, tuned)
     out = claim_folder(out_dir, "benchmark")  # never write runs into another command's folder
     t0 = time.perf_counter()
     data_root = prepare_data(cfg, progress=progress)
@@ -251,8 +442,11 @@ def run_suite(
                 "run_dir": run_dir.relative_to(out).as_posix(),
             }
         )
+    intervals, pairwise = uncertainty(
+        runs, [read_per_query(out / r["run_dir"] / PER_QUERY_FILE) for r in runs], len(cfg["data"]["levels"])
+    )
     results = {
-        "format_version": 1,
+        "format_version": 2,
         "suite": cfg["name"],
         "config": cfg,
         "config_digest": config_digest(cfg),
@@ -263,6 +457,10 @@ def run_suite(
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "runs": runs,
         "summary": summarize(runs),
+        "statistics": STATISTICS,
+        "intervals": intervals,
+        "pairwise": pairwise,
+        "tuning": tuning,
     }
     write_report(results, out)
     return results
@@ -444,21 +642,43 @@ def report_columns(levels: int) -> list[tuple[str, str]]:
     return cols
 
 
+def _cell(results: dict[str, Any], loss: str, key: str) -> str:
+    """``mean [low, high]`` in % (the 95% interval), else ``mean ± std`` / ``mean`` from the
+    summary when the runs left no per-query values."""
+    ci = results.get("intervals", {}).get(loss, {}).get(key)
+    if ci is not None and math.isfinite(ci["low"]):
+        return f"{100 * ci['mean']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
+    s = results["summary"].get(loss, {}).get(key)
+    if s is None:
+        return "–"
+    if s["n"] > 1:
+        return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    return f"{100 * s['mean']:.2f}"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """The report's table: rows losses, cells ``mean ± std`` in % (std only with several seeds)."""
+    """The report's table: rows losses, cells ``mean [95% interval]`` in % (:func:`uncertainty`)."""
     cols = report_columns(len(results["levels"]))
     lines = ["| Loss | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
-    for loss, stats in results["summary"].items():
-        cells = []
-        for key, _ in cols:
-            s = stats.get(key)
-            if s is None:
-                cells.append("–")
-            elif s["n"] > 1:
-                cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
-            else:
-                cells.append(f"{100 * s['mean']:.2f}")
-        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    for loss in results["summary"]:
+        lines.append(f"| {loss} | " + " | ".join(_cell(results, loss, key) for key, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def pairwise_table(results: dict[str, Any], metrics: tuple[str, ...] = PAIRWISE_REPORT) -> str:
+    """The report's pairwise comparisons of ``metrics`` (differences in points of %)."""
+    lines = [
+        "| Metric | A − B | Δ (%) | 95% interval | p | p (Holm) | significant at 5% |",
+        "|---|---|---:|---:|---:|---:|:---:|",
+    ]
+    for row in results.get("pairwise", []):
+        if row["metric"] not in metrics:
+            continue
+        lines.append(
+            f"| {row['metric']} | {row['a']} − {row['b']} | {100 * row['difference']:+.2f} | "
+            f"[{100 * row['low']:+.2f}, {100 * row['high']:+.2f}] | {row['p_value']:.4f} | "
+            f"{row['p_holm']:.4f} | {'yes' if row['significant'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -497,7 +717,8 @@ def _write_report_files(results: dict[str, Any], paths: dict[str, Path]) -> None
         f"{cfg['sampler']['kind']}), {cfg['optimizer']['name']} lr {cfg['optimizer']['lr']}, "
         f"{cfg['schedule']['kind']} schedule, "
         + (f"{cfg['train']['steps']} steps" if cfg["train"]["steps"] else f"{cfg['train']['epochs']} epochs"),
-        f"- seeds: {', '.join(map(str, seeds))} (cells: mean ± sample std over seeds, in %)",
+        f"- seeds: {', '.join(map(str, seeds))}; cells: mean over seeds, in %, with its 95% interval "
+        f"({results['statistics']['interval']}; {results['statistics']['resamples']} resamples)",
         f"- wall time: {results['wall_seconds']:.1f} s (data {results['data_seconds']:.1f} s"
         + (f"; {n_reused} of {len(results['runs'])} runs reused from an earlier call" if n_reused else "")
         + "); "
@@ -512,13 +733,51 @@ def _write_report_files(results: dict[str, Any], paths: dict[str, Path]) -> None
         "",
         markdown_table(results),
         "",
-        "![AP and R@1 per level](per_level.png)",
+        *_pairwise_section(results),
+        *_tuning_section(results),
+        "![AP and R@1 per level, H-AP, ASI, NDCG](per_level.png)",
         "",
         "![learning curves](learning_curve.png)",
         "",
     ]
     with atomic_open(paths["report"]) as fh:
         fh.write("\n".join(lines))
+
+
+def _pairwise_section(results: dict[str, Any]) -> list[str]:
+    if not results.get("pairwise"):
+        return []
+    return [
+        "## Pairwise comparisons",
+        "",
+        f"{results['statistics']['pairwise']}. Every metric's pairs are in `results.json`.",
+        "",
+        pairwise_table(results),
+        "",
+    ]
+
+
+def _tuning_section(results: dict[str, Any]) -> list[str]:
+    tuning = results.get("tuning")
+    if not tuning:
+        return []
+    lines = [
+        "## Tuned hyper-parameters",
+        "",
+        f"{tuning['trials']} trials per loss (optuna TPE) maximising validation {tuning['metric']} on "
+        f"{tuning['validation']['classes']} training landmarks held out of training "
+        f"({tuning['validation']['images']} images); {tuning['seconds_per_trial']:.1f} s per trial. "
+        "The table above reports test metrics of these settings trained on the full training split.",
+        "",
+        "| Loss | chosen settings | validation |",
+        "|---|---|---:|",
+    ]
+    for loss, best in tuning["best"].items():
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()
+        )
+        lines.append(f"| {loss} | {params} | {100 * best['value']:.2f} |")
+    return [*lines, ""]
 
 
 def _pyplot():
@@ -535,31 +794,55 @@ def _savefig(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
 
 
+def _bars(results: dict[str, Any], loss: str, keys: list[str]) -> tuple[list[float], Any]:
+    """Bar heights (mean over seeds, %) and error bars (the 95% interval as (2, n) offsets; None
+    without intervals) of ``keys``."""
+    means, low, high = [], [], []
+    for key in keys:
+        ci = results.get("intervals", {}).get(loss, {}).get(key)
+        mean = results["summary"][loss].get(key, {}).get("mean", np.nan)
+        means.append(100 * mean)
+        ok = ci is not None and math.isfinite(ci["low"])
+        low.append(100 * (mean - ci["low"]) if ok else 0.0)
+        high.append(100 * (ci["high"] - mean) if ok else 0.0)
+    return means, (np.clip([low, high], 0, None) if any(low) or any(high) else None)
+
+
 def plot_per_level(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Grouped bars: AP and R@1 per level (x) per loss (bars), mean over seeds with std error bars."""
+    """Grouped bars, mean over seeds with the 95% interval as error bars, one bar per loss: AP and
+    R@1 per level, and the hierarchical metrics (H-AP, ASI, NDCG)."""
     plt = _pyplot()
-    summary = results["summary"]
-    losses = list(summary)
+    losses = list(results["summary"])
     levels = len(results["levels"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = [
+        (
+            "AP per level",
+            "AP (%)",
+            [f"AP_level{lv}" for lv in range(levels)],
+            [f"level {lv}" for lv in range(levels)],
+        ),
+        (
+            "R@1 per level",
+            "R@1 (%)",
+            [f"R@1_level{lv}" for lv in range(levels)],
+            [f"level {lv}" for lv in range(levels)],
+        ),
+        ("hierarchical", "%", list(REPORT_METRICS_MULTI), list(REPORT_METRICS_MULTI)),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     width = 0.8 / max(len(losses), 1)
-    for ax, metric in zip(axes, ("AP", "R@1"), strict=True):
+    for ax, (title, ylabel, keys, ticks) in zip(axes, panels, strict=True):
         for k, loss in enumerate(losses):
-            means = [
-                100 * summary[loss].get(f"{metric}_level{lv}", {}).get("mean", np.nan) for lv in range(levels)
-            ]
-            stds = [
-                100 * summary[loss].get(f"{metric}_level{lv}", {}).get("std", 0.0) for lv in range(levels)
-            ]
-            x = np.arange(levels) + (k - (len(losses) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=stds if any(stds) else None, label=loss, capsize=2)
-        ax.set_xticks(np.arange(levels), [f"level {lv}" for lv in range(levels)])
-        ax.set_ylabel(f"{metric} (%)")
+            means, errors = _bars(results, loss, keys)
+            x = np.arange(len(keys)) + (k - (len(losses) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=errors, label=loss, capsize=2)
+        ax.set_xticks(np.arange(len(keys)), ticks)
+        ax.set_ylabel(ylabel)
         ax.set_ylim(0, 100)
-        ax.set_title(f"{metric} per level")
+        ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{results['suite']}: per-level retrieval")
+    fig.suptitle(f"{results['suite']}: retrieval per level and hierarchical (95% intervals)")
     fig.tight_layout()
     _savefig(fig, Path(path))
     plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from hglv2.cli import main
@@ -36,12 +37,13 @@ def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
         assert (out / "runs" / run["loss"] / f"seed{run['seed']}" / "metrics.json").is_file()  # as README
         assert [c["step"] for c in run["curve"] if "H-AP" in c] == [0, 2, 3]
     assert results["summary"]["SupHAP"]["H-AP"]["n"] == 2
+    _check_uncertainty(out, results)
     report = (out / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| Loss"))
     for col in ("AP L0", "R@1 L0", "AP L1", "R@1 L2", "H-AP", "ASI", "NDCG", "mAP@100 L0"):
         assert col in header
     rows = [line for line in report.splitlines() if line.startswith(("| Contrastive", "| SupHAP"))]
-    assert len(rows) == 2 and all(" ± " in r for r in rows)
+    assert len(rows) == 2 and all(" [" in r for r in rows)
     for png in ("per_level.png", "learning_curve.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "b.json").read_text())["report"] == str(out / "report.md")
@@ -75,9 +77,32 @@ def test_benchmark_writes_a_complete_report(tmp_path, cli_runner):
     assert res.exit_code == 0, res.output
     seq = json.loads((tmp_path / "seq" / "results.json").read_text())
     assert seq["runs"][0]["metrics"] == results["runs"][3]["metrics"]
+    per_query = "runs/SupHAP/seed1/per_query.parquet"
+    assert (tmp_path / "seq" / per_query).read_bytes() == (out / per_query).read_bytes()
 
     res = cli_runner.invoke(main, ["benchmark", str(suite), "--out", str(out), "--losses", "Triplet"])
     assert res.exit_code == 2 and "Error: --losses: Triplet not in the suite" in res.output
+
+
+def _check_uncertainty(out, results):
+    """Per-query Parquet files whose means are the reported metrics; intervals and the pairwise
+    table in results.json and report.md."""
+    import numpy as np
+
+    from hglv2.benchmark import read_per_query
+
+    for run in results["runs"]:
+        per = read_per_query(out / run["run_dir"] / "per_query.parquet")
+        for key in ("H-AP", "AP_level0", "R@1_level1", "NDCG"):
+            assert np.nanmean(per[key]) == pytest.approx(run["metrics"][key], abs=1e-12), key
+    ci = results["intervals"]["SupHAP"]["H-AP"]
+    assert ci["mean"] == pytest.approx(results["summary"]["SupHAP"]["H-AP"]["mean"], abs=1e-12)
+    assert ci["low"] <= ci["mean"] <= ci["high"] and ci["seeds"] == 2
+    pairs = [r for r in results["pairwise"] if r["metric"] == "H-AP"]
+    assert [(r["a"], r["b"]) for r in pairs] == [("Contrastive", "SupHAP")]
+    assert {"p_value", "p_holm", "significant", "low", "high"} <= set(pairs[0])
+    report = (out / "report.md").read_text()
+    assert "## Pairwise comparisons" in report and "| H-AP | Contrastive − SupHAP |" in report
 
 
 def test_train_command(tmp_path, cli_runner):

@@ -108,6 +108,14 @@ def train(
     type=click.IntRange(min=1),
     help="runs trained in parallel processes [default: on CPU one single-threaded run per core; on CUDA 1]",
 )
+@click.option(
+    "--tune",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="first search each loss's hyper-parameters with N optuna trials on a validation split held "
+    "out of the training landmarks, then report the chosen settings (needs hglv2[tune]; resumable)",
+)
+@click.option("--tune-metric", default="H-AP", show_default=True, help="validation metric --tune maximises")
 @_common
 def benchmark(
     suite: str,
@@ -116,6 +124,8 @@ def benchmark(
     losses: str | None,
     steps: int | None,
     jobs: int | None,
+    tune: int | None,
+    tune_metric: str,
     device: str,
     sets: tuple[str, ...],
     random_init: bool,
@@ -123,9 +133,10 @@ def benchmark(
 ) -> Output:
     """Train and evaluate every loss of SUITE (default: the embedded synthetic suite, CPU).
 
-    Writes OUT/results.json, OUT/report.md and PNG plots; finished runs are reused.
+    Writes OUT/results.json, OUT/report.md and PNG plots (each metric with its 95% interval, and
+    the pairwise comparisons of the losses); finished runs are reused.
     """
-    from hglv2.benchmark import markdown_table, run_suite
+    from hglv2.benchmark import markdown_table, pairwise_table, run_suite
     from hglv2.cli import EXIT_BROKEN_PIPE
     from hglv2.config import load_config
 
@@ -138,20 +149,27 @@ def benchmark(
     loss_list = [s.strip() for s in losses.split(",") if s.strip()] if losses else None
     out_dir = Path(out or Path("runs") / "benchmark" / cfg["name"])
     printer = _RunLines()
-    results = run_suite(
-        cfg,
-        out_dir,
-        seeds=seed_list,
-        losses=loss_list,
-        device=device,
-        overrides=overrides,
-        progress=not quiet,
-        jobs=jobs,
-        say=None if quiet else printer,
-    )
+    options = {
+        "seeds": seed_list,
+        "losses": loss_list,
+        "device": device,
+        "overrides": overrides,
+        "progress": not quiet,
+        "jobs": jobs,
+        "say": None if quiet else printer,
+    }
+    if tune:
+        from hglv2.tune import tune_suite
+
+        results = tune_suite(cfg, out_dir, tune, metric=tune_metric, **options)
+    else:
+        results = run_suite(cfg, out_dir, **options)
     data = {
         "report": str(out_dir / "report.md"),
         "summary": results["summary"],
+        "intervals": results["intervals"],
+        "pairwise": results["pairwise"],
+        "tuning": results["tuning"],
         "wall_seconds": results["wall_seconds"],
     }
     if printer.closed:  # a run's line met a closed stdout: the files are written, exit 141
@@ -160,6 +178,12 @@ def benchmark(
         data=data,
         lines=[
             markdown_table(results),
+            *([pairwise_table(results)] if results["pairwise"] else []),
+            *(
+                [f"tuning: {results['tuning']['seconds_per_trial']:.1f} s per trial"]
+                if results["tuning"]
+                else []
+            ),
             f"wall time {results['wall_seconds']:.1f} s",
             f"Report: {out_dir / 'report.md'} (results.json, per_level.png, learning_curve.png)",
         ],

@@ -43,7 +43,17 @@ from hglv2.losses.hap import SupHAP
 from hglv2.losses.ndcg import SupNDCG
 from hglv2.losses.recall import SupRecall
 
-__all__ = ["LOSSES", "LossFactory", "build_loss", "loss_factory", "loss_names", "register_loss"]
+__all__ = [
+    "LOSSES",
+    "SEARCH_SPACES",
+    "LossFactory",
+    "Range",
+    "build_loss",
+    "loss_factory",
+    "loss_names",
+    "register_loss",
+    "search_space",
+]
 
 LossFactory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -187,3 +197,33 @@ for _name, _attribute in (  # baselines: adapters to pytorch-metric-learning, im
         "hglv2.losses.pml", _attribute, "pytorch-metric-learning", "pytorch_metric_learning", "pml"
     )
 del _name, _attribute
+
+
+@dataclass(frozen=True)
+class Range:
+    """A hyper-parameter's search range for ``hglv2 benchmark --tune`` (uniform in log space
+    when ``log``)."""
+
+    low: float
+    high: float
+    log: bool = True
+
+
+_LR = Range(1e-4, 1e-2)
+_STEP = {"optimizer.lr": _LR, "loss.kwargs.tau": Range(1e-3, 0.1), "loss.kwargs.rho": Range(10.0, 1000.0)}
+SEARCH_SPACES: dict[str, dict[str, Range]] = {
+    "SupAP": _STEP,
+    "SupHAP": _STEP,
+    "SupRecall": _STEP,
+    "SupNDCG": _STEP,
+    "SmoothAP": {"optimizer.lr": _LR, "loss.kwargs.tau": Range(1e-3, 0.1)},
+    "Contrastive": {"optimizer.lr": _LR, "loss.kwargs.neg_margin": Range(0.2, 1.2, log=False)},
+}
+"""Per loss: dotted config key -> :class:`Range` searched by ``hglv2 benchmark --tune`` (the
+optimizer's learning rate and the loss's own temperature / margin)."""
+
+
+def search_space(name: str) -> dict[str, Range]:
+    """The search space of loss ``name`` (:data:`SEARCH_SPACES`; the learning rate alone for a
+    loss without one)."""
+    return dict(SEARCH_SPACES.get(name, {"optimizer.lr": _LR}))
