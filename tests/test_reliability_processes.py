@@ -116,7 +116,9 @@ def test_benchmark_workers_die_with_the_benchmark(suite, tmp_path, how, expected
             os.killpg(proc.pid, signal.SIGINT)  # a terminal sends SIGINT to the whole group
         else:
             os.kill(proc.pid, getattr(signal, how))
-        rc = proc.wait(timeout=30)
+        # generous: a worker inside a numba compilation (cold cache in a fresh clone) or a busy
+        # machine delays the KeyboardInterrupt; what matters is that everything ends, with the code
+        rc = proc.wait(timeout=120)
         _assert_all_gone(kids)
     finally:
         if proc.poll() is None:
