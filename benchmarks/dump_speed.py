@@ -12,7 +12,7 @@ and CPU time are its own), on the same file:
 - ``route``: :func:`hglv2.hierarchy.dump.build_facts` (decompress, frame, decode, write Parquet)
   with ``workers`` 0 (decoding in the main process) and 1 (one decoding process).
 
-Each run is repeated (``--repeat``, 2 by default, 1 with ``--full``) and the one with the least CPU
+Each run is repeated (``--repeat``: 1 on the full dump, 2 with ``--quick``) and the one with the least CPU
 time kept: on a shared machine the others lost time to other jobs. Reported per run: MB/s of JSON
 (wall), MB of JSON per CPU-second (per core: what one core gives
 when it is not shared), CPU cores used (CPU time / wall), ratios to the floor, peak RSS, the facts
@@ -21,10 +21,10 @@ table's size per million entities, the machine's load average, and a projection 
 assuming the CPU cost per byte measured here and a linear split over cores (rapidgzip and the
 decoding processes both split by blocks).
 
-Usage: ``python benchmarks/dump_speed.py [--full] [--json results.json] [--workdir DIR]``; the
-results go to ``WORKDIR/dump_speed.json`` unless ``--json`` says where. Quick by default (a ~60 MB
-dump, a few seconds a run), ``--full`` writes ~600 MB of JSON. Generated dumps are kept in the
-work folder and reused.
+Usage: ``python benchmarks/dump_speed.py [--quick|--full] [--json results.json] [--workdir DIR]``; the
+results go to ``WORKDIR/dump_speed.json`` unless ``--json`` says where. By default (and with
+``--full``) the dump of the published figures, ~600 MB of JSON; ``--quick`` (as ``make bench``) a
+~60 MB dump, a few seconds a run. Generated dumps are kept in the work folder and reused.
 """
 
 from __future__ import annotations
@@ -274,7 +274,8 @@ def summarize(res: dict[str, dict], real_json_tb: float) -> dict[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--full", action="store_true", help="~600 MB of JSON instead of ~60 MB")
+    ap.add_argument("--full", action="store_true", help="the ~600 MB dump of the figures (the default)")
+    ap.add_argument("--quick", action="store_true", help="a ~60 MB dump, a few seconds a run (`make bench`)")
     ap.add_argument("--threads", type=int, default=2, help="decompression threads (default 2)")
     ap.add_argument(
         "--repeat", type=int, default=None, help="runs of each (best kept) [default: 2, --full 1]"
@@ -289,10 +290,11 @@ def main() -> None:
         _child(mode, path, int(threads), int(workers))
         return
     t0 = time.perf_counter()
-    dumps = generate(args.workdir, 600 if args.full else 60)
+    full = args.full or not args.quick
+    dumps = generate(args.workdir, 600 if full else 60)
     gen_s = time.perf_counter() - t0
     load_before = os.getloadavg()
-    repeat = args.repeat or (1 if args.full else 2)
+    repeat = args.repeat or (1 if full else 2)
     res = summarize(runs(dumps, args.threads, repeat), args.real_json_tb)
     load_after = os.getloadavg()
     payload = {
