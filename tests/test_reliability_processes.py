@@ -70,9 +70,18 @@ def _start(suite: Path, out: Path) -> subprocess.Popen:
         env=env,
         cwd=out.parent,
         start_new_session=True,  # its own process group: killpg reaches it, not pytest
+        preexec_fn=_as_from_a_shell,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def _as_from_a_shell() -> None:
+    """The signal state a shell gives a command: default dispositions, nothing blocked (an ignored
+    or blocked SIGINT would otherwise be inherited from whatever state the test process is in)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _wait_training(proc: subprocess.Popen, out: Path, timeout: float = 240.0) -> set[int]:
