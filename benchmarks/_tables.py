@@ -6,8 +6,13 @@ from ``benchmarks/results/*.json`` (:mod:`_results`), including the conditions o
 (load before/after, threads, CPU). ``--check`` only reports tables that differ from their files
 (exit 1), so a stale table can be caught. Figures are never typed by hand.
 
-Usage: ``python benchmarks/_tables.py [--check] [--results DIR] [FILES...]`` (default file:
-docs/performance.md).
+``--compare DIR`` checks that the figures reproduce: for every results file present in both
+``--results`` and ``DIR``, each timing's and ratio's median in one is set against the other's
+(relative difference, ``|b - a| / a``), and the figures differing by more than ``--tolerance``
+(default 20%) are listed; exit 1 when any does.
+
+Usage: ``python benchmarks/_tables.py [--check] [--results DIR] [--compare DIR [--tolerance F]]
+[FILES...]`` (default file: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -172,12 +177,42 @@ def render(text: str, results: Path) -> str:
     return MARKER.sub(sub, text)
 
 
+def compare(first: Path, second: Path, tolerance: float) -> int:
+    """Print each median of the results files found in both folders, side by side; 1 when some
+    figure differs by more than ``tolerance`` (relative to the first folder's)."""
+    names = sorted({p.name for p in first.glob("*.json")} & {p.name for p in second.glob("*.json")})
+    if not names:
+        print(f"no results file in both {first} and {second}")
+        return 1
+    off = []
+    for name in names:
+        a = json.loads((first / name).read_text())
+        b = json.loads((second / name).read_text())
+        print(f"{name}: load {_load_str(a)} / {_load_str(b)}")
+        for fig, ea in a["figures"].items():
+            eb = b["figures"].get(fig)
+            if not (isinstance(ea, dict) and isinstance(eb, dict) and "median" in ea and "median" in eb):
+                continue
+            rel = abs(eb["median"] - ea["median"]) / abs(ea["median"]) if ea["median"] else float("inf")
+            flag = " <-- over" if rel > tolerance else ""
+            print(f"  {fig:32s} {ea['median']:12.4g} {eb['median']:12.4g} {rel:7.1%}{flag}")
+            if flag:
+                off.append(f"{name}:{fig}")
+    listed = ": " + ", ".join(off) if off else ""
+    print(f"{len(off)} figure(s) differ by more than {tolerance:.0%}{listed}")
+    return 1 if off else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", default=[str(ROOT / "docs" / "performance.md")])
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--check", action="store_true", help="report stale tables, change nothing")
+    ap.add_argument("--compare", metavar="DIR", help="compare the medians with another results folder")
+    ap.add_argument("--tolerance", type=float, default=0.2, help="relative difference allowed by --compare")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(Path(args.results), Path(args.compare), args.tolerance)
     stale = []
     for name in args.files:
         path = Path(name)

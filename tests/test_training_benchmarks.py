@@ -47,3 +47,25 @@ def test_docs_performance_tables_match_the_results_files(tmp_path):
         for fig in res["figures"].values():
             if isinstance(fig, dict) and "samples" in fig:
                 assert fig["min"] <= fig["median"] <= fig["max"] and fig["n"] == len(fig["samples"]), path
+
+
+def test_tables_compare_flags_figures_that_do_not_reproduce(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _tables
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def results(folder: Path, a: float, b: float) -> Path:
+        folder.mkdir()
+        fig = {"x.time": {"min": a, "median": a, "max": a}, "x.ratio": {"min": b, "median": b, "max": b}}
+        doc = {"load_before": [0.5, 0, 0], "load_after": [0.7, 0, 0], "figures": {**fig, "entities": 3}}
+        (folder / "x_speed.json").write_text(json.dumps(doc))
+        return folder
+
+    first = results(tmp_path / "a", 1.0, 2.0)
+    assert _tables.main(["--results", str(first), "--compare", str(results(tmp_path / "b", 1.19, 1.7))]) == 0
+    assert _tables.main(["--results", str(first), "--compare", str(results(tmp_path / "c", 1.25, 2.0))]) == 1
+    out = capsys.readouterr().out
+    assert "x.time" in out and "25.0% <-- over" in out and "1 figure(s) differ by more than 20%" in out
+    assert _tables.main(["--results", str(first), "--compare", str(tmp_path / "none")]) == 1
