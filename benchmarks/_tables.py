@@ -79,6 +79,8 @@ def metrics_table(results: Path) -> list[str]:
         for r in (_load(results, s) for s in ("metrics_speed_Q1000_N100000", "metrics_speed_Q200_N500000"))
         if r
     ]
+    if not runs:
+        return []
     lines = [
         "| size | full ranking, 30 metrics / (matmul + key sort) | top-k mode / faiss `IndexFlatIP` search "
         "| top-k mode: s, faiss search: s | pytorch-metric-learning / top-k mode (same k) | command |",
@@ -115,6 +117,32 @@ def losses_table(results: Path) -> list[str]:
     return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
 
 
+def loss_ratios_table(results: Path) -> list[str]:
+    r = _load(results, "losses_speed_ratios")
+    if r is None:
+        return []
+    f = r["figures"]
+    lines = [
+        "| B = N | SupAP s/step, peak MB | SupHAP s/step, peak MB (/ SupAP) "
+        "| SupNDCG s/step, peak MB (/ SupAP) |",
+        "|---|---|---|---|",
+    ]
+    for impl, name in (("hglv2", "kernels"), ("torch", "torch path")):
+        for b in (256, 1024, 4096):
+            key = f"ratios.{impl}.{b}"
+            if f"{key}.SupAP" not in f:
+                continue
+            cells = []
+            for loss in ("SupAP", "SupHAP", "SupNDCG"):
+                t = f[f"{key}.{loss}"]
+                cell = f"{_s(t, 3)}, {t['peak_mb']:.0f} MB"
+                if loss != "SupAP":
+                    cell += f" ({_x(f[f'{key}.{loss}.over_SupAP'])})"
+                cells.append(cell)
+            lines.append(f"| {b:,}, {name} | " + " | ".join(cells) + " |")
+    return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
+
+
 def images_table(results: Path) -> list[str]:
     r = _load(results, "prepare_images")
     if r is None:
@@ -134,8 +162,43 @@ def images_table(results: Path) -> list[str]:
         f"| projection: 4,132,914 train images at the best shard-loop rate "
         f"| {f['projection_core_hours']:.0f} core-hours | |",
     ]
+    lines += _images_extra_rows(f)
     src = f"{a['images']} generated {a['size']} JPEGs, {a['per_shard']} per shard"
     return [*lines, "", f"{src}. Command: {command(r)}.", "", conditions([r])]
+
+
+def _images_extra_rows(f: dict) -> list[str]:
+    """The single-run figures of the image benchmark: workers, output size, draft mode, loader."""
+    rows = []
+    if "jobs" in f:
+        j = f["jobs"]
+        same = "bytes identical to `--jobs 1`" if j["identical"] else "bytes DIFFER from `--jobs 1`"
+        rows.append(
+            f"| `prepare_images --jobs {j['jobs']}`, whole call (worker start-up included) "
+            f"| {j['images_per_s']:.1f} "
+            f"| {j['images_per_s'] / f['jobs1_images_per_s']:.2f}x `--jobs 1`; {same} |"
+        )
+    if "output" in f:
+        o = f["output"]
+        rows.append(
+            f"| output size | {o['kb_per_image']:.0f} KB per image "
+            f"| {o['of_source']:.2f} of the source bytes |"
+        )
+    if "draft" in f:
+        d = f["draft"]
+        rows.append(
+            f"| `resize_image` on {d['size']} sources (JPEG draft mode: libjpeg decodes at 1/2) "
+            "vs a full decode "
+            f"| {d['ours']:.1f} vs {d['full_decode']:.1f} | {d['ours'] / d['full_decode']:.2f}x |"
+        )
+    if "loader" in f:
+        ld = f["loader"]
+        rows.append(
+            f"| training data loader (RandomResizedCrop 224 + flip + normalise, batch 64, {ld['workers']} "
+            f"workers): {ld['size']} shards vs prepared | {ld['official']:.1f} vs {ld['prepared']:.1f} "
+            f"| {ld['prepared'] / ld['official']:.2f}x |"
+        )
+    return rows
 
 
 def _rate(entry: dict) -> str:
@@ -162,6 +225,7 @@ def export_table(results: Path) -> list[str]:
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "metrics": metrics_table,
     "losses": losses_table,
+    "loss-ratios": loss_ratios_table,
     "images": images_table,
     "export": export_table,
 }

@@ -13,7 +13,9 @@ Run (not part of CI):  OMP_NUM_THREADS=2 python benchmarks/losses_speed.py [--ta
 ``--ratios`` measures SupAP, SupHAP and SupNDCG side by side at B = 256, 1024, 4096 (forward +
 backward, fresh subprocess each, time and peak RSS growth) with the compiled CPU kernels ("hglv2")
 and with the chunked torch path ("torch": the path CUDA tensors take; at
-B = 4096 only with ``--full``, minutes per step), and prints SupHAP/SupAP and SupNDCG/SupAP.
+B = 4096 only with ``--full``, minutes per step), the three losses alternating over ``--repeat``
+repetitions, and writes SupHAP/SupAP and SupNDCG/SupAP per repetition to its own results file
+(``losses_speed_ratios.json``).
 
 Peak memory is the growth of the peak resident set size (VmHWM, reset just before) of a fresh
 subprocess during one forward + backward pass. The largest batch that fits in 8 GB is extrapolated
@@ -214,25 +216,35 @@ def thread_check(procs: int = 4) -> None:
             )
 
 
-def ratios(th: int, full: bool) -> None:
-    """SupAP vs SupHAP vs SupNDCG (kernels, and the torch path), fwd + bwd, one run."""
-    print("\n== forward + backward, B = N, D = 512, L = 3; median of 3 steps (1 at B = 4096, torch B = 1024)")
-    print(f"{'impl':6} {'B':>5} {'loss':8} {'s/step':>9} {'peak MB':>9} {'/ SupAP':>8}")
+RATIO_LOSSES = ("SupAP", "SupHAP", "SupNDCG")
+
+
+def ratios(th: int, full: bool, repeat: int, out: _results.Results) -> None:
+    """SupAP vs SupHAP vs SupNDCG (kernels, and the torch path), forward + backward: at each B the
+    three losses run in turn in fresh subprocesses, ``repeat`` times, and each loss's cost relative
+    to SupAP is taken repetition by repetition."""
+    print(f"\n== forward + backward, B = N, D = 512, L = 3; {repeat} alternating repetitions, each the")
+    print("   median of 3 steps (1 at B = 4096 and for the torch path at B = 1024); min / median")
+    print(f"{'impl':6} {'B':>5} {'loss':8} {'s/step':>15} {'peak MB':>9} {'/ SupAP':>15}")
     for impl in ("hglv2", "torch"):
         for B in (256, 1024, 4096):
             if impl == "torch" and B == 4096 and not full:
                 continue
-            rep = "3" if B < 1024 or (B == 1024 and impl == "hglv2") else "1"
-            base = None
-            for loss in ("SupAP", "SupHAP", "SupNDCG"):
-                r = child([impl, loss, str(B), rep], th)
-                base = base or r["time_s"]
+            steps = "3" if B < 1024 or (B == 1024 and impl == "hglv2") else "1"
+            runs: dict[str, list[dict]] = {loss: [] for loss in RATIO_LOSSES}
+            for _ in range(repeat):
+                for loss in RATIO_LOSSES:
+                    runs[loss].append(child([impl, loss, str(B), steps], th))
+            base = [r["time_s"] for r in runs["SupAP"]]
+            for loss, rs in runs.items():
+                peak = max(r["peak_mb"] for r in rs)
+                t = out.timing(f"ratios.{impl}.{B}.{loss}", [r["time_s"] for r in rs], peak_mb=peak)
+                rel = out.ratio(f"ratios.{impl}.{B}.{loss}.over_SupAP", [r["time_s"] for r in rs], base)
                 print(
-                    f"{impl:6} {B:5d} {loss:8} {r['time_s']:9.3f} {r['peak_mb']:9.1f} "
-                    f"{r['time_s'] / base:7.2f}x",
+                    f"{impl:6} {B:5d} {loss:8} {t['min']:7.3f} {t['median']:7.3f} {peak:9.1f} "
+                    f"{rel['min']:6.2f} {rel['median']:6.2f}x",
                     flush=True,
                 )
-    print(f"\nload after: {os.getloadavg()}")
 
 
 def _compare_at_256(loss: str, th: int, repeat: int, out: _results.Results) -> None:
@@ -282,7 +294,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {th} thread(s), {os.cpu_count()} CPUs, load {os.getloadavg()}")
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     if a.ratios:
-        ratios(th, a.full)
+        out = _results.Results(__file__, {"threads": th, "repeat": a.repeat, "full": a.full}, threads=th)
+        ratios(th, a.full, a.repeat, out)
+        out.write(a.results or _results.default_path(__file__, "_ratios", a.quick))
         return
     if a.thread_check:
         thread_check()

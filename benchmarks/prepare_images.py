@@ -240,6 +240,11 @@ def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[
     per_core = n_img / min(loop_s)
     peer = n_img / min(peer_s)
     out.value("projection_core_hours", 4_132_914 / per_core / 3600)
+    out.value("jobs", {"jobs": args.jobs, "images_per_s": par["images_per_s"], "identical": same})
+    out.value("jobs1_images_per_s", one["images_per_s"])
+    out.value(
+        "output", {"kb_per_image": one["bytes_out"] / len(ids) / 1e3, "of_source": one["bytes_out"] / nbytes}
+    )
     print(f"  plain PIL loop, no draft (peer)    {peer:8.1f} images/s per core (best round)")
     print(
         f"  hglv2 prepare-images --jobs 1      {per_core:8.1f} images/s per core in the shard loop; "
@@ -260,13 +265,14 @@ def _section_prepare(args, work: Path, ids: list[str], nbytes: int, size: tuple[
         f"{4_132_914 / per_core / 3600:.1f} core-hours"
     )
     d_peer, d_ours = draft_effect(size, args.max_side, args.quality)
+    out.value("draft", {"size": f"{2 * size[0]}x{2 * size[1]}", "full_decode": d_peer, "ours": d_ours})
     print(
         f"  draft mode on {2 * size[0]}x{2 * size[1]} sources (libjpeg decodes at 1/2): resize_image "
         f"{d_ours:.1f} vs full decode {d_peer:.1f} images/s per core, ratio {d_ours / d_peer:.2f}x"
     )
 
 
-def _section_loader(args, work: Path, ids: list[str], size: tuple[int, ...]) -> None:
+def _section_loader(args, work: Path, ids: list[str], size: tuple[int, ...], out) -> None:
     """2. the training data loader over the official-sized shards and over the prepared ones."""
     import pyarrow as pa
 
@@ -290,6 +296,7 @@ def _section_loader(args, work: Path, ids: list[str], size: tuple[int, ...]) -> 
     best = loader_throughput(
         work / "split.parquet", {"official": work / "train", "prepared": work / "p1"}, args.workers
     )
+    out.value("loader", {**best, "workers": args.workers, "size": f"{size[0]}x{size[1]}"})
     print(f"  official-sized shards ({size[0]}x{size[1]})    {best['official']:8.1f} images/s")
     print(
         f"  prepared shards (max side {args.max_side})   {best['prepared']:8.1f} images/s   "
@@ -328,9 +335,9 @@ def main() -> None:
         )
         out = _results.Results(__file__, args, threads=1)
         _section_prepare(args, work, ids, nbytes, size, out)
-        out.write(args.results or _results.default_path(__file__, "", args.quick))
         if not args.skip_loader:
-            _section_loader(args, work, ids, size)
+            _section_loader(args, work, ids, size, out)
+        out.write(args.results or _results.default_path(__file__, "", args.quick))
         print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

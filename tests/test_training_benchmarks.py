@@ -69,3 +69,5 @@ def test_tables_compare_flags_figures_that_do_not_reproduce(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "x.time" in out and "25.0% <-- over" in out and "1 figure(s) differ by more than 20%" in out
     assert _tables.main(["--results", str(first), "--compare", str(tmp_path / "none")]) == 1
+    # a folder without the results files leaves every table as it is
+    assert _tables.main(["--results", str(tmp_path / "none"), "--check"]) == 0
