@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import torch
+from _results import sync
 
 from hglv2.losses import SupAP, SupHAP, SupNDCG
 
@@ -29,11 +30,6 @@ def make_inputs(b: int, dim: int = 512, per_class: int = 4, seed: int = 0):
     return emb[perm].contiguous(), labels[perm].contiguous()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _step(name: str, emb: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
     x = emb.clone().requires_grad_(True)
     value = LOSSES[name]()(x, labels)
@@ -46,14 +42,14 @@ def measure(name: str, b: int, device: torch.device) -> dict[str, Any]:
     emb, labels = make_inputs(b)
     emb, labels = emb.to(device), labels.to(device)
     _step(name, emb[:64], labels[:64])  # warm-up (kernels, allocator)
-    _sync(device)
+    sync(device)
     base = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     value, _ = _step(name, emb, labels)
-    _sync(device)
+    sync(device)
     wall = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
     return {"loss": name, "B": b, "wall_s": round(wall, 4),

@@ -12,12 +12,7 @@ import os
 import time
 from typing import Any
 
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from _results import sync
 
 
 def _peak_gb(device: str) -> float | None:
@@ -90,10 +85,10 @@ def check_metrics(
 
     for mode, kw in (("full", {}), ("top_k_mode", {"top_k": top_k})):
         _reset_peak(device)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         res = evaluate(q, ql, g, gl, recall_at=ks, device=device, **kw)
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - t0
         out[mode] = {
             "wall_s": round(wall, 2),
@@ -112,7 +107,7 @@ def check_metrics(
         t_cpu = time.perf_counter() - t0
         t0 = time.perf_counter()
         dev = evaluate(q[:s], ql[:s], g, gl, recall_at=ks, reduce=False, device=device, **kw)
-        _sync(device)
+        sync(device)
         t_dev = time.perf_counter() - t0
         out[mode]["subset"] = {"queries": s, "cpu_s": round(t_cpu, 2), "device_s": round(t_dev, 2)}
         out[mode]["subset"].update(_compare(cpu, dev))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _results import sync
 
 from hglv2.config import load_config
 from hglv2.losses import build_loss
@@ -110,11 +111,6 @@ class Step:
         return float(loss.detach())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def throughput(
     cfg: dict, model_kw: dict, device: torch.device, b: int, size: int, steps: int, chunk: int, amp: bool
 ) -> dict:
@@ -129,10 +125,10 @@ def throughput(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     for k in range(3 + steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         losses.append(step(images, labels, chunk))
-        _sync(device)
+        sync(device)
         if k >= 3:
             times.append(time.perf_counter() - t0)
     res = {
@@ -164,10 +160,10 @@ def loss_time(cfg: dict, model_kw: dict, device: torch.device, b: int, repeats: 
     for _ in range(repeats + 1):
         emb = torch.nn.functional.normalize(torch.randn(b, model_kw["embedding_dim"], device=device), dim=1)
         emb.requires_grad_(True)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         step.loss(emb, labels).backward()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     res = {"batch_size": b, "loss_fwd_bwd_s_median": round(float(np.median(times[1:])), 4)}
     if device.type == "cuda":

@@ -152,6 +152,16 @@ class Results:
         return path
 
 
+def sync(device: Any) -> None:
+    """Wait for the work queued on ``device`` (a torch device or its name) so that a clock read next
+    times it: ``torch.cuda.synchronize`` on a CUDA device, nothing on the CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def default_path(script: str, suffix: str = "", quick: bool = False) -> Path:
     folder = RESULTS_DIR / "quick" if quick else RESULTS_DIR
     return folder / f"{Path(script).stem}{suffix}.json"

@@ -50,6 +50,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from _results import sync  # noqa: E402
+
 from hglv2.config import load_config  # noqa: E402
 from hglv2.fileio import write_json  # noqa: E402
 from hglv2.losses.registry import build_loss  # noqa: E402
@@ -172,11 +174,6 @@ class Bare:
         self.sched.step()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_bare(cfg: dict, root: Path, steps: int, workers: int, device: torch.device) -> float:
     """Images/s of the bare loop over ``steps`` steps."""
     d = cfg["data"]
@@ -205,7 +202,7 @@ def run_bare(cfg: dict, root: Path, steps: int, workers: int, device: torch.devi
                 break
         if done >= steps:
             break
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - t0
     del loader
     return seen / elapsed
@@ -231,7 +228,7 @@ def run_floor(cfg: dict, root: Path, steps: int, device: torch.device) -> float:
         images, lab = batches[k % len(batches)]
         bare.step(images, lab)
         seen += len(images)
-    _sync(device)
+    sync(device)
     return seen / (time.perf_counter() - t0)
 
 
@@ -242,7 +239,7 @@ def run_harness(cfg: dict, steps: int, workers: int, device: torch.device) -> fl
     with tempfile.TemporaryDirectory(prefix="train_speed_") as out:
         trainer = Trainer(cfg, out, device=str(device), resume=False, progress=False, max_steps=steps)
         trainer.fit()
-        _sync(device)
+        sync(device)
         return float(trainer.images_per_s)
 
 

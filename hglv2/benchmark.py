@@ -43,7 +43,6 @@ import torch
 
 from hglv2.config import DEFAULTS, apply_overrides, config_digest, load_config, validate_config
 from hglv2.errors import InputError
-from hglv2.evaluation.embed import embed_images
 from hglv2.fileio import (
     atomic_open,
     atomic_path,
@@ -55,7 +54,7 @@ from hglv2.fileio import (
 )
 from hglv2.models import resolve_device
 from hglv2.stats import DEFAULT_RESAMPLES, bootstrap_interval, holm, paired_test
-from hglv2.train.data import build_dataset, prepare_data
+from hglv2.train.data import prepare_data
 from hglv2.train.trainer import Trainer
 
 REPORT_METRICS_MULTI = ("H-AP", "ASI", "NDCG")
@@ -230,7 +229,8 @@ def _train_run(
 
 
 def per_query_table(trainer: Trainer) -> Any:
-    """The final model's per-query metrics on each evaluation set, as an Arrow table.
+    """The per-query metrics of the trainer's last evaluation (the final model's, after
+    :meth:`~hglv2.train.trainer.Trainer.fit`) on each evaluation set, as an Arrow table.
 
     Columns: ``test_set`` (the name of a ``data.test_sets`` entry; empty for the single
     evaluation split), ``query`` (row of the query split) and one float64 column per metric of
@@ -239,9 +239,11 @@ def per_query_table(trainer: Trainer) -> Any:
     """
     import pyarrow as pa
 
+    if trainer.last_per_query is None:
+        raise RuntimeError("per_query_table: the trainer has not evaluated a model yet")
     parts = []
     for ts in trainer.test_sets():
-        per = _per_query_set(trainer, ts)
+        per = trainer.last_per_query[ts["name"]]
         n = len(next(iter(per.values())))
         parts.append({"test_set": [ts["name"] or ""] * n, "query": np.arange(n, dtype=np.int64), **per})
     keys = sorted(set().union(*(set(p) for p in parts)) - {"test_set", "query"})
@@ -253,49 +255,6 @@ def per_query_table(trainer: Trainer) -> Any:
         cols = [np.asarray(p.get(key, np.full(len(p["query"]), np.nan)), np.float64) for p in parts]
         columns[key] = pa.array(np.concatenate(cols), pa.float64())
     return pa.table(columns)
-
-
-def _per_query_set(trainer: Trainer, ts: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Per-query metric arrays of one evaluation set, ranked exactly as the trainer's final
-    evaluation ranks them (a query's own copy in a ``data.test_sets`` gallery left out)."""
-    from hglv2.evaluation.protocols import copies_in_gallery, split_paths
-    from hglv2.metrics import evaluate
-
-    cfg = trainer.cfg
-    d, t = cfg["data"], cfg["train"]
-
-    def embed(split: str) -> tuple[np.ndarray, np.ndarray]:
-        ds = build_dataset(cfg, trainer.root, split, train=False, levels=ts["levels"])
-        return embed_images(
-            trainer.model,
-            ds,
-            batch_size=t["eval_batch_size"],
-            device=trainer.device,
-            num_workers=d["num_workers"],
-            amp=trainer.amp,
-            progress=False,
-            channels_last=trainer.device.type == "cuda",
-            check_finite=False,
-            with_labels=True,
-        )
-
-    opts = {"recall_at": tuple(t["recall_at"]), "reduce": False}
-    qe, ql = embed(ts["query"])
-    if not ts["index"]:
-        per = evaluate(qe, ql, **opts)
-    else:
-        ge, gl = embed(ts["index"])
-        copy = np.full(len(qe), -1)
-        if d["test_sets"]:
-            ds = build_dataset(cfg, trainer.root, ts["query"], train=False, levels=ts["levels"] or ["level0"])
-            if not ds.shards and ds.image_root is not None:
-                paths = split_paths(trainer.root, ts["query"]), split_paths(trainer.root, ts["index"])
-                copy = copies_in_gallery(ds.image_root, *paths)
-        if len(copy) and (copy >= 0).all():  # each query ranked from its copy, the copy left out
-            per = {k: np.asarray(v)[copy] for k, v in evaluate(ge, gl, **opts).items()}
-        else:
-            per = evaluate(qe, ql, ge, gl, **opts)
-    return {k: np.asarray(v, np.float64) for k, v in per.items() if not k.startswith("n_")}
 
 
 def read_per_query(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

@@ -55,18 +55,30 @@ def _default_transform(img: Image.Image) -> torch.Tensor:
     return arr.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
+def _shard_key(cache: Path, shard: Path) -> str:
+    """How a tar index in ``cache`` names ``shard``: its resolved path relative to the index's
+    folder (the file name for a shard beside it), or the resolved absolute path for one elsewhere.
+    """
+    shard, folder = shard.resolve(), cache.parent.resolve()
+    return shard.relative_to(folder).as_posix() if shard.is_relative_to(folder) else str(shard)
+
+
 def _read_tar_index(cache: Path, shards: Sequence[Path]) -> dict[str, tuple[int, int, int]] | None:
     """The tar index in ``cache`` if it still describes ``shards``, else None.
 
-    It does while every shard it names is among ``shards``, is no longer than the end of its last
-    indexed member, and was not modified after the index was written.
+    Its ``shard`` column is read as in :func:`_shard_key`, so two folders' same-named shards are
+    told apart. It still describes ``shards`` while every shard it names is among them, is no
+    longer than the end of its last indexed member, and was not modified after the index was
+    written.
     """
     try:
         written = cache.stat().st_mtime_ns
         t = pq.read_table(cache, columns=list(TAR_INDEX_SCHEMA.names))
     except (OSError, KeyError, ValueError, pa.ArrowException):
         return None
-    pos = {p.name: k for k, p in enumerate(shards)}
+    pos: dict[str, int] = {}
+    for k, p in enumerate(shards):
+        pos.setdefault(_shard_key(cache, p), k)
     ids, names = t["id"].to_pylist(), t["shard"].to_pylist()
     offsets, sizes = t["offset"].to_pylist(), t["size"].to_pylist()
     ends: dict[str, int] = {}
@@ -109,7 +121,10 @@ def index_tar_shards(
     ``cache``, a Parquet tar index (:data:`hglv2.reencode.TAR_INDEX_SCHEMA`: the ``index.parquet``
     of a folder written by ``hglv2 prepare-images``, or a file this function wrote), the index is
     read from it while it still describes the shards, and otherwise built and written there
-    (atomically), so scanning the headers of hundreds of shards happens once.
+    (atomically), so scanning the headers of hundreds of shards happens once. The cache names each
+    shard by its resolved path (relative to the cache's folder where the shard lies under it), so
+    same-named shards of different folders (``train/images_000.tar``, ``index/images_000.tar``)
+    never share entries.
     """
     shards = [Path(p) for p in shards]
     if cache is not None and Path(cache).is_file():
@@ -119,7 +134,8 @@ def index_tar_shards(
     index = _scan_tar_shards(shards)
     if cache is not None:
         vals = list(index.values())
-        columns = [list(index), [shards[v[0]].name for v in vals], [v[1] for v in vals], [v[2] for v in vals]]
+        keys = [_shard_key(Path(cache), p) for p in shards]
+        columns = [list(index), [keys[v[0]] for v in vals], [v[1] for v in vals], [v[2] for v in vals]]
         write_parquet(pa.table(columns, schema=TAR_INDEX_SCHEMA), cache, use_dictionary=["shard"])
     return index
 

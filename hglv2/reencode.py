@@ -74,7 +74,8 @@ IMAGE_BLOCKS = 16
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: The tar index: where each image's bytes lie in its shard (``id`` = member file stem, ``shard`` =
-#: tar file name, ``offset`` of the member's data, its ``size``). ``index.parquet`` holds these
+#: tar file path relative to the index's folder, i.e. the file name for ``index.parquet`` beside
+#: its shards, ``offset`` of the member's data, its ``size``). ``index.parquet`` holds these
 #: columns (with the image sizes of :data:`INDEX_SCHEMA` beside them);
 #: :func:`hglv2.dataset.index_tar_shards` reads it and writes its own cache in this format.
 TAR_INDEX_SCHEMA = pa.schema(

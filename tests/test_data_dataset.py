@@ -313,3 +313,33 @@ def test_tar_index_cache_is_reused_and_refreshed(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     assert "0000000000000abc" in pq.read_table(cache)["id"].to_pylist()
+
+
+def _tar(path, ids, seeds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for i, k in zip(ids, seeds, strict=True):
+            data = _jpeg(k)
+            info = tarfile.TarInfo(image_relpath(i))
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def test_tar_index_cache_tells_same_named_shards_of_two_folders_apart(tmp_path):
+    split, ids, _ = _split(tmp_path)
+    _tar(tmp_path / "train" / "images_000.tar", ids[:4], range(4))
+    _tar(tmp_path / "index" / "images_000.tar", ids[4:], range(4, 12))  # longer than train's shard
+    cache = tmp_path / "tar_index.parquet"
+    train = HGLDv2Dataset(split, tmp_path / "train", tar_index=cache, on_error="skip")
+    assert train[0]["id"] == ids[0] and train[5] is None
+    index = HGLDv2Dataset(split, tmp_path / "index", tar_index=cache, on_error="skip")
+    assert index[0] is None
+    fresh = HGLDv2Dataset(split, tmp_path / "index", on_error="skip")
+    assert torch.equal(index[5]["image"], fresh[5]["image"])
+    # one dataset over both folders' shards: a reread cache keeps each member in its own shard
+    both = [tmp_path / "train" / "images_000.tar", tmp_path / "index" / "images_000.tar"]
+    cache2 = tmp_path / "both.parquet"
+    first = HGLDv2Dataset(split, both, tar_index=cache2)
+    again = HGLDv2Dataset(split, both, tar_index=cache2)
+    for k in (0, 3, 4, 11):
+        assert torch.equal(again[k]["image"], first[k]["image"]), k

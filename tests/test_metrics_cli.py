@@ -37,6 +37,38 @@ def test_example_prints_table_and_json(cli_runner, tmp_path):
     assert hier["n_queries"] == 240
 
 
+def test_evaluate_announces_its_json_file_after_the_table(cli_runner, tmp_path):
+    out = tmp_path / "ex.json"
+    res = cli_runner.invoke(main, ["evaluate", "--example", "--json", str(out)])
+    plain = cli_runner.invoke(main, ["evaluate", "--example"])
+    assert res.exit_code == plain.exit_code == 0, res.output
+    assert res.output == plain.output + f"wrote {out}\n"
+
+
+def test_json_option_writes_the_output_data_and_announces_it_only_when_asked(tmp_path):
+    import click
+
+    from hglv2.cli._options import Output, json_option, write_json_output
+
+    def command(announce):
+        @click.command()
+        @json_option(announce=announce)
+        def cmd():
+            return Output({"x": float("nan")}, ["table"])
+
+        return cmd
+
+    for announce in (True, False):
+        path = tmp_path / f"{announce}.json"
+        cmd = command(announce)
+        with cmd.make_context("cmd", ["--json", str(path)]) as ctx:
+            after = write_json_output(ctx, cmd.invoke(ctx))
+        assert after == ([f"wrote {path}"] if announce else [])
+        assert json.loads(path.read_text()) == {"x": None}
+        with cmd.make_context("cmd", []) as ctx:
+            assert write_json_output(ctx, cmd.invoke(ctx)) == []
+
+
 def test_npy_files_table_and_json(cli_runner, case):
     tmp, emb, lab = case
     out = tmp / "out" / "res.json"

@@ -149,3 +149,31 @@ def test_plan_jobs(monkeypatch):
     assert plan_jobs(1, "cpu") == (1, None)
     assert plan_jobs(8, "cpu", jobs=1) == (1, None)
     assert plan_jobs(8, "cuda") == (1, None)
+
+
+def test_a_run_embeds_its_evaluation_splits_once_for_metrics_and_per_query(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from hglv2.benchmark import run_suite
+    from hglv2.train.trainer import Trainer
+
+    losses = {"Contrastive": {"name": "Contrastive"}}
+    suite = write_tiny_suite(tmp_path / "s.yaml", tmp_path / "data", losses=losses)
+    embedded = []
+    build = Trainer._build_model
+
+    def count_eval_images(module, args, out):
+        if not module.training:
+            embedded.append(len(args[0]))
+
+    def counting(self):
+        build(self)
+        self.model.register_forward_hook(count_eval_images)
+
+    monkeypatch.setattr(Trainer, "_build_model", counting)
+    run_suite(suite, tmp_path / "out", progress=False, jobs=1)
+    n_query = pq.read_metadata(tmp_path / "data" / "query.parquet").num_rows
+    n_index = pq.read_metadata(tmp_path / "data" / "index.parquet").num_rows
+    assert sum(embedded) == n_query + n_index  # the final evaluation only (eval_every 0)
+    per_query = pq.read_table(tmp_path / "out" / "runs" / "Contrastive" / "seed0" / "per_query.parquet")
+    assert per_query.num_rows == n_query

@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from hglv2 import __version__
-from hglv2.cli._options import JSON_META_KEY, Output
+from hglv2.cli._options import Output, write_json_output
 from hglv2.errors import InputError, NetworkError
 
 # subcommand name -> "module:attribute"; each stage owns its module.
@@ -128,12 +128,8 @@ class _BrokenPipe(Exception):
 
 def _emit(ctx: click.Context, out: Output) -> int:
     """Write a command's ``--json`` file (first: a closed stdout must not lose it), then print."""
-    json_path = ctx.meta.get(JSON_META_KEY)
-    if json_path is not None and out.data is not None:
-        from hglv2.fileio import finite_or_none, write_json  # pyarrow: not for --help
-
-        write_json(json_path, finite_or_none(out.data))
-    for line in out.lines:
+    after = write_json_output(ctx, out)
+    for line in [*out.lines, *after]:
         click.echo(line)
     if out.error is not None:
         raise InputError(out.error)

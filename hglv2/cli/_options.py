@@ -126,9 +126,11 @@ class Output:
     """What a command returns: ``data`` for ``--json`` and the ``lines`` it prints.
 
     :class:`hglv2.cli._LazyGroup` writes ``data`` to the ``--json`` path first (non-finite floats
-    as ``null``, atomically), then prints ``lines``: a closed stdout (``| head``) cannot lose the
-    file. ``exit_code`` is the command's exit status. ``error``: the command failed after computing
-    ``data``; it ends, after the file and the lines, with this ``Error:`` line (exit code 2).
+    as ``null``, atomically; :func:`write_json_output`), then prints ``lines`` (and ``wrote PATH``
+    for a command whose :func:`json_option` announces its file): a closed stdout (``| head``)
+    cannot lose the file. ``exit_code`` is the command's exit status. ``error``: the command failed
+    after computing ``data``; it ends, after the file and the lines, with this ``Error:`` line
+    (exit code 2).
     """
 
     data: Any = None
@@ -137,19 +139,42 @@ class Output:
     error: str | None = None
 
 
-def json_option(help: str = "Also write the results here as JSON.") -> Callable:
+@dataclass(frozen=True)
+class _JsonTarget:
+    """Where ``--json`` writes, and whether the command then prints ``wrote PATH``."""
+
+    path: Path
+    announce: bool
+
+
+def json_option(help: str = "Also write the results as JSON.", announce: bool = False) -> Callable:
     """The ``--json PATH`` option; the path is kept for the group, which writes the command's
-    :class:`Output` data there."""
+    :class:`Output` data there (:func:`write_json_output`). ``announce``: after the command's
+    lines, print ``wrote PATH`` when the file was written."""
 
     def decorator(f: Callable) -> Callable:
         @functools.wraps(f)
         def wrapper(*args: Any, json_path: Path | None = None, **kwargs: Any) -> Any:
-            click.get_current_context().meta[JSON_META_KEY] = json_path
+            target = None if json_path is None else _JsonTarget(json_path, announce)
+            click.get_current_context().meta[JSON_META_KEY] = target
             return f(*args, **kwargs)
 
         return click.option("--json", "json_path", type=OUTPUT_FILE_PATH, default=None, help=help)(wrapper)
 
     return decorator
+
+
+def write_json_output(ctx: click.Context, out: Output) -> list[str]:
+    """Write ``out.data`` to the command's ``--json`` path, if one was given and there is data
+    (non-finite floats as ``null``, atomically); returns the lines to print after the command's
+    own: ``wrote PATH`` where its :func:`json_option` announces the file, else none."""
+    target = ctx.meta.get(JSON_META_KEY)
+    if target is None or out.data is None:
+        return []
+    from hglv2.fileio import finite_or_none, write_json  # pyarrow: not for --help
+
+    write_json(target.path, finite_or_none(out.data))
+    return [f"wrote {target.path}"] if target.announce else []
 
 
 #: The image splits of the GLDv2 release (each a folder of tar shards).

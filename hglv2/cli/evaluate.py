@@ -25,7 +25,7 @@ import click
 import numpy as np
 
 from hglv2.cli._checkpoint import checkpoint_options, run_checkpoint
-from hglv2.cli._options import JSON_META_KEY, Output, json_option
+from hglv2.cli._options import Output, json_option
 from hglv2.errors import InputError
 from hglv2.metrics.io import RetrievalFiles, load_retrieval_files
 
@@ -184,7 +184,7 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--submission", type=click.Path(path_type=Path), help="GLDv2 submission CSV.")
 @click.option("--task", type=click.Choice(["retrieval", "recognition"]), help="GLDv2 task (default: detect).")
 @click.option("--example", is_flag=True, help="Evaluate the embedded example case.")
-@json_option(help="Write the results as JSON.")
+@json_option(help="Write the results as JSON.", announce=True)
 def evaluate(
     embeddings,
     labels,
@@ -234,9 +234,6 @@ def evaluate(
         )
         options.update(memory_mb=memory_mb, top_k=top_k, device=device)
         out, lines = _files_mode(files, embeddings, gallery_embeddings, options, hap_convention, normalize)
-    json_path = click.get_current_context().meta.get(JSON_META_KEY)
-    if json_path is not None:
-        lines.append(f"wrote {json_path}")
     return Output(data=out, lines=lines)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from hglv2.config import config_digest, load_config
 from hglv2.errors import InputError
 from hglv2.evaluation.embed import embed_images
-from hglv2.evaluation.protocols import copies_in_gallery, evaluate_with_copies, split_paths
+from hglv2.evaluation.protocols import copies_in_gallery, split_paths
 from hglv2.fileio import atomic_open, atomic_path, claim_folder, finite_or_none, jsonl_line, write_json
 from hglv2.losses.registry import build_loss
 from hglv2.models import autocast, build_model, resolve_device
@@ -181,6 +181,9 @@ class Trainer:
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
+        # the last evaluation's per-query values: test set name (None: the query split) -> metric
+        # -> (Q,) float64 array; the benchmark's per_query.parquet
+        self.last_per_query: dict[str | None, dict[str, np.ndarray]] | None = None
         self._gap_set = None  # the training split with the evaluation transform (gap measurement)
         self._copies: dict[tuple[str, str], np.ndarray] = {}  # test set -> query copies in its gallery
 
@@ -529,11 +532,19 @@ class Trainer:
             with_labels=True,
         )
 
-    def _evaluate_set(self, ts: dict[str, Any]) -> dict[str, Any]:
-        """One test set's metrics; for ``data.test_sets`` with a gallery, each query's own copy in
-        the gallery (DyML) is left out of its ranking, exactly as ``hglv2 evaluate --checkpoint``
-        (:func:`hglv2.evaluation.protocols.evaluate_with_copies`)."""
+    def _evaluate_set(self, ts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """One test set's metrics and per-query values.
+
+        The per-query values are :func:`hglv2.metrics.evaluate`'s with ``reduce=False`` (a (Q,)
+        float64 array per metric, NaN where undefined for that query); the metrics are their
+        :func:`~hglv2.metrics.evaluate.reduce_per_query` means with ``n_queries`` and ``n_gallery``,
+        i.e. :func:`~hglv2.metrics.evaluate` reduced. For ``data.test_sets`` with a gallery, each
+        query's own copy in the gallery (DyML) is left out of its ranking, exactly as ``hglv2
+        evaluate --checkpoint`` (:func:`hglv2.evaluation.protocols.evaluate_with_copies`): when
+        every query has a copy, each is ranked from its copy with that copy excluded by index.
+        """
         from hglv2.metrics import evaluate
+        from hglv2.metrics.evaluate import reduce_per_query
 
         d, t = self.cfg["data"], self.cfg["train"]
 
@@ -541,22 +552,27 @@ class Trainer:
             ds = build_dataset(self.cfg, self.root, split, train=False, levels=ts["levels"])
             return self._embed(ds, d["num_workers"])
 
+        opts = {"recall_at": tuple(t["recall_at"]), "reduce": False}
         qe, ql = run(ts["query"])
-        recall_at = tuple(t["recall_at"])
-        if ts["index"] and d["test_sets"]:  # DyML: a query's own copy in the gallery is left out
-            ge, gl = run(ts["index"])
-            res = evaluate_with_copies(qe, ql, ge, gl, self._gallery_copies(ts), recall_at=recall_at)
-            res.pop("queries_with_copy_in_gallery")
-        elif ts["index"]:
-            ge, gl = run(ts["index"])
-            res = evaluate(qe, ql, ge, gl, recall_at=recall_at)
+        n_gallery = len(qe) - 1
+        if not ts["index"]:
+            per = evaluate(qe, ql, **opts)
         else:
-            res = evaluate(qe, ql, recall_at=recall_at)
-        return {
+            ge, gl = run(ts["index"])
+            copy = self._gallery_copies(ts) if d["test_sets"] else np.full(len(qe), -1)
+            if len(copy) and (copy >= 0).all():  # DyML: ranked from its copy, the copy left out
+                per = {k: np.asarray(v)[copy] for k, v in evaluate(ge, gl, **opts).items()}
+                n_gallery = len(ge) - 1
+            else:
+                per = evaluate(qe, ql, ge, gl, **opts)
+                n_gallery = len(ge)
+        res = {"n_queries": len(qe), "n_gallery": n_gallery, **reduce_per_query(per)}
+        metrics = {
             k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
             for k, v in res.items()
             if np.ndim(v) == 0
         }
+        return metrics, {k: np.asarray(v, np.float64) for k, v in per.items() if not k.startswith("n_")}
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of :func:`hglv2.metrics.evaluate` on the query (vs index) split.
@@ -566,10 +582,17 @@ class Trainer:
         ``n_*``: their sum), as the authors' overall accuracy averages the three test sets; a set
         evaluated with a single level gives the binary ASI of DyML.
         """
+        return self._evaluate_sets()[0]
+
+    def _evaluate_sets(self) -> tuple[dict[str, Any], dict[str | None, dict[str, np.ndarray]]]:
+        """:meth:`evaluate`'s metrics, and each test set's per-query values by set name (None for
+        the single query split; see :meth:`_evaluate_set`)."""
         sets = self.test_sets()
+        done = {ts["name"]: self._evaluate_set(ts) for ts in sets}
+        per_query = {name: values for name, (_, values) in done.items()}
         if len(sets) == 1:
-            return self._evaluate_set(sets[0])
-        per = {ts["name"]: self._evaluate_set(ts) for ts in sets}
+            return done[sets[0]["name"]][0], per_query
+        per = {name: res for name, (res, _) in done.items()}
         out: dict[str, Any] = {}
         common = set.intersection(*(set(r) for r in per.values()))
         for key in sorted(common):
@@ -577,7 +600,7 @@ class Trainer:
             out[key] = float(np.sum(values)) if key.startswith("n_") else float(np.mean(values))
         for name, res in per.items():
             out.update({f"{name}/{k}": v for k, v in res.items()})
-        return out
+        return out, per_query
 
     def decomposability_gap(self, epoch: int) -> dict[str, Any]:
         r"""The decomposability gap on the first ``train.gap_batches`` batches of ``epoch``.
@@ -625,7 +648,7 @@ class Trainer:
             self._logged_on_rank0("decomposability_gap", "gap_s", lambda: self.decomposability_gap(epoch))
 
     def _evaluate_and_keep(self) -> dict[str, Any]:
-        self.last_eval = self.evaluate()
+        self.last_eval, self.last_per_query = self._evaluate_sets()
         return self.last_eval
 
     def _maybe_eval(self, final: bool = False) -> None:
