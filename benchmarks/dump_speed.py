@@ -6,8 +6,10 @@ to tens of KB: labels, descriptions and aliases in many languages, claims with q
 references, sitelinks; ~10 KB on average). Side by side, each in its own subprocess (so peak RSS
 and CPU time are its own), on the same file:
 
-- ``floor``: the same decompressor the route uses (rapidgzip / indexed_bzip2 with ``--threads``
-  threads) reading the whole dump and dropping the bytes (the ``/dev/null`` floor);
+- ``floor``: the same decompressor the route uses (:func:`hglv2.hierarchy.dump_read.open_stream`:
+  rapidgzip / indexed_bzip2 with ``--threads`` threads, the same chunk size) reading the whole
+  dump in blocks of the route's size into one reused buffer and dropping the bytes (the
+  ``/dev/null`` floor);
 - ``gzip -dc``, ``pigz -dc``, ``lbzip2 -dc`` to ``/dev/null`` where installed (references);
 - ``route``: :func:`hglv2.hierarchy.dump.build_facts` (decompress, frame, decode, write Parquet)
   with ``workers`` 0 (decoding in the main process) and 1 (one decoding process).
@@ -185,8 +187,9 @@ def _child(mode: str, path: str, threads: int, workers: int) -> None:
     t0, c0 = time.perf_counter(), _cpu()
     if mode == "floor":
         stream, n = dump_read.open_stream(path, threads), 0
-        while block := stream.read(4 << 20):
-            n += len(block)
+        buf = memoryview(bytearray(dump_read.BLOCK_BYTES))  # read as the route reads, into one buffer
+        while got := stream.readinto(buf):
+            n += got
         stream.close()
         res: dict = {"json_bytes": n}
     else:

@@ -6,11 +6,15 @@ yields Arrow record batches of :data:`FACTS_SCHEMA`, one row per item (``Q`` id)
 
 - ``.gz`` is inflated by rapidgzip (parallel, multi-member), ``.bz2`` by indexed_bzip2 (parallel,
   multi-stream), ``.json`` is read as is; each with ``threads`` decompression threads;
+- a background thread reads the decompressed bytes :data:`PREFETCH` blocks ahead of the decoding
+  (the decompressor releases the GIL, so it keeps working while a block is decoded), into a ring
+  of reused buffers (no allocation, hence no fresh pages to fault in, per block);
 - the decompressed bytes are cut into blocks of whole lines; each block is decoded in one call by
   msgspec into structs that name only the fields kept (labels ``en``/``mul``; claims P31, P279,
   P301, P373 with their ranks; sitelinks ``enwiki``/``commonswiki``; ``lastrevid``): msgspec
   validates and skips everything else (descriptions, aliases, other claims, qualifiers,
-  references) without building Python objects for it;
+  references) without building Python objects for it, and of an object statement value keeps
+  only its ``id``;
 - with ``workers`` > 0 the blocks are decoded by that many worker processes (which die with the
   parent, :mod:`hglv2.processes`), the parent only decompresses and cuts.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,8 @@ from hglv2.errors import InputError
 
 #: bytes of decompressed JSON per block (a block is decoded in one call)
 BLOCK_BYTES = 4 << 20
+#: blocks decompressed ahead of the decoding, by a background thread
+PREFETCH = 2
 #: compressed bytes per rapidgzip chunk
 GZIP_CHUNK = 1 << 20
 #: the ranks as stored (``rank`` column of a claim): deprecated < normal < preferred
@@ -85,8 +92,13 @@ class _Sitelinks(msgspec.Struct, gc=False):
     commonswiki: _Link | None = None
 
 
+class _Object(msgspec.Struct, gc=False):
+    id: Any = None
+
+
 class _Value(msgspec.Struct, gc=False):
-    value: Any = None
+    # an object value is decoded as its "id" only (an entity id; None for other objects)
+    value: _Object | str | int | float | bool | list[Any] | None = None
 
 
 class _Snak(msgspec.Struct, gc=False):
@@ -117,6 +129,7 @@ class _Entity(msgspec.Struct, gc=False):
 
 
 _BLOCK = msgspec.json.Decoder(list[_Entity])
+_DOC = threading.local()  # decode_block's reused buffer
 _LINE = msgspec.json.Decoder(_Entity)
 
 
@@ -157,32 +170,43 @@ def open_stream(path: str, threads: int) -> Any:
         raise DumpError(f"{path}: cannot open the compressed stream ({exc}) at byte 0") from None
 
 
-def decompressed_blocks(path: str, threads: int) -> Iterator[tuple[int, bytes]]:
-    """``(offset, bytes)`` of the dump's JSON in blocks of whole lines (the last one may lack its
+def decompressed_blocks(path: str, threads: int, ring: int = 1) -> Iterator[tuple[int, memoryview]]:
+    """``(offset, lines)`` of the dump's JSON in blocks of whole lines (the last one may lack its
     newline); a decompression error (corrupt, truncated) is a :class:`DumpError` at the offset
-    reached."""
+    reached.
+
+    The decompressor writes into ``ring`` buffers taken in turn (no allocation per block): a
+    block's view stays valid until ``ring`` more blocks have been read. The part of a line that a
+    read cuts is moved to the front of the next buffer."""
     stream = open_stream(path, threads)
-    offset, carry = 0, b""
+    bufs = [bytearray(BLOCK_BYTES) for _ in range(max(1, ring))]
+    offset, carry, k = 0, b"", 0
     try:
         while True:
+            need = len(carry) + BLOCK_BYTES
+            if len(bufs[k]) < need:  # a line longer than a block
+                bufs[k] = bytearray(need)
+            buf = bufs[k]
+            buf[: len(carry)] = carry
+            view = memoryview(buf)
             try:
-                data = stream.read(BLOCK_BYTES)
+                got = stream.readinto(view[len(carry) : need])
             except (RuntimeError, ValueError, OSError, EOFError) as exc:
                 why = str(exc) if str(exc) and str(exc) != "std::exception" else "bad compressed data"
                 raise DumpError(
                     f"{path}: corrupt or truncated {_FORMAT.get(Path(path).suffix, 'compressed')} stream "
                     f"({why}) at byte {offset + len(carry)} of the JSON"
                 ) from None
-            if not data:
+            if not got:
                 break
-            cut = data.rfind(b"\n") + 1
+            end = len(carry) + got
+            cut = buf.rfind(b"\n", 0, end) + 1
+            carry = bytes(view[cut:end])
             if cut == 0:
-                carry += data
                 continue
-            block = b"".join((carry, memoryview(data)[:cut]))  # one copy
-            yield offset, block
-            offset += len(block)
-            carry = data[cut:]
+            yield offset, view[:cut]
+            offset += cut
+            k = (k + 1) % len(bufs)
     finally:
         stream.close()
     if carry.strip() and not carry.strip().endswith(b"]"):
@@ -190,7 +214,54 @@ def decompressed_blocks(path: str, threads: int) -> Iterator[tuple[int, bytes]]:
             f"{path}: the dump ends in the middle of an entity (truncated dump) at byte {offset + len(carry)}"
         )
     if carry:
-        yield offset, carry
+        yield offset, memoryview(carry)
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """The items of ``items`` in order, produced by a background thread up to ``depth`` ahead,
+    so that decompression (which releases the GIL) goes on while the caller decodes; an
+    exception of ``items`` is raised here after the items before it. Closing this generator
+    stops the thread and closes ``items``."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer
+            put((False, exc))
+        finally:
+            getattr(items, "close", lambda: None)()
+
+    thread = threading.Thread(target=produce, name="dump-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if ok:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+        thread.join()
 
 
 # -- framing: '[' ... ']' --------------------------------------------------------------------
@@ -205,13 +276,13 @@ class Framing:
         self.closed = False
         self.end = 0
 
-    def body(self, offset: int, block: bytes) -> tuple[int, bytes]:
+    def body(self, offset: int, block: memoryview) -> tuple[int, memoryview]:
         """The entity lines of ``block`` (starting at ``offset``) without the frame lines."""
         start = 0
         if not self.opened:
             start = _first_non_space(block)
-            if not block.startswith(b"[", start):
-                head = block[start : start + 40]
+            if block[start : start + 1] != b"[":
+                head = bytes(block[start : start + 40])
                 raise DumpError(
                     f"{self.path}: not a Wikidata JSON dump (expected '[', found {head!r}) "
                     f"at byte {offset + start}"
@@ -221,9 +292,9 @@ class Framing:
         if self.closed:
             if _first_non_space(block) < len(block):
                 raise DumpError(f"{self.path}: data after the closing ']' at byte {offset}")
-            return offset, b""
+            return offset, block[:0]
         stop = len(block)
-        tail = block[-64:].rstrip()  # (a slice: the block is not copied)
+        tail = bytes(block[-64:]).rstrip()
         if tail.endswith(b"]") and tail[-2:-1] in (b"\n", b"[", b""):
             stop = len(block) - (len(block[-64:]) - len(tail)) - 1
             self.closed = True
@@ -240,7 +311,7 @@ class Framing:
             )
 
 
-def _first_non_space(data: bytes) -> int:
+def _first_non_space(data: bytes | memoryview) -> int:
     """Index of the first byte of ``data`` that is not JSON whitespace (``len(data)``: none)."""
     m = _NON_SPACE.search(data)
     return len(data) if m is None else m.start()
@@ -280,7 +351,7 @@ def _claim_column(groups: list[list[_Claim]]) -> pa.ListArray:
     flat = [c for g in groups for c in g]
     snaks = [c.mainsnak for c in flat]
     raw = [s.datavalue.value if s.snaktype == "value" and s.datavalue is not None else None for s in snaks]
-    values = [v if type(v) is str else v.get("id") if type(v) is dict else None for v in raw]
+    values = [v if type(v) is str else v.id if type(v) is _Object else None for v in raw]
     inner = pa.StructArray.from_arrays(
         [
             pa.array([v if type(v) is str else None for v in values], pa.string()),
@@ -316,24 +387,37 @@ def _batch(ents: list[_Entity]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=FACTS_SCHEMA)
 
 
-def decode_block(path: str, offset: int, body: bytes) -> tuple[pa.RecordBatch, int]:
-    """The facts of the entity lines ``body`` (at ``offset`` of the JSON) and how many lines
-    were entities; a line that is not an entity is a :class:`DumpError`."""
-    doc = bytearray(b"[")
-    doc += body  # the one copy: the lines become a JSON array in place
-    last = len(doc) - 1
+def _as_array(lines: bytes | memoryview) -> memoryview | None:
+    """The entity lines ``lines`` (each but the last followed by ``,``) as one JSON array, in
+    this thread's reused buffer (valid until its next call); None: only whitespace."""
+    doc = getattr(_DOC, "buf", None)
+    if doc is None or len(doc) < len(lines) + 2:
+        doc = _DOC.buf = bytearray(len(lines) + 2)
+    last = len(lines)
+    doc[0] = ord("[")
+    doc[1 : last + 1] = lines
     while last > 0 and doc[last] in b" \t\r\n":
         last -= 1
     if last == 0:
+        return None
+    if doc[last] != ord(","):
+        last += 1
+    doc[last] = ord("]")
+    return memoryview(doc)[: last + 1]
+
+
+def decode_block(path: str, offset: int, body: bytes | memoryview) -> tuple[pa.RecordBatch, int]:
+    """The facts of the entity lines ``body`` (at ``offset`` of the JSON) and how many lines
+    were entities; a line that is not an entity is a :class:`DumpError`."""
+    doc = _as_array(body)
+    if doc is None:
         return _batch([]), 0
-    if doc[last] == ord(","):
-        doc[last] = ord("]")
-    else:
-        doc.append(ord("]"))
     try:
         ents = _BLOCK.decode(doc)
     except msgspec.DecodeError:
-        raise _decode_error(path, offset, body) from None
+        raise _decode_error(path, offset, bytes(body)) from None
+    finally:
+        doc.release()
     return _batch(ents), len(ents)
 
 
@@ -341,10 +425,13 @@ def _decode_job(job: tuple[str, int, bytes]) -> tuple[pa.RecordBatch, int]:
     return decode_block(*job)
 
 
-def framed_bodies(path: str, threads: int) -> Iterator[tuple[str, int, bytes]]:
-    """``(path, offset, entity lines)`` of the dump, its frame checked (:class:`Framing`)."""
+def framed_bodies(path: str, threads: int) -> Iterator[tuple[str, int, memoryview]]:
+    """``(path, offset, entity lines)`` of the dump, its frame checked (:class:`Framing`); the
+    blocks are decompressed :data:`PREFETCH` ahead by a background thread (:func:`prefetched`),
+    and a block's view is valid until the next one is asked for."""
     frame = Framing(path)
-    for offset, block in decompressed_blocks(path, threads):
+    blocks = prefetched(decompressed_blocks(path, threads, ring=PREFETCH + 2), PREFETCH)
+    for offset, block in blocks:
         start, body = frame.body(offset, block)
         if _first_non_space(body) < len(body):
             yield path, start, body
@@ -386,7 +473,8 @@ def _pooled(jobs: Iterator[tuple[str, int, bytes]], workers: int) -> Iterator[tu
     pending: deque[Any] = deque()
     try:
         for job in jobs:
-            pending.append(pool.submit(_decode_job, job))
+            path, offset, body = job
+            pending.append(pool.submit(_decode_job, (path, offset, bytes(body))))
             while len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:
