@@ -819,15 +819,15 @@ def plot_learning_curve(results: dict[str, Any], path: str | os.PathLike[str]) -
             pts: dict[int, list[float]] = {}
             for curve in curves:
                 for rec in curve:
-                    if key in rec:
+                    if rec.get(key) is not None:  # None: undefined at that step (written as null)
                         pts.setdefault(rec["step"], []).append(100 * rec[key])
             steps = sorted(pts)
             ax.plot(steps, [np.mean(pts[s]) for s in steps], marker="o", ms=3, label=loss)
         pts = {}
         for curve in curves:
-            first = next((rec["loss"] for rec in curve if "loss" in rec), None)
+            first = next((rec["loss"] for rec in curve if rec.get("loss") is not None), None)
             for rec in curve:
-                if "loss" in rec and first:
+                if rec.get("loss") is not None and first:
                     pts.setdefault(rec["step"], []).append(rec["loss"] / first)
         steps = sorted(pts)
         axes[2].plot(steps, [np.mean(pts[s]) for s in steps], label=loss)

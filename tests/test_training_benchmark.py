@@ -177,3 +177,18 @@ def test_a_run_embeds_its_evaluation_splits_once_for_metrics_and_per_query(tmp_p
     assert sum(embedded) == n_query + n_index  # the final evaluation only (eval_every 0)
     per_query = pq.read_table(tmp_path / "out" / "runs" / "Contrastive" / "seed0" / "per_query.parquet")
     assert per_query.num_rows == n_query
+
+
+def test_learning_curve_plot_skips_undefined_values(tmp_path):
+    """A metric undefined at some step (NaN, written as null: e.g. H-AP of a one-level test set)
+    and a run whose loss was never logged leave gaps in the curves, not a crash."""
+    from hglv2.benchmark import plot_learning_curve
+
+    curve = [
+        {"step": 0, "H-AP": None, "AP_level0": 0.5, "loss": None},
+        {"step": 5, "H-AP": 0.4, "AP_level0": None, "loss": 2.0},
+        {"step": 10, "H-AP": 0.5, "AP_level0": 0.6, "loss": 1.0},
+    ]
+    runs = [{"loss": "SupAP", "curve": curve}, {"loss": "SupHAP", "curve": [{"step": 0, "H-AP": None}]}]
+    plot_learning_curve({"suite": "s", "runs": runs}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
