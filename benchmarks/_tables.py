@@ -222,12 +222,60 @@ def export_table(results: Path) -> list[str]:
     return [*lines, "", f"Command: {command(r)}.", "", conditions([r])]
 
 
+def _dump_runs(results: Path) -> list[dict]:
+    return [r for r in (_load(results, f"dump_speed_{s}") for s in ("gz_bz2", "gz", "bz2")) if r]
+
+
+def dump_table(results: Path) -> list[str]:
+    runs = _dump_runs(results)
+    if not runs:
+        return []
+    lines = [
+        "| dump | run | MB/s of JSON (wall) | MB per CPU-s | x floor (wall) | x floor (CPU) | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for r in runs:
+        f = r["figures"]
+        names = [k[: -len(".wall")] for k in f if k.endswith(".wall")]
+        for name in names:
+            fmt, run = name.split(" ", 1)
+            wall, cpu = f[f"{name}.wall"], f[f"{name}.cpu"]
+            label = {
+                "floor": "decompressor alone, output dropped (floor)",
+                "route workers=0": "route, decoding in-process",
+                "route workers=1": "route, 1 decoding process",
+            }.get(run, f"`{run} > /dev/null`")
+            lines.append(
+                f"| .{fmt} | {label} | {wall['mb'] / wall['min']:.0f} / {wall['mb'] / wall['median']:.0f} "
+                f"| {cpu['mb'] / cpu['min']:.0f} / {cpu['mb'] / cpu['median']:.0f} "
+                f"| {_x(f[f'{name}.x_floor_wall'])} | {_x(f[f'{name}.x_floor_cpu'])} "
+                f"| {f[f'{name}.peak_rss_mib']:.0f} |"
+            )
+            if run == "route workers=0":
+                h = f[f"{name}.projected_hours"]
+                facts = f[f"{name}.facts_mb_per_million_entities"]
+                notes.append(
+                    f".{fmt}: {h['2_cores']:.2f} h on 2 cores, {h['16_cores']:.2f} h on 16 "
+                    f"(facts table {facts:.0f} MB per million entities)"
+                )
+    a = runs[0]["args"]
+    head = (
+        f"{a['json_mb']} MB of JSON, {a['threads']} decompression threads; MB/s and MB per CPU-s: "
+        "best / median repetition. Projection for the real dump (1.4 TB of JSON) from the route's "
+        "least CPU time per byte: " + "; ".join(notes) + "."
+    )
+    cmds = " and ".join(command(r) for r in runs)
+    return [*lines, "", head, "", f"Command: {cmds}.", "", conditions(runs)]
+
+
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "metrics": metrics_table,
     "losses": losses_table,
     "loss-ratios": loss_ratios_table,
     "images": images_table,
     "export": export_table,
+    "dump": dump_table,
 }
 
 

@@ -14,19 +14,19 @@ and CPU time are its own), on the same file:
 - ``route``: :func:`hglv2.hierarchy.dump.build_facts` (decompress, frame, decode, write Parquet)
   with ``workers`` 0 (decoding in the main process) and 1 (one decoding process).
 
-Each run is repeated (``--repeat``: 1 on the full dump, 2 with ``--quick``) and the one with the least CPU
-time kept: on a shared machine the others lost time to other jobs. Reported per run: MB/s of JSON
-(wall), MB of JSON per CPU-second (per core: what one core gives
-when it is not shared), CPU cores used (CPU time / wall), ratios to the floor, peak RSS, the facts
-table's size per million entities, the machine's load average, and a projection for the real dump
-(default 1.4 TB of JSON, 140 GB gzip) on 2 and 16 cores: JSON bytes x CPU-seconds per byte / cores,
-assuming the CPU cost per byte measured here and a linear split over cores (rapidgzip and the
-decoding processes both split by blocks).
+The runs of a dump alternate over ``--repeat`` repetitions (default 3, 1 with ``--quick``), so that
+each side sees the same load. Reported per run: MB/s of JSON (wall), MB of JSON per CPU-second (per
+core: what one core gives when it is not shared), ratios to the floor (wall and CPU, repetition by
+repetition), peak RSS, the facts table's size per million entities, and a projection for the real
+dump (default 1.4 TB of JSON, 140 GB gzip) on 2 and 16 cores: JSON bytes x CPU-seconds per byte /
+cores, from the least CPU time per byte, assuming a linear split over cores (rapidgzip and the
+decoding processes both split by blocks). The results file (:mod:`_results`, with the load before
+and after) feeds the table of docs/performance.md (``make bench-tables``).
 
-Usage: ``python benchmarks/dump_speed.py [--quick|--full] [--json results.json] [--workdir DIR]``; the
-results go to ``WORKDIR/dump_speed.json`` unless ``--json`` says where. By default (and with
-``--full``) the dump of the published figures, ~600 MB of JSON; ``--quick`` (as ``make bench``) a
-~60 MB dump, a few seconds a run. Generated dumps are kept in the work folder and reused.
+Usage: ``python benchmarks/dump_speed.py [--quick|--full] [--formats gz,bz2] [--repeat N]
+[--results FILE] [--workdir DIR]``. By default (and with ``--full``) the dump of the published
+figures, ~600 MB of JSON; ``--quick`` (as ``make bench``) a ~60 MB dump, a few seconds a run.
+Generated dumps are kept in the work folder and reused.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+
+import _results
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = [f"{a}{b}" for a in "abcdefghiklmnoprstuvz" for b in "aeiklnorsu"][:200]
@@ -232,47 +234,60 @@ def _commands(fmt: str, path: Path, threads: int) -> dict[str, tuple[list[str], 
     return cmds
 
 
-def runs(dumps: dict[str, Path], threads: int, repeat: int) -> dict[str, dict]:
-    """Every run ``repeat`` times, interleaved; the one with the least CPU time is kept (on a
-    shared machine the others lost time to the other jobs)."""
-    res: dict[str, dict] = {}
+def runs(dumps: dict[str, Path], threads: int, repeat: int) -> dict[str, list[dict]]:
+    """Every run of each dump ``repeat`` times, the runs of a dump alternating: ``{name: [one
+    measurement per repetition]}``."""
+    res: dict[str, list[dict]] = {}
     for fmt, path in dumps.items():
         cmds = _commands(fmt, path, threads)
         for _ in range(repeat):
             for name, (cmd, prints) in cmds.items():
-                r = measure(cmd, prints)
-                best = res.get(name)
-                if best is None or r.get("work_cpu_s", r["cpu_s"]) < best.get("work_cpu_s", best["cpu_s"]):
-                    res[name] = r
-        json_bytes = res[f"{fmt} floor"]["json_bytes"]
+                res.setdefault(name, []).append(measure(cmd, prints))
+        json_bytes = res[f"{fmt} floor"][0]["json_bytes"]
         for name in cmds:
-            res[name].setdefault("json_bytes", json_bytes)
+            for r in res[name]:
+                r.setdefault("json_bytes", json_bytes)
+                r["wall"] = r.get("work_wall_s", r["wall_s"])  # the work's own time where measured
+                r["cpu"] = r.get("work_cpu_s", r["cpu_s"])
     return res
 
 
-def summarize(res: dict[str, dict], real_json_tb: float) -> dict[str, dict]:
-    """Rates from the work's own wall and CPU time where the child measured them (else the
-    process's), ratios to the floor of the same format, the projection for the real dump."""
-    for r in res.values():
-        r["wall"] = r.get("work_wall_s", r["wall_s"])
-        r["cpu"] = r.get("work_cpu_s", r["cpu_s"])
-    for name, r in res.items():
-        mb = r["json_bytes"] / 1e6
+def record(res: dict[str, list[dict]], real_json_tb: float, out: _results.Results) -> None:
+    """Figures per run: MB/s of JSON (wall) and per CPU-second, the ratios to the floor of the same
+    dump taken repetition by repetition, peak RSS, the facts table's size, and the projection for
+    the real dump from the least CPU time per byte."""
+    for name, rs in res.items():
         floor = res[name.split()[0] + " floor"]
-        r["mb_per_s"] = round(mb / r["wall"], 1)
-        r["mb_per_cpu_s"] = round(mb / r["cpu"], 1)
-        r["cores_used"] = round(r["cpu"] / r["wall"], 2)
-        r["ratio_to_floor_wall"] = round(floor["wall"] / r["wall"], 3)
-        r["ratio_to_floor_cpu"] = round(floor["cpu"] / r["cpu"], 3)
-        if r.get("entities"):
-            r["facts_mb_per_million_entities"] = round(r["facts_bytes"] / r["entities"], 1)
-        cpu_per_byte = r["cpu"] / r["json_bytes"]
-        r["projected_hours"] = {
-            f"{cores}_cores": round(real_json_tb * 1e12 * cpu_per_byte / cores / 3600, 2) for cores in (2, 16)
-        }
-    for r in res.values():
-        r["wall"], r["cpu"] = round(r["wall"], 3), round(r["cpu"], 3)
-    return res
+        mb = rs[0]["json_bytes"] / 1e6
+        out.timing(f"{name}.wall", [r["wall"] for r in rs], mb=mb)
+        out.timing(f"{name}.cpu", [r["cpu"] for r in rs], mb=mb)
+        out.ratio(f"{name}.x_floor_wall", [f["wall"] for f in floor], [r["wall"] for r in rs])
+        out.ratio(f"{name}.x_floor_cpu", [f["cpu"] for f in floor], [r["cpu"] for r in rs])
+        out.value(f"{name}.peak_rss_mib", max(r["peak_rss_mib"] for r in rs))
+        if rs[0].get("entities"):
+            out.value(f"{name}.facts_mb_per_million_entities", rs[0]["facts_bytes"] / rs[0]["entities"])
+        cpu_per_byte = min(r["cpu"] for r in rs) / rs[0]["json_bytes"]
+        out.value(
+            f"{name}.projected_hours",
+            {f"{c}_cores": real_json_tb * 1e12 * cpu_per_byte / c / 3600 for c in (2, 16)},
+        )
+
+
+def _print(out: _results.Results, names: list[str]) -> None:
+    f = out.data["figures"]
+    print(
+        f"{'run':26s} {'MB/s':>13s} {'MB/cpu-s':>13s} {'x floor':>11s} {'x floor cpu':>11s} {'RSS MiB':>7s}"
+    )
+    for name in names:
+        wall, cpu = f[f"{name}.wall"], f[f"{name}.cpu"]
+        xw, xc = f[f"{name}.x_floor_wall"], f[f"{name}.x_floor_cpu"]
+        print(
+            f"{name:26s} {wall['mb'] / wall['min']:6.1f} {wall['mb'] / wall['median']:6.1f} "
+            f"{cpu['mb'] / cpu['min']:6.1f} {cpu['mb'] / cpu['median']:6.1f} "
+            f"{xw['min']:5.2f} {xw['median']:5.2f} "
+            f"{xc['min']:5.2f} {xc['median']:5.2f} {f[f'{name}.peak_rss_mib']:7.0f}"
+        )
+    print("(MB/s and MB/cpu-s: best / median repetition; ratios: min / median over repetitions)")
 
 
 def main() -> None:
@@ -281,54 +296,32 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a ~60 MB dump, a few seconds a run (`make bench`)")
     ap.add_argument("--threads", type=int, default=2, help="decompression threads (default 2)")
     ap.add_argument(
-        "--repeat", type=int, default=None, help="runs of each (best kept) [default: 2, --full 1]"
+        "--repeat", type=int, default=None, help="alternating repetitions of each run [default: 3, --quick 1]"
     )
+    ap.add_argument("--formats", default="gz,bz2", help="dumps to read: gz, bz2 or both (default gz,bz2)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hglv2_dump_speed")
     ap.add_argument("--real-json-tb", type=float, default=1.4, help="JSON size of the real dump (TB)")
-    ap.add_argument("--json", type=Path, default=None, help="results file [default: WORKDIR/dump_speed.json]")
+    _results.add_results_option(ap)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         mode, path, threads, workers = args.child
         _child(mode, path, int(threads), int(workers))
         return
-    t0 = time.perf_counter()
+    formats = [f for f in ("gz", "bz2") if f in args.formats.split(",")]
     full = args.full or not args.quick
-    dumps = generate(args.workdir, 600 if full else 60)
-    gen_s = time.perf_counter() - t0
-    load_before = os.getloadavg()
-    repeat = args.repeat or (1 if full else 2)
-    res = summarize(runs(dumps, args.threads, repeat), args.real_json_tb)
-    load_after = os.getloadavg()
-    payload = {
-        "dumps": {k: {"path": str(p), "compressed_bytes": p.stat().st_size} for k, p in dumps.items()},
-        "generate_s": round(gen_s, 1),
-        "cpus": os.cpu_count(),
-        "threads": args.threads,
-        "repeat": repeat,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
-        "real_json_tb": args.real_json_tb,
-        "runs": res,
-    }
+    dumps = {k: v for k, v in generate(args.workdir, 600 if full else 60).items() if k in formats}
+    args.repeat = args.repeat or (3 if full else 1)
+    out = _results.Results(__file__, {**vars(args), "json_mb": 600 if full else 60}, threads=args.threads)
+    res = runs(dumps, args.threads, args.repeat)
+    record(res, args.real_json_tb, out)
+    for fmt, path in dumps.items():
+        out.value(f"{fmt}.compressed_bytes", path.stat().st_size)
     print(
-        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs; "
-        f"threads={args.threads}"
+        f"load average {out.data['load_before'][0]:.1f} -> {os.getloadavg()[0]:.1f}; threads={args.threads}"
     )
-    print(
-        f"{'run':26s} {'MB/s':>7s} {'MB/cpu-s':>8s} {'cores':>5s} {'xfloor':>6s} {'xfloor cpu':>10s} "
-        f"{'RSS MiB':>7s}  h 2/16 cores"
-    )
-    for name, r in res.items():
-        hours = r["projected_hours"]
-        print(
-            f"{name:26s} {r['mb_per_s']:7.1f} {r['mb_per_cpu_s'] or 0:8.1f} {r['cores_used']:5.2f} "
-            f"{r['ratio_to_floor_wall']:6.2f} {r['ratio_to_floor_cpu'] or 0:10.2f} {r['peak_rss_mib']:7.0f}  "
-            f"{hours['2_cores']}/{hours['16_cores']}"
-        )
-    results = args.json or args.workdir / "dump_speed.json"
-    results.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    print(f"results -> {results}")
+    _print(out, list(res))
+    out.write(args.results or _results.default_path(__file__, "_" + "_".join(formats), args.quick))
 
 
 if __name__ == "__main__":
