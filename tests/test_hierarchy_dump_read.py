@@ -53,6 +53,44 @@ def test_views_stay_valid_for_the_ring(tmp_path, monkeypatch):
         assert all(bytes(v) == copy for v, copy in views[-4:])
 
 
+def _members(data: bytes, n: int) -> bytes:
+    """``data`` as ``n`` concatenated gzip members, as the dump is written."""
+    step = -(-len(data) // n)
+    return b"".join(gzip.compress(data[k : k + step]) for k in range(0, len(data), step))
+
+
+def test_gzip_members_and_their_trailers(tmp_path, monkeypatch):
+    monkeypatch.setattr(dump_read, "BLOCK_BYTES", 1000)
+    data = _lines(60)
+    gz = _members(data, 4)
+    path = tmp_path / "d.json.gz"
+    path.write_bytes(gz + b"\0" * 8)  # zero padding after the last member is allowed, as by gzip
+    assert b"".join(bytes(b) for _, b in dump_read.decompressed_blocks(str(path), 1)) == data
+    crc, size = bytearray(gz), bytearray(gz)
+    crc[-6] ^= 0x55  # the last member's CRC-32
+    size[-2] ^= 0x55  # its length
+    for damaged in (bytes(crc), bytes(size), gz + b"not gzip", gz[:-3]):
+        path.write_bytes(damaged)
+        with pytest.raises(
+            dump_read.DumpError, match=r"corrupt or truncated gzip stream .* at byte [0-9]+ of"
+        ):
+            for _ in dump_read.decompressed_blocks(str(path), 1):
+                pass
+
+
+def test_default_parallelism(monkeypatch):
+    for cores, gz, bz2 in [
+        (1, (1, 0), (1, 0)),
+        (2, (2, 0), (2, 0)),
+        (4, (1, 2), (2, 2)),
+        (16, (1, 14), (8, 8)),
+    ]:
+        monkeypatch.setattr(dump_read.os, "sched_getaffinity", lambda _, c=cores: set(range(c)))
+        assert dump_read.default_parallelism("d.json.gz") == gz
+        assert dump_read.default_parallelism("d.json") == gz
+        assert dump_read.default_parallelism("d.json.bz2") == bz2
+
+
 def test_prefetched_order_errors_and_early_close():
     assert list(dump_read.prefetched(iter(range(50)), 2)) == list(range(50))
 

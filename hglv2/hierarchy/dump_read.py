@@ -4,11 +4,11 @@ The dump (``latest-all.json[.gz|.bz2]``) is a JSON array with one entity per lin
 lines ``{...},``, the last entity without the comma, then ``]``. :func:`read_facts` streams it and
 yields Arrow record batches of :data:`FACTS_SCHEMA`, one row per item (``Q`` id):
 
-- ``.gz`` is inflated by rapidgzip (parallel, multi-member), ``.bz2`` by indexed_bzip2 (parallel,
-  multi-stream), ``.json`` is read as is; each with ``threads`` decompression threads;
+- ``.gz`` is inflated by ISA-L (python-isal's ``igzip``: one thread, several members), ``.bz2``
+  by indexed_bzip2 (``threads`` threads, several streams), ``.json`` is read as is;
 - a background thread reads the decompressed bytes :data:`PREFETCH` blocks ahead of the decoding
-  (the decompressor releases the GIL, so it keeps working while a block is decoded), into a ring
-  of reused buffers (no allocation, hence no fresh pages to fault in, per block);
+  (both decompressors release the GIL, so inflating goes on while a block is decoded), into a
+  ring of reused buffers;
 - the decompressed bytes are cut into blocks of whole lines; each block is decoded in one call by
   msgspec into structs that name only the fields kept (labels ``en``/``mul``; claims P31, P279,
   P301, P373 with their ranks; sitelinks ``enwiki``/``commonswiki``; ``lastrevid``): msgspec
@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+from isal import igzip, isal_zlib
 
 from hglv2.errors import InputError
 
@@ -43,8 +44,6 @@ from hglv2.errors import InputError
 BLOCK_BYTES = 4 << 20
 #: blocks decompressed ahead of the decoding, by a background thread
 PREFETCH = 2
-#: compressed bytes per rapidgzip chunk
-GZIP_CHUNK = 1 << 20
 #: the ranks as stored (``rank`` column of a claim): deprecated < normal < preferred
 RANKS = ("deprecated", "normal", "preferred")
 CLAIM_PROPS = ("P31", "P279", "P301", "P373")
@@ -145,8 +144,10 @@ def check_dump_path(path: str) -> None:
 
 
 def open_stream(path: str, threads: int) -> Any:
-    """A binary stream of the dump's JSON (``threads`` decompression threads); the compressed
-    format's magic bytes are checked first."""
+    """A binary stream of the dump's JSON; the compressed format's magic bytes are checked first.
+    ``threads``: bz2 decompression threads (gzip inflates on one thread: ISA-L's single-thread
+    inflate costs less CPU per byte than a parallel one, which also needs the cores decoding
+    uses)."""
     suffix = Path(path).suffix
     if suffix in _MAGIC:
         magic, name = _MAGIC[suffix]
@@ -156,11 +157,7 @@ def open_stream(path: str, threads: int) -> Any:
             raise DumpError(f"{path}: not a {name} file (it starts with {head!r}) at byte 0")
     try:
         if suffix == ".gz":
-            import rapidgzip
-
-            # 1 MiB chunks: rapidgzip caches decoded chunks, and its memory grows with their size
-            # (~0.3 GiB with 1 MiB chunks, ~0.8 GiB with the default 4 MiB, 2 threads)
-            return rapidgzip.RapidgzipFile(path, parallelization=max(1, threads), chunk_size=GZIP_CHUNK)
+            return igzip.open(path, "rb")
         if suffix == ".bz2":
             import indexed_bzip2
 
@@ -172,12 +169,14 @@ def open_stream(path: str, threads: int) -> Any:
 
 def decompressed_blocks(path: str, threads: int, ring: int = 1) -> Iterator[tuple[int, memoryview]]:
     """``(offset, lines)`` of the dump's JSON in blocks of whole lines (the last one may lack its
-    newline); a decompression error (corrupt, truncated) is a :class:`DumpError` at the offset
+    newline); a decompression error (corrupt or truncated data, a CRC or length check that fails,
+    bytes after the last member that are not a member) is a :class:`DumpError` at the offset
     reached.
 
-    The decompressor writes into ``ring`` buffers taken in turn (no allocation per block): a
-    block's view stays valid until ``ring`` more blocks have been read. The part of a line that a
-    read cuts is moved to the front of the next buffer."""
+    The stream's ``readinto`` fills ``ring`` buffers taken in turn (gzip's through one copy of
+    each read, bz2's and plain JSON's directly): a block's view stays valid until ``ring`` more
+    blocks have been read. The part of a line that a read cuts is moved to the front of the next
+    buffer."""
     stream = open_stream(path, threads)
     bufs = [bytearray(BLOCK_BYTES) for _ in range(max(1, ring))]
     offset, carry, k = 0, b"", 0
@@ -191,7 +190,7 @@ def decompressed_blocks(path: str, threads: int, ring: int = 1) -> Iterator[tupl
             view = memoryview(buf)
             try:
                 got = stream.readinto(view[len(carry) : need])
-            except (RuntimeError, ValueError, OSError, EOFError) as exc:
+            except (RuntimeError, ValueError, OSError, EOFError, isal_zlib.error) as exc:
                 why = str(exc) if str(exc) and str(exc) != "std::exception" else "bad compressed data"
                 raise DumpError(
                     f"{path}: corrupt or truncated {_FORMAT.get(Path(path).suffix, 'compressed')} stream "
@@ -438,13 +437,19 @@ def framed_bodies(path: str, threads: int) -> Iterator[tuple[str, int, memoryvie
     frame.finish()
 
 
-def default_parallelism() -> tuple[int, int]:
-    """``(decompression threads, decoding processes)`` for this machine: on up to 3 usable cores
-    everything runs in this process (a worker's start and the copies cost more than they give),
-    else half the cores decode and the other half decompress."""
+def default_parallelism(path: str) -> tuple[int, int]:
+    """``(decompression threads, decoding processes)`` for the dump ``path`` on this machine. On up
+    to 3 usable cores everything runs in this process (a worker's start and the copies cost more
+    than they give). From 4 cores: a ``.gz`` (inflated on one thread) or ``.json`` leaves one core
+    to decompression and one to this process's cutting and handing over, and the other
+    ``cores - 2`` decode; a ``.bz2`` (whose decompression costs many times the decoding per byte
+    and splits over threads) gets half the cores decompressing and the other half decoding."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = 0 if cores < 4 else cores // 2
-    return max(1, cores - workers), workers
+    if cores < 4:
+        return cores, 0
+    if path.endswith(".bz2"):
+        return cores - cores // 2, cores // 2
+    return 1, cores - 2
 
 
 def read_facts(

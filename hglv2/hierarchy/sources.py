@@ -124,7 +124,7 @@ class DumpSource(Source):
     ``redirect`` table dump), read by :mod:`hglv2.hierarchy.dump`; no cache, no network.
 
     The dump is read once into its facts table (``facts``: default beside the dump), which every
-    stage on the same dump reuses; ``threads``: decompression threads; ``workers``: decoding
+    stage on the same dump reuses; ``threads``: bz2 decompression threads; ``workers``: decoding
     processes (0: decode in this process); by default
     :func:`~hglv2.hierarchy.dump_read.default_parallelism`.
     """
@@ -155,7 +155,7 @@ class DumpSource(Source):
             from hglv2.hierarchy.dump_redirects import cached_redirects
 
             facts_path = Path(self.facts) if self.facts is not None else default_facts_path(self.dump)
-            threads, workers = default_parallelism()
+            threads, workers = default_parallelism(os.fspath(self.dump))
             facts = open_facts(
                 self.dump,
                 facts_path,
