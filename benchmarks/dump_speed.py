@@ -285,8 +285,10 @@ def record(res: dict[str, list[dict]], real_json_tb: float, out: _results.Result
         if rs[0].get("entities"):
             out.value(f"{name}.facts_mb_per_million_entities", rs[0]["facts_bytes"] / rs[0]["entities"])
         cpu_per_byte = min(r["cpu"] for r in rs) / rs[0]["json_bytes"]
-        # the route inflates gzip on one thread: no faster than the floor's CPU time per byte
-        serial = min(f["cpu"] for f in floor) / floor[0]["json_bytes"] if name.startswith("gz route") else 0.0
+        # the floor and the route inflate gzip on one thread: no faster than the floor's CPU time per byte
+        serial = 0.0
+        if name.startswith(("gz floor", "gz route")):
+            serial = min(f["cpu"] for f in floor) / floor[0]["json_bytes"]
         out.value(
             f"{name}.projected_hours",
             {f"{c}_cores": real_json_tb * 1e12 * max(cpu_per_byte / c, serial) / 3600 for c in (2, 16)},
