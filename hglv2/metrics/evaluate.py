@@ -717,21 +717,16 @@ def _top_k_scan(q_emb, g_emb, lo, hi, k, same, q_codes, g_codes, n_levels):
     q = q_emb[lo:hi]
     buf = np.empty((c, 2 * k + 64), dtype=np.int64)
     cnt = np.zeros(c, dtype=np.int64)
-    thr_high = np.full(c, np.iinfo(np.int64).max, dtype=np.int64)
+    thr = np.full(c, np.nan, dtype=np.float32)
     bad = np.zeros(c, dtype=np.uint8)
     me = _self_rows(lo, hi, same)
-    width = min(n, max(_fused.BLOCK, TOP_K_TILE_BYTES // (4 * c)))
+    width = min(n, max(_fused.LANES, TOP_K_TILE_BYTES // (4 * c)))
     flat = torch.empty(c * width, dtype=torch.float32)
     for a in range(0, n, width):
         b = min(a + width, n)
         s = flat[: c * (b - a)].view(c, b - a)
         torch.matmul(q, g_emb[a:b].T, out=s)
-        n_blocks = (b - a) // _fused.BLOCK
-        block_max = s.as_strided((c, n_blocks, _fused.BLOCK), (b - a, _fused.BLOCK, 1)).amax(2)
-        bits = s.view(torch.int32).numpy()
-        _fused.top_k_scan(
-            s.numpy(), bits, block_max.view(torch.int32).numpy(), a, me, k, buf, cnt, thr_high, bad
-        )
+        _fused.top_k_scan(s.numpy(), s.view(torch.int32).numpy(), a, me, k, buf, cnt, thr, bad)
     if bad.any():
         raise ValueError(NAN_SCORES)
     index = np.empty((c, k), dtype=np.int64)
