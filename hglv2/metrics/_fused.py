@@ -360,32 +360,36 @@ if HAVE_NUMBA:
     @njit(cache=True)
     def _select_smallest(a, k):  # pragma: no cover - compiled
         """Reorder the distinct values ``a`` in place so that ``a[:k]`` are the k smallest and
-        ``a[k - 1]`` the largest of them (quickselect, median-of-three pivot)."""
+        ``a[k - 1]`` the largest of them (quickselect, median-of-three pivot, branch-free partition)."""
         lo = 0
         hi = a.shape[0] - 1
         kth = k - 1
         while lo < hi:
+            mid = (lo + hi) >> 1
             x = a[lo]
-            y = a[(lo + hi) >> 1]
+            y = a[mid]
             z = a[hi]
             pivot = max(min(x, y), min(max(x, y), z))
-            i = lo
-            j = hi
-            while i <= j:
-                while a[i] < pivot:
-                    i += 1
-                while a[j] > pivot:
-                    j -= 1
-                if i <= j:
-                    a[i], a[j] = a[j], a[i]
-                    i += 1
-                    j -= 1
-            if kth <= j:
-                hi = j
-            elif kth >= i:
-                lo = i
-            else:
+            # move the pivot to the end, then partition a[lo:hi] around it (Lomuto, conditional moves)
+            p = lo if x == pivot else (mid if y == pivot else hi)
+            a[p] = a[hi]
+            a[hi] = pivot
+            store = lo
+            for i in range(lo, hi):
+                v = a[i]
+                s = a[store]
+                lt = v < pivot
+                a[store] = v if lt else s
+                a[i] = s if lt else v
+                store += lt
+            a[hi] = a[store]
+            a[store] = pivot
+            if store == kth:
                 return
+            if kth < store:
+                hi = store - 1
+            else:
+                lo = store + 1
 
     @njit(cache=True, parallel=True)
     def top_k_scan(scores, score_bits, col0, self_index, k, buf, cnt, thr, bad):
@@ -445,7 +449,8 @@ if HAVE_NUMBA:
         """The first ``k`` items of each row from the buffers of :func:`top_k_scan`, in ranking
         order: ``top_index`` (Q, k) int64 and ``top_tags`` (Q, k) uint8 match masks."""
         for r in prange(buf.shape[0]):
-            best = np.sort(buf[r, : cnt[r]])
+            _select_smallest(buf[r, : cnt[r]], k)
+            best = np.sort(buf[r, :k])
             for j in range(k):
                 gi = best[j] & 0xFFFFFFFF
                 top_index[r, j] = gi
