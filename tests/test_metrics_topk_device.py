@@ -183,6 +183,23 @@ def test_top_k_nan_scores_are_refused():
             evaluate(big, np.zeros(3, dtype=np.int64), **path)
 
 
+@pytest.mark.parametrize("where", [5, 70, 98])
+def test_top_k_nan_score_in_a_long_row_is_refused(where):
+    """One NaN score among 100 gallery items: in the first group of 32 scores compared at once
+    (no threshold yet), in a later group (after the candidate buffer was cut, k = 1) and in the
+    partial last group."""
+    from hglv2.metrics.evaluate import nearest_neighbours
+
+    rng = np.random.default_rng(where)
+    g = rng.uniform(-0.4, 0.4, size=(100, 2)).astype(np.float32)  # finite dot products with q
+    g[where] = [3e38, -3e38]  # inf - inf = NaN
+    q = np.full((2, 2), 3e38, dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate(q, np.zeros(2, dtype=np.int64), g, np.zeros(100, dtype=np.int64), recall_at=(1,), top_k=1)
+    with pytest.raises(ValueError, match="NaN"):
+        nearest_neighbours(q, g, 1)
+
+
 @pytest.mark.parametrize("same", [False, True])
 def test_device_engine_gives_identical_numbers(same):
     """device="cpu" runs the device code (keys, sort, gather, nonzero on torch); the numbers are

@@ -13,13 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 try:  # numba is optional: the torch implementation is used without it
-    from numba import get_num_threads, njit, prange
+    from llvmlite import ir
+    from numba import get_num_threads, njit, prange, types
+    from numba.core.extending import intrinsic
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
-BLOCK = 32  # items per vectorised threshold test in top_k_scan
+LANES = 32  # scores per vector comparison of top_k_scan (one bit each of a uint32 mask)
 
 if HAVE_NUMBA:
 
@@ -307,54 +309,137 @@ if HAVE_NUMBA:
             b = offsets[r + 1]
             _row(r, ranks[a:b], tags[a:b], params, out, counts_out)
 
+    @intrinsic
+    def _above_mask(typingctx, row, start, t):  # pragma: no cover - compiled
+        """uint32 mask of ``LANES`` scores, bit ``j`` set iff ``not (row[start + j] <= t)`` (the
+        score is greater than ``t``, or one of them is NaN): one vector load and comparison
+        (``row``: 1-D contiguous float32, ``start + LANES <= len(row)``, ``t`` float32)."""
+        if not (isinstance(row, types.Array) and row.ndim == 1 and row.dtype == types.float32):
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            first = context.cast(builder, args[1], signature.args[1], types.intp)
+            vec_t = ir.VectorType(ir.FloatType(), LANES)
+            vec = builder.load(builder.bitcast(builder.gep(data, [first]), vec_t.as_pointer()), align=4)
+            zero = ir.Constant(ir.IntType(32), 0)
+            one = builder.insert_element(ir.Constant(vec_t, ir.Undefined), args[2], zero)
+            lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+            above = builder.fcmp_unordered(">", vec, builder.shuffle_vector(one, one, lanes0))
+            return builder.bitcast(above, ir.IntType(LANES))
+
+        return types.uint32(row, start, types.float32), codegen
+
+    @intrinsic
+    def _lowest_bit(typingctx, mask):  # pragma: no cover - compiled
+        """Position of the lowest set bit of a non-zero integer (count of trailing zeros)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+        return mask(mask), codegen
+
+    @intrinsic
+    def _float32_from_bits(typingctx, bits):  # pragma: no cover - compiled
+        """The float32 whose bit pattern is the int32 ``bits``."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.int32), codegen
+
+    @njit(cache=True, inline="always")
+    def _score_of_high(high):  # pragma: no cover - compiled
+        """The float32 score whose order key has high half ``high`` (inverse of :func:`_score_high`;
+        -0.0 comes back as +0.0, which compares equal)."""
+        x = -1 - high
+        if x < 0:
+            x ^= 0x7FFFFFFF
+        return _float32_from_bits(np.int32(x))
+
+    @njit(cache=True)
+    def _select_smallest(a, k):  # pragma: no cover - compiled
+        """Reorder the distinct values ``a`` in place so that ``a[:k]`` are the k smallest and
+        ``a[k - 1]`` the largest of them (quickselect, median-of-three pivot, branch-free partition)."""
+        lo = 0
+        hi = a.shape[0] - 1
+        kth = k - 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            x = a[lo]
+            y = a[mid]
+            z = a[hi]
+            pivot = max(min(x, y), min(max(x, y), z))
+            # move the pivot to the end, then partition a[lo:hi] around it (Lomuto, conditional moves)
+            p = lo if x == pivot else (mid if y == pivot else hi)
+            a[p] = a[hi]
+            a[hi] = pivot
+            store = lo
+            for i in range(lo, hi):
+                v = a[i]
+                s = a[store]
+                lt = v < pivot
+                a[store] = v if lt else s
+                a[i] = s if lt else v
+                store += lt
+            a[hi] = a[store]
+            a[store] = pivot
+            if store == kth:
+                return
+            if kth < store:
+                hi = store - 1
+            else:
+                lo = store + 1
+
     @njit(cache=True, parallel=True)
-    def top_k_scan(scores, score_bits, block_max_bits, col0, self_index, k, buf, cnt, thr_high, bad):
+    def top_k_scan(scores, score_bits, col0, self_index, k, buf, cnt, thr, bad):
         # pragma: no cover - compiled
         """One tile of the top-k selection: columns ``col0 : col0 + T`` of a (Q, N) float32 score
         chunk (``scores`` (Q, T), ``score_bits`` the same viewed as int32). Each row keeps a buffer
         of candidate order keys ``buf[r, :cnt[r]]`` (capacity ``2k + 64``) across tiles; when it is
-        full it is cut to the best ``k`` and ``thr_high[r]`` becomes the key high half of the k-th
-        score (before: the largest int64). Items are scanned by increasing gallery index, so a later
-        item ties with the threshold item only with a larger index: it qualifies iff its score is
-        strictly greater (its key high half strictly smaller). ``block_max_bits[r, b]`` is the
-        maximum of ``scores[r, b * BLOCK : (b + 1) * BLOCK]`` (NaN if the block holds one) viewed
-        as int32, computed by torch, so that a block without any candidate is skipped in one
-        comparison; items past the last whole block are always visited. The item
-        ``self_index[r]`` is skipped; ``bad[r]`` = 1 when row ``r`` holds a NaN.
-        :func:`top_k_finish` reads the result."""
+        full its best ``k`` are moved to the front (:func:`_select_smallest`), the others dropped,
+        and ``thr[r]`` becomes the k-th best score (before: NaN, which admits every item). Items
+        are scanned by increasing gallery index, so a later item ties with the threshold item only
+        with a larger index: it qualifies iff its score is strictly greater, ``not (x <= thr)``.
+        That test runs on ``LANES`` scores at a time (:func:`_above_mask`) and only the set bits of
+        the mask are visited; NaN scores set their bit too and mark ``bad[r]``. The item
+        ``self_index[r]`` is skipped. :func:`top_k_finish` reads the result."""
         n_rows, n = scores.shape
         cap = buf.shape[1]
-        block = BLOCK
-        n_blocks = block_max_bits.shape[1]
+        n_vec = n - n % LANES
         for r in prange(n_rows):
+            row = scores[r]
             me = self_index[r] - col0
             c = cnt[r]
-            th = thr_high[r]
+            t = thr[r]
             nan_seen = 0
-            for lo in range(0, n, block):
-                hi = min(lo + block, n)
-                if lo // block < n_blocks:  # most blocks hold nothing above the threshold
-                    m = block_max_bits[r, lo // block]
-                    if (m & 0x7FFFFFFF) <= 0x7F800000 and not (_score_high(m) < th):  # NaN: visit
+            for lo in range(0, n, LANES):
+                if lo < n_vec:
+                    mask = _above_mask(row, lo, t)
+                else:  # the last, partial group
+                    mask = np.uint32(0)
+                    for j in range(n - lo):
+                        if not (row[lo + j] <= t):
+                            mask |= np.uint32(1) << np.uint32(j)
+                while mask != 0:
+                    i = lo + _lowest_bit(mask)
+                    mask &= mask - np.uint32(1)
+                    x = row[i]
+                    if x <= t:  # the threshold rose since the mask was taken
                         continue
-                for i in range(lo, hi):
-                    x = scores[r, i]
                     if x != x:
                         nan_seen = 1
                         continue
                     if i == me:
                         continue
-                    high = _score_high(score_bits[r, i])
-                    if not (high < th):
-                        continue
-                    buf[r, c] = (high << 32) | (col0 + i)
+                    buf[r, c] = (_score_high(score_bits[r, i]) << 32) | (col0 + i)
                     c += 1
                     if c == cap:
-                        buf[r, :] = np.sort(buf[r, :])
+                        _select_smallest(buf[r, :], k)
                         c = k
-                        th = buf[r, k - 1] >> 32
+                        t = _score_of_high(buf[r, k - 1] >> 32)
             cnt[r] = c
-            thr_high[r] = th
+            thr[r] = t
             bad[r] |= nan_seen
 
     @njit(cache=True, parallel=True)
@@ -364,7 +449,8 @@ if HAVE_NUMBA:
         """The first ``k`` items of each row from the buffers of :func:`top_k_scan`, in ranking
         order: ``top_index`` (Q, k) int64 and ``top_tags`` (Q, k) uint8 match masks."""
         for r in prange(buf.shape[0]):
-            best = np.sort(buf[r, : cnt[r]])
+            _select_smallest(buf[r, : cnt[r]], k)
+            best = np.sort(buf[r, :k])
             for j in range(k):
                 gi = best[j] & 0xFFFFFFFF
                 top_index[r, j] = gi
