@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 	fi
 	touch $(STAMP)
 
+# The suite in TEST_JOBS parallel processes (pytest-xdist; the machine's 2 cores by default):
+# --dist loadgroup keeps the tests of one xdist_group (the gloo ranks, tests/conftest.py) in one worker.
+TEST_JOBS ?= 2
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup
 
 # ruff, the layer contracts of DESIGN.md (import-linter) and declared vs imported dependencies (deptry)
 lint: install

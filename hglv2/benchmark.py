@@ -185,10 +185,12 @@ def run_key(run_cfg: dict[str, Any], data: str, code: str) -> str:
 
 
 def _worker_init() -> None:
-    """Initializer of the parallel-run worker processes: die with the benchmark process."""
-    from hglv2.processes import die_with_parent
+    """Initializer of the parallel-run worker processes: die with the benchmark process, and fork
+    the runs' DataLoader workers as a run in the main process does (:func:`fork_children`)."""
+    from hglv2.processes import die_with_parent, fork_children
 
     die_with_parent()
+    fork_children()
 
 
 def _train_run(

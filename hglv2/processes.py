@@ -7,6 +7,8 @@
   missing, and a guard against the parent having died before the call).
 * :func:`stop_processes` runs in the parent when it unwinds (Ctrl-C, SIGTERM, an error in one
   run): SIGTERM to each child, then SIGKILL to those still alive after a grace period.
+* :func:`fork_children` runs in a spawned child that starts processes of its own (a training run's
+  DataLoader workers): they are forked, as in a process started from the command line on Linux.
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ def die_with_parent(parent_pid: int | None = None, poll_s: float = 0.5, ignore_s
                 os._exit(1)
 
     threading.Thread(target=watch, name="hglv2-parent-watch", daemon=True).start()
+
+
+def fork_children() -> None:
+    """Make ``fork`` this process's default start method on Linux.
+
+    A process started by ``spawn`` inherits ``spawn`` as its default, so each DataLoader it builds
+    would start its workers as fresh interpreters that import torch and hglv2 again (seconds per
+    loader, several loaders per training run); a process started from the command line on Linux
+    (``hglv2 train``, a rank under torchrun) forks them.
+    """
+    import multiprocessing
+
+    if sys.platform.startswith("linux"):
+        multiprocessing.set_start_method("fork", force=True)
 
 
 def stop_processes(processes: Iterable[Any], grace_s: float = 3.0) -> None:

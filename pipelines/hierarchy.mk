@@ -53,8 +53,9 @@ ifeq ($(VOTE_IMAGES)$(abspath $(DATA)),$(abspath data/sample))
   VOTE_ARGS   := --model-config pipelines/hglv2-demo-tiny.json --random-weights 0 --batch-size 64 $(VOTE_ARGS)
   VOTE_INPUTS := $(SAMPLE_IMAGES)/truth.csv
 endif
-# the vote runs when images are configured and open_clip is installed
-VOTE       := $(if $(VOTE_IMAGES),$(shell $(PY) -c "import open_clip" >/dev/null 2>&1 && echo 1))
+# the vote runs when images are configured and open_clip is installed (found, not imported: an
+# import of open_clip loads torch, seconds on every make run, dry runs included)
+VOTE       := $(if $(VOTE_IMAGES),$(shell $(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('open_clip') is None)" >/dev/null 2>&1 && echo 1))
 VOTES      := $(if $(VOTE),$(OUT)/votes.parquet)
 
 ifeq ($(ONLINE),1)

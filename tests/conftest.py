@@ -1,4 +1,5 @@
-"""Shared test settings: offline, small thread counts, deterministic hypothesis profile."""
+"""Shared test settings: offline, small thread counts, deterministic hypothesis profile, and the
+grouping of the suite for parallel runs (pytest-xdist, ``make test``)."""
 
 import os
 
@@ -37,3 +38,11 @@ def gloo_pool():
     pool = GlooPool(2)
     yield pool
     pool.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``), every test that uses :func:`gloo_pool` runs in one
+    worker, so the session starts one pair of gloo ranks, not one per worker."""
+    for item in items:
+        if "gloo_pool" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("gloo"))

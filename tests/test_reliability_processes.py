@@ -138,6 +138,26 @@ def test_benchmark_workers_die_with_the_benchmark(suite, tmp_path, how, expected
     assert "Traceback" not in err, err
 
 
+def _start_method() -> str:
+    import multiprocessing
+
+    return multiprocessing.get_start_method()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is Linux's default")
+def test_benchmark_workers_fork_their_runs_dataloader_workers():
+    """A spawned worker would spawn its DataLoader workers too; the benchmark's fork them."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from hglv2.benchmark import _worker_init
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as plain:
+        assert plain.submit(_start_method).result() == "spawn"
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+        assert pool.submit(_start_method).result() == "fork"
+
+
 def test_progress_reads_the_last_logged_step(tmp_path):
     from hglv2.benchmark import _last_step
 
