@@ -7,7 +7,8 @@ from ``benchmarks/results/*.json`` (:mod:`_results`), including the conditions o
 (exit 1), so a stale table can be caught. Figures are never typed by hand.
 
 ``--compare DIR`` checks that the figures reproduce: for every results file present in both
-``--results`` and ``DIR``, each timing's and ratio's median in one is set against the other's
+``--results`` and ``DIR``, each timing's and ratio's median (``--stat min``: minimum over the
+repetitions) in one is set against the other's
 (relative difference, ``|b - a| / a``), and the figures differing by more than ``--tolerance``
 (default 20%) are listed; exit 1 when any does.
 
@@ -68,9 +69,15 @@ def conditions(runs: list[dict]) -> str:
         f"*Measured {r0['started'][:10]} on {m['cpu_model']} ({m['cores']} cores), "
         f"threads: {m['threads'] or 'default'}, 1-minute load before → after: {loads}; "
         f"{vers}; hglv2 {v.get('hglv2_commit') or v.get('hglv2')}. "
-        f"Each cell: min / median over {r0['args'].get('repeat', 'the')} interleaved repetitions "
+        f"Each cell: min / median over {_repeats(runs)} interleaved repetitions "
         f"(results files in benchmarks/results/).*"
     )
+
+
+def _repeats(runs: list[dict]) -> str:
+    """The repetitions of the runs behind a table: ``3``, or ``3 / 1`` (in the runs' order)."""
+    counts = [str(r["args"].get("repeat", "the")) for r in runs]
+    return counts[0] if len(set(counts)) == 1 else " / ".join(counts)
 
 
 def metrics_table(results: Path) -> list[str]:
@@ -263,8 +270,8 @@ def dump_table(results: Path) -> list[str]:
     a = runs[0]["args"]
     head = (
         f"{a['json_mb']} MB of JSON, {a['threads']} bz2 decompression threads; MB/s and MB per CPU-s: "
-        "best / median repetition. Projection for the real dump (1.4 TB of JSON) from the route's "
-        "least CPU time per byte: " + "; ".join(notes) + "."
+        "best / median repetition. Projection for the real dump (1.4 TB of JSON), the route's least "
+        "CPU time per byte spread evenly over the cores: " + "; ".join(notes) + "."
     )
     cmds = " and ".join(command(r) for r in runs)
     return [*lines, "", head, "", f"Command: {cmds}.", "", conditions(runs)]
@@ -290,9 +297,10 @@ def render(text: str, results: Path) -> str:
     return MARKER.sub(sub, text)
 
 
-def compare(first: Path, second: Path, tolerance: float) -> int:
-    """Print each median of the results files found in both folders, side by side; 1 when some
-    figure differs by more than ``tolerance`` (relative to the first folder's)."""
+def compare(first: Path, second: Path, tolerance: float, stat: str = "median") -> int:
+    """Print each figure's ``stat`` (min or median over its repetitions) of the results files found
+    in both folders, side by side; 1 when some figure differs by more than ``tolerance`` (relative
+    to the first folder's)."""
     names = sorted({p.name for p in first.glob("*.json")} & {p.name for p in second.glob("*.json")})
     if not names:
         print(f"no results file in both {first} and {second}")
@@ -304,11 +312,12 @@ def compare(first: Path, second: Path, tolerance: float) -> int:
         print(f"{name}: load {_load_str(a)} / {_load_str(b)}")
         for fig, ea in a["figures"].items():
             eb = b["figures"].get(fig)
-            if not (isinstance(ea, dict) and isinstance(eb, dict) and "median" in ea and "median" in eb):
+            if not (isinstance(ea, dict) and isinstance(eb, dict) and stat in ea and stat in eb):
                 continue
-            rel = abs(eb["median"] - ea["median"]) / abs(ea["median"]) if ea["median"] else float("inf")
+            a_, b_ = ea[stat], eb[stat]
+            rel = abs(b_ - a_) / abs(a_) if a_ else float("inf")
             flag = " <-- over" if rel > tolerance else ""
-            print(f"  {fig:32s} {ea['median']:12.4g} {eb['median']:12.4g} {rel:7.1%}{flag}")
+            print(f"  {fig:32s} {a_:12.4g} {b_:12.4g} {rel:7.1%}{flag}")
             if flag:
                 off.append(f"{name}:{fig}")
     listed = ": " + ", ".join(off) if off else ""
@@ -323,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="report stale tables, change nothing")
     ap.add_argument("--compare", metavar="DIR", help="compare the medians with another results folder")
     ap.add_argument("--tolerance", type=float, default=0.2, help="relative difference allowed by --compare")
+    ap.add_argument("--stat", choices=("min", "median"), default="median", help="what --compare compares")
     args = ap.parse_args(argv)
     if args.compare:
-        return compare(Path(args.results), Path(args.compare), args.tolerance)
+        return compare(Path(args.results), Path(args.compare), args.tolerance, args.stat)
     stale = []
     for name in args.files:
         path = Path(name)
