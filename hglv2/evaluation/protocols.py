@@ -181,6 +181,27 @@ def copies_in_gallery(
     return np.array([first.get(h, -1) for h in _file_hashes(root, query_paths)], dtype=np.int64)
 
 
+def per_query_with_copies(
+    q_emb: np.ndarray,
+    q_labels: np.ndarray,
+    g_emb: np.ndarray,
+    g_labels: np.ndarray,
+    copy: np.ndarray,
+    **metric_options: Any,
+) -> tuple[dict[str, Any], int]:
+    """Per-query values (``reduce=False``) of queries against a gallery, a query's own copy
+    (``copy``, :func:`copies_in_gallery`) left out of its ranking, and the number of gallery items
+    each query is ranked against: when every query has a copy, each is ranked from its copy with
+    that copy excluded by index (the authors' drop of the first neighbour); otherwise the plain
+    query vs gallery values."""
+    from hglv2.metrics.conventions import evaluate_convention
+
+    if len(copy) and (copy >= 0).all():
+        per = evaluate_convention(g_emb, g_labels, reduce=False, **metric_options)
+        return {k: np.asarray(v)[copy] for k, v in per.items()}, len(g_emb) - 1
+    return evaluate_convention(q_emb, q_labels, g_emb, g_labels, reduce=False, **metric_options), len(g_emb)
+
+
 def evaluate_with_copies(
     q_emb: np.ndarray,
     q_labels: np.ndarray,
@@ -189,17 +210,15 @@ def evaluate_with_copies(
     copy: np.ndarray,
     **metric_options: Any,
 ) -> dict[str, Any]:
-    """Queries against a gallery, a query's own copy (``copy``, :func:`copies_in_gallery`) left out
-    of its ranking: when every query has a copy, each is ranked from its copy with that copy
-    excluded by index (the authors' drop of the first neighbour); otherwise the plain query vs
-    gallery metrics. Adds ``queries_with_copy_in_gallery``."""
+    """:func:`per_query_with_copies` reduced to means (the plain query vs gallery metrics when
+    some query has no copy). Adds ``queries_with_copy_in_gallery``."""
     from hglv2.metrics.conventions import evaluate_convention
     from hglv2.metrics.evaluate import reduce_per_query
 
     n_copies = int((copy >= 0).sum())
     if n_copies == len(copy) and n_copies > 0:
-        per = evaluate_convention(g_emb, g_labels, reduce=False, **metric_options)
-        res = {"n_queries": len(copy), "n_gallery": len(g_emb) - 1, **reduce_per_query(per, rows=copy)}
+        per, n_gallery = per_query_with_copies(q_emb, q_labels, g_emb, g_labels, copy, **metric_options)
+        res = {"n_queries": len(copy), "n_gallery": n_gallery, **reduce_per_query(per)}
     else:
         res = evaluate_convention(q_emb, q_labels, g_emb, g_labels, **metric_options)
     res["queries_with_copy_in_gallery"] = n_copies

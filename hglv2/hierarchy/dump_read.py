@@ -222,7 +222,6 @@ def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
     exception of ``items`` is raised here after the items before it. Closing this generator
     stops the thread and closes ``items``."""
     import queue
-    import threading
 
     q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
     stop = threading.Event()

@@ -23,7 +23,7 @@ from torch import nn
 from hglv2.config import config_digest, load_config
 from hglv2.errors import InputError
 from hglv2.evaluation.embed import embed_images
-from hglv2.evaluation.protocols import copies_in_gallery, split_paths
+from hglv2.evaluation.protocols import copies_in_gallery, per_query_with_copies, split_paths
 from hglv2.fileio import atomic_open, atomic_path, claim_folder, finite_or_none, jsonl_line, write_json
 from hglv2.losses.registry import build_loss
 from hglv2.models import autocast, build_model, resolve_device
@@ -540,8 +540,7 @@ class Trainer:
         :func:`~hglv2.metrics.evaluate.reduce_per_query` means with ``n_queries`` and ``n_gallery``,
         i.e. :func:`~hglv2.metrics.evaluate` reduced. For ``data.test_sets`` with a gallery, each
         query's own copy in the gallery (DyML) is left out of its ranking, exactly as ``hglv2
-        evaluate --checkpoint`` (:func:`hglv2.evaluation.protocols.evaluate_with_copies`): when
-        every query has a copy, each is ranked from its copy with that copy excluded by index.
+        evaluate --checkpoint`` (:func:`hglv2.evaluation.protocols.per_query_with_copies`).
         """
         from hglv2.metrics import evaluate
         from hglv2.metrics.evaluate import reduce_per_query
@@ -552,20 +551,14 @@ class Trainer:
             ds = build_dataset(self.cfg, self.root, split, train=False, levels=ts["levels"])
             return self._embed(ds, d["num_workers"])
 
-        opts = {"recall_at": tuple(t["recall_at"]), "reduce": False}
+        recall_at = tuple(t["recall_at"])
         qe, ql = run(ts["query"])
-        n_gallery = len(qe) - 1
         if not ts["index"]:
-            per = evaluate(qe, ql, **opts)
+            per, n_gallery = evaluate(qe, ql, recall_at=recall_at, reduce=False), len(qe) - 1
         else:
             ge, gl = run(ts["index"])
             copy = self._gallery_copies(ts) if d["test_sets"] else np.full(len(qe), -1)
-            if len(copy) and (copy >= 0).all():  # DyML: ranked from its copy, the copy left out
-                per = {k: np.asarray(v)[copy] for k, v in evaluate(ge, gl, **opts).items()}
-                n_gallery = len(ge) - 1
-            else:
-                per = evaluate(qe, ql, ge, gl, **opts)
-                n_gallery = len(ge)
+            per, n_gallery = per_query_with_copies(qe, ql, ge, gl, copy, recall_at=recall_at)
         res = {"n_queries": len(qe), "n_gallery": n_gallery, **reduce_per_query(per)}
         metrics = {
             k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
