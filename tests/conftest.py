@@ -2,6 +2,7 @@
 grouping of the suite for parallel runs (pytest-xdist, ``make test``)."""
 
 import os
+import zlib
 
 import pytest
 
@@ -21,6 +22,21 @@ try:
     settings.load_profile("ci")
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generators(request):
+    """The global torch, NumPy and ``random`` generators start from a seed of the test's own id, so
+    a test draws the same numbers whichever worker runs it and whatever ran before it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @pytest.fixture

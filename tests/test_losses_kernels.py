@@ -44,7 +44,9 @@ def test_pair_ranks_kernel_equals_torch(monkeypatch, L, ties, spread, approximat
     for seed in range(1):
         scores, levels, table = _case(seed, B=7, N=40, L=L, spread=spread, ties=ties)
         cfg = StepConfig(approximation)
-        w = torch.rand(levels.gt(0).sum().item(), dtype=torch.float64)
+        w = torch.rand(
+            levels.gt(0).sum().item(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
 
         def run(tab=table, scores=scores, levels=levels, cfg=cfg, w=w):
             s = scores.clone().requires_grad_(True)
