@@ -102,7 +102,26 @@ def metrics_table(results: Path) -> list[str]:
             f"| {size} | {_x(f['full.ratio'])} | {_x(f['topk.ratio_faiss'])} "
             f"| {_s(f['topk.ours'], 3)}, {_s(f['topk.faiss_search'], 3)} | {peers} | {command(r)} |"
         )
-    return [*lines, "", conditions(runs)]
+    notes = [_profile_note(r) for r in runs if "full.profile.matmul" in r["figures"]]
+    return [*lines, "", *notes, conditions(runs)]
+
+
+def _profile_note(r: dict) -> str:
+    """Where the full ranking's time goes (medians of the instrumented runs)."""
+    f, a = r["figures"], r["args"]
+    names = {
+        "matmul": "matmul",
+        "keys": "key building",
+        "sort": "row sort",
+        "metric_pass": "fused metric pass",
+    }
+    parts = ", ".join(f"{label} {f[f'full.profile.{k}']['median']:.3f} s" for k, label in names.items())
+    floor = f["full.floor"]["median"]
+    return (
+        f"Full ranking at Q = {a['queries']:,} x N = {a['gallery']:,}, one evaluate, stage by stage (median "
+        f"of {f['full.profile.matmul']['n']} instrumented runs): {parts}, the rest "
+        f"{f['full.profile.rest']['median']:.3f} s; the floor (matmul + row sort) {floor:.3f} s.\n"
+    )
 
 
 def losses_table(results: Path) -> list[str]:

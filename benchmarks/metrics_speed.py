@@ -199,12 +199,54 @@ def _section_full(args, case, out: _results.Results) -> None:
     fl = out.timing("full.floor", floor)
     ratio = out.ratio("full.ratio", t["ours"], floor)
     out.value("full.values", {k: float(res[k]) for k in ("H-AP", "NDCG", "ASI", "AP_level0")})
+    parts = [_full_profile(q, ql, g, gl, args.memory_mb) for _ in range(args.repeat)]
+    for part in parts[0]:
+        out.timing(f"full.profile.{part}", [p[part] for p in parts])
     print(
         f"[1] full ranking, all {n_metrics} metrics: {_mm(ours)}   peak RSS {rss:.2f} GB (before {rss0:.2f})"
     )
     print("  " + "  ".join(f"{k} {res[k]:.4f}" for k in ("H-AP", "NDCG", "ASI", "AP_level0")))
     print(f"  floor: matmul + int64 key sort {_mm(fl)}")
     print(f"  ratio hglv2 / (matmul + key sort) = {_xx(ratio)}")
+
+
+PROFILED = {  # the stages of the full ranking: (module, function) -> profile name
+    ("torch", "matmul"): "matmul",
+    ("hglv2.metrics._fused", "build_tagged_keys"): "keys",
+    ("hglv2.metrics.evaluate", "_sort_rows_inplace"): "sort",
+    ("hglv2.metrics._fused", "fused_metrics_tagged"): "metric_pass",
+}
+
+
+def _full_profile(q, ql, g, gl, memory_mb: int) -> dict[str, float]:
+    """Seconds of each stage of one full-ranking evaluate (:data:`PROFILED`, each call timed
+    through a wrapper; ``rest``: the evaluate's other time), in a run of its own after the timed
+    ones."""
+    from hglv2.metrics import evaluate
+
+    spent = dict.fromkeys([*PROFILED.values(), "rest"], 0.0)
+    saved = []
+    for (module, name), part in PROFILED.items():
+        mod = importlib.import_module(module)
+        fn = getattr(mod, name)
+        saved.append((mod, name, fn))
+
+        def timed(*a, _fn=fn, _part=part, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                spent[_part] += time.perf_counter() - t0
+
+        setattr(mod, name, timed)
+    try:
+        t0 = time.perf_counter()
+        evaluate(q, ql, g, gl, memory_mb=memory_mb)
+        spent["rest"] = time.perf_counter() - t0 - sum(spent.values())
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+    return spent
 
 
 def _mm(entry: dict) -> str:

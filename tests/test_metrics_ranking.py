@@ -363,3 +363,34 @@ def test_evaluate_keeps_torch_thread_count():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("n_levels", range(10))
+def test_tagged_keys_equal_their_definition(n_levels):
+    """The compiled key pass (four levels compared per pass over a row, padded levels never
+    matching) against the definition: the score's order image, the index, the match mask; the
+    excluded item last with mask 0; -0.0 ties with +0.0; negative codes compare like any other."""
+    from hglv2.metrics import _fused
+
+    rng = np.random.default_rng(n_levels)
+    q, n = 7, 300
+    s = np.round(rng.normal(size=(q, n)), 1).astype(np.float32)  # rounded: ties
+    s[0, :5], s[1, :3] = -0.0, 0.0
+    qc = rng.integers(-1, 4, size=(q, n_levels)).astype(np.int32)
+    gct = rng.integers(-1, 4, size=(n_levels, n)).astype(np.int32)
+    me = rng.integers(-1, n, size=q).astype(np.int64)
+    keys, bad = np.empty((q, n), np.int64), np.zeros(q, np.uint8)
+    _fused.build_tagged_keys(s.view(np.int32), *_fused.padded_codes(qc, gct), me, n_levels, keys, bad)
+    x = s.view(np.int32).astype(np.int64)
+    x[x == -(2**31)] = 0
+    x ^= (x >> 32) & 0x7FFFFFFF
+    want = ((-1 - x) << 32) | (np.arange(n, dtype=np.int64) << n_levels)
+    for c in range(n_levels):
+        want |= (gct[c][None, :] == qc[:, c][:, None]).astype(np.int64) << c
+    for r in np.flatnonzero(me >= 0):
+        want[r, me[r]] = (np.int64(0x7FFFFFFF) << 32) | (np.int64(me[r]) << n_levels)
+    assert np.array_equal(keys, want) and not bad.any()
+    s[2, 7] = np.nan
+    _fused.build_tagged_keys(s.view(np.int32), *_fused.padded_codes(qc, gct), me, n_levels, keys, bad)
+    assert bad.tolist() == [0, 0, 1, 0, 0, 0, 0]

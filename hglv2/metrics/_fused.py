@@ -249,30 +249,55 @@ if HAVE_NUMBA:
             ranks = np.cumsum(hist)[:cnt]
             _row(r, ranks, sorted_tags, params, out, counts_out)
 
+    @njit(cache=True, inline="always")
+    def _order_high(bits):  # pragma: no cover - compiled
+        """The high half of an order key from a float32's bits (int32): ascending key = descending
+        score; -0.0 counts as +0.0."""
+        x = np.int64(bits)
+        x = 0 if x == -2147483648 else x
+        x ^= (x >> 32) & 0x7FFFFFFF  # negative floats: reverse their order
+        return -1 - x
+
+    @njit(cache=True, inline="always")
+    def _match4(q_codes, g_codes_t, r, i, c):  # pragma: no cover - compiled
+        """The match mask of levels ``c .. c + 3`` of query ``r`` and item ``i`` (bit ``l``: level
+        ``c + l`` equal)."""
+        return (
+            np.int64(g_codes_t[c, i] == q_codes[r, c])
+            | (np.int64(g_codes_t[c + 1, i] == q_codes[r, c + 1]) << 1)
+            | (np.int64(g_codes_t[c + 2, i] == q_codes[r, c + 2]) << 2)
+            | (np.int64(g_codes_t[c + 3, i] == q_codes[r, c + 3]) << 3)
+        )
+
     @njit(cache=True, parallel=True)
     def build_tagged_keys(score_bits, q_codes, g_codes_t, self_index, n_levels, keys, bad):
         # pragma: no cover - compiled
         """One pass over a (Q, N) chunk of float32 scores (viewed as int32): ``keys[r, i]`` gets
         the order key of :func:`hglv2.metrics.ranking.order_keys` with the label match mask packed
         below the gallery index: high 32 bits = order image of the score, then ``i << n_levels``,
-        then the mask (bit ``l`` = column ``l`` equal; ``g_codes_t`` is (L, N)). Sorting these keys
-        gives the same order as sorting the plain keys (the index is unique), and the sorted row
-        carries the masks, so nothing has to be gathered afterwards. The item ``self_index[r]``
-        (-1: none) gets the largest key of its row and mask 0. ``bad[r]`` = 1 when row ``r`` holds
-        a NaN. The loops are branch-free so that they vectorise."""
+        then the mask (bit ``l`` = column ``l`` equal). The codes come padded to a multiple of 4
+        levels by :func:`padded_codes` (``q_codes`` (Q, 4G), ``g_codes_t`` (4G, N); padding never
+        matches), so four levels are compared per pass over the row (one pass for up to 4 levels).
+        Sorting these keys gives the same order as sorting the plain keys (the index is unique),
+        and the sorted row carries the masks, so nothing has to be gathered afterwards. The item
+        ``self_index[r]`` (-1: none) gets the largest key of its row and mask 0. ``bad[r]`` = 1
+        when row ``r`` holds a NaN. The loops are branch-free so that they vectorise."""
         n_rows, n = score_bits.shape
+        n_groups = g_codes_t.shape[0] // 4
         for r in prange(n_rows):
             nan_seen = 0
-            for i in range(n):
-                x = np.int64(score_bits[r, i])
-                nan_seen |= (x & 0x7FFFFFFF) > 0x7F800000
-                x = 0 if x == -2147483648 else x  # -0.0 is +0.0
-                x ^= (x >> 32) & 0x7FFFFFFF  # negative floats: reverse their order
-                keys[r, i] = ((-1 - x) << 32) | (np.int64(i) << n_levels)
-            for col in range(n_levels):
-                qc = q_codes[r, col]
+            if n_groups == 0:
                 for i in range(n):
-                    keys[r, i] |= np.int64(g_codes_t[col, i] == qc) << col
+                    nan_seen |= (score_bits[r, i] & 0x7FFFFFFF) > 0x7F800000
+                    keys[r, i] = (_order_high(score_bits[r, i]) << 32) | (np.int64(i) << n_levels)
+            else:
+                for i in range(n):
+                    nan_seen |= (score_bits[r, i] & 0x7FFFFFFF) > 0x7F800000
+                    high = _order_high(score_bits[r, i]) << 32
+                    keys[r, i] = high | (np.int64(i) << n_levels) | _match4(q_codes, g_codes_t, r, i, 0)
+            for grp in range(1, n_groups):
+                for i in range(n):
+                    keys[r, i] |= _match4(q_codes, g_codes_t, r, i, 4 * grp) << (4 * grp)
             me = self_index[r]
             if me >= 0:
                 keys[r, me] = (np.int64(0x7FFFFFFF) << 32) | (np.int64(me) << n_levels)
@@ -499,6 +524,18 @@ if HAVE_NUMBA:
                         hits += (tags[r, p] >> col) & 1
                     out[r, o + 2 + j] = 1.0 if first <= kk else 0.0
                     out[r, o + 2 + nk + j] = hits / kk
+
+
+def padded_codes(q_codes: np.ndarray, g_codes_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The label codes of :func:`build_tagged_keys`: ``q_codes`` (Q, L) and ``g_codes_t`` (L, N)
+    as int32, padded to a multiple of 4 levels with levels that never match (query 1, item 0)."""
+    n_levels = q_codes.shape[1]
+    width = -(-n_levels // 4) * 4
+    q = np.ones((q_codes.shape[0], width), dtype=np.int32)
+    q[:, :n_levels] = q_codes
+    g = np.zeros((width, g_codes_t.shape[1]), dtype=np.int32)
+    g[:n_levels] = g_codes_t
+    return q, g
 
 
 def row_parts(n_rows: int) -> int:

@@ -424,8 +424,7 @@ def _tagged_keys(scores: torch.Tensor, qc: torch.Tensor, g_codes_np: np.ndarray,
     me = np.full(n_rows, -1, dtype=np.int64) if self_index is None else self_index.numpy()
     _fused.build_tagged_keys(
         scores.contiguous().view(torch.int32).numpy(),
-        qc.numpy(),
-        g_codes_np,
+        *_fused.padded_codes(qc.numpy(), g_codes_np),
         me,
         n_levels,
         keys,

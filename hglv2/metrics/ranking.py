@@ -67,11 +67,10 @@ def order_keys(scores: torch.Tensor) -> torch.Tensor:
 
         if _fused.HAVE_NUMBA and n_rows and n:
             keys = torch.empty((n_rows, n), dtype=torch.int64)
-            none = np.zeros((n_rows, 0), dtype=np.int32)
             bad = np.zeros(n_rows, dtype=np.uint8)
             _fused.build_tagged_keys(
                 s.contiguous().view(torch.int32).numpy(),
-                none,
+                np.zeros((n_rows, 0), dtype=np.int32),
                 np.zeros((0, n), dtype=np.int32),
                 np.full(n_rows, -1, dtype=np.int64),
                 0,
