@@ -26,6 +26,7 @@ as error bars;
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -34,7 +35,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,19 @@ def _worker_init() -> None:
     fork_children()
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (None: unchanged) inside the block, and put back
+    after it, so that a run trained in the caller's process leaves its thread count as it was."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train_run(
     run_cfg: dict[str, Any],
     run_dir: str,
@@ -207,11 +221,10 @@ def _train_run(
     ``key`` (:func:`run_key`) is recorded in ``metrics.json``; ``resume=False`` starts over even
     when the run folder holds a checkpoint (made from other inputs).
     """
-    if threads:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    trainer = Trainer(run_cfg, run_dir, device=device, resume=resume, progress=progress)
-    metrics = trainer.fit()
+    with torch_threads(threads):
+        t0 = time.perf_counter()
+        trainer = Trainer(run_cfg, run_dir, device=device, resume=resume, progress=progress)
+        metrics = trainer.fit()
     write_parquet(per_query_table(trainer), Path(run_dir) / PER_QUERY_FILE, use_dictionary=["test_set"])
     done = Path(run_dir) / "metrics.json"
     record = json.loads(done.read_text("utf-8"))
@@ -335,10 +348,15 @@ def _pairwise(by_loss: dict, matrix: Callable, levels: int, resamples: int) -> l
     return rows
 
 
-def plan_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> tuple[int, int | None]:
-    """(parallel runs, torch threads per run). ``jobs=None``: on CPU one single-threaded run per
-    core (small models scale better across processes than across threads, and a busy machine
-    does not stall them), at most one per run; on CUDA one run at a time."""
+def plan_jobs(
+    n_runs: int, device: str | None, jobs: int | None = None, threads: int | None = None
+) -> tuple[int, int | None]:
+    """(parallel runs, torch threads per run). ``jobs=None``: on CPU one run per core, at most one
+    per run (small models scale better across processes than across threads, and a busy machine
+    does not stall them); on CUDA one run at a time. ``threads``: torch CPU threads of every run,
+    1 by default on CPU whatever the number of jobs or cores, so that the numbers of a run do not
+    depend on them (the thread count changes how the CPU kernels split their sums, hence the last
+    bits of the trained weights); None on CUDA (torch's default)."""
     cores = os.cpu_count() or 1
     on_cuda = str(device or "auto").startswith("cuda") or (
         device in (None, "auto") and torch.cuda.is_available()
@@ -346,9 +364,9 @@ def plan_jobs(n_runs: int, device: str | None, jobs: int | None = None) -> tuple
     if jobs is None:
         jobs = 1 if on_cuda else min(max(n_runs, 1), cores)
     jobs = max(1, min(jobs, max(n_runs, 1)))
-    if jobs == 1:
-        return 1, None
-    return jobs, max(1, cores // jobs)
+    if threads is None and not on_cuda:
+        threads = 1
+    return jobs, threads
 
 
 def run_suite(
@@ -360,6 +378,7 @@ def run_suite(
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     jobs: int | None = None,
+    threads: int | None = None,
     say: Callable[[str], None] | None = None,
     tuned: dict[str, dict[str, Any]] | None = None,
     tuning: dict[str, Any] | None = None,
@@ -368,7 +387,8 @@ def run_suite(
 
     ``overrides`` maps dotted config keys to values (``{"train.steps": 20}``), applied to the
     suite's config before the runs are derived from it. ``jobs``: runs trained in parallel worker
-    processes (default: :func:`plan_jobs`); the results do not depend on it. ``say``: called with
+    processes (default: :func:`plan_jobs`); the results do not depend on it. ``threads``: torch CPU
+    threads of each run (:func:`plan_jobs`: 1 on CPU by default). ``say``: called with
     one line per run finished in a worker process (``"<loss> seed <k>: H-AP <%>"``, in plan
     order); nothing is printed without it. ``tuned``: per-loss overrides (:func:`suite_runs`);
     ``tuning``: the search that chose them, recorded in ``results.json``. Returns the results.
@@ -384,12 +404,12 @@ def run_suite(
     data_s = time.perf_counter() - t0
 
     finished, todo = _plan_runs(plan, out, data_digest(cfg, data_root), code_digest())
-    n_jobs, threads = plan_jobs(len(todo), device, jobs)
+    n_jobs, threads = plan_jobs(len(todo), device, jobs, threads)
     if n_jobs > 1:
         _run_parallel(plan, todo, finished, n_jobs, device, threads, progress, say)
     else:
         for k, rc, rd, key, resume in todo:
-            finished[k] = {**_train_run(rc, rd, device, None, progress, key, resume), "reused": False}
+            finished[k] = {**_train_run(rc, rd, device, threads, progress, key, resume), "reused": False}
     runs = []
     for k, (label, seed, run_cfg) in enumerate(plan):
         run_dir = out / "runs" / _safe(label) / f"seed{seed}"

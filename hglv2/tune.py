@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hglv2.benchmark import code_digest, data_digest, run_key, run_suite, suite_runs
+from hglv2.benchmark import code_digest, data_digest, plan_jobs, run_key, run_suite, suite_runs, torch_threads
 from hglv2.config import apply_overrides, load_config
 from hglv2.errors import InputError
 from hglv2.fileio import claim_folder, file_lock, write_parquet
@@ -256,6 +256,7 @@ def tune_suite(
     progress: bool = True,
     jobs: int | None = None,
     say: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Tune each loss of ``suite`` with ``trials`` trials (:func:`tune_losses`), then run the
     suite with the chosen settings (:func:`hglv2.benchmark.run_suite`); returns its results."""
@@ -264,7 +265,8 @@ def tune_suite(
     cfg = suite if isinstance(suite, dict) else load_config(suite)
     cfg = apply_overrides(json.loads(json.dumps(cfg)), overrides, "suite")
     out = claim_folder(out_dir, "benchmark")
-    tuned, record = tune_losses(cfg, out, trials, losses, device, metric, progress, seeds)
+    with torch_threads(plan_jobs(1, device, 1, threads)[1]):  # the trials train as the runs do
+        tuned, record = tune_losses(cfg, out, trials, losses, device, metric, progress, seeds)
     return run_suite(
         cfg,
         out,
@@ -274,6 +276,7 @@ def tune_suite(
         progress=progress,
         jobs=jobs,
         say=say,
+        threads=threads,
         tuned=tuned,
         tuning=record,
     )

@@ -144,15 +144,18 @@ def test_plan_jobs(monkeypatch):
     from hglv2.benchmark import plan_jobs
 
     monkeypatch.setattr("os.cpu_count", lambda: 4)
+    # one thread per run on CPU whatever the jobs and cores: the numbers do not depend on them
     assert plan_jobs(8, "cpu") == (4, 1)
-    assert plan_jobs(2, "cpu") == (2, 2)
-    assert plan_jobs(1, "cpu") == (1, None)
-    assert plan_jobs(8, "cpu", jobs=1) == (1, None)
+    assert plan_jobs(2, "cpu") == (2, 1)
+    assert plan_jobs(1, "cpu") == (1, 1)
+    assert plan_jobs(8, "cpu", jobs=1) == (1, 1)
+    assert plan_jobs(8, "cpu", jobs=2, threads=3) == (2, 3)
     assert plan_jobs(8, "cuda") == (1, None)
 
 
 def test_a_run_embeds_its_evaluation_splits_once_for_metrics_and_per_query(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
+    import torch
 
     from hglv2.benchmark import run_suite
     from hglv2.train.trainer import Trainer
@@ -171,7 +174,14 @@ def test_a_run_embeds_its_evaluation_splits_once_for_metrics_and_per_query(tmp_p
         self.model.register_forward_hook(count_eval_images)
 
     monkeypatch.setattr(Trainer, "_build_model", counting)
-    run_suite(suite, tmp_path / "out", progress=False, jobs=1)
+    threads = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self: threads.append(torch.get_num_threads()) or fit(self))
+    before = torch.get_num_threads()
+    results = run_suite(suite, tmp_path / "out", progress=False, jobs=1)
+    # a run in this process trains on one thread, as in a worker, and gives the caller's back
+    assert threads == [1] and results["environment"]["threads_per_run"] == 1
+    assert torch.get_num_threads() == before
     n_query = pq.read_metadata(tmp_path / "data" / "query.parquet").num_rows
     n_index = pq.read_metadata(tmp_path / "data" / "index.parquet").num_rows
     assert sum(embedded) == n_query + n_index  # the final evaluation only (eval_every 0)

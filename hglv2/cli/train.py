@@ -106,7 +106,13 @@ def train(
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
-    help="runs trained in parallel processes [default: on CPU one single-threaded run per core; on CUDA 1]",
+    help="runs trained in parallel processes [default: on CPU one run per core; on CUDA 1]",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="torch CPU threads of each run [default: 1 on CPU, whatever --jobs]; the numbers do not "
+    "depend on --jobs, but another thread count changes the last bits of the trained weights",
 )
 @click.option(
     "--tune",
@@ -124,6 +130,7 @@ def benchmark(
     losses: str | None,
     steps: int | None,
     jobs: int | None,
+    threads: int | None,
     tune: int | None,
     tune_metric: str,
     device: str,
@@ -156,6 +163,7 @@ def benchmark(
         "overrides": overrides,
         "progress": not quiet,
         "jobs": jobs,
+        "threads": threads,
         "say": None if quiet else printer,
     }
     if tune:
