@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 HGLV2 := $(VENV)/bin/hglv2
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench bench-tables hierarchy clean
+.PHONY: install test lint demo bench bench-tables bench-check hierarchy clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ bench: install
 # results files the benchmark scripts write; no figure is typed by hand).
 bench-tables:
 	$(PY) benchmarks/_tables.py
+
+# Every table's benchmark run again into $(RECHECK), each figure compared with the committed one
+# (flags those more than 20% apart; about 15 minutes on 2 idle cores).
+RECHECK ?= benchmarks/results/recheck
+bench-check:
+	$(PY) benchmarks/_tables.py --rerun $(RECHECK)
 
 # The semi-automatic hierarchy pipeline (file targets in pipelines/hierarchy.mk).
 hierarchy: install

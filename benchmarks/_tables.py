@@ -12,8 +12,11 @@ repetitions) in one is set against the other's
 (relative difference, ``|b - a| / a``), and the figures differing by more than ``--tolerance``
 (default 20%) are listed; exit 1 when any does.
 
+``--rerun DIR`` runs the command of every results file again (with the thread setting it ran
+under), writing each new file into ``DIR`` (``make bench-check``), then compares as ``--compare``.
+
 Usage: ``python benchmarks/_tables.py [--check] [--results DIR] [--compare DIR [--tolerance F]]
-[FILES...]`` (default files: docs/performance.md and README.md).
+[--rerun DIR] [FILES...]`` (default files: docs/performance.md and README.md).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -386,6 +390,44 @@ def compare(first: Path, second: Path, tolerance: float, stat: str = "median") -
     return 1 if off else 0
 
 
+def rerun_commands(results: Path, out: Path) -> list[tuple[dict[str, str], list[str]]]:
+    """``(environment, argv)`` re-running each results file's command into ``out`` under the
+    same name. Only ``python benchmarks/<script>.py ...`` of this repository is accepted; a
+    ``--results`` it carried is replaced."""
+    runs = []
+    for path in sorted(results.glob("*.json")):
+        r = json.loads(path.read_text())
+        argv = shlex.split(r["command"])
+        script = ROOT / "benchmarks" / Path(argv[1]).name if len(argv) > 1 else None
+        if not (argv[0].startswith("python") and script and script.is_file() and argv[1].endswith(".py")):
+            raise SystemExit(
+                f"{path}: command is not a benchmark script of this repository: {r['command']!r}"
+            )
+        args = argv[2:]
+        while "--results" in args:
+            at = args.index("--results")
+            del args[at : at + 2]
+        env = (
+            {"OMP_NUM_THREADS": r["machine"]["OMP_NUM_THREADS"]}
+            if r["machine"].get("OMP_NUM_THREADS")
+            else {}
+        )
+        runs.append((env, [sys.executable, str(script), *args, "--results", str(out / path.name)]))
+    return runs
+
+
+def rerun(results: Path, out: Path, tolerance: float, stat: str) -> int:
+    """Run :func:`rerun_commands` one after the other, then :func:`compare` the two folders."""
+    import os
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    for env, argv in rerun_commands(results, out):
+        print("== " + " ".join([*(f"{k}={v}" for k, v in env.items()), *argv[1:]]), flush=True)
+        subprocess.run(argv, check=True, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return compare(results, out, tolerance, stat)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -396,7 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", metavar="DIR", help="compare the medians with another results folder")
     ap.add_argument("--tolerance", type=float, default=0.2, help="relative difference allowed by --compare")
     ap.add_argument("--stat", choices=("min", "median"), default="median", help="what --compare compares")
+    ap.add_argument(
+        "--rerun", metavar="DIR", help="run every results file's command again into DIR, then compare"
+    )
     args = ap.parse_args(argv)
+    if args.rerun:
+        return rerun(Path(args.results), Path(args.rerun), args.tolerance, args.stat)
     if args.compare:
         return compare(Path(args.results), Path(args.compare), args.tolerance, args.stat)
     stale = []

@@ -71,3 +71,30 @@ def test_tables_compare_flags_figures_that_do_not_reproduce(tmp_path, capsys):
     assert _tables.main(["--results", str(first), "--compare", str(tmp_path / "none")]) == 1
     # a folder without the results files leaves every table as it is
     assert _tables.main(["--results", str(tmp_path / "none"), "--check"]) == 0
+
+
+def test_tables_rerun_builds_each_results_files_command(tmp_path):
+    """``make bench-check``: each results file's command again, under its thread setting, into the
+    new folder; a command that is not one of this repository's benchmark scripts is refused."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _tables
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def results(folder: Path, name: str, command: str, omp: str | None) -> None:
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(json.dumps({"command": command, "machine": {"OMP_NUM_THREADS": omp}}))
+
+    src, out = tmp_path / "results", tmp_path / "again"
+    results(src, "a.json", "python benchmarks/export_speed.py --rows 10 --results old/a.json --repeat 3", "2")
+    results(src, "b.json", "python3.11 benchmarks/dump_speed.py --formats gz", None)
+    (env_a, argv_a), (env_b, argv_b) = _tables.rerun_commands(src, out)
+    assert env_a == {"OMP_NUM_THREADS": "2"} and env_b == {}
+    assert argv_a == [sys.executable, str(BENCH / "export_speed.py"), "--rows", "10", "--repeat", "3",
+                      "--results", str(out / "a.json")]  # fmt: skip
+    assert argv_b[1:] == [str(BENCH / "dump_speed.py"), "--formats", "gz", "--results", str(out / "b.json")]
+    for bad in ("rm -rf benchmarks/x.py", "python benchmarks/no_such_script.py", "python -c 1"):
+        results(src, "c.json", bad, None)
+        with pytest.raises(SystemExit, match="not a benchmark script"):
+            _tables.rerun_commands(src, out)
