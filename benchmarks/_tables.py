@@ -412,7 +412,8 @@ def rerun_commands(results: Path, out: Path) -> list[tuple[dict[str, str], list[
             if r["machine"].get("OMP_NUM_THREADS")
             else {}
         )
-        runs.append((env, [sys.executable, str(script), *args, "--results", str(out / path.name)]))
+        rel = script.relative_to(ROOT).as_posix()  # run from the repository root, as recorded
+        runs.append((env, [sys.executable, rel, *args, "--results", str(out / path.name)]))
     return runs
 
 
