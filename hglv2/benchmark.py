@@ -179,10 +179,13 @@ def data_digest(cfg: dict[str, Any], root: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def run_key(run_cfg: dict[str, Any], data: str, code: str) -> str:
-    """The identity of a run's inputs: sha256 of (config digest, data digest, code digest)."""
-    text = json.dumps({"config": config_digest(run_cfg), "data": data, "code": code}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+def run_key(run_cfg: dict[str, Any], data: str, code: str, threads: int | None = None) -> str:
+    """The identity of a run's inputs: sha256 of (config digest, data digest, code digest) and, on
+    CPU, the torch threads it trains on (another count gives other weights, :func:`plan_jobs`)."""
+    inputs: dict[str, Any] = {"config": config_digest(run_cfg), "data": data, "code": code}
+    if threads is not None:
+        inputs["threads"] = threads
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def _worker_init() -> None:
@@ -403,8 +406,9 @@ def run_suite(
     data_root = prepare_data(cfg, progress=progress)
     data_s = time.perf_counter() - t0
 
-    finished, todo = _plan_runs(plan, out, data_digest(cfg, data_root), code_digest())
-    n_jobs, threads = plan_jobs(len(todo), device, jobs, threads)
+    threads = plan_jobs(len(plan), device, jobs, threads)[1]  # does not depend on the number of runs
+    finished, todo = _plan_runs(plan, out, data_digest(cfg, data_root), code_digest(), threads)
+    n_jobs = plan_jobs(len(todo), device, jobs, threads)[0]
     if n_jobs > 1:
         _run_parallel(plan, todo, finished, n_jobs, device, threads, progress, say)
     else:
@@ -448,7 +452,7 @@ def run_suite(
 
 
 def _plan_runs(
-    plan: list[tuple[str, int, dict[str, Any]]], out: Path, data_dig: str, code_dig: str
+    plan: list[tuple[str, int, dict[str, Any]]], out: Path, data_dig: str, code_dig: str, threads: int | None
 ) -> tuple[dict[int, dict[str, Any]], list[tuple[int, dict[str, Any], str, str, bool]]]:
     """(finished runs reused from ``out``, runs to train as (k, config, folder, run key, resume)).
 
@@ -459,7 +463,7 @@ def _plan_runs(
     todo = []
     for k, (label, seed, run_cfg) in enumerate(plan):
         run_dir = out / "runs" / _safe(label) / f"seed{seed}"
-        key = run_key(run_cfg, data_dig, code_dig)
+        key = run_key(run_cfg, data_dig, code_dig, threads)
         prev = _read_json(run_dir / "metrics.json")
         if prev.get("run_key") == key and prev.get("metrics"):
             finished[k] = {

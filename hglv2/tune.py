@@ -103,7 +103,11 @@ def _suggest(trial: Any, space: dict[str, Range]) -> dict[str, float]:
 
 def _study_name(label: str, base: dict[str, Any], space: dict[str, Range], metric: str, data: str) -> str:
     text = json.dumps({"space": {k: vars(v) for k, v in space.items()}, "metric": metric}, sort_keys=True)
-    digest = hashlib.sha256((run_key(base, data, code_digest()) + text).encode()).hexdigest()[:16]
+    import torch
+
+    # the trials train under tune_suite's thread setting (torch_threads): part of their inputs
+    key = run_key(base, data, code_digest(), torch.get_num_threads())
+    digest = hashlib.sha256((key + text).encode()).hexdigest()[:16]
     return f"{label}-{digest}"
 
 

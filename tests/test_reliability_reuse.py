@@ -62,6 +62,8 @@ def test_run_key_depends_on_config_data_and_code_content(tmp_path):
     assert len(code) == 64 and code == code_digest()
     k = run_key(cfg, d1, code)
     assert k != run_key(cfg, d2, code) and k != run_key(cfg, d1, "0" * 64)
+    # the torch threads of a CPU run are part of its inputs (another count, other weights)
+    assert run_key(cfg, d1, code, 1) != run_key(cfg, d1, code, 2) and run_key(cfg, d1, code, 1) != k
     changed = json.loads(json.dumps(cfg))
     changed["optimizer"]["lr"] = 0.5
     assert k != run_key(changed, d1, code)
