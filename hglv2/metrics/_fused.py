@@ -192,12 +192,12 @@ if HAVE_NUMBA:
 
     @njit(cache=True, inline="always")
     def _score_high(bits):  # pragma: no cover - compiled
-        """High 32 bits of the order key of a float32 given as int32 bits (see :func:`_key`)."""
+        """High 32 bits of the order key of a float32 given as int32 bits (see :func:`_key`):
+        ascending key = descending score; -0.0 counts as +0.0. Branch-free, so that the loops
+        calling it vectorise."""
         x = np.int64(bits)
-        if x == -2147483648:  # -0.0 is +0.0
-            x = 0
-        if x < 0:
-            x ^= 0x7FFFFFFF
+        x = 0 if x == -2147483648 else x
+        x ^= (x >> 32) & 0x7FFFFFFF  # negative floats: reverse their order
         return -1 - x
 
     @njit(cache=True, inline="always")
@@ -250,15 +250,6 @@ if HAVE_NUMBA:
             _row(r, ranks, sorted_tags, params, out, counts_out)
 
     @njit(cache=True, inline="always")
-    def _order_high(bits):  # pragma: no cover - compiled
-        """The high half of an order key from a float32's bits (int32): ascending key = descending
-        score; -0.0 counts as +0.0."""
-        x = np.int64(bits)
-        x = 0 if x == -2147483648 else x
-        x ^= (x >> 32) & 0x7FFFFFFF  # negative floats: reverse their order
-        return -1 - x
-
-    @njit(cache=True, inline="always")
     def _match4(q_codes, g_codes_t, r, i, c):  # pragma: no cover - compiled
         """The match mask of levels ``c .. c + 3`` of query ``r`` and item ``i`` (bit ``l``: level
         ``c + l`` equal)."""
@@ -289,11 +280,11 @@ if HAVE_NUMBA:
             if n_groups == 0:
                 for i in range(n):
                     nan_seen |= (score_bits[r, i] & 0x7FFFFFFF) > 0x7F800000
-                    keys[r, i] = (_order_high(score_bits[r, i]) << 32) | (np.int64(i) << n_levels)
+                    keys[r, i] = (_score_high(score_bits[r, i]) << 32) | (np.int64(i) << n_levels)
             else:
                 for i in range(n):
                     nan_seen |= (score_bits[r, i] & 0x7FFFFFFF) > 0x7F800000
-                    high = _order_high(score_bits[r, i]) << 32
+                    high = _score_high(score_bits[r, i]) << 32
                     keys[r, i] = high | (np.int64(i) << n_levels) | _match4(q_codes, g_codes_t, r, i, 0)
             for grp in range(1, n_groups):
                 for i in range(n):
