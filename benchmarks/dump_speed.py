@@ -297,7 +297,9 @@ def _projection(name: str, rs: list[dict], floor: list[dict], real_bytes: float)
     cores (a bound, not a measurement): the slowest of the CPU time per byte spread over 16 cores,
     the main thread's CPU time per byte (one thread reads, cuts and hands over every block and
     writes the table) and, for the gzip runs, the floor's (gzip inflates on one thread)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from hglv2.processes import usable_cores
+
+    cores = usable_cores()
     per_byte = {k: min(r[k] for r in rs) / rs[0]["json_bytes"] for k in ("wall", "cpu")}
     bounds = [per_byte["cpu"] / 16]
     if "work_main_thread_cpu_s" in rs[0]:

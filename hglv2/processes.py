@@ -7,6 +7,7 @@
   missing, and a guard against the parent having died before the call).
 * :func:`stop_processes` runs in the parent when it unwinds (Ctrl-C, SIGTERM, an error in one
   run): SIGTERM to each child, then SIGKILL to those still alive after a grace period.
+* :func:`usable_cores` counts the cores a default number of processes or threads is made of.
 * :func:`fork_children` runs in a spawned child that starts processes of its own (a training run's
   DataLoader workers): they are forked, as in a process started from the command line on Linux.
 """
@@ -57,6 +58,14 @@ def die_with_parent(parent_pid: int | None = None, poll_s: float = 0.5, ignore_s
                 os._exit(1)
 
     threading.Thread(target=watch, name="hglv2-parent-watch", daemon=True).start()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one, else
+    the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def fork_children() -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -82,7 +81,9 @@ def prepare_images(
     if not src.exists():
         raise InputError(f"{src}: no such folder (download the images first, or pass --source)")
     if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from hglv2.processes import usable_cores
+
+        jobs = usable_cores()
     shards = None
     if shard_spec:
         from hglv2.gldv2.shards import parse_shard_spec

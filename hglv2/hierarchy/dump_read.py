@@ -443,7 +443,9 @@ def default_parallelism(path: str) -> tuple[int, int]:
     to decompression and one to this process's cutting and handing over, and the other
     ``cores - 2`` decode; a ``.bz2`` (whose decompression costs many times the decoding per byte
     and splits over threads) gets half the cores decompressing and the other half decoding."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from hglv2.processes import usable_cores
+
+    cores = usable_cores()
     if cores < 4:
         return cores, 0
     if path.endswith(".bz2"):
