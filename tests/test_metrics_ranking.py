@@ -394,3 +394,21 @@ def test_tagged_keys_equal_their_definition(n_levels):
     s[2, 7] = np.nan
     _fused.build_tagged_keys(s.view(np.int32), *_fused.padded_codes(qc, gct), me, n_levels, keys, bad)
     assert bad.tolist() == [0, 0, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("n_levels", range(1, 9))
+def test_level_counts_equal_their_definition(n_levels):
+    """The histogram count of the fused metric pass: per column the masks with its bit set, and
+    per v the masks with exactly v of the first ``n_levels`` bits set (any mask, runs of one
+    mask, lengths that are not a multiple of the four interleaved histograms)."""
+    from hglv2.metrics import _fused
+
+    rng = np.random.default_rng(n_levels)
+    for n in (0, 1, 3, 4, 257):
+        tags = rng.integers(0, 1 << n_levels, size=n).astype(np.uint8)
+        tags[: n // 2] = tags[0] if n else 0
+        npos, nlev = _fused._level_counts(tags, n_levels)
+        bits = (tags[:, None] >> np.arange(n_levels)) & 1
+        assert npos.tolist() == bits.sum(0).tolist()
+        assert nlev.tolist() == np.bincount(bits.sum(1), minlength=n_levels + 1).tolist()

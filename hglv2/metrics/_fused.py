@@ -26,6 +26,35 @@ LANES = 32  # scores per vector comparison of top_k_scan (one bit each of a uint
 if HAVE_NUMBA:
 
     @njit(cache=True)
+    def _level_counts(tags, n_levels):  # pragma: no cover - compiled
+        """``npos[col]``: the items matching on column ``col``; ``nlev[v]``: the items matching on
+        exactly ``v`` columns. From a histogram of the (uint8) masks, kept four times over
+        interleaved items so that a run of equal masks does not chain its increments."""
+        hist = np.zeros((4, 256), dtype=np.int64)
+        n = tags.shape[0]
+        n4 = n - n % 4
+        for i in range(0, n4, 4):
+            hist[0, tags[i]] += 1
+            hist[1, tags[i + 1]] += 1
+            hist[2, tags[i + 2]] += 1
+            hist[3, tags[i + 3]] += 1
+        for i in range(n4, n):
+            hist[0, tags[i]] += 1
+        npos = np.zeros(n_levels, dtype=np.int64)
+        nlev = np.zeros(n_levels + 1, dtype=np.int64)
+        for t in range(256):
+            h = hist[0, t] + hist[1, t] + hist[2, t] + hist[3, t]
+            if h == 0:
+                continue
+            v = 0
+            for col in range(n_levels):
+                if (t >> col) & 1:
+                    npos[col] += h
+                    v += 1
+            nlev[v] += h
+        return npos, nlev
+
+    @njit(cache=True)
     def _row(r, ranks, tags, params, out, counts_out):  # pragma: no cover - compiled
         """Every metric of query ``r`` from its relevant items (ranks ascending, bit-mask tags);
         ``params`` as :func:`metric_params` builds them."""
@@ -37,16 +66,7 @@ if HAVE_NUMBA:
         nan = np.nan
         a = 0
         b = ranks.shape[0]
-        npos = np.zeros(L, dtype=np.int64)
-        nlev = np.zeros(L + 1, dtype=np.int64)
-        for i in range(a, b):
-            t = tags[i]
-            v = 0
-            for col in range(L):
-                if (t >> col) & 1:
-                    npos[col] += 1
-                    v += 1
-            nlev[v] += 1
+        npos, nlev = _level_counts(tags, L)
         big_r = 0
         for v in range(1, L + 1):
             big_r += nlev[v]
@@ -89,26 +109,28 @@ if HAVE_NUMBA:
         for v in range(L + 1):
             for m in range(L + 1):
                 mrel[v, m] = min(rel[m], rel[v])
+        col_mask = (1 << L) - 1
         for i in range(a, b):
             rk = ranks[i]
-            t = tags[i]
+            bits = np.int64(tags[i]) & col_mask
             v = 0
-            for col in range(L):
-                if (t >> col) & 1:
-                    v += 1
-                    cnt[col] += 1
-                    prec = cnt[col] / rk
-                    ap[col] += prec
-                    if rk <= npos[col]:
-                        mapr[col] += prec
-                    if rk <= kmax:
-                        if rk <= map_k:
-                            mapk[col] += prec
-                        if first[col] > rk:
-                            first[col] = rk
-                        for j in range(nk):
-                            if rk <= ks[j]:
-                                pk[col, j] += 1
+            while bits != 0:  # the matching columns, lowest first
+                col = _lowest_bit(bits)
+                bits &= bits - 1
+                v += 1
+                cnt[col] += 1
+                prec = cnt[col] / rk
+                ap[col] += prec
+                if rk <= npos[col]:
+                    mapr[col] += prec
+                if rk <= kmax:
+                    if rk <= map_k:
+                        mapk[col] += prec
+                    if first[col] > rk:
+                        first[col] = rk
+                    for j in range(nk):
+                        if rk <= ks[j]:
+                            pk[col, j] += 1
             cum[v] += 1
             hr = 0.0
             for m in range(1, L + 1):
