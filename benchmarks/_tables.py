@@ -93,8 +93,8 @@ def metrics_table(results: Path) -> list[str]:
     if not runs:
         return []
     lines = [
-        "| size | full ranking, 30 metrics / (matmul + key sort) | bound: (floor + key building + one read "
-        "of the sorted keys) / floor | top-k mode / faiss `IndexFlatIP` search "
+        "| size | full ranking, 30 metrics / (matmul + key sort) | bound: (floor + key building + one AP "
+        "from the sorted keys) / floor | top-k mode / faiss `IndexFlatIP` search "
         "| top-k mode: s, faiss search: s | pytorch-metric-learning / top-k mode (same k) | command |",
         "|---|---|---|---|---|---|---|",
     ]
