@@ -546,7 +546,7 @@ def _run_parallel(
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
-    from hglv2.processes import stop_processes
+    from hglv2.processes import stop_pool
 
     pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn"), initializer=_worker_init)
     bar = None
@@ -581,9 +581,7 @@ def _run_parallel(
                 done_steps += sum(_last_step(rd) for _, rd, _ in pending.values())
                 bar.set_postfix_str(f"steps {done_steps}/{steps_total}", refresh=True)
     except BaseException:
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        stop_processes(processes)
+        stop_pool(pool)
         raise
     finally:
         if bar is not None:

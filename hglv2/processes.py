@@ -6,7 +6,8 @@
   parent id and exits when the child has been re-parented (the fallback where ``prctl`` is
   missing, and a guard against the parent having died before the call).
 * :func:`stop_processes` runs in the parent when it unwinds (Ctrl-C, SIGTERM, an error in one
-  run): SIGTERM to each child, then SIGKILL to those still alive after a grace period.
+  run): SIGTERM to each child, then SIGKILL to those still alive after a grace period;
+  :func:`stop_pool` does it for a ``ProcessPoolExecutor`` and waits for the pool's own thread.
 * :func:`usable_cores` counts the cores a default number of processes or threads is made of.
 * :func:`fork_children` runs in a spawned child that starts processes of its own (a training run's
   DataLoader workers): they are forked, as in a process started from the command line on Linux.
@@ -80,6 +81,20 @@ def fork_children() -> None:
 
     if sys.platform.startswith("linux"):
         multiprocessing.set_start_method("fork", force=True)
+
+
+def stop_pool(pool: Any, grace_s: float = 3.0) -> None:
+    """Stop a ``concurrent.futures.ProcessPoolExecutor``: cancel the work not started, stop its
+    workers (:func:`stop_processes`), then wait for its manager thread, which notices them gone
+    and closes the pool's pipes. Waiting matters at exit: the interpreter's exit hook of
+    ``concurrent.futures`` writes to the wake-up pipe of every manager thread still registered, and
+    one that is closing that pipe at the same moment makes it print an ``OSError`` traceback."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # both are dropped by shutdown
+    pool.shutdown(wait=False, cancel_futures=True)
+    stop_processes(processes, grace_s)
+    if manager is not None:
+        manager.join(grace_s)
 
 
 def stop_processes(processes: Iterable[Any], grace_s: float = 3.0) -> None:

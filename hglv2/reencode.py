@@ -55,7 +55,7 @@ from PIL import Image, UnidentifiedImageError
 from hglv2.errors import InputError
 from hglv2.fileio import atomic_path, file_lock, write_json, write_parquet
 from hglv2.gldv2.specs import shard_name
-from hglv2.processes import die_with_parent, stop_processes
+from hglv2.processes import die_with_parent, stop_pool
 
 __all__ = [
     "PrepareSettings",
@@ -503,8 +503,7 @@ def _run_pool(
             for fut in done:
                 finish(fut.result())
     except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)
-        stop_processes(list((getattr(ex, "_processes", None) or {}).values()))  # shards in progress
+        stop_pool(ex)  # shards in progress
         raise
     ex.shutdown(wait=True)
 

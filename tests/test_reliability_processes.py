@@ -213,3 +213,32 @@ def test_parallel_benchmark_shows_one_progress_bar_in_a_terminal(tmp_path):
     frames = [f for f in err.replace("\n", "\r").split("\r") if f.startswith("benchmark:")]
     assert frames, err
     assert "2/2" in frames[-1] and "run" in frames[-1], frames[-1]  # runs done / runs planned
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_stop_pool_leaves_no_worker_and_no_manager_thread():
+    """stop_pool stops the workers of a busy pool and waits for the pool's manager thread, so
+    that the interpreter's exit hook finds its wake-up pipe closed rather than closing."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from hglv2.processes import stop_pool
+
+    pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"))
+    futures = [pool.submit(_sleep, 30.0) for _ in range(4)]
+    deadline = time.monotonic() + 60
+    while not any(f.running() for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = list(pool._processes.values())
+    manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
+    assert workers and manager is not None and manager.is_alive()
+    t0 = time.monotonic()
+    stop_pool(pool, grace_s=5.0)
+    assert time.monotonic() - t0 < 15
+    assert not any(p.is_alive() for p in workers)
+    assert not manager.is_alive() and wakeup._closed
+    assert all(f.done() for f in futures)

@@ -473,7 +473,7 @@ def _pooled(jobs: Iterator[tuple[str, int, bytes]], workers: int) -> Iterator[tu
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from hglv2.processes import die_with_parent, stop_processes
+    from hglv2.processes import die_with_parent, stop_pool
 
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=die_with_parent)
     pending: deque[Any] = deque()
@@ -486,6 +486,4 @@ def _pooled(jobs: Iterator[tuple[str, int, bytes]], workers: int) -> Iterator[tu
         while pending:
             yield pending.popleft().result()
     finally:
-        procs = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        stop_processes(procs)
+        stop_pool(pool)
