@@ -81,13 +81,13 @@ def bench_floor(q, ql, g, gl, chunk):
 
     qt, gt = torch.from_numpy(q), torch.from_numpy(g)
     n_levels = ql.shape[1]
-    g_codes_t = np.ascontiguousarray(gl.T, dtype=np.int32)
+    g_codes = _fused.padded_gallery_codes(gl.T)
     scores = torch.empty((chunk, len(g)), dtype=torch.float32)
     keys = torch.empty((chunk, len(g)), dtype=torch.int64).numpy()
     spent = dict.fromkeys(("matmul", "keys", "sort", "read"), 0.0)
     for lo in range(0, len(q), chunk):
         c = min(chunk, len(q) - lo)
-        q_codes, g_codes = _fused.padded_codes(ql[lo : lo + c].astype(np.int32), g_codes_t)
+        q_codes = _fused.padded_query_codes(ql[lo : lo + c])
         t0 = time.perf_counter()
         s = torch.matmul(qt[lo : lo + c], gt.T, out=scores[:c])
         t1 = time.perf_counter()

@@ -541,14 +541,28 @@ if HAVE_NUMBA:
 
 def padded_codes(q_codes: np.ndarray, g_codes_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The label codes of :func:`build_tagged_keys`: ``q_codes`` (Q, L) and ``g_codes_t`` (L, N)
-    as int32, padded to a multiple of 4 levels with levels that never match (query 1, item 0)."""
-    n_levels = q_codes.shape[1]
-    width = -(-n_levels // 4) * 4
-    q = np.ones((q_codes.shape[0], width), dtype=np.int32)
-    q[:, :n_levels] = q_codes
-    g = np.zeros((width, g_codes_t.shape[1]), dtype=np.int32)
-    g[:n_levels] = g_codes_t
-    return q, g
+    as int32, padded to a multiple of 4 levels with levels that never match (query 1, item 0).
+    The two sides are :func:`padded_query_codes` and :func:`padded_gallery_codes`."""
+    return padded_query_codes(q_codes), padded_gallery_codes(g_codes_t)
+
+
+def padded_query_codes(q_codes: np.ndarray) -> np.ndarray:
+    """``q_codes`` (Q, L) as int32 (Q, 4G), the padding levels 1."""
+    return _pad_levels(q_codes, 1, axis=1)
+
+
+def padded_gallery_codes(g_codes_t: np.ndarray) -> np.ndarray:
+    """``g_codes_t`` (L, N) as int32 (4G, N), the padding levels 0 (so they never match a query's)."""
+    return _pad_levels(g_codes_t, 0, axis=0)
+
+
+def _pad_levels(codes: np.ndarray, fill: int, axis: int) -> np.ndarray:
+    width = -(-codes.shape[axis] // 4) * 4
+    shape = list(codes.shape)
+    shape[axis] = width
+    out = np.full(shape, fill, dtype=np.int32)
+    out[(slice(None),) * axis + (slice(0, codes.shape[axis]),)] = codes
+    return out
 
 
 def row_parts(n_rows: int) -> int:

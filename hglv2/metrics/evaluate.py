@@ -338,6 +338,7 @@ def _full_ranking(p: _Problem, ctx: dict[str, Any], method: str, memory_mb: int,
             _fused.tables(n_ranked),
         )
         ctx["g_codes"] = np.ascontiguousarray(p.g_codes_t.numpy().T)  # (N, L): one cache line per item
+        ctx["g_codes_padded"] = _fused.padded_gallery_codes(p.g_codes_t.numpy())  # (4G, N), padded once
     names = _metric_names(p.n_levels, p.recall_at, ctx["ndcg_at"])
     per_query: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     n_pos: dict[int, list[torch.Tensor]] = {lev: [] for lev in range(p.n_levels)}
@@ -409,7 +410,7 @@ def _rank_cpu_chunk(
     # sort keys that carry the label match mask below the gallery index (one pass, no gather later)
     tagged = p.backend == "numba" and (max(p.n_g - 1, 1)).bit_length() + p.n_levels <= KEY_LOW_BITS
     if tagged and chunk_method == "sort":
-        return _tagged_keys(scores, qc, p.g_codes_t.numpy(), self_index, p.n_levels, buffers.keys(hi - lo))
+        return _tagged_keys(scores, qc, ctx["g_codes_padded"], self_index, p.n_levels, buffers.keys(hi - lo))
     return _rank_chunk(
         scores,
         lambda qc=qc: match_mask(qc, p.g_codes_t),
@@ -419,15 +420,17 @@ def _rank_cpu_chunk(
     )
 
 
-def _tagged_keys(scores: torch.Tensor, qc: torch.Tensor, g_codes_np: np.ndarray, self_index, n_levels, keys):
+def _tagged_keys(scores: torch.Tensor, qc: torch.Tensor, g_padded: np.ndarray, self_index, n_levels, keys):
     """Row-sorted keys of :func:`hglv2.metrics._fused.build_tagged_keys` (match mask in the low
-    bits), written into ``keys`` (the chunk's shape)."""
+    bits), written into ``keys`` (the chunk's shape); ``g_padded``: the gallery's codes as
+    :func:`hglv2.metrics._fused.padded_gallery_codes` gives them."""
     n_rows = scores.shape[0]
     bad = np.zeros(n_rows, dtype=np.uint8)
     me = np.full(n_rows, -1, dtype=np.int64) if self_index is None else self_index.numpy()
     _fused.build_tagged_keys(
         scores.contiguous().view(torch.int32).numpy(),
-        *_fused.padded_codes(qc.numpy(), g_codes_np),
+        _fused.padded_query_codes(qc.numpy()),
+        g_padded,
         me,
         n_levels,
         keys,
