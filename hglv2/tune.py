@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hglv2.benchmark import code_digest, data_digest, plan_jobs, run_key, run_suite, suite_runs, torch_threads
 from hglv2.config import apply_overrides, load_config
@@ -103,8 +104,6 @@ def _suggest(trial: Any, space: dict[str, Range]) -> dict[str, float]:
 
 def _study_name(label: str, base: dict[str, Any], space: dict[str, Range], metric: str, data: str) -> str:
     text = json.dumps({"space": {k: vars(v) for k, v in space.items()}, "metric": metric}, sort_keys=True)
-    import torch
-
     # the trials train under tune_suite's thread setting (torch_threads): part of their inputs
     key = run_key(base, data, code_digest(), torch.get_num_threads())
     digest = hashlib.sha256((key + text).encode()).hexdigest()[:16]
